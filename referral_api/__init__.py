@@ -1,0 +1,93 @@
+"""referral_api: victim-oriented case management and consent-gated referrals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, send_from_directory
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+__all__ = ["create_app"]
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    import os
+
+    from referral_api import features
+    from referral_api.crypto.keyring import LocalKeyring
+    from referral_api.errors import register_error_handlers
+    from referral_api.extensions import api, db, init_hasher, jwt
+    from referral_api.jwt_errors import register_jwt_callbacks
+    from referral_api.observability import configure_logging, init_request_hooks
+    from referral_api.settings import load_settings
+
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
+    app.config.update(load_settings(app.instance_path, config))
+    configure_logging(app)
+
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        proxies = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+
+    # Fail at start-up, not at the first request, when the keyring is missing in production.
+    LocalKeyring.load(
+        app.config["KEYRING_PATH"], create_if_missing=app.config["KEYRING_CREATE_IF_MISSING"]
+    )
+
+    db.init_app(app)
+    jwt.init_app(app)
+    register_jwt_callbacks(jwt)
+    init_hasher(app)
+    init_request_hooks(app)
+    _init_cors(app)
+
+    api.init_app(app)
+    for blueprint in features.BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    register_error_handlers(app)
+    _serve_docs_assets(app)
+
+    from referral_api.cli import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _init_cors(app: Flask) -> None:
+    from flask_cors import CORS
+
+    origins = app.config["CORS_ORIGINS"]
+    if not origins:
+        return  # no cross-origin access unless configured
+    CORS(
+        app,
+        resources={r"/api/v1/*": {"origins": origins}},
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "Idempotency-Key",
+            "X-Acting-Officer",
+            "X-Request-ID",
+        ],
+        expose_headers=["ETag", "Link", "Retry-After", "Location", "X-Request-ID"],
+        methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        supports_credentials=False,
+        max_age=600,
+    )
+
+
+def _serve_docs_assets(app: Flask) -> None:
+    """Swagger UI's files from the installed flask-swagger-ui package: no CDN, works offline."""
+    import os
+
+    import flask_swagger_ui
+
+    assets = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
+
+    def docs_asset(filename: str) -> Any:
+        return send_from_directory(assets, filename, max_age=3600)
+
+    docs_asset.__public__ = True  # type: ignore[attr-defined]
+    app.add_url_rule("/api/v1/docs/assets/<path:filename>", "docs_asset", docs_asset)

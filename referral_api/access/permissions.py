@@ -1,0 +1,47 @@
+"""Every permission the API knows, as `resource:action` strings."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Permission(enum.StrEnum):
+    # Own identity
+    SELF_READ = "self:read"
+    # Organisations (platform administration)
+    ORG_READ = "org:read"
+    ORG_MANAGE = "org:manage"
+    # Users and machine clients of an organisation
+    USER_READ = "user:read"
+    USER_MANAGE = "user:manage"
+    CLIENT_READ = "client:read"
+    CLIENT_MANAGE = "client:manage"
+    # Case records (content is further limited by data category per role)
+    CASE_CREATE = "case:create"
+    CASE_READ = "case:read"
+    CASE_UPDATE = "case:update"
+    CASE_ASSIGN = "case:assign"
+    CASE_CLOSE = "case:close"
+    CASE_NOTE = "case:note"
+    CASE_ACCESS_LOG = "case:access-log"
+    # Consent
+    CONSENT_READ = "consent:read"
+    CONSENT_RECORD = "consent:record"
+    CONSENT_WITHDRAW = "consent:withdraw"
+    CONSENT_REVOKE = "consent:revoke"
+    CONSENT_ENTERED_IN_ERROR = "consent:entered-in-error"
+    # Referrals
+    REFERRAL_READ = "referral:read"
+    REFERRAL_CREATE = "referral:create"
+    REFERRAL_TRANSITION = "referral:transition"
+    REFERRAL_APPROVE_OVERRIDE = "referral:approve-override"
+    INTAKE_CREATE = "intake:create"
+    # Directory of services
+    DIRECTORY_READ = "directory:read"
+    DIRECTORY_MANAGE = "directory:manage"
+    # Data protection
+    AUDIT_READ = "audit:read"
+    AUDIT_VERIFY = "audit:verify"
+    DPO_REPORTS = "dpo:reports"
+    # Keys and system
+    KEYS_MANAGE = "keys:manage"

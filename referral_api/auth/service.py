@@ -1,0 +1,301 @@
+"""Login, token rotation, logout, client credentials and per-request actor loading.
+
+No Flask here: callers pass the session, the hasher and the clock. Functions never commit;
+where a failure must still be recorded (a failed login, a detected token replay), the
+caller commits before answering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.auth.models import (
+    ApiClient,
+    AuthSession,
+    LoginThrottle,
+    Organisation,
+    RefreshToken,
+    User,
+)
+from referral_api.auth.passwords import CredentialHasher
+from referral_api.exceptions import AuthenticationFailed, TooManyAttempts
+
+INVALID_CREDENTIALS = "Invalid credentials."
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottlePolicy:
+    max_failures_per_account: int
+    max_failures_per_address: int
+    window: timedelta
+    lockout: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    """What the HTTP layer needs to mint tokens: identity, session id, refresh jti."""
+
+    subject: str
+    session_id: uuid.UUID
+    refresh_jti: str | None
+
+
+def _throttle_key(kind: str, value: str) -> str:
+    return f"{kind}:{hashlib.sha256(value.encode('utf-8')).hexdigest()[:64]}"
+
+
+def _check_not_locked(session: Session, keys: list[str], now: datetime) -> None:
+    rows = session.scalars(select(LoginThrottle).where(LoginThrottle.key.in_(keys))).all()
+    waits = [
+        (row.locked_until - now).total_seconds()
+        for row in rows
+        if row.locked_until is not None and row.locked_until > now
+    ]
+    if waits:
+        raise TooManyAttempts(retry_after=int(max(waits)) + 1)
+
+
+def _record_failure(
+    session: Session, key: str, limit: int, policy: ThrottlePolicy, now: datetime
+) -> None:
+    """Count one failure atomically (an upsert), locking the key once it reaches the limit."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = LoginThrottle.__table__
+    window_expired = table.c.window_started_at < now - policy.window
+    stmt = insert(table).values(key=key, failures=1, window_started_at=now, locked_until=None)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.key],
+        set_={
+            "failures": case((window_expired, 1), else_=table.c.failures + 1),
+            "window_started_at": case((window_expired, now), else_=table.c.window_started_at),
+        },
+    )
+    session.execute(stmt)
+    session.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.key == key, LoginThrottle.failures >= limit)
+        .values(locked_until=now + policy.lockout)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _clear_failures(session: Session, key: str) -> None:
+    session.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.key == key)
+        .values(failures=0, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _new_session(
+    session: Session,
+    now: datetime,
+    lifetime: timedelta,
+    user: User | None = None,
+    client: ApiClient | None = None,
+) -> AuthSession:
+    auth_session = AuthSession(
+        id=uuid.uuid4(),
+        user_id=user.id if user else None,
+        client_id=client.id if client else None,
+        created_at=now,
+        expires_at=now + lifetime,
+    )
+    session.add(auth_session)
+    return auth_session
+
+
+def _new_refresh_token(
+    session: Session, auth_session: AuthSession, now: datetime, lifetime: timedelta
+) -> str:
+    jti = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(jti=jti, session_id=auth_session.id, issued_at=now, expires_at=now + lifetime)
+    )
+    return jti
+
+
+def login(
+    session: Session,
+    hasher: CredentialHasher,
+    *,
+    email: str,
+    password: str,
+    address: str,
+    policy: ThrottlePolicy,
+    refresh_lifetime: timedelta,
+    now: datetime,
+) -> IssuedSession:
+    """Check e-mail and password; on success open a session with a first refresh token.
+
+    Unknown e-mail, wrong password, inactive user and inactive organisation all raise the
+    same AuthenticationFailed after the same Argon2 work.
+    """
+    email = email.strip().lower()
+    account_key = _throttle_key("acct", email)
+    address_key = _throttle_key("addr", address)
+    _check_not_locked(session, [account_key, address_key], now)
+
+    user = session.scalars(select(User).where(User.email == email)).one_or_none()
+    password_ok = hasher.verify(user.password_hash if user else None, password)
+    if not (password_ok and user and user.active and user.organisation.active):
+        _record_failure(session, account_key, policy.max_failures_per_account, policy, now)
+        _record_failure(session, address_key, policy.max_failures_per_address, policy, now)
+        raise AuthenticationFailed(INVALID_CREDENTIALS)
+
+    _clear_failures(session, account_key)
+    if hasher.needs_rehash(user.password_hash):
+        user.password_hash = hasher.hash(password)
+    auth_session = _new_session(session, now, refresh_lifetime, user=user)
+    jti = _new_refresh_token(session, auth_session, now, refresh_lifetime)
+    return IssuedSession(subject=f"user:{user.id}", session_id=auth_session.id, refresh_jti=jti)
+
+
+def rotate_refresh_token(
+    session: Session,
+    *,
+    jti: str,
+    session_id: uuid.UUID,
+    refresh_lifetime: timedelta,
+    now: datetime,
+) -> IssuedSession:
+    """Exchange a refresh token once. A replayed token revokes its whole family."""
+    token = session.get(RefreshToken, jti)
+    auth_session = session.get(AuthSession, session_id)
+    if token is None or auth_session is None or token.session_id != auth_session.id:
+        raise AuthenticationFailed("The refresh token is not valid.")
+    if auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        raise AuthenticationFailed("The session has ended. Log in again.")
+    # Conditional update: of two concurrent exchanges of one token, exactly one wins.
+    claimed = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.jti == jti, RefreshToken.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        revoke_session(session, auth_session.id, reason="refresh_token_reuse", now=now)
+        raise AuthenticationFailed("The refresh token was already used; the session is revoked.")
+    user = session.get(User, auth_session.user_id) if auth_session.user_id else None
+    if user is None or not user.active or not user.organisation.active:
+        raise AuthenticationFailed("The session has ended. Log in again.")
+    new_jti = _new_refresh_token(session, auth_session, now, auth_session.expires_at - now)
+    return IssuedSession(subject=f"user:{user.id}", session_id=auth_session.id, refresh_jti=new_jti)
+
+
+def revoke_session(session: Session, session_id: uuid.UUID, *, reason: str, now: datetime) -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def revoke_sessions_of_user(
+    session: Session, user_id: uuid.UUID, *, reason: str, now: datetime
+) -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def client_credentials(
+    session: Session,
+    hasher: CredentialHasher,
+    *,
+    client_id: str,
+    client_secret: str,
+    address: str,
+    policy: ThrottlePolicy,
+    token_lifetime: timedelta,
+    now: datetime,
+) -> IssuedSession:
+    client_key = _throttle_key("client", client_id)
+    address_key = _throttle_key("addr", address)
+    _check_not_locked(session, [client_key, address_key], now)
+    client = session.scalars(
+        select(ApiClient).where(ApiClient.client_id == client_id)
+    ).one_or_none()
+    secret_ok = hasher.verify(client.secret_hash if client else None, client_secret)
+    if not (secret_ok and client and client.active and client.organisation.active):
+        _record_failure(session, client_key, policy.max_failures_per_account, policy, now)
+        _record_failure(session, address_key, policy.max_failures_per_address, policy, now)
+        raise AuthenticationFailed(INVALID_CREDENTIALS)
+    _clear_failures(session, client_key)
+    auth_session = _new_session(session, now, token_lifetime, client=client)
+    return IssuedSession(
+        subject=f"client:{client.id}", session_id=auth_session.id, refresh_jti=None
+    )
+
+
+def load_actor(
+    session: Session, *, subject: str, session_id: uuid.UUID, now: datetime
+) -> Actor | None:
+    """Rebuild the actor from the database: role, organisation and active flags as of now.
+
+    Returns None when the session was revoked or expired, or when the principal or its
+    organisation is gone or inactive; the caller answers 401.
+    """
+    kind, _, raw_id = subject.partition(":")
+    try:
+        principal_id = uuid.UUID(raw_id)
+    except ValueError:
+        return None
+    if kind == ActorKind.USER:
+        model: type[User] | type[ApiClient] = User
+        session_column = AuthSession.user_id
+    elif kind == ActorKind.CLIENT:
+        model = ApiClient
+        session_column = AuthSession.client_id
+    else:
+        return None
+    row = session.execute(
+        select(model, Organisation)
+        .join(Organisation, Organisation.id == model.org_id)
+        .join(AuthSession, session_column == model.id)
+        .where(
+            model.id == principal_id,
+            AuthSession.id == session_id,
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > now,
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    principal, org = row
+    if not (principal.active and org.active):
+        return None
+    return Actor.for_principal(
+        kind=ActorKind(kind),
+        id=principal.id,
+        org_id=org.id,
+        org_type=org.org_type,
+        role=principal.role,
+        session_id=session_id,
+    )
+
+
+def revoke_sessions_of_client(
+    session: Session, client_pk: uuid.UUID, *, reason: str, now: datetime
+) -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.client_id == client_pk, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,187 @@
+"""The `referral-api` command (also `flask --app referral_api`): thin wrappers over services.
+
+Integrators script these commands, so flags and output are a contract (docs/cli.md):
+ids are printed alone on one line; secrets are printed once as KEY=value lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup
+
+from referral_api.access.actor import Actor
+from referral_api.access.roles import OrgType, Role
+from referral_api.exceptions import ReferralApiError
+
+
+def _factory() -> Flask:
+    from referral_api import create_app
+
+    return create_app()
+
+
+@click.group(
+    cls=FlaskGroup, create_app=_factory, add_default_commands=False, add_version_option=False
+)
+def main() -> None:
+    """referral_api administration."""
+
+
+def _session() -> Any:
+    from referral_api.extensions import db
+
+    return db.session_factory_for(current_app)()
+
+
+def _fail(error: ReferralApiError) -> None:
+    click.echo(f"error: {error.detail}", err=True)
+    errors = error.extra.get("errors")
+    if errors:
+        for field, messages in errors.items():
+            click.echo(f"  {field}: {'; '.join(messages)}", err=True)
+    sys.exit(1)
+
+
+def _run(action: Any) -> Any:
+    """Run one service call in one transaction under the system actor."""
+    session = _session()
+    try:
+        result = action(session, Actor.system())
+        session.commit()
+        return result
+    except ReferralApiError as error:
+        session.rollback()
+        _fail(error)
+    finally:
+        session.close()
+
+
+db_group = click.Group("db", help="Database schema.")
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (works from any directory: migrations ship in the package)."""
+    from referral_api.migrate import upgrade
+
+    upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at {revision}", err=True)
+
+
+@click.command("create-org")
+@click.option("--name", required=True)
+@click.option("--type", "org_type", required=True, type=click.Choice([t.value for t in OrgType]))
+def create_org(name: str, org_type: str) -> None:
+    """Create an organisation; prints its id."""
+    from referral_api.admin import service
+
+    org = _run(
+        lambda s, a: service.create_organisation(s, a, name=name, org_type=OrgType(org_type))
+    )
+    click.echo(str(org.id))
+
+
+def _password_from_env_or_prompt() -> str:
+    password = os.environ.get("REFERRAL_API_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise click.UsageError("Set REFERRAL_API_PASSWORD or run interactively to be prompted.")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@click.command("create-user")
+@click.option("--email", required=True)
+@click.option("--org", "org_ref", required=True, help="Organisation id or exact name")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--name", "display_name", default=None, help="Display name (default: the e-mail)")
+def create_user(email: str, org_ref: str, role: str, display_name: str | None) -> None:
+    """Create a user; password from REFERRAL_API_PASSWORD or a hidden prompt; prints the id."""
+    from referral_api.admin import service
+    from referral_api.extensions import hasher
+
+    password = _password_from_env_or_prompt()
+    if len(password) < 12:
+        raise click.UsageError("The password must have at least 12 characters.")
+
+    def action(session: Any, actor: Actor) -> Any:
+        org = service.find_organisation(session, org_ref)
+        return service.create_user(
+            session,
+            actor,
+            hasher,
+            org,
+            email=email,
+            display_name=display_name or email,
+            role=Role(role),
+            password=password,
+        )
+
+    click.echo(str(_run(action).id))
+
+
+@click.command("create-client")
+@click.option("--name", required=True)
+@click.option("--org", "org_ref", required=True, help="Organisation id or exact name")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+def create_client(name: str, org_ref: str, role: str) -> None:
+    """Create an API client; prints client_id=… and client_secret=… (shown once)."""
+    from referral_api.admin import service
+    from referral_api.extensions import hasher
+
+    def action(session: Any, actor: Actor) -> Any:
+        org = service.find_organisation(session, org_ref)
+        return service.create_client(session, actor, hasher, org, name=name, role=Role(role))
+
+    created = _run(action)
+    click.echo(f"client_id={created.client.client_id}")
+    click.echo(f"client_secret={created.client_secret}")
+
+
+@click.command("seed-demo")
+def seed_demo() -> None:
+    """Create demo organisations and users (development only; does nothing if data exists)."""
+    from referral_api.seed import DEMO_PASSWORD, seed_demo_data
+
+    if current_app.config["ENV_NAME"] == "production":
+        raise click.UsageError("seed-demo is refused in production.")
+    created = _run(lambda s, a: seed_demo_data(s, a))
+    if not created:
+        click.echo("demo data: database already has organisations; nothing seeded", err=True)
+        return
+    click.echo(f"demo users (password for all: {DEMO_PASSWORD}):")
+    for email, role, org in created:
+        click.echo(f"  {email:<42} {role:<15} {org}")
+
+
+openapi_group = click.Group("openapi", help="OpenAPI document.")
+
+
+@openapi_group.command("write")
+@click.argument("path", default="openapi/openapi.json", type=click.Path(dir_okay=False))
+def openapi_write(path: str) -> None:
+    """Write the live OpenAPI document to PATH (default openapi/openapi.json)."""
+    from referral_api.openapi import spec_json
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(spec_json(current_app), encoding="utf-8")
+    click.echo(str(target), err=True)
+
+
+def register_commands(app: Flask) -> None:
+    # flask-smorest registers its own "openapi" group; ours replaces it (stable output).
+    app.cli.commands.pop("openapi", None)
+    for command in (db_group, create_org, create_user, create_client, seed_demo, openapi_group):
+        app.cli.add_command(command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

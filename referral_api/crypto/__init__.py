@@ -1,0 +1,1 @@
+"""Field-level encryption: key providers, envelope encryption, blind indexes."""

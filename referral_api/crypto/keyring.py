@@ -1,0 +1,174 @@
+"""Root-key providers. The root key only ever wraps other keys; it never touches data.
+
+`LocalKeyring` keeps versioned 256-bit root keys in a JSON file outside the repository
+(mode 0600). `InMemoryKeyring` is for tests. Both implement `KeyProvider`, which also admits
+HSM (PKCS#11) and Vault-transit style providers: wrap/unwrap with associated data, current
+version, rotate, destroy, describe.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from referral_api.exceptions import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+class KeyUnavailable(Exception):
+    """A key version is unknown or was destroyed (no key material in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringStatus:
+    provider: str
+    current_version: int
+    versions: tuple[int, ...]
+    destroyed: tuple[int, ...]
+
+
+class KeyProvider(Protocol):
+    def current_version(self) -> int: ...
+
+    def wrap(self, plaintext_key: bytes, associated_data: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, associated_data: bytes) -> bytes: ...
+
+    def rotate(self) -> int: ...
+
+    def destroy(self, version: int) -> None: ...
+
+    def describe(self) -> KeyringStatus: ...
+
+
+class _VersionedAesGcmKeyring:
+    """Wrapped format: 4-byte big-endian root version ‖ 12-byte nonce ‖ AES-GCM(key)."""
+
+    provider_name = "abstract"
+
+    def __init__(self, keys: dict[int, bytes], current: int, destroyed: set[int]) -> None:
+        self._keys = dict(keys)
+        self._current = current
+        self._destroyed = set(destroyed)
+
+    def current_version(self) -> int:
+        return self._current
+
+    def wrap(self, plaintext_key: bytes, associated_data: bytes) -> bytes:
+        version = self._current
+        nonce = os.urandom(NONCE_BYTES)
+        header = struct.pack(">I", version)
+        sealed = AESGCM(self._keys[version]).encrypt(nonce, plaintext_key, header + associated_data)
+        return header + nonce + sealed
+
+    def unwrap(self, wrapped: bytes, associated_data: bytes) -> bytes:
+        if len(wrapped) < 4 + NONCE_BYTES + 16:
+            raise KeyUnavailable("wrapped key is truncated")
+        (version,) = struct.unpack(">I", wrapped[:4])
+        key = self._keys.get(version)
+        if key is None:
+            raise KeyUnavailable(f"root key version {version} is not available")
+        nonce = wrapped[4 : 4 + NONCE_BYTES]
+        return AESGCM(key).decrypt(nonce, wrapped[4 + NONCE_BYTES :], wrapped[:4] + associated_data)
+
+    def rotate(self) -> int:
+        new_version = max([*self._keys, *self._destroyed, 0]) + 1
+        self._keys[new_version] = AESGCM.generate_key(bit_length=256)
+        self._current = new_version
+        self._persist()
+        return new_version
+
+    def destroy(self, version: int) -> None:
+        if version == self._current:
+            raise ValueError("the current root key version cannot be destroyed; rotate first")
+        self._keys.pop(version, None)
+        self._destroyed.add(version)
+        self._persist()
+
+    def describe(self) -> KeyringStatus:
+        return KeyringStatus(
+            provider=self.provider_name,
+            current_version=self._current,
+            versions=tuple(sorted(self._keys)),
+            destroyed=tuple(sorted(self._destroyed)),
+        )
+
+    def _persist(self) -> None:
+        """In-memory keyrings keep nothing."""
+
+
+class InMemoryKeyring(_VersionedAesGcmKeyring):
+    provider_name = "in-memory"
+
+    @classmethod
+    def generate(cls) -> InMemoryKeyring:
+        return cls({1: AESGCM.generate_key(bit_length=256)}, current=1, destroyed=set())
+
+
+class LocalKeyring(_VersionedAesGcmKeyring):
+    provider_name = "local-file"
+
+    def __init__(
+        self, path: Path, keys: dict[int, bytes], current: int, destroyed: set[int]
+    ) -> None:
+        super().__init__(keys, current, destroyed)
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, create_if_missing: bool) -> LocalKeyring:
+        file = Path(path)
+        if not file.exists():
+            if not create_if_missing:
+                raise ConfigurationError("The keyring file does not exist.")
+            keyring = cls(file, {1: AESGCM.generate_key(bit_length=256)}, 1, set())
+            keyring._persist()
+            log.warning(
+                "DEVELOPMENT ONLY: created a new root keyring at %s. Data encrypted under it "
+                "is lost if this file is lost. Use a managed key store in production.",
+                file,
+            )
+            return keyring
+        mode = stat.S_IMODE(file.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigurationError(
+                "The keyring file must not be readable by group or others (chmod 600)."
+            )
+        try:
+            document: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+            keys = {int(v): base64.b64decode(k) for v, k in document["keys"].items()}
+            current = int(document["current"])
+            destroyed = {int(v) for v in document.get("destroyed", [])}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError("The keyring file is malformed.") from exc
+        if current not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
+            raise ConfigurationError("The keyring file is malformed.")
+        return cls(file, keys, current, destroyed)
+
+    def _persist(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "format": 1,
+            "current": self._current,
+            "keys": {str(v): base64.b64encode(k).decode("ascii") for v, k in self._keys.items()},
+            "destroyed": sorted(self._destroyed),
+        }
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)

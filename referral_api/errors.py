@@ -1,0 +1,138 @@
+"""One error shape for every failure: application/problem+json (RFC 9457).
+
+Nothing from an exception's text, a stack trace, SQL or personal data ever reaches a
+response: details are fixed sentences chosen here or by the project's own exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import marshmallow as ma
+from flask import Flask, Response, g, json
+from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.exceptions import HTTPException
+
+from referral_api.exceptions import ReferralApiError, TooManyAttempts
+
+log = logging.getLogger("referral_api.errors")
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+# Fixed, caller-safe details for plain HTTP errors (werkzeug's own texts are replaced).
+_DEFAULT_DETAILS = {
+    400: "The request could not be understood.",
+    401: "Authentication is required.",
+    403: "Your role does not allow this action.",
+    404: "The requested resource was not found.",
+    405: "The method is not allowed for this resource.",
+    406: "The requested representation is not available.",
+    409: "The request conflicts with the current state of the resource.",
+    410: "The resource is gone.",
+    412: "The resource was changed since you read it. Reload and try again.",
+    413: "The request body is too large.",
+    415: "The request body must be application/json.",
+    422: "The request did not pass validation.",
+    428: "This request must be conditional: send If-Match with the resource's ETag.",
+    429: "Too many requests. Try again later.",
+    500: "An internal error occurred. Quote the request id when reporting it.",
+    503: "The service is not ready.",
+}
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details, as every error response of this API is shaped."""
+
+    type = ma.fields.String(
+        metadata={"description": "URI reference identifying the problem type"},
+        dump_default="about:blank",
+    )
+    title = ma.fields.String(metadata={"description": "Short summary of the problem type"})
+    status = ma.fields.Integer(metadata={"description": "HTTP status code"})
+    detail = ma.fields.String(metadata={"description": "Explanation of this occurrence"})
+    instance = ma.fields.String(metadata={"description": "Request id of this occurrence"})
+    errors = ma.fields.Dict(
+        metadata={
+            "description": "Validation errors: location (json, query, headers) → field → messages"
+        }
+    )
+
+
+def problem_response(
+    status: int,
+    *,
+    detail: str | None = None,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail or _DEFAULT_DETAILS.get(status, HTTPStatus(status).phrase),
+    }
+    request_id = getattr(g, "request_id", None)
+    if request_id:
+        body["instance"] = f"urn:request:{request_id}"
+    body.update({key: value for key, value in extra.items() if value is not None})
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    if status == 401:
+        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="referral_api"')
+    return response
+
+
+def problem_from_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    errors = data.get("errors") or data.get("messages")
+    headers = dict(data.get("headers") or {})
+    if status == 405 and getattr(error, "valid_methods", None):
+        headers["Allow"] = ", ".join(sorted(error.valid_methods or []))
+    detail = data.get("message") if isinstance(data.get("message"), str) else None
+    if status == 400 and errors:
+        # webargs reports malformed JSON as a 400 with a nested message; keep ours.
+        errors = None
+    type_ = "/problems/validation" if status == 422 else "about:blank"
+    return problem_response(status, detail=detail, type_=type_, headers=headers, errors=errors)
+
+
+def handle_domain_error(error: ReferralApiError) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(error, TooManyAttempts):
+        headers["Retry-After"] = str(error.retry_after)
+    return problem_response(
+        error.status,
+        detail=error.detail,
+        title=error.title,
+        type_=error.problem_type,
+        headers=headers,
+        **error.extra,
+    )
+
+
+def handle_stale_data(_error: StaleDataError) -> Response:
+    # A concurrent writer changed the row between our read and our versioned update.
+    return problem_response(412, type_="/problems/stale-etag")
+
+
+def handle_unexpected(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return problem_from_http_exception(error)
+    log.error(
+        "unhandled exception",
+        exc_info=error,
+        extra={"request_id": getattr(g, "request_id", None)},
+    )
+    return problem_response(500)
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ReferralApiError, handle_domain_error)
+    app.register_error_handler(StaleDataError, handle_stale_data)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,84 @@
+"""The project's own exceptions: services raise these, routes map them to HTTP.
+
+Messages are written for the caller and must never contain personal data, key material,
+SQL or another exception's text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ReferralApiError(Exception):
+    """Root of every domain error. `status` and `problem_type` drive the HTTP mapping."""
+
+    status: int = 400
+    problem_type: str = "about:blank"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class ConfigurationError(ReferralApiError):
+    status = 500
+    title = "Configuration error"
+
+
+class NotFound(ReferralApiError):
+    """Also used for anything outside the actor's scope: existence is never confirmed."""
+
+    status = 404
+    title = "Not Found"
+
+
+class Forbidden(ReferralApiError):
+    status = 403
+    title = "Forbidden"
+
+
+class AuthenticationFailed(ReferralApiError):
+    status = 401
+    title = "Unauthorized"
+    problem_type = "/problems/authentication-failed"
+
+
+class Conflict(ReferralApiError):
+    status = 409
+    title = "Conflict"
+    problem_type = "/problems/conflict"
+
+
+class ValidationFailed(ReferralApiError):
+    """A rule that a schema cannot express; `errors` maps field names to messages."""
+
+    status = 422
+    title = "Unprocessable Content"
+    problem_type = "/problems/validation"
+
+    def __init__(self, errors: dict[str, list[str]], detail: str | None = None) -> None:
+        super().__init__(detail or "The request did not pass validation.", errors=errors)
+
+
+class TooManyAttempts(ReferralApiError):
+    status = 429
+    title = "Too Many Requests"
+    problem_type = "/problems/too-many-attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many failed attempts. Try again later.")
+        self.retry_after = max(1, int(retry_after))
+
+
+class PreconditionRequired(ReferralApiError):
+    status = 428
+    title = "Precondition Required"
+    problem_type = "/problems/if-match-required"
+
+
+class PreconditionFailed(ReferralApiError):
+    status = 412
+    title = "Precondition Failed"
+    problem_type = "/problems/stale-etag"

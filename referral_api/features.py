@@ -1,0 +1,7 @@
+"""The one fixed list of feature blueprints the app registers (bemserver-api style)."""
+
+from referral_api.admin.routes import blp as admin_blp
+from referral_api.auth.routes import blp as auth_blp
+from referral_api.health import blp as health_blp
+
+BLUEPRINTS = [health_blp, auth_blp, admin_blp]

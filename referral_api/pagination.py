@@ -1,0 +1,81 @@
+"""Keyset (cursor) pagination: opaque cursors, capped page size, `Link: <…>; rel="next"`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import marshmallow as ma
+from flask import request
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
+
+from referral_api.exceptions import ValidationFailed
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
+
+
+class PageArgsSchema(ma.Schema):
+    cursor = ma.fields.String(
+        load_default=None, metadata={"description": "Opaque cursor from a `Link: rel=next` header"}
+    )
+    limit = ma.fields.Integer(
+        load_default=DEFAULT_PAGE_SIZE, validate=ma.validate.Range(min=1, max=MAX_PAGE_SIZE)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(row_id)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None
+
+
+def paginate(
+    session: Session,
+    stmt: Select[Any],
+    *,
+    created_col: Any,
+    id_col: Any,
+    cursor: str | None,
+    limit: int,
+) -> Page:
+    """Newest first; the cursor is the (created_at, id) of the last row returned."""
+    if cursor:
+        created, row_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
+    rows = list(session.scalars(stmt.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
+    return Page(rows, next_cursor)
+
+
+def link_header(page: Page, limit: int) -> dict[str, str]:
+    if page.next_cursor is None:
+        return {}
+    args = {key: value for key, value in request.args.items() if key not in ("cursor", "limit")}
+    args.update({"cursor": page.next_cursor, "limit": str(limit)})
+    query = urlencode(args)
+    return {"Link": f'<{request.path}?{query}>; rel="next"'}

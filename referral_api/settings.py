@@ -1,0 +1,144 @@
+"""Configuration from the environment.
+
+In development, missing secrets are generated once in the instance folder (with a loud
+warning). In production their absence stops start-up: a default secret that works is a
+secret every attacker knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from referral_api.exceptions import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENTS = ("development", "production", "testing")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be an integer") from exc
+
+
+def _read_or_create_secret(path: Path) -> str:
+    """Return the secret stored at *path*, creating it (mode 0600) on first use."""
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(value)
+    log.warning(
+        "DEVELOPMENT ONLY: generated a JWT signing secret at %s. "
+        "Set REFERRAL_API_JWT_SECRET in production.",
+        path,
+    )
+    return value
+
+
+def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from the environment plus explicit overrides."""
+    overrides = dict(overrides or {})
+    env = overrides.get("ENV_NAME") or os.environ.get("REFERRAL_API_ENV", "development")
+    if env not in ENVIRONMENTS:
+        raise ConfigurationError(f"REFERRAL_API_ENV must be one of {', '.join(ENVIRONMENTS)}")
+    instance = Path(instance_path)
+
+    database_url = overrides.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not database_url:
+        if env == "production":
+            raise ConfigurationError("DATABASE_URL is required in production")
+        database_url = f"sqlite:///{instance / 'referral_api.db'}"
+    database_url = normalise_database_url(database_url)
+
+    jwt_secret = overrides.get("JWT_SECRET_KEY") or os.environ.get("REFERRAL_API_JWT_SECRET")
+    if not jwt_secret:
+        if env == "production":
+            raise ConfigurationError("REFERRAL_API_JWT_SECRET is required in production")
+        jwt_secret = _read_or_create_secret(instance / "jwt-secret")
+    if env == "production" and len(jwt_secret) < 32:
+        raise ConfigurationError("REFERRAL_API_JWT_SECRET must be at least 32 characters")
+
+    keyring_path = overrides.get("KEYRING_PATH") or os.environ.get("REFERRAL_API_KEYRING")
+    if not keyring_path:
+        if env == "production":
+            raise ConfigurationError("REFERRAL_API_KEYRING is required in production")
+        keyring_path = str(instance / "keyring.json")
+
+    cors = os.environ.get("REFERRAL_API_CORS_ORIGINS", "")
+    cors_origins = [origin.strip() for origin in cors.split(",") if origin.strip()]
+
+    config: dict[str, Any] = {
+        "ENV_NAME": env,
+        "DATABASE_URL": database_url,
+        "KEYRING_PATH": keyring_path,
+        "KEYRING_CREATE_IF_MISSING": env != "production",
+        "CORS_ORIGINS": cors_origins,
+        "REDIS_URL": os.environ.get("REDIS_URL") or None,
+        # Request bodies above this size are refused with 413 before they are parsed.
+        "MAX_CONTENT_LENGTH": _env_int("REFERRAL_API_MAX_BODY_BYTES", 1024 * 1024),
+        # flask-jwt-extended
+        "JWT_SECRET_KEY": jwt_secret,
+        "JWT_ALGORITHM": "HS256",
+        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(
+            seconds=min(_env_int("REFERRAL_API_ACCESS_TOKEN_SECONDS", 900), 900)
+        ),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(
+            seconds=_env_int("REFERRAL_API_REFRESH_TOKEN_SECONDS", 12 * 3600)
+        ),
+        "JWT_ERROR_MESSAGE_KEY": "detail",
+        # Login throttling: per account and per client address.
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": _env_int("REFERRAL_API_LOGIN_MAX_FAILURES", 5),
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": _env_int("REFERRAL_API_LOGIN_MAX_FAILURES_ADDR", 20),
+        "LOGIN_FAILURE_WINDOW_SECONDS": _env_int("REFERRAL_API_LOGIN_WINDOW_SECONDS", 900),
+        "LOGIN_LOCKOUT_SECONDS": _env_int("REFERRAL_API_LOGIN_LOCKOUT_SECONDS", 300),
+        # Argon2id parameters (RFC 9106 second recommended option by default).
+        "ARGON2_TIME_COST": _env_int("REFERRAL_API_ARGON2_TIME_COST", 3),
+        "ARGON2_MEMORY_COST": _env_int("REFERRAL_API_ARGON2_MEMORY_KIB", 65536),
+        "ARGON2_PARALLELISM": _env_int("REFERRAL_API_ARGON2_PARALLELISM", 4),
+        # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
+        "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
+        # flask-smorest / OpenAPI
+        "API_TITLE": "referral_api",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.1.0",
+        "OPENAPI_URL_PREFIX": "/api/v1",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "OPENAPI_SWAGGER_UI_URL": "/api/v1/docs/assets/",
+        "OPENAPI_SWAGGER_UI_CONFIG": {"persistAuthorization": False},
+        "API_SPEC_OPTIONS": {
+            "info": {
+                "description": (
+                    "Case management and consent-gated referrals for victims of trafficking "
+                    "and gender-based violence. Every error is application/problem+json "
+                    "(RFC 9457)."
+                )
+            },
+        },
+        "JSON_SORT_KEYS": False,
+    }
+    config.update(overrides)
+    return config
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL URLs given in the common short forms."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,164 @@
+"""Project Api and Blueprint: cross-cutting HTTP behaviour that enforces and documents itself.
+
+- `@blp.requires(Permission.X)` authenticates the bearer token, reloads the actor from the
+  database and checks the role's permission; it adds `bearerAuth` security and 401/403 to
+  the spec. `@blp.public` marks the few views that need no token.
+- A view with neither cannot be registered (deny by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import flask_smorest
+from flask import g, request
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_smorest.utils import prepare_response
+from werkzeug.exceptions import HTTPException
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.permissions import Permission
+from referral_api.errors import PROBLEM_MIMETYPE, ProblemSchema, problem_from_http_exception
+from referral_api.exceptions import (
+    AuthenticationFailed,
+    Forbidden,
+    PreconditionFailed,
+    PreconditionRequired,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OFFICER_PATTERN = re.compile(r"^[\w .@/-]{1,128}$")
+
+
+class UndeclaredPermissionError(RuntimeError):
+    """Raised at start-up when a view declares neither a permission nor `public`."""
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ProblemSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        return problem_from_http_exception(error)
+
+    def _register_responses(self) -> None:
+        # Same lazily registered responses as flask-smorest, but errors are problem+json.
+        for status in HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+                prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+            else:
+                prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_MIMETYPE)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+    def init_app(self, app: Any, *, spec_kwargs: Any = None) -> None:
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        self.spec.components.security_scheme(
+            "bearerAuth",
+            {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        )
+
+
+def current_actor() -> Actor:
+    actor = g.get("actor")
+    if actor is None:  # a view reached without @requires: refuse, never guess
+        raise AuthenticationFailed()
+    return actor  # type: ignore[no-any-return]
+
+
+def authenticate_request() -> Actor:
+    """Verify the bearer token and rebuild the actor from the database (never the token)."""
+    from referral_api.auth.service import load_actor
+    from referral_api.extensions import db
+
+    verify_jwt_in_request()
+    claims = get_jwt()
+    try:
+        session_id = uuid.UUID(str(claims.get("sid")))
+    except ValueError:
+        raise AuthenticationFailed("The access token is not valid.") from None
+    actor = load_actor(
+        db.session, subject=str(claims.get("sub", "")), session_id=session_id, now=datetime.now(UTC)
+    )
+    if actor is None:
+        raise AuthenticationFailed("The session is no longer valid. Log in again.")
+    officer = request.headers.get("X-Acting-Officer")
+    if officer is not None and actor.kind is ActorKind.CLIENT:
+        if not _OFFICER_PATTERN.match(officer):
+            raise AuthenticationFailed("X-Acting-Officer is malformed.")
+        actor = Actor(**{**_actor_fields(actor), "acting_officer": officer})
+    g.actor = actor
+    return actor
+
+
+def _actor_fields(actor: Actor) -> dict[str, Any]:
+    return {name: getattr(actor, name) for name in Actor.__slots__}
+
+
+class Blueprint(flask_smorest.Blueprint):
+    def requires(self, permission: Permission) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            @wraps(func)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                actor = authenticate_request()
+                if not actor.can(permission):
+                    raise Forbidden("Your role does not allow this action.")
+                return func(*args, **kwargs)
+
+            wrapper.__required_permission__ = permission  # type: ignore[attr-defined]
+            documented = self.doc(security=[{"bearerAuth": []}])(wrapper)
+            documented = self.alt_response(401, response="UNAUTHORIZED")(documented)
+            documented = self.alt_response(403, response="FORBIDDEN")(documented)
+            return documented  # type: ignore[no-any-return]
+
+        return decorator
+
+    @staticmethod
+    def public(func: F) -> F:
+        func.__public__ = True  # type: ignore[attr-defined]
+        return func
+
+    def add_url_rule(
+        self, rule: str, endpoint: Any = None, view_func: Any = None, *a: Any, **kw: Any
+    ) -> None:
+        if not (
+            hasattr(view_func, "__required_permission__") or getattr(view_func, "__public__", False)
+        ):
+            name = getattr(view_func, "__name__", repr(view_func))
+            raise UndeclaredPermissionError(
+                f"view {self.name}.{name} declares no permission; use @blp.requires or @blp.public"
+            )
+        super().add_url_rule(rule, endpoint, view_func, *a, **kw)
+
+
+# ---- ETags and conditional requests -------------------------------------------------------
+
+
+def etag_for(kind: str, resource_id: Any, version: int) -> str:
+    digest = hashlib.sha256(f"{kind}:{resource_id}:{version}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def require_if_match(current_etag: str) -> None:
+    """428 when If-Match is absent, 412 when it names another version."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        raise PreconditionRequired(
+            "Send If-Match with the ETag you last read, so concurrent changes are not lost."
+        )
+    candidates = {tag.strip() for tag in header.split(",")}
+    if current_etag not in candidates and "*" not in candidates:
+        raise PreconditionFailed(
+            "The resource was changed since you read it. Reload it and try again."
+        )
