@@ -1,0 +1,52 @@
+"""The committed OpenAPI document matches the live app, and documents the contract."""
+
+import json
+from pathlib import Path
+
+from referral_api.openapi import spec_json
+
+COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+
+
+def test_committed_openapi_matches_live_spec(app):
+    live = spec_json(app)
+    assert COMMITTED.exists(), "run `make openapi` and commit openapi/openapi.json"
+    assert json.loads(COMMITTED.read_text(encoding="utf-8")) == json.loads(live), (
+        "openapi/openapi.json is stale: run `make openapi` and commit the result"
+    )
+
+
+def test_spec_is_openapi_31_with_bearer_scheme_and_problem_schema(client):
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"] == "3.1.0"
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "errors"} <= set(problem["properties"])
+    unauthorized = spec["components"]["responses"]["UNAUTHORIZED"]
+    assert "application/problem+json" in unauthorized["content"]
+
+
+def test_protected_operations_declare_security_and_401(client):
+    spec = client.get("/api/v1/openapi.json").get_json()
+    me = spec["paths"]["/api/v1/me"]["get"]
+    assert me["security"] == [{"bearerAuth": []}]
+    assert {"401", "403"} <= set(me["responses"])
+    login = spec["paths"]["/api/v1/auth/login"]["post"]
+    assert "security" not in login
+
+
+def test_interactive_docs_are_served_without_a_cdn(client):
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/api/v1/docs/assets/swagger-ui-bundle.js" in html
+    assert "https://" not in html.replace("https://swagger.io", "")
+    asset = client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
+    assert asset.status_code == 200
+    assert len(asset.get_data()) > 100_000
