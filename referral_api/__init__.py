@@ -14,6 +14,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     import os
 
     from referral_api import features
+    from referral_api.audit import hooks as audit_hooks
     from referral_api.crypto.keyring import LocalKeyring
     from referral_api.errors import register_error_handlers
     from referral_api.extensions import api, db, init_hasher, jwt
@@ -31,15 +32,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
 
     # Fail at start-up, not at the first request, when the keyring is missing in production.
-    LocalKeyring.load(
+    keyring = LocalKeyring.load(
         app.config["KEYRING_PATH"], create_if_missing=app.config["KEYRING_CREATE_IF_MISSING"]
     )
-
-    db.init_app(app)
+    db.init_app(app, crypto_context(app.config, keyring))
     jwt.init_app(app)
     register_jwt_callbacks(jwt)
     init_hasher(app)
     init_request_hooks(app)
+    audit_hooks.init_app(app)
     _init_cors(app)
 
     api.init_app(app)
@@ -52,6 +53,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_commands(app)
     return app
+
+
+def crypto_context(config: Any, keyring: Any) -> Any:
+    from referral_api.cases.search import default_plan
+    from referral_api.crypto.keys import CryptoContext, KeyCache
+
+    plan = default_plan(config.get("BLIND_INDEX_EXPECTED_CASES", 1_000_000))
+    plan.update(config.get("BLIND_INDEX_BITS") or {})
+    return CryptoContext(
+        provider=keyring,
+        cache=KeyCache(ttl_seconds=config.get("KEY_CACHE_SECONDS", 300)),
+        index_bits=plan,
+        phone_region=config.get("PHONE_REGION", "GB"),
+    )
 
 
 def _init_cors(app: Flask) -> None:

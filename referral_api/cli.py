@@ -13,7 +13,9 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from marshmallow import ValidationError
+from marshmallow.validate import Email
 
 from referral_api.access.actor import Actor
 from referral_api.access.roles import OrgType, Role
@@ -41,9 +43,8 @@ def _session() -> Any:
 
 def _fail(error: ReferralApiError) -> None:
     click.echo(f"error: {error.detail}", err=True)
-    errors = error.extra.get("errors")
-    if errors:
-        for field, messages in errors.items():
+    for fields in (error.extra.get("errors") or {}).values():
+        for field, messages in fields.items():
             click.echo(f"  {field}: {'; '.join(messages)}", err=True)
     sys.exit(1)
 
@@ -62,7 +63,9 @@ def _run(action: Any) -> Any:
         session.close()
 
 
-db_group = click.Group("db", help="Database schema.")
+# AppGroup and @with_appcontext: the commands also run from `app.cli` (tests, embedding),
+# where no FlaskGroup pushes the application context for them.
+db_group = AppGroup("db", help="Database schema.")
 
 
 @db_group.command("upgrade")
@@ -76,6 +79,7 @@ def db_upgrade(revision: str) -> None:
 
 
 @click.command("create-org")
+@with_appcontext
 @click.option("--name", required=True)
 @click.option("--type", "org_type", required=True, type=click.Choice([t.value for t in OrgType]))
 def create_org(name: str, org_type: str) -> None:
@@ -98,6 +102,7 @@ def _password_from_env_or_prompt() -> str:
 
 
 @click.command("create-user")
+@with_appcontext
 @click.option("--email", required=True)
 @click.option("--org", "org_ref", required=True, help="Organisation id or exact name")
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
@@ -107,6 +112,11 @@ def create_user(email: str, org_ref: str, role: str, display_name: str | None) -
     from referral_api.admin import service
     from referral_api.extensions import hasher
 
+    try:
+        # The same rule as the API's user schema: a malformed address could never log in.
+        Email(error="--email is not a valid e-mail address.")(email)
+    except ValidationError as error:
+        raise click.BadParameter(str(error.messages[0]), param_hint="--email") from None
     password = _password_from_env_or_prompt()
     if len(password) < 12:
         raise click.UsageError("The password must have at least 12 characters.")
@@ -128,6 +138,7 @@ def create_user(email: str, org_ref: str, role: str, display_name: str | None) -
 
 
 @click.command("create-client")
+@with_appcontext
 @click.option("--name", required=True)
 @click.option("--org", "org_ref", required=True, help="Organisation id or exact name")
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
@@ -146,6 +157,7 @@ def create_client(name: str, org_ref: str, role: str) -> None:
 
 
 @click.command("seed-demo")
+@with_appcontext
 def seed_demo() -> None:
     """Create demo organisations and users (development only; does nothing if data exists)."""
     from referral_api.seed import DEMO_PASSWORD, seed_demo_data
@@ -161,7 +173,7 @@ def seed_demo() -> None:
         click.echo(f"  {email:<42} {role:<15} {org}")
 
 
-openapi_group = click.Group("openapi", help="OpenAPI document.")
+openapi_group = AppGroup("openapi", help="OpenAPI document.")
 
 
 @openapi_group.command("write")
@@ -179,7 +191,19 @@ def openapi_write(path: str) -> None:
 def register_commands(app: Flask) -> None:
     # flask-smorest registers its own "openapi" group; ours replaces it (stable output).
     app.cli.commands.pop("openapi", None)
-    for command in (db_group, create_org, create_user, create_client, seed_demo, openapi_group):
+    from referral_api.audit.commands import audit_group
+    from referral_api.crypto.commands import keys_group
+
+    for command in (
+        db_group,
+        create_org,
+        create_user,
+        create_client,
+        seed_demo,
+        openapi_group,
+        keys_group,
+        audit_group,
+    ):
         app.cli.add_command(command)
 
 

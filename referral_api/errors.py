@@ -42,6 +42,10 @@ _DEFAULT_DETAILS = {
 }
 
 
+# RFC 9110 names where Python's table still has the older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
 class ProblemSchema(ma.Schema):
     """RFC 9457 problem details, as every error response of this API is shaped."""
 
@@ -71,7 +75,7 @@ def problem_response(
 ) -> Response:
     body: dict[str, Any] = {
         "type": type_,
-        "title": title or HTTPStatus(status).phrase,
+        "title": title or _TITLES.get(status) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail or _DEFAULT_DETAILS.get(status, HTTPStatus(status).phrase),
     }
@@ -103,6 +107,12 @@ def problem_from_http_exception(error: HTTPException) -> Response:
 
 
 def handle_domain_error(error: ReferralApiError) -> Response:
+    if error.audit is not None:
+        from flask import current_app
+
+        from referral_api.audit.hooks import record_denial
+
+        record_denial(current_app._get_current_object(), error.audit)  # type: ignore[attr-defined]
     headers: dict[str, str] = {}
     if isinstance(error, TooManyAttempts):
         headers["Retry-After"] = str(error.retry_after)

@@ -20,6 +20,9 @@ class ReferralApiError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.extra = extra
+        # A denied access to record in the audit log although the request fails: the HTTP
+        # layer writes it in its own transaction (the request's is rolled back).
+        self.audit: dict[str, Any] | None = None
 
 
 class ConfigurationError(ReferralApiError):
@@ -52,14 +55,20 @@ class Conflict(ReferralApiError):
 
 
 class ValidationFailed(ReferralApiError):
-    """A rule that a schema cannot express; `errors` maps field names to messages."""
+    """A rule that a schema cannot express. `errors` maps field names to messages and is
+    reported under its request location, like webargs' own errors:
+    {"json": {"role": ["…"]}}."""
 
     status = 422
     title = "Unprocessable Content"
     problem_type = "/problems/validation"
 
-    def __init__(self, errors: dict[str, list[str]], detail: str | None = None) -> None:
-        super().__init__(detail or "The request did not pass validation.", errors=errors)
+    def __init__(
+        self, errors: dict[str, list[str]], detail: str | None = None, location: str = "json"
+    ) -> None:
+        super().__init__(
+            detail or "The request did not pass validation.", errors={location: errors}
+        )
 
 
 class TooManyAttempts(ReferralApiError):

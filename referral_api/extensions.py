@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from referral_api.auth.passwords import CredentialHasher
+from referral_api.crypto.keys import CryptoContext
 from referral_api.db import make_engine, make_session_factory
 from referral_api.smorest import Api
 
@@ -18,9 +19,13 @@ class Database:
     def __init__(self) -> None:
         self._apps: dict[int, tuple[Engine, sessionmaker[Session]]] = {}
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, crypto: CryptoContext) -> None:
         engine = make_engine(app.config["DATABASE_URL"])
-        app.extensions["referral_api.db"] = (engine, make_session_factory(engine))
+        factory = make_session_factory(engine)
+        # Every session of this app can encrypt and decrypt through the app's keyring.
+        factory.configure(info={"crypto": crypto})
+        app.extensions["referral_api.db"] = (engine, factory)
+        app.extensions["referral_api.crypto"] = crypto
         app.teardown_appcontext(self._close_session)
 
     @staticmethod

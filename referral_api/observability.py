@@ -11,11 +11,15 @@ import logging
 import re
 import sys
 import time
+import traceback
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
+from webargs.core import is_json
+
+from referral_api.errors import problem_response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 access_log = logging.getLogger("referral_api.access")
@@ -37,8 +41,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # Type and traceback only: exception messages may quote values.
             entry["exc_type"] = record.exc_info[0].__name__
-            entry["traceback"] = self.formatException(record.exc_info)
+            entry["traceback"] = traceback_without_messages(record.exc_info[1])
         return json.dumps(entry, default=str)
+
+
+def traceback_without_messages(error: BaseException | None) -> str:
+    """Frames and exception types of the whole chain, never an exception's message.
+
+    `logging.Formatter.formatException` ends each traceback with `Type: message`, and messages
+    quote values: a PostgreSQL unique violation names the duplicate e-mail address, an SQL
+    error carries the statement. The frames and types are what an operator needs.
+    """
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        cause = error.__cause__
+        context = None if error.__suppress_context__ else error.__context__
+        error = cause or context
+    parts: list[str] = []
+    for position, link in enumerate(reversed(chain)):
+        if position:
+            parts.append("\nwhich led to:\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(link.__traceback__))
+        parts.append(f"{type(link).__module__}.{type(link).__qualname__}\n")
+    return "".join(parts).rstrip("\n")
 
 
 def configure_logging(app: Flask) -> None:
@@ -56,12 +83,51 @@ def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+_BODY_LOCATIONS = frozenset({"json", "form", "json_or_form", "files"})
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or request.headers.get(
+        "Transfer-Encoding", ""
+    ).lower().startswith("chunked")
+
+
+def _body_locations() -> set[str]:
+    """Where the matched view reads its body arguments from (flask-smorest's own record)."""
+    if request.url_rule is None or request.endpoint is None:
+        return set()
+    view: Any = current_app.view_functions.get(request.endpoint)
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:  # a MethodView: the method's own documentation
+        view = getattr(view_class, request.method.lower(), None)
+    parameters = (getattr(view, "_apidoc", None) or {}).get("arguments", {}).get("parameters", [])
+    return {p.get("in") for p in parameters} & _BODY_LOCATIONS
+
+
 def init_request_hooks(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    @app.before_request
+    def refuse_unsupported_body() -> Response | None:
+        # webargs silently ignores a body that is not JSON: a PATCH sent as text/plain or a
+        # form would answer 200 having changed nothing. Refuse it instead (415).
+        if not _has_body():
+            return None
+        accepted = _body_locations()
+        if not accepted or is_json(request.mimetype):
+            return None
+        if request.mimetype == "application/x-www-form-urlencoded" and accepted & {
+            "form",
+            "json_or_form",
+        }:
+            return None
+        if request.mimetype == "multipart/form-data" and accepted & {"form", "files"}:
+            return None
+        return problem_response(415)
 
     @app.after_request
     def secure_and_log(response: Response) -> Response:

@@ -45,9 +45,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(created), uuid.UUID(row_id)
+        created_at, parsed_id = datetime.fromisoformat(created), uuid.UUID(row_id)
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None
+    # Cursors are client-supplied: a naive timestamp would fail only when bound (a 500).
+    if created_at.tzinfo is None:
+        raise ValidationFailed({"cursor": ["Not a valid cursor."]})
+    return created_at, parsed_id
 
 
 def paginate(

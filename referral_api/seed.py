@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from referral_api.access.actor import Actor
 from referral_api.access.roles import ROLES_BY_ORG_TYPE, OrgType, Role
 from referral_api.auth.models import Organisation, User
+from referral_api.cases.demo import seed_demo_cases
+from referral_api.crypto.fields import crypto_of
 from referral_api.extensions import hasher
 
 DEMO_PASSWORD = "demo-password-2026"  # noqa: S105 - published demo credential, dev only
@@ -80,4 +82,13 @@ def seed_demo_data(session: Session, actor: Actor) -> list[tuple[str, str, str]]
             )
             created.append((email, role.value, name))
     session.flush()
+    for org in session.scalars(select(Organisation)).all():
+        crypto_of(session).keys(session).ensure_org_keys(org.id)
+    # Synthetic cases for the two NGOs, so search and projections can be tried at once.
+    ngos = session.scalars(
+        select(Organisation).where(Organisation.org_type == OrgType.NGO).order_by(Organisation.name)
+    ).all()
+    if ngos:
+        seed_demo_cases(session, ngos[0].id)
+        seed_demo_cases(session, ngos[-1].id, count=4, seed=11)
     return created

@@ -101,6 +101,8 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
             seconds=_env_int("REFERRAL_API_REFRESH_TOKEN_SECONDS", 12 * 3600)
         ),
         "JWT_ERROR_MESSAGE_KEY": "detail",
+        # Tokens travel in the Authorization header only, never cookies: no CSRF claim.
+        "JWT_COOKIE_CSRF_PROTECT": False,
         # Login throttling: per account and per client address.
         "LOGIN_MAX_FAILURES_PER_ACCOUNT": _env_int("REFERRAL_API_LOGIN_MAX_FAILURES", 5),
         "LOGIN_MAX_FAILURES_PER_ADDRESS": _env_int("REFERRAL_API_LOGIN_MAX_FAILURES_ADDR", 20),
@@ -110,6 +112,10 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "ARGON2_TIME_COST": _env_int("REFERRAL_API_ARGON2_TIME_COST", 3),
         "ARGON2_MEMORY_COST": _env_int("REFERRAL_API_ARGON2_MEMORY_KIB", 65536),
         "ARGON2_PARALLELISM": _env_int("REFERRAL_API_ARGON2_PARALLELISM", 4),
+        # Encryption and search.
+        "PHONE_REGION": os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper(),
+        "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
+        "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300),
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
         # flask-smorest / OpenAPI

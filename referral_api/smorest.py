@@ -12,6 +12,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import wraps
 from http import HTTPStatus
@@ -31,6 +32,7 @@ from referral_api.exceptions import (
     Forbidden,
     PreconditionFailed,
     PreconditionRequired,
+    ValidationFailed,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,14 +98,14 @@ def authenticate_request() -> Actor:
     officer = request.headers.get("X-Acting-Officer")
     if officer is not None and actor.kind is ActorKind.CLIENT:
         if not _OFFICER_PATTERN.match(officer):
-            raise AuthenticationFailed("X-Acting-Officer is malformed.")
-        actor = Actor(**{**_actor_fields(actor), "acting_officer": officer})
+            raise ValidationFailed(
+                {"X-Acting-Officer": ["Up to 128 letters, digits, spaces and . @ / - _"]},
+                location="headers",
+            )
+        actor = replace(actor, acting_officer=officer)
+    actor = replace(actor, request_id=g.get("request_id"))
     g.actor = actor
     return actor
-
-
-def _actor_fields(actor: Actor) -> dict[str, Any]:
-    return {name: getattr(actor, name) for name in Actor.__slots__}
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -157,8 +159,9 @@ def require_if_match(current_etag: str) -> None:
         raise PreconditionRequired(
             "Send If-Match with the ETag you last read, so concurrent changes are not lost."
         )
+    # "*" is not accepted: it would skip the lost-update check this header exists for.
     candidates = {tag.strip() for tag in header.split(",")}
-    if current_etag not in candidates and "*" not in candidates:
+    if current_etag not in candidates:
         raise PreconditionFailed(
             "The resource was changed since you read it. Reload it and try again."
         )

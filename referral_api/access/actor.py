@@ -14,6 +14,7 @@ class ActorKind(enum.StrEnum):
     USER = "user"
     CLIENT = "client"
     SYSTEM = "system"
+    ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class Actor:
     session_id: uuid.UUID | None = None
     acting_officer: str | None = None
     permissions: frozenset[Permission] = field(default=frozenset())
+    # The HTTP request this actor acts in (audit rows name it); None for jobs.
+    request_id: str | None = None
 
     @classmethod
     def for_principal(
@@ -51,6 +54,10 @@ class Actor:
     def system(cls) -> Actor:
         """Jobs and CLI commands run under an explicit system actor, never an anonymous one."""
         return cls(kind=ActorKind.SYSTEM, id=None, org_id=None, org_type=None, role=None)
+
+    @classmethod
+    def anonymous(cls) -> Actor:
+        return cls(kind=ActorKind.ANONYMOUS, id=None, org_id=None, org_type=None, role=None)
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions

@@ -18,6 +18,9 @@ class Permission(enum.StrEnum):
     CLIENT_MANAGE = "client:manage"
     # Case records (content is further limited by data category per role)
     CASE_CREATE = "case:create"
+    # Pseudonymous metadata (code, type, status, risk, dates); content needs CASE_READ.
+    CASE_VIEW = "case:view"
+    # Personal content, limited further to the role's data categories.
     CASE_READ = "case:read"
     CASE_UPDATE = "case:update"
     CASE_ASSIGN = "case:assign"

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy import Select
 
 from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.categories import ALL_CATEGORIES, Category, categories_for_role
 from referral_api.access.permissions import Permission
 from referral_api.access.roles import Role
 from referral_api.exceptions import Forbidden, NotFound
@@ -63,11 +64,13 @@ def _resource_org_id(resource: Any) -> uuid.UUID | None:
 
 def decide(actor: Actor, action: Permission, resource: Any = None) -> Decision:
     if actor.kind is ActorKind.SYSTEM:
-        return Decision(True, "system actor")
+        return Decision(True, "system actor", details={"categories": ALL_CATEGORIES})
     if not actor.can(action):
         return Decision(False, "permission not granted to role")
     if resource is None:
         return Decision(True, "permission granted")
+    if isinstance(resource, CaseRecord):
+        return _decide_case(actor, action, resource)
 
     target_org = _resource_org_id(resource)
     if target_org is None:
@@ -78,6 +81,57 @@ def decide(actor: Actor, action: Permission, resource: Any = None) -> Decision:
     if target_org == actor.org_id:
         return Decision(True, "own organisation")
     return Decision(False, "outside record scope", conceal=True)
+
+
+@runtime_checkable
+class CaseRecord(Protocol):
+    case_code: Any
+    org_id: Any
+
+
+# Actions a platform-organisation DPO may take on any organisation's case (metadata only).
+_PLATFORM_DPO_CASE_ACTIONS = frozenset({Permission.CASE_VIEW, Permission.CASE_ACCESS_LOG})
+
+
+def _decide_case(actor: Actor, action: Permission, case: Any) -> Decision:
+    """Record scope: the owning organisation only (other organisations reach case data only
+    as a referral packet). Content: the role's categories; metadata-only roles get none."""
+    if case.org_id == actor.org_id:
+        categories = (
+            categories_for_role(actor.role) if actor.can(Permission.CASE_READ) else frozenset()
+        )
+        return Decision(True, "own organisation", details={"categories": categories})
+    if actor.role is Role.DPO and actor.is_platform and action in _PLATFORM_DPO_CASE_ACTIONS:
+        return Decision(
+            True, "platform data-protection oversight", details={"categories": frozenset()}
+        )
+    return Decision(False, "outside record scope", conceal=True)
+
+
+def visible_categories(decision: Decision) -> frozenset[Category]:
+    return decision.details.get("categories", frozenset())  # type: ignore[no-any-return]
+
+
+def list_categories(actor: Actor) -> frozenset[Category]:
+    """Categories an actor sees on the cases of its list scope (its own organisation's)."""
+    if actor.kind is ActorKind.SYSTEM:
+        return ALL_CATEGORIES
+    if not actor.can(Permission.CASE_READ):
+        return frozenset()
+    return categories_for_role(actor.role)
+
+
+def scope_cases(
+    actor: Actor, action: Permission, stmt: Select[Any], org_column: Any
+) -> Select[Any]:
+    """List queries over cases, scoped in SQL."""
+    if actor.kind is ActorKind.SYSTEM:
+        return stmt
+    if not actor.can(action):
+        raise Forbidden("Your role does not allow this action.")
+    if actor.role is Role.DPO and actor.is_platform and action in _PLATFORM_DPO_CASE_ACTIONS:
+        return stmt
+    return stmt.where(org_column == actor.org_id)
 
 
 def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:

@@ -33,6 +33,7 @@ _CASE_WORK = frozenset(
     {
         P.SELF_READ,
         P.CASE_CREATE,
+        P.CASE_VIEW,
         P.CASE_READ,
         P.CASE_UPDATE,
         P.CASE_NOTE,
@@ -63,6 +64,8 @@ ROLE_PERMISSIONS: MappingProxyType[Role, frozenset[P]] = MappingProxyType(
         Role.DPO: frozenset(
             {
                 P.SELF_READ,
+                P.CASE_VIEW,
+                P.CASE_ACCESS_LOG,
                 P.CONSENT_READ,
                 P.REFERRAL_READ,
                 P.AUDIT_READ,
@@ -74,6 +77,7 @@ ROLE_PERMISSIONS: MappingProxyType[Role, frozenset[P]] = MappingProxyType(
         Role.ORG_ADMIN: frozenset(
             {
                 P.SELF_READ,
+                P.CASE_VIEW,
                 P.ORG_READ,
                 P.USER_READ,
                 P.USER_MANAGE,

@@ -195,7 +195,11 @@ def create_client(data: dict[str, Any], org_id: uuid.UUID) -> Any:
 
 
 def _created_client(created: service.ClientWithSecret, status: int) -> Any:
-    body = ApiClientSchema().dump(created.client) | {"client_secret": created.client_secret}
+    # Raw attribute values, not a pre-dumped dict: @blp.response dumps with
+    # ApiClientCreatedSchema, and dumping twice breaks the Enum field (500 on every create).
+    fields = ApiClientSchema().dump_fields
+    body = {name: getattr(created.client, name) for name in fields}
+    body["client_secret"] = created.client_secret
     return _with_etag("client", created.client, body, status)
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import validate
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.pagination import PageArgsSchema
 
-_NAME = validate.Length(min=1, max=200)
+
+def _not_blank(value: str) -> None:
+    # Names are stored stripped: "   " would otherwise pass Length and be saved as "".
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
+
+
+_NAME: list[Callable[[Any], Any]] = [validate.Length(min=1, max=200), _not_blank]
 
 
 class OrganisationSchema(ma.Schema):

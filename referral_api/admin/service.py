@@ -25,6 +25,7 @@ from referral_api.access.roles import OrgType, Role, role_allowed_in_org
 from referral_api.auth.models import ApiClient, Organisation, User
 from referral_api.auth.passwords import CredentialHasher
 from referral_api.auth.service import revoke_sessions_of_client, revoke_sessions_of_user
+from referral_api.crypto.fields import crypto_of
 from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 
 
@@ -83,6 +84,8 @@ def create_organisation(
     org = Organisation(id=uuid.uuid4(), name=name.strip(), org_type=org_type)
     session.add(org)
     _flush_unique(session, "An organisation with this name already exists.")
+    # Every organisation gets its own key-encryption and blind-index keys at birth.
+    crypto_of(session).keys(session).ensure_org_keys(org.id)
     return org
 
 

@@ -126,6 +126,34 @@ class LocalKeyring(_VersionedAesGcmKeyring):
     ) -> None:
         super().__init__(keys, current, destroyed)
         self.path = path
+        self._mtime = self._stat_mtime()
+
+    def _stat_mtime(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _reload_if_changed(self) -> None:
+        """Another process (the `keys` CLI) may have rotated or destroyed a version."""
+        mtime = self._stat_mtime()
+        if mtime == self._mtime:
+            return
+        fresh = LocalKeyring.load(self.path, create_if_missing=False)
+        self._keys, self._current, self._destroyed = fresh._keys, fresh._current, fresh._destroyed
+        self._mtime = mtime
+
+    def current_version(self) -> int:
+        self._reload_if_changed()
+        return self._current
+
+    def wrap(self, plaintext_key: bytes, associated_data: bytes) -> bytes:
+        self._reload_if_changed()
+        return super().wrap(plaintext_key, associated_data)
+
+    def unwrap(self, wrapped: bytes, associated_data: bytes) -> bytes:
+        self._reload_if_changed()
+        return super().unwrap(wrapped, associated_data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, create_if_missing: bool) -> LocalKeyring:
@@ -172,3 +200,4 @@ class LocalKeyring(_VersionedAesGcmKeyring):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
+        self._mtime = self._stat_mtime()

@@ -1,0 +1,73 @@
+"""Seal audit rows right after the request that wrote them has been answered.
+
+An `after_flush` listener marks sessions that inserted audit rows; after the response is
+sent (`call_on_close`), one short transaction seals pending rows. Because the sealer skips
+a chain head another worker holds, requests never wait on each other for the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, g
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from referral_api.audit.models import AuditEvent
+from referral_api.audit.service import seal_pending
+
+log = logging.getLogger(__name__)
+_FLAG = "audit_rows_written"
+
+
+@event.listens_for(Session, "after_flush")
+def _mark_audit_rows(session: Session, _context: Any) -> None:
+    if any(isinstance(obj, AuditEvent) for obj in session.new):
+        session.info[_FLAG] = True
+
+
+def seal_now(app: Flask) -> int:
+    from referral_api.extensions import db
+
+    try:
+        with db.session_factory_for(app)() as session:
+            sealed = seal_pending(session)
+            session.commit()
+            return sealed
+    except SQLAlchemyError:
+        # Never fails a request: unsealed rows are picked up by the next seal or verify.
+        log.warning("audit sealing deferred", exc_info=True)
+        return 0
+
+
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def seal_after_response(response: Response) -> Response:
+        session = g.get("db_session")
+        if session is not None and session.info.pop(_FLAG, False):
+            target = current_app._get_current_object()  # type: ignore[attr-defined]
+            response.call_on_close(lambda: seal_now(target))
+        return response
+
+
+def record_denial(app: Flask, entry: dict[str, Any]) -> None:
+    """Write a denied access in its own transaction: the request's was rolled back, but the
+    attempt must still be on the record."""
+    from dataclasses import replace
+
+    from referral_api.access.actor import Actor
+    from referral_api.audit.service import record
+    from referral_api.extensions import db
+
+    actor = g.get("actor") or Actor.anonymous()
+    actor = replace(actor, request_id=g.get("request_id"))
+    try:
+        with db.session_factory_for(app)() as session:
+            record(session, actor, **entry)
+            session.commit()
+    except SQLAlchemyError:
+        log.error("could not record a denied access", exc_info=True)
+        raise
+    seal_now(app)

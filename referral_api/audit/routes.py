@@ -1,0 +1,38 @@
+"""Audit-chain verification for data-protection officers and platform administrators."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from flask import current_app
+
+from referral_api.access.permissions import Permission
+from referral_api.audit import service
+from referral_api.audit.schemas import VerifyResultSchema
+from referral_api.extensions import db
+from referral_api.smorest import Blueprint, current_actor
+
+blp = Blueprint("audit", __name__, url_prefix="/api/v1", description="Audit log")
+
+
+@blp.route("/audit/verify", methods=["GET"])
+@blp.requires(Permission.AUDIT_VERIFY)
+@blp.response(200, VerifyResultSchema)
+def verify() -> Any:
+    """Recompute the audit hash chain and name the first row that does not match
+
+    Pending rows are sealed first. `ok: false` with `first_bad_id` points at the first
+    altered or missing row.
+    """
+    service.seal_all(db.session_factory_for(current_app))
+    result = service.verify_chain(db.session)
+    service.record(
+        db.session,
+        current_actor(),
+        str(Permission.AUDIT_VERIFY),
+        resource_type="audit",
+        details={"ok": result.ok, "checked": result.checked},
+    )
+    db.session.commit()
+    return asdict(result)

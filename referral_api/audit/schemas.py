@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+import marshmallow as ma
+
+
+class VerifyResultSchema(ma.Schema):
+    ok = ma.fields.Boolean()
+    checked = ma.fields.Integer(metadata={"description": "Sealed rows recomputed"})
+    unsealed = ma.fields.Integer(metadata={"description": "Rows not yet chained"})
+    first_bad_id = ma.fields.Integer(allow_none=True)
+    first_bad_seq = ma.fields.Integer(allow_none=True)
+    problem = ma.fields.String(allow_none=True)

@@ -1,0 +1,208 @@
+"""Recording, sealing and verifying the audit chain.
+
+Requests never lock the chain: each inserts unsealed rows in its own transaction. The
+sealer (run right after a request commits, and by `referral-api audit seal`/`verify`)
+takes the head row with SKIP LOCKED — if another worker is sealing, it simply leaves the
+work to it — and chains a batch of unsealed rows in id order:
+    hash = SHA-256(prev_hash ‖ canonical(row))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from referral_api.access.actor import Actor
+from referral_api.audit.models import AuditChainHead, AuditEvent
+
+GENESIS_HASH = "0" * 64
+ALLOW = "allow"
+DENY = "deny"
+
+_CANONICAL_FIELDS = (
+    "id",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "actor_org_id",
+    "actor_role",
+    "acting_officer",
+    "action",
+    "resource_type",
+    "resource_id",
+    "case_id",
+    "categories",
+    "purpose",
+    "decision",
+    "reason",
+    "legal_basis",
+    "request_id",
+    "details",
+)
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: str,
+    *,
+    resource_type: str,
+    resource_id: Any = None,
+    case_id: uuid.UUID | None = None,
+    categories: Iterable[str] = (),
+    purpose: str | None = None,
+    decision: str = ALLOW,
+    reason: str | None = None,
+    legal_basis: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Add one audit row to the caller's transaction (it commits with the change)."""
+    event = AuditEvent(
+        occurred_at=datetime.now(UTC),
+        actor_type=actor.kind.value,
+        actor_id=actor.id,
+        actor_org_id=actor.org_id,
+        actor_role=actor.role.value if actor.role else None,
+        acting_officer=actor.acting_officer,
+        action=action,
+        resource_type=resource_type,
+        resource_id=str(resource_id) if resource_id is not None else None,
+        case_id=case_id,
+        categories=",".join(sorted(set(categories))) or None,
+        purpose=purpose,
+        decision=decision,
+        reason=reason,
+        legal_basis=legal_basis,
+        request_id=actor.request_id,
+        details=json.dumps(details, sort_keys=True, default=str) if details else None,
+    )
+    session.add(event)
+    return event
+
+
+def _canonical(event: AuditEvent, seq: int) -> bytes:
+    document: dict[str, Any] = {"seq": seq}
+    for name in _CANONICAL_FIELDS:
+        value = getattr(event, name)
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC).isoformat(timespec="microseconds")
+        elif value is not None and not isinstance(value, (str, int)):
+            value = str(value)
+        document[name] = value
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, event: AuditEvent, seq: int) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + _canonical(event, seq)).hexdigest()
+
+
+def _lock_head(session: Session) -> AuditChainHead | None:
+    stmt = select(AuditChainHead).where(AuditChainHead.id == 1)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    head = session.scalars(stmt).one_or_none()
+    if head is None and session.get(AuditChainHead, 1) is None:
+        try:
+            with session.begin_nested():
+                head = AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH)
+                session.add(head)
+                session.flush()
+        except IntegrityError:
+            return None  # created concurrently; the next seal will use it
+    return head
+
+
+def seal_pending(session: Session, batch_size: int = 500) -> int:
+    """Chain up to `batch_size` unsealed rows; returns how many. Caller commits."""
+    head = _lock_head(session)
+    if head is None:
+        return 0  # another worker is sealing right now
+    rows = session.scalars(
+        select(AuditEvent).where(AuditEvent.seq.is_(None)).order_by(AuditEvent.id).limit(batch_size)
+    ).all()
+    now = datetime.now(UTC)
+    for event in rows:
+        seq = head.last_seq + 1
+        event.seq = seq
+        event.prev_hash = head.last_hash
+        event.hash = chain_hash(head.last_hash, event, seq)
+        event.sealed_at = now
+        head.last_seq = seq
+        head.last_hash = event.hash
+    return len(rows)
+
+
+def seal_all(session_factory: Any, batch_size: int = 500) -> int:
+    """Seal until nothing is pending, one committed batch at a time."""
+    total = 0
+    while True:
+        with session_factory() as session:
+            sealed = seal_pending(session, batch_size)
+            session.commit()
+        total += sealed
+        if sealed < batch_size:
+            return total
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    unsealed: int
+    first_bad_id: int | None = None
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
+    """Recompute the chain from the first row; name the first row that does not match."""
+    prev_hash = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    last_id: int | None = None
+    while True:
+        stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None)).order_by(AuditEvent.seq)
+        if checked:
+            stmt = stmt.where(AuditEvent.seq >= expected_seq)
+        rows = session.scalars(stmt.limit(batch_size)).all()
+        for event in rows:
+            if event.seq != expected_seq:
+                return VerifyResult(
+                    False, checked, 0, event.id, event.seq, "sequence gap (a row was removed)"
+                )
+            if event.prev_hash != prev_hash or event.hash != chain_hash(
+                prev_hash, event, expected_seq
+            ):
+                return VerifyResult(
+                    False, checked, 0, event.id, event.seq, "hash mismatch (row altered)"
+                )
+            prev_hash = event.hash
+            expected_seq += 1
+            checked += 1
+            last_id = event.id
+        if len(rows) < batch_size:
+            break
+    head = session.get(AuditChainHead, 1)
+    if head is not None and (head.last_seq != checked or head.last_hash != prev_hash):
+        return VerifyResult(
+            False,
+            checked,
+            0,
+            last_id,
+            checked,
+            "chain head does not match (rows removed at the end)",
+        )
+    unsealed = (
+        session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
+        or 0
+    )
+    return VerifyResult(True, checked, int(unsealed))

@@ -1,0 +1,191 @@
+"""Case endpoints: parse → one service call → commit → respond. Every personal read is
+audited in the same transaction, committed before the response leaves."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from referral_api.access.permissions import Permission
+from referral_api.cases import service
+from referral_api.cases.schemas import (
+    AccessLogEntrySchema,
+    AssignSchema,
+    CaseCreateSchema,
+    CaseQueryArgsSchema,
+    CaseSchema,
+    CaseUpdateSchema,
+    NoteCreateSchema,
+    NoteSchema,
+    StatusChangeSchema,
+)
+from referral_api.extensions import db
+from referral_api.pagination import PageArgsSchema, link_header
+from referral_api.smorest import Blueprint, current_actor, etag_for, require_if_match
+
+blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Case records")
+
+_ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Strong entity tag"}}
+
+
+def _respond(view: service.CaseView, status: int = 200) -> Any:
+    body = view.as_dict()
+    return body, status, {"ETag": etag_for("case", view.case.id, view.case.version)}
+
+
+def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
+    case, decision = service.authorize(db.session, current_actor(), permission, case_id)
+    require_if_match(etag_for("case", case.id, case.version))
+    return case, decision
+
+
+@blp.route("/cases", methods=["POST"])
+@blp.requires(Permission.CASE_CREATE)
+@blp.arguments(CaseCreateSchema)
+@blp.response(201, CaseSchema, headers=_ETAG)
+def create_case(data: dict[str, Any]) -> Any:
+    """Open a case for the caller's organisation"""
+    view = service.create_case(db.session, current_actor(), data)
+    db.session.commit()
+    return _respond(view, 201)
+
+
+@blp.route("/cases", methods=["GET"])
+@blp.requires(Permission.CASE_VIEW)
+@blp.arguments(CaseQueryArgsSchema, location="query")
+@blp.response(200, CaseSchema(many=True))
+def list_cases(args: dict[str, Any]) -> Any:
+    """List or search the organisation's cases
+
+    Filters: status, case_type, risk_level, assignee_id, updated_since. Exact search (through
+    blind indexes, never logged): name, date_of_birth, phone, document_number, or
+    family_name + birth_year. Items carry metadata and, for roles that see identity, the
+    identity category. Follow `Link: rel="next"` for more.
+    """
+    page, shown = service.list_cases(db.session, current_actor(), args)
+    items = [service.CaseView(case, shown).as_dict() for case in page.items]
+    db.session.commit()
+    return items, 200, link_header(page, args["limit"])
+
+
+@blp.route("/cases/<uuid:case_id>", methods=["GET"])
+@blp.requires(Permission.CASE_VIEW)
+@blp.response(200, CaseSchema, headers=_ETAG)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_case(case_id: uuid.UUID) -> Any:
+    """Read a case (the categories your role may see)"""
+    view = service.read_case(db.session, current_actor(), case_id)
+    body = _respond(view)
+    db.session.commit()
+    return body
+
+
+@blp.route("/cases/<uuid:case_id>", methods=["PATCH"])
+@blp.requires(Permission.CASE_UPDATE)
+@blp.arguments(CaseUpdateSchema)
+@blp.response(200, CaseSchema, headers=_ETAG)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
+def update_case(changes: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Update a case (If-Match required)"""
+    case, decision = _authorize_for_change(case_id, Permission.CASE_UPDATE)
+    view = service.update_case(db.session, current_actor(), case, decision, changes)
+    body = _respond(view)
+    db.session.commit()
+    return body
+
+
+@blp.route("/cases/<uuid:case_id>/status", methods=["POST"])
+@blp.requires(Permission.CASE_UPDATE)
+@blp.arguments(StatusChangeSchema)
+@blp.response(200, CaseSchema, headers=_ETAG)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
+def change_status(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Move a case open → active → closed, or reopen it (If-Match required)
+
+    Closing and reopening need a supervisor and a reason code.
+    """
+    case, decision = _authorize_for_change(case_id, Permission.CASE_UPDATE)
+    view = service.change_status(
+        db.session, current_actor(), case, decision, data["to"], data.get("reason")
+    )
+    body = _respond(view)
+    db.session.commit()
+    return body
+
+
+@blp.route("/cases/<uuid:case_id>/assign", methods=["POST"])
+@blp.requires(Permission.CASE_ASSIGN)
+@blp.arguments(AssignSchema)
+@blp.response(200, CaseSchema, headers=_ETAG)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
+def assign_case(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Assign or reassign a case to a user of the same organisation (If-Match required)"""
+    case, decision = _authorize_for_change(case_id, Permission.CASE_ASSIGN)
+    view = service.assign(db.session, current_actor(), case, decision, data["assignee_id"])
+    body = _respond(view)
+    db.session.commit()
+    return body
+
+
+@blp.route("/cases/<uuid:case_id>/notes", methods=["GET"])
+@blp.requires(Permission.CASE_READ)
+@blp.response(200, NoteSchema(many=True))
+@blp.alt_response(404, response="NOT_FOUND")
+def list_notes(case_id: uuid.UUID) -> Any:
+    """The case timeline: notes in the categories your role may see"""
+    actor = current_actor()
+    case, decision = service.authorize(db.session, actor, Permission.CASE_READ, case_id)
+    notes = service.list_notes(db.session, actor, case, decision)
+    body = NoteSchema(many=True).dump(notes)
+    db.session.commit()
+    return body
+
+
+@blp.route("/cases/<uuid:case_id>/notes", methods=["POST"])
+@blp.requires(Permission.CASE_NOTE)
+@blp.arguments(NoteCreateSchema)
+@blp.response(201, NoteSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def add_note(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Add a note to the case timeline"""
+    actor = current_actor()
+    case, decision = service.authorize(db.session, actor, Permission.CASE_NOTE, case_id)
+    note = service.add_note(db.session, actor, case, decision, data["category"], data["text"])
+    body = NoteSchema().dump(note)
+    db.session.commit()
+    return body, 201
+
+
+@blp.route("/cases/<uuid:case_id>/access-log", methods=["GET"])
+@blp.requires(Permission.CASE_ACCESS_LOG)
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, AccessLogEntrySchema(many=True))
+@blp.alt_response(404, response="NOT_FOUND")
+def access_log(args: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Who accessed this case: actor, role, organisation, time, action, decision"""
+    actor = current_actor()
+    case, _ = service.authorize(db.session, actor, Permission.CASE_ACCESS_LOG, case_id)
+    page = service.access_log(db.session, actor, case, args.get("cursor"), args["limit"])
+    body = [
+        {
+            "occurred_at": row.occurred_at,
+            "actor_type": row.actor_type,
+            "actor_id": row.actor_id,
+            "actor_role": row.actor_role,
+            "actor_org_id": row.actor_org_id,
+            "acting_officer": row.acting_officer,
+            "action": row.action,
+            "categories": row.categories.split(",") if row.categories else [],
+            "decision": row.decision,
+        }
+        for row in page.items
+    ]
+    db.session.commit()
+    return body, 200, link_header(page, args["limit"])

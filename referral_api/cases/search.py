@@ -1,0 +1,159 @@
+"""Blind-index maintenance and exact search over encrypted case fields.
+
+Indexed fields (query parameter → index field):
+- `name` → "name": given name, family name, each alias, and "given family"
+- `date_of_birth` → "dob" (bits capped for its low cardinality; see plan_bits)
+- `family_name` + `birth_year` → "family_birth" (compound)
+- `phone` → "phone" (E.164)
+- `document_number` → "document" (upper-case alphanumerics)
+Sex, nationality and other low-cardinality attributes are never indexed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from referral_api.crypto.blind_index import (
+    blind_index,
+    normalise_document,
+    normalise_name,
+    normalise_phone,
+    plan_bits,
+)
+from referral_api.crypto.keys import CryptoContext
+
+if TYPE_CHECKING:
+    from referral_api.cases.models import Case
+
+INDEXED_SOURCE_FIELDS = frozenset(
+    {"given_name", "family_name", "aliases", "date_of_birth", "phone", "documents"}
+)
+INDEX_FIELDS = ("name", "dob", "family_birth", "phone", "document")
+
+# Distinct dates of birth across ~100 years.
+_DOB_CARDINALITY = 36_500
+
+
+def default_plan(expected_cases: int) -> dict[str, int]:
+    """Bits per index field for an expected number of cases (stored with each key version)."""
+    return {
+        "name": plan_bits(expected_cases * 4).bits,
+        "dob": plan_bits(expected_cases, cardinality=_DOB_CARDINALITY).bits,
+        "family_birth": plan_bits(expected_cases).bits,
+        "phone": plan_bits(expected_cases).bits,
+        "document": plan_bits(expected_cases).bits,
+    }
+
+
+def birth_year(date_of_birth: str | None) -> str | None:
+    if not date_of_birth or len(date_of_birth) < 4:
+        return None
+    return date_of_birth[:4]
+
+
+def index_terms(case: Case, phone_region: str) -> dict[str, set[str]]:
+    """Normalised terms of one case, per index field."""
+    terms: dict[str, set[str]] = {field: set() for field in INDEX_FIELDS}
+    given = normalise_name(case.given_name) if case.given_name else ""
+    family = normalise_name(case.family_name) if case.family_name else ""
+    for name in (given, family, *(normalise_name(a) for a in case.aliases or [] if a)):
+        if name:
+            terms["name"].add(name)
+    if given and family:
+        terms["name"].add(f"{given} {family}")
+    if case.date_of_birth:
+        terms["dob"].add(case.date_of_birth)
+        year = birth_year(case.date_of_birth)
+        if family and year:
+            terms["family_birth"].add(f"{family}|{year}")
+    if case.phone:
+        terms["phone"].add(normalise_phone(case.phone, phone_region))
+    for document in case.documents or []:
+        number = normalise_document(str(document.get("number") or ""))
+        if number:
+            terms["document"].add(number)
+    return terms
+
+
+def refresh_blind_index(session: Session, crypto: CryptoContext, case: Case) -> None:
+    """Replace a case's index entries for every writable index-key version (dual-write
+    during an index-key rotation)."""
+    from referral_api.cases.models import delete_index_entries
+
+    keys = crypto.keys(session)
+    delete_index_entries(session, case.id)
+    terms = index_terms(case, crypto.phone_region)
+    for version in keys.index_versions(case.org_id, for_query=False):
+        write_index_entries(session, crypto, case, version, terms)
+
+
+def write_index_entries(
+    session: Session,
+    crypto: CryptoContext,
+    case: Case,
+    version: int,
+    terms: dict[str, set[str]] | None = None,
+) -> int:
+    from referral_api.cases.models import CaseSearchIndex
+
+    keys = crypto.keys(session)
+    terms = terms if terms is not None else index_terms(case, crypto.phone_region)
+    key = keys.index_key(case.org_id, version)
+    plan = keys.index_plan(case.org_id, version)
+    count = 0
+    for field, values in terms.items():
+        for value in sorted(values):
+            session.add(
+                CaseSearchIndex(
+                    org_id=case.org_id,
+                    case_id=case.id,
+                    field=field,
+                    key_version=version,
+                    value=blind_index(key, field, value, plan[field]),
+                )
+            )
+            count += 1
+    return count
+
+
+def candidate_case_ids(
+    session: Session, crypto: CryptoContext, org_id: uuid.UUID, field: str, term: str
+) -> Select[Any]:
+    """A subquery of case ids whose index entry matches (false positives included)."""
+    from referral_api.cases.models import CaseSearchIndex
+
+    keys = crypto.keys(session)
+    version = keys.index_versions(org_id, for_query=True)[-1]
+    value = blind_index(
+        keys.index_key(org_id, version), field, term, keys.index_plan(org_id, version)[field]
+    )
+    return select(CaseSearchIndex.case_id).where(
+        CaseSearchIndex.org_id == org_id,
+        CaseSearchIndex.field == field,
+        CaseSearchIndex.key_version == version,
+        CaseSearchIndex.value == value,
+    )
+
+
+def matches(case: Case, field: str, term: str, phone_region: str) -> bool:
+    """Exact comparison after decryption: removes truncation false positives."""
+    return term in index_terms(case, phone_region)[field]
+
+
+def normalised_query(params: dict[str, Any], phone_region: str) -> Iterable[tuple[str, str]]:
+    """(index field, normalised term) pairs for the search parameters given."""
+    if params.get("name"):
+        yield "name", normalise_name(params["name"])
+    if params.get("date_of_birth"):
+        yield "dob", params["date_of_birth"].isoformat()
+    if params.get("family_name") and params.get("birth_year"):
+        yield "family_birth", f"{normalise_name(params['family_name'])}|{params['birth_year']:04d}"
+    if params.get("phone"):
+        yield "phone", normalise_phone(params["phone"], phone_region)
+    if params.get("document_number"):
+        yield "document", normalise_document(params["document_number"])

@@ -1,0 +1,404 @@
+"""Case rules. No Flask; takes (session, actor, …); never commits; audits in the caller's
+transaction. Denials raise NotFound/Forbidden carrying the audit entry to record."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.categories import Category
+from referral_api.access.permissions import Permission
+from referral_api.access.policy import (
+    Decision,
+    decide,
+    list_categories,
+    scope_cases,
+    visible_categories,
+)
+from referral_api.access.roles import Role
+from referral_api.audit import service as audit
+from referral_api.audit.models import AuditEvent
+from referral_api.auth.models import User
+from referral_api.cases import search
+from referral_api.cases.codes import ActivateReason, CloseReason, ReopenReason
+from referral_api.cases.layout import CATEGORY_FIELDS, project
+from referral_api.cases.models import Case, CaseNote, CaseStatus, CaseStatusChange
+from referral_api.crypto.fields import crypto_of
+from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from referral_api.pagination import Page, paginate
+
+# Case codes: prefix, then 8 characters from an alphabet without look-alikes (I, O, 0, 1).
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_ASSIGNABLE_ROLES = frozenset({Role.CASEWORKER, Role.SUPERVISOR, Role.POLICE_OFFICER})
+
+# Allowed status moves → (permission needed, reason codes accepted, reason required).
+_TRANSITIONS: dict[tuple[CaseStatus, CaseStatus], tuple[Permission, frozenset[str], bool]] = {
+    (CaseStatus.OPEN, CaseStatus.ACTIVE): (
+        Permission.CASE_UPDATE,
+        frozenset(ActivateReason),
+        False,
+    ),
+    (CaseStatus.OPEN, CaseStatus.CLOSED): (Permission.CASE_CLOSE, frozenset(CloseReason), True),
+    (CaseStatus.ACTIVE, CaseStatus.CLOSED): (Permission.CASE_CLOSE, frozenset(CloseReason), True),
+    (CaseStatus.CLOSED, CaseStatus.OPEN): (Permission.CASE_CLOSE, frozenset(ReopenReason), True),
+}
+
+
+def new_case_code(case_type: str) -> str:
+    body = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+    return f"{case_type.upper()}-{body[:4]}-{body[4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    case: Case
+    categories: frozenset[Category]
+
+    def as_dict(self) -> dict[str, Any]:
+        return project(self.case, self.categories)
+
+
+def _denied(actor: Actor, action: Permission, case: Case | None, decision: Decision) -> Exception:
+    error: NotFound | Forbidden
+    error = (
+        NotFound()
+        if decision.conceal or case is None
+        else Forbidden("Your role does not allow this action.")
+    )
+    error.audit = {
+        "action": str(action),
+        "resource_type": "case",
+        "resource_id": str(case.id) if case is not None else None,
+        "case_id": case.id if case is not None else None,
+        "decision": audit.DENY,
+        "reason": decision.reason,
+    }
+    return error
+
+
+def authorize(
+    session: Any, actor: Actor, action: Permission, case_id: uuid.UUID
+) -> tuple[Case, Decision]:
+    """Load a case and decide; out-of-scope and missing cases are indistinguishable (404)."""
+    case = session.get(Case, case_id)
+    if case is None:
+        raise _denied(actor, action, None, Decision(False, "no such case", conceal=True))
+    decision = decide(actor, action, case)
+    if not decision.allowed:
+        raise _denied(actor, action, case, decision)
+    return case, decision
+
+
+def _audit_case(
+    session: Any,
+    actor: Actor,
+    action: Permission,
+    case: Case,
+    categories: frozenset[Category] | set[Category],
+    **extra: Any,
+) -> None:
+    audit.record(
+        session,
+        actor,
+        str(action),
+        resource_type="case",
+        resource_id=case.id,
+        case_id=case.id,
+        categories=[c.value for c in categories],
+        **extra,
+    )
+
+
+def _apply_categories(
+    case: Case, data: dict[str, Any], allowed: frozenset[Category]
+) -> set[Category]:
+    touched: set[Category] = set()
+    for category in Category:
+        values = data.get(category.value)
+        if values is None:
+            continue
+        if category not in allowed:
+            raise Forbidden(f"Your role may not write {category.value} data.")
+        for key, value in values.items():
+            setattr(case, CATEGORY_FIELDS[category][key], value)
+        touched.add(category)
+    return touched
+
+
+def _check_assignee(
+    session: Any, actor: Actor, org_id: uuid.UUID, assignee_id: uuid.UUID | None
+) -> None:
+    if assignee_id is None:
+        return
+    user = session.get(User, assignee_id)
+    if (
+        user is None
+        or user.org_id != org_id
+        or not user.active
+        or user.role not in _ASSIGNABLE_ROLES
+    ):
+        raise ValidationFailed(
+            {
+                "assignee_id": [
+                    "Must be an active caseworker, supervisor or officer "
+                    "of the case's organisation."
+                ]
+            }
+        )
+
+
+def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
+    decision = decide(actor, Permission.CASE_CREATE)
+    if not decision.allowed or actor.org_id is None:
+        raise Forbidden("Your role does not allow this action.")
+    case_id = uuid.uuid4()
+    case = Case(
+        id=case_id,
+        case_code=new_case_code(data["case_type"].value),
+        org_id=actor.org_id,
+        case_type=data["case_type"],
+        status=CaseStatus.OPEN,
+        risk_level=data["risk_level"],
+        nrm_stage=data["nrm_stage"],
+        created_by=actor.id if actor.kind is ActorKind.USER else None,
+    )
+    categories = decide(actor, Permission.CASE_READ, case)
+    allowed = visible_categories(categories) if categories.allowed else frozenset()
+    _check_assignee(session, actor, actor.org_id, data.get("assignee_id"))
+    case.assignee_id = data.get("assignee_id")
+    session.add(case)
+    touched = _apply_categories(case, data, allowed)
+    session.add(
+        CaseStatusChange(
+            case_id=case.id, from_status=None, to_status=CaseStatus.OPEN, actor_id=actor.id
+        )
+    )
+    session.flush()
+    _audit_case(session, actor, Permission.CASE_CREATE, case, touched)
+    return CaseView(case, allowed)
+
+
+def read_case(session: Any, actor: Actor, case_id: uuid.UUID) -> CaseView:
+    case, decision = authorize(session, actor, Permission.CASE_VIEW, case_id)
+    categories = visible_categories(decision)
+    _audit_case(
+        session,
+        actor,
+        Permission.CASE_READ if categories else Permission.CASE_VIEW,
+        case,
+        categories,
+    )
+    return CaseView(case, categories)
+
+
+def update_case(
+    session: Any, actor: Actor, case: Case, decision: Decision, changes: dict[str, Any]
+) -> CaseView:
+    categories = visible_categories(decision)
+    for field in ("risk_level", "nrm_stage"):
+        if field in changes:
+            setattr(case, field, changes[field])
+    touched = _apply_categories(case, changes, categories)
+    case.updated_at = datetime.now(UTC)
+    session.flush()
+    _audit_case(session, actor, Permission.CASE_UPDATE, case, touched)
+    return CaseView(case, categories)
+
+
+def change_status(
+    session: Any, actor: Actor, case: Case, decision: Decision, to: CaseStatus, reason: str | None
+) -> CaseView:
+    rule = _TRANSITIONS.get((case.status, to))
+    if rule is None:
+        allowed = sorted(t.value for (f, t) in _TRANSITIONS if f == case.status)
+        raise Conflict(
+            f"A {case.status.value} case cannot move to {to.value}.", allowed_transitions=allowed
+        )
+    permission, reasons, reason_required = rule
+    if not actor.can(permission):
+        raise Forbidden("Your role does not allow this status change.")
+    if reason is None and reason_required:
+        raise ValidationFailed({"reason": ["A reason code is required for this change."]})
+    if reason is not None and reason not in reasons:
+        raise ValidationFailed({"reason": [f"Use one of: {', '.join(sorted(reasons))}."]})
+    session.add(
+        CaseStatusChange(
+            case_id=case.id, from_status=case.status, to_status=to, reason=reason, actor_id=actor.id
+        )
+    )
+    case.status = to
+    case.status_reason = reason
+    case.closed_at = datetime.now(UTC) if to is CaseStatus.CLOSED else None
+    case.updated_at = datetime.now(UTC)
+    session.flush()
+    _audit_case(session, actor, permission, case, set(), reason=reason, details={"to": to.value})
+    return CaseView(case, visible_categories(decision))
+
+
+def assign(
+    session: Any, actor: Actor, case: Case, decision: Decision, assignee_id: uuid.UUID | None
+) -> CaseView:
+    if not actor.can(Permission.CASE_ASSIGN):
+        raise Forbidden("Your role does not allow assigning cases.")
+    _check_assignee(session, actor, case.org_id, assignee_id)
+    case.assignee_id = assignee_id
+    case.updated_at = datetime.now(UTC)
+    session.flush()
+    _audit_case(
+        session,
+        actor,
+        Permission.CASE_ASSIGN,
+        case,
+        set(),
+        details={"assignee_id": str(assignee_id)},
+    )
+    return CaseView(case, visible_categories(decision))
+
+
+# ---- lists and search ---------------------------------------------------------------------
+
+
+def _search_requested(params: dict[str, Any]) -> bool:
+    return any(
+        params.get(name)
+        for name in ("name", "family_name", "date_of_birth", "phone", "document_number")
+    )
+
+
+def list_cases(
+    session: Any, actor: Actor, params: dict[str, Any]
+) -> tuple[Page, frozenset[Category]]:
+    """List or search, scoped in SQL to the actor's organisation; search terms go through
+    blind indexes and false positives are removed after decryption."""
+    stmt: Select[Any] = scope_cases(actor, Permission.CASE_VIEW, select(Case), Case.org_id)
+    stmt = stmt.where(Case.erased.is_(False))
+    for field in ("status", "case_type", "risk_level", "assignee_id"):
+        if params.get(field) is not None:
+            stmt = stmt.where(getattr(Case, field) == params[field])
+    if params.get("updated_since") is not None:
+        stmt = stmt.where(Case.updated_at >= params["updated_since"])
+
+    role_categories = list_categories(actor)
+    searching = _search_requested(params)
+    terms: list[tuple[str, str]] = []
+    if searching:
+        needed = {Category.CONTACT} if params.get("phone") else set()
+        if any(params.get(n) for n in ("name", "family_name", "date_of_birth", "document_number")):
+            needed.add(Category.IDENTITY)
+        if not needed <= role_categories or actor.org_id is None:
+            # Searching by personal attributes is itself a disclosure (an oracle).
+            raise Forbidden("Your role may not search cases by personal data.")
+        crypto = crypto_of(session)
+        terms = list(search.normalised_query(params, crypto.phone_region))
+        for field, term in terms:
+            stmt = stmt.where(
+                Case.id.in_(search.candidate_case_ids(session, crypto, actor.org_id, field, term))
+            )
+
+    page = paginate(
+        session,
+        stmt,
+        created_col=Case.created_at,
+        id_col=Case.id,
+        cursor=params.get("cursor"),
+        limit=params["limit"],
+    )
+    if terms:
+        region = crypto_of(session).phone_region
+        page = Page(
+            [
+                case
+                for case in page.items
+                if all(search.matches(case, f, t, region) for f, t in terms)
+            ],
+            page.next_cursor,
+        )
+    shown = role_categories & {Category.IDENTITY}
+    for case in page.items:
+        _audit_case(
+            session,
+            actor,
+            Permission.CASE_READ if shown else Permission.CASE_VIEW,
+            case,
+            shown,
+            details={"via": "search" if searching else "list"},
+        )
+    if not page.items:
+        audit.record(
+            session,
+            actor,
+            str(Permission.CASE_VIEW),
+            resource_type="case",
+            details={"via": "search" if searching else "list", "results": 0},
+        )
+    return page, shown
+
+
+# ---- notes --------------------------------------------------------------------------------
+
+
+def add_note(
+    session: Any, actor: Actor, case: Case, decision: Decision, category: Category, text: str
+) -> CaseNote:
+    if not actor.can(Permission.CASE_NOTE) or category not in visible_categories(decision):
+        raise Forbidden("Your role may not write notes in this category.")
+    note = CaseNote(
+        id=uuid.uuid4(), case_id=case.id, org_id=case.org_id, author_id=actor.id, category=category
+    )
+    note.text = text
+    session.add(note)
+    case.updated_at = datetime.now(UTC)
+    session.flush()
+    _audit_case(
+        session, actor, Permission.CASE_NOTE, case, {category}, details={"note_id": str(note.id)}
+    )
+    return note
+
+
+def list_notes(session: Any, actor: Actor, case: Case, decision: Decision) -> list[CaseNote]:
+    categories = visible_categories(decision)
+    notes = list(
+        session.scalars(
+            select(CaseNote)
+            .where(CaseNote.case_id == case.id, CaseNote.category.in_(sorted(categories)))
+            .order_by(CaseNote.created_at, CaseNote.id)
+        )
+    )
+    _audit_case(
+        session,
+        actor,
+        Permission.CASE_READ,
+        case,
+        {n.category for n in notes},
+        details={"notes": len(notes)},
+    )
+    return notes
+
+
+# ---- access log ---------------------------------------------------------------------------
+
+
+def access_log(session: Any, actor: Actor, case: Case, cursor: str | None, limit: int) -> Page:
+    """Who touched this case: actor, role, organisation, time, action, decision."""
+    stmt = select(AuditEvent).where(AuditEvent.case_id == case.id)
+    page = _audit_page(session, stmt, cursor, limit)
+    _audit_case(session, actor, Permission.CASE_ACCESS_LOG, case, set())
+    return page
+
+
+def _audit_page(session: Any, stmt: Select[Any], cursor: str | None, limit: int) -> Page:
+    if cursor:
+        try:
+            before = int(cursor)
+        except ValueError:
+            raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None
+        stmt = stmt.where(AuditEvent.id < before)
+    rows = list(session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    return Page(rows[:limit], next_cursor)

@@ -1,0 +1,94 @@
+"""Blind indexes: keyed HMAC-SHA256 over a normalised value, truncated to a planned bit length.
+
+Search = compute the index value → candidate rows → decrypt → compare normalised values, so
+truncation collisions (false positives) never reach the caller. Index keys are per
+organisation and versioned: the same value has unrelated index values in two organisations.
+
+Normalisation rules (documented for users in docs/search.md):
+- names: Unicode NFKD; combining marks (accents, diacritics, Arabic harakat) removed;
+  case-folded (ß → ss); German umlaut spellings folded (ae → a, oe → o, ue → u, so Müller,
+  MULLER and Mueller match); Arabic alef forms → ا, taa marbuta → ه, alef maksura → ي;
+  Cyrillic ё → е, й → и; punctuation, apostrophes and hyphens removed; whitespace collapsed.
+- phones: parsed with libphonenumber and formatted E.164 (national forms use the
+  deployment's default region); unparseable input falls back to digits only.
+- document numbers: upper-case ASCII letters and digits only.
+- dates: ISO 8601 `YYYY-MM-DD`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import phonenumbers
+
+_SPACES = re.compile(r"\s+")
+_ARABIC_FOLDS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي"})
+_UMLAUT_DIGRAPHS = re.compile(r"([aou])e")
+_APOSTROPHES = str.maketrans("", "", "'’ʼ`")
+
+
+def normalise_name(value: str) -> str:
+    text = unicodedata.normalize("NFKC", value).translate(_ARABIC_FOLDS)
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    text = text.translate(_APOSTROPHES)
+    text = "".join(ch if ch.isalnum() else " " for ch in text)
+    text = _UMLAUT_DIGRAPHS.sub(r"\1", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def normalise_phone(value: str, default_region: str) -> str:
+    try:
+        number = phonenumbers.parse(value, default_region.upper())
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    except phonenumbers.NumberParseException:
+        digits = re.sub(r"\D", "", value)
+        return f"+{digits}" if value.strip().startswith("+") else digits
+
+
+def normalise_document(value: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "", unicodedata.normalize("NFKC", value).upper())
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPlan:
+    """How many bits an index keeps, and why."""
+
+    bits: int
+    expected_rows: int
+    expected_false_positives: float
+
+
+MIN_BITS = 8
+MAX_BITS = 32
+
+
+def plan_bits(
+    expected_rows: int, target_false_positives: float = 2.0, cardinality: int | None = None
+) -> IndexPlan:
+    """Choose a truncation length so that a query meets about `target_false_positives`
+    unrelated rows at `expected_rows` (cheap to filter after decryption, and every index
+    value is shared by several rows, which blunts frequency analysis).
+
+    For low-cardinality attributes (`cardinality` distinct values, e.g. dates of birth)
+    the bits are also capped so that each index value covers several distinct values.
+    """
+    rows = max(expected_rows, 2)
+    bits = math.ceil(math.log2(rows / max(target_false_positives, 0.001)))
+    if cardinality is not None:
+        bits = min(bits, max(MIN_BITS, math.floor(math.log2(cardinality)) - 2))
+    bits = max(MIN_BITS, min(MAX_BITS, bits))
+    return IndexPlan(bits=bits, expected_rows=rows, expected_false_positives=rows / 2**bits)
+
+
+def blind_index(key: bytes, field: str, normalised: str, bits: int) -> int:
+    """HMAC-SHA256(key, field ‖ 0x00 ‖ value) truncated to `bits` (a non-negative int)."""
+    digest = hmac.new(
+        key, field.encode("ascii") + b"\x00" + normalised.encode("utf-8"), hashlib.sha256
+    ).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - bits)

@@ -1,0 +1,123 @@
+"""`referral-api keys …`: status and rotation (thin wrappers over crypto.rotation)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask import current_app
+
+from referral_api.crypto import rotation
+
+keys_group = click.Group("keys", help="Key status and rotation.")
+
+
+def _factory() -> Any:
+    from referral_api.extensions import db
+
+    return db.session_factory_for(current_app)
+
+
+def _audit(action: str, details: dict[str, Any]) -> None:
+    from referral_api.access.actor import Actor
+    from referral_api.audit.service import record
+
+    with _factory()() as session:
+        record(session, Actor.system(), action, resource_type="keys", details=details)
+        session.commit()
+
+
+@keys_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output")
+def status(as_json: bool) -> None:
+    """Key versions and how much data each version protects."""
+    with _factory()() as session:
+        result = rotation.key_status(session)
+    data = {
+        "root": result.root,
+        "org_keys_by_root_version": result.org_keys_by_root_version,
+        "index_keys_by_root_version": result.index_keys_by_root_version,
+        "index_keys_by_state": result.index_keys_by_state,
+        "case_keys_by_version": result.case_keys_by_version,
+        "cases_by_key_version": result.cases_by_key_version,
+        "ciphertexts_by_key_version": result.ciphertexts_by_key_version,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    root = result.root
+    click.echo(
+        f"root key: provider {root['provider']}, current v{root['current_version']}, "
+        f"available {root['versions']}, destroyed {root['destroyed']}"
+    )
+    for label in list(data)[1:]:
+        values = data[label]
+        shown = ", ".join(f"v{k}: {v}" for k, v in sorted(values.items())) or "none"
+        click.echo(f"{label.replace('_', ' ')}: {shown}")
+
+
+@keys_group.command("rotate-root")
+@click.option("--resume", is_flag=True, help="Finish re-wrapping without a new root version")
+def rotate_root(resume: bool) -> None:
+    """New root key version; re-wrap every organisation and index key (online, resumable)."""
+    with click.progressbar(length=0, label="re-wrapping keys", show_pos=True) as bar:
+        version, total = rotation.rotate_root(_factory(), resume=resume, progress=bar.update)
+    _audit("keys:rotate-root", {"root_version": version, "rewrapped": total})
+    click.echo(f"root key v{version} current; {total} keys re-wrapped")
+
+
+@keys_group.command("destroy-root")
+@click.argument("version", type=int)
+@click.confirmation_option(prompt="Destroy this root key version for ever?")
+def destroy_root(version: int) -> None:
+    """Destroy an old root key version (refused while any key is wrapped under it)."""
+    from referral_api.exceptions import ReferralApiError
+
+    with _factory()() as session:
+        try:
+            rotation.destroy_root_version(session, version)
+        except ReferralApiError as error:
+            raise click.ClickException(error.detail) from None
+    _audit("keys:destroy-root", {"root_version": version})
+    click.echo(f"root key v{version} destroyed")
+
+
+@keys_group.command("rotate-case-keys")
+@click.option("--batch-size", default=200, show_default=True)
+def rotate_case_keys(batch_size: int) -> None:
+    """Give every case a new data key and re-encrypt its fields and notes (resumable)."""
+    from sqlalchemy import func, select
+
+    factory = _factory()
+    with factory() as session:
+        job = rotation.open_rotation_job(session, "case-keys")
+        started_at = job.started_at
+        pending = session.scalar(
+            select(func.count()).select_from(
+                rotation.cases_needing_rotation(session, started_at).subquery()
+            )
+        )
+        session.commit()
+        job_id = job.id
+    with click.progressbar(length=pending or 0, label="re-encrypting cases", show_pos=True) as bar:
+        done = rotation.rotate_case_keys(
+            factory, started_at=started_at, batch_size=batch_size, progress=bar.update
+        )
+    rotation.finish_rotation_job(factory, job_id)
+    _audit("keys:rotate-case-keys", {"cases": done})
+    click.echo(f"{done} cases re-encrypted under new data keys")
+
+
+@keys_group.command("rotate-index")
+@click.option("--batch-size", default=500, show_default=True)
+def rotate_index(batch_size: int) -> None:
+    """New blind-index key per organisation: dual-write, backfill, switch (resumable)."""
+    factory = _factory()
+    with factory() as session:
+        created = rotation.start_index_rotation(session)
+        session.commit()
+    with click.progressbar(length=0, label="backfilling index", show_pos=True) as bar:
+        filled = rotation.backfill_index(factory, batch_size=batch_size, progress=bar.update)
+    _audit("keys:rotate-index", {"organisations": created, "cases": filled})
+    click.echo(f"{created} organisations on a new index key; {filled} cases indexed")

@@ -1,0 +1,296 @@
+"""The key hierarchy: root (provider) → organisation key → per-case data key → field subkey;
+root → per-organisation blind-index key.
+
+Unwrapped keys are cached briefly in process, keyed by version (a version's key never
+changes, so the cache cannot serve a stale key; it can only outlive a destroyed version by
+at most the TTL, and destruction also removes every ciphertext that used it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from referral_api.crypto.envelope import field_subkey
+from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
+from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
+
+DATA_KEY_BYTES = 32
+_NONCE = 12
+
+
+class KeyCache:
+    """A small thread-safe LRU with a time-to-live."""
+
+    def __init__(self, maxsize: int = 50_000, ttl_seconds: float = 300.0) -> None:
+        self._data: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._maxsize = maxsize
+        self._ttl = ttl_seconds
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            expires, value = item
+            if expires < time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = (time.monotonic() + self._ttl, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self._maxsize:
+                self._data.popitem(last=False)
+
+    def discard_case(self, case_id: uuid.UUID) -> None:
+        with self._lock:
+            for key in [k for k in self._data if isinstance(k, tuple) and case_id in k]:
+                del self._data[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+@dataclass
+class CryptoContext:
+    """What a database session needs to encrypt and decrypt: installed in `session.info`."""
+
+    provider: KeyProvider
+    cache: KeyCache
+    # Truncation plan for new blind-index key versions ({field: bits}).
+    index_bits: dict[str, int]
+    # Region for phone numbers written in national form (ISO 3166 alpha-2).
+    phone_region: str = "GB"
+
+    def keys(self, session: Session) -> KeyService:
+        return KeyService(session, self.provider, self.cache, self.index_bits)
+
+
+def _org_key_aad(org_id: uuid.UUID, version: int) -> bytes:
+    return b"org-key\x00" + org_id.bytes + struct.pack(">I", version)
+
+
+def _index_key_aad(org_id: uuid.UUID, version: int) -> bytes:
+    return b"index-key\x00" + org_id.bytes + struct.pack(">I", version)
+
+
+def _case_key_aad(case_id: uuid.UUID, version: int, org_key_version: int) -> bytes:
+    return b"case-key\x00" + case_id.bytes + struct.pack(">II", version, org_key_version)
+
+
+def wrap_data_key(kek: bytes, data_key: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(_NONCE)
+    return nonce + AESGCM(kek).encrypt(nonce, data_key, aad)
+
+
+def unwrap_data_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(kek).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], aad)
+    except InvalidTag:
+        raise KeyUnavailable("a wrapped key did not authenticate") from None
+
+
+class KeyService:
+    def __init__(
+        self,
+        session: Session,
+        provider: KeyProvider,
+        cache: KeyCache,
+        plan: dict[str, int] | None = None,
+    ) -> None:
+        self.session = session
+        self.provider = provider
+        self.cache = cache
+        self.plan = plan or {}
+
+    # ---- organisation keys ----------------------------------------------------------------
+
+    def current_org_key_version(self, org_id: uuid.UUID) -> int:
+        version = self.session.scalar(
+            select(func.max(OrgKey.version)).where(OrgKey.org_id == org_id)
+        )
+        pending = [
+            r.version for r in self.session.new if isinstance(r, OrgKey) and r.org_id == org_id
+        ]
+        if pending:
+            version = max([version or 0, *pending])
+        if version is None:
+            return self._create_org_key(org_id)
+        return int(version)
+
+    def _create_org_key(self, org_id: uuid.UUID, version: int = 1) -> int:
+        key = AESGCM.generate_key(bit_length=256)
+        row = OrgKey(
+            org_id=org_id,
+            version=version,
+            root_version=self.provider.current_version(),
+            wrapped_key=self.provider.wrap(key, _org_key_aad(org_id, version)),
+        )
+        if self._add_key_row(row):
+            self.cache.put(("org", org_id, version), key)
+        return version
+
+    def _add_key_row(self, row: Any) -> bool:
+        """Insert a new key row. Outside a flush, in a savepoint, so that losing a creation
+        race to another transaction is harmless. Inside a flush (first use of an
+        organisation created without keys), the row simply joins that flush."""
+        # Session has no public "inside before_flush" flag.
+        if self.session._flushing:
+            self.session.add(row)
+            return True
+        try:
+            with self.session.begin_nested():
+                self.session.add(row)
+                self.session.flush()
+        except IntegrityError:
+            return False  # another transaction created it first; use theirs
+        return True
+
+    def ensure_org_keys(self, org_id: uuid.UUID) -> None:
+        """Provision an organisation's first key and blind-index key (at its creation)."""
+        self.current_org_key_version(org_id)
+        self.index_versions(org_id, for_query=False)
+
+    def org_key(self, org_id: uuid.UUID, version: int) -> bytes:
+        cached = self.cache.get(("org", org_id, version))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        row = self.session.get(OrgKey, (org_id, version))
+        if row is None:
+            raise KeyUnavailable("organisation key version is not available")
+        key = self.provider.unwrap(row.wrapped_key, _org_key_aad(org_id, version))
+        self.cache.put(("org", org_id, version), key)
+        return key
+
+    def rewrap_org_key(self, row: OrgKey) -> None:
+        """Re-wrap one organisation key under the current root version (root rotation)."""
+        key = self.provider.unwrap(row.wrapped_key, _org_key_aad(row.org_id, row.version))
+        row.wrapped_key = self.provider.wrap(key, _org_key_aad(row.org_id, row.version))
+        row.root_version = self.provider.current_version()
+
+    def rewrap_index_key(self, row: IndexKey) -> None:
+        key = self.provider.unwrap(row.wrapped_key, _index_key_aad(row.org_id, row.version))
+        row.wrapped_key = self.provider.wrap(key, _index_key_aad(row.org_id, row.version))
+        row.root_version = self.provider.current_version()
+
+    # ---- case data keys -------------------------------------------------------------------
+
+    def create_case_key(self, case_id: uuid.UUID, org_id: uuid.UUID, version: int = 1) -> bytes:
+        data_key = os.urandom(DATA_KEY_BYTES)
+        org_version = self.current_org_key_version(org_id)
+        kek = self.org_key(org_id, org_version)
+        self.session.add(
+            CaseKey(
+                case_id=case_id,
+                version=version,
+                org_id=org_id,
+                org_key_version=org_version,
+                wrapped_key=wrap_data_key(
+                    kek, data_key, _case_key_aad(case_id, version, org_version)
+                ),
+            )
+        )
+        self.cache.put(("case", case_id, version), data_key)
+        return data_key
+
+    def case_key(self, case_id: uuid.UUID, version: int) -> bytes:
+        cached = self.cache.get(("case", case_id, version))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        row = self.session.get(CaseKey, (case_id, version))
+        if row is None:
+            raise KeyUnavailable("case key version is not available")
+        kek = self.org_key(row.org_id, row.org_key_version)
+        data_key = unwrap_data_key(
+            kek, row.wrapped_key, _case_key_aad(case_id, version, row.org_key_version)
+        )
+        self.cache.put(("case", case_id, version), data_key)
+        return data_key
+
+    def subkey(self, case_id: uuid.UUID, version: int, table: str, column: str) -> bytes:
+        cache_key = ("field", case_id, version, table, column)
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        subkey = field_subkey(self.case_key(case_id, version), table, column)
+        self.cache.put(cache_key, subkey)
+        return subkey
+
+    # ---- blind-index keys -----------------------------------------------------------------
+
+    def index_versions(self, org_id: uuid.UUID, *, for_query: bool) -> list[int]:
+        """Versions to write (active + backfilling) or to query (active only)."""
+        states = ("active",) if for_query else ("active", "backfilling")
+        versions = list(
+            self.session.scalars(
+                select(IndexKey.version).where(
+                    IndexKey.org_id == org_id, IndexKey.state.in_(states)
+                )
+            )
+        )
+        versions += [
+            r.version
+            for r in self.session.new
+            if isinstance(r, IndexKey) and r.org_id == org_id and r.state in states
+        ]
+        if not versions:
+            versions = [self.create_index_key(org_id, version=1, state="active", plan=self.plan)]
+        return sorted(versions)
+
+    def index_plan(self, org_id: uuid.UUID, version: int) -> dict[str, int]:
+        cached = self.cache.get(("index-plan", org_id, version))
+        if cached is None:
+            row = self.session.get(IndexKey, (org_id, version))
+            if row is None:
+                raise KeyUnavailable("index key version is not available")
+            cached = {field: int(bits) for field, bits in json.loads(row.plan).items()}
+            self.cache.put(("index-plan", org_id, version), cached)
+        return cached  # type: ignore[no-any-return]
+
+    def create_index_key(
+        self, org_id: uuid.UUID, *, version: int, state: str, plan: dict[str, int]
+    ) -> int:
+        key = AESGCM.generate_key(bit_length=256)
+        row = IndexKey(
+            org_id=org_id,
+            version=version,
+            state=state,
+            plan=json.dumps(plan, sort_keys=True),
+            root_version=self.provider.current_version(),
+            wrapped_key=self.provider.wrap(key, _index_key_aad(org_id, version)),
+        )
+        if self._add_key_row(row):
+            self.cache.put(("index", org_id, version), key)
+            self.cache.put(("index-plan", org_id, version), dict(plan))
+        return version
+
+    def index_key(self, org_id: uuid.UUID, version: int) -> bytes:
+        cached = self.cache.get(("index", org_id, version))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        row = self.session.get(IndexKey, (org_id, version))
+        if row is None:
+            raise KeyUnavailable("index key version is not available")
+        key = self.provider.unwrap(row.wrapped_key, _index_key_aad(org_id, version))
+        self.cache.put(("index", org_id, version), key)
+        return key

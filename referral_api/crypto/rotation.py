@@ -1,0 +1,318 @@
+"""Key rotation jobs. Each works in committed batches, is safe to interrupt, and resumes
+where it stopped when run again; every ciphertext and wrapped key names its version, so
+progress is observable with `referral-api keys status`.
+
+- Root rotation: new root version, then re-wrap organisation and index keys (fast, online).
+- Case-key rotation: per case, a new data key; every field and note re-encrypted; the old
+  data key deleted in the same transaction.
+- Index-key rotation: new index-key version per organisation written alongside the old one
+  (dual-write), backfilled from decrypted values, then switched over; old entries deleted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from referral_api.crypto.fields import crypto_of, reencrypt
+from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    root: dict[str, Any]
+    org_keys_by_root_version: dict[int, int]
+    index_keys_by_root_version: dict[int, int]
+    index_keys_by_state: dict[str, int]
+    case_keys_by_version: dict[int, int]
+    cases_by_key_version: dict[int, int]
+    ciphertexts_by_key_version: dict[int, int]
+
+
+def key_status(session: Session) -> KeyStatus:
+    from referral_api.cases.models import Case, CaseNote
+
+    provider = crypto_of(session).provider
+    described = provider.describe()
+
+    def grouped(column: Any, model: Any) -> dict[Any, int]:
+        rows = session.execute(select(column, func.count()).select_from(model).group_by(column))
+        return {key: count for key, count in rows if key is not None}
+
+    # Ciphertext versions are read from each blob's header (bytes 2..6), per table.
+    cipher_versions: dict[int, int] = {}
+    for column in (Case.given_name_ct, CaseNote.text_ct):
+        for (blob,) in session.execute(select(column).where(column.is_not(None))):
+            version = int.from_bytes(blob[2:6], "big")
+            cipher_versions[version] = cipher_versions.get(version, 0) + 1
+    return KeyStatus(
+        root={
+            "provider": described.provider,
+            "current_version": described.current_version,
+            "versions": list(described.versions),
+            "destroyed": list(described.destroyed),
+        },
+        org_keys_by_root_version=grouped(OrgKey.root_version, OrgKey),
+        index_keys_by_root_version=grouped(IndexKey.root_version, IndexKey),
+        index_keys_by_state=grouped(IndexKey.state, IndexKey),
+        case_keys_by_version=grouped(CaseKey.version, CaseKey),
+        cases_by_key_version=grouped(Case.key_version, Case),
+        ciphertexts_by_key_version=cipher_versions,
+    )
+
+
+# ---- root ---------------------------------------------------------------------------------
+
+
+def rotate_root(
+    factory: sessionmaker[Session],
+    *,
+    resume: bool,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+) -> tuple[int, int]:
+    """Create a new root version (unless resuming) and re-wrap every organisation and index
+    key still wrapped under an older one. Returns (new root version, keys re-wrapped)."""
+    with factory() as session:
+        provider = crypto_of(session).provider
+        if not resume:
+            provider.rotate()
+        current = provider.current_version()
+    total = 0
+    for model in (OrgKey, IndexKey):
+        while True:
+            with factory() as session:
+                keys = crypto_of(session).keys(session)
+                rows = session.scalars(
+                    select(model).where(model.root_version != current).limit(batch_size)
+                ).all()
+                for row in rows:
+                    if model is OrgKey:
+                        keys.rewrap_org_key(row)  # type: ignore[arg-type]
+                    else:
+                        keys.rewrap_index_key(row)  # type: ignore[arg-type]
+                session.commit()
+            total += len(rows)
+            if progress:
+                progress(len(rows))
+            if len(rows) < batch_size:
+                break
+    return current, total
+
+
+def destroy_root_version(session: Session, version: int) -> None:
+    """Destroy an old root version once no key is wrapped under it."""
+    from referral_api.exceptions import Conflict
+
+    in_use = (
+        session.scalar(
+            select(func.count()).select_from(OrgKey).where(OrgKey.root_version == version)
+        )
+        or 0
+    )
+    in_use += (
+        session.scalar(
+            select(func.count()).select_from(IndexKey).where(IndexKey.root_version == version)
+        )
+        or 0
+    )
+    if in_use:
+        raise Conflict(
+            f"{in_use} keys are still wrapped under root version {version}; "
+            "run `keys rotate-root --resume` first."
+        )
+    crypto_of(session).provider.destroy(version)
+
+
+# ---- case data keys -----------------------------------------------------------------------
+
+
+def cases_needing_rotation(session: Session, started_at: datetime) -> Any:
+    """Cases whose current data key predates the sweep."""
+    from referral_api.cases.models import Case
+
+    current_key_created = (
+        select(CaseKey.created_at)
+        .where(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version)
+        .scalar_subquery()
+    )
+    return select(Case.id).where(
+        Case.key_version.is_not(None), Case.erased.is_(False), current_key_created < started_at
+    )
+
+
+def open_rotation_job(session: Session, kind: str) -> RotationJob:
+    """The unfinished job of this kind, or a new one starting now (what makes it resumable)."""
+    job = session.scalars(
+        select(RotationJob).where(RotationJob.kind == kind, RotationJob.finished_at.is_(None))
+    ).first()
+    if job is None:
+        job = RotationJob(kind=kind, started_at=utcnow())
+        session.add(job)
+        session.flush()
+    return job
+
+
+def rotate_case_keys(
+    factory: sessionmaker[Session],
+    *,
+    started_at: datetime,
+    batch_size: int = 200,
+    progress: Progress | None = None,
+    stop_after_batches: int | None = None,
+) -> int:
+    """Re-encrypt every case whose data key predates `started_at` under a fresh key.
+
+    Resumable: a case done in an earlier run has a newer key and is skipped. Each batch is
+    one transaction, so an interruption loses at most the batch in flight (rolled back).
+    """
+    from referral_api.cases.models import Case, CaseNote
+
+    done = 0
+    batches = 0
+    while stop_after_batches is None or batches < stop_after_batches:
+        with factory() as session:
+            ids = list(
+                session.scalars(
+                    cases_needing_rotation(session, started_at).order_by(Case.id).limit(batch_size)
+                )
+            )
+            if not ids:
+                break
+            keys = crypto_of(session).keys(session)
+            cases = session.scalars(select(Case).where(Case.id.in_(ids)).with_for_update()).all()
+            for case in cases:
+                old = case.key_version
+                assert old is not None  # noqa: S101 - filtered above
+                new = old + 1
+                notes = session.scalars(select(CaseNote).where(CaseNote.case_id == case.id)).all()
+                # Decrypt everything under the old key before it goes.
+                for record in (case, *notes):
+                    for name in type(record).__encrypted_fields__:
+                        getattr(record, name)
+                keys.create_case_key(case.id, case.org_id, version=new)
+                for record in (case, *notes):
+                    reencrypt(record, keys, new)
+                case.key_version = new
+                session.flush()
+                session.execute(
+                    delete(CaseKey).where(CaseKey.case_id == case.id, CaseKey.version < new)
+                )
+                keys.cache.discard_case(case.id)
+            session.commit()
+        done += len(ids)
+        batches += 1
+        if progress:
+            progress(len(ids))
+    return done
+
+
+# ---- blind-index keys ---------------------------------------------------------------------
+
+
+def start_index_rotation(session: Session) -> int:
+    """Give every organisation a new `backfilling` index-key version (dual-write starts)."""
+    keys = crypto_of(session).keys(session)
+    created = 0
+    org_ids = session.scalars(select(OrgKey.org_id).distinct()).all()
+    for org_id in org_ids:
+        if session.scalar(
+            select(func.count())
+            .select_from(IndexKey)
+            .where(IndexKey.org_id == org_id, IndexKey.state == "backfilling")
+        ):
+            continue
+        latest = (
+            session.scalar(select(func.max(IndexKey.version)).where(IndexKey.org_id == org_id)) or 0
+        )
+        keys.create_index_key(org_id, version=latest + 1, state="backfilling", plan=keys.plan)
+        created += 1
+    return created
+
+
+def backfill_index(
+    factory: sessionmaker[Session], *, batch_size: int = 500, progress: Progress | None = None
+) -> int:
+    """Write entries for every backfilling version, then switch it to active and retire the
+    old version (deleting its entries). Resumable."""
+    from referral_api.cases.models import Case, CaseSearchIndex
+    from referral_api.cases.search import write_index_entries
+
+    filled = 0
+    with factory() as session:
+        targets = session.execute(
+            select(IndexKey.org_id, IndexKey.version).where(IndexKey.state == "backfilling")
+        ).all()
+    for org_id, version in targets:
+        while True:
+            with factory() as session:
+                crypto = crypto_of(session)
+                missing = (
+                    select(Case)
+                    .where(
+                        Case.org_id == org_id, Case.erased.is_(False), Case.key_version.is_not(None)
+                    )
+                    .where(
+                        ~exists().where(
+                            CaseSearchIndex.case_id == Case.id,
+                            CaseSearchIndex.key_version == version,
+                        )
+                    )
+                    .order_by(Case.id)
+                    .limit(batch_size)
+                )
+                cases = session.scalars(missing).all()
+                for case in cases:
+                    write_index_entries(session, crypto, case, version)
+                session.commit()
+            filled += len(cases)
+            if progress:
+                progress(len(cases))
+            if len(cases) < batch_size:
+                break
+        with factory() as session:
+            session.execute(
+                update(IndexKey)
+                .where(IndexKey.org_id == org_id, IndexKey.state == "active")
+                .values(state="retired")
+            )
+            session.execute(
+                update(IndexKey)
+                .where(IndexKey.org_id == org_id, IndexKey.version == version)
+                .values(state="active")
+            )
+            retired = select(IndexKey.version).where(
+                IndexKey.org_id == org_id, IndexKey.state == "retired"
+            )
+            session.execute(
+                delete(CaseSearchIndex).where(
+                    CaseSearchIndex.org_id == org_id, CaseSearchIndex.key_version.in_(retired)
+                )
+            )
+            session.commit()
+    return filled
+
+
+def iter_batches(items: list[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def finish_rotation_job(factory: sessionmaker[Session], job_id: int) -> None:
+    with factory() as session:
+        job = session.get(RotationJob, job_id)
+        if job is not None and job.finished_at is None:
+            job.finished_at = utcnow()
+        session.commit()

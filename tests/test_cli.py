@@ -1,0 +1,399 @@
+"""The `referral-api` command line: flags and output are a contract integrators script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.auth.models import ApiClient, Organisation, User
+from referral_api.crypto.keyring import LocalKeyring
+from referral_api.migrate import head_revision
+
+PASSWORD = "cli-password-" + "long-enough"
+NO_PASSWORD_ENV = {"REFERRAL_API_PASSWORD": None}
+
+
+def _count(session, model) -> int:
+    count = session.scalar(select(func.count()).select_from(model))
+    session.rollback()  # end the read: SQLite's BEGIN IMMEDIATE would block the app
+    return int(count or 0)
+
+
+def _login(client, email: str, password: str):
+    return client.post("/api/v1/auth/login", json={"email": email, "password": password})
+
+
+# ---- create-org ---------------------------------------------------------------------------
+
+
+def test_create_org_prints_only_the_id(runner, session):
+    result = runner.invoke(args=["create-org", "--name", "Northern Shelter", "--type", "shelter"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    org_id = uuid.UUID(lines[0])
+    org = session.get(Organisation, org_id)
+    assert (org.name, org.org_type) == ("Northern Shelter", OrgType.SHELTER)
+
+
+def test_create_org_rejects_an_unknown_type(runner, session):
+    result = runner.invoke(args=["create-org", "--name", "Bad Type Org", "--type", "charity"])
+    assert result.exit_code != 0
+    assert "charity" in result.output
+    assert result.stdout == ""
+    assert _count(session, Organisation) == 0
+
+
+def test_create_org_twice_fails_with_a_message(runner, session):
+    args = ["create-org", "--name", "Twice Org", "--type", "ngo"]
+    assert runner.invoke(args=args).exit_code == 0
+    result = runner.invoke(args=args)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr
+    assert result.stdout == ""
+    assert _count(session, Organisation) == 1
+
+
+# ---- create-user --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by", ["name", "id"])
+def test_create_user_with_password_from_env(runner, client, factory, session, by):
+    org_id = factory.org(OrgType.NGO, name="CLI Users NGO")
+    org_ref = "CLI Users NGO" if by == "name" else str(org_id)
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "Case.Worker@Example.org",
+            "--org",
+            org_ref,
+            "--role",
+            "caseworker",
+        ],
+        env={"REFERRAL_API_PASSWORD": PASSWORD},
+    )
+    assert result.exit_code == 0, result.output
+    user_id = uuid.UUID(result.stdout.strip())
+    user = session.get(User, user_id)
+    assert (user.org_id, user.role, user.email) == (
+        org_id,
+        Role.CASEWORKER,
+        "case.worker@example.org",
+    )
+    assert PASSWORD not in user.password_hash
+    session.rollback()
+
+    tokens = _login(client, "case.worker@example.org", PASSWORD)
+    assert tokens.status_code == 200
+    me = client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {tokens.get_json()['access_token']}"}
+    ).get_json()
+    assert (me["id"], me["role"], me["organisation"]["id"]) == (
+        str(user_id),
+        "caseworker",
+        str(org_id),
+    )
+
+
+def test_create_user_without_password_and_without_tty_fails(runner, factory, session):
+    factory.org(OrgType.NGO, name="No Password NGO")
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "nopass@example.org",
+            "--org",
+            "No Password NGO",
+            "--role",
+            "caseworker",
+        ],
+        env=NO_PASSWORD_ENV,
+    )
+    assert result.exit_code != 0
+    assert "REFERRAL_API_PASSWORD" in result.output
+    assert result.stdout == ""
+    assert _count(session, User) == 0
+
+
+def test_create_user_has_no_password_option(runner, factory, session):
+    # A password on the command line ends up in shell history and `ps` output.
+    factory.org(OrgType.NGO, name="Option NGO")
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "opt@example.org",
+            "--org",
+            "Option NGO",
+            "--role",
+            "caseworker",
+            "--password",
+            PASSWORD,
+        ],
+        env={"REFERRAL_API_PASSWORD": PASSWORD},
+    )
+    assert result.exit_code != 0
+    assert _count(session, User) == 0
+
+
+@pytest.mark.parametrize(
+    ("org_type", "role", "message"),
+    [
+        (OrgType.NGO, "police_officer", "police_officer"),
+        (OrgType.NGO, "platform_admin", "platform_admin"),
+        (OrgType.PLATFORM, "caseworker", "caseworker"),
+    ],
+)
+def test_create_user_role_not_allowed_in_org_type(
+    runner, factory, session, org_type, role, message
+):
+    factory.org(org_type, name="Role Check Org")
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "role@example.org",
+            "--org",
+            "Role Check Org",
+            "--role",
+            role,
+        ],
+        env={"REFERRAL_API_PASSWORD": PASSWORD},
+    )
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "not available" in result.stderr
+    assert result.stdout == ""
+    assert _count(session, User) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        (["--org", "No Such Org"], {"REFERRAL_API_PASSWORD": PASSWORD}, "No organisation"),
+        (["--org", "Input NGO"], {"REFERRAL_API_PASSWORD": "short"}, "12 characters"),
+    ],
+)
+def test_create_user_bad_input_fails_with_message(runner, factory, session, extra, env, message):
+    factory.org(OrgType.NGO, name="Input NGO")
+    result = runner.invoke(
+        args=["create-user", "--email", "input@example.org", "--role", "caseworker", *extra],
+        env=env,
+    )
+    assert result.exit_code != 0
+    assert message in result.output
+    assert _count(session, User) == 0
+
+
+def test_create_user_rejects_a_malformed_email(runner, factory, session):
+    factory.org(OrgType.NGO, name="Email NGO")
+    result = runner.invoke(
+        args=[
+            "create-user",
+            "--email",
+            "not-an-email",
+            "--org",
+            "Email NGO",
+            "--role",
+            "caseworker",
+        ],
+        env={"REFERRAL_API_PASSWORD": PASSWORD},
+    )
+    assert result.exit_code != 0
+    assert "--email" in result.output
+    assert _count(session, User) == 0
+
+
+def test_create_user_duplicate_email_fails(runner, factory, session):
+    factory.org(OrgType.NGO, name="Dup NGO")
+    args = ["create-user", "--email", "dup@example.org", "--org", "Dup NGO", "--role", "dpo"]
+    env = {"REFERRAL_API_PASSWORD": PASSWORD}
+    assert runner.invoke(args=args, env=env).exit_code == 0
+    result = runner.invoke(args=args, env=env)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr
+    assert _count(session, User) == 1
+
+
+# ---- create-client ------------------------------------------------------------------------
+
+
+def test_create_client_prints_a_working_credential_pair(runner, client, factory, session):
+    org_id = factory.org(OrgType.POLICE, name="CLI Police")
+    result = runner.invoke(
+        args=[
+            "create-client",
+            "--name",
+            "Records system",
+            "--org",
+            "CLI Police",
+            "--role",
+            "police_officer",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split("=", 1)[0] for line in lines] == ["client_id", "client_secret"]
+    client_id = lines[0].split("=", 1)[1]
+    secret = lines[1].split("=", 1)[1]
+    assert client_id and len(secret) >= 32
+
+    stored = session.scalars(select(ApiClient).where(ApiClient.client_id == client_id)).one()
+    assert (stored.org_id, stored.role) == (org_id, Role.POLICE_OFFICER)
+    assert secret not in stored.secret_hash
+    session.rollback()
+
+    response = client.post(
+        "/api/v1/auth/token",
+        json={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    )
+    assert response.status_code == 200, response.get_json()
+    token = response.get_json()["access_token"]
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert (me["kind"], me["role"], me["organisation"]["id"]) == (
+        "client",
+        "police_officer",
+        str(org_id),
+    )
+    wrong = client.post(
+        "/api/v1/auth/token",
+        json={"grant_type": "client_credentials", "client_id": client_id, "client_secret": "x"},
+    )
+    assert wrong.status_code == 401
+
+
+def test_create_client_role_not_allowed_fails(runner, factory, session):
+    factory.org(OrgType.NGO, name="Client NGO")
+    result = runner.invoke(
+        args=["create-client", "--name", "x", "--org", "Client NGO", "--role", "police_officer"]
+    )
+    assert result.exit_code != 0
+    assert "client_secret" not in result.output
+    assert _count(session, ApiClient) == 0
+
+
+# ---- seed-demo ----------------------------------------------------------------------------
+
+
+def test_seed_demo_creates_every_org_type_and_working_users(runner, client, session):
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.startswith("demo users (password for all: ")
+    password = header.split("password for all: ", 1)[1].rstrip("):")
+    users = [row.split() for row in rows]
+    assert users
+
+    org_types = set(session.scalars(select(Organisation.org_type)))
+    assert org_types == set(OrgType)
+    stored_users = {u.email: u.role for u in session.scalars(select(User))}
+    session.rollback()
+    assert {email for email, *_ in users} == set(stored_users)
+    # One user per role, each role present somewhere.
+    assert set(stored_users.values()) == set(Role)
+
+    email, role = next((e, r) for e, r, *_ in users if r == "police_officer")
+    response = _login(client, email, password)
+    assert response.status_code == 200
+    token = response.get_json()["access_token"]
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert me["role"] == role
+    assert me["organisation"]["org_type"] == "police"
+
+    orgs, people = _count(session, Organisation), _count(session, User)
+    again = runner.invoke(args=["seed-demo"])
+    assert again.exit_code == 0
+    assert again.stdout == ""
+    assert "nothing seeded" in again.stderr
+    assert (_count(session, Organisation), _count(session, User)) == (orgs, people)
+
+
+def test_seed_demo_does_nothing_when_an_organisation_exists(runner, factory, session):
+    factory.org(OrgType.NGO, name="Real Org")
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code == 0
+    assert (_count(session, Organisation), _count(session, User)) == (1, 0)
+
+
+@pytest.fixture
+def production_config(app_config, keyring_path):
+    LocalKeyring.load(keyring_path, create_if_missing=True)
+    app_config["ENV_NAME"] = "production"
+    app_config["KEYRING_CREATE_IF_MISSING"] = False
+    return app_config
+
+
+def test_seed_demo_is_refused_in_production(production_config, runner, session):
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code != 0
+    assert "production" in result.output
+    assert _count(session, Organisation) == 0
+
+
+# ---- openapi write ------------------------------------------------------------------------
+
+
+def test_openapi_write_writes_the_live_spec(runner, client, tmp_path):
+    target = tmp_path / "nested" / "openapi.json"
+    result = runner.invoke(args=["openapi", "write", str(target)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(target.read_text(encoding="utf-8"))
+    assert document["openapi"] == "3.1.0"
+    assert "/api/v1/auth/login" in document["paths"]
+    assert "bearerAuth" in document["components"]["securitySchemes"]
+    assert document == client.get("/api/v1/openapi.json").get_json()
+
+
+# ---- the installed console script ---------------------------------------------------------
+
+
+def _console_script() -> str:
+    candidate = Path(sys.prefix) / "bin" / "referral-api"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("referral-api")
+    assert found, "the referral-api console script is not installed"
+    return found
+
+
+def test_installed_console_script_upgrades_from_any_directory(tmp_path):
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    database = tmp_path / "x.db"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REFERRAL_API_ENV": "development",
+        "REFERRAL_API_KEYRING": str(tmp_path / "k.json"),
+        "REFERRAL_API_JWT_SECRET": "console-script-test-secret-" + "y" * 24,
+    }
+    completed = subprocess.run(
+        [_console_script(), "db", "upgrade"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "database at head" in completed.stderr
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    assert revision == head_revision()
+    assert list(workdir.iterdir()) == []  # nothing written to the working directory

@@ -1,0 +1,100 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from conftest import test_config as make_test_config
+from sqlalchemy import inspect
+
+from referral_api import create_app
+from referral_api.extensions import db
+
+
+def test_health_answers_without_authentication(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "checks": {}}
+
+
+def test_ready_when_everything_is_in_place(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "migrations": "ok", "keyring": "ok"},
+    }
+
+
+def test_ready_is_503_when_the_keyring_file_is_missing(app, client, tmp_path):
+    missing = tmp_path / "gone" / "keyring.json"
+    app.config["KEYRING_PATH"] = str(missing)
+    response = client.get("/ready")
+    body = assert_problem(response, 503)
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "keyring": "unavailable"}
+    assert "keyring" in body["detail"]
+    assert str(missing) not in response.get_data(as_text=True)
+    # A readiness probe never creates a keyring: that would silently start a new key history.
+    assert not missing.exists()
+
+
+def test_ready_is_503_when_the_keyring_file_is_readable_by_others(app, client, tmp_path):
+    exposed = tmp_path / "keyring.json"
+    shutil.copyfile(app.config["KEYRING_PATH"], exposed)
+    os.chmod(exposed, 0o644)
+    app.config["KEYRING_PATH"] = str(exposed)
+    body = assert_problem(client.get("/ready"), 503)
+    assert body["checks"]["keyring"] == "unavailable"
+
+
+def test_ready_is_503_when_the_keyring_file_is_malformed(app, client, tmp_path):
+    broken = tmp_path / "keyring.json"
+    broken.write_text("{not json", encoding="utf-8")
+    os.chmod(broken, 0o600)
+    app.config["KEYRING_PATH"] = str(broken)
+    body = assert_problem(client.get("/ready"), 503)
+    assert body["checks"]["keyring"] == "unavailable"
+
+
+@pytest.fixture
+def app_on(keyring_path: str) -> Iterator[Any]:
+    """An app on a database of the test's choosing (the shared `app` fixture needs the schema)."""
+    created: list[Any] = []
+
+    def make(database_url: str) -> Any:
+        application = create_app(make_test_config(database_url, keyring_path))
+        created.append(application)
+        return application
+
+    yield make
+    for application in created:
+        db.engine_for(application).dispose()
+
+
+def test_ready_is_503_when_the_database_is_not_migrated(app_on, tmp_path):
+    database = tmp_path / "empty.db"
+    application = app_on(f"sqlite:///{database}")
+    response = application.test_client().get("/ready")
+    body = assert_problem(response, 503)
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["migrations"] == "behind"
+    assert "migrations" in body["detail"]
+    # The probe only looks: it neither migrates nor creates tables.
+    assert inspect(db.engine_for(application)).get_table_names() == []
+
+
+def test_ready_is_503_when_the_database_is_unreachable(app_on, tmp_path):
+    unreachable = Path(tmp_path) / "no" / "such" / "directory" / "x.db"
+    application = app_on(f"sqlite:///{unreachable}")
+    response = application.test_client().get("/ready")
+    body = assert_problem(response, 503)
+    assert body["checks"]["database"] == "unreachable"
+    text = response.get_data(as_text=True)
+    assert str(unreachable) not in text
+    assert "sqlite" not in text.lower()

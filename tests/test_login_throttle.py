@@ -1,0 +1,411 @@
+"""Login throttling and user enumeration: per-account and per-address lockouts with a 429
+problem and Retry-After, identical answers for unknown and known e-mails, the same Argon2
+work for both, and failed attempts stored although the request fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import argon2
+import pytest
+from conftest import TEST_PASSWORD, assert_problem
+from sqlalchemy import func, select, update
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.auth.models import ApiClient, AuthSession, LoginThrottle, Organisation, User
+
+LOGIN = "/api/v1/auth/login"
+TOKEN = "/api/v1/auth/token"
+ACCOUNT_LIMIT = 3
+ADDRESS_LIMIT = 6
+LOCKOUT_SECONDS = 120
+WINDOW_SECONDS = 600
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    app_config.update(
+        LOGIN_MAX_FAILURES_PER_ACCOUNT=ACCOUNT_LIMIT,
+        LOGIN_MAX_FAILURES_PER_ADDRESS=ADDRESS_LIMIT,
+        LOGIN_FAILURE_WINDOW_SECONDS=WINDOW_SECONDS,
+        LOGIN_LOCKOUT_SECONDS=LOCKOUT_SECONDS,
+    )
+    return app_config
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def account_key(email: str) -> str:
+    return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def address_key(address: str) -> str:
+    return "addr:" + hashlib.sha256(address.encode()).hexdigest()
+
+
+def attempt(client: Any, email: str, password: str, address: str = "192.0.2.10") -> Any:
+    return client.post(
+        LOGIN,
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def throttle_row(session: Any, key: str) -> Any:
+    try:
+        return session.execute(
+            select(
+                LoginThrottle.failures,
+                LoginThrottle.window_started_at,
+                LoginThrottle.locked_until,
+            ).where(LoginThrottle.key == key)
+        ).one_or_none()
+    finally:
+        session.rollback()  # end the read so the app's next write is not blocked
+
+
+def count_sessions(session: Any) -> int:
+    try:
+        return session.scalar(select(func.count()).select_from(AuthSession))  # type: ignore[no-any-return]
+    finally:
+        session.rollback()
+
+
+def change(session: Any, stmt: Any) -> None:
+    session.execute(stmt)
+    session.commit()
+
+
+def assert_locked(response: Any) -> dict[str, Any]:
+    body = assert_problem(response, 429)
+    assert body["type"] == "/problems/too-many-attempts"
+    retry_after = response.headers.get("Retry-After")
+    assert retry_after is not None and retry_after.isdigit(), retry_after
+    assert 1 <= int(retry_after) <= LOCKOUT_SECONDS + 1
+    assert "access_token" not in body
+    return body
+
+
+def comparable(response: Any) -> tuple[int, dict[str, Any], frozenset[str]]:
+    """What a caller can observe, minus the per-request id."""
+    body = dict(response.get_json())
+    body.pop("instance", None)
+    headers = frozenset(
+        name
+        for name in ("Retry-After", "WWW-Authenticate", "Content-Type")
+        if name in response.headers
+    )
+    return response.status_code, body, headers
+
+
+# ---- per-account lockout ---------------------------------------------------------------------
+
+
+def test_account_locked_after_n_failures_even_with_correct_password(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT):
+        assert_problem(attempt(client, user.email, "wrong password"), 401)
+
+    locked = attempt(client, user.email, TEST_PASSWORD)
+    body = assert_locked(locked)
+    assert TEST_PASSWORD not in locked.get_data(as_text=True)
+    assert body["detail"]
+    assert count_sessions(session) == 0
+
+    row = throttle_row(session, account_key(user.email))
+    assert row.failures == ACCOUNT_LIMIT
+    assert row.locked_until > datetime.now(UTC)
+    assert row.locked_until <= datetime.now(UTC) + timedelta(seconds=LOCKOUT_SECONDS)
+
+    # Still locked from another address: the account, not the address, is throttled.
+    assert_locked(attempt(client, user.email, TEST_PASSWORD, address="198.51.100.7"))
+
+
+def test_account_not_locked_below_the_limit(client, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT - 1):
+        assert_problem(attempt(client, user.email, "wrong password"), 401)
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+
+
+def test_email_case_does_not_evade_the_account_throttle(client, factory):
+    user = factory.user(Role.CASEWORKER)
+    variants = [user.email, user.email.upper(), user.email.title()]
+    for email in variants[:ACCOUNT_LIMIT]:
+        assert_problem(attempt(client, email, "wrong password"), 401)
+    assert_locked(attempt(client, user.email.swapcase(), TEST_PASSWORD))
+
+
+def test_a_success_resets_the_account_counter(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT - 1):
+        assert_problem(attempt(client, user.email, "wrong password"), 401)
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+    assert throttle_row(session, account_key(user.email)).failures == 0
+
+    # Had the counter survived, the next failure would reach the limit and lock.
+    for _ in range(ACCOUNT_LIMIT - 1):
+        assert_problem(attempt(client, user.email, "wrong password"), 401)
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+
+
+def test_lock_expires_after_the_lockout(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT):
+        attempt(client, user.email, "wrong password")
+    assert_locked(attempt(client, user.email, TEST_PASSWORD))
+
+    change(
+        session,
+        update(LoginThrottle)
+        .where(LoginThrottle.key == account_key(user.email))
+        .values(locked_until=datetime.now(UTC) - timedelta(seconds=1)),
+    )
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+    row = throttle_row(session, account_key(user.email))
+    assert row.failures == 0
+    assert row.locked_until is None
+
+
+def test_lock_expires_in_real_time(app, client, factory):
+    lockout = 1
+    app.config["LOGIN_LOCKOUT_SECONDS"] = lockout  # read per request
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT):
+        attempt(client, user.email, "wrong password")
+    locked = attempt(client, user.email, TEST_PASSWORD)
+    assert_problem(locked, 429)
+    assert 1 <= int(locked.headers["Retry-After"]) <= lockout + 1
+    time.sleep(lockout + 0.2)
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+
+
+def test_failures_outside_the_window_start_a_new_count(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT - 1):
+        attempt(client, user.email, "wrong password")
+    change(
+        session,
+        update(LoginThrottle).values(
+            window_started_at=datetime.now(UTC) - timedelta(seconds=WINDOW_SECONDS + 5)
+        ),
+    )
+    assert_problem(attempt(client, user.email, "wrong password"), 401)
+    row = throttle_row(session, account_key(user.email))
+    assert row.failures == 1
+    assert row.locked_until is None
+    assert attempt(client, user.email, TEST_PASSWORD).status_code == 200
+
+
+# ---- per-address lockout ---------------------------------------------------------------------
+
+
+def test_address_throttle_spans_different_emails(client, session, factory):
+    attacker, bystander = "203.0.113.66", "203.0.113.67"
+    for n in range(ADDRESS_LIMIT):
+        # One failure per account: no account reaches its own limit.
+        assert_problem(attempt(client, f"guess-{n}@example.org", "x", address=attacker), 401)
+
+    row = throttle_row(session, address_key(attacker))
+    assert row.failures == ADDRESS_LIMIT
+    assert row.locked_until is not None
+
+    user = factory.user(Role.CASEWORKER)
+    assert_locked(attempt(client, user.email, TEST_PASSWORD, address=attacker))
+    assert_locked(attempt(client, "another-guess@example.org", "x", address=attacker))
+    # The same account from elsewhere is unaffected.
+    assert attempt(client, user.email, TEST_PASSWORD, address=bystander).status_code == 200
+
+
+def test_address_counter_is_not_reset_by_a_success(client, factory):
+    # A valid account of one's own must not launder an address's guesses at others.
+    address = "203.0.113.90"
+    own = factory.user(Role.CASEWORKER)
+    for n in range(ADDRESS_LIMIT - 1):
+        attempt(client, f"victim-{n}@example.org", "x", address=address)
+    assert attempt(client, own.email, TEST_PASSWORD, address=address).status_code == 200
+    assert_problem(attempt(client, "victim-last@example.org", "x", address=address), 401)
+    assert_locked(attempt(client, "victim-more@example.org", "x", address=address))
+
+
+# ---- no user enumeration ---------------------------------------------------------------------
+
+
+def run_sequence(client: Any, email: str, password: str, address: str) -> list[Any]:
+    return [attempt(client, email, password, address) for _ in range(ACCOUNT_LIMIT + 2)]
+
+
+def test_unknown_email_answers_exactly_like_a_wrong_password(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    known = run_sequence(client, user.email, "wrong password", "192.0.2.21")
+    unknown = run_sequence(client, "nobody-here@example.org", "wrong password", "192.0.2.22")
+
+    expected_statuses = [401] * ACCOUNT_LIMIT + [429] * 2
+    assert [r.status_code for r in known] == expected_statuses
+    assert [comparable(r) for r in known] == [comparable(r) for r in unknown]
+    for response in known + unknown:
+        assert response.mimetype == "application/problem+json"
+
+    # The unknown e-mail's attempts are recorded the same way.
+    assert throttle_row(session, account_key("nobody-here@example.org")).failures == ACCOUNT_LIMIT
+    assert throttle_row(session, account_key(user.email)).failures == ACCOUNT_LIMIT
+
+
+def test_inactive_accounts_answer_like_wrong_passwords(client, session, factory):
+    wrong = factory.user(Role.CASEWORKER)
+    inactive_user = factory.user(Role.CASEWORKER, active=False)
+    closed_org = factory.org(OrgType.NGO)
+    in_closed_org = factory.user(Role.CASEWORKER, org_id=closed_org)
+    change(session, update(Organisation).where(Organisation.id == closed_org).values(active=False))
+
+    baseline = [comparable(r) for r in run_sequence(client, wrong.email, "nope", "192.0.2.31")]
+    # Correct passwords, but the account or its organisation is inactive.
+    for email, address in (
+        (inactive_user.email, "192.0.2.32"),
+        (in_closed_org.email, "192.0.2.33"),
+    ):
+        observed = [comparable(r) for r in run_sequence(client, email, TEST_PASSWORD, address)]
+        assert observed == baseline
+    assert count_sessions(session) == 0
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every Argon2 verification the app performs, by the hash it verified against."""
+    calls: list[str] = []
+    real_verify = argon2.PasswordHasher.verify
+
+    def spy(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        calls.append(hash if isinstance(hash, str) else hash.decode())
+        return real_verify(self, hash, password)
+
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", spy)
+    return calls
+
+
+def test_unknown_email_costs_the_same_argon2_work(client, session, factory, verify_calls):
+    user = factory.user(Role.CASEWORKER)
+    try:
+        (stored_hash,) = session.execute(select(User.password_hash).where(User.id == user.id)).one()
+    finally:
+        session.rollback()
+
+    assert_problem(attempt(client, user.email, "wrong password", "192.0.2.41"), 401)
+    assert verify_calls == [stored_hash]
+
+    verify_calls.clear()
+    assert_problem(
+        attempt(client, f"ghost-{uuid.uuid4().hex}@example.org", "pw", "192.0.2.42"), 401
+    )
+    # One verification against a decoy hash of the same Argon2id parameters, not a shortcut.
+    assert len(verify_calls) == 1
+    decoy = verify_calls[0]
+    assert decoy != stored_hash
+    assert decoy.startswith("$argon2id$")
+    assert argon2.extract_parameters(decoy) == argon2.extract_parameters(stored_hash)
+
+    verify_calls.clear()
+    change(session, update(User).where(User.id == user.id).values(active=False))
+    assert_problem(attempt(client, user.email, TEST_PASSWORD, "192.0.2.43"), 401)
+    assert verify_calls == [stored_hash]
+
+
+def test_unknown_client_id_costs_the_same_argon2_work(client, session, factory, verify_calls):
+    client_id, _secret = factory.client_credentials(
+        Role.POLICE_OFFICER, factory.org(OrgType.POLICE)
+    )
+    try:
+        stored_hash = session.scalar(
+            select(ApiClient.secret_hash).where(ApiClient.client_id == client_id)
+        )
+    finally:
+        session.rollback()
+
+    def grant(cid: str) -> Any:
+        return client.post(
+            TOKEN,
+            json={"grant_type": "client_credentials", "client_id": cid, "client_secret": "x"},
+        )
+
+    verify_calls.clear()
+    assert_problem(grant(client_id), 401)
+    assert verify_calls == [stored_hash]
+
+    verify_calls.clear()
+    assert_problem(grant("rac_ghost"), 401)
+    assert len(verify_calls) == 1
+    assert verify_calls[0] != stored_hash
+    assert argon2.extract_parameters(verify_calls[0]) == argon2.extract_parameters(stored_hash)
+
+
+# ---- failures are stored although the request fails ------------------------------------------
+
+
+def test_failed_login_is_stored(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    address = "192.0.2.51"
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert_problem(attempt(client, user.email, "wrong password", address), 401)
+
+    account = throttle_row(session, account_key(user.email))
+    assert account is not None
+    assert account.failures == 1
+    assert account.locked_until is None
+    assert before <= account.window_started_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert throttle_row(session, address_key(address)).failures == 1
+
+    # Keys are hashes: the stored rows name neither the e-mail nor the address.
+    try:
+        keys = session.scalars(select(LoginThrottle.key)).all()
+    finally:
+        session.rollback()
+    assert all(user.email not in key and address not in key for key in keys)
+
+    assert_problem(attempt(client, user.email, "wrong again", address), 401)
+    assert throttle_row(session, account_key(user.email)).failures == 2
+
+
+def test_failed_login_for_unknown_email_is_stored(client, session):
+    assert_problem(attempt(client, "unknown@example.org", "x", "192.0.2.52"), 401)
+    assert throttle_row(session, account_key("unknown@example.org")).failures == 1
+    assert throttle_row(session, address_key("192.0.2.52")).failures == 1
+
+
+def test_a_locked_attempt_is_not_counted_again(client, session, factory):
+    user = factory.user(Role.CASEWORKER)
+    for _ in range(ACCOUNT_LIMIT):
+        attempt(client, user.email, "wrong password")
+    first = throttle_row(session, account_key(user.email))
+    for _ in range(3):
+        assert_locked(attempt(client, user.email, "wrong password"))
+    # Hammering a locked account neither extends the lock nor grows the count.
+    assert throttle_row(session, account_key(user.email)) == first
+
+
+# ---- client credentials are throttled too ----------------------------------------------------
+
+
+def test_client_credentials_throttled_per_client(client, session, factory):
+    client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, factory.org(OrgType.POLICE))
+
+    def grant(client_secret: str) -> Any:
+        return client.post(
+            TOKEN,
+            json={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": client_secret,
+            },
+            environ_base={"REMOTE_ADDR": "192.0.2.61"},
+        )
+
+    for _ in range(ACCOUNT_LIMIT):
+        assert_problem(grant("wrong-secret"), 401)
+    assert_locked(grant(secret))
+    assert count_sessions(session) == 0

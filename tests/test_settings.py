@@ -1,0 +1,227 @@
+"""Configuration: production refuses to start without its secrets; development makes its own."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from referral_api import create_app
+from referral_api.crypto.keyring import LocalKeyring
+from referral_api.exceptions import ConfigurationError
+from referral_api.extensions import db
+from referral_api.settings import load_settings, normalise_database_url
+
+GOOD_SECRET = "production-secret-" + "z" * 32
+ENV_VARS = (
+    "DATABASE_URL",
+    "REFERRAL_API_ENV",
+    "REFERRAL_API_KEYRING",
+    "REFERRAL_API_JWT_SECRET",
+    "REFERRAL_API_CORS_ORIGINS",
+    "REFERRAL_API_MAX_BODY_BYTES",
+    "REFERRAL_API_ACCESS_TOKEN_SECONDS",
+    "REDIS_URL",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def production_keyring(tmp_path: Path) -> str:
+    path = tmp_path / "prod-keyring.json"
+    LocalKeyring.load(path, create_if_missing=True)
+    return str(path)
+
+
+@pytest.fixture
+def production_env(clean_env, database_url, production_keyring) -> pytest.MonkeyPatch:
+    """A complete production environment; each test removes or spoils one part."""
+    clean_env.setenv("REFERRAL_API_ENV", "production")
+    clean_env.setenv("DATABASE_URL", database_url)
+    clean_env.setenv("REFERRAL_API_KEYRING", production_keyring)
+    clean_env.setenv("REFERRAL_API_JWT_SECRET", GOOD_SECRET)
+    return clean_env
+
+
+def _start(config: dict[str, Any] | None = None) -> Flask:
+    app = create_app(config)
+    db.engine_for(app).dispose()
+    return app
+
+
+def test_complete_production_environment_starts(production_env, production_keyring):
+    app = _start()
+    assert app.config["ENV_NAME"] == "production"
+    assert app.config["JWT_SECRET_KEY"] == GOOD_SECRET
+    assert app.config["KEYRING_PATH"] == production_keyring
+    assert app.config["KEYRING_CREATE_IF_MISSING"] is False
+    assert not app.config.get("TESTING")
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("REFERRAL_API_JWT_SECRET", "REFERRAL_API_JWT_SECRET"),
+        ("DATABASE_URL", "DATABASE_URL"),
+        ("REFERRAL_API_KEYRING", "REFERRAL_API_KEYRING"),
+    ],
+)
+def test_production_refuses_to_start_without(production_env, variable, message):
+    production_env.delenv(variable)
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert message in raised.value.detail
+
+
+def test_production_refuses_an_empty_secret(production_env):
+    production_env.setenv("REFERRAL_API_JWT_SECRET", "")
+    with pytest.raises(ConfigurationError):
+        _start()
+
+
+def test_production_refuses_a_short_secret(production_env):
+    production_env.setenv("REFERRAL_API_JWT_SECRET", "s" * 31)
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert "32" in raised.value.detail
+    production_env.setenv("REFERRAL_API_JWT_SECRET", "s" * 32)
+    assert _start().config["JWT_SECRET_KEY"] == "s" * 32
+
+
+def test_production_refuses_a_missing_keyring_file_and_creates_none(production_env, tmp_path):
+    missing = tmp_path / "absent" / "keyring.json"
+    production_env.setenv("REFERRAL_API_KEYRING", str(missing))
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert "keyring" in raised.value.detail.lower()
+    assert not missing.exists()
+
+
+def test_production_refuses_a_keyring_readable_by_others(production_env, production_keyring):
+    os.chmod(production_keyring, 0o640)
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert "600" in raised.value.detail
+
+
+def test_production_through_config_overrides(clean_env, database_url, production_keyring):
+    # create_app(config) is checked exactly as the environment is.
+    config = {
+        "ENV_NAME": "production",
+        "DATABASE_URL": database_url,
+        "KEYRING_PATH": production_keyring,
+    }
+    with pytest.raises(ConfigurationError):
+        _start(config)
+    with pytest.raises(ConfigurationError):
+        _start({**config, "JWT_SECRET_KEY": "short"})
+    assert _start({**config, "JWT_SECRET_KEY": GOOD_SECRET}).config["ENV_NAME"] == "production"
+
+
+def test_unknown_environment_name_is_refused(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_ENV", "prod")
+    with pytest.raises(ConfigurationError):
+        load_settings(str(tmp_path))
+
+
+def test_non_integer_setting_is_refused(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_MAX_BODY_BYTES", "1MB")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(str(tmp_path))
+    assert "REFERRAL_API_MAX_BODY_BYTES" in raised.value.detail
+
+
+# ---- development defaults -----------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_development_generates_a_private_secret_once(clean_env, tmp_path):
+    instance = tmp_path / "instance"
+    settings = load_settings(str(instance))
+    secret_file = instance / "jwt-secret"
+    assert settings["ENV_NAME"] == "development"
+    assert _mode(secret_file) == 0o600
+    assert settings["JWT_SECRET_KEY"] == secret_file.read_text(encoding="ascii").strip()
+    assert len(settings["JWT_SECRET_KEY"]) >= 32
+    # Stable across restarts: the same secret is read back, not regenerated.
+    assert load_settings(str(instance))["JWT_SECRET_KEY"] == settings["JWT_SECRET_KEY"]
+    # Another instance folder gets its own secret.
+    assert load_settings(str(tmp_path / "other"))["JWT_SECRET_KEY"] != settings["JWT_SECRET_KEY"]
+
+
+def test_development_defaults_live_in_the_instance_folder(clean_env, tmp_path):
+    instance = tmp_path / "instance"
+    settings = load_settings(str(instance))
+    assert settings["DATABASE_URL"] == f"sqlite:///{instance / 'referral_api.db'}"
+    assert settings["KEYRING_PATH"] == str(instance / "keyring.json")
+    assert settings["KEYRING_CREATE_IF_MISSING"] is True
+    assert settings["CORS_ORIGINS"] == []
+    assert settings["MAX_CONTENT_LENGTH"] == 1024 * 1024
+
+
+def test_development_app_creates_private_instance_files(clean_env, tmp_path, monkeypatch):
+    instance = tmp_path / "instance"
+    monkeypatch.setattr(Flask, "auto_find_instance_path", lambda self: str(instance))
+    app = _start()
+    assert app.instance_path == str(instance)
+    assert _mode(instance) & 0o077 == 0
+    for name in ("jwt-secret", "keyring.json"):
+        assert _mode(instance / name) == 0o600, name
+    assert app.config["DATABASE_URL"].endswith(str(instance / "referral_api.db"))
+    # The generated keyring is the one a restart loads.
+    keyring = LocalKeyring.load(instance / "keyring.json", create_if_missing=False)
+    assert keyring.current_version() == 1
+    assert _start().config["JWT_SECRET_KEY"] == app.config["JWT_SECRET_KEY"]
+
+
+def test_explicit_secret_is_used_and_nothing_generated(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_JWT_SECRET", GOOD_SECRET)
+    settings = load_settings(str(tmp_path))
+    assert settings["JWT_SECRET_KEY"] == GOOD_SECRET
+    assert not (tmp_path / "jwt-secret").exists()
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+
+def test_cors_origins_from_environment(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_CORS_ORIGINS", " https://a.example.org, ,https://b.example.org,")
+    settings = load_settings(str(tmp_path))
+    assert settings["CORS_ORIGINS"] == ["https://a.example.org", "https://b.example.org"]
+
+
+def test_access_tokens_never_outlive_fifteen_minutes(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_ACCESS_TOKEN_SECONDS", "86400")
+    settings = load_settings(str(tmp_path))
+    assert settings["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds() == 900
+
+
+def test_body_limit_from_environment(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_MAX_BODY_BYTES", "2048")
+    assert load_settings(str(tmp_path))["MAX_CONTENT_LENGTH"] == 2048
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ],
+)
+def test_database_url_normalisation(given, expected):
+    assert normalise_database_url(given) == expected
