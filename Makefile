@@ -24,7 +24,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/referral-api db upgrade
 	$(BIN)/referral-api seed-demo
-	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) --access-logfile - 'referral_api:create_app()'
+	@# No gunicorn access log: it would print query strings, which carry search terms.
+	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) 'referral_api:create_app()'
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

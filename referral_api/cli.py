@@ -192,6 +192,7 @@ def register_commands(app: Flask) -> None:
     # flask-smorest registers its own "openapi" group; ours replaces it (stable output).
     app.cli.commands.pop("openapi", None)
     from referral_api.audit.commands import audit_group
+    from referral_api.consent.commands import consent_group
     from referral_api.crypto.commands import keys_group
 
     for command in (
@@ -203,6 +204,7 @@ def register_commands(app: Flask) -> None:
         openapi_group,
         keys_group,
         audit_group,
+        consent_group,
     ):
         app.cli.add_command(command)
 

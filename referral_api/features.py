@@ -4,6 +4,7 @@ from referral_api.admin.routes import blp as admin_blp
 from referral_api.audit.routes import blp as audit_blp
 from referral_api.auth.routes import blp as auth_blp
 from referral_api.cases.routes import blp as cases_blp
+from referral_api.consent.routes import blp as consent_blp
 from referral_api.health import blp as health_blp
 
-BLUEPRINTS = [health_blp, auth_blp, admin_blp, cases_blp, audit_blp]
+BLUEPRINTS = [health_blp, auth_blp, admin_blp, cases_blp, consent_blp, audit_blp]

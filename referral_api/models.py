@@ -3,4 +3,5 @@
 from referral_api.audit import models as audit_models  # noqa: F401
 from referral_api.auth import models as auth_models  # noqa: F401
 from referral_api.cases import models as case_models  # noqa: F401
+from referral_api.consent import models as consent_models  # noqa: F401
 from referral_api.crypto import models as crypto_models  # noqa: F401

@@ -108,6 +108,23 @@ def authenticate_request() -> Actor:
     return actor
 
 
+def _denial_entry(permission: Permission, view_args: dict[str, Any]) -> dict[str, Any]:
+    """What a role-level refusal records in the audit log (ids from the URL only)."""
+    resource, _, _ = str(permission).partition(":")
+    resource_id = next(
+        (v for k, v in view_args.items() if k.endswith("_id") or k.endswith("_pk")), None
+    )
+    case_id = view_args.get("case_id")
+    return {
+        "action": str(permission),
+        "resource_type": resource,
+        "resource_id": resource_id,
+        "case_id": case_id if isinstance(case_id, uuid.UUID) else None,
+        "decision": "deny",
+        "reason": "permission not granted to role",
+    }
+
+
 class Blueprint(flask_smorest.Blueprint):
     def requires(self, permission: Permission) -> Callable[[F], F]:
         def decorator(func: F) -> F:
@@ -115,7 +132,9 @@ class Blueprint(flask_smorest.Blueprint):
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 actor = authenticate_request()
                 if not actor.can(permission):
-                    raise Forbidden("Your role does not allow this action.")
+                    denied = Forbidden("Your role does not allow this action.")
+                    denied.audit = _denial_entry(permission, kwargs)
+                    raise denied
                 return func(*args, **kwargs)
 
             wrapper.__required_permission__ = permission  # type: ignore[attr-defined]

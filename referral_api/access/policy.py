@@ -90,7 +90,9 @@ class CaseRecord(Protocol):
 
 
 # Actions a platform-organisation DPO may take on any organisation's case (metadata only).
-_PLATFORM_DPO_CASE_ACTIONS = frozenset({Permission.CASE_VIEW, Permission.CASE_ACCESS_LOG})
+_PLATFORM_DPO_CASE_ACTIONS = frozenset(
+    {Permission.CASE_VIEW, Permission.CASE_ACCESS_LOG, Permission.CONSENT_READ}
+)
 
 
 def _decide_case(actor: Actor, action: Permission, case: Any) -> Decision:

@@ -22,6 +22,7 @@ from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
 from referral_api.access.policy import require, scope_to_org
 from referral_api.access.roles import OrgType, Role, role_allowed_in_org
+from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
 from referral_api.auth.passwords import CredentialHasher
 from referral_api.auth.service import revoke_sessions_of_client, revoke_sessions_of_user
@@ -42,6 +43,33 @@ def _flush_unique(session: Session, message: str) -> None:
             session.flush()
     except IntegrityError:
         raise Conflict(message) from None
+
+
+def _changed(changes: dict[str, Any]) -> dict[str, Any]:
+    """Which fields changed; new values only where they are not secrets."""
+    shown = {key: value for key, value in changes.items() if key in ("role", "active")}
+    return {"changed": sorted(changes), **{k: getattr(v, "value", v) for k, v in shown.items()}}
+
+
+def _audit(
+    session: Session,
+    actor: Actor,
+    action: Permission,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    org_id: uuid.UUID,
+    details: dict[str, Any],
+) -> None:
+    # Account changes are how an administrator could reach case content (e.g. resetting a
+    # caseworker's password), so every one is on the record for the DPO.
+    audit.record(
+        session,
+        actor,
+        str(action),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details={**details, "org_id": str(org_id)},
+    )
 
 
 # ---- organisations ------------------------------------------------------------------------
@@ -86,6 +114,7 @@ def create_organisation(
     _flush_unique(session, "An organisation with this name already exists.")
     # Every organisation gets its own key-encryption and blind-index keys at birth.
     crypto_of(session).keys(session).ensure_org_keys(org.id)
+    _audit(session, actor, Permission.ORG_MANAGE, "organisation", org.id, org.id, {"created": True})
     return org
 
 
@@ -99,6 +128,15 @@ def update_organisation(
         if field in changes:
             setattr(org, field, changes[field].strip() if field == "name" else changes[field])
     _flush_unique(session, "An organisation with this name already exists.")
+    _audit(
+        session,
+        actor,
+        Permission.ORG_MANAGE,
+        "organisation",
+        org.id,
+        org.id,
+        {"changed": sorted(changes)},
+    )
     return org
 
 
@@ -162,6 +200,15 @@ def create_user(
     )
     session.add(user)
     _flush_unique(session, "A user with this e-mail address already exists.")
+    _audit(
+        session,
+        actor,
+        Permission.USER_MANAGE,
+        "user",
+        user.id,
+        org.id,
+        {"created": True, "role": role.value},
+    )
     return user
 
 
@@ -187,6 +234,7 @@ def update_user(
         # Existing logins end at once (access checks reload the user anyway).
         revoke_sessions_of_user(session, user.id, reason="account_changed", now=datetime.now(UTC))
     session.flush()
+    _audit(session, actor, Permission.USER_MANAGE, "user", user.id, user.org_id, _changed(changes))
     return user
 
 
@@ -236,6 +284,15 @@ def create_client(
     )
     session.add(client)
     session.flush()
+    _audit(
+        session,
+        actor,
+        Permission.CLIENT_MANAGE,
+        "api_client",
+        client.id,
+        org.id,
+        {"created": True, "role": role.value},
+    )
     return ClientWithSecret(client, secret)
 
 
@@ -259,6 +316,15 @@ def update_client(
             session, client.id, reason="client_changed", now=datetime.now(UTC)
         )
     session.flush()
+    _audit(
+        session,
+        actor,
+        Permission.CLIENT_MANAGE,
+        "api_client",
+        client.id,
+        client.org_id,
+        _changed(changes),
+    )
     return client
 
 
@@ -271,4 +337,13 @@ def rotate_client_secret(
     # Tokens obtained with the old secret stop working at once.
     revoke_sessions_of_client(session, client.id, reason="secret_rotated", now=datetime.now(UTC))
     session.flush()
+    _audit(
+        session,
+        actor,
+        Permission.CLIENT_MANAGE,
+        "api_client",
+        client.id,
+        client.org_id,
+        {"secret_rotated": True},
+    )
     return ClientWithSecret(client, secret)

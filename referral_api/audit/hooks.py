@@ -63,11 +63,15 @@ def record_denial(app: Flask, entry: dict[str, Any]) -> None:
 
     actor = g.get("actor") or Actor.anonymous()
     actor = replace(actor, request_id=g.get("request_id"))
+    # The request failed: whatever it did is rolled back, then the denial alone is committed
+    # (on the request's own connection, so SQLite's single writer is not waited for).
+    session = db.session
     try:
-        with db.session_factory_for(app)() as session:
-            record(session, actor, **entry)
-            session.commit()
+        session.rollback()
+        record(session, actor, **entry)
+        session.commit()
     except SQLAlchemyError:
+        session.rollback()
         log.error("could not record a denied access", exc_info=True)
         raise
     seal_now(app)
