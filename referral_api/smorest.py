@@ -145,6 +145,58 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
+    def idempotent(self, func: F) -> F:
+        """Honour `Idempotency-Key` on a POST (see referral_api.idempotency). The wrapped
+        view flushes but does not commit: this wrapper commits the work together with the
+        stored response."""
+
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from sqlalchemy.exc import IntegrityError
+
+            from referral_api import idempotency
+            from referral_api.extensions import db
+
+            session = db.session
+            key = idempotency.idempotency_key()
+            if key is None:
+                response = func(*args, **kwargs)
+                session.commit()
+                return response
+            actor = current_actor()
+            existing = idempotency.find(session, actor, key)
+            if existing is not None:
+                return idempotency.replay(session, existing)
+            try:
+                record = idempotency.claim(session, actor, key)
+            except IntegrityError:
+                # A concurrent twin committed first (we waited on its key): replay it.
+                session.rollback()
+                existing = idempotency.find(session, actor, key)
+                if existing is None:
+                    raise
+                return idempotency.replay(session, existing)
+            response = func(*args, **kwargs)
+            if response.status_code < 300:
+                case_id = idempotency.case_of_response(session, response, kwargs)
+                idempotency.store(session, record, response, case_id)
+            session.commit()
+            return response
+
+        documented = self.doc(
+            parameters=[
+                {
+                    "in": "header",
+                    "name": "Idempotency-Key",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 8, "maxLength": 128},
+                    "description": "Retry safely: the same key and body replay the first "
+                    "response; the same key with another body is refused (422).",
+                }
+            ]
+        )(wrapper)
+        return documented  # type: ignore[no-any-return]
+
     @staticmethod
     def public(func: F) -> F:
         func.__public__ = True  # type: ignore[attr-defined]

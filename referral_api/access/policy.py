@@ -71,6 +71,8 @@ def decide(actor: Actor, action: Permission, resource: Any = None) -> Decision:
         return Decision(True, "permission granted")
     if isinstance(resource, CaseRecord):
         return _decide_case(actor, action, resource)
+    if isinstance(resource, ReferralRecord):
+        return _decide_referral(actor, action, resource)
 
     target_org = _resource_org_id(resource)
     if target_org is None:
@@ -108,6 +110,23 @@ def _decide_case(actor: Actor, action: Permission, case: Any) -> Decision:
             True, "platform data-protection oversight", details={"categories": frozenset()}
         )
     return Decision(False, "outside record scope", conceal=True)
+
+
+@runtime_checkable
+class ReferralRecord(Protocol):
+    from_org_id: Any
+    to_org_id: Any
+
+
+def _decide_referral(actor: Actor, action: Permission, referral: Any) -> Decision:
+    """A referral exists for its two parties only: the sending and the receiving
+    organisation. Anyone else (including a receiver of the same person's other referrals)
+    gets 404. What each party sees of the case is decided by consent, not here."""
+    if actor.org_id == referral.from_org_id:
+        return Decision(True, "sending organisation", details={"party": "sender"})
+    if actor.org_id == referral.to_org_id:
+        return Decision(True, "receiving organisation", details={"party": "receiver"})
+    return Decision(False, "not a party to the referral", conceal=True)
 
 
 def visible_categories(decision: Decision) -> frozenset[Category]:

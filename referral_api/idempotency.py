@@ -1,0 +1,157 @@
+"""Idempotency-Key handling for POSTs (police systems retry on network failure).
+
+Same key + same body + same endpoint → the stored response, replayed (with
+`Idempotent-Replayed: true`), and nothing done twice. Same key + another body or endpoint →
+422. Keys are scoped per authenticated client (principal). The record is inserted before
+the work and committed with it: a concurrent twin blocks on the unique key, then replays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from flask import Response, request
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from referral_api.access.actor import Actor
+from referral_api.access.categories import Category
+from referral_api.consent.models import _CaseKeyed
+from referral_api.crypto.fields import EncryptedField
+from referral_api.db import Base, UTCDateTime, new_id, utcnow
+from referral_api.exceptions import Conflict, ValidationFailed
+
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+class IdempotencyRecord(Base):
+    """A POST made with an Idempotency-Key, scoped per client (principal). Inserted before
+    the work, in the same transaction, so a concurrent twin waits on the unique key and then
+    replays; the same key with another body or endpoint is refused."""
+
+    __tablename__ = "idempotency_records"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    principal: Mapped[str] = mapped_column(String(80))
+    key: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(300))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    case_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("principal", "key", name="uq_idempotency_principal_key"),)
+
+
+class IdempotentResponse(_CaseKeyed, Base):
+    """The stored response of an idempotent request, encrypted with the case's key (it may
+    carry personal data); replayed byte for byte."""
+
+    __tablename__ = "idempotent_responses"
+
+    id: Mapped[uuid.UUID] = mapped_column(ForeignKey("idempotency_records.id"), primary_key=True)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
+    body = EncryptedField(Category.NEEDS)
+    etag: Mapped[str | None] = mapped_column(String(80))
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _KEY.match(key):
+        raise ValidationFailed(
+            {"Idempotency-Key": ["8 to 128 characters: letters, digits and . _ : -"]},
+            location="headers",
+        )
+    return key
+
+
+def _principal(actor: Actor) -> str:
+    return f"{actor.kind.value}:{actor.id}"
+
+
+def _fingerprint() -> tuple[str, str]:
+    return f"{request.method} {request.path}", hashlib.sha256(request.get_data()).hexdigest()
+
+
+def find(session: Session, actor: Actor, key: str) -> IdempotencyRecord | None:
+    return session.scalars(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.principal == _principal(actor), IdempotencyRecord.key == key
+        )
+    ).one_or_none()
+
+
+def replay(session: Session, record: IdempotencyRecord) -> Response:
+    endpoint, body_hash = _fingerprint()
+    if record.endpoint != endpoint or record.body_sha256 != body_hash:
+        raise ValidationFailed(
+            {"Idempotency-Key": ["This key was used for another request; use a new key."]},
+            location="headers",
+        )
+    stored = session.get(IdempotentResponse, record.id)
+    if stored is None or record.status_code is None:
+        raise Conflict("A request with this Idempotency-Key is still being processed.")
+    response = Response(stored.body, status=record.status_code, mimetype="application/json")
+    response.headers["Idempotent-Replayed"] = "true"
+    if stored.etag:
+        response.headers["ETag"] = stored.etag
+    return response
+
+
+def claim(session: Session, actor: Actor, key: str) -> IdempotencyRecord:
+    """Insert the key in the request's transaction before doing the work."""
+    endpoint, body_hash = _fingerprint()
+    record = IdempotencyRecord(
+        id=uuid.uuid4(),
+        principal=_principal(actor),
+        key=key,
+        endpoint=endpoint,
+        body_sha256=body_hash,
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def store(
+    session: Session, record: IdempotencyRecord, response: Response, case_id: uuid.UUID | None
+) -> None:
+    record.status_code = response.status_code
+    record.case_id = case_id
+    if case_id is None:
+        return
+    stored = IdempotentResponse(id=record.id, case_id=case_id, etag=response.headers.get("ETag"))
+    stored.body = response.get_data(as_text=True)
+    session.add(stored)
+
+
+def case_of_response(
+    session: Session, response: Response, view_args: dict[str, Any]
+) -> uuid.UUID | None:
+    """The case a response belongs to (its key encrypts the stored response)."""
+    if isinstance(view_args.get("case_id"), uuid.UUID):
+        return view_args["case_id"]  # type: ignore[no-any-return]
+    referral_id = view_args.get("referral_id")
+    if isinstance(referral_id, uuid.UUID):
+        from referral_api.referrals.models import Referral
+
+        referral = session.get(Referral, referral_id)
+        return referral.case_id if referral else None
+    try:
+        body = json.loads(response.get_data(as_text=True))
+    except ValueError:
+        return None
+    raw = body.get("case_id") if isinstance(body, dict) else None
+    return uuid.UUID(raw) if raw else None
+
+
+def is_duplicate_key(error: IntegrityError) -> bool:
+    return "idempotency" in str(error.orig).lower() or "unique" in str(error.orig).lower()

@@ -1,0 +1,800 @@
+"""Referral rules: creation, the consent gate at send and accept, the status machine, the
+receiver's packet, messages, notifications, the withdrawal effect, and police intake.
+
+No Flask; (session, actor, …); never commits; audits every access and change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.categories import Category, ceiling_for
+from referral_api.access.permissions import Permission
+from referral_api.access.policy import Decision, decide
+from referral_api.access.roles import Role
+from referral_api.audit import service as audit
+from referral_api.auth.models import Organisation
+from referral_api.cases import service as cases
+from referral_api.cases.layout import CATEGORY_FIELDS
+from referral_api.cases.models import Case
+from referral_api.consent import service as consent_service
+from referral_api.consent.decision import DisclosureDecision
+from referral_api.consent.hooks import on_withdrawal
+from referral_api.exceptions import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ReferralApiError,
+    ValidationFailed,
+)
+from referral_api.pagination import Page, paginate
+from referral_api.referrals.models import (
+    Disclosure,
+    Notification,
+    Referral,
+    ReferralMessage,
+    ReferralTransition,
+)
+from referral_api.referrals.vocabulary import (
+    LIVE_STATUSES,
+    REASON_REQUIRED,
+    REASONS,
+    TRANSITIONS,
+    Outcome,
+    Party,
+    ReferralStatus,
+)
+
+S = ReferralStatus
+
+
+class ConsentRequired(ReferralApiError):
+    status = 409
+    title = "Consent required"
+    problem_type = "/problems/consent-required"
+
+
+class InvalidTransition(ReferralApiError):
+    status = 409
+    title = "Invalid transition"
+    problem_type = "/problems/invalid-transition"
+
+
+class OverrideApprovalRequired(ReferralApiError):
+    status = 409
+    title = "Override approval required"
+    problem_type = "/problems/override-approval-required"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---- access -------------------------------------------------------------------------------
+
+
+def authorize(
+    session: Session, actor: Actor, action: Permission, referral_id: uuid.UUID
+) -> tuple[Referral, Party]:
+    """Load a referral for one of its two parties; anyone else gets 404 (audited)."""
+    referral = session.get(Referral, referral_id)
+    decision = (
+        decide(actor, action, referral)
+        if referral is not None
+        else Decision(False, "no such referral", conceal=True)
+    )
+    receiver = decision.allowed and decision.details.get("party") == "receiver"
+    if referral is not None and receiver and referral.status is S.DRAFT:
+        # A draft has not been sent: the receiver does not know it exists.
+        decision = Decision(False, "draft not sent", conceal=True)
+    if referral is None or not decision.allowed:
+        error: NotFound | Forbidden = (
+            NotFound() if decision.conceal else Forbidden("Your role does not allow this action.")
+        )
+        error.audit = {
+            "action": str(action),
+            "resource_type": "referral",
+            "resource_id": str(referral_id),
+            "case_id": None,
+            "decision": audit.DENY,
+            "reason": decision.reason,
+        }
+        raise error
+    return referral, Party(decision.details["party"])
+
+
+def _audit(session: Session, actor: Actor, action: str, referral: Referral, **extra: Any) -> None:
+    audit.record(
+        session,
+        actor,
+        action,
+        resource_type="referral",
+        resource_id=referral.id,
+        case_id=referral.case_id,
+        purpose=referral.purpose.value,
+        **extra,
+    )
+
+
+def _notify(
+    session: Session,
+    referral: Referral,
+    event: str,
+    *,
+    parties: tuple[uuid.UUID, ...] | None = None,
+) -> None:
+    for org_id in parties or (referral.from_org_id, referral.to_org_id):
+        session.add(
+            Notification(
+                id=uuid.uuid4(),
+                org_id=org_id,
+                referral_id=referral.id,
+                event=event,
+                status=referral.status.value,
+            )
+        )
+
+
+# ---- consent gate -------------------------------------------------------------------------
+
+
+def _recipient(session: Session, referral: Referral) -> Organisation:
+    org = session.get(Organisation, referral.to_org_id)
+    assert org is not None  # noqa: S101 - foreign key
+    return org
+
+
+def consent_decision(
+    session: Session, referral: Referral, at: datetime | None = None
+) -> DisclosureDecision:
+    return consent_service.decide_for_case(
+        session,
+        referral.case_id,
+        _recipient(session, referral),
+        referral.purpose,
+        referral.category_set,
+        at,
+    )
+
+
+def _basis(referral: Referral, decision: DisclosureDecision) -> tuple[str, str]:
+    if decision.permit:
+        ids = sorted({str(i) for ids in decision.provisions_used.values() for i in ids})
+        return "consent", ",".join(ids)
+    assert referral.override_reason is not None  # noqa: S101 - checked by the gate
+    return "override", referral.override_reason.value
+
+
+def _gate(session: Session, referral: Referral) -> DisclosureDecision:
+    """Permit every shared category, or stop with the missing ones (409). An approved
+    override stands in for consent, but never lifts an organisation-type ceiling."""
+    decision = consent_decision(session, referral)
+    if decision.permit:
+        return decision
+    ceiling = ceiling_for(_recipient(session, referral).org_type)
+    over_ceiling = sorted(c.value for c in referral.category_set - ceiling)
+    if over_ceiling:
+        raise ConsentRequired(
+            "These categories can never be shared with this organisation.",
+            missing_categories=over_ceiling,
+            denied={c.value: why for c, why in decision.denied.items()},
+        )
+    if referral.override_reason is not None:
+        if referral.override_approved:
+            return decision
+        raise OverrideApprovalRequired(
+            "A supervisor must approve the override before this referral is sent."
+        )
+    raise ConsentRequired(
+        "The person's consent does not cover every category for this recipient and purpose.",
+        missing_categories=sorted(c.value for c in decision.denied),
+        denied={c.value: why for c, why in decision.denied.items()},
+    )
+
+
+# ---- creation -----------------------------------------------------------------------------
+
+
+def create_referral(
+    session: Session, actor: Actor, case_id: uuid.UUID, data: dict[str, Any]
+) -> Referral:
+    case, _ = cases.authorize(session, actor, Permission.REFERRAL_CREATE, case_id)
+    if case.restricted:
+        raise Conflict("The case is restricted: it may be stored but not shared.")
+    to_org = session.get(Organisation, data["to_org_id"])
+    if to_org is None or not to_org.active:
+        raise ValidationFailed({"to_org_id": ["No such active organisation."]})
+    if to_org.id == case.org_id:
+        raise ValidationFailed({"to_org_id": ["A referral goes to another organisation."]})
+    categories = frozenset(data["categories"])
+    over = sorted(c.value for c in categories - ceiling_for(to_org.org_type))
+    if over:
+        raise ValidationFailed(
+            {
+                "categories": [
+                    f"A {to_org.org_type.value} organisation never receives: {', '.join(over)}."
+                ]
+            }
+        )
+    if data.get("service_id") is not None:
+        _check_service(session, data["service_id"], to_org.id)
+    referral = Referral(
+        id=uuid.uuid4(),
+        case_id=case.id,
+        from_org_id=case.org_id,
+        to_org_id=to_org.id,
+        service_id=data.get("service_id"),
+        purpose=data["purpose"],
+        categories=",".join(sorted(c.value for c in categories)),
+        urgency=data["urgency"],
+        status=S.DRAFT,
+        created_by=actor.id,
+        override_reason=data.get("override_reason"),
+        override_requested_by=actor.id if data.get("override_reason") else None,
+    )
+    referral.message = data.get("message")
+    referral.override_note = data.get("override_note")
+    session.add(referral)
+    session.add(_history(referral, actor, None, S.DRAFT, None))
+    session.flush()
+    _audit(
+        session,
+        actor,
+        str(Permission.REFERRAL_CREATE),
+        referral,
+        categories=[c.value for c in categories],
+        details={"to_org_id": str(to_org.id), "override": referral.override_reason},
+    )
+    if data.get("send", False):
+        _move(session, actor, referral, Party.SENDER, S.REQUESTED, None)
+    return referral
+
+
+def _check_service(session: Session, service_id: uuid.UUID, org_id: uuid.UUID) -> None:
+    from referral_api.directory.models import Service
+
+    service = session.get(Service, service_id)
+    if service is None or service.org_id != org_id:
+        raise ValidationFailed({"service_id": ["No such service of the receiving organisation."]})
+    if not service.accepting_referrals:
+        raise ValidationFailed({"service_id": ["This service is not accepting referrals."]})
+
+
+def _history(
+    referral: Referral,
+    actor: Actor,
+    old: ReferralStatus | None,
+    new: ReferralStatus,
+    reason: str | None,
+    note: str | None = None,
+) -> ReferralTransition:
+    row = ReferralTransition(
+        id=uuid.uuid4(),
+        referral_id=referral.id,
+        case_id=referral.case_id,
+        from_status=old,
+        to_status=new,
+        reason=reason,
+        actor_id=actor.id,
+        actor_org_id=actor.org_id,
+    )
+    row.note = note
+    return row
+
+
+# ---- the status machine -------------------------------------------------------------------
+
+
+def allowed_moves(referral: Referral, parties: set[Party]) -> list[str]:
+    return sorted(
+        to.value
+        for (frm, to), who in TRANSITIONS.items()
+        if frm is referral.status and who & parties
+    )
+
+
+def _parties(actor: Actor, party: Party) -> set[Party]:
+    parties = {party}
+    if actor.role is Role.SUPERVISOR:
+        parties.add(Party.SUPERVISOR)
+    return parties
+
+
+def transition(
+    session: Session,
+    actor: Actor,
+    referral: Referral,
+    party: Party,
+    to: ReferralStatus,
+    *,
+    reason: str | None = None,
+    note: str | None = None,
+    business_status: str | None = None,
+    outcome: Outcome | None = None,
+) -> Referral:
+    parties = _parties(actor, party)
+    who = TRANSITIONS.get((referral.status, to))
+    if who is None:
+        raise InvalidTransition(
+            f"A {referral.status.value} referral cannot move to {to.value}.",
+            allowed_transitions=allowed_moves(referral, parties),
+        )
+    if not who & parties:
+        allowed = " or ".join(sorted(p.value for p in who))
+        raise Forbidden(f"Only the {allowed} may move a referral to {to.value}.")
+    if to in REASON_REQUIRED and not reason:
+        raise ValidationFailed({"reason": ["A reason is required for this move."]})
+    if reason is not None and to in REASONS and reason not in REASONS[to]:
+        raise ValidationFailed({"reason": [f"Use one of: {', '.join(sorted(REASONS[to]))}."]})
+    if to is S.COMPLETED and outcome is None:
+        raise ValidationFailed({"outcome": ["Completing a referral records its outcome."]})
+    if outcome is not None and to is not S.COMPLETED:
+        raise ValidationFailed({"outcome": ["Only a completed referral has an outcome."]})
+    if business_status is not None:
+        referral.business_status = business_status
+    if outcome is not None:
+        referral.outcome = outcome
+    _move(session, actor, referral, party, to, reason, note)
+    return referral
+
+
+def _move(
+    session: Session,
+    actor: Actor,
+    referral: Referral,
+    party: Party,
+    to: ReferralStatus,
+    reason: str | None,
+    note: str | None = None,
+) -> None:
+    at = now()
+    details: dict[str, Any] = {"from": referral.status.value, "to": to.value}
+    if to is S.REQUESTED:
+        if session.get(Case, referral.case_id).restricted:  # type: ignore[union-attr]
+            raise Conflict("The case is restricted: it may be stored but not shared.")
+        decision = _gate(session, referral)
+        basis_type, basis = _basis(referral, decision)
+        session.add(
+            Disclosure(
+                id=uuid.uuid4(),
+                referral_id=referral.id,
+                case_id=referral.case_id,
+                from_org_id=referral.from_org_id,
+                to_org_id=referral.to_org_id,
+                purpose=referral.purpose,
+                categories=referral.categories,
+                basis_type=basis_type,
+                basis=basis,
+                disclosed_by=actor.id,
+                disclosed_at=at,
+            )
+        )
+        referral.sent_at = at
+        details.update({"disclosure": basis_type, "basis": basis})
+    elif to is S.ACCEPTED:
+        # Consent is checked again when the receiver takes the referral on.
+        decision = _gate(session, referral)
+    if to is S.RECEIVED or (to is S.ACCEPTED and referral.status is S.REQUESTED):
+        _acknowledge(session, referral, at)
+    session.add(_history(referral, actor, referral.status, to, reason, note))
+    referral.status = to
+    referral.status_reason = reason
+    referral.updated_at = at
+    session.flush()
+    _notify(session, referral, f"referral:{to.value}")
+    _audit(
+        session,
+        actor,
+        f"referral:{to.value}" if to is not S.REQUESTED else "referral:send",
+        referral,
+        categories=sorted(c.value for c in referral.category_set) if to is S.REQUESTED else (),
+        reason=reason,
+        legal_basis=details.get("basis"),
+        details=details,
+    )
+
+
+def _acknowledge(session: Session, referral: Referral, at: datetime) -> None:
+    for disclosure in session.scalars(
+        select(Disclosure).where(
+            Disclosure.referral_id == referral.id, Disclosure.acknowledged_at.is_(None)
+        )
+    ):
+        disclosure.acknowledged_at = at
+
+
+def approve_override(session: Session, actor: Actor, referral: Referral, party: Party) -> Referral:
+    """A supervisor of the sending organisation approves sharing without covering consent.
+    Four eyes: the approver is not who asked. Flagged for the DPO."""
+    if party is not Party.SENDER or actor.role is not Role.SUPERVISOR:
+        raise Forbidden("A supervisor of the sending organisation approves overrides.")
+    if referral.override_reason is None:
+        raise Conflict("This referral asks for no override.")
+    if referral.override_approved:
+        raise Conflict("The override is already approved.")
+    if referral.status is not S.DRAFT:
+        raise Conflict("Overrides are approved before the referral is sent.")
+    if referral.override_requested_by == actor.id:
+        raise Forbidden("The override must be approved by another person than who asked for it.")
+    referral.override_approved_by = actor.id
+    referral.override_approved_at = now()
+    referral.updated_at = referral.override_approved_at
+    session.flush()
+    _audit(
+        session,
+        actor,
+        str(Permission.REFERRAL_APPROVE_OVERRIDE),
+        referral,
+        legal_basis=f"override:{referral.override_reason.value}",
+        details={"override": referral.override_reason.value, "flag": "dpo_review"},
+    )
+    return referral
+
+
+# ---- what each party sees -----------------------------------------------------------------
+
+
+def packet_live(
+    session: Session, referral: Referral
+) -> tuple[bool, frozenset[Category], DisclosureDecision | None]:
+    """The receiver's packet exists while the referral is live and consent (or an approved
+    override) still covers it; it holds the shared categories within the receiver's ceiling."""
+    if referral.status not in LIVE_STATUSES:
+        return False, frozenset(), None
+    case = session.get(Case, referral.case_id)
+    if case is None or case.erased or case.restricted:
+        return False, frozenset(), None
+    ceiling = ceiling_for(_recipient(session, referral).org_type)
+    decision = consent_decision(session, referral)
+    if decision.permit:
+        return True, referral.category_set & ceiling, decision
+    if referral.override_approved:
+        return True, referral.category_set & ceiling, decision
+    return False, frozenset(), decision
+
+
+def referral_view(
+    session: Session, referral: Referral, party: Party, actor: Actor
+) -> dict[str, Any]:
+    """The sender sees its referral in full; the receiver sees the referral's own metadata,
+    plus the message only while the packet is live. Neither sees the person's other
+    referrals. A DPO (metadata roles) never sees the message."""
+    view: dict[str, Any] = {
+        name: getattr(referral, name)
+        for name in (
+            "id",
+            "from_org_id",
+            "to_org_id",
+            "service_id",
+            "purpose",
+            "urgency",
+            "status",
+            "status_reason",
+            "business_status",
+            "outcome",
+            "created_at",
+            "updated_at",
+            "sent_at",
+            "override_reason",
+            "override_approved_at",
+            "version",
+        )
+    }
+    view["categories"] = sorted(c.value for c in referral.category_set)
+    content = actor.can(Permission.CASE_READ)
+    if party is Party.SENDER:
+        view["case_id"] = referral.case_id
+        if content:
+            view["message"] = referral.message
+    elif content and packet_live(session, referral)[0]:
+        view["message"] = referral.message
+        view["receiver_case_id"] = referral.receiver_case_id
+    return view
+
+
+def read_referral(session: Session, actor: Actor, referral_id: uuid.UUID) -> tuple[Referral, Party]:
+    referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
+    _audit(session, actor, str(Permission.REFERRAL_READ), referral, details={"party": party.value})
+    return referral, party
+
+
+def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[str, Any]:
+    referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
+    live, categories, decision = (
+        packet_live(session, referral) if party is Party.RECEIVER else (False, frozenset(), None)
+    )
+    if not live or not actor.can(Permission.CASE_READ) or not categories:
+        error = NotFound()
+        error.audit = {
+            "action": "referral:packet",
+            "resource_type": "referral",
+            "resource_id": str(referral.id),
+            "case_id": referral.case_id,
+            "decision": audit.DENY,
+            "reason": "packet not available (referral closed, consent ended, or not the receiver)",
+        }
+        raise error
+    case = session.get(Case, referral.case_id)
+    assert case is not None  # noqa: S101
+    shared = {
+        category.value: {
+            key: getattr(case, attr) for key, attr in CATEGORY_FIELDS[category].items()
+        }
+        for category in sorted(categories)
+    }
+    for fields in shared.values():
+        for key, value in list(fields.items()):
+            if value is None and key in (
+                "aliases",
+                "languages",
+                "documents",
+                "exploitation_types",
+                "means_of_control",
+            ):
+                fields[key] = []
+    if decision is not None and decision.permit:
+        used = sorted({str(i) for ids in decision.provisions_used.values() for i in ids})
+        basis = "consent:" + ",".join(used)
+    else:
+        basis = f"override:{referral.override_reason.value if referral.override_reason else ''}"
+    _audit(
+        session,
+        actor,
+        "referral:packet",
+        referral,
+        categories=[c.value for c in categories],
+        legal_basis=basis,
+    )
+    return {
+        "referral_id": referral.id,
+        "purpose": referral.purpose,
+        "categories": sorted(c.value for c in categories),
+        "valid_until": decision.valid_until if decision is not None and decision.permit else None,
+        "data": shared,
+    }
+
+
+def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Page:
+    if actor.org_id is None:
+        raise Forbidden("Your role does not allow this action.")
+    box = params.get("box")
+    stmt: Select[Any] = select(Referral)
+    if box == "incoming":
+        stmt = stmt.where(Referral.to_org_id == actor.org_id, Referral.status != S.DRAFT)
+    elif box == "outgoing":
+        stmt = stmt.where(Referral.from_org_id == actor.org_id)
+    else:
+        stmt = stmt.where(
+            or_(
+                Referral.from_org_id == actor.org_id,
+                (Referral.to_org_id == actor.org_id) & (Referral.status != S.DRAFT),
+            )
+        )
+    if params.get("status") is not None:
+        stmt = stmt.where(Referral.status == params["status"])
+    if params.get("updated_since") is not None:
+        stmt = stmt.where(Referral.updated_at >= params["updated_since"])
+    if params.get("case_id") is not None:
+        stmt = stmt.where(
+            Referral.case_id == params["case_id"], Referral.from_org_id == actor.org_id
+        )
+    page = paginate(
+        session,
+        stmt,
+        created_col=Referral.created_at,
+        id_col=Referral.id,
+        cursor=params.get("cursor"),
+        limit=params["limit"],
+    )
+    audit.record(
+        session,
+        actor,
+        str(Permission.REFERRAL_READ),
+        resource_type="referral",
+        details={"box": box or "all", "results": len(page.items)},
+    )
+    return page
+
+
+def party_of(actor: Actor, referral: Referral) -> Party:
+    return Party.SENDER if actor.org_id == referral.from_org_id else Party.RECEIVER
+
+
+# ---- messages -----------------------------------------------------------------------------
+
+
+def _require_thread_access(
+    session: Session, actor: Actor, referral: Referral, party: Party
+) -> None:
+    if not actor.can(Permission.CASE_READ):
+        raise Forbidden("Your role does not read referral messages.")
+    if party is Party.RECEIVER and not packet_live(session, referral)[0]:
+        error = NotFound()
+        error.audit = {
+            "action": "referral:message",
+            "resource_type": "referral",
+            "resource_id": str(referral.id),
+            "case_id": referral.case_id,
+            "decision": audit.DENY,
+            "reason": "referral no longer live",
+        }
+        raise error
+
+
+def add_message(
+    session: Session, actor: Actor, referral_id: uuid.UUID, body: str
+) -> ReferralMessage:
+    referral, party = authorize(session, actor, Permission.REFERRAL_TRANSITION, referral_id)
+    _require_thread_access(session, actor, referral, party)
+    message = ReferralMessage(
+        id=uuid.uuid4(),
+        referral_id=referral.id,
+        case_id=referral.case_id,
+        author_id=actor.id,
+        author_org_id=actor.org_id,
+    )
+    message.body = body
+    session.add(message)
+    referral.updated_at = now()
+    session.flush()
+    other = referral.to_org_id if party is Party.SENDER else referral.from_org_id
+    _notify(session, referral, "referral:message", parties=(other,))
+    _audit(session, actor, "referral:message", referral, details={"message_id": str(message.id)})
+    return message
+
+
+def list_messages(session: Session, actor: Actor, referral_id: uuid.UUID) -> list[ReferralMessage]:
+    referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
+    _require_thread_access(session, actor, referral, party)
+    messages = list(
+        session.scalars(
+            select(ReferralMessage)
+            .where(ReferralMessage.referral_id == referral.id)
+            .order_by(ReferralMessage.created_at, ReferralMessage.id)
+        )
+    )
+    _audit(session, actor, "referral:messages-read", referral, details={"messages": len(messages)})
+    return messages
+
+
+# ---- notifications ------------------------------------------------------------------------
+
+
+def list_notifications(
+    session: Session, actor: Actor, unread_only: bool, limit: int
+) -> list[Notification]:
+    stmt = select(Notification).where(Notification.org_id == actor.org_id)
+    if unread_only:
+        stmt = stmt.where(Notification.read_at.is_(None))
+    return list(
+        session.scalars(stmt.order_by(Notification.created_at.desc(), Notification.id).limit(limit))
+    )
+
+
+def mark_notification_read(
+    session: Session, actor: Actor, notification_id: uuid.UUID
+) -> Notification:
+    notification = session.get(Notification, notification_id)
+    if notification is None or notification.org_id != actor.org_id:
+        raise NotFound()
+    if notification.read_at is None:
+        notification.read_at = now()
+    return notification
+
+
+# ---- the receiver's own case --------------------------------------------------------------
+
+
+def open_case_from_referral(session: Session, actor: Actor, referral_id: uuid.UUID) -> Case:
+    """The receiving organisation opens its own case from the packet (shared categories
+    only). The person's consent for onward sharing is recorded anew on that case."""
+    referral, party = authorize(session, actor, Permission.CASE_CREATE, referral_id)
+    if party is not Party.RECEIVER:
+        raise Forbidden("Only the receiving organisation opens a case from a referral.")
+    if referral.receiver_case_id is not None:
+        raise Conflict(
+            "A case was already opened from this referral.", case_id=str(referral.receiver_case_id)
+        )
+    if referral.status not in (S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD):
+        raise Conflict("Accept the referral first.")
+    packet = read_packet(session, actor, referral_id)
+    source = session.get(Case, referral.case_id)
+    assert source is not None  # noqa: S101
+    data: dict[str, Any] = {
+        "case_type": source.case_type,
+        "risk_level": source.risk_level,
+        "nrm_stage": source.nrm_stage,
+    }
+    data.update(packet["data"])
+    view = cases.create_case(session, actor, data)
+    referral.receiver_case_id = view.case.id
+    session.flush()
+    _audit(
+        session,
+        actor,
+        "referral:open-case",
+        referral,
+        details={"receiver_case_id": str(view.case.id)},
+    )
+    return view.case
+
+
+# ---- withdrawal effect --------------------------------------------------------------------
+
+
+@on_withdrawal
+def cancel_referrals_without_consent(
+    session: Session, actor: Actor, consent: Any, at: datetime
+) -> list[dict[str, Any]]:
+    """Consent withdrawn (or revoked, or entered in error): every live referral of the case
+    that consent no longer covers is cancelled now, by the system, in the same transaction."""
+    effects: list[dict[str, Any]] = []
+    system = Actor.system()
+    live = session.scalars(
+        select(Referral).where(
+            Referral.case_id == consent.case_id, Referral.status.in_(sorted(LIVE_STATUSES))
+        )
+    ).all()
+    for referral in live:
+        if referral.override_approved:
+            continue
+        decision = consent_decision(session, referral, at)
+        if decision.permit:
+            continue
+        session.add(_history(referral, system, referral.status, S.CANCELLED, "consent_withdrawn"))
+        previous = referral.status
+        referral.status = S.CANCELLED
+        referral.status_reason = "consent_withdrawn"
+        referral.updated_at = at
+        _notify(session, referral, "referral:cancelled")
+        _audit(
+            session,
+            system,
+            "referral:cancelled",
+            referral,
+            reason="consent_withdrawn",
+            details={
+                "from": previous.value,
+                "consent_id": str(consent.id),
+                "by_actor": str(actor.id),
+            },
+        )
+        effects.append(
+            {
+                "type": "referral",
+                "id": str(referral.id),
+                "to_org_id": str(referral.to_org_id),
+                "from": previous.value,
+                "to": "cancelled",
+                "reason": "consent_withdrawn",
+            }
+        )
+    session.flush()
+    return effects
+
+
+# ---- police intake ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    case: Case
+    consent_id: uuid.UUID
+    referral: Referral
+
+
+def intake(session: Session, actor: Actor, data: dict[str, Any]) -> IntakeResult:
+    """A police system hands a presumed victim over in one call: case, consent, referral."""
+    if actor.kind is not ActorKind.CLIENT and actor.role is not Role.POLICE_OFFICER:
+        raise Forbidden("Intake is for police systems and officers.")
+    view = cases.create_case(session, actor, data["case"])
+    consent = consent_service.record_consent(session, actor, view.case.id, data["consent"])
+    referral = create_referral(session, actor, view.case.id, {**data["referral"], "send": True})
+    return IntakeResult(view.case, consent.id, referral)
