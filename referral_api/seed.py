@@ -17,6 +17,7 @@ from referral_api.access.roles import ROLES_BY_ORG_TYPE, OrgType, Role
 from referral_api.auth.models import Organisation, User
 from referral_api.cases.demo import seed_demo_cases
 from referral_api.crypto.fields import crypto_of
+from referral_api.directory.demo import seed_demo_services
 from referral_api.extensions import hasher
 
 DEMO_PASSWORD = "demo-password-2026"  # noqa: S105 - published demo credential, dev only
@@ -84,6 +85,7 @@ def seed_demo_data(session: Session, actor: Actor) -> list[tuple[str, str, str]]
     session.flush()
     for org in session.scalars(select(Organisation)).all():
         crypto_of(session).keys(session).ensure_org_keys(org.id)
+    seed_demo_services(session)
     # Synthetic cases for the two NGOs, so search and projections can be tried at once.
     ngos = session.scalars(
         select(Organisation).where(Organisation.org_type == OrgType.NGO).order_by(Organisation.name)

@@ -116,6 +116,8 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "PHONE_REGION": os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper(),
         "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
         "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300),
+        # Each worker seals audit rows left pending this often (0: only after requests).
+        "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
         # flask-smorest / OpenAPI

@@ -78,6 +78,8 @@ def test_config(database_url: str, keyring_path: str, **overrides: Any) -> dict[
         "ARGON2_TIME_COST": 1,
         "ARGON2_MEMORY_COST": 1024,
         "ARGON2_PARALLELISM": 1,
+        # Tests seal deterministically (after responses, or explicitly); no timer thread.
+        "AUDIT_SEAL_INTERVAL_SECONDS": 0,
     }
     config.update(overrides)
     return config

@@ -6,10 +6,13 @@ import sys
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 
 from referral_api.audit import service
 
-audit_group = click.Group("audit", help="Audit log.")
+# AppGroup: its commands push the application context themselves, so they also run from
+# `app.cli` (tests, embedding), where no FlaskGroup does it for them.
+audit_group = AppGroup("audit", help="Audit log.")
 
 
 @audit_group.command("seal")

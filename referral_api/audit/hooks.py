@@ -1,13 +1,18 @@
 """Seal audit rows right after the request that wrote them has been answered.
 
 An `after_flush` listener marks sessions that inserted audit rows; after the response is
-sent (`call_on_close`), one short transaction seals pending rows. Because the sealer skips
-a chain head another worker holds, requests never wait on each other for the chain.
+sent (`call_on_close`), short transactions seal pending rows until none is left. Because
+the sealer skips a chain head another worker holds, requests never wait on each other for
+the chain. A row can still miss every round (its request found the head busy just as the
+holder finished), so each worker also runs a short background loop that seals whatever is
+pending every AUDIT_SEAL_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
 from flask import Flask, Response, current_app, g
@@ -28,21 +33,62 @@ def _mark_audit_rows(session: Session, _context: Any) -> None:
         session.info[_FLAG] = True
 
 
-def seal_now(app: Flask) -> int:
+def seal_now(app: Flask, *, max_rounds: int = 20) -> int:
+    """Seal in committed batches until a round finds nothing (or the head is busy)."""
     from referral_api.extensions import db
 
+    total = 0
     try:
-        with db.session_factory_for(app)() as session:
-            sealed = seal_pending(session)
-            session.commit()
-            return sealed
+        for _ in range(max_rounds):
+            with db.session_factory_for(app)() as session:
+                sealed = seal_pending(session)
+                session.commit()
+            total += sealed
+            if sealed == 0:
+                break
+        return total
     except SQLAlchemyError:
         # Never fails a request: unsealed rows are picked up by the next seal or verify.
         log.warning("audit sealing deferred", exc_info=True)
         return 0
 
 
+class BackgroundSealer:
+    """One daemon thread per worker process, started with its first request (after a
+    pre-forking server has forked), sealing pending rows every `interval` seconds."""
+
+    def __init__(self, app: Flask, interval: float) -> None:
+        self.app = app
+        self.interval = interval
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            seal_now(self.app)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def init_app(app: Flask) -> None:
+    interval = float(app.config.get("AUDIT_SEAL_INTERVAL_SECONDS", 5))
+    if interval > 0:
+        sealer = BackgroundSealer(app, interval)
+        app.extensions["referral_api.audit_sealer"] = sealer
+        app.before_request(sealer.ensure_running)
+
     @app.after_request
     def seal_after_response(response: Response) -> Response:
         session = g.get("db_session")

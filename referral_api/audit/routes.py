@@ -25,6 +25,10 @@ def verify() -> Any:
     Pending rows are sealed first. `ok: false` with `first_bad_id` points at the first
     altered or missing row.
     """
+    # End the transaction the authentication read opened before sealing in sessions of
+    # its own: on SQLite every transaction holds the single write lock (BEGIN IMMEDIATE),
+    # so the sealer would otherwise wait on this request until the busy timeout (500).
+    db.session.commit()
     service.seal_all(db.session_factory_for(current_app))
     result = service.verify_chain(db.session)
     service.record(
