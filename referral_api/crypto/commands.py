@@ -7,10 +7,13 @@ from typing import Any
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 
 from referral_api.crypto import rotation
 
-keys_group = click.Group("keys", help="Key status and rotation.")
+# AppGroup: its commands push the application context themselves, so they also run from
+# `app.cli` (tests, embedding), where no FlaskGroup does it for them.
+keys_group = AppGroup("keys", help="Key status and rotation.")
 
 
 def _factory() -> Any:
@@ -34,7 +37,7 @@ def status(as_json: bool) -> None:
     """Key versions and how much data each version protects."""
     with _factory()() as session:
         result = rotation.key_status(session)
-    data = {
+    data: dict[str, dict[Any, Any]] = {
         "root": result.root,
         "org_keys_by_root_version": result.org_keys_by_root_version,
         "index_keys_by_root_version": result.index_keys_by_root_version,

@@ -9,15 +9,19 @@ version, rotate, destroy, describe.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from referral_api.exceptions import ConfigurationError
@@ -82,7 +86,13 @@ class _VersionedAesGcmKeyring:
         if key is None:
             raise KeyUnavailable(f"root key version {version} is not available")
         nonce = wrapped[4 : 4 + NONCE_BYTES]
-        return AESGCM(key).decrypt(nonce, wrapped[4 + NONCE_BYTES :], wrapped[:4] + associated_data)
+        try:
+            return AESGCM(key).decrypt(
+                nonce, wrapped[4 + NONCE_BYTES :], wrapped[:4] + associated_data
+            )
+        except InvalidTag:
+            # Callers handle one exception for "this key cannot be had", whatever the cause.
+            raise KeyUnavailable("a wrapped key did not authenticate") from None
 
     def rotate(self) -> int:
         new_version = max([*self._keys, *self._destroyed, 0]) + 1
@@ -126,22 +136,53 @@ class LocalKeyring(_VersionedAesGcmKeyring):
     ) -> None:
         super().__init__(keys, current, destroyed)
         self.path = path
-        self._mtime = self._stat_mtime()
+        self._signature = self._file_signature()
 
-    def _stat_mtime(self) -> float:
+    def _file_signature(self) -> tuple[int, int, int]:
+        # mtime alone can miss a rewrite within one timestamp tick on coarse filesystems;
+        # every rewrite is a new file (os.replace), so the inode changes too.
         try:
-            return self.path.stat().st_mtime
+            info = self.path.stat()
         except OSError:
-            return 0.0
+            return (0, 0, 0)
+        return (info.st_mtime_ns, info.st_ino, info.st_size)
+
+    def _reload(self) -> None:
+        fresh = LocalKeyring.load(self.path, create_if_missing=False)
+        self._keys, self._current, self._destroyed = fresh._keys, fresh._current, fresh._destroyed
+        self._signature = fresh._signature
 
     def _reload_if_changed(self) -> None:
         """Another process (the `keys` CLI) may have rotated or destroyed a version."""
-        mtime = self._stat_mtime()
-        if mtime == self._mtime:
-            return
-        fresh = LocalKeyring.load(self.path, create_if_missing=False)
-        self._keys, self._current, self._destroyed = fresh._keys, fresh._current, fresh._destroyed
-        self._mtime = mtime
+        if self._file_signature() != self._signature:
+            self._reload()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Serialise read-modify-write of the file across processes: a rotation from a
+        stale view would otherwise overwrite another process's new root version (and with
+        it every key wrapped under that version)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self._reload()
+            yield
+        finally:
+            os.close(lock)  # releases the lock
+
+    def rotate(self) -> int:
+        with self._exclusive():
+            return super().rotate()
+
+    def destroy(self, version: int) -> None:
+        with self._exclusive():
+            super().destroy(version)
+
+    def describe(self) -> KeyringStatus:
+        self._reload_if_changed()
+        return super().describe()
 
     def current_version(self) -> int:
         self._reload_if_changed()
@@ -200,4 +241,4 @@ class LocalKeyring(_VersionedAesGcmKeyring):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
-        self._mtime = self._stat_mtime()
+        self._signature = self._file_signature()

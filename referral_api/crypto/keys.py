@@ -228,11 +228,16 @@ class KeyService:
         return data_key
 
     def subkey(self, case_id: uuid.UUID, version: int, table: str, column: str) -> bytes:
-        cache_key = ("field", case_id, version, table, column)
+        data_key = self.case_key(case_id, version)
+        # Keyed by the data key itself, not only its version: a key created in a
+        # transaction that was rolled back (an interrupted rotation batch) and then
+        # created again under the same version must never reuse subkeys derived from the
+        # lost one, or the retry would write ciphertexts nobody can decrypt.
+        cache_key = ("field", case_id, version, table, column, data_key)
         cached = self.cache.get(cache_key)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        subkey = field_subkey(self.case_key(case_id, version), table, column)
+        subkey = field_subkey(data_key, table, column)
         self.cache.put(cache_key, subkey)
         return subkey
 

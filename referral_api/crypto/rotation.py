@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from referral_api.crypto.fields import crypto_of, reencrypt
@@ -47,12 +47,21 @@ def key_status(session: Session) -> KeyStatus:
         rows = session.execute(select(column, func.count()).select_from(model).group_by(column))
         return {key: count for key, count in rows if key is not None}
 
-    # Ciphertext versions are read from each blob's header (bytes 2..6), per table.
+    # Every ciphertext names its data-key version in header bytes 3..6 (1-based); counted
+    # in the database for every encrypted column, so "nothing left on the old version" is
+    # a fact about all the data, not a sample of it.
     cipher_versions: dict[int, int] = {}
-    for column in (Case.given_name_ct, CaseNote.text_ct):
-        for (blob,) in session.execute(select(column).where(column.is_not(None))):
-            version = int.from_bytes(blob[2:6], "big")
-            cipher_versions[version] = cipher_versions.get(version, 0) + 1
+    for model in (Case, CaseNote):
+        for encrypted in model.__encrypted_fields__.values():
+            column = getattr(model, encrypted.column_attr)
+            rows = session.execute(
+                select(func.substr(column, 3, 4), func.count())
+                .where(column.is_not(None))
+                .group_by(text("1"))
+            )
+            for header, count in rows:
+                version = int.from_bytes(bytes(header), "big")
+                cipher_versions[version] = cipher_versions.get(version, 0) + count
     return KeyStatus(
         root={
             "provider": described.provider,
@@ -112,6 +121,11 @@ def destroy_root_version(session: Session, version: int) -> None:
     """Destroy an old root version once no key is wrapped under it."""
     from referral_api.exceptions import Conflict
 
+    described = crypto_of(session).provider.describe()
+    if version == described.current_version:
+        raise Conflict(f"Root version {version} is the current version; rotate the root key first.")
+    if version not in described.versions:
+        raise Conflict(f"Root version {version} does not exist or was already destroyed.")
     in_use = (
         session.scalar(
             select(func.count()).select_from(OrgKey).where(OrgKey.root_version == version)
@@ -196,7 +210,7 @@ def rotate_case_keys(
                 notes = session.scalars(select(CaseNote).where(CaseNote.case_id == case.id)).all()
                 # Decrypt everything under the old key before it goes.
                 for record in (case, *notes):
-                    for name in type(record).__encrypted_fields__:
+                    for name in type(record).__encrypted_fields__:  # type: ignore[attr-defined]
                         getattr(record, name)
                 keys.create_case_key(case.id, case.org_id, version=new)
                 for record in (case, *notes):

@@ -1,0 +1,531 @@
+"""Unit tests of the crypto building blocks: ciphertext format and associated data, field
+subkeys, root-key providers, the key cache, blind-index normalisers and the bit planner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import struct
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from referral_api.crypto import envelope
+from referral_api.crypto import keys as keys_module
+from referral_api.crypto.blind_index import (
+    MAX_BITS,
+    MIN_BITS,
+    blind_index,
+    normalise_document,
+    normalise_name,
+    normalise_phone,
+    plan_bits,
+)
+from referral_api.crypto.envelope import DecryptionError
+from referral_api.crypto.keyring import InMemoryKeyring, KeyUnavailable, LocalKeyring
+from referral_api.crypto.keys import KeyCache
+from referral_api.exceptions import ConfigurationError
+
+TABLE = "cases"
+COLUMN = "given_name"
+PLAINTEXT = "Олена Коваленко".encode()
+
+
+@pytest.fixture
+def place() -> dict[str, object]:
+    return {"table": TABLE, "column": COLUMN, "row_id": uuid.uuid4(), "case_id": uuid.uuid4()}
+
+
+@pytest.fixture
+def subkey() -> bytes:
+    return envelope.field_subkey(os.urandom(32), TABLE, COLUMN)
+
+
+# ---- envelope -----------------------------------------------------------------------------
+
+
+def test_round_trip(subkey, place):
+    blob = envelope.encrypt(subkey, 7, PLAINTEXT, **place)
+    assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
+    assert PLAINTEXT not in blob
+
+
+def test_empty_plaintext_round_trips(subkey, place):
+    blob = envelope.encrypt(subkey, 1, b"", **place)
+    assert envelope.decrypt(subkey, blob, **place) == b""
+
+
+def test_header_layout(subkey, place):
+    blob = envelope.encrypt(subkey, 0x01020304, PLAINTEXT, **place)
+    assert blob[0] == 1  # format version
+    assert blob[1] == 1  # AES-256-GCM
+    assert blob[2:6] == b"\x01\x02\x03\x04"  # key version, big-endian
+    assert envelope.HEADER_BYTES == 6
+    assert envelope.key_version_of(blob) == 0x01020304
+    # header ‖ 12-byte nonce ‖ ciphertext (same length as plaintext) ‖ 16-byte tag
+    assert len(blob) == 6 + 12 + len(PLAINTEXT) + 16
+
+
+def test_nonce_is_fresh_per_encryption(subkey, place):
+    first = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
+    second = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
+    assert first[:6] == second[:6]
+    assert first[6:18] != second[6:18]  # nonces differ: no deterministic encryption
+    assert first[18:] != second[18:]
+
+
+def test_ciphertext_is_aes_gcm_over_the_documented_associated_data(subkey, place):
+    """The blob decrypts with plain AESGCM given header ‖ len-prefixed table, column, row
+    id and case id — the format is what DESIGN.md §6 says, not merely self-consistent."""
+    blob = envelope.encrypt(subkey, 3, PLAINTEXT, **place)
+    header, nonce, sealed = blob[:6], blob[6:18], blob[18:]
+
+    def lp(part: bytes) -> bytes:
+        return struct.pack(">I", len(part)) + part
+
+    aad = (
+        header
+        + lp(TABLE.encode())
+        + lp(COLUMN.encode())
+        + lp(place["row_id"].bytes)  # type: ignore[attr-defined]
+        + lp(place["case_id"].bytes)  # type: ignore[attr-defined]
+    )
+    assert AESGCM(subkey).decrypt(nonce, sealed, aad) == PLAINTEXT
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"table": "case_notes"},
+        {"column": "family_name"},
+        {"row_id": uuid.uuid4()},
+        {"case_id": uuid.uuid4()},
+    ],
+    ids=["table", "column", "row", "case"],
+)
+def test_blob_moved_elsewhere_fails(subkey, place, moved):
+    blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(subkey, blob, **{**place, **moved})
+
+
+def test_length_prefixing_keeps_table_and_column_apart(subkey, place):
+    """("case", "snotes") and ("cases", "notes") concatenate alike; the AAD must not."""
+    blob = envelope.encrypt(subkey, 1, PLAINTEXT, **{**place, "table": "case", "column": "snotes"})
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(subkey, blob, **{**place, "table": "cases", "column": "notes"})
+
+
+@pytest.mark.parametrize(
+    "position",
+    [0, 1, 2, 5, 6, 17, 18, -17, -16, -1],
+    ids=[
+        "format",
+        "algorithm",
+        "version-high",
+        "version-low",
+        "nonce-first",
+        "nonce-last",
+        "ciphertext-first",
+        "ciphertext-last",
+        "tag-first",
+        "tag-last",
+    ],
+)
+def test_any_flipped_byte_fails(subkey, place, position):
+    blob = bytearray(envelope.encrypt(subkey, 1, PLAINTEXT, **place))
+    blob[position] ^= 0x01
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(subkey, bytes(blob), **place)
+
+
+def test_truncated_or_foreign_blobs_fail(subkey, place):
+    blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
+    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x02" + blob[1:]):
+        with pytest.raises(DecryptionError):
+            envelope.decrypt(subkey, broken, **place)
+
+
+def test_wrong_key_fails(subkey, place):
+    blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(os.urandom(32), blob, **place)
+
+
+def test_decryption_error_says_nothing_about_the_value(subkey, place):
+    blob = envelope.encrypt(subkey, 1, b"canary-value-xyz", **place)
+    with pytest.raises(DecryptionError) as caught:
+        envelope.decrypt(subkey, blob, **{**place, "row_id": uuid.uuid4()})
+    assert "canary" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_field_subkey_per_table_column_and_key():
+    dek = os.urandom(32)
+    derived = {
+        (table, column): envelope.field_subkey(dek, table, column)
+        for table in ("cases", "case_notes")
+        for column in ("given_name", "family_name", "text")
+    }
+    assert len(set(derived.values())) == len(derived)
+    assert all(len(key) == 32 for key in derived.values())
+    assert envelope.field_subkey(dek, "cases", "given_name") == derived[("cases", "given_name")]
+    assert (
+        envelope.field_subkey(os.urandom(32), "cases", "given_name")
+        != derived[("cases", "given_name")]
+    )
+    assert dek not in derived.values()
+
+
+def test_subkey_of_another_column_cannot_decrypt(place):
+    dek = os.urandom(32)
+    blob = envelope.encrypt(envelope.field_subkey(dek, TABLE, COLUMN), 1, PLAINTEXT, **place)
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(envelope.field_subkey(dek, TABLE, "family_name"), blob, **place)
+
+
+# ---- LocalKeyring -------------------------------------------------------------------------
+
+
+def test_local_keyring_created_with_mode_0600_and_a_warning(tmp_path, caplog):
+    path = tmp_path / "secrets" / "keyring.json"
+    with caplog.at_level(logging.WARNING, logger="referral_api.crypto.keyring"):
+        keyring = LocalKeyring.load(path, create_if_missing=True)
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "DEVELOPMENT ONLY" in caplog.text
+    document = json.loads(path.read_text())
+    assert document["current"] == 1 and list(document["keys"]) == ["1"]
+    # The warning names the path but never the key.
+    assert document["keys"]["1"] not in caplog.text
+    assert keyring.describe().current_version == 1
+    assert keyring.describe().provider == "local-file"
+
+
+def test_local_keyring_missing_file_refused_without_create(tmp_path):
+    with pytest.raises(ConfigurationError):
+        LocalKeyring.load(tmp_path / "absent.json", create_if_missing=False)
+    assert not (tmp_path / "absent.json").exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o610])
+def test_local_keyring_refuses_group_or_world_access(tmp_path, mode):
+    path = tmp_path / "keyring.json"
+    LocalKeyring.load(path, create_if_missing=True)
+    path.chmod(mode)
+    with pytest.raises(ConfigurationError) as caught:
+        LocalKeyring.load(path, create_if_missing=False)
+    assert "chmod 600" in caught.value.detail
+
+
+def test_local_keyring_refuses_malformed_file(tmp_path):
+    path = tmp_path / "keyring.json"
+    path.write_text('{"current": 1, "keys": {"1": "c2hvcnQ="}}')
+    path.chmod(0o600)
+    with pytest.raises(ConfigurationError):
+        LocalKeyring.load(path, create_if_missing=False)
+
+
+def test_local_keyring_rotate_destroy_describe(tmp_path):
+    path = tmp_path / "keyring.json"
+    keyring = LocalKeyring.load(path, create_if_missing=True)
+    key = os.urandom(32)
+    wrapped_v1 = keyring.wrap(key, b"org-key:a")
+    assert struct.unpack(">I", wrapped_v1[:4]) == (1,)
+    assert key not in wrapped_v1
+
+    assert keyring.rotate() == 2
+    assert keyring.current_version() == 2
+    wrapped_v2 = keyring.wrap(key, b"org-key:a")
+    assert struct.unpack(">I", wrapped_v2[:4]) == (2,)
+    assert keyring.unwrap(wrapped_v1, b"org-key:a") == key
+    assert keyring.unwrap(wrapped_v2, b"org-key:a") == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # still after a rewrite
+
+    with pytest.raises(ValueError):
+        keyring.destroy(2)  # the current version
+    keyring.destroy(1)
+    status = keyring.describe()
+    assert (status.current_version, status.versions, status.destroyed) == (2, (2,), (1,))
+    with pytest.raises(KeyUnavailable):
+        keyring.unwrap(wrapped_v1, b"org-key:a")
+    assert keyring.unwrap(wrapped_v2, b"org-key:a") == key
+
+    # Persisted: a fresh load sees the same state, and the key material is gone from disk.
+    reloaded = LocalKeyring.load(path, create_if_missing=False)
+    assert reloaded.describe() == status
+    with pytest.raises(KeyUnavailable):
+        reloaded.unwrap(wrapped_v1, b"org-key:a")
+    assert reloaded.unwrap(wrapped_v2, b"org-key:a") == key
+    # A destroyed version number is never reused.
+    assert reloaded.rotate() == 3
+
+
+def test_unwrap_with_other_associated_data_or_tampering_fails(tmp_path):
+    keyring = LocalKeyring.load(tmp_path / "keyring.json", create_if_missing=True)
+    wrapped = keyring.wrap(os.urandom(32), b"org-key:a")
+    with pytest.raises(KeyUnavailable):
+        keyring.unwrap(wrapped, b"org-key:b")
+    tampered = bytearray(wrapped)
+    tampered[-1] ^= 1
+    with pytest.raises(KeyUnavailable):
+        keyring.unwrap(bytes(tampered), b"org-key:a")
+    with pytest.raises(KeyUnavailable):
+        keyring.unwrap(wrapped[:10], b"org-key:a")
+
+
+def test_second_instance_sees_rotation_and_destruction_by_another(tmp_path):
+    """The server's keyring object must notice the `keys` CLI's rotation (another process)."""
+    path = tmp_path / "keyring.json"
+    server = LocalKeyring.load(path, create_if_missing=True)
+    cli = LocalKeyring.load(path, create_if_missing=False)
+    old = server.wrap(b"k" * 32, b"ad")
+
+    assert cli.rotate() == 2
+    assert server.current_version() == 2
+    wrapped = cli.wrap(b"k" * 32, b"ad")
+    assert server.unwrap(wrapped, b"ad") == b"k" * 32
+    new_by_server = server.wrap(b"s" * 32, b"ad")
+    assert struct.unpack(">I", new_by_server[:4]) == (2,)
+
+    cli.destroy(1)
+    with pytest.raises(KeyUnavailable):
+        server.unwrap(old, b"ad")
+    assert server.describe().destroyed == (1,)
+
+
+def test_rewrite_within_one_timestamp_tick_is_still_seen(tmp_path):
+    """Coarse file timestamps: a rewrite may keep the old mtime; it must still be seen."""
+    path = tmp_path / "keyring.json"
+    server = LocalKeyring.load(path, create_if_missing=True)
+    before = path.stat()
+    LocalKeyring.load(path, create_if_missing=False).rotate()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert server.current_version() == 2
+
+
+def test_rotation_from_a_stale_instance_keeps_the_other_instances_version(tmp_path):
+    """Two holders of the file rotate in turn: neither may overwrite the other's key
+    (losing a root version would make every key wrapped under it unreadable)."""
+    path = tmp_path / "keyring.json"
+    first = LocalKeyring.load(path, create_if_missing=True)
+    second = LocalKeyring.load(path, create_if_missing=False)
+    assert first.rotate() == 2
+    wrapped_by_first = first.wrap(b"f" * 32, b"ad")
+    assert second.rotate() == 3
+    fresh = LocalKeyring.load(path, create_if_missing=False)
+    assert fresh.describe().versions == (1, 2, 3)
+    assert fresh.unwrap(wrapped_by_first, b"ad") == b"f" * 32
+
+
+# ---- InMemoryKeyring ----------------------------------------------------------------------
+
+
+def test_in_memory_keyring(tmp_path):
+    keyring = InMemoryKeyring.generate()
+    assert keyring.describe().provider == "in-memory"
+    assert keyring.current_version() == 1
+    key = os.urandom(32)
+    v1 = keyring.wrap(key, b"ad")
+    assert keyring.unwrap(v1, b"ad") == key
+    assert keyring.rotate() == 2
+    v2 = keyring.wrap(key, b"ad")
+    assert struct.unpack(">I", v2[:4]) == (2,)
+    keyring.destroy(1)
+    with pytest.raises(KeyUnavailable):
+        keyring.unwrap(v1, b"ad")
+    assert keyring.unwrap(v2, b"ad") == key
+    with pytest.raises(ValueError):
+        keyring.destroy(2)
+    assert keyring.describe().destroyed == (1,)
+    # Another in-memory keyring (another root) cannot unwrap these keys.
+    with pytest.raises(KeyUnavailable):
+        InMemoryKeyring.generate().unwrap(v2, b"ad")
+
+
+# ---- KeyCache -----------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(keys_module.time, "monotonic", fake)
+    return fake
+
+
+def test_key_cache_expires_after_ttl(clock):
+    cache = KeyCache(maxsize=10, ttl_seconds=30)
+    cache.put(("org", 1), b"key")
+    clock.now += 29
+    assert cache.get(("org", 1)) == b"key"
+    clock.now += 2
+    assert cache.get(("org", 1)) is None
+    # Refreshed on put, not on get.
+    cache.put(("org", 1), b"key")
+    clock.now += 20
+    cache.get(("org", 1))
+    clock.now += 20
+    assert cache.get(("org", 1)) is None
+
+
+def test_key_cache_evicts_least_recently_used(clock):
+    cache = KeyCache(maxsize=2, ttl_seconds=300)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "b" is now the least recently used
+    cache.put("c", 3)
+    assert cache.get("b") is None
+    assert (cache.get("a"), cache.get("c")) == (1, 3)
+
+
+def test_key_cache_discard_case_and_clear(clock):
+    case_a, case_b = uuid.uuid4(), uuid.uuid4()
+    cache = KeyCache()
+    cache.put(("case", case_a, 1), b"a1")
+    cache.put(("field", case_a, 1, "cases", "given_name"), b"a1f")
+    cache.put(("case", case_b, 1), b"b1")
+    cache.discard_case(case_a)
+    assert cache.get(("case", case_a, 1)) is None
+    assert cache.get(("field", case_a, 1, "cases", "given_name")) is None
+    assert cache.get(("case", case_b, 1)) == b"b1"
+    cache.clear()
+    assert cache.get(("case", case_b, 1)) is None
+
+
+# ---- blind-index normalisers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [
+        ("Müller", "MULLER", "Mueller", "müller", "MÜLLER", "Mu\u0308ller"),
+        ("Олена", "ОЛЕНА", "олена"),
+        ("Алёна", "Алена", "АЛЁНА"),
+        ("Йосип", "ЙОСИП"),
+        ("مُحَمَّد", "محمد"),
+        ("أحمد", "إحمد", "آحمد", "احمد"),
+        ("فاطمة", "فاطمه"),
+        ("O'Brien", "O’Brien", "OBrien", "o'brien"),
+        ("Jean-Luc", "Jean Luc", "JEAN-LUC", "  jean   luc "),
+        ("Straße", "STRASSE"),
+        ("Ａｎｎａ", "Anna"),
+    ],
+    ids=[
+        "german",
+        "cyrillic-case",
+        "cyrillic-yo",
+        "cyrillic-short-i",
+        "arabic-harakat",
+        "arabic-alef",
+        "arabic-taa-marbuta",
+        "apostrophe",
+        "hyphen",
+        "sharp-s",
+        "fullwidth",
+    ],
+)
+def test_name_variants_normalise_alike(variants):
+    assert len({normalise_name(v) for v in variants}) == 1, [normalise_name(v) for v in variants]
+
+
+@pytest.mark.parametrize(
+    "different",
+    [("Olena", "Alena"), ("Олена", "Olena"), ("Jean-Luc", "Jean"), ("محمد", "احمد")],
+)
+def test_different_names_stay_different(different):
+    first, second = different
+    assert normalise_name(first) != normalise_name(second)
+
+
+def test_normalised_names_have_no_marks_punctuation_or_case():
+    assert normalise_name("  Jean-Luc  O'Brien-Müller ") == "jean luc obrien muller"
+
+
+@pytest.mark.parametrize(
+    ("national", "international", "region"),
+    [
+        ("07700 900123", "+44 7700 900123", "GB"),
+        ("050 123 4567", "+380501234567", "UA"),
+        ("(0)30 1234567", "+49 30 1234567", "DE"),
+        ("0044 7700 900123", "+447700900123", "GB"),
+    ],
+)
+def test_phones_national_and_e164_forms_match(national, international, region):
+    expected = normalise_phone(international, region)
+    assert expected.startswith("+") and expected[1:].isdigit()
+    assert normalise_phone(national, region) == expected
+    assert normalise_phone(international, "FR") == expected  # E.164 input ignores the region
+
+
+def test_national_phone_depends_on_the_region():
+    assert normalise_phone("050 123 4567", "UA") == "+380501234567"
+    assert normalise_phone("050 123 4567", "GB") != "+380501234567"
+
+
+@pytest.mark.parametrize("variant", ["FA123456", "fa 123 456", "FA-123-456", "ＦＡ１２３４５６"])
+def test_document_numbers_normalise_alike(variant):
+    assert normalise_document(variant) == "FA123456"
+
+
+# ---- bit planner and index values ---------------------------------------------------------
+
+
+def test_more_rows_means_more_bits():
+    sizes = [10, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 1_000_000_000]
+    bits = [plan_bits(n).bits for n in sizes]
+    assert bits == sorted(bits)
+    assert bits[-1] > bits[2] > bits[0]
+    for n in (10_000, 1_000_000):
+        plan = plan_bits(n)
+        # About the target number of unrelated rows per query (2 by default).
+        assert 1.0 <= plan.expected_false_positives <= 2.0
+        assert plan.expected_false_positives == pytest.approx(n / 2**plan.bits)
+
+
+def test_bits_are_bounded():
+    assert (MIN_BITS, MAX_BITS) == (8, 32)
+    assert plan_bits(0).bits == 8
+    assert plan_bits(1).bits == 8
+    assert plan_bits(10**15).bits == 32
+    assert plan_bits(100, target_false_positives=1e-12).bits <= 32
+    assert plan_bits(10**6, cardinality=3).bits == 8
+
+
+def test_cardinality_caps_bits_for_low_cardinality_attributes():
+    uncapped = plan_bits(10_000_000).bits
+    capped = plan_bits(10_000_000, cardinality=36_500).bits
+    assert capped < uncapped
+    # Each index value covers several distinct values (≥ 4 dates per value here).
+    assert 36_500 / 2**capped >= 4
+
+
+@pytest.mark.parametrize("bits", [8, 13, 24, 32])
+def test_blind_index_values_fit_the_bit_length(bits):
+    key = os.urandom(32)
+    values = [blind_index(key, "name", f"name-{i}", bits) for i in range(3000)]
+    assert all(0 <= v < 2**bits for v in values)
+    # Uses the whole range (not stuck in the low bits).
+    assert max(values) >= 2 ** (bits - 1)
+    if bits == 8:
+        assert len(set(values)) > 200
+
+
+def test_blind_index_is_keyed_deterministic_and_field_separated():
+    key = os.urandom(32)
+    value = blind_index(key, "name", "olena", 32)
+    assert blind_index(key, "name", "olena", 32) == value
+    assert blind_index(os.urandom(32), "name", "olena", 32) != value
+    assert blind_index(key, "phone", "olena", 32) != value
+    # Truncation keeps the leading bits: a shorter plan is a prefix of a longer one.
+    assert blind_index(key, "name", "olena", 20) == value >> 12
