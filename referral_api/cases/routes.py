@@ -33,6 +33,11 @@ def _respond(view: service.CaseView, status: int = 200) -> Any:
     return body, status, {"ETag": etag_for("case", view.case.id, view.case.version)}
 
 
+def _note_view(note: Any) -> dict[str, Any]:
+    # Decrypted before the commit; @blp.response dumps it (dumping here too would dump twice).
+    return {name: getattr(note, name) for name in NoteSchema().fields}
+
+
 def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
     case, decision = service.authorize(db.session, current_actor(), permission, case_id)
     require_if_match(etag_for("case", case.id, case.version))
@@ -143,7 +148,7 @@ def list_notes(case_id: uuid.UUID) -> Any:
     actor = current_actor()
     case, decision = service.authorize(db.session, actor, Permission.CASE_READ, case_id)
     notes = service.list_notes(db.session, actor, case, decision)
-    body = NoteSchema(many=True).dump(notes)
+    body = [_note_view(note) for note in notes]
     db.session.commit()
     return body
 
@@ -158,7 +163,7 @@ def add_note(data: dict[str, Any], case_id: uuid.UUID) -> Any:
     actor = current_actor()
     case, decision = service.authorize(db.session, actor, Permission.CASE_NOTE, case_id)
     note = service.add_note(db.session, actor, case, decision, data["category"], data["text"])
-    body = NoteSchema().dump(note)
+    body = _note_view(note)
     db.session.commit()
     return body, 201
 

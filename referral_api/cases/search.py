@@ -72,7 +72,11 @@ def index_terms(case: Case, phone_region: str) -> dict[str, set[str]]:
         if family and year:
             terms["family_birth"].add(f"{family}|{year}")
     if case.phone:
-        terms["phone"].add(normalise_phone(case.phone, phone_region))
+        phone = normalise_phone(case.phone, phone_region)
+        # Text without digits ("ask her sister") normalises to "" or "+": indexing it would
+        # let any digitless query match every such case.
+        if any(ch.isdigit() for ch in phone):
+            terms["phone"].add(phone)
     for document in case.documents or []:
         number = normalise_document(str(document.get("number") or ""))
         if number:

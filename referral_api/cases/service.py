@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +83,30 @@ def _denied(actor: Actor, action: Permission, case: Case | None, decision: Decis
     return error
 
 
+def _refused(
+    action: Permission,
+    case: Case | None,
+    message: str,
+    reason: str,
+    categories: Iterable[Category] = (),
+    **details: Any,
+) -> Forbidden:
+    """A refusal decided inside the service (after the route's permission check): it must be
+    on the record like any other denied attempt, with ids and codes only."""
+    error = Forbidden(message)
+    error.audit = {
+        "action": str(action),
+        "resource_type": "case",
+        "resource_id": str(case.id) if case is not None else None,
+        "case_id": case.id if case is not None else None,
+        "categories": [c.value for c in categories],
+        "decision": audit.DENY,
+        "reason": reason,
+        "details": details or None,
+    }
+    return error
+
+
 def authorize(
     session: Any, actor: Actor, action: Permission, case_id: uuid.UUID
 ) -> tuple[Case, Decision]:
@@ -116,7 +141,7 @@ def _audit_case(
 
 
 def _apply_categories(
-    case: Case, data: dict[str, Any], allowed: frozenset[Category]
+    case: Case, data: dict[str, Any], allowed: frozenset[Category], action: Permission
 ) -> set[Category]:
     touched: set[Category] = set()
     for category in Category:
@@ -124,7 +149,14 @@ def _apply_categories(
         if values is None:
             continue
         if category not in allowed:
-            raise Forbidden(f"Your role may not write {category.value} data.")
+            raise _refused(
+                action,
+                # A case being created was never stored: its id names nothing.
+                case if action is Permission.CASE_UPDATE else None,
+                f"Your role may not write {category.value} data.",
+                "category not visible to role",
+                [category],
+            )
         for key, value in values.items():
             setattr(case, CATEGORY_FIELDS[category][key], value)
         touched.add(category)
@@ -156,7 +188,9 @@ def _check_assignee(
 def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
     decision = decide(actor, Permission.CASE_CREATE)
     if not decision.allowed or actor.org_id is None:
-        raise Forbidden("Your role does not allow this action.")
+        raise _refused(
+            Permission.CASE_CREATE, None, "Your role does not allow this action.", decision.reason
+        )
     case_id = uuid.uuid4()
     case = Case(
         id=case_id,
@@ -173,7 +207,7 @@ def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
     _check_assignee(session, actor, actor.org_id, data.get("assignee_id"))
     case.assignee_id = data.get("assignee_id")
     session.add(case)
-    touched = _apply_categories(case, data, allowed)
+    touched = _apply_categories(case, data, allowed, Permission.CASE_CREATE)
     session.add(
         CaseStatusChange(
             case_id=case.id, from_status=None, to_status=CaseStatus.OPEN, actor_id=actor.id
@@ -204,7 +238,7 @@ def update_case(
     for field in ("risk_level", "nrm_stage"):
         if field in changes:
             setattr(case, field, changes[field])
-    touched = _apply_categories(case, changes, categories)
+    touched = _apply_categories(case, changes, categories, Permission.CASE_UPDATE)
     case.updated_at = datetime.now(UTC)
     session.flush()
     _audit_case(session, actor, Permission.CASE_UPDATE, case, touched)
@@ -222,7 +256,13 @@ def change_status(
         )
     permission, reasons, reason_required = rule
     if not actor.can(permission):
-        raise Forbidden("Your role does not allow this status change.")
+        raise _refused(
+            permission,
+            case,
+            "Your role does not allow this status change.",
+            "permission not granted to role",
+            to=to.value,
+        )
     if reason is None and reason_required:
         raise ValidationFailed({"reason": ["A reason code is required for this change."]})
     if reason is not None and reason not in reasons:
@@ -245,7 +285,12 @@ def assign(
     session: Any, actor: Actor, case: Case, decision: Decision, assignee_id: uuid.UUID | None
 ) -> CaseView:
     if not actor.can(Permission.CASE_ASSIGN):
-        raise Forbidden("Your role does not allow assigning cases.")
+        raise _refused(
+            Permission.CASE_ASSIGN,
+            case,
+            "Your role does not allow assigning cases.",
+            "permission not granted to role",
+        )
     _check_assignee(session, actor, case.org_id, assignee_id)
     case.assignee_id = assignee_id
     case.updated_at = datetime.now(UTC)
@@ -292,8 +337,16 @@ def list_cases(
         if any(params.get(n) for n in ("name", "family_name", "date_of_birth", "document_number")):
             needed.add(Category.IDENTITY)
         if not needed <= role_categories or actor.org_id is None:
-            # Searching by personal attributes is itself a disclosure (an oracle).
-            raise Forbidden("Your role may not search cases by personal data.")
+            # Searching by personal attributes is itself a disclosure (an oracle). The
+            # refusal is recorded with the categories asked for, never the terms.
+            raise _refused(
+                Permission.CASE_READ,
+                None,
+                "Your role may not search cases by personal data.",
+                "search category not visible to role",
+                needed,
+                via="search",
+            )
         crypto = crypto_of(session)
         terms = list(search.normalised_query(params, crypto.phone_region))
         for field, term in terms:
@@ -347,7 +400,13 @@ def add_note(
     session: Any, actor: Actor, case: Case, decision: Decision, category: Category, text: str
 ) -> CaseNote:
     if not actor.can(Permission.CASE_NOTE) or category not in visible_categories(decision):
-        raise Forbidden("Your role may not write notes in this category.")
+        raise _refused(
+            Permission.CASE_NOTE,
+            case,
+            "Your role may not write notes in this category.",
+            "category not visible to role",
+            [category],
+        )
     note = CaseNote(
         id=uuid.uuid4(), case_id=case.id, org_id=case.org_id, author_id=actor.id, category=category
     )

@@ -1,0 +1,495 @@
+"""Exact search over encrypted case fields through blind indexes (docs/search.md; DESIGN.md §6).
+
+Search finds exact matches across the documented normalisation (case, accents, umlaut
+spellings, Cyrillic ё/й, Arabic harakat and alef forms, phone formats, document
+punctuation), only inside the caller's organisation, and never returns a truncation false
+positive. Search terms never reach a log line or an audit row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from sqlalchemy import text
+
+from referral_api.access.roles import OrgType, Role
+
+API = "/api/v1"
+
+
+def rows(app: Any, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    from referral_api.extensions import db
+
+    with db.engine_for(app).connect() as connection:
+        return [tuple(row) for row in connection.execute(text(sql), params)]
+
+
+def new_case(client: Any, headers: dict[str, str], **categories: Any) -> str:
+    payload = {"case_type": "thb", **categories}
+    response = client.post(f"{API}/cases", json=payload, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]  # type: ignore[no-any-return]
+
+
+def person(
+    given: str | None = None,
+    family: str | None = None,
+    *,
+    aliases: list[str] | None = None,
+    dob: str | None = None,
+    phone: str | None = None,
+    documents: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    identity: dict[str, Any] = {"given_name": given, "family_name": family}
+    if aliases is not None:
+        identity["aliases"] = aliases
+    if dob is not None:
+        identity["date_of_birth"] = dob
+    if documents is not None:
+        identity["documents"] = documents
+    body: dict[str, Any] = {"identity": identity}
+    if phone is not None:
+        body["contact"] = {"phone": phone}
+    return body
+
+
+def search(client: Any, headers: dict[str, str], **query: Any) -> list[str]:
+    """Every matching case id, following Link: rel="next" to the end."""
+    found: list[str] = []
+    url: str | None = f"{API}/cases"
+    params: dict[str, Any] | None = query
+    while url is not None:
+        response = client.get(url, query_string=params, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        found += [item["id"] for item in response.get_json()]
+        link = response.headers.get("Link")
+        url, params = (link[1 : link.index(">")], None) if link else (None, None)
+    return found
+
+
+class Team:
+    def __init__(self, factory: Any, org_type: OrgType = OrgType.NGO) -> None:
+        self.org_id = factory.org(org_type)
+        self.user = factory.user(Role.CASEWORKER, self.org_id)
+        self.headers = factory.headers(self.user)
+
+
+@pytest.fixture
+def team(factory: Any) -> Team:
+    return Team(factory)
+
+
+# These edit the configuration before `app` exists: request them before any fixture that
+# builds the app (client, factory, team).
+@pytest.fixture
+def ukrainian_phones(app_config: dict[str, Any]) -> None:
+    app_config["PHONE_REGION"] = "UA"
+
+
+@pytest.fixture
+def tiny_index(app_config: dict[str, Any]) -> None:
+    app_config["PHONE_REGION"] = "UA"
+    app_config["BLIND_INDEX_BITS"] = {
+        "name": 1,
+        "dob": 1,
+        "family_birth": 1,
+        "phone": 1,
+        "document": 1,
+    }
+
+
+# ---- names --------------------------------------------------------------------------------
+
+
+def test_name_matches_given_family_alias_and_full_name(client: Any, team: Team) -> None:
+    olena = new_case(client, team.headers, **person("Olena", "Kovalenko", aliases=["Lena K"]))
+    other = new_case(client, team.headers, **person("Oksana", "Kovalchuk"))
+
+    for term in ("Olena", "Kovalenko", "Lena K", "Olena Kovalenko", "  olena   KOVALENKO "):
+        assert search(client, team.headers, name=term) == [olena], term
+    assert search(client, team.headers, name="Oksana") == [other]
+    for term in ("Olen", "Kovalenk", "Lena", "Olena Kovalchuk", "Nobody"):
+        assert search(client, team.headers, name=term) == [], term
+
+
+def test_name_search_follows_the_latest_update(client: Any, team: Team) -> None:
+    created = client.post(
+        f"{API}/cases",
+        json={"case_type": "gbv", **person("Maria", "Ionescu")},
+        headers=team.headers,
+    )
+    case_id = created.get_json()["id"]
+    response = client.patch(
+        f"{API}/cases/{case_id}",
+        json={"identity": {"family_name": "Popescu"}},
+        headers={**team.headers, "If-Match": created.headers["ETag"]},
+    )
+    assert response.status_code == 200, response.get_json()
+    assert search(client, team.headers, name="Popescu") == [case_id]
+    assert search(client, team.headers, name="Maria Popescu") == [case_id]
+    assert search(client, team.headers, name="Ionescu") == []
+
+
+# Spellings stored (one case each) → queries that must find exactly those cases.
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "umlaut": (
+        ["Müller", "Mueller"],
+        ["Müller", "MULLER", "mueller", "Mueller", "MÜLLER", "Mu\u0308ller"],
+    ),
+    "accent": (["José"], ["Jose", "JOSÉ", "jose", "Jose\u0301"]),
+    "sharp s": (["Straße"], ["STRASSE", "strasse"]),
+    "apostrophe": (["O'Brien"], ["OBrien", "o’brien", "O'BRIEN"]),
+    "hyphen": (["Jean-Luc"], ["Jean Luc", "jean-luc", "JEAN  LUC"]),
+    "cyrillic case": (["Олена"], ["ОЛЕНА", "олена", "Олена"]),
+    "cyrillic yo": (["Алёна"], ["Алена", "АЛЁНА", "алена"]),
+    "cyrillic short i": (["Андрій"], ["АНДРІЙ", "андріи"]),
+    "arabic hamza": (["أحمد"], ["احمد", "أحمد", "إحمد"]),
+    "arabic harakat": (["مُحَمَّد", "محمد"], ["محمد", "مُحَمَّد"]),
+    "arabic taa marbuta": (["فاطمة"], ["فاطمه", "فاطمة"]),
+    "arabic alef maksura": (["ليلى"], ["ليلي", "ليلى"]),
+}
+
+
+def test_name_normalisation_variants_match(client: Any, team: Team) -> None:
+    stored = {
+        label: sorted(new_case(client, team.headers, **person(None, name)) for name in names)
+        for label, (names, _) in VARIANTS.items()
+    }
+    decoy = new_case(client, team.headers, **person(None, "Kowalski"))
+    failures = [
+        f"{label}: {query!r} found {found}"
+        for label, (_, queries) in VARIANTS.items()
+        for query in queries
+        if (found := sorted(search(client, team.headers, name=query))) != stored[label]
+    ]
+    assert not failures, "\n".join(failures)
+    assert search(client, team.headers, name="Kowalski") == [decoy]
+    # Scripts are not transliterated (docs/search.md): record both spellings as aliases.
+    assert search(client, team.headers, name="Olena") == []
+    assert search(client, team.headers, name="Олег") == []
+
+
+# ---- phones, documents, dates -------------------------------------------------------------
+
+
+def test_phone_in_national_or_e164_form(ukrainian_phones: None, client: Any, team: Team) -> None:
+    e164 = new_case(client, team.headers, **person("A", "B", phone="+380501234567"))
+    national = new_case(client, team.headers, **person("C", "D", phone="067 765 43 21"))
+    foreign = new_case(client, team.headers, **person("E", "F", phone="+44 20 7946 0958"))
+
+    for query in ("+380501234567", "050 123 4567", "0501234567", "+380 (50) 123-45-67"):
+        assert search(client, team.headers, phone=query) == [e164], query
+    for query in ("+380677654321", "0677654321", "067-765-43-21"):
+        assert search(client, team.headers, phone=query) == [national], query
+    assert search(client, team.headers, phone="+442079460958") == [foreign]
+    assert search(client, team.headers, phone="020 7946 0958") == []  # read as Ukrainian
+    assert search(client, team.headers, phone="0501234568") == []
+
+
+def test_document_number_normalisation(client: Any, team: Team) -> None:
+    doc = new_case(
+        client,
+        team.headers,
+        **person(
+            "A",
+            "B",
+            documents=[
+                {"type": "passport", "country": "UA", "number": "FA123456"},
+                {"type": "national_id", "country": "UA", "number": "00-77 12"},
+            ],
+        ),
+    )
+    for query in ("FA123456", "fa-123 456", "FA 123 456", "fa123456", "007712", "00 77-12"):
+        assert search(client, team.headers, document_number=query) == [doc], query
+    assert search(client, team.headers, document_number="FA123457") == []
+
+
+def test_date_of_birth_and_family_name_with_birth_year(client: Any, team: Team) -> None:
+    olena = new_case(client, team.headers, **person("Olena", "Kovalenko", dob="1999-04-02"))
+    namesake = new_case(client, team.headers, **person("Ivan", "Kovalenko", dob="1985-11-30"))
+    twin_date = new_case(client, team.headers, **person("Ana", "Lopes", dob="1999-04-02"))
+
+    assert sorted(search(client, team.headers, date_of_birth="1999-04-02")) == sorted(
+        [olena, twin_date]
+    )
+    assert search(client, team.headers, date_of_birth="1999-04-03") == []
+    assert search(client, team.headers, family_name="kovalenko", birth_year=1999) == [olena]
+    assert search(client, team.headers, family_name="KOVALENKO", birth_year=1985) == [namesake]
+    assert search(client, team.headers, family_name="Kovalenko", birth_year=2001) == []
+    assert sorted(search(client, team.headers, name="Kovalenko")) == sorted([olena, namesake])
+    # Several parameters must all match.
+    assert search(client, team.headers, name="Kovalenko", date_of_birth="1999-04-02") == [olena]
+    assert search(client, team.headers, name="Ivan", date_of_birth="1999-04-02") == []
+
+
+def test_malformed_searches_are_422(client: Any, team: Team) -> None:
+    new_case(client, team.headers, **person("Olena", "Kovalenko", dob="1999-04-02"))
+    malformed: list[dict[str, Any]] = [
+        {"family_name": "Kovalenko"},  # only together with birth_year
+        {"birth_year": 1999},
+        {"name": "Olena", "birth_year": 1999},
+        {"date_of_birth": "1999-13-01"},
+        {"date_of_birth": "02/04/1999"},
+        {"birth_year": "nineties", "family_name": "Kovalenko"},
+        {"birth_year": 1850, "family_name": "Kovalenko"},
+        {"phone": "1"},
+        {"name": ""},
+        {"name": "x" * 201},
+    ]
+    failures = []
+    for query in malformed:
+        response = client.get(f"{API}/cases", query_string=query, headers=team.headers)
+        if response.status_code != 422 or "Kovalenko" in response.get_data(as_text=True):
+            failures.append(f"{query}: {response.status_code} {response.get_json()}")
+    assert not failures, "\n".join(failures)
+    assert_problem(
+        client.get(f"{API}/cases", query_string={"birth_year": 1999}, headers=team.headers), 422
+    )
+
+
+# ---- scope --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("other_type", [OrgType.NGO, OrgType.SHELTER])
+def test_search_never_returns_another_organisations_case(
+    client: Any, factory: Any, team: Team, other_type: OrgType
+) -> None:
+    twin = person(
+        "Olena",
+        "Kovalenko",
+        dob="1999-04-02",
+        phone="+380501234567",
+        documents=[{"type": "passport", "country": "UA", "number": "FA123456"}],
+    )
+    mine = new_case(client, team.headers, **twin)
+    other = Team(factory, other_type)
+    theirs = new_case(client, other.headers, **twin)
+    only_theirs = new_case(client, other.headers, **person("Svitlana", "Melnyk"))
+
+    queries = [
+        {"name": "Olena"},
+        {"name": "Olena Kovalenko"},
+        {"date_of_birth": "1999-04-02"},
+        {"family_name": "Kovalenko", "birth_year": 1999},
+        {"phone": "+380501234567"},
+        {"document_number": "FA123456"},
+    ]
+    for query in queries:
+        assert search(client, team.headers, **query) == [mine], query
+        assert search(client, other.headers, **query) == [theirs], query
+    assert search(client, team.headers, name="Svitlana") == []
+    assert search(client, other.headers, name="Svitlana") == [only_theirs]
+
+
+# ---- false positives ----------------------------------------------------------------------
+
+
+def candidates(app: Any, org_id: uuid.UUID, field: str, term: str) -> set[uuid.UUID]:
+    """Cases whose stored index value equals the query's (what the database alone yields)."""
+    from referral_api.cases.search import candidate_case_ids
+    from referral_api.crypto.fields import crypto_of
+    from referral_api.extensions import db
+
+    with db.session_factory_for(app)() as session:
+        found = set(
+            session.scalars(candidate_case_ids(session, crypto_of(session), org_id, field, term))
+        )
+        session.rollback()
+    return found
+
+
+def test_truncation_false_positives_are_removed(
+    tiny_index: None, app: Any, client: Any, team: Team
+) -> None:
+    from referral_api.crypto.blind_index import normalise_document, normalise_name
+
+    people = [
+        ("Olena", "Kovalenko", "1999-04-02", "+380501234500", "FA100000"),
+        ("Iryna", "Bondar", "1987-01-15", "+380501234501", "FA100001"),
+        ("Amal", "Haddad", "1990-06-30", "+380501234502", "FA100002"),
+        ("Nadia", "Rusu", "2001-12-01", "+380501234503", "FA100003"),
+        ("Ewa", "Nowak", "1995-03-09", "+380501234504", "FA100004"),
+        ("Thi", "Nguyen", "1993-08-21", "+380501234505", "FA100005"),
+        ("Grace", "Okafor", "1998-10-10", "+380501234506", "FA100006"),
+        ("Leila", "Karimi", "1984-05-17", "+380501234507", "FA100007"),
+    ]
+    ids = {}
+    for given, family, dob, phone, document in people:
+        ids[given] = new_case(
+            client,
+            team.headers,
+            **person(
+                given,
+                family,
+                dob=dob,
+                phone=phone,
+                documents=[{"type": "passport", "country": "UA", "number": document}],
+            ),
+        )
+    # With one bit, every index value is shared by about half the organisation's cases.
+    values = rows(app, "SELECT DISTINCT value FROM case_search_index WHERE field = 'name'")
+    assert {v for (v,) in values} <= {0, 1}
+
+    false_positives = 0
+    for given, family, dob, phone, document in people:
+        expected = [ids[given]]
+        checks = [
+            ({"name": given}, "name", normalise_name(given)),
+            ({"name": f"{given} {family}"}, "name", normalise_name(f"{given} {family}")),
+            ({"date_of_birth": dob}, "dob", dob),
+            (
+                {"family_name": family, "birth_year": int(dob[:4])},
+                "family_birth",
+                f"{normalise_name(family)}|{dob[:4]}",
+            ),
+            ({"phone": phone}, "phone", phone),
+            ({"document_number": document}, "document", normalise_document(document)),
+        ]
+        # Small pages: a page may come back short (or empty) after filtering, and the Link
+        # header still leads to every match.
+        assert search(client, team.headers, limit=1, name=given) == expected
+        for query, field, term in checks:
+            assert search(client, team.headers, **query) == expected, query
+            found = candidates(app, team.org_id, field, term)
+            assert uuid.UUID(ids[given]) in found
+            false_positives += len(found) - 1
+        assert search(client, team.headers, name=f"{given}x") == []
+    # The database really did collide: far more candidates than matches.
+    assert false_positives >= 48 * 2
+
+
+# ---- who may search -----------------------------------------------------------------------
+
+
+PERSONAL_SEARCHES: list[dict[str, Any]] = [
+    {"name": "Olena"},
+    {"date_of_birth": "1999-04-02"},
+    {"family_name": "Kovalenko", "birth_year": 1999},
+    {"phone": "+380501234567"},
+    {"document_number": "FA123456"},
+    {"status": "open", "name": "Olena"},  # a filter does not make a search harmless
+]
+
+
+@pytest.mark.parametrize("role", [Role.DPO, Role.ORG_ADMIN])
+def test_metadata_roles_may_list_but_not_search_by_personal_data(
+    app: Any, client: Any, factory: Any, team: Team, role: Role
+) -> None:
+    case_id = new_case(client, team.headers, **person("Olena", "Kovalenko", dob="1999-04-02"))
+    viewer = factory.headers(factory.user(role, team.org_id))
+
+    for query in PERSONAL_SEARCHES:
+        response = client.get(f"{API}/cases", query_string=query, headers=viewer)
+        body = assert_problem(response, 403)
+        assert "Olena" not in json.dumps(body), query
+
+    for query in ({}, {"status": "open"}, {"case_type": "thb", "limit": 5}):
+        listed = client.get(f"{API}/cases", query_string=query, headers=viewer)
+        assert listed.status_code == 200
+        (item,) = listed.get_json()
+        assert item["id"] == case_id and "identity" not in item
+        assert "Olena" not in listed.get_data(as_text=True)
+
+
+# ---- search terms stay out of logs and the audit trail ------------------------------------
+
+
+def test_search_terms_never_reach_logs_or_audit_rows(
+    ukrainian_phones: None,
+    app: Any,
+    factory: Any,
+    client: Any,
+    team: Team,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dpo = factory.headers(factory.user(Role.DPO, team.org_id))
+    case_id = new_case(
+        client,
+        team.headers,
+        **person(
+            "Zoryslava",
+            "Quixtrel",
+            dob="1977-07-07",
+            phone="+380931112233",
+            documents=[{"type": "passport", "country": "UA", "number": "QX998877"}],
+        ),
+    )
+    capfd.readouterr()
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+
+    searches = [
+        ({"name": "Zoryslava Quixtrel"}, team.headers, [case_id]),
+        ({"name": "Wolodymyrowna"}, team.headers, []),
+        ({"family_name": "Quixtrel", "birth_year": 1977}, team.headers, [case_id]),
+        ({"date_of_birth": "1977-07-07"}, team.headers, [case_id]),
+        ({"phone": "093 111 22 33"}, team.headers, [case_id]),
+        ({"document_number": "qx-998877"}, team.headers, [case_id]),
+        ({"name": "Ярославна"}, team.headers, []),
+        ({"name": "Zoryslava"}, dpo, None),  # refused: the refusal must not log it either
+        ({"family_name": "Quixtrel"}, team.headers, None),  # 422 without birth_year
+    ]
+    for query, headers, expected in searches:
+        response = client.get(f"{API}/cases", query_string=query, headers=headers)
+        if expected is None:
+            assert response.status_code in (403, 422)
+        else:
+            assert [i["id"] for i in response.get_json()] == expected
+
+    terms = [
+        "Zoryslava",
+        "zoryslava",
+        "Quixtrel",
+        "quixtrel",
+        "Wolodymyrowna",
+        "wolodymyrowna",
+        "1977-07-07",
+        "931112233",
+        "111 22 33",
+        "QX998877",
+        "qx-998877",
+        "Ярославна",
+        "ярославна",
+        "\\u042f",  # JSON-escaped Cyrillic
+    ]
+    from referral_api.observability import JsonFormatter
+
+    captured = capfd.readouterr()
+    formatter = JsonFormatter()
+    # What the log handlers print (the project's JSON lines), every attribute of every
+    # record, and whatever reached the process's stdout/stderr.
+    logged = "\n".join(
+        [
+            caplog.text,
+            *(formatter.format(record) for record in caplog.records),
+            json.dumps([{k: str(v) for k, v in vars(r).items()} for r in caplog.records]),
+            json.dumps(
+                [{k: str(v) for k, v in vars(r).items()} for r in caplog.records],
+                ensure_ascii=False,
+            ),
+            captured.out,
+            captured.err,
+        ]
+    )
+    assert '"route": "/api/v1/cases"' in logged  # the access log did run
+    audit = json.dumps(
+        [list(map(str, row)) for row in rows(app, "SELECT * FROM audit_events")],
+        ensure_ascii=False,
+    )
+    assert "search" in audit  # the searches themselves are on the record
+    for term in terms:
+        assert term not in logged, term
+        assert term not in audit, term
+
+
+def test_a_phone_query_without_digits_matches_nothing(client: Any, team: Team) -> None:
+    new_case(client, team.headers, **person("A", "B", phone="ask her sister"))
+    new_case(client, team.headers, **person("C", "D", phone="+380501234567"))
+    for query in ("n/a", "none", "---"):
+        assert search(client, team.headers, phone=query) == [], query
