@@ -194,6 +194,7 @@ def register_commands(app: Flask) -> None:
     from referral_api.audit.commands import audit_group
     from referral_api.consent.commands import consent_group
     from referral_api.crypto.commands import keys_group
+    from referral_api.rights.commands import retention_group
 
     for command in (
         db_group,
@@ -205,6 +206,7 @@ def register_commands(app: Flask) -> None:
         keys_group,
         audit_group,
         consent_group,
+        retention_group,
     ):
         app.cli.add_command(command)
 

@@ -91,3 +91,19 @@ class PreconditionFailed(ReferralApiError):
     status = 412
     title = "Precondition Failed"
     problem_type = "/problems/stale-etag"
+
+
+class Gone(ReferralApiError):
+    """The case was erased (crypto-shredded): answered to those who could see it."""
+
+    status = 410
+    title = "Gone"
+    problem_type = "/problems/erased"
+
+
+class ProcessingRestricted(ReferralApiError):
+    """GDPR Art. 18: the case is stored but may not be processed."""
+
+    status = 403
+    title = "Processing restricted"
+    problem_type = "/problems/processing-restricted"

@@ -8,6 +8,7 @@ from referral_api.consent.routes import blp as consent_blp
 from referral_api.directory.routes import blp as directory_blp
 from referral_api.health import blp as health_blp
 from referral_api.referrals.routes import blp as referrals_blp
+from referral_api.rights.routes import blp as rights_blp
 
 BLUEPRINTS = [
     health_blp,
@@ -17,5 +18,6 @@ BLUEPRINTS = [
     directory_blp,
     consent_blp,
     referrals_blp,
+    rights_blp,
     audit_blp,
 ]

@@ -8,3 +8,4 @@ from referral_api.consent import models as consent_models  # noqa: F401
 from referral_api.crypto import models as crypto_models  # noqa: F401
 from referral_api.directory import models as directory_models  # noqa: F401
 from referral_api.referrals import models as referral_models  # noqa: F401
+from referral_api.rights import models as rights_models  # noqa: F401

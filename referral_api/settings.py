@@ -117,6 +117,12 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
         "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300),
         # Each worker seals audit rows left pending this often (0: only after requests).
+        # Retention after closure, per case type (days); `referral-api retention run`.
+        "RETENTION_POLICY": {
+            "thb": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_THB", 5 * 365)},
+            "gbv": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_GBV", 5 * 365)},
+        },
+        "EXPORT_TTL_SECONDS": _env_int("REFERRAL_API_EXPORT_TTL_SECONDS", 24 * 3600),
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),

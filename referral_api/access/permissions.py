@@ -27,6 +27,12 @@ class Permission(enum.StrEnum):
     CASE_CLOSE = "case:close"
     CASE_NOTE = "case:note"
     CASE_ACCESS_LOG = "case:access-log"
+    # Data-subject rights
+    CASE_EXPORT = "case:export"
+    CASE_ERASURE_REQUEST = "case:erasure-request"
+    ERASURE_APPROVE = "erasure:approve"
+    CASE_LEGAL_HOLD = "case:legal-hold"
+    CASE_RESTRICT = "case:restrict"
     # Consent
     CONSENT_READ = "consent:read"
     CONSENT_RECORD = "consent:record"

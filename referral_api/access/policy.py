@@ -93,7 +93,13 @@ class CaseRecord(Protocol):
 
 # Actions a platform-organisation DPO may take on any organisation's case (metadata only).
 _PLATFORM_DPO_CASE_ACTIONS = frozenset(
-    {Permission.CASE_VIEW, Permission.CASE_ACCESS_LOG, Permission.CONSENT_READ}
+    {
+        Permission.CASE_VIEW,
+        Permission.CASE_ACCESS_LOG,
+        Permission.CONSENT_READ,
+        Permission.ERASURE_APPROVE,
+        Permission.CASE_LEGAL_HOLD,
+    }
 )
 
 

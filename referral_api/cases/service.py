@@ -31,7 +31,14 @@ from referral_api.cases.codes import ActivateReason, CloseReason, ReopenReason
 from referral_api.cases.layout import CATEGORY_FIELDS, project
 from referral_api.cases.models import Case, CaseNote, CaseStatus, CaseStatusChange
 from referral_api.crypto.fields import crypto_of
-from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from referral_api.exceptions import (
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    ProcessingRestricted,
+    ValidationFailed,
+)
 from referral_api.pagination import Page, paginate
 
 # Case codes: prefix, then 8 characters from an alphabet without look-alikes (I, O, 0, 1).
@@ -117,7 +124,41 @@ def authorize(
     decision = decide(actor, action, case)
     if not decision.allowed:
         raise _denied(actor, action, case, decision)
+    if case.erased:
+        gone = Gone("This case was erased.")
+        gone.audit = _denial(actor, action, case, "case erased")
+        raise gone
+    if case.restricted and action not in _ALLOWED_WHILE_RESTRICTED:
+        restricted = ProcessingRestricted(
+            "Processing of this case is restricted (GDPR Art. 18): it is stored but not used."
+        )
+        restricted.audit = _denial(actor, action, case, "processing restricted")
+        raise restricted
     return case, decision
+
+
+# What may still happen to a restricted case: lifting it, legal holds, erasure.
+_ALLOWED_WHILE_RESTRICTED = frozenset(
+    {
+        Permission.CASE_RESTRICT,
+        Permission.CASE_LEGAL_HOLD,
+        Permission.CASE_ERASURE_REQUEST,
+        Permission.ERASURE_APPROVE,
+        # Art. 15: the person's own access request is honoured under restriction.
+        Permission.CASE_EXPORT,
+    }
+)
+
+
+def _denial(actor: Actor, action: Permission, case: Case, reason: str) -> dict[str, Any]:
+    return {
+        "action": str(action),
+        "resource_type": "case",
+        "resource_id": str(case.id),
+        "case_id": case.id,
+        "decision": audit.DENY,
+        "reason": reason,
+    }
 
 
 def _audit_case(
@@ -322,7 +363,8 @@ def list_cases(
     """List or search, scoped in SQL to the actor's organisation; search terms go through
     blind indexes and false positives are removed after decryption."""
     stmt: Select[Any] = scope_cases(actor, Permission.CASE_VIEW, select(Case), Case.org_id)
-    stmt = stmt.where(Case.erased.is_(False))
+    # Erased cases are gone; restricted ones may be stored but not processed (Art. 18).
+    stmt = stmt.where(Case.erased.is_(False), Case.restricted.is_(False))
     for field in ("status", "case_type", "risk_level", "assignee_id"):
         if params.get(field) is not None:
             stmt = stmt.where(getattr(Case, field) == params[field])

@@ -1,0 +1,60 @@
+"""`referral-api retention run [--apply]`: erase closed cases past their retention period."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+retention_group = AppGroup("retention", help="Retention schedule.")
+
+
+@retention_group.command("run")
+@click.option("--apply", "apply_", is_flag=True, help="Erase the due cases (default: list only)")
+def run(apply_: bool) -> None:
+    """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
+    are skipped."""
+    from referral_api.access.actor import Actor
+    from referral_api.cases.models import Case
+    from referral_api.extensions import db
+    from referral_api.rights.models import ErasureBasis
+    from referral_api.rights.service import erase_case, retention_due
+
+    factory = db.session_factory_for(current_app)
+    with factory() as session:
+        due = retention_due(session, current_app.config["RETENTION_POLICY"])
+    held = [row for row in due if row.legal_hold]
+    todo = [row for row in due if not row.legal_hold]
+    for row in due:
+        flag = " (legal hold: skipped)" if row.legal_hold else ""
+        click.echo(
+            f"{row.case_id} {row.case_type} closed {row.closed_at:%Y-%m-%d} "
+            f"due {row.due_at:%Y-%m-%d}{flag}"
+        )
+    if not apply_:
+        click.echo(
+            f"{len(todo)} cases due for erasure, {len(held)} on legal hold; "
+            "run with --apply to erase",
+            err=True,
+        )
+        return
+    erased = 0
+    with click.progressbar(
+        todo, label="erasing", show_pos=True, file=click.get_text_stream("stderr")
+    ) as bar:
+        for row in bar:
+            with factory() as session:
+                case = session.get(Case, row.case_id)
+                if case is None or case.erased:
+                    continue
+                erase_case(
+                    session,
+                    Actor.system(),
+                    case,
+                    ErasureBasis.RETENTION_EXPIRED,
+                    request_id=None,
+                    requested_by=None,
+                )
+                session.commit()
+                erased += 1
+    click.echo(f"{erased} cases erased, {len(held)} skipped under legal hold", err=True)

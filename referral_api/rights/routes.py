@@ -1,0 +1,168 @@
+"""Data-subject rights: export (Art. 15/20), erasure (Art. 17), restriction (Art. 18),
+legal holds, and the retention-due list for DPOs."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from flask import Response, current_app
+from sqlalchemy import select
+
+from referral_api.access.permissions import Permission
+from referral_api.access.roles import OrgType
+from referral_api.extensions import db
+from referral_api.rights import service
+from referral_api.rights.models import ErasureRequest
+from referral_api.rights.schemas import (
+    ErasureCreateSchema,
+    ErasureQueryArgsSchema,
+    ErasureRequestSchema,
+    ExportCreateSchema,
+    ExportSchema,
+    LegalHoldSchema,
+    LegalHoldStateSchema,
+    RestrictionSchema,
+    RestrictionStateSchema,
+    RetentionDueSchema,
+    TombstoneSchema,
+)
+from referral_api.smorest import Blueprint, current_actor
+
+blp = Blueprint("rights", __name__, url_prefix="/api/v1", description="Data-subject rights")
+
+
+@blp.route("/cases/<uuid:case_id>/export", methods=["POST"])
+@blp.requires(Permission.CASE_EXPORT)
+@blp.arguments(ExportCreateSchema)
+@blp.response(201, ExportSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(410, response="GONE")
+def create_export(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Export everything held about the person (supervisor; reason required)
+
+    The document (case, notes, consents, referrals, disclosures, access log) is kept
+    encrypted and can be downloaded once before it expires.
+    """
+    ttl = timedelta(seconds=current_app.config.get("EXPORT_TTL_SECONDS", 86400))
+    export = service.create_export(db.session, current_actor(), case_id, data["reason"], ttl)
+    db.session.commit()
+    return {
+        "id": export.id,
+        "case_id": export.case_id,
+        "created_at": export.created_at,
+        "expires_at": export.expires_at,
+        "download": f"/api/v1/exports/{export.id}/download",
+    }, 201
+
+
+@blp.route("/exports/<uuid:export_id>/download", methods=["GET"])
+@blp.requires(Permission.CASE_EXPORT)
+@blp.response(200)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(410, response="GONE")
+def download_export(export_id: uuid.UUID) -> Any:
+    """Download an export (once; by whoever requested it)"""
+    document = service.download_export(db.session, current_actor(), export_id)
+    db.session.commit()
+    response = Response(document, mimetype="application/json")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="subject-export-{export_id}.json"'
+    )
+    return response
+
+
+@blp.route("/cases/<uuid:case_id>/erasure", methods=["POST"])
+@blp.requires(Permission.CASE_ERASURE_REQUEST)
+@blp.arguments(ErasureCreateSchema)
+@blp.response(201, ErasureRequestSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def request_erasure(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Request erasure of a case (supervisor); a DPO approves"""
+    request = service.request_erasure(db.session, current_actor(), case_id, data["basis"])
+    db.session.commit()
+    return request
+
+
+@blp.route("/erasures", methods=["GET"])
+@blp.requires(Permission.ERASURE_APPROVE)
+@blp.arguments(ErasureQueryArgsSchema, location="query")
+@blp.response(200, ErasureRequestSchema(many=True))
+def list_erasures(args: dict[str, Any]) -> Any:
+    """Erasure requests of the cases your organisation controls (pending by default)"""
+    actor = current_actor()
+    stmt = select(ErasureRequest).where(ErasureRequest.status == args["status"])
+    if actor.org_type is not OrgType.PLATFORM:
+        stmt = stmt.where(ErasureRequest.org_id == actor.org_id)
+    return list(db.session.scalars(stmt.order_by(ErasureRequest.requested_at)))
+
+
+@blp.route("/erasures/<uuid:request_id>/approve", methods=["POST"])
+@blp.requires(Permission.ERASURE_APPROVE)
+@blp.response(200, TombstoneSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def approve_erasure(request_id: uuid.UUID) -> Any:
+    """Approve and execute an erasure (DPO, not the requester; refused under legal hold)
+
+    In one transaction: every data key of the case destroyed, ciphertexts cleared, blind
+    indexes deleted, open referrals cancelled, a tombstone kept. The case then answers 410.
+    """
+    tombstone = service.approve_erasure(db.session, current_actor(), request_id)
+    db.session.commit()
+    return tombstone
+
+
+@blp.route("/cases/<uuid:case_id>/legal-hold", methods=["POST"])
+@blp.requires(Permission.CASE_LEGAL_HOLD)
+@blp.arguments(LegalHoldSchema)
+@blp.response(200, LegalHoldStateSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def legal_hold(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Place (`hold: true`, reason required) or lift a legal hold; a hold blocks erasure"""
+    hold = service.set_legal_hold(
+        db.session, current_actor(), case_id, data["hold"], data.get("reason")
+    )
+    db.session.commit()
+    return {
+        "case_id": case_id,
+        "hold": data["hold"],
+        "placed_at": hold.placed_at if hold else None,
+        "lifted_at": hold.lifted_at if hold else None,
+    }
+
+
+@blp.route("/cases/<uuid:case_id>/restriction", methods=["POST"])
+@blp.requires(Permission.CASE_RESTRICT)
+@blp.arguments(RestrictionSchema)
+@blp.response(200, RestrictionStateSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def restriction(data: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """Restrict processing (Art. 18) or lift the restriction (supervisor; audited)
+
+    A restricted case is stored but not processed: reads and changes are refused (403,
+    audited) and nothing can be sent; DPO reports still see its metadata.
+    """
+    case = service.set_restriction(db.session, current_actor(), case_id, data["restricted"])
+    db.session.commit()
+    return {"case_id": case.id, "restricted": case.restricted}
+
+
+@blp.route("/dpo/reports/retention-due", methods=["GET"])
+@blp.requires(Permission.DPO_REPORTS)
+@blp.response(200, RetentionDueSchema(many=True))
+def retention_due() -> Any:
+    """Closed cases past their retention period (legal holds flagged)"""
+    actor = current_actor()
+    org = None if actor.org_type is OrgType.PLATFORM else actor.org_id
+    rows = service.retention_due(db.session, current_app.config["RETENTION_POLICY"], org_id=org)
+    service.audit.record(
+        db.session, actor, "dpo:report", resource_type="report", details={"report": "retention-due"}
+    )
+    db.session.commit()
+    return [asdict(row) for row in rows]

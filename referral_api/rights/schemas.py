@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from referral_api.rights.models import ErasureBasis, ErasureStatus
+
+
+class ExportCreateSchema(ma.Schema):
+    reason = ma.fields.String(required=True, validate=validate.Length(min=3, max=2000))
+
+
+class ExportSchema(ma.Schema):
+    id = ma.fields.UUID()
+    case_id = ma.fields.UUID()
+    created_at = ma.fields.AwareDateTime()
+    expires_at = ma.fields.AwareDateTime()
+    download = ma.fields.String(metadata={"description": "Download once, before expires_at"})
+
+
+class ErasureCreateSchema(ma.Schema):
+    basis = ma.fields.Enum(ErasureBasis, by_value=True, required=True)
+
+
+class ErasureRequestSchema(ma.Schema):
+    id = ma.fields.UUID()
+    case_id = ma.fields.UUID()
+    org_id = ma.fields.UUID()
+    basis = ma.fields.Enum(ErasureBasis, by_value=True)
+    status = ma.fields.Enum(ErasureStatus, by_value=True)
+    requested_by = ma.fields.UUID(allow_none=True)
+    requested_at = ma.fields.AwareDateTime()
+    decided_by = ma.fields.UUID(allow_none=True)
+    decided_at = ma.fields.AwareDateTime(allow_none=True)
+
+
+class ErasureQueryArgsSchema(ma.Schema):
+    status = ma.fields.Enum(ErasureStatus, by_value=True, load_default=ErasureStatus.PENDING)
+
+
+class TombstoneSchema(ma.Schema):
+    id = ma.fields.UUID()
+    case_id = ma.fields.UUID()
+    org_id = ma.fields.UUID()
+    request_id = ma.fields.UUID(allow_none=True)
+    basis = ma.fields.Enum(ErasureBasis, by_value=True)
+    requested_by = ma.fields.UUID(allow_none=True)
+    approved_by = ma.fields.UUID(allow_none=True)
+    erased_at = ma.fields.AwareDateTime()
+    data_keys_destroyed = ma.fields.Integer()
+    ciphertexts_cleared = ma.fields.Integer()
+    index_entries_deleted = ma.fields.Integer()
+    referrals_cancelled = ma.fields.Integer()
+    key_digest = ma.fields.String()
+
+
+class LegalHoldSchema(ma.Schema):
+    hold = ma.fields.Boolean(required=True)
+    reason = ma.fields.String(allow_none=True, validate=validate.Length(max=2000))
+
+
+class LegalHoldStateSchema(ma.Schema):
+    case_id = ma.fields.UUID()
+    hold = ma.fields.Boolean()
+    placed_at = ma.fields.AwareDateTime(allow_none=True)
+    lifted_at = ma.fields.AwareDateTime(allow_none=True)
+
+
+class RestrictionSchema(ma.Schema):
+    restricted = ma.fields.Boolean(required=True)
+
+
+class RestrictionStateSchema(ma.Schema):
+    case_id = ma.fields.UUID()
+    restricted = ma.fields.Boolean()
+
+
+class RetentionDueSchema(ma.Schema):
+    case_id = ma.fields.UUID()
+    org_id = ma.fields.UUID()
+    case_type = ma.fields.String()
+    closed_at = ma.fields.AwareDateTime()
+    due_at = ma.fields.AwareDateTime()
+    legal_hold = ma.fields.Boolean()

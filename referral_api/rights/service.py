@@ -1,0 +1,516 @@
+"""Data-subject rights (GDPR Art. 15, 17, 18, 20): export, erasure by crypto-shredding,
+restriction, legal holds and retention. No Flask; (session, actor, …); never commits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.categories import ALL_CATEGORIES
+from referral_api.access.permissions import Permission
+from referral_api.access.roles import Role
+from referral_api.audit import service as audit
+from referral_api.audit.models import AuditEvent
+from referral_api.cases.layout import project
+from referral_api.cases.models import Case, CaseNote, CaseSearchIndex, CaseStatus
+from referral_api.crypto.fields import EncryptedRecord, crypto_of
+from referral_api.crypto.models import CaseKey
+from referral_api.db import Base
+from referral_api.exceptions import (
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    ReferralApiError,
+    ValidationFailed,
+)
+from referral_api.rights.models import (
+    ErasureBasis,
+    ErasureRequest,
+    ErasureStatus,
+    ErasureTombstone,
+    LegalHold,
+    SubjectExport,
+)
+
+
+class LegalHoldActive(ReferralApiError):
+    status = 409
+    title = "Legal hold"
+    problem_type = "/problems/legal-hold"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _case_for(session: Session, actor: Actor, action: Permission, case_id: uuid.UUID) -> Case:
+    """Own organisation's case (platform DPO: any) for a rights action: 404 outside scope,
+    410 once erased (cases.service.authorize)."""
+    from referral_api.cases.service import authorize
+
+    case, _ = authorize(session, actor, action, case_id)
+    return case
+
+
+def _audit(session: Session, actor: Actor, action: str, case_id: uuid.UUID, **extra: Any) -> None:
+    audit.record(
+        session, actor, action, resource_type="case", resource_id=case_id, case_id=case_id, **extra
+    )
+
+
+# ---- legal hold ---------------------------------------------------------------------------
+
+
+def active_hold(session: Session, case_id: uuid.UUID) -> LegalHold | None:
+    return session.scalars(
+        select(LegalHold).where(LegalHold.case_id == case_id, LegalHold.lifted_at.is_(None))
+    ).first()
+
+
+def set_legal_hold(
+    session: Session, actor: Actor, case_id: uuid.UUID, hold: bool, reason: str | None
+) -> LegalHold | None:
+    case = _case_for(session, actor, Permission.CASE_LEGAL_HOLD, case_id)
+    current = active_hold(session, case.id)
+    if hold:
+        if current is not None:
+            raise Conflict("A legal hold is already in place.")
+        if not reason:
+            raise ValidationFailed({"reason": ["A legal hold needs a reason."]})
+        current = LegalHold(
+            id=uuid.uuid4(), case_id=case.id, org_id=case.org_id, placed_by=actor.id
+        )
+        current.reason = reason
+        session.add(current)
+    else:
+        if current is None:
+            raise Conflict("There is no legal hold to lift.")
+        current.lifted_by, current.lifted_at = actor.id, now()
+    session.flush()
+    _audit(session, actor, "case:legal-hold", case.id, details={"hold": hold})
+    return current
+
+
+# ---- restriction (Art. 18) ----------------------------------------------------------------
+
+
+def set_restriction(session: Session, actor: Actor, case_id: uuid.UUID, restricted: bool) -> Case:
+    case = _case_for(session, actor, Permission.CASE_RESTRICT, case_id)
+    if case.restricted == restricted:
+        raise Conflict("The case is already " + ("restricted." if restricted else "unrestricted."))
+    case.restricted = restricted
+    case.updated_at = now()
+    session.flush()
+    _audit(session, actor, "case:restrict" if restricted else "case:lift-restriction", case.id)
+    return case
+
+
+# ---- erasure (Art. 17) --------------------------------------------------------------------
+
+
+def request_erasure(
+    session: Session, actor: Actor, case_id: uuid.UUID, basis: ErasureBasis
+) -> ErasureRequest:
+    case = _case_for(session, actor, Permission.CASE_ERASURE_REQUEST, case_id)
+    if session.scalar(
+        select(ErasureRequest).where(
+            ErasureRequest.case_id == case.id, ErasureRequest.status == ErasureStatus.PENDING
+        )
+    ):
+        raise Conflict("An erasure request for this case is already pending.")
+    request = ErasureRequest(
+        id=uuid.uuid4(),
+        case_id=case.id,
+        org_id=case.org_id,
+        basis=basis,
+        status=ErasureStatus.PENDING,
+        requested_by=actor.id,
+    )
+    session.add(request)
+    session.flush()
+    _audit(
+        session,
+        actor,
+        "case:erasure-request",
+        case.id,
+        details={"request_id": str(request.id), "basis": basis.value},
+    )
+    return request
+
+
+def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> ErasureTombstone:
+    """The DPO approves (two different people: never the requester); refused under a legal
+    hold; executed at once, in this transaction."""
+    request = session.get(ErasureRequest, request_id)
+    if request is None:
+        raise NotFound()
+    case = _case_for(session, actor, Permission.ERASURE_APPROVE, request.case_id)
+    if actor.role is not Role.DPO:
+        raise Forbidden("A data-protection officer approves erasures.")
+    if request.status is not ErasureStatus.PENDING:
+        raise Conflict("This erasure request was already decided.")
+    if request.requested_by == actor.id:
+        raise Forbidden("The approver must be another person than the requester.")
+    if active_hold(session, case.id) is not None:
+        raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
+    request.status, request.decided_by, request.decided_at = ErasureStatus.EXECUTED, actor.id, now()
+    return erase_case(
+        session,
+        actor,
+        case,
+        request.basis,
+        request_id=request.id,
+        requested_by=request.requested_by,
+    )
+
+
+def _encrypted_models() -> list[type[Any]]:
+    return [
+        mapper.class_
+        for mapper in Base.registry.mappers
+        if issubclass(mapper.class_, EncryptedRecord)
+    ]
+
+
+def erase_case(
+    session: Session,
+    actor: Actor,
+    case: Case,
+    basis: ErasureBasis,
+    *,
+    request_id: uuid.UUID | None,
+    requested_by: uuid.UUID | None,
+) -> ErasureTombstone:
+    """Crypto-shredding in one transaction: destroy every data-key version of the case, clear
+    every ciphertext column, delete blind-index entries and derived copies, cancel open
+    referrals, keep a tombstone without personal data, audit it."""
+    from referral_api.idempotency import IdempotentResponse
+    from referral_api.referrals.models import Referral, ReferralTransition
+    from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
+
+    if active_hold(session, case.id) is not None:
+        raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
+    at = now()
+    # Proof: a digest of the wrapped keys destroyed (useless for unwrapping).
+    wrapped = sorted(session.scalars(select(CaseKey.wrapped_key).where(CaseKey.case_id == case.id)))
+    key_digest = hashlib.sha256(b"".join(wrapped)).hexdigest()
+
+    cleared = 0
+    for model in _encrypted_models():
+        columns = [field.column_attr for field in model.__encrypted_fields__.values()]
+        owner = model.id if model is Case else model.case_id
+        for attr in columns:
+            column = getattr(model, attr)
+            cleared += (
+                session.scalar(
+                    select(func.count())
+                    .select_from(model)
+                    .where(owner == case.id, column.is_not(None))
+                )
+                or 0
+            )
+        session.execute(
+            update(model)
+            .where(owner == case.id)
+            .values({getattr(model, a): None for a in columns})
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
+    session.execute(delete(SubjectExport).where(SubjectExport.case_id == case.id))
+    index_deleted = session.execute(
+        delete(CaseSearchIndex).where(CaseSearchIndex.case_id == case.id)
+    ).rowcount  # type: ignore[attr-defined]
+    keys_deleted = session.execute(delete(CaseKey).where(CaseKey.case_id == case.id)).rowcount  # type: ignore[attr-defined]
+    crypto_of(session).cache.discard_case(case.id)
+
+    cancelled = 0
+    for referral in session.scalars(
+        select(Referral).where(
+            Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES))
+        )
+    ):
+        session.add(
+            ReferralTransition(
+                id=uuid.uuid4(),
+                referral_id=referral.id,
+                case_id=case.id,
+                from_status=referral.status,
+                to_status=ReferralStatus.CANCELLED,
+                reason="case_erased",
+                actor_id=actor.id,
+                actor_org_id=actor.org_id,
+            )
+        )
+        referral.status, referral.status_reason, referral.updated_at = (
+            ReferralStatus.CANCELLED,
+            "case_erased",
+            at,
+        )
+        cancelled += 1
+    session.flush()
+    # The transition rows just added carry an (empty) encrypted note; clear it too.
+    session.execute(
+        update(ReferralTransition)
+        .where(ReferralTransition.case_id == case.id)
+        .values(note_ct=None)
+        .execution_options(synchronize_session=False)
+    )
+
+    session.expire(case)
+    case = session.get(Case, case.id)  # type: ignore[assignment]
+    case.erased = True
+    case.restricted = False
+    case.key_version = None
+    case.status = CaseStatus.CLOSED
+    case.closed_at = case.closed_at or at
+    case.updated_at = at
+    tombstone = ErasureTombstone(
+        id=uuid.uuid4(),
+        case_id=case.id,
+        org_id=case.org_id,
+        request_id=request_id,
+        basis=basis,
+        requested_by=requested_by,
+        approved_by=actor.id,
+        erased_at=at,
+        data_keys_destroyed=keys_deleted,
+        ciphertexts_cleared=cleared,
+        index_entries_deleted=index_deleted,
+        referrals_cancelled=cancelled,
+        key_digest=key_digest,
+    )
+    session.add(tombstone)
+    session.flush()
+    _audit(
+        session,
+        actor,
+        "case:erase",
+        case.id,
+        legal_basis=f"gdpr-17:{basis.value}",
+        details={
+            "tombstone_id": str(tombstone.id),
+            "data_keys_destroyed": keys_deleted,
+            "ciphertexts_cleared": cleared,
+            "index_entries_deleted": index_deleted,
+            "referrals_cancelled": cancelled,
+            "key_digest": key_digest,
+        },
+    )
+    return tombstone
+
+
+# ---- subject access (Art. 15/20) ----------------------------------------------------------
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def build_export(session: Session, case: Case) -> dict[str, Any]:
+    """Everything held about the person: case fields, notes, consents with events,
+    referrals and disclosures (who received what, when), and the access log."""
+    from referral_api.consent.models import ConsentRecord
+    from referral_api.referrals.models import Disclosure, Referral
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, (uuid.UUID,)):
+            return str(value)
+        if hasattr(value, "value") and not isinstance(value, (str, int)):
+            return value.value
+        return _iso(value)
+
+    notes = session.scalars(
+        select(CaseNote).where(CaseNote.case_id == case.id).order_by(CaseNote.created_at)
+    ).all()
+    consents = session.scalars(select(ConsentRecord).where(ConsentRecord.case_id == case.id)).all()
+    referrals = session.scalars(select(Referral).where(Referral.case_id == case.id)).all()
+    disclosures = session.scalars(select(Disclosure).where(Disclosure.case_id == case.id)).all()
+    accesses = session.scalars(
+        select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
+    ).all()
+    return plain(
+        {
+            "format": "referral-api-subject-export-1",
+            "generated_at": now(),
+            "case": project(case, ALL_CATEGORIES),
+            "notes": [
+                {"id": n.id, "category": n.category, "created_at": n.created_at, "text": n.text}
+                for n in notes
+            ],
+            "consents": [
+                {
+                    "id": c.id,
+                    "grantor": c.grantor,
+                    "collection_method": c.collection_method,
+                    "language": c.language,
+                    "created_at": c.created_at,
+                    "provisions": [
+                        {
+                            "purpose": p.purpose,
+                            "recipient_org_id": p.recipient_org_id,
+                            "recipient_org_type": p.recipient_org_type,
+                            "categories": p.categories.split(","),
+                            "valid_from": p.valid_from,
+                            "valid_until": p.valid_until,
+                        }
+                        for p in c.provisions
+                    ],
+                    "events": [
+                        {"event_type": e.event_type, "occurred_at": e.occurred_at} for e in c.events
+                    ],
+                }
+                for c in consents
+            ],
+            "referrals": [
+                {
+                    "id": r.id,
+                    "to_org_id": r.to_org_id,
+                    "purpose": r.purpose,
+                    "categories": r.categories.split(","),
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "sent_at": r.sent_at,
+                    "message": r.message,
+                }
+                for r in referrals
+            ],
+            "disclosures": [
+                {
+                    "to_org_id": d.to_org_id,
+                    "categories": d.categories.split(","),
+                    "purpose": d.purpose,
+                    "basis_type": d.basis_type,
+                    "disclosed_at": d.disclosed_at,
+                    "acknowledged_at": d.acknowledged_at,
+                }
+                for d in disclosures
+            ],
+            "access_log": [
+                {
+                    "occurred_at": a.occurred_at,
+                    "actor_id": a.actor_id,
+                    "actor_role": a.actor_role,
+                    "actor_org_id": a.actor_org_id,
+                    "action": a.action,
+                    "decision": a.decision,
+                    "categories": (a.categories or "").split(",") if a.categories else [],
+                }
+                for a in accesses
+            ],
+        }
+    )
+
+
+def create_export(
+    session: Session, actor: Actor, case_id: uuid.UUID, reason: str, ttl: timedelta
+) -> SubjectExport:
+    case = _case_for(session, actor, Permission.CASE_EXPORT, case_id)
+    if actor.role is not Role.SUPERVISOR and actor.kind is not ActorKind.SYSTEM:
+        raise Forbidden("A supervisor of the owning organisation exports a person's data.")
+    export = SubjectExport(
+        id=uuid.uuid4(), case_id=case.id, requested_by=actor.id, expires_at=now() + ttl
+    )
+    export.reason = reason
+    session.add(export)
+    session.flush()
+    # The access log inside the export includes this export's own audit row.
+    _audit(
+        session,
+        actor,
+        "case:export",
+        case.id,
+        categories=[c.value for c in ALL_CATEGORIES],
+        details={"export_id": str(export.id)},
+    )
+    session.flush()
+    export.document = json.dumps(build_export(session, case), ensure_ascii=False, sort_keys=True)
+    session.flush()
+    return export
+
+
+def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str:
+    export = session.get(SubjectExport, export_id)
+    if export is None:
+        raise NotFound()
+    _case_for(session, actor, Permission.CASE_EXPORT, export.case_id)
+    if export.requested_by != actor.id:
+        raise NotFound()
+    if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
+        raise Gone("This export was already downloaded or has expired.")
+    document = str(export.document)
+    export.downloaded_at = now()
+    export.document_ct = None  # downloadable once: the ciphertext is cleared
+    session.flush()
+    _audit(
+        session,
+        actor,
+        "case:export-download",
+        export.case_id,
+        details={"export_id": str(export.id)},
+    )
+    return document
+
+
+# ---- retention ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionDue:
+    case_id: uuid.UUID
+    org_id: uuid.UUID
+    case_type: str
+    closed_at: datetime
+    due_at: datetime
+    legal_hold: bool
+
+
+def retention_due(
+    session: Session,
+    policy: dict[str, dict[str, int]],
+    at: datetime | None = None,
+    org_id: uuid.UUID | None = None,
+) -> list[RetentionDue]:
+    """Closed cases past their retention period (days after closure, per case type)."""
+    at = at or now()
+    held = select(LegalHold.case_id).where(LegalHold.lifted_at.is_(None))
+    due: list[RetentionDue] = []
+    for case_type, periods in sorted(policy.items()):
+        days = periods.get("closed")
+        if days is None:
+            continue
+        stmt = select(
+            Case.id, Case.org_id, Case.case_type, Case.closed_at, Case.id.in_(held)
+        ).where(
+            Case.case_type == case_type,
+            Case.status == CaseStatus.CLOSED,
+            Case.erased.is_(False),
+            Case.closed_at.is_not(None),
+            Case.closed_at <= at - timedelta(days=days),
+        )
+        if org_id is not None:
+            stmt = stmt.where(Case.org_id == org_id)
+        for cid, oid, ctype, closed_at, on_hold in session.execute(stmt.order_by(Case.closed_at)):
+            due.append(
+                RetentionDue(
+                    cid,
+                    oid,
+                    ctype.value,
+                    closed_at,
+                    closed_at + timedelta(days=days),
+                    bool(on_hold),
+                )
+            )
+    return due
