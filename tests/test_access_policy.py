@@ -47,7 +47,10 @@ ADMIN_PERMISSIONS = frozenset(
 )
 # Case metadata that DPOs and administrators may see: the pseudonymous record (code, type,
 # status, dates) and who accessed it. Everything else under `case:` is content.
-CASE_METADATA = frozenset(p for p in Permission if p.value in ("case:view", "case:access-log"))
+# Legal holds flag a case against erasure: they neither read nor change its content.
+CASE_METADATA = frozenset(
+    p for p in Permission if p.value in ("case:view", "case:access-log", "case:legal-hold")
+)
 # Permissions that read or change the content of a case (as opposed to its metadata).
 CASE_CONTENT = frozenset(
     p
