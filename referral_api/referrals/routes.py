@@ -156,7 +156,7 @@ def packet(referral_id: uuid.UUID) -> Any:
 def list_messages(referral_id: uuid.UUID) -> Any:
     """Messages between sender and receiver about this referral"""
     messages = service.list_messages(db.session, current_actor(), referral_id)
-    body = MessageSchema(many=True).dump(messages)
+    body = [_message_view(m) for m in messages]
     db.session.commit()
     return body
 
@@ -170,7 +170,16 @@ def list_messages(referral_id: uuid.UUID) -> Any:
 def add_message(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
     """Send a message to the other party (encrypted at rest)"""
     message = service.add_message(db.session, current_actor(), referral_id, data["body"])
-    return MessageSchema().dump(message), 201
+    return _message_view(message), 201
+
+
+def _message_view(message: Any) -> dict[str, Any]:
+    # Decrypted here, inside the request's transaction; the response schema dumps it (a
+    # pre-dumped dict would be dumped twice: a 500 on every message).
+    return {
+        name: getattr(message, name)
+        for name in ("id", "referral_id", "author_id", "author_org_id", "body", "created_at")
+    }
 
 
 @blp.route("/referrals/<uuid:referral_id>/case", methods=["POST"])

@@ -20,6 +20,7 @@ from referral_api.access.permissions import Permission
 from referral_api.access.policy import Decision, decide
 from referral_api.access.roles import Role
 from referral_api.audit import service as audit
+from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
 from referral_api.cases import service as cases
 from referral_api.cases.layout import CATEGORY_FIELDS
@@ -110,6 +111,21 @@ def authorize(
     return referral, Party(decision.details["party"])
 
 
+def _refused(action: str, referral: Referral, message: str, reason: str) -> Forbidden:
+    """A refusal decided here, after the route's permission check: on the record like any
+    other denied attempt (ids and codes only)."""
+    error = Forbidden(message)
+    error.audit = {
+        "action": action,
+        "resource_type": "referral",
+        "resource_id": str(referral.id),
+        "case_id": referral.case_id,
+        "decision": audit.DENY,
+        "reason": reason,
+    }
+    return error
+
+
 def _audit(session: Session, actor: Actor, action: str, referral: Referral, **extra: Any) -> None:
     audit.record(
         session,
@@ -170,6 +186,21 @@ def _basis(referral: Referral, decision: DisclosureDecision) -> tuple[str, str]:
         return "consent", ",".join(ids)
     assert referral.override_reason is not None  # noqa: S101 - checked by the gate
     return "override", referral.override_reason.value
+
+
+# The audit row's legal-basis column width.
+_LEGAL_BASIS_LENGTH: int = AuditEvent.__table__.c.legal_basis.type.length  # type: ignore[attr-defined]
+
+
+def _legal_basis(basis_type: str, basis: str) -> tuple[str, dict[str, str]]:
+    """The audit row's legal basis, `consent:<provision ids>` or `override:<reason>`, and
+    what goes into its details. The column is short: a disclosure covered by many provisions
+    names them in the details instead (an overlong value fails the whole send on
+    PostgreSQL)."""
+    text = f"{basis_type}:{basis}"
+    if len(text) <= _LEGAL_BASIS_LENGTH:
+        return text, {}
+    return f"{basis_type}:{basis.count(',') + 1} provisions (see details)", {"basis": basis}
 
 
 def _gate(session: Session, referral: Referral) -> DisclosureDecision:
@@ -328,11 +359,27 @@ def transition(
         )
     if not who & parties:
         allowed = " or ".join(sorted(p.value for p in who))
-        raise Forbidden(f"Only the {allowed} may move a referral to {to.value}.")
+        raise _refused(
+            str(Permission.REFERRAL_TRANSITION),
+            referral,
+            f"Only the {allowed} may move a referral to {to.value}.",
+            f"not the {allowed} of the referral"[:64],
+        )
     if to in REASON_REQUIRED and not reason:
         raise ValidationFailed({"reason": ["A reason is required for this move."]})
-    if reason is not None and to in REASONS and reason not in REASONS[to]:
-        raise ValidationFailed({"reason": [f"Use one of: {', '.join(sorted(REASONS[to]))}."]})
+    # Reasons are codes: they are stored and audited in plaintext and shown to the other
+    # party, so free text (which may name a person or a place) goes into the encrypted note.
+    if reason is not None and reason not in REASONS.get(to, frozenset()):
+        codes = REASONS.get(to)
+        raise ValidationFailed(
+            {
+                "reason": [
+                    f"Use one of: {', '.join(sorted(codes))}."
+                    if codes
+                    else "This move takes no reason code; write free text in the note."
+                ]
+            }
+        )
     if to is S.COMPLETED and outcome is None:
         raise ValidationFailed({"outcome": ["Completing a referral records its outcome."]})
     if outcome is not None and to is not S.COMPLETED:
@@ -377,18 +424,26 @@ def _move(
             )
         )
         referral.sent_at = at
-        details.update({"disclosure": basis_type, "basis": basis})
+        legal_basis, _ = _legal_basis(basis_type, basis)
+        details.update({"disclosure": basis_type, "basis": basis, "legal_basis": legal_basis})
     elif to is S.ACCEPTED:
         # Consent is checked again when the receiver takes the referral on.
         decision = _gate(session, referral)
     if to is S.RECEIVED or (to is S.ACCEPTED and referral.status is S.REQUESTED):
         _acknowledge(session, referral, at)
+    # A draft never sent does not exist for the receiver: dropping it tells only the sender.
+    unsent = referral.status is S.DRAFT and to is not S.REQUESTED
     session.add(_history(referral, actor, referral.status, to, reason, note))
     referral.status = to
     referral.status_reason = reason
     referral.updated_at = at
     session.flush()
-    _notify(session, referral, f"referral:{to.value}")
+    _notify(
+        session,
+        referral,
+        f"referral:{to.value}",
+        parties=(referral.from_org_id,) if unsent else None,
+    )
     _audit(
         session,
         actor,
@@ -396,7 +451,7 @@ def _move(
         referral,
         categories=sorted(c.value for c in referral.category_set) if to is S.REQUESTED else (),
         reason=reason,
-        legal_basis=details.get("basis"),
+        legal_basis=details.pop("legal_basis", None),
         details=details,
     )
 
@@ -414,7 +469,12 @@ def approve_override(session: Session, actor: Actor, referral: Referral, party: 
     """A supervisor of the sending organisation approves sharing without covering consent.
     Four eyes: the approver is not who asked. Flagged for the DPO."""
     if party is not Party.SENDER or actor.role is not Role.SUPERVISOR:
-        raise Forbidden("A supervisor of the sending organisation approves overrides.")
+        raise _refused(
+            str(Permission.REFERRAL_APPROVE_OVERRIDE),
+            referral,
+            "A supervisor of the sending organisation approves overrides.",
+            "not a supervisor of the sending organisation",
+        )
     if referral.override_reason is None:
         raise Conflict("This referral asks for no override.")
     if referral.override_approved:
@@ -422,7 +482,12 @@ def approve_override(session: Session, actor: Actor, referral: Referral, party: 
     if referral.status is not S.DRAFT:
         raise Conflict("Overrides are approved before the referral is sent.")
     if referral.override_requested_by == actor.id:
-        raise Forbidden("The override must be approved by another person than who asked for it.")
+        raise _refused(
+            str(Permission.REFERRAL_APPROVE_OVERRIDE),
+            referral,
+            "The override must be approved by another person than who asked for it.",
+            "approver is the requester",
+        )
     referral.override_approved_by = actor.id
     referral.override_approved_at = now()
     referral.updated_at = referral.override_approved_at
@@ -511,6 +576,16 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
         packet_live(session, referral) if party is Party.RECEIVER else (False, frozenset(), None)
     )
     if not live or not actor.can(Permission.CASE_READ) or not categories:
+        # Reasons are short codes: the audit column holds 64 characters, and an overlong
+        # value turns this 404 into a 500 on PostgreSQL.
+        if party is not Party.RECEIVER:
+            why = "not the receiver"
+        elif not actor.can(Permission.CASE_READ):
+            why = "role reads no case content"
+        elif referral.status not in LIVE_STATUSES:
+            why = "referral not live"
+        else:
+            why = "consent or case no longer allows it"
         error = NotFound()
         error.audit = {
             "action": "referral:packet",
@@ -518,7 +593,7 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
             "resource_id": str(referral.id),
             "case_id": referral.case_id,
             "decision": audit.DENY,
-            "reason": "packet not available (referral closed, consent ended, or not the receiver)",
+            "reason": why,
         }
         raise error
     case = session.get(Case, referral.case_id)
@@ -541,9 +616,10 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
                 fields[key] = []
     if decision is not None and decision.permit:
         used = sorted({str(i) for ids in decision.provisions_used.values() for i in ids})
-        basis = "consent:" + ",".join(used)
+        basis, basis_details = _legal_basis("consent", ",".join(used))
     else:
-        basis = f"override:{referral.override_reason.value if referral.override_reason else ''}"
+        reason = referral.override_reason.value if referral.override_reason else ""
+        basis, basis_details = _legal_basis("override", reason)
     _audit(
         session,
         actor,
@@ -551,6 +627,7 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
         referral,
         categories=[c.value for c in categories],
         legal_basis=basis,
+        details=basis_details or None,
     )
     return {
         "referral_id": referral.id,
@@ -614,7 +691,12 @@ def _require_thread_access(
     session: Session, actor: Actor, referral: Referral, party: Party
 ) -> None:
     if not actor.can(Permission.CASE_READ):
-        raise Forbidden("Your role does not read referral messages.")
+        raise _refused(
+            "referral:message",
+            referral,
+            "Your role does not read referral messages.",
+            "role reads no case content",
+        )
     if party is Party.RECEIVER and not packet_live(session, referral)[0]:
         error = NotFound()
         error.audit = {
@@ -645,7 +727,8 @@ def add_message(
     referral.updated_at = now()
     session.flush()
     other = referral.to_org_id if party is Party.SENDER else referral.from_org_id
-    _notify(session, referral, "referral:message", parties=(other,))
+    if referral.status is not S.DRAFT:  # an unsent draft does not exist for the receiver
+        _notify(session, referral, "referral:message", parties=(other,))
     _audit(session, actor, "referral:message", referral, details={"message_id": str(message.id)})
     return message
 
@@ -697,7 +780,12 @@ def open_case_from_referral(session: Session, actor: Actor, referral_id: uuid.UU
     only). The person's consent for onward sharing is recorded anew on that case."""
     referral, party = authorize(session, actor, Permission.CASE_CREATE, referral_id)
     if party is not Party.RECEIVER:
-        raise Forbidden("Only the receiving organisation opens a case from a referral.")
+        raise _refused(
+            str(Permission.CASE_CREATE),
+            referral,
+            "Only the receiving organisation opens a case from a referral.",
+            "not the receiver",
+        )
     if referral.receiver_case_id is not None:
         raise Conflict(
             "A case was already opened from this referral.", case_id=str(referral.receiver_case_id)

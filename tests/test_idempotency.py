@@ -1,0 +1,309 @@
+"""Idempotency-Key on POSTs (DESIGN.md §8, §10; issue 5): a police system retries safely.
+
+Same key and body → the first response again, byte for byte, marked `Idempotent-Replayed`,
+and nothing done twice; the same key with another body or on another endpoint → 422; keys
+belong to one client; concurrent twins produce one set of rows; a failed request stores
+nothing; stored responses are ciphertext.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from referral_support import (
+    API,
+    MESSAGE_CANARY,
+    World,
+    canary_case,
+    consent_body,
+    count,
+    etag,
+    ok,
+    provision,
+    raw_bytes,
+    record_consent,
+    refer,
+)
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.cases.models import Case
+from referral_api.consent.models import ConsentRecord
+from referral_api.idempotency import IdempotencyRecord, IdempotentResponse
+from referral_api.referrals.models import (
+    Disclosure,
+    Referral,
+    ReferralMessage,
+    ReferralTransition,
+)
+
+KEY = "intake-2026-11-28-0001"
+
+
+class Police:
+    def __init__(self, factory: Any, client: Any, org_id: Any = None) -> None:
+        self.org_id = org_id or factory.org(OrgType.POLICE)
+        self.ngo_org = factory.org(OrgType.NGO)
+        self.headers = self.token(factory, client)
+
+    def token(self, factory: Any, client: Any) -> dict[str, str]:
+        client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, self.org_id)
+        body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+        access = ok(client.post(f"{API}/auth/token", json=body))["access_token"]
+        return {"Authorization": f"Bearer {access}", "X-Acting-Officer": "badge-7"}
+
+    def intake(self, categories: tuple[str, ...] = ("identity", "contact")) -> dict[str, Any]:
+        return {
+            "case": canary_case(),
+            "consent": consent_body(
+                provision("psychosocial_support", ["identity", "contact"], org_id=self.ngo_org)
+            ),
+            "referral": {
+                "to_org_id": str(self.ngo_org),
+                "purpose": "psychosocial_support",
+                "categories": list(categories),
+                "urgency": "urgent",
+            },
+        }
+
+
+def _counts(app: Any) -> tuple[int, ...]:
+    return tuple(
+        count(app, model)
+        for model in (Case, ConsentRecord, Referral, Disclosure, IdempotencyRecord)
+    )
+
+
+def _intake(client: Any, headers: dict[str, str], body: Any, key: str = KEY) -> Any:
+    return client.post(f"{API}/intake", json=body, headers={**headers, "Idempotency-Key": key})
+
+
+@pytest.fixture
+def police(factory: Any, client: Any) -> Police:
+    return Police(factory, client)
+
+
+def test_replay_answers_the_first_response_and_does_nothing_twice(
+    app: Any, client: Any, police: Police
+) -> None:
+    body = police.intake()
+    first = _intake(client, police.headers, body)
+    ok(first, 201)
+    assert "Idempotent-Replayed" not in first.headers
+    assert _counts(app) == (1, 1, 1, 1, 1)
+    for _ in range(2):
+        again = _intake(client, police.headers, body)
+        assert again.status_code == 201
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.get_data() == first.get_data()
+        assert again.mimetype == "application/json"
+    assert _counts(app) == (1, 1, 1, 1, 1)
+    # Without a key, each call is a new request.
+    ok(client.post(f"{API}/intake", json=body, headers=police.headers), 201)
+    assert _counts(app) == (2, 2, 2, 2, 1)
+
+
+def test_replay_of_a_transition_and_a_message(app: Any, client: Any, factory: Any) -> None:
+    world = World(factory, client)
+    referral_id = world.refer()["id"]
+    receiver = world.h["receiver"]
+    headers = {
+        **receiver,
+        "If-Match": etag(client, receiver, referral_id),
+        "Idempotency-Key": "move-received-0001",
+    }
+    url = f"{API}/referrals/{referral_id}/transitions"
+    first = client.post(url, json={"to": "received"}, headers=headers)
+    ok(first)
+    # The retry carries the ETag it sent first: it is stale now, yet the retry replays.
+    again = client.post(url, json={"to": "received"}, headers=headers)
+    assert (again.status_code, again.get_data()) == (200, first.get_data())
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert count(app, ReferralTransition) == 3  # draft, requested, received: once
+
+    message = {"body": f"Arriving at 10:00 {MESSAGE_CANARY}"}
+    message_headers = {**receiver, "Idempotency-Key": "message-0001-abc"}
+    posted = client.post(
+        f"{API}/referrals/{referral_id}/messages", json=message, headers=message_headers
+    )
+    ok(posted, 201)
+    replayed = client.post(
+        f"{API}/referrals/{referral_id}/messages", json=message, headers=message_headers
+    )
+    assert (replayed.status_code, replayed.get_data()) == (201, posted.get_data())
+    assert count(app, ReferralMessage) == 1
+
+
+def test_same_key_with_another_body_or_endpoint_is_422(
+    app: Any, client: Any, police: Police
+) -> None:
+    body = police.intake()
+    ok(_intake(client, police.headers, body), 201)
+    before = _counts(app)
+    changed = copy.deepcopy(body)
+    changed["case"]["risk_level"] = "low"
+    problem = assert_problem(_intake(client, police.headers, changed), 422)
+    assert "Idempotency-Key" in str(problem["errors"])
+    # Another endpoint with the same key: refused too, whatever the body.
+    referral_id = ok(client.get(f"{API}/referrals", headers=police.headers))[0]["id"]
+    response = client.post(
+        f"{API}/referrals/{referral_id}/messages",
+        json={"body": "hello"},
+        headers={**police.headers, "Idempotency-Key": KEY},
+    )
+    assert_problem(response, 422)
+    assert _counts(app) == before
+    assert count(app, ReferralMessage) == 0
+
+
+def test_same_key_and_body_on_another_resource_is_422(app: Any, client: Any, factory: Any) -> None:
+    world = World(factory, client)
+    first, second = world.refer()["id"], world.refer()["id"]
+    headers = {**world.h["sender"], "Idempotency-Key": "note-to-receiver-01"}
+    message = {"body": "Is there a bed?"}
+    ok(client.post(f"{API}/referrals/{first}/messages", json=message, headers=headers), 201)
+    response = client.post(f"{API}/referrals/{second}/messages", json=message, headers=headers)
+    problem = assert_problem(response, 422)
+    assert "Idempotency-Key" in str(problem["errors"])
+    assert count(app, ReferralMessage) == 1
+
+
+def test_keys_belong_to_one_client(app: Any, client: Any, factory: Any, police: Police) -> None:
+    colleague = police.token(factory, client)  # another API client of the same force
+    other_force = Police(factory, client)
+    body = police.intake()
+    first = _intake(client, police.headers, body)
+    second = _intake(client, colleague, body)
+    third = _intake(client, other_force.headers, other_force.intake())
+    for response in (first, second, third):
+        ok(response, 201)
+        assert "Idempotent-Replayed" not in response.headers
+    assert len({r.get_json()["case_id"] for r in (first, second, third)}) == 3
+    assert count(app, Case) == 3 and count(app, IdempotencyRecord) == 3
+
+
+@pytest.mark.parametrize(
+    "key", ["short", "has spaces in it", "x" * 129, "ключ-идемпотентности", "semi;colon;key"]
+)
+def test_a_malformed_key_is_422(app: Any, client: Any, police: Police, key: str) -> None:
+    headers = {**police.headers, "Idempotency-Key": key}
+    problem = assert_problem(
+        client.post(f"{API}/intake", json=police.intake(), headers=headers), 422
+    )
+    assert "Idempotency-Key" in str(problem["errors"])
+    assert count(app, Case) == 0
+
+
+def test_concurrent_twins_create_one_set_of_rows(app: Any, police: Police) -> None:
+    body = police.intake()
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def send(slot: int) -> None:
+        twin = app.test_client()  # a separate client per thread, like two retrying sockets
+        barrier.wait()
+        results[slot] = _intake(twin, police.headers, body, key="concurrent-twin-0001")
+
+    threads = [threading.Thread(target=send, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(r is not None for r in results)
+    statuses = [r.status_code for r in results]
+    assert statuses == [201, 201], [r.get_data(as_text=True) for r in results]
+    assert results[0].get_data() == results[1].get_data()
+    assert sorted(r.headers.get("Idempotent-Replayed", "") for r in results) == ["", "true"]
+    assert _counts(app) == (1, 1, 1, 1, 1)
+
+
+def test_a_failed_request_stores_nothing_so_a_retry_can_succeed(
+    app: Any, client: Any, factory: Any, police: Police
+) -> None:
+    # The intake's referral asks for a category its own consent does not cover: 409.
+    body = police.intake(categories=("identity", "contact", "legal"))
+    problem = assert_problem(_intake(client, police.headers, body), 409)
+    assert problem["type"] == "/problems/consent-required"
+    assert _counts(app) == (0, 0, 0, 0, 0)
+    # Nothing was kept, so the same request is simply refused again (not replayed) ...
+    again = _intake(client, police.headers, body)
+    assert_problem(again, 409)
+    assert "Idempotent-Replayed" not in again.headers
+    assert _counts(app) == (0, 0, 0, 0, 0)
+    # A body refused by validation keeps nothing either.
+    malformed = police.intake()
+    malformed["referral"]["urgency"] = "whenever"
+    assert_problem(_intake(client, police.headers, malformed), 422)
+    assert count(app, IdempotencyRecord) == 0
+    # ... and the corrected request under the same key goes through.
+    fixed = _intake(client, police.headers, police.intake())
+    ok(fixed, 201)
+    assert "Idempotent-Replayed" not in fixed.headers
+    assert _counts(app) == (1, 1, 1, 1, 1)
+
+    # The same for a referral: no consent → 409; the person consents; the same request
+    # (same key, same body) now succeeds.
+    world = World(factory, client, consent=False)
+    headers = {**world.h["sender"], "Idempotency-Key": "refer-legal-aid-0001"}
+    body = {
+        "to_org_id": str(world.receiver_org),
+        "purpose": world.purpose,
+        "categories": world.shared,
+        "send": True,
+    }
+    url = f"{API}/cases/{world.case_id}/referrals"
+    assert_problem(client.post(url, json=body, headers=headers), 409)
+    record_consent(
+        client,
+        world.h["sender"],
+        world.case_id,
+        provision(world.purpose, world.shared, org_id=world.receiver_org),
+    )
+    sent = ok(client.post(url, json=body, headers=headers), 201)
+    assert sent["status"] == "requested"
+    assert count(app, Referral, Referral.case_id == uuid.UUID(world.case_id)) == 1
+
+
+def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) -> None:
+    world = World(factory, client)
+    response = refer(
+        client,
+        world.h["sender"],
+        world.case_id,
+        world.receiver_org,
+        world.shared,
+        purpose=world.purpose,
+        message=f"She is at the bus station {MESSAGE_CANARY}",
+    )
+    assert response.status_code == 201
+    keyed = client.post(
+        f"{API}/cases/{world.case_id}/referrals",
+        json={
+            "to_org_id": str(world.receiver_org),
+            "purpose": world.purpose,
+            "categories": world.shared,
+            "message": f"Second, keyed {MESSAGE_CANARY}",
+        },
+        headers={**world.h["sender"], "Idempotency-Key": "keyed-referral-0001"},
+    )
+    assert MESSAGE_CANARY in ok(keyed, 201)["message"]
+    assert count(app, IdempotentResponse) == 1
+    stored = raw_bytes(app, "SELECT * FROM idempotent_responses")
+    assert stored and MESSAGE_CANARY.encode() not in stored
+    assert b"bus station" not in stored and b"Second, keyed" not in stored
+    # And yet it replays the plaintext response.
+    replay = client.post(
+        f"{API}/cases/{world.case_id}/referrals",
+        json={
+            "to_org_id": str(world.receiver_org),
+            "purpose": world.purpose,
+            "categories": world.shared,
+            "message": f"Second, keyed {MESSAGE_CANARY}",
+        },
+        headers={**world.h["sender"], "Idempotency-Key": "keyed-referral-0001"},
+    )
+    assert replay.get_data() == keyed.get_data()
