@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String, Uuid
+from sqlalchemy import BigInteger, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referral_api.db import Base, UTCDateTime, utcnow
@@ -38,9 +38,9 @@ class AuditEvent(Base):
     purpose: Mapped[str | None] = mapped_column(String(48))
     decision: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(64))
-    legal_basis: Mapped[str | None] = mapped_column(String(100))
+    legal_basis: Mapped[str | None] = mapped_column(String(400))
     request_id: Mapped[str | None] = mapped_column(String(64))
-    details: Mapped[str | None] = mapped_column(String(2000))
+    details: Mapped[str | None] = mapped_column(Text)
     # Sealing columns (the only ones ever updated, once).
     seq: Mapped[int | None] = mapped_column(_BIGINT, unique=True)
     prev_hash: Mapped[str | None] = mapped_column(String(64))

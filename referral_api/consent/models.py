@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from referral_api.access.categories import Category
@@ -127,7 +127,7 @@ class ConsentEvent(_CaseKeyed, Base):
     # Renewal: the new end of every provision's validity (None: open-ended).
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # What the event caused (ids only), e.g. referrals cancelled by a withdrawal.
-    effects: Mapped[str | None] = mapped_column(String(4000))
+    effects: Mapped[str | None] = mapped_column(Text)
 
     reason = EncryptedField(Category.NEEDS)
 
