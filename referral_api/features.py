@@ -6,6 +6,7 @@ from referral_api.auth.routes import blp as auth_blp
 from referral_api.cases.routes import blp as cases_blp
 from referral_api.consent.routes import blp as consent_blp
 from referral_api.directory.routes import blp as directory_blp
+from referral_api.dpo.routes import blp as dpo_blp
 from referral_api.health import blp as health_blp
 from referral_api.referrals.routes import blp as referrals_blp
 from referral_api.rights.routes import blp as rights_blp
@@ -20,4 +21,5 @@ BLUEPRINTS = [
     referrals_blp,
     rights_blp,
     audit_blp,
+    dpo_blp,
 ]

@@ -123,6 +123,12 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
             "gbv": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_GBV", 5 * 365)},
         },
         "EXPORT_TTL_SECONDS": _env_int("REFERRAL_API_EXPORT_TTL_SECONDS", 24 * 3600),
+        # Consent notice versions in use (the DPO quality report flags any other).
+        "KNOWN_NOTICE_VERSIONS": [
+            v.strip()
+            for v in os.environ.get("REFERRAL_API_NOTICE_VERSIONS", "").split(",")
+            if v.strip()
+        ],
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),

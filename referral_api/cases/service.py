@@ -72,7 +72,13 @@ class CaseView:
         return project(self.case, self.categories)
 
 
-def _denied(actor: Actor, action: Permission, case: Case | None, decision: Decision) -> Exception:
+def _denied(
+    actor: Actor,
+    action: Permission,
+    case: Case | None,
+    decision: Decision,
+    tried_id: uuid.UUID | None = None,
+) -> Exception:
     error: NotFound | Forbidden
     error = (
         NotFound()
@@ -82,7 +88,8 @@ def _denied(actor: Actor, action: Permission, case: Case | None, decision: Decis
     error.audit = {
         "action": str(action),
         "resource_type": "case",
-        "resource_id": str(case.id) if case is not None else None,
+        # A probe of a case id that does not exist keeps the id that was tried.
+        "resource_id": str(case.id if case is not None else tried_id),
         "case_id": case.id if case is not None else None,
         "decision": audit.DENY,
         "reason": decision.reason,
@@ -120,7 +127,9 @@ def authorize(
     """Load a case and decide; out-of-scope and missing cases are indistinguishable (404)."""
     case = session.get(Case, case_id)
     if case is None:
-        raise _denied(actor, action, None, Decision(False, "no such case", conceal=True))
+        raise _denied(
+            actor, action, None, Decision(False, "no such case", conceal=True), tried_id=case_id
+        )
     decision = decide(actor, action, case)
     if not decision.allowed:
         raise _denied(actor, action, case, decision)

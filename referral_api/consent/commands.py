@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 
-consent_group = click.Group("consent", help="Consent maintenance.")
+# AppGroup: its commands push the application context themselves, so they also run from
+# `app.cli` (tests, embedding), where no FlaskGroup does it for them.
+consent_group = AppGroup("consent", help="Consent maintenance.")
 
 
 @consent_group.command("expire")

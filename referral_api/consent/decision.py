@@ -68,9 +68,11 @@ def derive_state(events: Iterable[EventView], at: datetime) -> DerivedState:
             renewed, renewed_until = True, event.valid_until
         elif kind is EventType.EXPIRED and state is ConsentState.ACTIVE:
             state = ConsentState.EXPIRED
-        elif kind is EventType.WITHDRAWN and state is not None:
+        # A closing event ends the consent even when stamped before `given`: two app hosts'
+        # clocks may disagree, and a withdrawal must never be undone by clock skew.
+        elif kind is EventType.WITHDRAWN:
             state = ConsentState.WITHDRAWN
-        elif kind is EventType.REVOKED and state is not None:
+        elif kind is EventType.REVOKED:
             state = ConsentState.REVOKED
         elif kind is EventType.ENTERED_IN_ERROR:
             state = ConsentState.ENTERED_IN_ERROR
@@ -148,9 +150,10 @@ def decide_disclosure(
         else:
             denied[category] = near_misses[0] if near_misses else "no provision covers it"
     permit = bool(wanted) and not denied
-    end = None
-    if permit and ends and all(e is not None for e in ends):
-        end = min(e for e in ends if e is not None)
+    # The disclosure holds until its first category stops being covered; an open-ended
+    # category does not lift the end of a bounded one.
+    bounded = [e for e in ends if e is not None]
+    end = min(bounded) if permit and bounded else None
     return DisclosureDecision(permit, used, denied, end)
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from referral_api.auth.models import Organisation
+from referral_api.consent.decision import EventView, derive_state
 from referral_api.consent.models import ConsentRecord
 
 RECEIPT_VERSION = "referral-api-receipt-1 (ISO/IEC TS 27560:2023 shaped)"
@@ -122,8 +123,15 @@ def build_receipt(
     language = receipt_language(consent.language)
     purpose_text, category_text = _PURPOSES[language], _CATEGORIES[language]
 
+    # A renewal sets a new end for every provision: the receipt states the validity in force
+    # when it is issued, not the end the renewal superseded.
+    derived = derive_state(
+        (EventView(e.event_type, e.occurred_at, e.valid_until) for e in consent.events), issued_at
+    )
+
     purposes = []
     for provision in consent.provisions:
+        valid_until = derived.renewed_until if derived.renewed else provision.valid_until
         recipient = recipients.get(provision.recipient_org_id)
         purposes.append(
             {
@@ -148,7 +156,7 @@ def build_receipt(
                     if code
                 ],
                 "valid_from": _iso(provision.valid_from),
-                "valid_until": _iso(provision.valid_until),
+                "valid_until": _iso(valid_until),
             }
         )
     return {

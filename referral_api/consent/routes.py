@@ -178,6 +178,7 @@ def receipt(consent_id: uuid.UUID) -> Any:
     """A consent receipt (ISO/IEC TS 27560 shaped) in the consent's language"""
     consent = service.read_consent(db.session, current_actor(), consent_id)
     controller = db.session.get(Organisation, consent.org_id)
+    assert controller is not None  # noqa: S101 - foreign key
     recipient_ids = {p.recipient_org_id for p in consent.provisions if p.recipient_org_id}
     recipients = {
         org.id: org

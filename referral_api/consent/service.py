@@ -110,7 +110,7 @@ def state_of(consent: ConsentRecord, at: datetime | None = None) -> ConsentState
 # ---- recording ----------------------------------------------------------------------------
 
 
-def _validate(session: Session, data: dict[str, Any]) -> dict[str, list[str]]:
+def _validate(session: Session, data: dict[str, Any], at: datetime) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     if data["grantor"] is Grantor.GUARDIAN and not data.get("guardian_relation"):
         errors["guardian_relation"] = ["A guardian's consent names the guardian's relation."]
@@ -129,6 +129,13 @@ def _validate(session: Session, data: dict[str, Any]) -> dict[str, list[str]]:
             and session.get(Organisation, provision["recipient_org_id"]) is None
         ):
             errors[f"provisions.{index}.recipient_org_id"] = ["No such organisation."]
+        # valid_from defaults to the moment of recording: an end before it would store an
+        # inverted window (the schema compares the two only when both are sent).
+        until = provision.get("valid_until")
+        if provision.get("valid_from") is None and until is not None and until <= at:
+            errors[f"provisions.{index}.valid_until"] = [
+                "Must be after valid_from (now, when valid_from is not given)."
+            ]
         special = special or bool(set(provision["categories"]) & SPECIAL_CATEGORIES)
     if special and not data["legal_basis"].get("article9"):
         errors["legal_basis.article9"] = [
@@ -141,10 +148,10 @@ def record_consent(
     session: Session, actor: Actor, case_id: uuid.UUID, data: dict[str, Any]
 ) -> ConsentRecord:
     case, _ = cases.authorize(session, actor, Permission.CONSENT_RECORD, case_id)
-    errors = _validate(session, data)
+    at = now()
+    errors = _validate(session, data, at)
     if errors:
         raise ValidationFailed(errors)
-    at = now()
     consent = ConsentRecord(
         id=uuid.uuid4(),
         case_id=case.id,

@@ -289,12 +289,12 @@ def create_referral(
 
 
 def _check_service(session: Session, service_id: uuid.UUID, org_id: uuid.UUID) -> None:
-    from referral_api.directory.models import Service
+    from referral_api.directory.models import Service, ServiceStatus
 
     service = session.get(Service, service_id)
     if service is None or service.org_id != org_id:
         raise ValidationFailed({"service_id": ["No such service of the receiving organisation."]})
-    if not service.accepting_referrals:
+    if not service.accepting_referrals or service.status is not ServiceStatus.ACTIVE:
         raise ValidationFailed({"service_id": ["This service is not accepting referrals."]})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
@@ -15,10 +17,10 @@ def run(apply_: bool) -> None:
     """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
     are skipped."""
     from referral_api.access.actor import Actor
-    from referral_api.cases.models import Case
+    from referral_api.cases.models import Case, CaseStatus
     from referral_api.extensions import db
     from referral_api.rights.models import ErasureBasis
-    from referral_api.rights.service import erase_case, retention_due
+    from referral_api.rights.service import LegalHoldActive, erase_case, retention_due
 
     factory = db.session_factory_for(current_app)
     with factory() as session:
@@ -38,23 +40,38 @@ def run(apply_: bool) -> None:
             err=True,
         )
         return
-    erased = 0
-    with click.progressbar(
-        todo, label="erasing", show_pos=True, file=click.get_text_stream("stderr")
-    ) as bar:
+    erased, skipped = 0, len(held)
+    left_alone = 0
+    with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
         for row in bar:
             with factory() as session:
                 case = session.get(Case, row.case_id)
-                if case is None or case.erased:
+                # The list is a snapshot: a case erased, reopened or closed anew since is
+                # left alone (a reopened case is in use again; a re-closed one not yet due).
+                if (
+                    case is None
+                    or case.erased
+                    or case.status is not CaseStatus.CLOSED
+                    or case.closed_at != row.closed_at
+                ):
+                    left_alone += 1
                     continue
-                erase_case(
-                    session,
-                    Actor.system(),
-                    case,
-                    ErasureBasis.RETENTION_EXPIRED,
-                    request_id=None,
-                    requested_by=None,
-                )
+                try:
+                    erase_case(
+                        session,
+                        Actor.system(),
+                        case,
+                        ErasureBasis.RETENTION_EXPIRED,
+                        request_id=None,
+                        requested_by=None,
+                    )
+                except LegalHoldActive:
+                    # Placed since the list was made: skipped like the others.
+                    skipped += 1
+                    continue
                 session.commit()
                 erased += 1
-    click.echo(f"{erased} cases erased, {len(held)} skipped under legal hold", err=True)
+    summary = f"{erased} cases erased, {skipped} skipped under legal hold"
+    if left_alone:
+        summary += f", {left_alone} changed since listed and left alone"
+    click.echo(summary, err=True)

@@ -153,7 +153,14 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
     request = session.get(ErasureRequest, request_id)
     if request is None:
         raise NotFound()
-    case = _case_for(session, actor, Permission.ERASURE_APPROVE, request.case_id)
+    try:
+        case = _case_for(session, actor, Permission.ERASURE_APPROVE, request.case_id)
+    except Gone:
+        # In scope (authorize decides scope before erasure), and already erased: a request
+        # decided before is a conflict, not a vanished case.
+        if request.status is not ErasureStatus.PENDING:
+            raise Conflict("This erasure request was already decided.") from None
+        raise
     if actor.role is not Role.DPO:
         raise Forbidden("A data-protection officer approves erasures.")
     if request.status is not ErasureStatus.PENDING:
@@ -194,7 +201,7 @@ def erase_case(
     every ciphertext column, delete blind-index entries and derived copies, cancel open
     referrals, keep a tombstone without personal data, audit it."""
     from referral_api.idempotency import IdempotentResponse
-    from referral_api.referrals.models import Referral, ReferralTransition
+    from referral_api.referrals.models import Notification, Referral, ReferralTransition
     from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
 
     if active_hold(session, case.id) is not None:
@@ -204,12 +211,13 @@ def erase_case(
     wrapped = sorted(session.scalars(select(CaseKey.wrapped_key).where(CaseKey.case_id == case.id)))
     key_digest = hashlib.sha256(b"".join(wrapped)).hexdigest()
 
+    models = _encrypted_models()
+    # What is destroyed is what was held: counted before anything below adds rows.
     cleared = 0
-    for model in _encrypted_models():
-        columns = [field.column_attr for field in model.__encrypted_fields__.values()]
+    for model in models:
         owner = model.id if model is Case else model.case_id
-        for attr in columns:
-            column = getattr(model, attr)
+        for field in model.__encrypted_fields__.values():
+            column = getattr(model, field.column_attr)
             cleared += (
                 session.scalar(
                     select(func.count())
@@ -218,6 +226,64 @@ def erase_case(
                 )
                 or 0
             )
+
+    # Open referrals are cancelled first, while the case key still exists: the history rows
+    # this adds are encrypted records too (their note is encrypted even when empty), and
+    # are cleared below with everything else.
+    cancelled = 0
+    for referral in session.scalars(
+        select(Referral).where(
+            Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES))
+        )
+    ):
+        previous = referral.status
+        transition = ReferralTransition(
+            id=uuid.uuid4(),
+            referral_id=referral.id,
+            case_id=case.id,
+            from_status=previous,
+            to_status=ReferralStatus.CANCELLED,
+            reason="case_erased",
+            actor_id=actor.id,
+            actor_org_id=actor.org_id,
+        )
+        transition.note = None
+        session.add(transition)
+        referral.status, referral.status_reason, referral.updated_at = (
+            ReferralStatus.CANCELLED,
+            "case_erased",
+            at,
+        )
+        if previous is not ReferralStatus.DRAFT:
+            # The receiver learns that the referral ended (Art. 19), like any cancellation;
+            # a draft was never sent, so its receiver does not know it existed.
+            for org_id in (referral.from_org_id, referral.to_org_id):
+                session.add(
+                    Notification(
+                        id=uuid.uuid4(),
+                        org_id=org_id,
+                        referral_id=referral.id,
+                        event="referral:cancelled",
+                        status=ReferralStatus.CANCELLED.value,
+                    )
+                )
+        audit.record(
+            session,
+            actor,
+            "referral:cancelled",
+            resource_type="referral",
+            resource_id=referral.id,
+            case_id=case.id,
+            purpose=referral.purpose.value,
+            reason="case_erased",
+            details={"from": previous.value},
+        )
+        cancelled += 1
+    session.flush()
+
+    for model in models:
+        columns = [field.column_attr for field in model.__encrypted_fields__.values()]
+        owner = model.id if model is Case else model.case_id
         session.execute(
             update(model)
             .where(owner == case.id)
@@ -231,41 +297,19 @@ def erase_case(
     ).rowcount  # type: ignore[attr-defined]
     keys_deleted = session.execute(delete(CaseKey).where(CaseKey.case_id == case.id)).rowcount  # type: ignore[attr-defined]
     crypto_of(session).cache.discard_case(case.id)
+    # Objects still in the session hold the ciphertexts (and decrypted values) in memory.
+    session.expire_all()
 
-    cancelled = 0
-    for referral in session.scalars(
-        select(Referral).where(
-            Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES))
+    # Any other request still pending for this case (e.g. erased by the retention schedule
+    # meanwhile) is settled by this erasure.
+    for other in session.scalars(
+        select(ErasureRequest).where(
+            ErasureRequest.case_id == case.id,
+            ErasureRequest.status == ErasureStatus.PENDING,
         )
     ):
-        session.add(
-            ReferralTransition(
-                id=uuid.uuid4(),
-                referral_id=referral.id,
-                case_id=case.id,
-                from_status=referral.status,
-                to_status=ReferralStatus.CANCELLED,
-                reason="case_erased",
-                actor_id=actor.id,
-                actor_org_id=actor.org_id,
-            )
-        )
-        referral.status, referral.status_reason, referral.updated_at = (
-            ReferralStatus.CANCELLED,
-            "case_erased",
-            at,
-        )
-        cancelled += 1
-    session.flush()
-    # The transition rows just added carry an (empty) encrypted note; clear it too.
-    session.execute(
-        update(ReferralTransition)
-        .where(ReferralTransition.case_id == case.id)
-        .values(note_ct=None)
-        .execution_options(synchronize_session=False)
-    )
+        other.status, other.decided_by, other.decided_at = ErasureStatus.EXECUTED, actor.id, at
 
-    session.expire(case)
     case = session.get(Case, case.id)  # type: ignore[assignment]
     case.erased = True
     case.restricted = False
@@ -441,15 +485,36 @@ def create_export(
     return export
 
 
+def _download_denied(
+    error: ReferralApiError, export_id: uuid.UUID, case_id: uuid.UUID | None, reason: str
+) -> ReferralApiError:
+    """A refused download is an attempt on a person's whole record: on the record too."""
+    error.audit = {
+        "action": "case:export-download",
+        "resource_type": "case",
+        "resource_id": str(case_id) if case_id is not None else None,
+        "case_id": case_id,
+        "decision": audit.DENY,
+        "reason": reason,
+        "details": {"export_id": str(export_id)},
+    }
+    return error
+
+
 def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str:
     export = session.get(SubjectExport, export_id)
     if export is None:
-        raise NotFound()
+        raise _download_denied(NotFound(), export_id, None, "no such export")
     _case_for(session, actor, Permission.CASE_EXPORT, export.case_id)
     if export.requested_by != actor.id:
-        raise NotFound()
+        raise _download_denied(NotFound(), export.id, export.case_id, "not the requester")
     if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
-        raise Gone("This export was already downloaded or has expired.")
+        raise _download_denied(
+            Gone("This export was already downloaded or has expired."),
+            export.id,
+            export.case_id,
+            "export already downloaded" if export.downloaded_at else "export expired",
+        )
     document = str(export.document)
     export.downloaded_at = now()
     export.document_ct = None  # downloadable once: the ciphertext is cleared

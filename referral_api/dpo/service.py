@@ -1,0 +1,1063 @@
+"""Reports for the data-protection officer (DESIGN.md §11). No Flask; (session, actor,
+filters) → rows of plain dicts; never commits; every call is audited (`dpo:report`).
+
+Everything here is SQL over plaintext metadata — ids, codes, times — and never decrypts:
+no report carries a personal field. Scope is applied in SQL: a DPO sees the cases their
+organisation controls (consents, access log, erasures) and the referrals and disclosures
+from or to it; a DPO of the platform organisation sees every organisation, and may narrow to
+one with `org_id`. Where a row concerns a case of another organisation (a referral the DPO's
+organisation received), its case id is withheld: the receiver never learns the sender's case
+id, which would link the person's other referrals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    distinct,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.categories import ALL_CATEGORIES, ORG_TYPE_CEILINGS, Category
+from referral_api.access.permissions import Permission
+from referral_api.access.roles import OrgType
+from referral_api.audit import service as audit
+from referral_api.audit.models import AuditEvent
+from referral_api.auth.models import Organisation
+from referral_api.cases.models import Case
+from referral_api.consent.decision import ConsentView, EventView, ProvisionView, decide_disclosure
+from referral_api.consent.models import ConsentEvent, ConsentProvision, ConsentRecord
+from referral_api.consent.vocabulary import EventType, Grantor
+from referral_api.db import Base
+from referral_api.dpo import keyset
+from referral_api.dpo.derived_state import consent_states, effective_until, in_force
+from referral_api.dpo.keyset import SortKey
+from referral_api.exceptions import Conflict, Forbidden, NotFound
+from referral_api.referrals.models import Disclosure, Referral
+from referral_api.referrals.vocabulary import LIVE_STATUSES
+
+REPORT_ACTION = "dpo:report"
+REVIEW_ACTION = "dpo:override-review"
+
+_CASES = Case.__table__
+_RECORDS = ConsentRecord.__table__
+_PROVISIONS = ConsentProvision.__table__
+_EVENTS = ConsentEvent.__table__
+_REFERRALS = Referral.__table__
+_DISCLOSURES = Disclosure.__table__
+_ORGS = Organisation.__table__
+_AUDIT = AuditEvent.__table__
+
+_CATEGORY_CODES = frozenset(c.value for c in Category)
+QUALITY_ISSUES = ("no_evidence", "minor_without_guardian", "unknown_notice_version")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A report's rows: a page (a list, with the next page's cursor) or, for an export, a
+    lazy iterator over every row (read in batches while the response is written)."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: Iterable[dict[str, Any]]
+    next_cursor: str | None = None
+
+
+# ---- scope and audit ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose records a report reads: one organisation, or every one (None)."""
+
+    org_id: uuid.UUID | None
+
+    def owns(self, org_column: Any) -> ColumnElement[bool]:
+        return literal(True) if self.org_id is None else org_column == self.org_id
+
+    def party(self, from_column: Any, to_column: Any) -> ColumnElement[bool]:
+        if self.org_id is None:
+            return literal(True)
+        return or_(from_column == self.org_id, to_column == self.org_id)
+
+    def sender_case_id(self, from_column: Any, case_column: Any) -> Any:
+        """The case id when the scope holds the sending organisation, else null."""
+        if self.org_id is None:
+            return case_column
+        return case((from_column == self.org_id, case_column), else_=null())
+
+
+def report_scope(actor: Actor, report: str, filters: dict[str, Any]) -> Scope:
+    requested = filters.get("org_id")
+    if actor.kind is ActorKind.SYSTEM:
+        return Scope(requested)
+    if not actor.can(Permission.DPO_REPORTS) or actor.org_id is None:
+        raise Forbidden("Your role does not allow this action.")
+    if actor.is_platform:
+        return Scope(requested)
+    if requested is not None and requested != actor.org_id:
+        error = Forbidden(
+            "Only a data-protection officer of the platform organisation reports on other "
+            "organisations."
+        )
+        error.audit = {
+            "action": REPORT_ACTION,
+            "resource_type": "report",
+            "resource_id": report,
+            "case_id": None,
+            "decision": audit.DENY,
+            "reason": "org_id outside the officer's organisation",
+        }
+        raise error
+    return Scope(actor.org_id)
+
+
+_AUDITED_FILTERS = (
+    "org_id",
+    "purpose",
+    "recipient_org_id",
+    "recipient_org_type",
+    "from_",
+    "to",
+    "within_days",
+    "case_id",
+    "reviewed",
+    "issue",
+)
+
+
+def _audit(
+    session: Session,
+    actor: Actor,
+    report: str,
+    filters: dict[str, Any],
+    case_id: uuid.UUID | None = None,
+) -> None:
+    details: dict[str, Any] = {"report": report}
+    for key in _AUDITED_FILTERS:
+        if filters.get(key) is not None:
+            details[key.rstrip("_")] = filters[key]
+    if filters.get("limit", 0) is None:
+        details["export"] = True
+    audit.record(
+        session,
+        actor,
+        REPORT_ACTION,
+        resource_type="report",
+        resource_id=report,
+        case_id=case_id,
+        purpose=filters["purpose"].value if filters.get("purpose") else None,
+        details=details,
+    )
+
+
+# ---- shared pieces ------------------------------------------------------------------------
+
+
+def _split(value: str | None) -> list[str]:
+    return [item for item in (value or "").split(",") if item]
+
+
+def _in_range(column: Any, filters: dict[str, Any]) -> list[ColumnElement[bool]]:
+    """The date range, half-open: from ≤ t < to."""
+    clauses = []
+    if filters.get("from_") is not None:
+        clauses.append(column >= filters["from_"])
+    if filters.get("to") is not None:
+        clauses.append(column < filters["to"])
+    return clauses
+
+
+def _recipient_filters(
+    org_id_column: Any, org_type_column: Any, filters: dict[str, Any]
+) -> list[ColumnElement[bool]]:
+    """Filter a provision-like recipient (an organisation or an organisation type)."""
+    clauses = []
+    if filters.get("recipient_org_id") is not None:
+        clauses.append(org_id_column == filters["recipient_org_id"])
+    if filters.get("recipient_org_type") is not None:
+        wanted = filters["recipient_org_type"]
+        of_type = select(_ORGS.c.id).where(_ORGS.c.org_type == wanted)
+        clauses.append(or_(org_type_column == wanted, org_id_column.in_(of_type)))
+    return clauses
+
+
+def _has_category(column: Any, category: Category) -> ColumnElement[bool]:
+    """`column` (sorted, comma-separated codes) names `category`."""
+    return (literal(",") + column + literal(",")).like(f"%,{category.value},%")
+
+
+def _shaped(
+    rows: Iterable[dict[str, Any]], shape: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield shape(row)
+
+
+def _listing(
+    session: Session,
+    name: str,
+    columns: tuple[str, ...],
+    base: Select[Any],
+    order: list[SortKey],
+    filters: dict[str, Any],
+    shape: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Report:
+    """A page of `limit` rows, or (limit None) every row as a lazy export."""
+    if filters.get("limit") is None:
+        rows = keyset.stream(session, name, base, order, filters.get("cursor"))
+        return Report(name, columns, _shaped(rows, shape))
+    page = keyset.page(session, name, base, order, filters.get("cursor"), filters["limit"])
+    return Report(name, columns, [shape(row) for row in page.rows], page.next_cursor)
+
+
+def _scoped_consents(scope: Scope, filters: dict[str, Any]) -> list[ColumnElement[bool]]:
+    return [scope.owns(_RECORDS.c.org_id), *_in_range(_RECORDS.c.created_at, filters)]
+
+
+# ---- consent-summary ----------------------------------------------------------------------
+
+CONSENT_SUMMARY_COLUMNS = (
+    "org_id",
+    "state",
+    "purpose",
+    "recipient_org_id",
+    "recipient_org_type",
+    "consents",
+    "provisions",
+    "provisions_in_force",
+)
+
+
+def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Consents and provisions by derived consent state, purpose, recipient and controlling
+    organisation. `consents` counts the distinct consents with a provision in the row (a
+    consent with two purposes counts in both rows); `provisions_in_force` those a disclosure
+    decision would use now. Date range: when the consent was recorded."""
+    name = "consent-summary"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    at = now()
+    r, p = _RECORDS, _PROVISIONS
+    where = _scoped_consents(scope, filters)
+    states = consent_states(at, select(r.c.id).where(*where) if scope.org_id else None)
+    if filters.get("purpose") is not None:
+        where.append(p.c.purpose == filters["purpose"])
+    where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
+    group = (r.c.org_id, states.c.state, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
+    stmt = (
+        select(
+            r.c.org_id,
+            states.c.state,
+            p.c.purpose,
+            p.c.recipient_org_id,
+            p.c.recipient_org_type,
+            func.count(distinct(r.c.id)).label("consents"),
+            func.count(p.c.id).label("provisions"),
+            func.sum(case((in_force(states, at, p), 1), else_=0)).label("provisions_in_force"),
+        )
+        .select_from(
+            r.join(p, p.c.consent_id == r.c.id).outerjoin(states, states.c.consent_id == r.c.id)
+        )
+        .where(*where)
+        .group_by(*group)
+        .order_by(*(column.asc().nulls_last() for column in group))
+    )
+    rows = [
+        {**row, "provisions_in_force": int(row["provisions_in_force"] or 0)}
+        for row in session.execute(stmt).mappings()
+    ]
+    return Report(name, CONSENT_SUMMARY_COLUMNS, rows)
+
+
+# ---- consents-expiring --------------------------------------------------------------------
+
+CONSENTS_EXPIRING_COLUMNS = (
+    "provision_id",
+    "consent_id",
+    "case_id",
+    "org_id",
+    "purpose",
+    "recipient_org_id",
+    "recipient_org_type",
+    "categories",
+    "valid_from",
+    "effective_until",
+    "renewed",
+)
+
+
+def consents_expiring(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Provisions of active consents whose effective end (their own `valid_until`, or the
+    latest renewal's) falls within `within_days` from now; soonest first."""
+    name = "consents-expiring"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    at = now()
+    horizon = at + timedelta(days=filters["within_days"])
+    r, p, e = _RECORDS, _PROVISIONS, _EVENTS
+    # Only consents with an end inside the window can qualify: replay just those.
+    ending = union(
+        select(p.c.consent_id).where(p.c.valid_until > at, p.c.valid_until <= horizon),
+        select(e.c.consent_id).where(
+            e.c.event_type == EventType.RENEWED, e.c.valid_until > at, e.c.valid_until <= horizon
+        ),
+    )
+    where = _scoped_consents(scope, filters)
+    states = consent_states(at, select(r.c.id).where(r.c.id.in_(ending), *where))
+    until = effective_until(states, p)
+    where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
+    if filters.get("purpose") is not None:
+        where.append(p.c.purpose == filters["purpose"])
+    base = (
+        select(
+            p.c.id.label("provision_id"),
+            p.c.consent_id,
+            r.c.case_id,
+            r.c.org_id,
+            p.c.purpose,
+            p.c.recipient_org_id,
+            p.c.recipient_org_type,
+            p.c.categories,
+            p.c.valid_from,
+            until.label("effective_until"),
+            states.c.renewed,
+        )
+        .select_from(
+            p.join(r, r.c.id == p.c.consent_id).join(states, states.c.consent_id == r.c.id)
+        )
+        .where(states.c.derived == "active", until > at, until <= horizon, *where)
+    )
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "categories": _split(row["categories"]), "renewed": bool(row["renewed"])}
+
+    order = [SortKey("effective_until"), SortKey("provision_id")]
+    return _listing(session, name, CONSENTS_EXPIRING_COLUMNS, base, order, filters, shape)
+
+
+# ---- processing-without-basis -------------------------------------------------------------
+
+PROCESSING_COLUMNS = (
+    "kind",
+    "referral_id",
+    "disclosure_id",
+    "case_id",
+    "from_org_id",
+    "to_org_id",
+    "to_org_type",
+    "purpose",
+    "categories",
+    "status",
+    "sent_at",
+    "disclosed_at",
+    "acknowledged_at",
+    "uncovered_categories",
+    "reason",
+)
+# Candidates evaluated per round (one consent load per round).
+_EVALUATION_BATCH = 200
+
+
+def _within_ceiling(referral_categories: Any, org_type: Any) -> ColumnElement[bool]:
+    over = [
+        and_(org_type == kind, or_(*(_has_category(referral_categories, c) for c in excluded)))
+        for kind, ceiling in ORG_TYPE_CEILINGS.items()
+        if (excluded := sorted(ALL_CATEGORIES - ceiling))
+    ]
+    return ~or_(*over) if over else literal(True)
+
+
+def _clearly_covered(r: Any, o: Any, at: datetime) -> ColumnElement[bool]:
+    """One provision alone covers the referral now (purpose, recipient, every category,
+    validity, consent state). Stricter than the decision — any closing or expired event,
+    or a renewal it cannot vouch for, leaves the referral to the exact check — so a
+    referral excluded here is certainly covered."""
+    p = _PROVISIONS.alias("cover")
+
+    def has_event(build: Callable[[Any], list[Any]]) -> Any:
+        x = _EVENTS.alias()
+        return exists().where(x.c.consent_id == p.c.consent_id, *build(x))
+
+    given = has_event(lambda x: [x.c.event_type == EventType.GIVEN, x.c.occurred_at <= at])
+    closed = has_event(
+        lambda x: [
+            x.c.event_type.in_(
+                [
+                    EventType.WITHDRAWN,
+                    EventType.REVOKED,
+                    EventType.ENTERED_IN_ERROR,
+                    EventType.EXPIRED,
+                ]
+            )
+        ]
+    )
+    renewed = has_event(lambda x: [x.c.event_type == EventType.RENEWED])
+
+    def doubtful_renewal(x: Any) -> list[Any]:
+        g = _EVENTS.alias()
+        given_before = exists().where(
+            g.c.consent_id == p.c.consent_id,
+            g.c.event_type == EventType.GIVEN,
+            g.c.occurred_at < x.c.occurred_at,
+        )
+        return [
+            x.c.event_type == EventType.RENEWED,
+            or_(
+                x.c.occurred_at > at,
+                and_(x.c.valid_until.is_not(None), x.c.valid_until <= at),
+                ~given_before,
+            ),
+        ]
+
+    time_ok = or_(
+        and_(~renewed, or_(p.c.valid_until.is_(None), p.c.valid_until > at)),
+        and_(renewed, ~has_event(doubtful_renewal)),
+    )
+    categories = and_(
+        *(
+            or_(~_has_category(r.c.categories, c), _has_category(p.c.categories, c))
+            for c in Category
+        )
+    )
+    return exists().where(
+        p.c.case_id == r.c.case_id,
+        p.c.purpose == r.c.purpose,
+        or_(
+            p.c.recipient_org_id == r.c.to_org_id,
+            and_(p.c.recipient_org_id.is_(None), p.c.recipient_org_type == o.c.org_type),
+        ),
+        p.c.valid_from <= at,
+        or_(p.c.categories == r.c.categories, categories),
+        given,
+        ~closed,
+        time_ok,
+    )
+
+
+def _consent_views(session: Session, case_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    """The consents of some cases as the pure decision sees them (metadata only)."""
+    ids = sorted(case_ids)
+    records = session.execute(
+        select(_RECORDS.c.id, _RECORDS.c.case_id)
+        .where(_RECORDS.c.case_id.in_(ids))
+        .order_by(_RECORDS.c.created_at, _RECORDS.c.id)
+    ).all()
+    consent_ids = [row.id for row in records]
+    provisions: dict[uuid.UUID, list[ProvisionView]] = {}
+    for row in session.execute(
+        select(_PROVISIONS)
+        .where(_PROVISIONS.c.consent_id.in_(consent_ids))
+        .order_by(_PROVISIONS.c.consent_id, _PROVISIONS.c.position)
+    ).mappings():
+        provisions.setdefault(row["consent_id"], []).append(
+            ProvisionView(
+                id=row["id"],
+                purpose=row["purpose"],
+                recipient_org_id=row["recipient_org_id"],
+                recipient_org_type=row["recipient_org_type"],
+                # A code no release ever wrote (a tampered row) covers nothing.
+                categories=frozenset(
+                    Category(c) for c in _split(row["categories"]) if c in _CATEGORY_CODES
+                ),
+                valid_from=row["valid_from"],
+                valid_until=row["valid_until"],
+            )
+        )
+    events: dict[uuid.UUID, list[EventView]] = {}
+    for row in session.execute(
+        select(
+            _EVENTS.c.consent_id,
+            _EVENTS.c.event_type,
+            _EVENTS.c.occurred_at,
+            _EVENTS.c.valid_until,
+        )
+        .where(_EVENTS.c.consent_id.in_(consent_ids))
+        .order_by(_EVENTS.c.occurred_at, _EVENTS.c.id)
+    ):
+        events.setdefault(row.consent_id, []).append(
+            EventView(row.event_type, row.occurred_at, row.valid_until)
+        )
+    views: dict[uuid.UUID, list[Any]] = {}
+    for row in records:
+        views.setdefault(row.case_id, []).append(
+            ConsentView(
+                id=row.id,
+                provisions=tuple(provisions.get(row.id, ())),
+                events=tuple(events.get(row.id, ())),
+            )
+        )
+    return views
+
+
+def _uncovered(
+    views: list[Any], candidate: dict[str, Any], at: datetime
+) -> tuple[list[str], str] | None:
+    """(uncovered categories, why) when the decision would not permit the referral now."""
+    codes = _split(candidate["categories"])
+    unknown = [code for code in codes if code not in _CATEGORY_CODES]
+    if unknown or not codes:
+        return sorted(unknown), "unknown or missing data categories"
+    decision = decide_disclosure(
+        views,
+        candidate["to_org_id"],
+        OrgType(candidate["to_org_type"]),
+        candidate["purpose"],
+        [Category(code) for code in codes],
+        at,
+    )
+    if decision.permit:
+        return None
+    denied = sorted(decision.denied)
+    return [c.value for c in denied], decision.denied[denied[0]]
+
+
+def _processing_rows(
+    session: Session,
+    base: Select[Any],
+    at: datetime,
+    start: tuple[datetime, uuid.UUID] | None,
+) -> Iterator[tuple[tuple[datetime, uuid.UUID, int], dict[str, Any]]]:
+    """Uncovered live referrals (each followed by its disclosures), newest first, from the
+    candidate at `start` (inclusive), keyed (created_at, referral id, position)."""
+    sub = base.subquery("candidates")
+    order = [SortKey("created_at", True), SortKey("referral_id", True)]
+    columns = [sub.c.created_at, sub.c.referral_id]
+    inclusive = True
+    while True:
+        stmt = select(sub)
+        if start is not None:
+            beyond = keyset.after(columns, order, start)
+            if inclusive:
+                beyond = or_(beyond, and_(columns[0] == start[0], columns[1] == start[1]))
+            stmt = stmt.where(beyond)
+        stmt = stmt.order_by(columns[0].desc(), columns[1].desc()).limit(_EVALUATION_BATCH)
+        batch = [dict(row) for row in session.execute(stmt).mappings()]
+        if not batch:
+            return
+        views = _consent_views(session, {row["case_id"] for row in batch})
+        findings = {}
+        for candidate in batch:
+            verdict = _uncovered(views.get(candidate["case_id"], []), candidate, at)
+            if verdict is not None:
+                findings[candidate["referral_id"]] = verdict
+        disclosures: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        if findings:
+            for row in session.execute(
+                select(_DISCLOSURES)
+                .where(_DISCLOSURES.c.referral_id.in_(sorted(findings)))
+                .order_by(_DISCLOSURES.c.disclosed_at, _DISCLOSURES.c.id)
+            ).mappings():
+                disclosures.setdefault(row["referral_id"], []).append(dict(row))
+        for candidate in batch:
+            if candidate["referral_id"] not in findings:
+                continue
+            uncovered, why = findings[candidate["referral_id"]]
+            referral_row = {
+                "kind": "referral",
+                "referral_id": candidate["referral_id"],
+                "disclosure_id": None,
+                "case_id": candidate["shown_case_id"],
+                "from_org_id": candidate["from_org_id"],
+                "to_org_id": candidate["to_org_id"],
+                "to_org_type": candidate["to_org_type"],
+                "purpose": candidate["purpose"],
+                "categories": _split(candidate["categories"]),
+                "status": candidate["status"],
+                "sent_at": candidate["sent_at"],
+                "disclosed_at": None,
+                "acknowledged_at": None,
+                "uncovered_categories": uncovered,
+                "reason": why,
+            }
+            key = (candidate["created_at"], candidate["referral_id"])
+            yield (*key, 0), referral_row
+            for position, disclosure in enumerate(
+                disclosures.get(candidate["referral_id"], []), start=1
+            ):
+                yield (
+                    (*key, position),
+                    {
+                        **referral_row,
+                        "kind": "disclosure",
+                        "disclosure_id": disclosure["id"],
+                        "categories": _split(disclosure["categories"]),
+                        "disclosed_at": disclosure["disclosed_at"],
+                        "acknowledged_at": disclosure["acknowledged_at"],
+                    },
+                )
+        if len(batch) < _EVALUATION_BATCH:
+            return
+        start = (batch[-1]["created_at"], batch[-1]["referral_id"])
+        inclusive = False
+
+
+def processing_without_basis(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Live referrals without an approved override that no active provision in force covers
+    now (purpose, recipient, every category), each followed by the disclosures through which
+    the recipient holds the data. Empty in a healthy system. Date range: when the referral was
+    created.
+
+    SQL keeps only the referrals that no single provision clearly covers; each of those is
+    then judged by `consent.decision.decide_disclosure` over its case's consent metadata, so a
+    referral covered by several provisions together is not reported."""
+    name = "processing-without-basis"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    at = now()
+    r, o = _REFERRALS, _ORGS
+    where = [
+        r.c.status.in_(sorted(LIVE_STATUSES)),
+        r.c.override_approved_at.is_(None),
+        or_(~_within_ceiling(r.c.categories, o.c.org_type), ~_clearly_covered(r, o, at)),
+        scope.party(r.c.from_org_id, r.c.to_org_id),
+        *_in_range(r.c.created_at, filters),
+    ]
+    if filters.get("purpose") is not None:
+        where.append(r.c.purpose == filters["purpose"])
+    if filters.get("recipient_org_id") is not None:
+        where.append(r.c.to_org_id == filters["recipient_org_id"])
+    if filters.get("recipient_org_type") is not None:
+        where.append(o.c.org_type == filters["recipient_org_type"])
+    base = (
+        select(
+            r.c.id.label("referral_id"),
+            r.c.case_id,
+            scope.sender_case_id(r.c.from_org_id, r.c.case_id).label("shown_case_id"),
+            r.c.from_org_id,
+            r.c.to_org_id,
+            o.c.org_type.label("to_org_type"),
+            r.c.purpose,
+            r.c.categories,
+            r.c.status,
+            r.c.created_at,
+            r.c.sent_at,
+        )
+        .select_from(r.join(o, o.c.id == r.c.to_org_id))
+        .where(*where)
+    )
+    start: tuple[datetime, uuid.UUID] | None = None
+    skip = 0
+    if filters.get("cursor"):
+        created, referral_id, skip = keyset.decode_cursor(name, filters["cursor"], 3)
+        start = (created, referral_id)
+    found = (
+        (key, row)
+        for key, row in _processing_rows(session, base, at, start)
+        if not (start is not None and key[:2] == start and key[2] < skip)
+    )
+    if filters.get("limit") is None:
+        return Report(name, PROCESSING_COLUMNS, (row for _, row in found))
+    rows: list[dict[str, Any]] = []
+    next_cursor = None
+    for key, row in found:
+        if len(rows) == filters["limit"]:
+            next_cursor = keyset.encode_cursor(name, list(key))
+            break
+        rows.append(row)
+    return Report(name, PROCESSING_COLUMNS, rows, next_cursor)
+
+
+# ---- overrides ----------------------------------------------------------------------------
+
+OVERRIDES_COLUMNS = (
+    "referral_id",
+    "case_id",
+    "from_org_id",
+    "to_org_id",
+    "purpose",
+    "categories",
+    "status",
+    "override_reason",
+    "requested_by",
+    "approved_by",
+    "approved_at",
+    "reviewed_by",
+    "reviewed_at",
+    "created_at",
+    "sent_at",
+)
+
+
+def _override_select(scope: Scope) -> Select[Any]:
+    r = _REFERRALS
+    return select(
+        r.c.id.label("referral_id"),
+        scope.sender_case_id(r.c.from_org_id, r.c.case_id).label("case_id"),
+        r.c.from_org_id,
+        r.c.to_org_id,
+        r.c.purpose,
+        r.c.categories,
+        r.c.status,
+        r.c.override_reason,
+        r.c.override_requested_by.label("requested_by"),
+        r.c.override_approved_by.label("approved_by"),
+        r.c.override_approved_at.label("approved_at"),
+        r.c.override_reviewed_by.label("reviewed_by"),
+        r.c.override_reviewed_at.label("reviewed_at"),
+        r.c.created_at,
+        r.c.sent_at,
+    ).where(r.c.override_reason.is_not(None))
+
+
+def _override_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "categories": _split(row["categories"])}
+
+
+def overrides(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Every referral that asked for a legal-basis override: reason code, who asked, who
+    approved and when, and the DPO's review. Newest first; date range: referral created."""
+    name = "overrides"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    r = _REFERRALS
+    where = [scope.party(r.c.from_org_id, r.c.to_org_id), *_in_range(r.c.created_at, filters)]
+    if filters.get("purpose") is not None:
+        where.append(r.c.purpose == filters["purpose"])
+    if filters.get("recipient_org_id") is not None:
+        where.append(r.c.to_org_id == filters["recipient_org_id"])
+    if filters.get("recipient_org_type") is not None:
+        of_type = select(_ORGS.c.id).where(_ORGS.c.org_type == filters["recipient_org_type"])
+        where.append(r.c.to_org_id.in_(of_type))
+    if filters.get("reviewed") is not None:
+        reviewed = r.c.override_reviewed_at.is_not(None)
+        where.append(reviewed if filters["reviewed"] else ~reviewed)
+    base = _override_select(scope).where(*where)
+    order = [SortKey("created_at", True), SortKey("referral_id", True)]
+    return _listing(session, name, OVERRIDES_COLUMNS, base, order, filters, _override_row)
+
+
+def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[str, Any]:
+    """The DPO records that they reviewed an override, once. The sending organisation's DPO
+    (or the platform's) reviews it; anyone else outside the referral gets 404."""
+    scope = report_scope(actor, "overrides", {})
+    r = _REFERRALS
+    found = session.execute(
+        select(r.c.case_id, r.c.from_org_id, r.c.to_org_id, r.c.override_reason).where(
+            r.c.id == referral_id
+        )
+    ).one_or_none()
+    refusal = {
+        "action": REVIEW_ACTION,
+        "resource_type": "referral",
+        "resource_id": str(referral_id),
+        "case_id": None,
+        "decision": audit.DENY,
+    }
+    if (
+        found is None
+        or found.override_reason is None
+        or scope.org_id not in (None, found.from_org_id, found.to_org_id)
+    ):
+        error: NotFound | Forbidden = NotFound()
+        error.audit = {**refusal, "reason": "no override in scope"}
+        raise error
+    if scope.org_id not in (None, found.from_org_id):
+        error = Forbidden("The sending organisation's data-protection officer reviews overrides.")
+        error.audit = {**refusal, "reason": "not the sending organisation"}
+        raise error
+    at = now()
+    # One conditional UPDATE: two officers reviewing at once cannot both succeed.
+    reviewed = session.execute(
+        update(r)
+        .where(r.c.id == referral_id, r.c.override_reviewed_at.is_(None))
+        .values(override_reviewed_by=actor.id, override_reviewed_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    if reviewed.rowcount != 1:
+        raise Conflict("This override has already been reviewed.")
+    audit.record(
+        session,
+        actor,
+        REVIEW_ACTION,
+        resource_type="referral",
+        resource_id=referral_id,
+        case_id=found.case_id,
+        legal_basis=f"override:{found.override_reason.value}",
+        details={"override": found.override_reason.value},
+    )
+    row = session.execute(_override_select(scope).where(r.c.id == referral_id)).mappings().one()
+    return _override_row(dict(row))
+
+
+# ---- disclosures --------------------------------------------------------------------------
+
+DISCLOSURES_COLUMNS = (
+    "disclosure_id",
+    "referral_id",
+    "case_id",
+    "from_org_id",
+    "to_org_id",
+    "to_org_type",
+    "purpose",
+    "categories",
+    "basis_type",
+    "basis",
+    "disclosed_by",
+    "disclosed_at",
+    "acknowledged_at",
+)
+
+
+def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Every disclosure from or to the organisation: to whom (and its type — police
+    especially), which categories, on what basis (consent provision ids or an override
+    reason), when, and when the recipient acknowledged it. `case_id` narrows to one of the
+    organisation's own cases. Newest first; date range: disclosed."""
+    name = "disclosures"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters, case_id=filters.get("case_id"))
+    d, o = _DISCLOSURES, _ORGS
+    where = [scope.party(d.c.from_org_id, d.c.to_org_id), *_in_range(d.c.disclosed_at, filters)]
+    if filters.get("case_id") is not None:
+        # Only the controlling organisation looks a case up: for a receiver it would link
+        # the person's referrals.
+        where += [d.c.case_id == filters["case_id"], scope.owns(d.c.from_org_id)]
+    if filters.get("purpose") is not None:
+        where.append(d.c.purpose == filters["purpose"])
+    if filters.get("recipient_org_id") is not None:
+        where.append(d.c.to_org_id == filters["recipient_org_id"])
+    if filters.get("recipient_org_type") is not None:
+        where.append(o.c.org_type == filters["recipient_org_type"])
+    base = (
+        select(
+            d.c.id.label("disclosure_id"),
+            d.c.referral_id,
+            scope.sender_case_id(d.c.from_org_id, d.c.case_id).label("case_id"),
+            d.c.from_org_id,
+            d.c.to_org_id,
+            o.c.org_type.label("to_org_type"),
+            d.c.purpose,
+            d.c.categories,
+            d.c.basis_type,
+            d.c.basis,
+            d.c.disclosed_by,
+            d.c.disclosed_at,
+            d.c.acknowledged_at,
+        )
+        .select_from(d.join(o, o.c.id == d.c.to_org_id))
+        .where(*where)
+    )
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "categories": _split(row["categories"])}
+
+    order = [SortKey("disclosed_at", True), SortKey("disclosure_id", True)]
+    return _listing(session, name, DISCLOSURES_COLUMNS, base, order, filters, shape)
+
+
+# ---- access-log ---------------------------------------------------------------------------
+
+ACCESS_LOG_COLUMNS = (
+    "audit_id",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "actor_role",
+    "actor_org_id",
+    "acting_officer",
+    "action",
+    "resource_type",
+    "resource_id",
+    "categories",
+    "purpose",
+    "decision",
+    "reason",
+    "legal_basis",
+)
+
+
+def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Every audit row of one case the organisation controls: who (user or client, acting
+    officer), role, organisation, when, what, which categories, allowed or denied, on what
+    basis. Newest first; this report's own reading is the first row. 404 outside scope."""
+    name = "access-log"
+    scope = report_scope(actor, name, filters)
+    case_id = filters["case_id"]
+    owner = session.scalar(select(_CASES.c.org_id).where(_CASES.c.id == case_id))
+    if owner is None or scope.org_id not in (None, owner):
+        error = NotFound()
+        error.audit = {
+            "action": REPORT_ACTION,
+            "resource_type": "report",
+            "resource_id": name,
+            "case_id": None,
+            "decision": audit.DENY,
+            "reason": "case outside the officer's scope",
+        }
+        raise error
+    _audit(session, actor, name, filters, case_id=case_id)
+    a = _AUDIT
+    where = [a.c.case_id == case_id, *_in_range(a.c.occurred_at, filters)]
+    if filters.get("purpose") is not None:
+        where.append(a.c.purpose == filters["purpose"].value)
+    base = select(
+        a.c.id.label("audit_id"),
+        a.c.occurred_at,
+        a.c.actor_type,
+        a.c.actor_id,
+        a.c.actor_role,
+        a.c.actor_org_id,
+        a.c.acting_officer,
+        a.c.action,
+        a.c.resource_type,
+        a.c.resource_id,
+        a.c.categories,
+        a.c.purpose,
+        a.c.decision,
+        a.c.reason,
+        a.c.legal_basis,
+    ).where(*where)
+    # The report's own row is in this transaction: make it visible to the query.
+    session.flush()
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "categories": _split(row["categories"])}
+
+    order = [SortKey("audit_id", True)]
+    return _listing(session, name, ACCESS_LOG_COLUMNS, base, order, filters, shape)
+
+
+# ---- erasures -----------------------------------------------------------------------------
+
+ERASURES_COLUMNS = (
+    "tombstone_id",
+    "case_id",
+    "org_id",
+    "request_id",
+    "basis",
+    "requested_by",
+    "approved_by",
+    "erased_at",
+    "data_keys_destroyed",
+    "ciphertexts_cleared",
+    "index_entries_deleted",
+    "referrals_cancelled",
+    "key_digest",
+)
+
+
+def erasure_register_table() -> Any:
+    """The tombstones' table when the subject-rights feature has declared it, else None.
+    (Wire to a model directly with `return ErasureTombstone.__table__`.)"""
+    try:
+        from referral_api.rights import models as _rights  # noqa: F401 - declares the table
+    except ImportError:
+        return None
+    return Base.metadata.tables.get("erasure_tombstones")
+
+
+def erasures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """The erasure register: one tombstone per crypto-shredded case — when, who asked and
+    who approved, on which Art. 17 ground, what was destroyed (counts) and a digest of the
+    destroyed wrapped keys. No personal data. Newest first; date range: erased."""
+    name = "erasures"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    t = erasure_register_table()
+    if t is None:
+        return Report(name, ERASURES_COLUMNS, [])
+    column = {name: t.c[name] if name in t.c else null() for name in ERASURES_COLUMNS}
+    column["tombstone_id"] = t.c.id
+    base = select(*(value.label(label) for label, value in column.items())).where(
+        scope.owns(t.c.org_id), *_in_range(t.c.erased_at, filters)
+    )
+    order = [SortKey("erased_at", True), SortKey("tombstone_id", True)]
+    return _listing(session, name, ERASURES_COLUMNS, base, order, filters, lambda row: row)
+
+
+# ---- quality ------------------------------------------------------------------------------
+
+QUALITY_COLUMNS = (
+    "consent_id",
+    "case_id",
+    "org_id",
+    "created_at",
+    "grantor",
+    "is_minor",
+    "collection_method",
+    "notice_version",
+    "no_evidence",
+    "minor_without_guardian",
+    "unknown_notice_version",
+)
+
+
+def quality(
+    session: Session, actor: Actor, filters: dict[str, Any], known_notice_versions: list[str]
+) -> Report:
+    """Consents with a record-keeping problem: no evidence attached, a minor's consent not
+    given by a guardian, a notice version the deployment does not know (an empty list of
+    known versions flags every consent). `issue` keeps one kind. Newest first; date range:
+    consent recorded."""
+    name = "quality"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    r = _RECORDS
+    problems: dict[str, ColumnElement[bool]] = {
+        "no_evidence": r.c.evidence_sha256.is_(None),
+        "minor_without_guardian": and_(r.c.is_minor == True, r.c.grantor != Grantor.GUARDIAN),  # noqa: E712
+        "unknown_notice_version": r.c.notice_version.not_in(known_notice_versions)
+        if known_notice_versions
+        else literal(True),
+    }
+    wanted = [problems[filters["issue"]]] if filters.get("issue") else list(problems.values())
+    where = [or_(*wanted), *_scoped_consents(scope, filters)]
+    provision_filters = _recipient_filters(
+        _PROVISIONS.c.recipient_org_id, _PROVISIONS.c.recipient_org_type, filters
+    )
+    if filters.get("purpose") is not None:
+        provision_filters.append(_PROVISIONS.c.purpose == filters["purpose"])
+    if provision_filters:
+        where.append(exists().where(_PROVISIONS.c.consent_id == r.c.id, *provision_filters))
+    base = select(
+        r.c.id.label("consent_id"),
+        r.c.case_id,
+        r.c.org_id,
+        r.c.created_at,
+        r.c.grantor,
+        r.c.is_minor,
+        r.c.collection_method,
+        r.c.notice_version,
+        *(case((clause, 1), else_=0).label(label) for label, clause in problems.items()),
+    ).where(*where)
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, **{issue: bool(row[issue]) for issue in QUALITY_ISSUES}}
+
+    order = [SortKey("created_at", True), SortKey("consent_id", True)]
+    return _listing(session, name, QUALITY_COLUMNS, base, order, filters, shape)
+
+
+REPORTS: dict[str, tuple[str, ...]] = {
+    "consent-summary": CONSENT_SUMMARY_COLUMNS,
+    "consents-expiring": CONSENTS_EXPIRING_COLUMNS,
+    "processing-without-basis": PROCESSING_COLUMNS,
+    "overrides": OVERRIDES_COLUMNS,
+    "disclosures": DISCLOSURES_COLUMNS,
+    "access-log": ACCESS_LOG_COLUMNS,
+    "erasures": ERASURES_COLUMNS,
+    "quality": QUALITY_COLUMNS,
+}
