@@ -526,3 +526,33 @@ def test_index_rotation_dual_writes_until_backfill_completes(app, client, world)
     assert _search(client, world, "A", name=renamed) == [new.id]
     assert _search(client, world, "A", name=payload["identity"]["given_name"]) == []
     _assert_search_finds_every_case(app, client, world)
+
+
+def test_rotate_org_keys_rewraps_data_keys_under_new_material_and_drops_old_versions(
+    app, client, runner, world
+):
+    org_material_before = set(_scalars(app, select(OrgKey.wrapped_key)))
+    data_keys_before = set(_scalars(app, select(CaseKey.wrapped_key)))
+
+    result = _invoke(runner, "rotate-org-keys")
+    assert result.exit_code == 0, result.output
+    assert f"{len(data_keys_before)} data keys re-wrapped" in result.output
+
+    assert set(_scalars(app, select(OrgKey.version))) == {2}  # version 1 deleted
+    assert set(_scalars(app, select(CaseKey.org_key_version))) == {2}
+    assert not org_material_before & set(_scalars(app, select(OrgKey.wrapped_key)))
+    after = set(_scalars(app, select(CaseKey.wrapped_key)))
+    assert len(after) == len(data_keys_before)
+    assert not after & data_keys_before  # every data key re-wrapped
+    _clear_key_cache(app)
+    _assert_everything_decrypts(app, client, world)
+    _assert_search_finds_every_case(app, client, world)
+
+    again = _invoke(runner, "rotate-org-keys")
+    assert again.exit_code == 0, again.output
+    assert set(_scalars(app, select(OrgKey.version))) == {3}
+    _clear_key_cache(app)
+    _assert_everything_decrypts(app, client, world)
+    assert "keys:rotate-org-keys" in set(
+        _scalars(app, select(AuditEvent.action).where(AuditEvent.actor_type == "system"))
+    )

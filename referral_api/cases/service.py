@@ -155,6 +155,8 @@ _ALLOWED_WHILE_RESTRICTED = frozenset(
         Permission.ERASURE_APPROVE,
         # Art. 15: the person's own access request is honoured under restriction.
         Permission.CASE_EXPORT,
+        # Who touched the case (metadata), e.g. to verify the restriction holds.
+        Permission.CASE_ACCESS_LOG,
     }
 )
 

@@ -124,3 +124,26 @@ def rotate_index(batch_size: int) -> None:
         filled = rotation.backfill_index(factory, batch_size=batch_size, progress=bar.update)
     _audit("keys:rotate-index", {"organisations": created, "cases": filled})
     click.echo(f"{created} organisations on a new index key; {filled} cases indexed")
+
+
+@keys_group.command("rotate-org-keys")
+@click.option("--batch-size", default=1000, show_default=True)
+def rotate_org_keys(batch_size: int) -> None:
+    """New organisation keys; re-wrap every data key; delete the old versions (resumable).
+
+    Run it after erasures, then `rotate-root` and `destroy-root OLD`: backups taken before
+    can then no longer unwrap the erased cases' data keys.
+    """
+    from sqlalchemy import func, select
+
+    from referral_api.crypto.models import CaseKey
+
+    factory = _factory()
+    with factory() as session:
+        total = session.scalar(select(func.count()).select_from(CaseKey)) or 0
+    with click.progressbar(length=total, label="re-wrapping data keys", show_pos=True) as bar:
+        orgs, rewrapped = rotation.rotate_org_keys(
+            factory, batch_size=batch_size, progress=bar.update
+        )
+    _audit("keys:rotate-org-keys", {"organisations": orgs, "data_keys": rewrapped})
+    click.echo(f"{orgs} organisations on new keys; {rewrapped} data keys re-wrapped")

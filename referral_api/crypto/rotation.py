@@ -330,3 +330,110 @@ def finish_rotation_job(factory: sessionmaker[Session], job_id: int) -> None:
         if job is not None and job.finished_at is None:
             job.finished_at = utcnow()
         session.commit()
+
+
+# ---- organisation keys --------------------------------------------------------------------
+
+
+def rotate_org_keys(
+    factory: sessionmaker[Session], *, batch_size: int = 1000, progress: Progress | None = None
+) -> tuple[int, int]:
+    """Give every organisation new key material and re-wrap its data keys under it, then
+    delete the old organisation-key versions. Returns (organisations, data keys re-wrapped).
+
+    Root rotation only re-wraps organisation keys (same material). After an erasure, a
+    restored backup's data keys could still be unwrapped with the live organisation key;
+    this rotation (followed by a root rotation and destroying the old root version) makes
+    every pre-rotation backup useless. Resumable: data keys already under the newest
+    version are skipped; old versions are deleted only once nothing refers to them.
+    """
+    from referral_api.crypto.keys import _case_key_aad, unwrap_data_key, wrap_data_key
+
+    with factory() as session:
+        keys = crypto_of(session).keys(session)
+        orgs = session.execute(
+            select(OrgKey.org_id, func.max(OrgKey.version)).group_by(OrgKey.org_id)
+        ).all()
+        pending_jobs = session.scalars(
+            select(RotationJob).where(
+                RotationJob.kind == "org-keys", RotationJob.finished_at.is_(None)
+            )
+        ).first()
+        if pending_jobs is None:
+            for org_id, latest in orgs:
+                keys._create_org_key(org_id, version=latest + 1)
+            session.add(RotationJob(kind="org-keys", started_at=utcnow()))
+        session.commit()
+    rewrapped = 0
+    while True:
+        with factory() as session:
+            keys = crypto_of(session).keys(session)
+            newest = (
+                select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
+                .group_by(OrgKey.org_id)
+                .subquery()
+            )
+            latest = dict(session.execute(select(newest.c.org_id, newest.c.v)).tuples().all())
+            rows = session.scalars(
+                select(CaseKey)
+                .join(newest, newest.c.org_id == CaseKey.org_id)
+                .where(CaseKey.org_key_version < newest.c.v)
+                .order_by(CaseKey.case_id, CaseKey.version)
+                .limit(batch_size)
+            ).all()
+            for row in rows:
+                old_kek = keys.org_key(row.org_id, row.org_key_version)
+                data_key = unwrap_data_key(
+                    old_kek,
+                    row.wrapped_key,
+                    _case_key_aad(row.case_id, row.version, row.org_key_version),
+                )
+                new_version = latest[row.org_id]
+                row.wrapped_key = wrap_data_key(
+                    keys.org_key(row.org_id, new_version),
+                    data_key,
+                    _case_key_aad(row.case_id, row.version, new_version),
+                )
+                row.org_key_version = new_version
+            session.commit()
+        rewrapped += len(rows)
+        if progress:
+            progress(len(rows))
+        if len(rows) < batch_size:
+            break
+    with factory() as session:
+        latest_versions = (
+            select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
+            .group_by(OrgKey.org_id)
+            .subquery()
+        )
+        stale = session.execute(
+            select(OrgKey.org_id, OrgKey.version)
+            .join(latest_versions, latest_versions.c.org_id == OrgKey.org_id)
+            .where(OrgKey.version < latest_versions.c.v)
+        ).all()
+        for org_id, version in stale:
+            in_use = session.scalar(
+                select(func.count())
+                .select_from(CaseKey)
+                .where(CaseKey.org_id == org_id, CaseKey.org_key_version == version)
+            )
+            if not in_use:
+                session.execute(
+                    delete(OrgKey).where(OrgKey.org_id == org_id, OrgKey.version == version)
+                )
+        job = session.scalars(
+            select(RotationJob).where(
+                RotationJob.kind == "org-keys", RotationJob.finished_at.is_(None)
+            )
+        ).first()
+        if job is not None:
+            job.finished_at = utcnow()
+        session.commit()
+    crypto_cache_clear(factory)
+    return len(orgs), rewrapped
+
+
+def crypto_cache_clear(factory: sessionmaker[Session]) -> None:
+    with factory() as session:
+        crypto_of(session).cache.clear()

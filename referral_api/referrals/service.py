@@ -32,6 +32,7 @@ from referral_api.exceptions import (
     Conflict,
     Forbidden,
     NotFound,
+    ProcessingRestricted,
     ReferralApiError,
     ValidationFailed,
 )
@@ -236,9 +237,8 @@ def _gate(session: Session, referral: Referral) -> DisclosureDecision:
 def create_referral(
     session: Session, actor: Actor, case_id: uuid.UUID, data: dict[str, Any]
 ) -> Referral:
+    # cases.authorize refuses restricted (Art. 18) and erased cases, audited.
     case, _ = cases.authorize(session, actor, Permission.REFERRAL_CREATE, case_id)
-    if case.restricted:
-        raise Conflict("The case is restricted: it may be stored but not shared.")
     to_org = session.get(Organisation, data["to_org_id"])
     if to_org is None or not to_org.active:
         raise ValidationFailed({"to_org_id": ["No such active organisation."]})
@@ -298,6 +298,24 @@ def _check_service(session: Session, service_id: uuid.UUID, org_id: uuid.UUID) -
         raise ValidationFailed({"service_id": ["This service is not accepting referrals."]})
 
 
+def _require_processable(session: Session, referral: Referral, action: str) -> None:
+    """GDPR Art. 18: nothing is processed about a restricted case (refusal audited)."""
+    case = session.get(Case, referral.case_id)
+    if case is not None and (case.restricted or case.erased):
+        error = ProcessingRestricted(
+            "Processing of this case is restricted (GDPR Art. 18): nothing can be sent or added."
+        )
+        error.audit = {
+            "action": action,
+            "resource_type": "referral",
+            "resource_id": str(referral.id),
+            "case_id": referral.case_id,
+            "decision": audit.DENY,
+            "reason": "processing restricted",
+        }
+        raise error
+
+
 def _history(
     referral: Referral,
     actor: Actor,
@@ -350,6 +368,9 @@ def transition(
     business_status: str | None = None,
     outcome: Outcome | None = None,
 ) -> Referral:
+    if to not in (S.CANCELLED, S.ENTERED_IN_ERROR):
+        # Stopping a referral is always possible; anything else is processing.
+        _require_processable(session, referral, f"referral:{to.value}")
     parties = _parties(actor, party)
     who = TRANSITIONS.get((referral.status, to))
     if who is None:
@@ -404,8 +425,7 @@ def _move(
     at = now()
     details: dict[str, Any] = {"from": referral.status.value, "to": to.value}
     if to is S.REQUESTED:
-        if session.get(Case, referral.case_id).restricted:  # type: ignore[union-attr]
-            raise Conflict("The case is restricted: it may be stored but not shared.")
+        _require_processable(session, referral, "referral:send")
         decision = _gate(session, referral)
         basis_type, basis = _basis(referral, decision)
         session.add(
@@ -714,6 +734,7 @@ def add_message(
     session: Session, actor: Actor, referral_id: uuid.UUID, body: str
 ) -> ReferralMessage:
     referral, party = authorize(session, actor, Permission.REFERRAL_TRANSITION, referral_id)
+    _require_processable(session, referral, "referral:message")
     _require_thread_access(session, actor, referral, party)
     message = ReferralMessage(
         id=uuid.uuid4(),

@@ -1,0 +1,274 @@
+"""Subject access and portability (GDPR Art. 15/20; issue 6): the owning organisation's
+supervisor exports everything held about the person — case fields in every category, notes,
+consents with their events, referrals and disclosures, and the access log — as one JSON
+document, kept encrypted, downloadable once, by the requester only, before it expires. The
+export holds nothing of any other case or organisation."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from rights_support import (
+    ALL_CATEGORIES,
+    API,
+    World,
+    assert_absent,
+    canary_case,
+    database_text,
+    new_token,
+    ok,
+    uuid_param,
+)
+from sqlalchemy import select
+
+from referral_api.audit.models import AuditEvent
+from referral_api.rights import service as rights_service
+
+
+@pytest.fixture
+def world(app: Any, factory: Any, client: Any) -> World:
+    return World(app, factory, client)
+
+
+class Scenario:
+    """The person's case with notes in three categories, a consent given and one withdrawn,
+    a referral the receiver has read and accepted (a disclosure), and a draft referral; a
+    second case of the same organisation and a case of another organisation, each with
+    canaries of their own; and the receiver's own case opened from the referral."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.token = new_token("subject")
+        self.case_id = world.case(self.token)
+        self.notes = {
+            world.note(self.case_id, category, f"{category} note {self.token}"): category
+            for category in ("health", "psychosocial", "needs")
+        }
+        self.consent = world.consent(self.case_id, world.receiver_org, ["identity", "legal"])
+        withdrawn = world.consent(self.case_id, world.outsider_org, ["needs"])
+        self.withdrawn = ok(
+            world.client.post(
+                f"{API}/consents/{withdrawn['id']}/withdraw", json={}, headers=world.h["worker"]
+            )
+        )
+        self.referral = world.refer(
+            self.case_id, ["identity", "legal"], send=True, message=f"Please {self.token}"
+        )["id"]
+        ok(world.client.get(f"{API}/referrals/{self.referral}/packet", headers=world.h["receiver"]))
+        world.move(self.referral, "accepted")
+        self.receiver_case = ok(
+            world.client.post(f"{API}/referrals/{self.referral}/case", headers=world.h["receiver"]),
+            201,
+        )["receiver_case_id"]
+        self.draft = world.refer(self.case_id, ["identity"], send=False, message="draft")["id"]
+
+        self.other_token = new_token("othercase")
+        self.other_case = world.case(self.other_token)
+        world.note(self.other_case, "health", f"other {self.other_token}")
+        world.consent(self.other_case, world.receiver_org, ["identity"])
+        self.foreign_token = new_token("foreign")
+        self.foreign_case = world.case(self.foreign_token, by="outsider")
+
+    def export(self, by: str = "sup", reason: str = "subject access request 42") -> Any:
+        return self.world.client.post(
+            f"{API}/cases/{self.case_id}/export", json={"reason": reason}, headers=self.world.h[by]
+        )
+
+
+@pytest.fixture
+def scenario(world: World) -> Scenario:
+    return Scenario(world)
+
+
+def _aware(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_export_holds_everything_about_the_person_once(app, client, world, scenario):
+    created = scenario.export()
+    body = ok(created, 201)
+    assert body["case_id"] == scenario.case_id
+    assert body["download"] == f"/api/v1/exports/{body['id']}/download"
+    ttl = _aware(body["expires_at"]) - _aware(body["created_at"])
+    assert timedelta(seconds=86399) <= ttl <= timedelta(seconds=86401)
+    assert scenario.token not in created.get_data(as_text=True)
+
+    # Kept encrypted: the document is ciphertext, no trace of the person anywhere at rest.
+    stored = world.sql(
+        "SELECT document, reason, requested_by FROM subject_exports WHERE id = :id",
+        id=uuid_param(app, body["id"]),
+    )
+    assert len(stored) == 1 and stored[0][0] is not None and stored[0][1] is not None
+    assert scenario.token not in database_text(world)
+    assert "subject access request 42" not in database_text(world)
+
+    # Only the requester downloads it: another supervisor of the same organisation cannot
+    # even learn it exists; other roles are refused; other organisations see nothing.
+    for name, status in (
+        ("sup2", 404),
+        ("worker", 403),
+        ("dpo", 403),
+        ("admin", 403),
+        ("outsider_sup", 404),
+        ("platform_dpo", 403),
+    ):
+        assert_problem(client.get(body["download"], headers=world.h[name]), status)
+
+    response = client.get(body["download"], headers=world.h["sup"])
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    assert "attachment" in response.headers["Content-Disposition"]
+    assert response.headers["Cache-Control"] == "no-store"
+    document = response.get_json()
+
+    assert document["format"] == "referral-api-subject-export-1"
+    # Case fields in every category, exactly as recorded.
+    case = document["case"]
+    assert case["id"] == scenario.case_id
+    payload = canary_case(scenario.token)
+    for category in ALL_CATEGORIES:
+        for key, value in payload[category].items():
+            assert case[category][key] == value, (category, key)
+    # Notes of every category, with their text.
+    assert {n["id"]: (n["category"], n["text"]) for n in document["notes"]} == {
+        note_id: (category, f"{category} note {scenario.token}")
+        for note_id, category in scenario.notes.items()
+    }
+    # Consents with provisions and events.
+    consents = {c["id"]: c for c in document["consents"]}
+    assert set(consents) == {scenario.consent["id"], scenario.withdrawn["id"]}
+    given = consents[scenario.consent["id"]]
+    assert [e["event_type"] for e in given["events"]] == ["given"]
+    assert given["provisions"][0]["recipient_org_id"] == str(world.receiver_org)
+    assert sorted(given["provisions"][0]["categories"]) == ["identity", "legal"]
+    assert [e["event_type"] for e in consents[scenario.withdrawn["id"]]["events"]] == [
+        "given",
+        "withdrawn",
+    ]
+    # Referrals, and who received what, when.
+    referrals = {r["id"]: r for r in document["referrals"]}
+    assert set(referrals) == {scenario.referral, scenario.draft}
+    sent = referrals[scenario.referral]
+    assert (sent["to_org_id"], sent["status"]) == (str(world.receiver_org), "accepted")
+    assert sorted(sent["categories"]) == ["identity", "legal"]
+    assert sent["message"] == f"Please {scenario.token}" and sent["sent_at"]
+    assert referrals[scenario.draft]["status"] == "draft"
+    [disclosure] = document["disclosures"]
+    assert disclosure["to_org_id"] == str(world.receiver_org)
+    assert sorted(disclosure["categories"]) == ["identity", "legal"]
+    assert disclosure["disclosed_at"] and disclosure["acknowledged_at"]
+    # The access log: who touched the case, including the receiver's read of the packet
+    # and this export itself.
+    log = document["access_log"]
+    actions = [(a["action"], a["actor_id"]) for a in log]
+    assert ("case:create", str(world.ids["worker"])) in actions
+    assert ("case:export", str(world.ids["sup"])) in actions
+    assert any(a["actor_org_id"] == str(world.receiver_org) for a in log)
+    export_row = next(a for a in log if a["action"] == "case:export")
+    assert sorted(export_row["categories"]) == sorted(ALL_CATEGORIES)
+
+    # Nothing of any other case or organisation.
+    assert_absent(
+        document,
+        scenario.other_token,
+        scenario.foreign_token,
+        scenario.other_case,
+        scenario.foreign_case,
+        scenario.receiver_case,
+    )
+
+    # Downloadable once: the ciphertext is gone after the download.
+    assert_problem(client.get(body["download"], headers=world.h["sup"]), 410)
+    after = world.sql(
+        "SELECT document, downloaded_at FROM subject_exports WHERE id = :id",
+        id=uuid_param(app, body["id"]),
+    )
+    assert after[0][0] is None and after[0][1] is not None
+
+
+def test_export_and_download_are_audited(app, client, world, scenario):
+    export_id = ok(scenario.export(), 201)["id"]
+    assert_problem(client.get(f"{API}/exports/{export_id}/download", headers=world.h["sup2"]), 404)
+    ok(client.get(f"{API}/exports/{export_id}/download", headers=world.h["sup"]))
+    assert_problem(client.get(f"{API}/exports/{export_id}/download", headers=world.h["sup"]), 410)
+
+    rows = world.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.case_id == uuid.UUID(scenario.case_id))
+        .where(AuditEvent.action.in_(["case:export", "case:export-download"]))
+        .order_by(AuditEvent.id)
+    )
+    summary = [(r.action, r.decision, r.actor_id) for r in rows]
+    assert summary == [
+        ("case:export", "allow", world.ids["sup"]),
+        ("case:export-download", "deny", world.ids["sup2"]),
+        ("case:export-download", "allow", world.ids["sup"]),
+        ("case:export-download", "deny", world.ids["sup"]),
+    ]
+    for row in rows:
+        assert json.loads(row.details or "{}").get("export_id") in (export_id, None)
+        assert scenario.token not in (row.details or "") + (row.reason or "")
+    assert json.loads(rows[0].details)["export_id"] == export_id
+
+
+def test_only_the_owning_supervisor_may_export(app, client, world, scenario):
+    for name in ("worker", "dpo", "admin", "platform_dpo", "receiver"):
+        assert_problem(scenario.export(by=name), 403)
+    assert_problem(scenario.export(by="outsider_sup"), 404)
+    # A reason is required.
+    response = client.post(
+        f"{API}/cases/{scenario.case_id}/export", json={}, headers=world.h["sup"]
+    )
+    assert_problem(response, 422)
+    assert world.sql("SELECT count(*) FROM subject_exports")[0][0] == 0
+    # Refusals are recorded as denials.
+    denied = world.sql(
+        "SELECT count(*) FROM audit_events WHERE action = 'case:export' AND decision = 'deny'"
+    )[0][0]
+    assert denied == 6
+
+
+def test_an_expired_export_cannot_be_downloaded(app, client, world, scenario, monkeypatch):
+    first = ok(scenario.export(), 201)
+    second = ok(scenario.export(), 201)
+    expires = _aware(first["expires_at"])
+
+    monkeypatch.setattr(rights_service, "now", lambda: expires + timedelta(seconds=1))
+    assert_problem(client.get(first["download"], headers=world.h["sup"]), 410)
+
+    monkeypatch.setattr(rights_service, "now", lambda: expires - timedelta(seconds=5))
+    ok(client.get(second["download"], headers=world.h["sup"]))
+
+    # The time to live comes from the configuration.
+    monkeypatch.undo()
+    app.config["EXPORT_TTL_SECONDS"] = 60
+    short = ok(scenario.export(), 201)
+    ttl = _aware(short["expires_at"]) - _aware(short["created_at"])
+    assert timedelta(seconds=59) <= ttl <= timedelta(seconds=61)
+
+
+def test_export_of_a_restricted_case_is_still_honoured(app, client, world, scenario):
+    """Art. 15 stays available under an Art. 18 restriction."""
+    ok(
+        client.post(
+            f"{API}/cases/{scenario.case_id}/restriction",
+            json={"restricted": True},
+            headers=world.h["sup"],
+        )
+    )
+    export = ok(scenario.export(), 201)
+    document = ok(client.get(export["download"], headers=world.h["sup"]))
+    assert document["case"]["identity"]["given_name"] == f"Olena{scenario.token}"
+
+
+def test_an_erased_case_takes_its_pending_exports_with_it(app, client, world, scenario):
+    export = ok(scenario.export(), 201)
+    ok(world.approve(world.request_erasure(scenario.case_id)))
+    assert_problem(client.get(export["download"], headers=world.h["sup"]), 404)
+    assert world.sql("SELECT count(*) FROM subject_exports")[0][0] == 0
+    assert_problem(scenario.export(), 410)
