@@ -112,6 +112,10 @@ class Case(EncryptedRecord, Base):
     service_plan = EncryptedField(C.NEEDS)
 
     __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        # The case list pages newest first within an organisation (keyset pagination).
+        Index("ix_cases_org_created", "org_id", "created_at", "id"),
+    )
 
     def crypto_case_id(self) -> uuid.UUID:
         return self.id

@@ -90,7 +90,9 @@ def refresh_blind_index(session: Session, crypto: CryptoContext, case: Case) -> 
     from referral_api.cases.models import delete_index_entries
 
     keys = crypto.keys(session)
-    delete_index_entries(session, case.id)
+    if case not in session.new:
+        # A case being inserted has no entries yet: skip the DELETE round trip.
+        delete_index_entries(session, case.id)
     terms = index_terms(case, crypto.phone_region)
     for version in keys.index_versions(case.org_id, for_query=False):
         write_index_entries(session, crypto, case, version, terms)

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,16 @@ from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
 
 DATA_KEY_BYTES = 32
+_MEMO = "_ra_key_versions"
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_key_versions(session: Session) -> None:
+    # Another transaction may rotate keys: versions are only trusted within one.
+    session.info.pop(_MEMO, None)
+
+
 _NONCE = 12
 
 
@@ -125,7 +135,18 @@ class KeyService:
 
     # ---- organisation keys ----------------------------------------------------------------
 
+    def _memo(self) -> dict[Any, Any]:
+        """Per-transaction memo of current key versions (cleared at commit or rollback):
+        inserting many cases in one transaction asks once per organisation."""
+        return self.session.info.setdefault(_MEMO, {})  # type: ignore[no-any-return]
+
     def current_org_key_version(self, org_id: uuid.UUID) -> int:
+        memo = self._memo()
+        if ("org", org_id) not in memo:
+            memo[("org", org_id)] = self._current_org_key_version(org_id)
+        return memo[("org", org_id)]  # type: ignore[no-any-return]
+
+    def _current_org_key_version(self, org_id: uuid.UUID) -> int:
         version = self.session.scalar(
             select(func.max(OrgKey.version)).where(OrgKey.org_id == org_id)
         )
@@ -139,6 +160,7 @@ class KeyService:
         return int(version)
 
     def _create_org_key(self, org_id: uuid.UUID, version: int = 1) -> int:
+        self._memo().clear()
         key = AESGCM.generate_key(bit_length=256)
         row = OrgKey(
             org_id=org_id,
@@ -245,6 +267,13 @@ class KeyService:
 
     def index_versions(self, org_id: uuid.UUID, *, for_query: bool) -> list[int]:
         """Versions to write (active + backfilling) or to query (active only)."""
+        memo = self._memo()
+        key = ("index", org_id, for_query)
+        if key not in memo:
+            memo[key] = self._index_versions(org_id, for_query=for_query)
+        return list(memo[key])
+
+    def _index_versions(self, org_id: uuid.UUID, *, for_query: bool) -> list[int]:
         states = ("active",) if for_query else ("active", "backfilling")
         versions = list(
             self.session.scalars(
@@ -275,6 +304,7 @@ class KeyService:
     def create_index_key(
         self, org_id: uuid.UUID, *, version: int, state: str, plan: dict[str, int]
     ) -> int:
+        self._memo().clear()
         key = AESGCM.generate_key(bit_length=256)
         row = IndexKey(
             org_id=org_id,
