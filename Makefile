@@ -47,5 +47,12 @@ docs: $(VENV)/.installed
 openapi: $(VENV)/.installed
 	$(BIN)/referral-api openapi write openapi/openapi.json
 
+# Benchmarks (bench/README.md): seeds 100,000 encrypted cases into its own PostgreSQL database
+# (BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/test), serves the real app and
+# the bare baseline with gunicorn, drives them with wrk, profiles, and drops the database.
+BENCH_ARGS ?= --fresh --drop
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -109,6 +109,7 @@ def decrypt_backup(provider: Any, backup: Backup) -> dict[tuple[str, str, uuid.U
         (org_id, version): provider.unwrap(wrapped, _org_key_aad(org_id, version))
         for org_id, version, wrapped in backup.org_keys
     }
+
     def org_key(org_id: uuid.UUID, version: int) -> bytes:
         if (org_id, version) not in org_keys:
             # After an organisation-key rotation the version the backup names is gone.

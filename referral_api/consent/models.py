@@ -132,3 +132,9 @@ class ConsentEvent(_CaseKeyed, Base):
     reason = EncryptedField(Category.NEEDS)
 
     consent: Mapped[ConsentRecord] = relationship(back_populates="events")
+
+    # The DPO reports replay every consent's events in SQL: (consent, type, time) answers
+    # those lookups from the index alone (referral_api/dpo, bench/dpo_reports.py).
+    __table_args__ = (
+        Index("ix_consent_events_consent_type_time", "consent_id", "event_type", "occurred_at"),
+    )

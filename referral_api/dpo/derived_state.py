@@ -10,12 +10,19 @@ so the replay of each consent's events is folded into one GROUP BY per consent:
 - after `given`, the last of the `renewed`/`expired` events decides (expired → expired,
   renewed → active); events stamped before `given` are ignored, as the replay ignores them;
 - the latest renewal after `given` sets every provision's end (None: open-ended);
-- an active consent whose provisions have all ended reads `expired` (`current_state`).
+- an active consent whose provisions have all ended reads `expired` (`current_state`):
+  `provision_state` decides it per provision row, looking at the consent's other provisions
+  only when the row's own provision has ended (rarely), so no second aggregate is joined.
 
 Two events of one consent stamped at the same microsecond are ordered by id in the replay;
 here a closing event beats another closing event in the order withdrawn, revoked, entered in
-error, and a renewal beats an expiry. tests/test_dpo_reports.py checks this module against
-the replay on random event histories.
+error, and a renewal beats an expiry. For a closed consent `renewed`/`renewed_until` may
+count renewals after the closing event (the replay stops there): nothing reads them then.
+tests/test_dpo_reports.py holds all of this to the replay on random event histories.
+
+The state is computed over the aggregates in the grouped query itself, and nothing is
+joined to it before the report joins it, so the database sees that `consent_id` is unique
+there and plans the report's joins on it well.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
 
 from referral_api.consent.models import ConsentEvent, ConsentProvision
 from referral_api.consent.vocabulary import ConsentState, EventType
@@ -41,77 +48,66 @@ def _last(kind: EventType) -> Any:
 
 
 def consent_states(now: datetime, consent_ids: Select[Any] | None = None) -> Any:
-    """A subquery, one row per consent with an event at or before `now`:
-    `consent_id`, `derived` (the replayed state), `state` (as reported: `current_state`),
-    `renewed` (1/0) and `renewed_until`. `consent_ids` limits the work to some consents."""
-    times = (
-        select(
-            _EVENTS.c.consent_id,
-            _first(EventType.GIVEN).label("given_at"),
-            _first(EventType.WITHDRAWN).label("withdrawn_at"),
-            _first(EventType.REVOKED).label("revoked_at"),
-            _first(EventType.ENTERED_IN_ERROR).label("eie_at"),
-            _last(EventType.RENEWED).label("renewed_at"),
-            _last(EventType.EXPIRED).label("expired_at"),
-        )
-        .where(_EVENTS.c.occurred_at <= now)
-        .group_by(_EVENTS.c.consent_id)
-    )
-    ends = select(
-        _PROVISIONS.c.consent_id,
-        func.count().label("provisions"),
-        func.count(_PROVISIONS.c.valid_until).label("bounded"),
-        func.max(_PROVISIONS.c.valid_until).label("last_until"),
-    ).group_by(_PROVISIONS.c.consent_id)
-    if consent_ids is not None:
-        times = times.where(_EVENTS.c.consent_id.in_(consent_ids))
-        ends = ends.where(_PROVISIONS.c.consent_id.in_(consent_ids))
-    t = times.subquery("consent_event_times")
-    e = ends.subquery("consent_provision_ends")
-
+    """A subquery, one row per consent with an event at or before `now`: `consent_id`,
+    `derived` (the replayed state), `renewed` (1/0) and `renewed_until`. `consent_ids`
+    limits the work to some consents."""
+    given = _first(EventType.GIVEN)
+    withdrawn = _first(EventType.WITHDRAWN)
+    revoked = _first(EventType.REVOKED)
+    erroneous = _first(EventType.ENTERED_IN_ERROR)
+    renewed_at = _last(EventType.RENEWED)
+    expired_at = _last(EventType.EXPIRED)
     derived = case(
         (
             and_(
-                t.c.withdrawn_at.is_not(None),
-                or_(t.c.revoked_at.is_(None), t.c.withdrawn_at <= t.c.revoked_at),
-                or_(t.c.eie_at.is_(None), t.c.withdrawn_at <= t.c.eie_at),
+                withdrawn.is_not(None),
+                or_(revoked.is_(None), withdrawn <= revoked),
+                or_(erroneous.is_(None), withdrawn <= erroneous),
             ),
             ConsentState.WITHDRAWN.value,
         ),
         (
-            and_(
-                t.c.revoked_at.is_not(None),
-                or_(t.c.eie_at.is_(None), t.c.revoked_at <= t.c.eie_at),
-            ),
+            and_(revoked.is_not(None), or_(erroneous.is_(None), revoked <= erroneous)),
             ConsentState.REVOKED.value,
         ),
-        (t.c.eie_at.is_not(None), ConsentState.ENTERED_IN_ERROR.value),
-        (t.c.given_at.is_(None), None),
+        (erroneous.is_not(None), ConsentState.ENTERED_IN_ERROR.value),
+        (given.is_(None), None),
         (
             and_(
-                t.c.expired_at >= t.c.given_at,
-                or_(
-                    t.c.renewed_at.is_(None),
-                    t.c.renewed_at < t.c.given_at,
-                    t.c.expired_at > t.c.renewed_at,
-                ),
+                expired_at >= given,
+                or_(renewed_at.is_(None), renewed_at < given, expired_at > renewed_at),
             ),
             ConsentState.EXPIRED.value,
         ),
         else_=ConsentState.ACTIVE.value,
     )
     renewed: ColumnElement[bool] = and_(
-        t.c.given_at.is_not(None), t.c.renewed_at.is_not(None), t.c.renewed_at >= t.c.given_at
+        given.is_not(None), renewed_at.is_not(None), renewed_at >= given
     )
+    grouped = (
+        select(
+            _EVENTS.c.consent_id,
+            derived.label("derived"),
+            case((renewed, 1), else_=0).label("renewed"),
+            renewed_at.label("renewed_at"),
+        )
+        .where(_EVENTS.c.occurred_at <= now)
+        .group_by(_EVENTS.c.consent_id)
+    )
+    if consent_ids is not None:
+        grouped = grouped.where(_EVENTS.c.consent_id.in_(consent_ids))
+    g = grouped.subquery("consent_event_times")
+    # The latest renewal's end: looked up only for renewed consents (SQLite cannot refer to
+    # an aggregate from inside a subquery, so this sits one level out).
     latest = _EVENTS.alias("latest_renewal")
     renewed_until = case(
         (
-            renewed,
+            g.c.renewed == 1,
             select(latest.c.valid_until)
             .where(
-                latest.c.consent_id == t.c.consent_id,
+                latest.c.consent_id == g.c.consent_id,
                 latest.c.event_type == EventType.RENEWED,
-                latest.c.occurred_at == t.c.renewed_at,
+                latest.c.occurred_at == g.c.renewed_at,
             )
             .order_by(latest.c.id.desc())
             .limit(1)
@@ -119,34 +115,8 @@ def consent_states(now: datetime, consent_ids: Select[Any] | None = None) -> Any
         ),
         else_=None,
     )
-    replayed = select(
-        t.c.consent_id,
-        derived.label("derived"),
-        case((renewed, 1), else_=0).label("renewed"),
-        renewed_until.label("renewed_until"),
-        e.c.provisions,
-        e.c.bounded,
-        e.c.last_until,
-    ).outerjoin(e, e.c.consent_id == t.c.consent_id)
-    r = replayed.subquery("consent_replayed")
-    # current_state: every provision ended (the renewal's end when renewed) → expired.
-    all_ended = and_(
-        r.c.provisions > 0,
-        or_(
-            and_(r.c.renewed == 1, r.c.renewed_until.is_not(None), r.c.renewed_until <= now),
-            and_(r.c.renewed == 0, r.c.bounded == r.c.provisions, r.c.last_until <= now),
-        ),
-    )
-    state = case(
-        (and_(r.c.derived == ConsentState.ACTIVE.value, all_ended), ConsentState.EXPIRED.value),
-        else_=r.c.derived,
-    )
     return select(
-        r.c.consent_id,
-        r.c.derived,
-        state.label("state"),
-        r.c.renewed,
-        r.c.renewed_until,
+        g.c.consent_id, g.c.derived, g.c.renewed, renewed_until.label("renewed_until")
     ).subquery("consent_states")
 
 
@@ -163,4 +133,34 @@ def in_force(states: Any, now: datetime, provisions: Any = _PROVISIONS) -> Colum
         states.c.derived == ConsentState.ACTIVE.value,
         provisions.c.valid_from <= now,
         or_(until.is_(None), until > now),
+    )
+
+
+def provision_state(states: Any, now: datetime, provisions: Any = _PROVISIONS) -> Any:
+    """`decision.current_state` of the consent, evaluated on one of its provision rows: an
+    active consent whose provisions have all ended reads `expired`. When renewed, all its
+    provisions end with the renewal; otherwise this one has ended and no other is open."""
+    others = _PROVISIONS.alias("other_provision")
+    # `id <>` keeps this a lookup per row (a plain correlation on consent_id alone would let
+    # PostgreSQL hash every open provision first), and it only runs for ended provisions.
+    another_open = exists().where(
+        others.c.consent_id == provisions.c.consent_id,
+        others.c.id != provisions.c.id,
+        or_(others.c.valid_until.is_(None), others.c.valid_until > now),
+    )
+    all_ended = case(
+        (
+            states.c.renewed == 1,
+            and_(states.c.renewed_until.is_not(None), states.c.renewed_until <= now),
+        ),
+        else_=and_(
+            provisions.c.valid_until.is_not(None), provisions.c.valid_until <= now, ~another_open
+        ),
+    )
+    return case(
+        (
+            and_(states.c.derived == ConsentState.ACTIVE.value, all_ended),
+            ConsentState.EXPIRED.value,
+        ),
+        else_=states.c.derived,
     )

@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
+from sqlalchemy.orm import Session
 
 from referral_api.access.permissions import Permission
 from referral_api.dpo import ropa, service
@@ -55,16 +56,18 @@ def _wants_csv(args: dict[str, Any]) -> bool:
     return request.accept_mimetypes.best_match(["application/json", _CSV]) == _CSV
 
 
-def _csv(report: service.Report) -> Response:
+def _csv(report: service.Report, session: Session) -> Response:
     def body() -> Iterator[str]:
         try:
             yield from render_csv(report.columns, report.rows)
         finally:
-            # End the read transaction as soon as the last row is out (SQLite: its lock).
-            db.session.rollback()
+            # The rows are read through the request's session after the request has been
+            # torn down (no request context is needed for it): end that read transaction
+            # here, as soon as the last row is out (on SQLite it holds the write lock).
+            session.close()
 
     return Response(
-        stream_with_context(body()),
+        body(),
         mimetype=_CSV,
         headers={"Content-Disposition": f'attachment; filename="{report.name}.csv"'},
     )
@@ -74,9 +77,10 @@ def _report(run: Callable[..., service.Report], args: dict[str, Any], *extra: An
     """Run one report: CSV streams every row; JSON is a page with a `Link` to the next."""
     actor = current_actor()
     if _wants_csv(args):
-        report = run(db.session, actor, {**args, "limit": None}, *extra)
-        db.session.commit()  # the audit row is on the record before the first byte
-        return _csv(report)
+        session = db.session
+        report = run(session, actor, {**args, "limit": None}, *extra)
+        session.commit()  # the audit row is on the record before the first byte
+        return _csv(report, session)
     report = run(db.session, actor, args, *extra)
     rows = list(report.rows)
     db.session.commit()

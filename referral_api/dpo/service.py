@@ -23,7 +23,6 @@ from sqlalchemy import (
     Select,
     and_,
     case,
-    distinct,
     exists,
     func,
     literal,
@@ -31,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     union,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session
@@ -48,7 +48,12 @@ from referral_api.consent.models import ConsentEvent, ConsentProvision, ConsentR
 from referral_api.consent.vocabulary import EventType, Grantor
 from referral_api.db import Base
 from referral_api.dpo import keyset
-from referral_api.dpo.derived_state import consent_states, effective_until, in_force
+from referral_api.dpo.derived_state import (
+    consent_states,
+    effective_until,
+    in_force,
+    provision_state,
+)
 from referral_api.dpo.keyset import SortKey
 from referral_api.exceptions import Conflict, Forbidden, NotFound
 from referral_api.referrals.models import Disclosure, Referral
@@ -175,6 +180,19 @@ def _audit(
 
 # ---- shared pieces ------------------------------------------------------------------------
 
+# PostgreSQL settings for the report transaction only (set_config(…, is_local)): JIT
+# compilation cost more than these queries themselves (about 1 s of a 1 s consent summary in
+# bench/dpo_reports.py), and their hash joins and aggregates over a million rows want more
+# than the default 4 MB of working memory.
+_POSTGRES_REPORT_SETTINGS = (("jit", "off"), ("work_mem", "64MB"))
+
+
+def _tune(session: Session) -> None:
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for name, value in _POSTGRES_REPORT_SETTINGS:
+        session.execute(select(func.set_config(name, value, True)))
+
 
 def _split(value: str | None) -> list[str]:
     return [item for item in (value or "").split(",") if item]
@@ -209,10 +227,17 @@ def _has_category(column: Any, category: Category) -> ColumnElement[bool]:
     return (literal(",") + column + literal(",")).like(f"%,{category.value},%")
 
 
-def _shaped(
-    rows: Iterable[dict[str, Any]], shape: Callable[[dict[str, Any]], dict[str, Any]]
+def _exported(
+    session: Session,
+    name: str,
+    base: Select[Any],
+    order: list[SortKey],
+    cursor: str | None,
+    shape: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> Iterator[dict[str, Any]]:
-    for row in rows:
+    """Every row, read when the export is written (in a transaction of its own)."""
+    _tune(session)
+    for row in keyset.stream(session, name, base, order, cursor):
         yield shape(row)
 
 
@@ -227,8 +252,10 @@ def _listing(
 ) -> Report:
     """A page of `limit` rows, or (limit None) every row as a lazy export."""
     if filters.get("limit") is None:
-        rows = keyset.stream(session, name, base, order, filters.get("cursor"))
-        return Report(name, columns, _shaped(rows, shape))
+        return Report(
+            name, columns, _exported(session, name, base, order, filters.get("cursor"), shape)
+        )
+    _tune(session)
     page = keyset.page(session, name, base, order, filters.get("cursor"), filters["limit"])
     return Report(name, columns, [shape(row) for row in page.rows], page.next_cursor)
 
@@ -259,6 +286,7 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     name = "consent-summary"
     scope = report_scope(actor, name, filters)
     _audit(session, actor, name, filters)
+    _tune(session)
     at = now()
     r, p = _RECORDS, _PROVISIONS
     where = _scoped_consents(scope, filters)
@@ -266,20 +294,41 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     if filters.get("purpose") is not None:
         where.append(p.c.purpose == filters["purpose"])
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
-    group = (r.c.org_id, states.c.state, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
+    state = provision_state(states, at, p)
+    # A consent counts once per row: a provision repeating an earlier one of its consent in
+    # purpose and recipient is a repeat, and consents = provisions - repeats. (A DISTINCT
+    # count would sort every provision: seconds over a million cases.)
+    q = _PROVISIONS.alias("earlier")
+    repeats = (
+        select(p.c.id)
+        .where(
+            p.c.position > 0,
+            exists().where(
+                q.c.consent_id == p.c.consent_id,
+                q.c.position < p.c.position,
+                q.c.purpose == p.c.purpose,
+                q.c.recipient_org_id.is_not_distinct_from(p.c.recipient_org_id),
+                q.c.recipient_org_type.is_not_distinct_from(p.c.recipient_org_type),
+            ),
+        )
+        .subquery("repeats")
+    )
+    group = (r.c.org_id, state, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
     stmt = (
         select(
             r.c.org_id,
-            states.c.state,
+            state.label("state"),
             p.c.purpose,
             p.c.recipient_org_id,
             p.c.recipient_org_type,
-            func.count(distinct(r.c.id)).label("consents"),
-            func.count(p.c.id).label("provisions"),
+            (func.count() - func.count(repeats.c.id)).label("consents"),
+            func.count().label("provisions"),
             func.sum(case((in_force(states, at, p), 1), else_=0)).label("provisions_in_force"),
         )
         .select_from(
-            r.join(p, p.c.consent_id == r.c.id).outerjoin(states, states.c.consent_id == r.c.id)
+            r.join(p, p.c.consent_id == r.c.id)
+            .outerjoin(states, states.c.consent_id == r.c.id)
+            .outerjoin(repeats, repeats.c.id == p.c.id)
         )
         .where(*where)
         .group_by(*group)
@@ -390,59 +439,30 @@ def _within_ceiling(referral_categories: Any, org_type: Any) -> ColumnElement[bo
     return ~or_(*over) if over else literal(True)
 
 
-def _clearly_covered(r: Any, o: Any, at: datetime) -> ColumnElement[bool]:
-    """One provision alone covers the referral now (purpose, recipient, every category,
-    validity, consent state). Stricter than the decision — any closing or expired event,
-    or a renewal it cannot vouch for, leaves the referral to the exact check — so a
-    referral excluded here is certainly covered."""
+def _covering_provision(r: Any, o: Any, at: datetime, *, renewed: bool) -> Any:
+    """EXISTS one provision that alone covers the referral now: purpose, recipient, every
+    category, its window, and a consent with `given` and no closing or expired event —
+    without a renewal (`renewed` False: the provision's own end counts), or with renewals
+    all made after `given` and none ending by now (`renewed` True: the latest renewal's end
+    counts). Stricter than the decision, never looser: a referral neither form covers is
+    left to the exact check, so one that either covers is certainly covered.
+
+    Every condition is a plain AND of columns and EXISTS/NOT EXISTS, so the database turns
+    them into (parallel) semi- and anti-joins instead of a subquery per referral."""
     p = _PROVISIONS.alias("cover")
 
-    def has_event(build: Callable[[Any], list[Any]]) -> Any:
+    def events(*where: Any) -> Any:
         x = _EVENTS.alias()
-        return exists().where(x.c.consent_id == p.c.consent_id, *build(x))
+        return exists().where(x.c.consent_id == p.c.consent_id, *(w(x) for w in where))
 
-    given = has_event(lambda x: [x.c.event_type == EventType.GIVEN, x.c.occurred_at <= at])
-    closed = has_event(
-        lambda x: [
-            x.c.event_type.in_(
-                [
-                    EventType.WITHDRAWN,
-                    EventType.REVOKED,
-                    EventType.ENTERED_IN_ERROR,
-                    EventType.EXPIRED,
-                ]
-            )
-        ]
-    )
-    renewed = has_event(lambda x: [x.c.event_type == EventType.RENEWED])
-
-    def doubtful_renewal(x: Any) -> list[Any]:
-        g = _EVENTS.alias()
-        given_before = exists().where(
-            g.c.consent_id == p.c.consent_id,
-            g.c.event_type == EventType.GIVEN,
-            g.c.occurred_at < x.c.occurred_at,
-        )
-        return [
-            x.c.event_type == EventType.RENEWED,
-            or_(
-                x.c.occurred_at > at,
-                and_(x.c.valid_until.is_not(None), x.c.valid_until <= at),
-                ~given_before,
-            ),
-        ]
-
-    time_ok = or_(
-        and_(~renewed, or_(p.c.valid_until.is_(None), p.c.valid_until > at)),
-        and_(renewed, ~has_event(doubtful_renewal)),
-    )
-    categories = and_(
-        *(
-            or_(~_has_category(r.c.categories, c), _has_category(p.c.categories, c))
-            for c in Category
+    given = events(lambda x: x.c.event_type == EventType.GIVEN, lambda x: x.c.occurred_at <= at)
+    closed = events(
+        lambda x: x.c.event_type.in_(
+            [EventType.WITHDRAWN, EventType.REVOKED, EventType.ENTERED_IN_ERROR, EventType.EXPIRED]
         )
     )
-    return exists().where(
+    renewal = events(lambda x: x.c.event_type == EventType.RENEWED)
+    conditions = [
         p.c.case_id == r.c.case_id,
         p.c.purpose == r.c.purpose,
         or_(
@@ -450,11 +470,37 @@ def _clearly_covered(r: Any, o: Any, at: datetime) -> ColumnElement[bool]:
             and_(p.c.recipient_org_id.is_(None), p.c.recipient_org_type == o.c.org_type),
         ),
         p.c.valid_from <= at,
-        or_(p.c.categories == r.c.categories, categories),
+        or_(
+            p.c.categories == r.c.categories,
+            and_(
+                *(
+                    or_(~_has_category(r.c.categories, c), _has_category(p.c.categories, c))
+                    for c in Category
+                )
+            ),
+        ),
         given,
         ~closed,
-        time_ok,
-    )
+    ]
+    if not renewed:
+        conditions += [~renewal, or_(p.c.valid_until.is_(None), p.c.valid_until > at)]
+    else:
+        x, g = _EVENTS.alias("renewal"), _EVENTS.alias("given_before")
+        doubtful = exists().where(
+            x.c.consent_id == p.c.consent_id,
+            x.c.event_type == EventType.RENEWED,
+            or_(
+                x.c.occurred_at > at,
+                and_(x.c.valid_until.is_not(None), x.c.valid_until <= at),
+                ~exists().where(
+                    g.c.consent_id == p.c.consent_id,
+                    g.c.event_type == EventType.GIVEN,
+                    g.c.occurred_at < x.c.occurred_at,
+                ),
+            ),
+        )
+        conditions += [renewal, ~doubtful]
+    return exists().where(*conditions)
 
 
 def _consent_views(session: Session, case_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
@@ -536,27 +582,33 @@ def _uncovered(
 
 def _processing_rows(
     session: Session,
-    base: Select[Any],
+    base: Any,
     at: datetime,
     start: tuple[datetime, uuid.UUID] | None,
 ) -> Iterator[tuple[tuple[datetime, uuid.UUID, int], dict[str, Any]]]:
     """Uncovered live referrals (each followed by its disclosures), newest first, from the
     candidate at `start` (inclusive), keyed (created_at, referral id, position)."""
+    _tune(session)
     sub = base.subquery("candidates")
-    order = [SortKey("created_at", True), SortKey("referral_id", True)]
     columns = [sub.c.created_at, sub.c.referral_id]
-    inclusive = True
-    while True:
-        stmt = select(sub)
-        if start is not None:
-            beyond = keyset.after(columns, order, start)
-            if inclusive:
-                beyond = or_(beyond, and_(columns[0] == start[0], columns[1] == start[1]))
-            stmt = stmt.where(beyond)
-        stmt = stmt.order_by(columns[0].desc(), columns[1].desc()).limit(_EVALUATION_BATCH)
-        batch = [dict(row) for row in session.execute(stmt).mappings()]
-        if not batch:
-            return
+    stmt = select(sub)
+    if start is not None:
+        order = [SortKey("created_at", True), SortKey("referral_id", True)]
+        stmt = stmt.where(
+            or_(
+                keyset.after(columns, order, start),
+                and_(columns[0] == start[0], columns[1] == start[1]),
+            )
+        )
+    # Every candidate in one query: a healthy system has few, and a LIMIT or a server-side
+    # cursor would make the database plan for the first rows — probing provisions and events
+    # once per live referral — instead of joining them in bulk.
+    candidates = [
+        dict(row)
+        for row in session.execute(stmt.order_by(columns[0].desc(), columns[1].desc())).mappings()
+    ]
+    for offset in range(0, len(candidates), _EVALUATION_BATCH):
+        batch = candidates[offset : offset + _EVALUATION_BATCH]
         views = _consent_views(session, {row["case_id"] for row in batch})
         findings = {}
         for candidate in batch:
@@ -608,10 +660,6 @@ def _processing_rows(
                         "acknowledged_at": disclosure["acknowledged_at"],
                     },
                 )
-        if len(batch) < _EVALUATION_BATCH:
-            return
-        start = (batch[-1]["created_at"], batch[-1]["referral_id"])
-        inclusive = False
 
 
 def processing_without_basis(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
@@ -631,7 +679,6 @@ def processing_without_basis(session: Session, actor: Actor, filters: dict[str, 
     where = [
         r.c.status.in_(sorted(LIVE_STATUSES)),
         r.c.override_approved_at.is_(None),
-        or_(~_within_ceiling(r.c.categories, o.c.org_type), ~_clearly_covered(r, o, at)),
         scope.party(r.c.from_org_id, r.c.to_org_id),
         *_in_range(r.c.created_at, filters),
     ]
@@ -641,22 +688,32 @@ def processing_without_basis(session: Session, actor: Actor, filters: dict[str, 
         where.append(r.c.to_org_id == filters["recipient_org_id"])
     if filters.get("recipient_org_type") is not None:
         where.append(o.c.org_type == filters["recipient_org_type"])
-    base = (
-        select(
-            r.c.id.label("referral_id"),
-            r.c.case_id,
-            scope.sender_case_id(r.c.from_org_id, r.c.case_id).label("shown_case_id"),
-            r.c.from_org_id,
-            r.c.to_org_id,
-            o.c.org_type.label("to_org_type"),
-            r.c.purpose,
-            r.c.categories,
-            r.c.status,
-            r.c.created_at,
-            r.c.sent_at,
-        )
-        .select_from(r.join(o, o.c.id == r.c.to_org_id))
-        .where(*where)
+    columns = (
+        r.c.id.label("referral_id"),
+        r.c.case_id,
+        scope.sender_case_id(r.c.from_org_id, r.c.case_id).label("shown_case_id"),
+        r.c.from_org_id,
+        r.c.to_org_id,
+        o.c.org_type.label("to_org_type"),
+        r.c.purpose,
+        r.c.categories,
+        r.c.status,
+        r.c.created_at,
+        r.c.sent_at,
+    )
+    joined = r.join(o, o.c.id == r.c.to_org_id)
+    within = _within_ceiling(r.c.categories, o.c.org_type)
+    # Two selects rather than an OR, so that each NOT EXISTS can become an anti-join.
+    base = union_all(
+        select(*columns)
+        .select_from(joined)
+        .where(
+            *where,
+            within,
+            ~_covering_provision(r, o, at, renewed=False),
+            ~_covering_provision(r, o, at, renewed=True),
+        ),
+        select(*columns).select_from(joined).where(*where, ~within),
     )
     start: tuple[datetime, uuid.UUID] | None = None
     skip = 0

@@ -1,0 +1,725 @@
+"""The whole benchmark in one command (`make bench`).
+
+1. Seed the bench database with 100,000 encrypted cases (or reuse them) and the bare
+   baseline's plaintext twin tables.
+2. Serve the real app (`referral_api:create_app()`, production mode) and the bare baseline
+   (bench/bare_app.py) with gunicorn, sync workers, one per core; log in once for a JWT.
+3. Drive each endpoint of each app with wrk on loopback, real and bare interleaved, the same
+   duration and connections for both: GET /cases/{id}, exact name search, the case list,
+   POST /cases (last, so that the other runs see exactly the seeded data).
+4. Profile encryption's share of request CPU in-process (py-spy if installed, and cProfile).
+5. Time root-key rotation over 50,000 wrapped keys.
+6. Write bench/results/results.json and bench/results/summary.md and print the table.
+
+Everything it starts it stops; `--drop` removes the bench database at the end (keep it to
+rerun without seeding). Other load on the machine is measured while each figure is taken
+(CPU used by processes that are not the benchmark's) and reported next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+REAL_PORT = int(os.environ.get("BENCH_REAL_PORT", "8801"))
+BARE_PORT = int(os.environ.get("BENCH_BARE_PORT", "8802"))
+LUA = common.BENCH_DIR / "cases.lua"
+ENDPOINTS = (
+    ("get", "GET /api/v1/cases/{id}"),
+    ("search", "GET /api/v1/cases?name= (exact name)"),
+    ("list", "GET /api/v1/cases?limit=50"),
+    ("post", "POST /api/v1/cases"),
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- other load on the machine -----------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_ticks() -> int:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _ours() -> dict[int, int]:
+    """CPU ticks of the benchmark's processes: this process's descendants and the
+    PostgreSQL backends serving the bench database."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            titles[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        pid = int(entry.name)
+        parents[pid] = int(rest[1])
+        ticks[pid] = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    me = os.getpid()
+    ours: dict[int, int] = {}
+    for pid in ticks:
+        cursor, depth = pid, 0
+        while cursor not in (0, 1) and depth < 50:
+            if cursor == me:
+                ours[pid] = ticks[pid]
+                break
+            cursor, depth = parents.get(cursor, 0), depth + 1
+        if f" {common.DB_NAME} " in titles.get(pid, ""):
+            ours[pid] = ticks[pid]
+    return ours
+
+
+@contextmanager
+def cpu_watch(record: dict[str, Any]) -> Any:
+    """Adds `other_cpu_cores`: average CPU used by processes that are not the benchmark's
+    during the block (other users' test runs, ...). 0 on a quiet machine."""
+    busy0, ours0, t0 = _busy_ticks(), _ours(), time.perf_counter()
+    try:
+        yield
+    finally:
+        busy1, ours1, seconds = _busy_ticks(), _ours(), time.perf_counter() - t0
+        ours = sum(v - ours0.get(pid, 0) for pid, v in ours1.items())
+        other = max(0, (busy1 - busy0) - ours) / _TICK
+        record["other_cpu_cores"] = round(other / seconds, 2) if seconds else 0.0
+        record["bench_cpu_cores"] = round(ours / _TICK / seconds, 2) if seconds else 0.0
+
+
+# ---- servers -----------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name: str, port: int, target: str, env: dict[str, str], workers: int):
+        self.name, self.port = name, port
+        common.RESULTS.mkdir(parents=True, exist_ok=True)
+        self.log_path = common.RESULTS / f"{name}-server.log"
+        argv = [
+            str(common.VENV_BIN / "gunicorn"),
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ]
+        if name == "bare":
+            argv += ["--chdir", str(common.BENCH_DIR)]
+        argv.append(target)
+        self.log_file = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(common.REPO),
+        )
+        log(f"{name}: gunicorn pid {self.process.pid} on 127.0.0.1:{port} ({workers} workers)")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, path: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} server exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} server not ready after {timeout} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+        log(f"{self.name}: stopped")
+
+
+def http(
+    method: str, url: str, token: str | None = None, body: Any = None
+) -> tuple[int, Any, dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null"), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace"), dict(error.headers)
+
+
+def login(server: Server) -> str:
+    status, body, _ = http(
+        "POST",
+        server.url + "/api/v1/auth/login",
+        body={"email": common.USER_EMAIL, "password": common.USER_PASSWORD},
+    )
+    if status != 200:
+        raise RuntimeError(f"login failed: {status} {body}")
+    return str(body["access_token"])
+
+
+# ---- load --------------------------------------------------------------------------------
+
+
+def data_files(count: int) -> dict[str, Path]:
+    """Random seeded case ids, URL-encoded full names of seeded people, POST bodies."""
+    rng = random.Random(7)
+    common.WORKDIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = {
+        "get": common.WORKDIR / "ids.txt",
+        "search": common.WORKDIR / "names.txt",
+        "post": common.WORKDIR / "bodies.txt",
+    }
+    people = [common.person(rng.randrange(count)) for _ in range(20_000)]
+    files["get"].write_text("\n".join(str(p["id"]) for p in people) + "\n")
+    files["search"].write_text(
+        "\n".join(urllib.parse.quote(common.full_name(p)) for p in people[:5000]) + "\n"
+    )
+    files["post"].write_text(
+        "\n".join(json.dumps(common.request_body(10_000_000 + i)) for i in range(3000)) + "\n"
+    )
+    return files
+
+
+def wrk(
+    url: str, mode: str, data: Path | None, token: Path | None, seconds: int, args: Any
+) -> dict[str, Any]:
+    argv = [
+        "wrk",
+        "-t",
+        str(args.threads),
+        "-c",
+        str(args.connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        mode,
+        str(data) if data else "-",
+        str(token) if token else "-",
+    ]
+    completed = subprocess.run(argv, capture_output=True, text=True, check=True)
+    line = next((x for x in completed.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{completed.stdout}\n{completed.stderr}")
+    raw = json.loads(line.split(" ", 1)[1])
+    seconds_run = raw["duration_us"] / 1e6
+    errors = {k[len("errors_") :]: v for k, v in raw.items() if k.startswith("errors_") and v}
+    return {
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / seconds_run, 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p90_ms": round(raw["p90_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "max_ms": round(raw["max_us"] / 1000, 2),
+        "errors": errors,
+    }
+
+
+def sanity_checks(real: Server, bare: Server, token: str, count: int) -> None:
+    """Each endpoint answers correctly before it is loaded (decrypted values match)."""
+    p = common.person(random.Random(3).randrange(count))
+    status, body, headers = http("GET", f"{real.url}/api/v1/cases/{p['id']}", token)
+    assert status == 200, (status, body)
+    assert body["identity"]["given_name"] == p["identity"]["given_name"], body
+    assert "ETag" in headers or "Etag" in headers
+    name = urllib.parse.quote(common.full_name(p))
+    status, body, _ = http("GET", f"{real.url}/api/v1/cases?name={name}", token)
+    assert status == 200 and str(p["id"]) in {c["id"] for c in body}, (status, body)
+    status, body, _ = http("GET", f"{real.url}/api/v1/cases?limit=50", token)
+    assert status == 200 and len(body) == 50, status
+    status, body, _ = http("GET", f"{bare.url}/api/v1/cases/{p['id']}")
+    assert status == 200 and body["given_name"] == p["identity"]["given_name"], body
+    status, body, _ = http("GET", f"{bare.url}/api/v1/cases?name={name}")
+    assert status == 200 and str(p["id"]) in {c["id"] for c in body}, (status, body)
+    status, body, _ = http("GET", f"{bare.url}/api/v1/cases?limit=50")
+    assert status == 200 and len(body) == 50, status
+    log("sanity checks passed (real decrypts the seeded values; both find the name)")
+
+
+def remove_posted_cases() -> dict[str, int]:
+    """Cases created by the POST runs (the seeded ones have no creator)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(common.db_url())
+    removed = {}
+    with engine.begin() as connection:
+        posted = "SELECT id FROM cases WHERE created_by IS NOT NULL"
+        for table in ("case_search_index", "case_keys", "case_status_changes", "case_notes"):
+            connection.execute(text(f"DELETE FROM {table} WHERE case_id IN ({posted})"))
+        removed["real"] = connection.execute(
+            text("DELETE FROM cases WHERE created_by IS NOT NULL")
+        ).rowcount
+        removed["bare"] = connection.execute(
+            text("DELETE FROM bare_cases WHERE created_by IS NOT NULL")
+        ).rowcount
+    engine.dispose()
+    return removed
+
+
+# Suggested schema changes, applied to the bench database only for the `--what-if` pass
+# (the application's migrations are not touched; the indexes are dropped afterwards).
+WHAT_IF_INDEXES = {
+    # The audit sealer's `WHERE seq IS NULL ORDER BY id LIMIT 500` walks every sealed row.
+    "bench_whatif_audit_unsealed": "audit_events (id) WHERE seq IS NULL",
+    # The case list (and FK checks on cases.org_id) have no index to use.
+    "bench_whatif_cases_org_created": "cases (org_id, created_at DESC, id DESC)",
+    # ... and the same for the bare twin, so the list stays a like-for-like comparison.
+    "bench_whatif_bare_cases_org_created": "bare_cases (org_id, created_at DESC, id DESC)",
+}
+
+
+def what_if_indexes(create: bool) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(common.db_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for name, definition in WHAT_IF_INDEXES.items():
+            if create:
+                connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {definition}"))
+            else:
+                connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
+        if create:
+            connection.execute(text("ANALYZE audit_events"))
+            connection.execute(text("ANALYZE cases"))
+            connection.execute(text("ANALYZE bare_cases"))
+    engine.dispose()
+
+
+def audit_rows() -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(common.db_url())
+    with engine.connect() as connection:
+        count = int(connection.execute(text("SELECT count(*) FROM audit_events")).scalar() or 0)
+    engine.dispose()
+    return count
+
+
+def _log_run(name: str, label: str, record: dict[str, Any]) -> None:
+    log(
+        f"{name:>4} {label:<40} {record['rps']:>8.1f} req/s  "
+        f"p50 {record['p50_ms']:>7.2f} ms  p99 {record['p99_ms']:>7.2f} ms  "
+        f"errors {record['errors'] or 'none'}  other load {record['other_cpu_cores']} cores"
+    )
+
+
+def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
+    env = common.app_env()
+    bare_env = {"BARE_DATABASE_URL": common.db_url()}
+    runs: dict[str, Any] = {}
+    real = bare = None
+    try:
+        real = Server("real", REAL_PORT, "referral_api:create_app()", env, args.workers)
+        bare = Server("bare", BARE_PORT, "bare_app:create_app()", bare_env, args.workers)
+        real.wait_ready("/ready")
+        bare.wait_ready("/api/v1/cases?limit=1")
+        token_file = common.WORKDIR / "token"
+        token = login(real)
+        token_file.write_text(token + "\n")
+        sanity_checks(real, bare, token, args.count)
+        for mode, label in ENDPOINTS:
+            for server in (real, bare):
+                if server is real:
+                    token_file.write_text(login(real) + "\n")  # tokens live 15 minutes
+                token_arg = token_file if server is real else None
+                data = files.get(mode)
+                if args.warmup:
+                    wrk(server.url, mode, data, token_arg, args.warmup, args)
+                record: dict[str, Any] = {"endpoint": label, "audit_rows_before": audit_rows()}
+                with cpu_watch(record):
+                    record.update(wrk(server.url, mode, data, token_arg, args.duration, args))
+                runs[f"{mode}/{server.name}"] = record
+                _log_run(server.name, label, record)
+        # Latency without queueing: one connection, real app, search and read.
+        single = argparse.Namespace(threads=1, connections=1)
+        for mode, label in ENDPOINTS[:2]:
+            token_file.write_text(login(real) + "\n")
+            wrk(real.url, mode, files[mode], token_file, max(args.warmup, 1), single)
+            record = {"endpoint": label, "connections": 1, "audit_rows_before": audit_rows()}
+            with cpu_watch(record):
+                record.update(wrk(real.url, mode, files[mode], token_file, args.duration, single))
+            runs[f"{mode}/real/1-connection"] = record
+            _log_run("real", f"{label}, 1 connection", record)
+    finally:
+        for server in (real, bare):
+            if server is not None:
+                server.stop()
+    runs["removed_posted_cases"] = remove_posted_cases()
+    return runs
+
+
+# ---- profile and rotation (separate processes) -------------------------------------------
+
+
+def profile_crypto(args: Any) -> dict[str, Any]:
+    python = str(common.VENV_BIN / "python")
+    script = str(common.BENCH_DIR / "profile_requests.py")
+    py_spy = shutil.which("py-spy", path=str(common.VENV_BIN)) or shutil.which("py-spy")
+    out: dict[str, Any] = {}
+    for phase, n in (("get", args.profile_requests), ("post", args.profile_requests // 2)):
+        result: dict[str, Any] = {}
+        if py_spy:
+            stacks = common.RESULTS / f"profile-{phase}.stacks.txt"
+            subprocess.run(
+                [
+                    py_spy,
+                    "record",
+                    "--gil",
+                    "--rate",
+                    "500",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(stacks),
+                    "--",
+                    python,
+                    script,
+                    phase,
+                    str(n),
+                    "--count",
+                    str(args.count),
+                    "--json",
+                    str(common.RESULTS / f"profile-{phase}-run.json"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            result["py_spy"] = json.loads(
+                subprocess.run(
+                    [python, script, "classify", str(stacks)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            result["run"] = json.loads((common.RESULTS / f"profile-{phase}-run.json").read_text())
+        else:
+            log("py-spy not installed (pip install py-spy into .venv); cProfile only")
+        prof = common.RESULTS / f"profile-{phase}.prof"
+        result["cprofile"] = json.loads(
+            subprocess.run(
+                [
+                    python,
+                    script,
+                    phase,
+                    str(n),
+                    "--count",
+                    str(args.count),
+                    "--cprofile",
+                    str(prof),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        out[phase] = result
+        share = (result.get("py_spy") or {}).get("crypto_share")
+        log(f"profile {phase}: crypto share of request CPU {share}")
+    remove_posted_cases()
+    return out
+
+
+def rotation(args: Any) -> dict[str, Any]:
+    out = common.RESULTS / "rotation.json"
+    subprocess.run(
+        [
+            str(common.VENV_BIN / "python"),
+            str(common.BENCH_DIR / "rotate_keys.py"),
+            "--keys",
+            str(args.rotation_keys),
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result: dict[str, Any] = json.loads(out.read_text())
+    log(
+        f"rotate-root: {result['wrapped_keys']} keys, "
+        f"{result['rotate_root_in_process']['keys_per_second']:,.0f} keys/s in process"
+    )
+    return result
+
+
+def set_synchronous_commit(value: str) -> None:
+    """A database-level default: every connection the apps open later inherits it."""
+    from sqlalchemy import text
+
+    engine = common.admin_engine()
+    with engine.connect() as connection:
+        connection.execute(
+            text(f'ALTER DATABASE "{common.DB_NAME}" SET synchronous_commit TO {value}')
+        )
+    engine.dispose()
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        int(line.split()[1]) // 1024 // 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(common.db_url())
+    with engine.connect() as connection:
+        pg = connection.execute(text("SHOW server_version")).scalar()
+        settings = {
+            name: connection.execute(text(f"SHOW {name}")).scalar()
+            for name in ("shared_buffers", "synchronous_commit", "max_connections")
+        }
+    engine.dispose()
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    git = ["git", "-C", str(common.REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "referral_api"], capture_output=True, text=True
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "postgresql_settings": settings,
+        "wrk": wrk_version.splitlines()[0] if wrk_version else "?",
+        "kernel": platform.release(),
+        "git_head": head.stdout.strip(),
+        "referral_api_uncommitted_files": len(dirty.stdout.splitlines()),
+    }
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("pass" if ok else "**miss**")
+
+
+def load_table(runs: dict[str, Any]) -> list[str]:
+    lines = [
+        "| endpoint | app | req/s | p50 ms | p99 ms | ratio req/s | ratio p99 "
+        "| audit rows | other load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, label in ENDPOINTS:
+        real, bare = runs.get(f"{mode}/real"), runs.get(f"{mode}/bare")
+        if not (real and bare):
+            continue
+        for name, run in (("real", real), ("bare", bare)):
+            ratio = f"{real['rps'] / bare['rps']:.2f}x" if name == "real" else ""
+            p99 = f"{real['p99_ms'] / bare['p99_ms']:.2f}x" if name == "real" else ""
+            lines.append(
+                f"| {label} | {name} | {run['rps']:.0f} | {run['p50_ms']:.1f} | "
+                f"{run['p99_ms']:.1f} | {ratio} | {p99} | {run.get('audit_rows_before', '')} | "
+                f"{run['other_cpu_cores']} |"
+            )
+    return [*lines, ""]
+
+
+def summary(results: dict[str, Any]) -> str:
+    lines = []
+    runs = results.get("load", {})
+    if runs:
+        lines += load_table(runs)
+    if results.get("load_what_if"):
+        lines += ["What-if (suggested indexes, bench database only):", ""]
+        lines += load_table(results["load_what_if"])
+    lines += ["| figure | measured | target | result |", "|---|---:|---:|---|"]
+    seed = results.get("seed") or {}
+    if seed.get("cases_per_second"):
+        rate = seed["cases_per_second"]
+        lines.append(
+            f"| seeding encrypted cases | {rate:,.0f} cases/s | ≥ 2,000 | {_mark(rate >= 2000)} |"
+        )
+    if runs.get("get/real"):
+        g, b = runs["get/real"], runs["get/bare"]
+        lines.append(
+            f"| GET /cases/{{id}} throughput vs bare | {g['rps'] / b['rps']:.2f}x | ≥ 0.6x | "
+            f"{_mark(g['rps'] / b['rps'] >= 0.6)} |"
+        )
+        lines.append(
+            f"| GET /cases/{{id}} p99 vs bare | {g['p99_ms'] / b['p99_ms']:.2f}x "
+            f"({g['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms) | ≤ 2x | "
+            f"{_mark(g['p99_ms'] / b['p99_ms'] <= 2)} |"
+        )
+    if runs.get("post/real"):
+        p, b = runs["post/real"], runs["post/bare"]
+        lines.append(
+            f"| POST /cases throughput vs bare | {p['rps'] / b['rps']:.2f}x | ≥ 0.5x | "
+            f"{_mark(p['rps'] / b['rps'] >= 0.5)} |"
+        )
+    if runs.get("search/real"):
+        s = runs["search/real"]
+        lines.append(
+            f"| name search p99 at {results['cases']:,} cases | {s['p99_ms']:.1f} ms | ≤ 20 ms | "
+            f"{_mark(s['p99_ms'] <= 20)} |"
+        )
+    if runs.get("search/real/1-connection"):
+        s = runs["search/real/1-connection"]
+        lines.append(
+            f"| name search p99, 1 connection | {s['p99_ms']:.1f} ms (p50 {s['p50_ms']:.1f}) | "
+            f"≤ 20 ms | {_mark(s['p99_ms'] <= 20)} |"
+        )
+    for phase in ("get", "post"):
+        prof = (results.get("profile") or {}).get(phase) or {}
+        share = (prof.get("py_spy") or {}).get("crypto_share")
+        if share is not None:
+            lines.append(
+                f"| encryption share of request CPU, {phase.upper()} | {100 * share:.1f} % | "
+                f"≤ 5 % | {_mark(share <= 0.05)} |"
+            )
+    rot = results.get("rotation")
+    if rot:
+        rate = rot["rotate_root_in_process"]["keys_per_second"]
+        lines.append(
+            f"| root-key rotation ({rot['wrapped_keys']:,} wrapped keys) | {rate:,.0f} keys/s | "
+            f"≥ 20,000 | {_mark(rate >= 20_000)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="referral_api benchmarks")
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--seed-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--seed-batch", type=int, default=250)
+    parser.add_argument("--fresh", action="store_true", help="drop and reseed the database")
+    parser.add_argument(
+        "--synchronous-commit",
+        default="off",
+        choices=["on", "off"],
+        help="PostgreSQL synchronous_commit for the bench database (see README)",
+    )
+    parser.add_argument("--drop", action="store_true", help="drop the bench database at the end")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn")
+    parser.add_argument("--duration", type=int, default=20, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile-requests", type=int, default=2000)
+    parser.add_argument(
+        "--what-if",
+        action="store_true",
+        help="repeat the load runs with the suggested indexes (see README)",
+    )
+    parser.add_argument("--rotation-keys", type=int, default=50_000)
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["load", "profile", "rotation"]
+    )
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get update && apt-get install -y wrk")
+    import bare_app
+    import seed_cases
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"cases": args.count, "settings": vars(args)}
+    try:
+        if args.fresh and common.database_exists():
+            common.drop_database()
+        if not common.database_exists():
+            common.create_database()
+        set_synchronous_commit(args.synchronous_commit)
+        log(f"seeding {args.count:,} encrypted cases (or reusing them)")
+        seed_record: dict[str, Any] = {}
+        with cpu_watch(seed_record):
+            seed_record.update(seed_cases.seed(args.count, args.seed_workers, args.seed_batch))
+        if seed_record.get("reused"):
+            previous = common.RESULTS / "seed.json"
+            if previous.exists():
+                seed_record = {**json.loads(previous.read_text()), "reused": True}
+        results["seed"] = seed_record
+        results["machine"] = machine()
+        if "load" not in args.skip:
+            log("seeding the bare baseline's plaintext twin")
+            results["bare_seed"] = bare_app.seed(common.db_url(), args.count)
+            files = data_files(args.count)
+            results["load"] = load_runs(args, files)
+            if args.what_if:
+                log("what-if: the same runs with the suggested indexes (bench database only)")
+                what_if_indexes(create=True)
+                try:
+                    results["load_what_if"] = load_runs(args, files)
+                finally:
+                    what_if_indexes(create=False)
+        if "profile" not in args.skip:
+            log("profiling encryption's share of request CPU")
+            results["profile"] = profile_crypto(args)
+        if "rotation" not in args.skip:
+            log(f"root-key rotation over {args.rotation_keys:,} synthetic wrapped keys")
+            results["rotation"] = rotation(args)
+    finally:
+        results["total_seconds"] = round(time.perf_counter() - started, 1)
+        common.write_json(common.RESULTS / "results.json", results)
+        table = summary(results)
+        (common.RESULTS / "summary.md").write_text(table, encoding="utf-8")
+        print(table)
+        log(f"done in {results['total_seconds']:.0f} s; results in {common.RESULTS}")
+        if args.drop:
+            common.drop_database()
+            shutil.rmtree(common.WORKDIR, ignore_errors=True)
+            log(f"dropped database {common.DB_NAME} and {common.WORKDIR}")
+
+
+if __name__ == "__main__":
+    main()

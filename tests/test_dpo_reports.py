@@ -1,0 +1,925 @@
+"""DPO reports (issue 6, DESIGN.md §11): known answers over a seeded world, JSON and CSV
+agreeing, processing without a basis found after tampering, override review, scope per
+organisation, no personal field anywhere, and the SQL consent state held to the replay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from dpo_support import NOTICE, DpoWorld, as_csv_cells, assert_no_personal_data, iso
+from referral_support import API, create_case
+from sqlalchemy import select
+
+from referral_api.access.actor import Actor
+from referral_api.access.categories import ORG_TYPE_CEILINGS, Category
+from referral_api.access.roles import OrgType, Role
+from referral_api.audit.models import AuditEvent
+from referral_api.consent.decision import (
+    ConsentView,
+    EventView,
+    ProvisionView,
+    current_state,
+    decide_disclosure,
+    derive_state,
+)
+from referral_api.consent.models import ConsentEvent, ConsentProvision, ConsentRecord
+from referral_api.consent.service import SPECIAL_CATEGORIES
+from referral_api.consent.vocabulary import (
+    Article6Basis,
+    Article9Condition,
+    ConsentState,
+    EventType,
+    Purpose,
+)
+from referral_api.dpo import service
+from referral_api.dpo.derived_state import consent_states, provision_state
+from referral_api.dpo.schemas import ROW_SCHEMAS
+from referral_api.extensions import db
+from referral_api.referrals.models import Referral
+
+LISTS = {
+    "consents-expiring": {"within_days": 30},
+    "processing-without-basis": {},
+    "overrides": {},
+    "disclosures": {},
+    "erasures": {},
+    "quality": {},
+}
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    return {**app_config, "KNOWN_NOTICE_VERSIONS": [NOTICE, "2025-06"]}
+
+
+@pytest.fixture
+def world(app: Any, client: Any, factory: Any) -> DpoWorld:
+    return DpoWorld(app, client, factory)
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    return {row[key]: row for row in rows}
+
+
+def _tamper_withdraw(world: DpoWorld, consent: str) -> None:
+    """A `withdrawn` event written straight into the table: nothing was cancelled."""
+    world.sql(
+        "INSERT INTO consent_events (id, consent_id, case_id, event_type, occurred_at) "
+        "SELECT :id, id, case_id, 'withdrawn', :at FROM consent_records WHERE id = :consent",
+        id=uuid.uuid4(),
+        consent=uuid.UUID(world.consent[consent]),
+        at=world.now - timedelta(minutes=1),
+    )
+
+
+def _add_tombstones(world: DpoWorld) -> bool:
+    table = service.erasure_register_table()
+    if table is None:
+        return False
+    with db.engine_for(world.app).begin() as connection:
+        for case, org in (("case3", "A"), ("caseB", "B")):
+            connection.execute(
+                table.insert().values(
+                    id=uuid.uuid4(),
+                    case_id=uuid.UUID(world.case[case]),
+                    org_id=world.org[org],
+                    basis="consent_withdrawn",
+                    requested_by=world.user["a"],
+                    approved_by=world.user["a_dpo"],
+                    erased_at=world.now,
+                    data_keys_destroyed=1,
+                    ciphertexts_cleared=30,
+                    index_entries_deleted=6,
+                    referrals_cancelled=0,
+                    key_digest="0" * 64,
+                )
+            )
+    return True
+
+
+# ---- shape --------------------------------------------------------------------------------
+
+
+def test_every_row_schema_declares_exactly_the_report_columns() -> None:
+    assert set(ROW_SCHEMAS) == set(service.REPORTS)
+    for name, columns in service.REPORTS.items():
+        schema = ROW_SCHEMAS[name]()
+        keys = [field.data_key or key for key, field in schema.fields.items()]
+        assert keys == list(columns), name
+
+
+# ---- consent-summary ----------------------------------------------------------------------
+
+
+def test_consent_summary_counts_by_derived_state(world: DpoWorld) -> None:
+    rows = world.report("consent-summary", "a_dpo").get_json()
+    org_a, legal, shelter = str(world.org["A"]), str(world.org["L"]), str(world.org["S"])
+    got = {
+        (r["state"], r["purpose"], r["recipient_org_id"] or r["recipient_org_type"]): (
+            r["consents"],
+            r["provisions"],
+            r["provisions_in_force"],
+        )
+        for r in rows
+    }
+    assert {r["org_id"] for r in rows} == {org_a}
+    assert got == {
+        # C1 (one provision) and C9 (two provisions, each one category).
+        ("active", "legal_assistance", legal): (2, 3, 3),
+        ("active", "law_enforcement_report", "police"): (1, 1, 1),
+        # Renewed to end in five days: still in force.
+        ("active", "shelter", shelter): (1, 1, 1),
+        ("active", "case_management", "social_services"): (1, 1, 1),
+        ("withdrawn", "psychosocial_support", legal): (1, 1, 0),
+        ("revoked", "legal_assistance", "legal_aid"): (1, 1, 0),
+        # Its only provision ended yesterday: expired with no `expired` event.
+        ("expired", "health", "health"): (1, 1, 0),
+        ("entered_in_error", "statistics", "ngo"): (1, 1, 0),
+    }
+    # Filters: purpose, recipient (an organisation, or a type naming it or its type).
+    assert [
+        r["state"] for r in world.report("consent-summary", "a_dpo", purpose="health").get_json()
+    ] == ["expired"]
+    by_org = world.report("consent-summary", "a_dpo", recipient_org_id=legal).get_json()
+    assert sorted((r["state"], r["provisions"]) for r in by_org) == [
+        ("active", 3),
+        ("withdrawn", 1),
+    ]
+    by_type = world.report("consent-summary", "a_dpo", recipient_org_type="legal_aid").get_json()
+    assert sum(r["provisions"] for r in by_type) == 5  # 3 + 1 by id, 1 by type
+    # B's DPO sees B only; the platform's sees both.
+    b_rows = world.report("consent-summary", "b_dpo").get_json()
+    assert [(r["org_id"], r["state"], r["consents"]) for r in b_rows] == [
+        (str(world.org["B"]), "active", 1)
+    ]
+    everything = world.report("consent-summary", "plat_dpo").get_json()
+    assert sum(r["consents"] for r in everything) == 10
+    only_b = world.report("consent-summary", "plat_dpo", org_id=str(world.org["B"])).get_json()
+    assert only_b == b_rows
+
+
+def test_consent_summary_date_range_is_when_the_consent_was_recorded(world: DpoWorld) -> None:
+    later = iso(world.now + timedelta(days=1))
+    assert world.report("consent-summary", "a_dpo", **{"from": later}).get_json() == []
+    earlier = iso(world.now - timedelta(days=1))
+    rows = world.report("consent-summary", "a_dpo", **{"from": earlier, "to": later}).get_json()
+    assert sum(r["provisions"] for r in rows) == 10
+    world.report("consent-summary", "a_dpo", 422, **{"from": later, "to": earlier})
+
+
+# ---- consents-expiring --------------------------------------------------------------------
+
+
+def test_consents_expiring_uses_the_latest_renewal(world: DpoWorld) -> None:
+    rows = world.rows("consents-expiring", "a_dpo", within_days=14)
+    assert [(r["purpose"], r["renewed"]) for r in rows] == [
+        ("shelter", True),  # renewed: ends in 5 days (its own end is in 40)
+        ("law_enforcement_report", False),  # ends in 10 days
+    ]
+    assert rows[0]["consent_id"] == world.consent["C2"]
+    assert rows[0]["categories"] == ["identity", "location", "needs"]
+    assert [r["purpose"] for r in world.rows("consents-expiring", "a_dpo", within_days=7)] == [
+        "shelter"
+    ]
+    assert world.rows("consents-expiring", "a_dpo", within_days=3) == []
+    # The 40-day end no longer applies: a 60-day window still holds the two.
+    assert len(world.rows("consents-expiring", "a_dpo", within_days=60)) == 2
+    assert world.rows("consents-expiring", "b_dpo", within_days=60) == []
+    world.report("consents-expiring", "a_dpo", 422, within_days=0)
+
+
+# ---- processing-without-basis -------------------------------------------------------------
+
+
+def test_processing_without_basis_is_empty_in_a_healthy_system(world: DpoWorld) -> None:
+    # R6 is covered only by two provisions together: not reported. R5 rests on an approved
+    # override; R4 was cancelled when its consent was withdrawn.
+    for who in ("a_dpo", "b_dpo", "l_dpo", "s_dpo", "plat_dpo"):
+        assert world.rows("processing-without-basis", who) == [], who
+        assert world.csv_rows("processing-without-basis", who)[1] == [], who
+
+
+def test_processing_without_basis_finds_a_withdrawal_written_behind_the_services_back(
+    world: DpoWorld,
+) -> None:
+    _tamper_withdraw(world, "C1")
+    rows = world.rows("processing-without-basis", "a_dpo")
+    assert [(r["kind"], r["referral_id"]) for r in rows] == [
+        ("referral", world.referral["R2"]),
+        ("disclosure", world.referral["R2"]),
+        ("referral", world.referral["R1"]),
+        ("disclosure", world.referral["R1"]),
+    ]
+    r2, r2_disclosure = rows[0], rows[1]
+    assert r2["status"] == "accepted"
+    assert r2["uncovered_categories"] == ["contact", "identity"]
+    assert r2["reason"] == "consent withdrawn"
+    assert r2["case_id"] == world.case["case1"]
+    assert r2_disclosure["disclosure_id"] is not None
+    assert r2_disclosure["acknowledged_at"] is not None
+    # Pages of one row walk the same rows in the same order.
+    assert world.rows("processing-without-basis", "a_dpo", limit=1) == rows
+    # The receiver's DPO sees its own part, without the sender's case id; B sees nothing.
+    legal = world.rows("processing-without-basis", "l_dpo")
+    assert [(r["kind"], r["referral_id"], r["case_id"]) for r in legal] == [
+        ("referral", world.referral["R1"], None),
+        ("disclosure", world.referral["R1"], None),
+    ]
+    assert world.rows("processing-without-basis", "b_dpo") == []
+    assert len(world.rows("processing-without-basis", "plat_dpo")) == 4
+    assert world.rows("processing-without-basis", "a_dpo", recipient_org_type="police") == rows[:2]
+
+
+def test_processing_without_basis_finds_a_provision_narrowed_in_place(world: DpoWorld) -> None:
+    world.sql(
+        "UPDATE consent_provisions SET categories = 'identity' WHERE consent_id = :id",
+        id=uuid.UUID(world.consent["CB"]),
+    )
+    rows = world.rows("processing-without-basis", "b_dpo")
+    assert [(r["kind"], r["referral_id"], r["uncovered_categories"]) for r in rows] == [
+        ("referral", world.referral["RB"], ["legal"]),
+        ("disclosure", world.referral["RB"], ["legal"]),
+    ]
+    assert rows[0]["reason"] == "no provision covers it"
+    assert world.rows("processing-without-basis", "a_dpo") == []
+    assert len(world.rows("processing-without-basis", "l_dpo")) == 2
+
+
+# ---- overrides ----------------------------------------------------------------------------
+
+
+def test_overrides_report_and_review(world: DpoWorld, app: Any) -> None:
+    rows = world.rows("overrides", "a_dpo")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["referral_id"] == world.referral["R5"]
+    assert row["override_reason"] == "vital_interests"
+    assert row["requested_by"] == str(world.user["a"])
+    assert row["approved_by"] == str(world.user["a_sup"])
+    assert row["approved_at"] is not None
+    assert (row["reviewed_by"], row["reviewed_at"]) == (None, None)
+    assert world.rows("overrides", "a_dpo", reviewed="true") == []
+    # The receiving shelter's DPO sees it without the sender's case id.
+    assert [r["case_id"] for r in world.rows("overrides", "s_dpo")] == [None]
+    assert world.rows("overrides", "b_dpo") == []
+
+    url = f"{API}/dpo/overrides/{world.referral['R5']}/review"
+    assert_problem(world.client.post(url, headers=world.h["b_dpo"]), 404)
+    assert_problem(world.client.post(url, headers=world.h["s_dpo"]), 403)
+    reviewed = world.client.post(url, headers=world.h["a_dpo"])
+    assert reviewed.status_code == 200, reviewed.get_data(True)
+    body = reviewed.get_json()
+    assert body["reviewed_by"] == str(world.user["a_dpo"])
+    assert body["reviewed_at"] is not None
+    assert_problem(world.client.post(url, headers=world.h["a_dpo"]), 409)
+    assert_problem(world.client.post(url, headers=world.h["plat_dpo"]), 409)
+    # No override on R1; no such referral at all.
+    for other in (world.referral["R1"], str(uuid.uuid4())):
+        response = world.client.post(
+            f"{API}/dpo/overrides/{other}/review", headers=world.h["a_dpo"]
+        )
+        assert_problem(response, 404)
+    assert [r["reviewed_by"] for r in world.rows("overrides", "a_dpo", reviewed="true")] == [
+        str(world.user["a_dpo"])
+    ]
+    assert world.rows("overrides", "a_dpo", reviewed="false") == []
+    with db.session_factory_for(app)() as s:
+        actions = [
+            (e.action, e.decision, e.actor_id)
+            for e in s.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.resource_id == world.referral["R5"])
+                .where(AuditEvent.action == "dpo:override-review")
+                .order_by(AuditEvent.id)
+            )
+        ]
+        s.rollback()
+    assert actions == [
+        ("dpo:override-review", "deny", world.user["b_dpo"]),
+        ("dpo:override-review", "deny", world.user["s_dpo"]),
+        ("dpo:override-review", "allow", world.user["a_dpo"]),
+    ]
+
+
+# ---- disclosures --------------------------------------------------------------------------
+
+
+def test_disclosures_per_case_and_per_recipient(world: DpoWorld) -> None:
+    rows = world.rows("disclosures", "a_dpo")
+    assert {r["referral_id"] for r in rows} == {
+        world.referral[name] for name in ("R1", "R2", "R3", "R4", "R5", "R6")
+    }
+    assert [r["disclosed_at"] for r in rows] == sorted(
+        (r["disclosed_at"] for r in rows), reverse=True
+    )
+    police = world.rows("disclosures", "a_dpo", recipient_org_type="police")
+    assert len(police) == 1
+    assert police[0]["referral_id"] == world.referral["R2"]
+    assert police[0]["categories"] == ["contact", "identity"]
+    assert police[0]["basis_type"] == "consent"
+    assert police[0]["acknowledged_at"] is not None
+    override = _by(rows, "referral_id")[world.referral["R5"]]
+    assert (override["basis_type"], override["basis"]) == ("override", "vital_interests")
+    one_case = world.rows("disclosures", "a_dpo", case_id=world.case["case1"])
+    assert {r["referral_id"] for r in one_case} == {world.referral["R1"], world.referral["R2"]}
+    assert len(world.rows("disclosures", "a_dpo", purpose="shelter")) == 2
+    assert len(world.rows("disclosures", "a_dpo", recipient_org_id=str(world.org["L"]))) == 3
+    # Legal aid received four (R1, R4, R6 from A; RB from B) and learns no case id.
+    legal = world.rows("disclosures", "l_dpo")
+    assert len(legal) == 4
+    assert {r["case_id"] for r in legal} == {None}
+    # A case id is looked up only by its controller.
+    assert world.rows("disclosures", "l_dpo", case_id=world.case["case1"]) == []
+    assert [r["referral_id"] for r in world.rows("disclosures", "b_dpo")] == [world.referral["RB"]]
+    assert len(world.rows("disclosures", "plat_dpo")) == 7
+
+
+# ---- access-log ---------------------------------------------------------------------------
+
+
+def test_access_log_lists_every_audit_row_of_the_case(world: DpoWorld, app: Any) -> None:
+    case_id = world.case["case1"]
+    with db.session_factory_for(app)() as s:
+        before = list(
+            s.scalars(select(AuditEvent.id).where(AuditEvent.case_id == uuid.UUID(case_id)))
+        )
+        s.rollback()
+    rows = world.rows("access-log", "a_dpo", case_id=case_id, limit=3)
+    # Newest first; the report's own reading is on the record first.
+    assert rows[0]["action"] == "dpo:report"
+    assert rows[0]["actor_id"] == str(world.user["a_dpo"])
+    assert sorted(r["audit_id"] for r in rows[1:]) == sorted(before)
+    actions = Counter(r["action"] for r in rows)
+    assert actions["referral:send"] == 2
+    assert actions["consent:record"] == 1
+    accepted = next(r for r in rows if r["action"] == "referral:accepted")
+    assert (accepted["actor_role"], accepted["actor_org_id"]) == (
+        "police_officer",
+        str(world.org["P"]),
+    )
+    # Outside scope: 404, for another controller and for a receiver alike.
+    for who in ("b_dpo", "l_dpo"):
+        body = assert_problem(
+            world.client.get(
+                f"{API}/dpo/reports/access-log",
+                query_string={"case_id": case_id},
+                headers=world.h[who],
+            ),
+            404,
+        )
+        assert case_id not in json.dumps(body)
+    assert_problem(
+        world.client.get(
+            f"{API}/dpo/reports/access-log",
+            query_string={"case_id": str(uuid.uuid4())},
+            headers=world.h["a_dpo"],
+        ),
+        404,
+    )
+    assert world.rows("access-log", "plat_dpo", case_id=case_id)[0]["actor_id"] == str(
+        world.user["plat_dpo"]
+    )
+    world.report("access-log", "a_dpo", 422)  # case_id is required
+
+
+# ---- erasures -----------------------------------------------------------------------------
+
+
+def test_erasure_register_per_organisation(world: DpoWorld) -> None:
+    if not _add_tombstones(world):
+        assert world.rows("erasures", "a_dpo") == []
+        return
+    rows = world.rows("erasures", "a_dpo")
+    assert [(r["case_id"], r["basis"], r["data_keys_destroyed"]) for r in rows] == [
+        (world.case["case3"], "consent_withdrawn", 1)
+    ]
+    assert rows[0]["key_digest"] == "0" * 64
+    assert [r["case_id"] for r in world.rows("erasures", "b_dpo")] == [world.case["caseB"]]
+    assert len(world.rows("erasures", "plat_dpo")) == 2
+    assert world.rows("erasures", "a_dpo", to=iso(world.now - timedelta(days=1))) == []
+
+
+# ---- quality ------------------------------------------------------------------------------
+
+
+def test_quality_flags_record_keeping_faults(world: DpoWorld) -> None:
+    rows = world.rows("quality", "a_dpo")
+    flagged = {r["consent_id"]: r for r in rows}
+    # Every consent of A but C1 lacks evidence; C5 also has the two other faults.
+    assert set(flagged) == {world.consent[c] for c in ("C2", "C3", "C4", "C5", "C6", "C7", "C9")}
+    c5 = flagged[world.consent["C5"]]
+    assert (c5["no_evidence"], c5["minor_without_guardian"], c5["unknown_notice_version"]) == (
+        True,
+        True,
+        True,
+    )
+    assert (c5["is_minor"], c5["grantor"], c5["notice_version"]) == (True, "person", "2019-01")
+    assert sum(r["minor_without_guardian"] for r in rows) == 1
+    assert sum(r["unknown_notice_version"] for r in rows) == 1
+    assert len(world.rows("quality", "a_dpo", issue="no_evidence")) == 7
+    assert [
+        r["consent_id"] for r in world.rows("quality", "a_dpo", issue="unknown_notice_version")
+    ] == [world.consent["C5"]]
+    assert len(world.rows("quality", "a_dpo", purpose="case_management")) == 1
+    assert [r["consent_id"] for r in world.rows("quality", "b_dpo")] == [world.consent["CB"]]
+    world.report("quality", "a_dpo", 422, issue="spelling")
+
+
+# ---- JSON and CSV, scope, personal data, audit --------------------------------------------
+
+
+def test_json_pages_and_csv_hold_the_same_rows_in_the_same_order(world: DpoWorld) -> None:
+    _tamper_withdraw(world, "C1")
+    _add_tombstones(world)
+    for who in ("a_dpo", "l_dpo", "plat_dpo"):
+        for name, params in {**LISTS, "consent-summary": {}}.items():
+            json_rows = (
+                world.report(name, who).get_json()
+                if name == "consent-summary"
+                else world.rows(name, who, limit=2, **params)
+            )
+            header, csv_rows = world.csv_rows(name, who, **params)
+            assert header == list(service.REPORTS[name]), name
+            assert csv_rows == [as_csv_cells(row) for row in json_rows], (who, name)
+    # The access log grows by one row per reading (each page's own): the CSV holds the
+    # JSON's rows after the readings made since.
+    json_rows = world.rows("access-log", "a_dpo", case_id=world.case["case2"], limit=4)
+    _, csv_rows = world.csv_rows("access-log", "a_dpo", case_id=world.case["case2"])
+    newest = json_rows[0]["audit_id"]
+    since = [row for row in csv_rows if int(row["audit_id"]) > newest]
+    assert {(row["action"], row["actor_id"]) for row in since} == {
+        ("dpo:report", str(world.user["a_dpo"]))
+    }
+    assert csv_rows[len(since) :] == [as_csv_cells(row) for row in json_rows]
+    # `?format=csv` is the same as the Accept header.
+    response = world.report("overrides", "a_dpo", format="csv")
+    assert response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+
+
+def test_no_report_holds_a_personal_field(world: DpoWorld) -> None:
+    _tamper_withdraw(world, "C1")
+    _add_tombstones(world)
+    reports = {
+        **LISTS,
+        "consent-summary": {},
+        "access-log": {"case_id": world.case["case1"]},
+    }
+    for who in ("a_dpo", "l_dpo", "s_dpo", "plat_dpo"):
+        for name, params in reports.items():
+            if name == "access-log" and who in ("l_dpo", "s_dpo"):
+                continue
+            for fmt in ("json", "csv"):
+                response = world.report(name, who, format=fmt, **params)
+                assert_no_personal_data(response.get_data(as_text=True))
+    ropa = world.client.get(f"{API}/dpo/ropa", headers=world.h["a_dpo"])
+    assert_no_personal_data(ropa.get_data(as_text=True))
+
+
+def test_no_report_shows_another_organisations_cases(world: DpoWorld) -> None:
+    _tamper_withdraw(world, "C1")
+    b_case, b_consent, b_referral = world.case["caseB"], world.consent["CB"], world.referral["RB"]
+    a_ids = {world.case[c] for c in world.case if c != "caseB"} | {
+        world.consent[c] for c in world.consent if c != "CB"
+    }
+    for name, params in {**LISTS, "consent-summary": {}}.items():
+        for fmt in ("json", "csv"):
+            a_text = world.report(name, "a_dpo", format=fmt, **params).get_data(as_text=True)
+            for foreign in (b_case, b_consent, b_referral, str(world.org["B"])):
+                assert foreign not in a_text, (name, fmt)
+            b_text = world.report(name, "b_dpo", format=fmt, **params).get_data(as_text=True)
+            assert not any(own in b_text for own in a_ids), (name, fmt)
+            # A receiver never learns a sender's case id.
+            l_text = world.report(name, "l_dpo", format=fmt, **params).get_data(as_text=True)
+            assert not any(world.case[c] in l_text for c in world.case), (name, fmt)
+
+
+def test_an_organisations_dpo_cannot_ask_for_another_organisation(world: DpoWorld) -> None:
+    response = world.client.get(
+        f"{API}/dpo/reports/disclosures",
+        query_string={"org_id": str(world.org["B"])},
+        headers=world.h["a_dpo"],
+    )
+    assert_problem(response, 403)
+    own = world.rows("disclosures", "a_dpo", org_id=str(world.org["A"]))
+    assert len(own) == 6
+    plat = world.rows("disclosures", "plat_dpo", org_id=str(world.org["L"]))
+    assert len(plat) == 4
+
+
+def test_every_report_call_is_audited(world: DpoWorld, app: Any) -> None:
+    calls = {**LISTS, "consent-summary": {}, "access-log": {"case_id": world.case["case4"]}}
+    for name, params in calls.items():
+        world.report(name, "a_dpo", **params)
+        world.csv_rows(name, "a_dpo", **params)
+    world.client.get(f"{API}/dpo/ropa", headers=world.h["a_dpo"])
+    with db.session_factory_for(app)() as s:
+        events = list(
+            s.scalars(
+                select(AuditEvent).where(AuditEvent.action == "dpo:report").order_by(AuditEvent.id)
+            )
+        )
+        s.expunge_all()
+        s.rollback()
+    reports = Counter(json.loads(e.details)["report"] for e in events)
+    assert reports == {**dict.fromkeys(calls, 2), "ropa": 1}
+    assert {e.actor_id for e in events} == {world.user["a_dpo"]}
+    exports = [e for e in events if json.loads(e.details).get("export")]
+    assert len(exports) == len(calls)
+    log = next(e for e in events if json.loads(e.details)["report"] == "access-log")
+    assert log.case_id == uuid.UUID(world.case["case4"])
+
+
+def test_a_cursor_is_checked(world: DpoWorld) -> None:
+    page = world.report("disclosures", "a_dpo", limit=2)
+    link = page.headers["Link"]
+    cursor = link[link.index("cursor=") + 7 :].split("&")[0].split(">")[0]
+    world.report("disclosures", "a_dpo", cursor=cursor)
+    # Another report's cursor, and garbage, are refused.
+    world.report("overrides", "a_dpo", 422, cursor=cursor)
+    world.report("disclosures", "a_dpo", 422, cursor="bm90IGEgY3Vyc29y")
+
+
+# ---- the record of processing -------------------------------------------------------------
+
+
+def test_record_of_processing_is_generated_from_code_and_configuration(
+    world: DpoWorld, app: Any
+) -> None:
+    response = world.client.get(f"{API}/dpo/ropa", headers=world.h["a_dpo"])
+    assert response.status_code == 200, response.get_data(True)
+    ropa = response.get_json()
+    assert ropa["controller"]["org_id"] == str(world.org["A"])
+    assert ropa["scope"] == "organisation"
+    assert [p["code"] for p in ropa["purposes"]] == [p.value for p in Purpose]
+    categories = {c["code"]: c for c in ropa["data_categories"]}
+    assert list(categories) == [c.value for c in Category]
+    assert {c for c, row in categories.items() if row["special_category"]} == {
+        c.value for c in SPECIAL_CATEGORIES
+    }
+    assert "given_name" in categories["identity"]["fields"]
+    recipients = {r["org_type"]: r for r in ropa["recipients"]}
+    assert "platform" not in recipients
+    for org_type, ceiling in ORG_TYPE_CEILINGS.items():
+        assert set(recipients[org_type.value]["may_receive"]) == {c.value for c in ceiling}
+    assert {"health", "psychosocial"} <= set(recipients["police"]["never_receives"])
+    assert recipients["ngo"]["never_receives"] == []
+    assert [b["code"] for b in ropa["legal_bases"]["article6"]] == [b.value for b in Article6Basis]
+    assert [b["code"] for b in ropa["legal_bases"]["article9"]] == [
+        b.value for b in Article9Condition
+    ]
+    assert ropa["consent"]["notice_versions"] == [NOTICE, "2025-06"]
+    policy = app.config["RETENTION_POLICY"]
+    assert ropa["retention"]["configured"] is True
+    assert {(r["case_type"], r["status"], r["days_after"]) for r in ropa["retention"]["rules"]} == {
+        (t, s, d) for t, by in policy.items() for s, d in by.items()
+    }
+    measures = {m["code"]: m for m in ropa["security_measures"]}
+    assert measures["field_encryption"]["parameters"]["algorithm"] == "AES-256-GCM"
+    assert measures["blind_indexes"]["parameters"]["bits"] == dict(
+        sorted(app.extensions["referral_api.crypto"].index_bits.items())
+    )
+    assert "hash_chained_audit" in measures
+    assert {r["role"] for r in ropa["roles"]} == {r.value for r in Role}
+    dpo = next(r for r in ropa["roles"] if r["role"] == "dpo")
+    assert dpo["content_categories"] == []
+    platform = world.client.get(f"{API}/dpo/ropa", headers=world.h["plat_dpo"]).get_json()
+    assert platform["scope"] == "platform"
+
+
+def test_record_of_processing_says_when_retention_is_not_configured(
+    app: Any, client: Any, factory: Any
+) -> None:
+    app.config["RETENTION_POLICY"] = None
+    headers = factory.headers(factory.user(Role.DPO))
+    ropa = client.get(f"{API}/dpo/ropa", headers=headers).get_json()
+    assert ropa["retention"] == {"configured": False, "rules": [], "note": "not configured"}
+
+
+# ---- the SQL state is the replay's state --------------------------------------------------
+
+_KINDS = [
+    EventType.GIVEN,
+    EventType.GIVEN,
+    EventType.RENEWED,
+    EventType.RENEWED,
+    EventType.EXPIRED,
+    EventType.WITHDRAWN,
+    EventType.REVOKED,
+    EventType.ENTERED_IN_ERROR,
+]
+
+
+def _random_consents(
+    rng: random.Random, at: datetime, case_id: uuid.UUID, org_id: uuid.UUID, count: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Consent histories around `at`, every event at its own minute (no ties)."""
+    records, provisions, events = [], [], []
+    for _ in range(count):
+        consent_id = uuid.uuid4()
+        records.append(
+            {
+                "id": consent_id,
+                "case_id": case_id,
+                "org_id": org_id,
+                "grantor": "person",
+                "is_minor": False,
+                "captured_by_org_id": org_id,
+                "collection_method": "written",
+                "language": "uk",
+                "notice_version": NOTICE,
+                "jurisdiction": "UA",
+                "article6": "a",
+                "created_at": at - timedelta(days=60),
+            }
+        )
+        for position in range(rng.randint(1, 3)):
+            until = rng.choice([None, at + timedelta(days=rng.randint(-30, 30))])
+            provisions.append(
+                {
+                    "id": uuid.uuid4(),
+                    "consent_id": consent_id,
+                    "case_id": case_id,
+                    "position": position,
+                    "purpose": "legal_assistance",
+                    "recipient_org_id": None,
+                    "recipient_org_type": "legal_aid",
+                    "categories": "identity",
+                    "valid_from": at - timedelta(days=rng.randint(31, 60)),
+                    "valid_until": until,
+                }
+            )
+        minutes = rng.sample(range(-50 * 24 * 60, 10 * 24 * 60), rng.randint(0, 6))
+        for minute in minutes:
+            kind = rng.choice(_KINDS)
+            events.append(
+                {
+                    "id": uuid.uuid4(),
+                    "consent_id": consent_id,
+                    "case_id": case_id,
+                    "event_type": kind,
+                    "occurred_at": at + timedelta(minutes=minute),
+                    "valid_until": rng.choice([None, at + timedelta(days=rng.randint(-20, 20))])
+                    if kind is EventType.RENEWED
+                    else None,
+                }
+            )
+    return records, provisions, events
+
+
+def _covering_consent(
+    rng: random.Random,
+    now: datetime,
+    case_id: uuid.UUID,
+    org_id: uuid.UUID,
+    referral: dict[str, Any],
+    org_type: OrgType,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """A consent meant to cover the referral: one provision or two splitting its
+    categories, by organisation or by type, open-ended or bounded, sometimes renewed (once
+    into the future, or first into the past and then again)."""
+    records, provisions, events = _random_consents(rng, now, case_id, org_id, 1)
+    consent_id = records[0]["id"]
+    categories = referral["categories"].split(",")
+    split = len(categories) > 1 and rng.random() < 0.4
+    parts = [categories[:1], categories[1:]] if split else [categories]
+    provisions[:] = [
+        {
+            "id": uuid.uuid4(),
+            "consent_id": consent_id,
+            "case_id": case_id,
+            "position": position,
+            "purpose": referral["purpose"],
+            "recipient_org_id": referral["to_org_id"] if rng.random() < 0.5 else None,
+            "recipient_org_type": None,
+            "categories": ",".join(sorted({*part, rng.choice(["needs", "identity"])})),
+            "valid_from": now - timedelta(days=20),
+            "valid_until": rng.choice([None, now + timedelta(days=rng.randint(1, 30))]),
+        }
+        for position, part in enumerate(parts)
+    ]
+    for provision in provisions:
+        if provision["recipient_org_id"] is None:
+            provision["recipient_org_type"] = org_type.value
+
+    def event(kind: EventType, days_ago: int, until: datetime | None = None) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4(),
+            "consent_id": consent_id,
+            "case_id": case_id,
+            "event_type": kind,
+            "occurred_at": now - timedelta(days=days_ago),
+            "valid_until": until,
+        }
+
+    events[:] = [event(EventType.GIVEN, 15)]
+    renewal = rng.random()
+    if renewal < 0.2:
+        events.append(event(EventType.RENEWED, 5, now + timedelta(days=40)))
+    elif renewal < 0.3:
+        events.append(event(EventType.RENEWED, 10, now - timedelta(days=2)))
+        events.append(event(EventType.RENEWED, 3, rng.choice([None, now + timedelta(days=9)])))
+    return records, provisions, events
+
+
+def _views(records: list[dict], provisions: list[dict], events: list[dict]) -> list[ConsentView]:
+    return [
+        ConsentView(
+            id=record["id"],
+            provisions=tuple(
+                ProvisionView(
+                    id=p["id"],
+                    purpose=Purpose(p["purpose"]),
+                    recipient_org_id=p.get("recipient_org_id"),
+                    recipient_org_type=OrgType(p["recipient_org_type"])
+                    if p.get("recipient_org_type")
+                    else None,
+                    categories=frozenset(Category(c) for c in p["categories"].split(",")),
+                    valid_from=p["valid_from"],
+                    valid_until=p["valid_until"],
+                )
+                for p in provisions
+                if p["consent_id"] == record["id"]
+            ),
+            events=tuple(
+                EventView(e["event_type"], e["occurred_at"], e["valid_until"])
+                for e in sorted(events, key=lambda e: e["occurred_at"])
+                if e["consent_id"] == record["id"]
+            ),
+        )
+        for record in records
+    ]
+
+
+def _insert(app: Any, *batches: tuple[Any, list[dict]]) -> None:
+    with db.engine_for(app).begin() as connection:
+        for table, rows in batches:
+            if rows:
+                connection.execute(table.__table__.insert(), rows)
+
+
+def test_sql_consent_state_matches_the_replay_on_random_histories(
+    app: Any, client: Any, factory: Any
+) -> None:
+    org = factory.org(OrgType.NGO)
+    case_id = uuid.UUID(create_case(client, factory.headers(factory.user(Role.CASEWORKER, org))))
+    at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    rng = random.Random(6)  # noqa: S311 - test data
+    records, provisions, events = _random_consents(rng, at, case_id, org, 300)
+    _insert(app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events))
+    provisions_table = ConsentProvision.__table__
+    with db.session_factory_for(app)() as s:
+        states = consent_states(at)
+        got = {row.consent_id: row for row in s.execute(select(states))}
+        # The reported state, evaluated on each provision row of the consent.
+        reported: dict[uuid.UUID, set[str | None]] = {}
+        for consent_id, state in s.execute(
+            select(
+                provisions_table.c.consent_id, provision_state(states, at, provisions_table)
+            ).join(states, states.c.consent_id == provisions_table.c.consent_id)
+        ):
+            reported.setdefault(consent_id, set()).add(state)
+        s.rollback()
+    seen = Counter()
+    for view in _views(records, provisions, events):
+        derived = derive_state(view.events, at)
+        row = got.get(view.id)
+        if row is None:  # no event at or before `at`
+            assert derived.state is None
+            continue
+        expected = current_state(view, at)
+        assert row.derived == (derived.state.value if derived.state else None), view
+        assert reported[view.id] == {expected.value if expected else None}, view
+        # A closed consent's renewals decide nothing (the replay stops at the closing
+        # event; SQL does not bother).
+        if derived.state in (ConsentState.ACTIVE, ConsentState.EXPIRED):
+            assert bool(row.renewed) == derived.renewed, view
+            if derived.renewed:
+                assert row.renewed_until == derived.renewed_until, view
+        seen[expected.value if expected else None] += 1
+    # The random histories reach every state (the test would prove little otherwise).
+    assert set(seen) >= {"active", "expired", "withdrawn", "revoked", "entered_in_error", None}
+
+
+def test_sql_prefilter_never_hides_an_uncovered_referral(
+    app: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random consents and live referrals: the report lists exactly the referrals the
+    decision would refuse now."""
+    rng = random.Random(11)  # noqa: S311 - test data
+    sender = factory.org(OrgType.NGO)
+    legal, police = factory.org(OrgType.LEGAL_AID), factory.org(OrgType.POLICE)
+    types = {legal: OrgType.LEGAL_AID, police: OrgType.POLICE}
+    now = datetime.now(UTC)
+    cases, referrals, records, provisions, events = [], [], [], [], []
+    views: dict[uuid.UUID, list[ConsentView]] = {}
+    for index in range(80):
+        case_id = uuid.uuid4()
+        cases.append(
+            {
+                "id": case_id,
+                "case_code": f"THB-T{index:03d}-RAND",
+                "org_id": sender,
+                "case_type": "thb",
+                "status": "open",
+                "risk_level": "low",
+                "nrm_stage": "identified",
+                "created_at": now,
+                "updated_at": now,
+                "version": 1,
+                "restricted": False,
+                "erased": False,
+            }
+        )
+        r, p, e = _random_consents(rng, now, case_id, sender, rng.randint(0, 2))
+        for provision in p:
+            provision["purpose"] = rng.choice(["legal_assistance", "law_enforcement_report"])
+            provision["categories"] = ",".join(
+                sorted(rng.sample(["identity", "legal", "health", "contact"], rng.randint(1, 3)))
+            )
+            if rng.random() < 0.5:
+                provision["recipient_org_type"] = None
+                provision["recipient_org_id"] = rng.choice([legal, police])
+            else:
+                provision["recipient_org_type"] = rng.choice(["legal_aid", "police"])
+        to = rng.choice([legal, police])
+        referral = {
+            "id": uuid.uuid4(),
+            "case_id": case_id,
+            "from_org_id": sender,
+            "to_org_id": to,
+            "purpose": rng.choice(["legal_assistance", "law_enforcement_report"]),
+            "categories": ",".join(
+                sorted(rng.sample(["identity", "legal", "health", "contact"], rng.randint(1, 2)))
+            ),
+            "urgency": "normal",
+            "status": rng.choice(["requested", "accepted", "in_progress", "completed"]),
+            "created_at": now - timedelta(minutes=index),
+            "updated_at": now,
+            "version": 1,
+        }
+        referrals.append(referral)
+        if rng.random() < 0.6:
+            c = _covering_consent(rng, now, case_id, sender, referral, types[to])
+            r, p, e = r + c[0], p + c[1], e + c[2]
+        # Move the random histories clear of `now`, so the report's clock agrees.
+        for event in e:
+            event["occurred_at"] -= timedelta(hours=1)
+        records += r
+        provisions += p
+        events += e
+        views[case_id] = _views(r, p, e)
+    from referral_api.cases.models import Case
+
+    _insert(
+        app,
+        (Case, cases),
+        (ConsentRecord, records),
+        (ConsentProvision, provisions),
+        (ConsentEvent, events),
+        (Referral, referrals),
+    )
+    live = {"requested", "accepted", "in_progress"}
+    at = datetime.now(UTC)
+    expected = {
+        referral["id"]
+        for referral in referrals
+        if referral["status"] in live
+        and not decide_disclosure(
+            views[referral["case_id"]],
+            referral["to_org_id"],
+            types[referral["to_org_id"]],
+            Purpose(referral["purpose"]),
+            [Category(c) for c in referral["categories"].split(",")],
+            at,
+        ).permit
+    }
+    judged: list[bool] = []
+    exact_check = service._uncovered
+
+    def spy(*args: Any) -> Any:
+        verdict = exact_check(*args)
+        judged.append(verdict is None)
+        return verdict
+
+    monkeypatch.setattr(service, "_uncovered", spy)
+    with db.session_factory_for(app)() as s:
+        report = service.processing_without_basis(s, Actor.system(), {"limit": None})
+        found = [row["referral_id"] for row in report.rows if row["kind"] == "referral"]
+        s.rollback()
+    assert set(found) == expected
+    assert len(found) == len(expected)
+    # Both outcomes occur, and some candidates SQL could not clear were covered after all
+    # (two provisions together, a renewal after an ended one), so the comparison means
+    # something.
+    assert 0 < len(expected) < sum(1 for r in referrals if r["status"] in live)
+    assert any(judged), "no candidate needed the exact check to be cleared"
+    assert len(judged) < sum(1 for r in referrals if r["status"] in live)
