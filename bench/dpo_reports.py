@@ -96,7 +96,7 @@ _LIVE = """(CASE (i / 7) % 5 WHEN 0 THEN 'requested' WHEN 1 THEN 'received'
 _STATUS = f"""(CASE WHEN {_TAMPERED} THEN 'in_progress'
     WHEN {_COVERED} AND i % 4 <> 0 THEN {_LIVE}
     WHEN {_CLOSED} THEN 'cancelled' ELSE 'completed' END)"""
-_OVERRIDE = "(i % 100 = 7)"
+_OVERRIDE = "(i % 100 = 17)"
 _BYTES = "decode(md5('{tag}' || i) || md5('{tag}x' || i), 'hex')"
 
 CASES = f"""
@@ -188,8 +188,8 @@ SELECT md5('r-' || i)::uuid, md5('case-' || i)::uuid, {_CTRL}, {_RECEIVER}, {_PU
     CASE WHEN {_OVERRIDE} THEN md5('user-' || (i % 500))::uuid END,
     CASE WHEN {_OVERRIDE} THEN md5('sup-' || (i % 60))::uuid END,
     CASE WHEN {_OVERRIDE} THEN {_CREATED} + interval '40 minutes' END,
-    CASE WHEN {_OVERRIDE} AND i % 200 = 7 THEN md5('dpo-' || (i % 60))::uuid END,
-    CASE WHEN {_OVERRIDE} AND i % 200 = 7 THEN {_CREATED} + interval '3 days' END,
+    CASE WHEN {_OVERRIDE} AND i % 200 = 17 THEN md5('dpo-' || (i % 60))::uuid END,
+    CASE WHEN {_OVERRIDE} AND i % 200 = 17 THEN {_CREATED} + interval '3 days' END,
     {_BYTES.format(tag="msg")}
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE {_CONSENTED}
 """

@@ -39,7 +39,7 @@ from referral_api.consent.vocabulary import (
     EventType,
     Purpose,
 )
-from referral_api.dpo import service
+from referral_api.dpo import keyset, service
 from referral_api.dpo.derived_state import consent_states, provision_state
 from referral_api.dpo.schemas import ROW_SCHEMAS
 from referral_api.extensions import db
@@ -546,6 +546,10 @@ def test_a_cursor_is_checked(world: DpoWorld) -> None:
     # Another report's cursor, and garbage, are refused.
     world.report("overrides", "a_dpo", 422, cursor=cursor)
     world.report("disclosures", "a_dpo", 422, cursor="bm90IGEgY3Vyc29y")
+    # A well-formed cursor holding other types than the report sorts by.
+    forged = keyset.encode_cursor("disclosures", ["2026-01-01", "not-an-id"])
+    world.report("disclosures", "a_dpo", 422, cursor=forged)
+    world.report("processing-without-basis", "a_dpo", 422, cursor=forged)
 
 
 # ---- the record of processing -------------------------------------------------------------

@@ -29,6 +29,8 @@ EXPORT_BATCH = 2000
 @dataclass(frozen=True, slots=True)
 class SortKey:
     column: str
+    # What a cursor must hold for it: "d" a timestamp, "u" an id, "i" an integer.
+    kind: str
     descending: bool = False
 
 
@@ -69,15 +71,16 @@ def encode_cursor(report: str, values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(report: str, cursor: str, width: int) -> list[Any]:
-    """The sort key in a cursor; 422 when it is malformed or belongs to another report."""
+def decode_cursor(report: str, cursor: str, kinds: Sequence[str]) -> list[Any]:
+    """The sort key in a cursor; 422 when it is malformed, belongs to another report or holds
+    other types than the report sorts by."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         document = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if document["r"] != report or len(document["k"]) != width:
+        if document["r"] != report or [item[0] for item in document["k"]] != list(kinds):
             raise ValueError("cursor of another report")
         return [_untag(item) for item in document["k"]]
-    except (ValueError, TypeError, KeyError, binascii.Error, json.JSONDecodeError):
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error, json.JSONDecodeError):
         raise ValidationFailed({"cursor": ["Not a valid cursor."]}, location="query") from None
 
 
@@ -104,7 +107,9 @@ def _ordered(report: str, base: Select[Any], order: Sequence[SortKey], cursor: s
     columns = [sub.c[key.column] for key in order]
     stmt = select(sub)
     if cursor:
-        stmt = stmt.where(after(columns, order, decode_cursor(report, cursor, len(order))))
+        stmt = stmt.where(
+            after(columns, order, decode_cursor(report, cursor, [k.kind for k in order]))
+        )
     return stmt.order_by(
         *(c.desc() if k.descending else c.asc() for c, k in zip(columns, order, strict=True))
     )

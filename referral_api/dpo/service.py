@@ -403,7 +403,7 @@ def consents_expiring(session: Session, actor: Actor, filters: dict[str, Any]) -
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "categories": _split(row["categories"]), "renewed": bool(row["renewed"])}
 
-    order = [SortKey("effective_until"), SortKey("provision_id")]
+    order = [SortKey("effective_until", "d"), SortKey("provision_id", "u")]
     return _listing(session, name, CONSENTS_EXPIRING_COLUMNS, base, order, filters, shape)
 
 
@@ -442,13 +442,16 @@ def _within_ceiling(referral_categories: Any, org_type: Any) -> ColumnElement[bo
 def _covering_provision(r: Any, o: Any, at: datetime, *, renewed: bool) -> Any:
     """EXISTS one provision that alone covers the referral now: purpose, recipient, every
     category, its window, and a consent with `given` and no closing or expired event —
-    without a renewal (`renewed` False: the provision's own end counts), or with renewals
-    all made after `given` and none ending by now (`renewed` True: the latest renewal's end
-    counts). Stricter than the decision, never looser: a referral neither form covers is
-    left to the exact check, so one that either covers is certainly covered.
+    never renewed (`renewed` False: the provision's own end counts), or renewed only after
+    `given`, by `at`, and never to an end at or before `at` (`renewed` True: the latest
+    renewal's end counts, and lies after `at`). Stricter than the decision, never looser:
+    a referral neither form covers is left to the exact check, so one that either covers is
+    certainly covered.
 
-    Every condition is a plain AND of columns and EXISTS/NOT EXISTS, so the database turns
-    them into (parallel) semi- and anti-joins instead of a subquery per referral."""
+    Two EXISTS rather than one with an OR inside, and only ANDs of columns and
+    EXISTS/NOT EXISTS in each: the database turns them into (parallel) semi- and anti-joins
+    instead of running a subquery per referral (over a million cases in bench/dpo_reports.py:
+    about 5 s that way, under 2 s this way)."""
     p = _PROVISIONS.alias("cover")
 
     def events(*where: Any) -> Any:
@@ -593,7 +596,7 @@ def _processing_rows(
     columns = [sub.c.created_at, sub.c.referral_id]
     stmt = select(sub)
     if start is not None:
-        order = [SortKey("created_at", True), SortKey("referral_id", True)]
+        order = [SortKey("created_at", "d", True), SortKey("referral_id", "u", True)]
         stmt = stmt.where(
             or_(
                 keyset.after(columns, order, start),
@@ -718,7 +721,7 @@ def processing_without_basis(session: Session, actor: Actor, filters: dict[str, 
     start: tuple[datetime, uuid.UUID] | None = None
     skip = 0
     if filters.get("cursor"):
-        created, referral_id, skip = keyset.decode_cursor(name, filters["cursor"], 3)
+        created, referral_id, skip = keyset.decode_cursor(name, filters["cursor"], "dui")
         start = (created, referral_id)
     found = (
         (key, row)
@@ -802,7 +805,7 @@ def overrides(session: Session, actor: Actor, filters: dict[str, Any]) -> Report
         reviewed = r.c.override_reviewed_at.is_not(None)
         where.append(reviewed if filters["reviewed"] else ~reviewed)
     base = _override_select(scope).where(*where)
-    order = [SortKey("created_at", True), SortKey("referral_id", True)]
+    order = [SortKey("created_at", "d", True), SortKey("referral_id", "u", True)]
     return _listing(session, name, OVERRIDES_COLUMNS, base, order, filters, _override_row)
 
 
@@ -921,7 +924,7 @@ def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Repo
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "categories": _split(row["categories"])}
 
-    order = [SortKey("disclosed_at", True), SortKey("disclosure_id", True)]
+    order = [SortKey("disclosed_at", "d", True), SortKey("disclosure_id", "u", True)]
     return _listing(session, name, DISCLOSURES_COLUMNS, base, order, filters, shape)
 
 
@@ -993,7 +996,7 @@ def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Repor
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "categories": _split(row["categories"])}
 
-    order = [SortKey("audit_id", True)]
+    order = [SortKey("audit_id", "i", True)]
     return _listing(session, name, ACCESS_LOG_COLUMNS, base, order, filters, shape)
 
 
@@ -1041,7 +1044,7 @@ def erasures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     base = select(*(value.label(label) for label, value in column.items())).where(
         scope.owns(t.c.org_id), *_in_range(t.c.erased_at, filters)
     )
-    order = [SortKey("erased_at", True), SortKey("tombstone_id", True)]
+    order = [SortKey("erased_at", "d", True), SortKey("tombstone_id", "u", True)]
     return _listing(session, name, ERASURES_COLUMNS, base, order, filters, lambda row: row)
 
 
@@ -1104,7 +1107,7 @@ def quality(
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, **{issue: bool(row[issue]) for issue in QUALITY_ISSUES}}
 
-    order = [SortKey("created_at", True), SortKey("consent_id", True)]
+    order = [SortKey("created_at", "d", True), SortKey("consent_id", "u", True)]
     return _listing(session, name, QUALITY_COLUMNS, base, order, filters, shape)
 
 
