@@ -337,3 +337,33 @@ def test_a_dpo_sees_referral_metadata_without_the_message(
         == world.case_id
     )
     assert "case_id" not in ok(client.get(f"{API}/referrals/{referral_id}", headers=receiver_dpo))
+
+
+def test_listing_referrals_audits_every_referral_shown(world: World, app: Any) -> None:
+    """The list carries each referral's message (personal data), so each one shown gets its
+    own audit row, as a single read does; an empty page gets one row saying so."""
+    from sqlalchemy import select
+
+    from referral_api.audit.models import AuditEvent
+    from referral_api.extensions import db
+
+    first, second = world.refer()["id"], world.refer()["id"]
+    ok(
+        world.client.get(
+            f"{API}/referrals", query_string={"box": "incoming"}, headers=world.h["receiver"]
+        )
+    )
+    ok(world.client.get(f"{API}/referrals", headers=world.h["outsider"]))
+    with db.session_factory_for(app)() as s:
+        reads = s.execute(
+            select(
+                AuditEvent.actor_id, AuditEvent.resource_id, AuditEvent.case_id, AuditEvent.details
+            ).where(AuditEvent.action == "referral:read")
+        ).all()
+        s.rollback()
+    receiver = {(r.resource_id, r.case_id) for r in reads if r.actor_id == world.ids["receiver"]}
+    assert receiver == {(first, uuid.UUID(world.case_id)), (second, uuid.UUID(world.case_id))}
+    assert all('"via": "list"' in r.details for r in reads if r.actor_id == world.ids["receiver"])
+    outsider = [r for r in reads if r.actor_id == world.ids["outsider"]]
+    assert len(outsider) == 1 and outsider[0].resource_id is None
+    assert '"results": 0' in outsider[0].details

@@ -690,13 +690,23 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         cursor=params.get("cursor"),
         limit=params["limit"],
     )
-    audit.record(
-        session,
-        actor,
-        str(Permission.REFERRAL_READ),
-        resource_type="referral",
-        details={"box": box or "all", "results": len(page.items)},
-    )
+    # One row per referral shown, as for a single read: the list carries each one's message.
+    for referral in page.items:
+        _audit(
+            session,
+            actor,
+            str(Permission.REFERRAL_READ),
+            referral,
+            details={"party": party_of(actor, referral).value, "via": "list"},
+        )
+    if not page.items:
+        audit.record(
+            session,
+            actor,
+            str(Permission.REFERRAL_READ),
+            resource_type="referral",
+            details={"box": box or "all", "results": 0},
+        )
     return page
 
 
