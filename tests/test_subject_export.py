@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -272,3 +272,30 @@ def test_an_erased_case_takes_its_pending_exports_with_it(app, client, world, sc
     assert_problem(client.get(export["download"], headers=world.h["sup"]), 404)
     assert world.sql("SELECT count(*) FROM subject_exports")[0][0] == 0
     assert_problem(scenario.export(), 410)
+
+
+def test_an_export_nobody_downloaded_loses_its_ciphertext_once_expired(
+    app, client, world, scenario, monkeypatch, runner
+):
+    """Expiry is not only a refusal: the encrypted document itself is cleared — by the next
+    export anywhere, or by `retention run --apply`."""
+    first = ok(scenario.export(), 201)
+    second = ok(scenario.export(), 201)
+    held = "SELECT count(*) FROM subject_exports WHERE document IS NOT NULL"
+    assert world.sql(held)[0][0] == 2
+
+    expires = _aware(second["expires_at"])
+    monkeypatch.setattr(rights_service, "now", lambda: expires + timedelta(seconds=1))
+    result = runner.invoke(args=["retention", "run", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert "2 expired subject-access exports cleared" in result.output
+    assert world.sql(held)[0][0] == 0
+    assert world.sql("SELECT count(*) FROM subject_exports")[0][0] == 2  # the register stays
+    assert_problem(client.get(first["download"], headers=world.h["sup"]), 410)
+
+    # A new export clears whatever else has expired by then.
+    monkeypatch.undo()
+    ok(scenario.export(), 201)
+    monkeypatch.setattr(rights_service, "now", lambda: datetime.now(UTC) + timedelta(days=30))
+    ok(scenario.export(), 201)
+    assert world.sql(held)[0][0] == 1

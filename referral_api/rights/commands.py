@@ -1,4 +1,5 @@
-"""`referral-api retention run [--apply]`: erase closed cases past their retention period."""
+"""`referral-api retention run [--apply]`: erase closed cases past their retention period
+and clear expired subject-access exports."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def run(apply_: bool) -> None:
     from referral_api.cases.models import Case, CaseStatus
     from referral_api.extensions import db
     from referral_api.rights.models import ErasureBasis
-    from referral_api.rights.service import LegalHoldActive, erase_case, retention_due
+    from referral_api.rights.service import (
+        LegalHoldActive,
+        erase_case,
+        purge_expired_exports,
+        retention_due,
+    )
 
     factory = db.session_factory_for(current_app)
     with factory() as session:
@@ -40,6 +46,11 @@ def run(apply_: bool) -> None:
             err=True,
         )
         return
+    with factory() as session:
+        purged = purge_expired_exports(session)
+        session.commit()
+    if purged:
+        click.echo(f"{purged} expired subject-access exports cleared", err=True)
     erased, skipped = 0, len(held)
     left_alone = 0
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:

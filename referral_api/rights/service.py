@@ -458,10 +458,24 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
     )
 
 
+def purge_expired_exports(session: Session, at: datetime | None = None) -> int:
+    """Clear the ciphertext of every export that expired without being downloaded (a
+    download clears its own): nothing about a person outlives its export's time to live.
+    Run with every new export and by `referral-api retention run --apply`."""
+    table = SubjectExport.__table__
+    result = session.execute(
+        update(table)
+        .where(table.c.expires_at <= (at or now()), table.c.document.is_not(None))
+        .values(document=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def create_export(
     session: Session, actor: Actor, case_id: uuid.UUID, reason: str, ttl: timedelta
 ) -> SubjectExport:
     case = _case_for(session, actor, Permission.CASE_EXPORT, case_id)
+    purge_expired_exports(session)
     if actor.role is not Role.SUPERVISOR and actor.kind is not ActorKind.SYSTEM:
         raise Forbidden("A supervisor of the owning organisation exports a person's data.")
     export = SubjectExport(
