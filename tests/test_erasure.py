@@ -465,7 +465,7 @@ def test_erased_case_answers_410_to_its_organisation_and_404_to_others(app, clie
     assert len(denials) >= len(requests) * len(own)
 
 
-def test_open_referrals_are_cancelled_and_both_parties_are_told(app, client, world):
+def test_open_referrals_are_cancelled_and_every_recipient_is_told(app, client, world):
     token = new_token("referred")
     case_id = world.case(token)
     world.consent(case_id, world.receiver_org, ["identity", "legal"])
@@ -503,6 +503,13 @@ def test_open_referrals_are_cancelled_and_both_parties_are_told(app, client, wor
     assert cancelled, notes
     # A draft was never sent: its receiver is not told it existed.
     assert not [n for n in notes if n["referral_id"] == draft]
+    # A finished referral disclosed data too: its receiver is told of the erasure (Art. 19),
+    # once; the receiver of the cancelled one already knows from the cancellation.
+    erased = [(n["referral_id"], n["status"]) for n in notes if n["event"] == "case:erased"]
+    assert erased == [(done, None)]
+    # The sender (the controller that erased) is not told of its own erasure.
+    sender = ok(client.get(f"{API}/notifications", headers=world.h["worker"]))
+    assert not [n for n in sender if n["event"] == "case:erased"]
 
 
 # ---- who may request and approve ----------------------------------------------------------

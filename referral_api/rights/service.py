@@ -201,7 +201,12 @@ def erase_case(
     every ciphertext column, delete blind-index entries and derived copies, cancel open
     referrals, keep a tombstone without personal data, audit it."""
     from referral_api.idempotency import IdempotentResponse
-    from referral_api.referrals.models import Notification, Referral, ReferralTransition
+    from referral_api.referrals.models import (
+        Disclosure,
+        Notification,
+        Referral,
+        ReferralTransition,
+    )
     from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
 
     if active_hold(session, case.id) is not None:
@@ -231,6 +236,7 @@ def erase_case(
     # this adds are encrypted records too (their note is encrypted even when empty), and
     # are cleared below with everything else.
     cancelled = 0
+    told: set[tuple[uuid.UUID, uuid.UUID]] = set()
     for referral in session.scalars(
         select(Referral).where(
             Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES))
@@ -257,6 +263,7 @@ def erase_case(
         if previous is not ReferralStatus.DRAFT:
             # The receiver learns that the referral ended (Art. 19), like any cancellation;
             # a draft was never sent, so its receiver does not know it existed.
+            told.add((referral.id, referral.to_org_id))
             for org_id in (referral.from_org_id, referral.to_org_id):
                 session.add(
                     Notification(
@@ -279,6 +286,23 @@ def erase_case(
             details={"from": previous.value},
         )
         cancelled += 1
+    session.flush()
+
+    # Art. 19: every organisation that received data about the person learns of the
+    # erasure, so it can act on its own copy (its own case is its own record: this
+    # controller cannot erase it). Receivers of a referral cancelled above already know.
+    for referral_id, org_id in session.execute(
+        select(Disclosure.referral_id, Disclosure.to_org_id)
+        .where(Disclosure.case_id == case.id)
+        .group_by(Disclosure.referral_id, Disclosure.to_org_id)
+        .order_by(Disclosure.referral_id)
+    ):
+        if (referral_id, org_id) not in told:
+            session.add(
+                Notification(
+                    id=uuid.uuid4(), org_id=org_id, referral_id=referral_id, event="case:erased"
+                )
+            )
     session.flush()
 
     for model in models:
