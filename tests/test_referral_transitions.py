@@ -244,6 +244,21 @@ def test_reasons_are_required_and_coded(app: Any, client: Any, world: World) -> 
     assert b"CANARY-NOTE" not in raw_bytes(app, "SELECT * FROM referral_transitions")
     assert b"CANARY-NOTE" not in raw_bytes(app, "SELECT * FROM audit_events")
     assert _history(app, referral_id)[-1].to_status is S.ON_HOLD
+    # The business status is the receiver's workflow code, shown to the sender in plaintext:
+    # free text is refused and changes nothing; a code is kept.
+    set_status(app, referral_id, S.IN_PROGRESS.value)
+    for text in (free_text[:64], "waiting for Olena", "", "x" * 65):
+        problem = assert_problem(
+            move(client, world.h["receiver"], referral_id, "on_hold", business_status=text), 422
+        )
+        assert "business_status" in problem["errors"]["json"], text
+    current = ok(client.get(f"{API}/referrals/{referral_id}", headers=world.h["receiver"]))
+    assert (current["status"], current["business_status"]) == ("in_progress", None)
+    coded = ok(
+        move(client, world.h["receiver"], referral_id, "on_hold", business_status="intake-2")
+    )
+    assert coded["business_status"] == "intake-2"
+    assert b"CANARY-NOTE" not in raw_bytes(app, "SELECT * FROM referrals")
     # Completion records an outcome; only completion has one.
     set_status(app, referral_id, S.IN_PROGRESS.value)
     problem = assert_problem(move(client, world.h["receiver"], referral_id, "completed"), 422)

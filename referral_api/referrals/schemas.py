@@ -77,7 +77,17 @@ class TransitionSchema(ma.Schema):
     to = ma.fields.Enum(ReferralStatus, by_value=True, required=True)
     reason = ma.fields.String(allow_none=True, validate=validate.Length(max=48))
     note = ma.fields.String(allow_none=True, validate=validate.Length(max=2000))
-    business_status = ma.fields.String(allow_none=True, validate=validate.Length(max=64))
+    # The receiver's own workflow label (FHIR Task.businessStatus): stored unencrypted and
+    # shown to the sender, so a code, never free text (which may name a person or a place).
+    business_status = ma.fields.String(
+        allow_none=True,
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+            error="Use a short code (letters, digits, _ . : -, at most 64, no spaces); "
+            "write free text in the note.",
+        ),
+        metadata={"description": "A code of the receiver's own workflow, e.g. `intake-2`"},
+    )
     outcome = ma.fields.Enum(Outcome, by_value=True, allow_none=True)
 
 
