@@ -6,6 +6,7 @@ SQL or another exception's text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -67,8 +68,27 @@ class ValidationFailed(ReferralApiError):
         self, errors: dict[str, list[str]], detail: str | None = None, location: str = "json"
     ) -> None:
         super().__init__(
-            detail or "The request did not pass validation.", errors={location: errors}
+            detail or "The request did not pass validation.",
+            errors={location: nest_field_paths(errors)},
         )
+
+
+def nest_field_paths(errors: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Dotted paths (`provisions.0.valid_until`) in the nested shape the schemas report, so a
+    client reads every 422 the same way: {"provisions": {"0": {"valid_until": ["…"]}}}."""
+    nested: dict[str, Any] = {}
+    for path, messages in errors.items():
+        *parents, leaf = path.split(".")
+        node: Any = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        if isinstance(node, dict) and isinstance(node.get(leaf, []), list):
+            node.setdefault(leaf, []).extend(messages)
+        else:  # a message list already stands on the way: keep the path as it was
+            nested[path] = list(messages)
+    return nested
 
 
 class TooManyAttempts(ReferralApiError):

@@ -120,11 +120,13 @@ def assert_no_personal_data(payload: Any) -> None:
 
 
 def flat_errors(errors: Any, prefix: str = "") -> dict[str, list[str]]:
-    """{"provisions": {"0": {"purpose": [...]}}} and {"provisions.0.purpose": [...]} alike."""
+    """{"provisions": {"0": {"purpose": [...]}}} as {"provisions.0.purpose": [...]}; every
+    422 reports nested fields in that one shape, whether a schema or a service found them."""
     if isinstance(errors, list):
         return {prefix: errors}
     flat: dict[str, list[str]] = {}
     for key, value in errors.items():
+        assert "." not in str(key), f"a dotted path instead of nesting: {key}"
         flat.update(flat_errors(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
 
