@@ -17,6 +17,14 @@ itself (fields, key service, key cache, blind-index normalisation) → "crypto";
 psycopg → SQL; and so on. SQL issued *by* the key service (loading a wrapped case key) is
 therefore counted as SQL, not as encryption. Samples outside `app.wsgi_app` (the test
 client building requests) are the harness, not request CPU, and are left out.
+
+`scratch` needs no bench database: it builds its own throw-away database (SQLite file in a
+temporary folder, or a new database in the PostgreSQL server with `--pg`), a production-mode
+app, one organisation with a caseworker and `--cases` encrypted cases, then measures CPU per
+request and SQL statements per request for GET /cases/{id} and POST /cases (unprofiled, then
+under cProfile), and drops everything:
+
+    python bench/profile_requests.py scratch --gets 2000 --posts 500 [--pg] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import cProfile
 import json
 import pstats
 import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -253,15 +262,178 @@ def _crypto_item(frames: list[str]) -> str:
     return f"{module}:{name}{primitive}"
 
 
+# ---- scratch: a throw-away database, no bench seeding needed ------------------------------
+
+
+class _StatementCounter:
+    """Counts the statements the app's engine executes (the sealer thread's included)."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: Any) -> None:
+        self.count += 1
+
+
+def _scratch_database(pg: bool, folder: Path) -> tuple[str, Any]:
+    """URL of a new empty database and a function that drops it."""
+    if not pg:
+        return f"sqlite:///{folder / 'scratch.db'}", lambda: None
+    name = f"referral_profile_{random.SystemRandom().randrange(16**8):08x}"
+    common.create_database(name)
+    return common.db_url(name), lambda: _drop(name)
+
+
+def _drop(name: str) -> None:
+    from sqlalchemy import text
+
+    engine = common.admin_engine()
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def _scratch_app(url: str, folder: Path) -> Any:
+    import secrets
+
+    from referral_api import create_app
+    from referral_api.crypto.keyring import LocalKeyring
+    from referral_api.migrate import upgrade
+
+    upgrade(url)
+    keyring = folder / "keyring.json"
+    common.quiet_app_logs()
+    LocalKeyring.load(keyring, create_if_missing=True)
+    app = create_app(
+        {
+            "ENV_NAME": "production",
+            "DATABASE_URL": url,
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+            "KEYRING_PATH": str(keyring),
+            "ARGON2_TIME_COST": 1,
+            "ARGON2_MEMORY_COST": 8192,
+            "ARGON2_PARALLELISM": 1,
+        }
+    )
+    common.quiet_app_logs()
+    return app
+
+
+def _seed_scratch(app: Any, count: int) -> None:
+    from seed_cases import seed_range
+
+    org_id, _ = common.ensure_org_and_user(app)
+    for start in range(0, count, 250):
+        seed_range(app, org_id, start, min(start + 250, count))
+
+
+def _settle(app: Any) -> None:
+    """Seal whatever the measured requests left pending (its CPU belongs to them)."""
+    from referral_api.audit.hooks import seal_now
+
+    seal_now(app, max_rounds=1000)
+
+
+def _measure(app: Any, phase: str, work: list[Any], out: Path | None) -> dict[str, Any]:
+    from referral_api.extensions import db
+
+    client, headers = _client_and_headers(app)
+    _warm(client, headers, work[:100])
+    _settle(app)
+    counter = _StatementCounter(db.engine_for(app))
+    result: dict[str, Any] = {"phase": phase, "requests": len(work)}
+    # First unprofiled (CPU and statements per request), then under cProfile (ranking).
+    counter.count = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ok = _measured_requests(client, headers, work)
+    _settle(app)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    result.update(
+        ok=ok,
+        process_cpu_ms_per_request=round(1000 * cpu / len(work), 3),
+        wall_ms_per_request=round(1000 * wall / len(work), 3),
+        statements_per_request=round(counter.count / len(work), 2),
+    )
+    if out is not None:
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        _measured_requests(client, headers, work)
+        _settle(app)
+        profiler.disable()
+        profiler.dump_stats(str(out))
+        result["cprofile"] = summarise_cprofile(str(out))
+    return result
+
+
+def scratch(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="referral-profile-"))
+    url, drop = _scratch_database(args.pg, folder)
+    try:
+        app = _scratch_app(url, folder)
+        _seed_scratch(app, args.cases)
+        rng = random.Random("scratch")
+        gets = [
+            ("GET", f"/api/v1/cases/{common.person(rng.randrange(args.cases))['id']}", None)
+            for _ in range(args.gets)
+        ]
+        posts = [
+            ("POST", "/api/v1/cases", common.request_body(60_000_000 + i))
+            for i in range(2 * args.posts)
+        ]
+        prof = Path(args.prof_dir) if args.prof_dir else None
+        if prof:
+            prof.mkdir(parents=True, exist_ok=True)
+        results = {
+            "database": "postgresql" if args.pg else "sqlite",
+            "cases": args.cases,
+            "get": _measure(app, "get", gets, prof / "scratch-get.prof" if prof else None),
+            # The profiled pass posts other people than the timed one (unique case codes).
+            "post": _measure(app, "post", posts[: args.posts], None),
+        }
+        if prof:
+            results["post_profiled"] = _measure(
+                app, "post", posts[args.posts :], prof / "scratch-post.prof"
+            )
+        sealer = app.extensions.get("referral_api.audit_sealer")
+        if sealer is not None:
+            sealer.stop()
+        from referral_api.extensions import db
+
+        db.engine_for(app).dispose()
+        return results
+    finally:
+        drop()
+        shutil.rmtree(folder, ignore_errors=True)  # the keyring and the SQLite file
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="profile GET/POST /api/v1/cases in-process")
-    parser.add_argument("phase", choices=["get", "post", "classify"])
-    parser.add_argument("arg", help="number of requests, or the raw stack file to classify")
+    parser.add_argument("phase", choices=["get", "post", "classify", "scratch"])
+    parser.add_argument(
+        "arg", nargs="?", help="number of requests, or the raw stack file to classify"
+    )
     parser.add_argument("--count", type=int, default=100_000, help="seeded cases")
     parser.add_argument("--cprofile", metavar="OUT.prof")
     parser.add_argument("--json", metavar="OUT.json")
+    scratch_options = parser.add_argument_group("scratch")
+    scratch_options.add_argument("--pg", action="store_true", help="PostgreSQL, not SQLite")
+    scratch_options.add_argument("--cases", type=int, default=2000)
+    scratch_options.add_argument("--gets", type=int, default=2000)
+    scratch_options.add_argument("--posts", type=int, default=500)
+    scratch_options.add_argument("--prof-dir", metavar="DIR", help="write cProfile dumps here")
     args = parser.parse_args()
-    if args.phase == "classify":
+    if args.phase == "scratch":
+        result = scratch(args)
+    elif args.arg is None:
+        parser.error("the number of requests (or the stack file) is required")
+    elif args.phase == "classify":
         result = classify(args.arg)
     else:
         result = drive(args.phase, int(args.arg), args.count, args.cprofile)

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 
 import flask_smorest
+import marshmallow as ma
 from flask import g, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_smorest.utils import prepare_response
@@ -126,6 +127,19 @@ def _denial_entry(permission: Permission, view_args: dict[str, Any]) -> dict[str
 
 
 class Blueprint(flask_smorest.Blueprint):
+    def arguments(self, schema: Any, **kwargs: Any) -> Callable[[F], F]:
+        """flask-smorest's `arguments`, with one schema instance per view for its lifetime.
+
+        Given a class, webargs instantiates it for every request, and each instantiation
+        deep-copies the declared fields and rebuilds every nested schema. A marshmallow
+        schema keeps no per-call state (`load` only reads its options), so one instance
+        serves every request; the OpenAPI document is the same for a class and its
+        default instance.
+        """
+        if isinstance(schema, type) and issubclass(schema, ma.Schema):
+            schema = schema()
+        return super().arguments(schema, **kwargs)  # type: ignore[no-any-return]
+
     def requires(self, permission: Permission) -> Callable[[F], F]:
         def decorator(func: F) -> F:
             @wraps(func)

@@ -588,7 +588,7 @@ def test_a_failing_sealer_never_fails_the_request(
     def broken(_session: Any, _batch_size: int = 500) -> int:
         raise OperationalError("SELECT 1", {}, Exception("database is down"))
 
-    monkeypatch.setattr(hooks, "seal_pending", broken)
+    monkeypatch.setattr(hooks, "seal_batch", broken)
     response = client.get(f"/api/v1/cases/{case_id}", headers=headers, buffered=True)
     assert response.status_code == 200
     assert one_row_of(app, response).seq is None  # left for the next seal

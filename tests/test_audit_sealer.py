@@ -1,18 +1,142 @@
-"""Rows that miss every after-request round are sealed by the worker's background loop."""
+"""Each worker's sealing thread: audited requests only signal it; it chains their rows in
+one round soon after, and every interval seals whatever is left pending."""
 
+from __future__ import annotations
+
+import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
-from conftest import test_config
-from sqlalchemy import select
+import conftest
+import pytest
+from sqlalchemy import func, select
 
 from referral_api import create_app
+from referral_api.access.roles import Role
+from referral_api.audit import hooks, service
 from referral_api.audit.models import AuditEvent
 
 
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Wait until `condition` holds (checked every 50 ms); fail after `timeout` seconds.
+    The timeout only bounds a broken sealer: nothing here depends on how fast it is."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _unsealed(session: Any) -> int:
+    count = session.scalar(
+        select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None))
+    )
+    session.rollback()
+    return int(count or 0)
+
+
+@pytest.fixture
+def threaded(app: Any, database_url: str, keyring_path: str) -> Iterator[Any]:
+    """An app with its sealing thread (`app`, interval 0, only provides table clean-up).
+    The interval is long, so every round these tests see was asked for by a request."""
+    looping = create_app(
+        conftest.test_config(
+            database_url,
+            keyring_path,
+            AUDIT_SEAL_INTERVAL_SECONDS=600,
+            AUDIT_SEAL_DELAY_SECONDS=0.01,
+        )
+    )
+    yield looping
+    looping.extensions[hooks.SEALER].stop(timeout=30)
+
+
+@pytest.fixture
+def rounds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the threads that ran a sealing round, in order."""
+    seen: list[str] = []
+    real = hooks.seal_batch
+
+    def recording(session: Any, batch_size: int = 500) -> int | None:
+        seen.append(threading.current_thread().name)
+        return real(session, batch_size)
+
+    monkeypatch.setattr(hooks, "seal_batch", recording)
+    return seen
+
+
+def _case_and_headers(app: Any, client: Any) -> tuple[str, dict[str, str]]:
+    factory = conftest.Factory(app, client)
+    headers = factory.headers(factory.user(Role.CASEWORKER))
+    response = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"], headers
+
+
+def test_requests_leave_sealing_to_the_worker_thread(
+    threaded: Any, session: Any, rounds: list[str]
+) -> None:
+    client = threaded.test_client()
+    case_id, headers = _case_and_headers(threaded, client)
+    for _ in range(3):
+        response = client.get(f"/api/v1/cases/{case_id}", headers=headers, buffered=True)
+        assert response.status_code == 200
+    factory = conftest.Factory(threaded, client)
+    intruder = factory.headers(factory.user(Role.CASEWORKER))  # another organisation
+    denied = client.get(f"/api/v1/cases/{case_id}", headers=intruder, buffered=True)
+    assert denied.status_code == 404  # a denial is recorded and sealed the same way
+
+    _wait_for(lambda: _unsealed(session) == 0, "the sealing thread to seal every row")
+    assert rounds and set(rounds) == {"audit-sealer"}, rounds  # never a request's thread
+    with hooks_session(threaded) as s:
+        outcome = service.verify_chain(s)
+    # The creation, three reads and the denial.
+    assert (outcome.ok, outcome.checked, outcome.unsealed) == (True, 5, 0)
+
+
+def test_a_burst_of_requests_is_sealed_in_one_round(
+    threaded: Any, session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = threaded.test_client()
+    case_id, headers = _case_and_headers(threaded, client)
+    _wait_for(lambda: _unsealed(session) == 0, "the case creation to be sealed")
+
+    # Hold the thread's next round until the whole burst is committed.
+    gate, held = threading.Event(), threading.Event()
+    calls: list[int | None] = []
+    real = hooks.seal_batch
+
+    def gated(s: Any, batch_size: int = 500) -> int | None:
+        if not calls:
+            held.set()
+            assert gate.wait(30), "the test never opened the gate"
+        calls.append(real(s, batch_size))
+        return calls[-1]
+
+    monkeypatch.setattr(hooks, "seal_batch", gated)
+    burst = 10
+    for _ in range(burst):
+        assert client.get(f"/api/v1/cases/{case_id}", headers=headers).status_code == 200
+    assert held.wait(30), "no request signalled the sealing thread"
+    assert calls == []  # every request has answered while its rows were still pending
+    assert _unsealed(session) == burst
+    gate.set()
+
+    _wait_for(lambda: _unsealed(session) == 0, "the burst to be sealed")
+    # One round chained all ten rows; at most one more (signals that came in meanwhile).
+    assert calls[0] == burst, calls
+    assert len(calls) <= 2, calls
+    with hooks_session(threaded) as s:
+        assert service.verify_chain(s).ok
+
+
 def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_path, session):
-    # `app` (interval 0) only provides table clean-up; this one runs the loop.
-    looping = create_app(test_config(database_url, keyring_path, AUDIT_SEAL_INTERVAL_SECONDS=0.2))
+    # Rows no request announced (e.g. of a worker that died) wait for the periodic round.
+    looping = create_app(
+        conftest.test_config(database_url, keyring_path, AUDIT_SEAL_INTERVAL_SECONDS=0.2)
+    )
     orphan = AuditEvent(
         occurred_at=datetime.now(UTC),
         actor_type="system",
@@ -26,15 +150,32 @@ def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_pa
     session.close()
 
     assert looping.test_client().get("/health").status_code == 200  # starts the loop
-    sealed = None
-    deadline = time.monotonic() + 10
-    while sealed is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-        sealed = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == orphan_id)).one()
+
+    def sealed() -> bool:
+        seq = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == orphan_id)).one()
         session.rollback()
-    looping.extensions["referral_api.audit_sealer"].stop()
-    assert sealed is not None, "the background loop never sealed the pending row"
+        return seq is not None
+
+    try:
+        _wait_for(sealed, "the background loop to seal the pending row")
+    finally:
+        looping.extensions[hooks.SEALER].stop(timeout=30)
 
 
 def test_no_background_loop_when_disabled(app):
-    assert "referral_api.audit_sealer" not in app.extensions
+    assert hooks.SEALER not in app.extensions
+
+
+def test_stop_ends_the_thread(threaded: Any) -> None:
+    assert threaded.test_client().get("/health").status_code == 200
+    sealer = threaded.extensions[hooks.SEALER]
+    thread = sealer._thread
+    assert thread is not None and thread.is_alive()
+    sealer.stop(timeout=30)
+    assert not thread.is_alive()
+
+
+def hooks_session(app: Any) -> Any:
+    from referral_api.extensions import db
+
+    return db.session_factory_for(app)()

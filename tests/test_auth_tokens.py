@@ -925,3 +925,16 @@ def test_client_logout_revokes_its_token(client, session, police_client):
     assert client.post(LOGOUT, headers=bearer(token)).status_code == 204
     assert_unauthorized(client.get(ME, headers=bearer(token)))
     assert session_row(session, decode(token)["sid"]).revoked_reason == "logout"
+
+
+def test_client_session_cannot_be_borrowed_as_a_user(client, session, police_client, tokens):
+    # A client's live session named with the `user:` kind, by the client's own id or by a
+    # user's: the session belongs to the client alone, so neither is anyone.
+    token = client_access_token(client, *police_client)
+    client_claims = decode(token)
+    client_pk = client_claims["sub"].partition(":")[2]
+    user_sub = decode(tokens["access_token"])["sub"]
+    for sub in (f"user:{client_pk}", user_sub):
+        forged = sign({**client_claims, "sub": sub})
+        assert_unauthorized(client.get(ME, headers=bearer(forged)), case=sub)
+    assert client.get(ME, headers=bearer(token)).status_code == 200

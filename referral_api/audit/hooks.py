@@ -1,11 +1,22 @@
-"""Seal audit rows right after the request that wrote them has been answered.
+"""Seal audit rows soon after the requests that wrote them, without making requests wait.
 
-An `after_flush` listener marks sessions that inserted audit rows; after the response is
-sent (`call_on_close`), short transactions seal pending rows until none is left. Because
-the sealer skips a chain head another worker holds, requests never wait on each other for
-the chain. A row can still miss every round (its request found the head busy just as the
-holder finished), so each worker also runs a short background loop that seals whatever is
-pending every AUDIT_SEAL_INTERVAL_SECONDS.
+An `after_flush` listener marks sessions that inserted audit rows (the rows themselves are
+committed with the request's change, before its response leaves). Sealing them is not the
+request's job:
+
+- With the per-worker sealing thread (AUDIT_SEAL_INTERVAL_SECONDS > 0, the default), an
+  audited request only signals its worker's thread. The thread waits
+  AUDIT_SEAL_DELAY_SECONDS, so that one short transaction chains every row the worker's
+  requests committed meanwhile (one round per delay under load, instead of one or two
+  transactions after every request), and seals again after the delay when another worker
+  held the chain head. A row is therefore sealed about AUDIT_SEAL_DELAY_SECONDS after its
+  request, and at the latest by the thread's round every AUDIT_SEAL_INTERVAL_SECONDS, which
+  also picks up rows no signal announced (a worker that died, a failed round).
+- Without the thread (interval 0, as in the tests), each audited response seals right
+  after it has been sent (`call_on_close`).
+
+Either way the sealer takes the chain head with SKIP LOCKED, so no request and no worker
+ever waits for another one to finish sealing; rows are chained in id order.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from referral_api.audit.models import AuditEvent
-from referral_api.audit.service import seal_pending
+from referral_api.audit.service import seal_batch
 
 log = logging.getLogger(__name__)
 _FLAG = "audit_rows_written"
+_BATCH = 500
+SEALER = "referral_api.audit_sealer"
 
 
 @event.listens_for(Session, "after_flush")
@@ -33,36 +46,47 @@ def _mark_audit_rows(session: Session, _context: Any) -> None:
         session.info[_FLAG] = True
 
 
-def seal_now(app: Flask, *, max_rounds: int = 20) -> int:
-    """Seal in committed batches until a round finds nothing (or the head is busy)."""
+def _seal(app: Flask, max_rounds: int) -> tuple[int, bool]:
+    """Seal in committed batches until one is short. Returns (rows sealed, whether the
+    chain head was busy: another worker is sealing and may have missed our rows)."""
     from referral_api.extensions import db
 
     total = 0
     try:
         for _ in range(max_rounds):
             with db.session_factory_for(app)() as session:
-                sealed = seal_pending(session)
+                sealed = seal_batch(session, _BATCH)
                 session.commit()
+            if sealed is None:
+                return total, True
             total += sealed
-            if sealed == 0:
+            if sealed < _BATCH:
                 break
-        return total
     except SQLAlchemyError:
         # Never fails a request: unsealed rows are picked up by the next seal or verify.
         log.warning("audit sealing deferred", exc_info=True)
-        return 0
+    return total, False
+
+
+def seal_now(app: Flask, *, max_rounds: int = 20) -> int:
+    """Seal what is pending now, in this thread; returns how many rows were sealed."""
+    return _seal(app, max_rounds)[0]
 
 
 class BackgroundSealer:
     """One daemon thread per worker process, started with its first request (after a
-    pre-forking server has forked), sealing pending rows every `interval` seconds."""
+    pre-forking server has forked). It seals `delay` seconds after a request signals
+    new rows, and every `interval` seconds in any case."""
 
-    def __init__(self, app: Flask, interval: float) -> None:
+    def __init__(self, app: Flask, interval: float, delay: float) -> None:
         self.app = app
         self.interval = interval
+        self.delay = delay
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def ensure_running(self) -> None:
         if self._pid == os.getpid():
@@ -71,28 +95,54 @@ class BackgroundSealer:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
-            thread.start()
+            # A forked child inherits the parent's events, not its thread: start afresh.
+            self._wake = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
+            self._thread.start()
+
+    def request_seal(self) -> None:
+        """Called by a request that committed audit rows: cheap, never blocks."""
+        self._wake.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            seal_now(self.app)
+        while not self._stop.is_set():
+            signalled = self._wake.wait(self.interval)
+            # Gather the rows of the requests that follow into the same round.
+            if signalled and self.delay > 0 and self._stop.wait(self.delay):
+                break
+            if self._stop.is_set():
+                break
+            # Cleared before the round's SELECT: a row committed after it signals again.
+            self._wake.clear()
+            _, head_busy = _seal(self.app, max_rounds=20)
+            if head_busy:
+                self._wake.set()  # another worker is sealing: look again after the delay
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread.ident != threading.get_ident():
+            self._thread.join(timeout)
 
 
 def init_app(app: Flask) -> None:
     interval = float(app.config.get("AUDIT_SEAL_INTERVAL_SECONDS", 5))
+    sealer: BackgroundSealer | None = None
     if interval > 0:
-        sealer = BackgroundSealer(app, interval)
-        app.extensions["referral_api.audit_sealer"] = sealer
+        # At least 10 ms: a thread that found the chain head busy looks again after it.
+        delay = max(float(app.config.get("AUDIT_SEAL_DELAY_SECONDS", 0.1)), 0.01)
+        sealer = BackgroundSealer(app, interval, min(delay, interval))
+        app.extensions[SEALER] = sealer
         app.before_request(sealer.ensure_running)
 
     @app.after_request
     def seal_after_response(response: Response) -> Response:
         session = g.get("db_session")
-        if session is not None and session.info.pop(_FLAG, False):
+        if session is None or not session.info.pop(_FLAG, False):
+            return response
+        if sealer is not None:
+            sealer.request_seal()
+        else:
             target = current_app._get_current_object()  # type: ignore[attr-defined]
             response.call_on_close(lambda: seal_now(target))
         return response
@@ -120,4 +170,4 @@ def record_denial(app: Flask, entry: dict[str, Any]) -> None:
         session.rollback()
         log.error("could not record a denied access", exc_info=True)
         raise
-    seal_now(app)
+    # Sealed like any audited request's rows: the commit marked the request's session.

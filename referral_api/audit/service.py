@@ -1,7 +1,7 @@
 """Recording, sealing and verifying the audit chain.
 
 Requests never lock the chain: each inserts unsealed rows in its own transaction. The
-sealer (run right after a request commits, and by `referral-api audit seal`/`verify`)
+sealer (each worker's sealing thread, see `hooks`, and `referral-api audit seal`/`verify`)
 takes the head row with SKIP LOCKED — if another worker is sealing, it simply leaves the
 work to it — and chains a batch of unsealed rows in id order:
     hash = SHA-256(prev_hash ‖ canonical(row))
@@ -123,9 +123,15 @@ def _lock_head(session: Session) -> AuditChainHead | None:
 
 def seal_pending(session: Session, batch_size: int = 500) -> int:
     """Chain up to `batch_size` unsealed rows; returns how many. Caller commits."""
+    return seal_batch(session, batch_size) or 0
+
+
+def seal_batch(session: Session, batch_size: int = 500) -> int | None:
+    """Like `seal_pending`, but None when another worker holds the chain head (it is
+    sealing right now, and may have selected its rows before ours were committed)."""
     head = _lock_head(session)
     if head is None:
-        return 0  # another worker is sealing right now
+        return None
     rows = session.scalars(
         select(AuditEvent).where(AuditEvent.seq.is_(None)).order_by(AuditEvent.id).limit(batch_size)
     ).all()

@@ -12,8 +12,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Select, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -243,49 +244,73 @@ def client_credentials(
     )
 
 
+def _actor_statement(principal: type[User] | type[ApiClient]) -> Select[Any]:
+    """The one per-request query: the session, its principal and the principal's
+    organisation, as plain columns (no ORM entities to build for every request)."""
+    table = principal.__table__
+    sessions = AuthSession.__table__
+    orgs = Organisation.__table__
+    session_column = sessions.c.user_id if principal is User else sessions.c.client_id
+    return (
+        select(
+            table.c.role,
+            table.c.active,
+            orgs.c.id,
+            orgs.c.org_type,
+            orgs.c.active,
+        )
+        .select_from(table)
+        .join(orgs, orgs.c.id == table.c.org_id)
+        .join(sessions, session_column == table.c.id)
+        .where(
+            table.c.id == bindparam("principal_id"),
+            sessions.c.id == bindparam("session_id"),
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > bindparam("now"),
+        )
+    )
+
+
+# Built once: the statement is the same for every request, only its parameters change.
+_ACTOR_STATEMENTS: dict[str, Select[Any]] = {
+    ActorKind.USER.value: _actor_statement(User),
+    ActorKind.CLIENT.value: _actor_statement(ApiClient),
+}
+
+
 def load_actor(
     session: Session, *, subject: str, session_id: uuid.UUID, now: datetime
 ) -> Actor | None:
     """Rebuild the actor from the database: role, organisation and active flags as of now.
 
     Returns None when the session was revoked or expired, or when the principal or its
-    organisation is gone or inactive; the caller answers 401.
+    organisation is gone or inactive; the caller answers 401. Runs on the request's own
+    connection and transaction, so a revocation committed before it is always seen.
     """
     kind, _, raw_id = subject.partition(":")
+    statement = _ACTOR_STATEMENTS.get(kind)
+    if statement is None:
+        return None
     try:
         principal_id = uuid.UUID(raw_id)
     except ValueError:
         return None
-    if kind == ActorKind.USER:
-        model: type[User] | type[ApiClient] = User
-        session_column = AuthSession.user_id
-    elif kind == ActorKind.CLIENT:
-        model = ApiClient
-        session_column = AuthSession.client_id
-    else:
-        return None
-    row = session.execute(
-        select(model, Organisation)
-        .join(Organisation, Organisation.id == model.org_id)
-        .join(AuthSession, session_column == model.id)
-        .where(
-            model.id == principal_id,
-            AuthSession.id == session_id,
-            AuthSession.revoked_at.is_(None),
-            AuthSession.expires_at > now,
-        )
-    ).one_or_none()
+    row = (
+        session.connection()
+        .execute(statement, {"principal_id": principal_id, "session_id": session_id, "now": now})
+        .one_or_none()
+    )
     if row is None:
         return None
-    principal, org = row
-    if not (principal.active and org.active):
+    role, principal_active, org_id, org_type, org_active = row
+    if not (principal_active and org_active):
         return None
     return Actor.for_principal(
         kind=ActorKind(kind),
-        id=principal.id,
-        org_id=org.id,
-        org_type=org.org_type,
-        role=principal.role,
+        id=principal_id,
+        org_id=org_id,
+        org_type=org_type,
+        role=role,
         session_id=session_id,
     )
 

@@ -33,9 +33,13 @@ def _respond(view: service.CaseView, status: int = 200) -> Any:
     return body, status, {"ETag": etag_for("case", view.case.id, view.case.version)}
 
 
+# The note attributes a response carries, read once (a schema instance copies its fields).
+_NOTE_FIELDS = tuple(NoteSchema().fields)
+
+
 def _note_view(note: Any) -> dict[str, Any]:
     # Decrypted before the commit; @blp.response dumps it (dumping here too would dump twice).
-    return {name: getattr(note, name) for name in NoteSchema().fields}
+    return {name: getattr(note, name) for name in _NOTE_FIELDS}
 
 
 def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
