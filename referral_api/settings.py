@@ -86,7 +86,6 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "KEYRING_PATH": keyring_path,
         "KEYRING_CREATE_IF_MISSING": env != "production",
         "CORS_ORIGINS": cors_origins,
-        "REDIS_URL": os.environ.get("REDIS_URL") or None,
         # Request bodies above this size are refused with 413 before they are parsed.
         "MAX_CONTENT_LENGTH": _env_int("REFERRAL_API_MAX_BODY_BYTES", 1024 * 1024),
         # flask-jwt-extended
@@ -116,7 +115,6 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "PHONE_REGION": os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper(),
         "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
         "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300),
-        # Each worker seals audit rows left pending this often (0: only after requests).
         # Retention after closure, per case type (days); `referral-api retention run`.
         "RETENTION_POLICY": {
             "thb": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_THB", 5 * 365)},
@@ -129,6 +127,10 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
             for v in os.environ.get("REFERRAL_API_NOTICE_VERSIONS", "").split(",")
             if v.strip()
         ],
+        # Each worker's sealing thread chains new audit rows this long after a request
+        # wrote them, and in any case every AUDIT_SEAL_INTERVAL_SECONDS (0: no thread; each
+        # audited response seals after it is sent).
+        "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100) / 1000,
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
