@@ -6,6 +6,7 @@ backfills and retires the old index key while search keeps working."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from referral_api.access.roles import Role
 from referral_api.audit.models import AuditEvent
 from referral_api.cases.models import Case, CaseNote, CaseSearchIndex
 from referral_api.crypto import envelope, rotation
-from referral_api.crypto.keyring import LocalKeyring
+from referral_api.crypto.keyring import KeyUnavailable, LocalKeyring
+from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
 from referral_api.extensions import db
 
@@ -311,6 +313,314 @@ def test_destroying_the_current_or_an_unknown_root_version_is_refused(app, clien
     # The current version is still usable for new keys.
     created = client.post(CASES, json=_payload("A", 7), headers=world.headers["A"])
     assert created.status_code == 201
+
+
+def _add_orgs_with_keys(app: Any, count: int, *, ids: list[uuid.UUID] | None = None) -> None:
+    """Organisations with their org key and index key, as the admin API provisions them."""
+    from referral_api.auth.models import Organisation
+    from referral_api.crypto.fields import crypto_of
+
+    ids = ids or [uuid.uuid4() for _ in range(count)]
+    with db.session_factory_for(app)() as session:
+        for org_id in ids:
+            session.add(Organisation(id=org_id, name=f"rotation-{org_id.hex}", org_type="ngo"))
+        session.flush()
+        keys = crypto_of(session).keys(session)
+        for org_id in ids:
+            keys.ensure_org_keys(org_id)
+        session.commit()
+
+
+def _root_wrapped(app: Any) -> dict[tuple[str, uuid.UUID, int], tuple[int, bytes]]:
+    """Every root-wrapped key: (table, org, version) → (root_version column, wrapped)."""
+    found = {}
+    with db.session_factory_for(app)() as session:
+        for model in (OrgKey, IndexKey):
+            rows = session.execute(
+                select(model.org_id, model.version, model.root_version, model.wrapped_key)
+            )
+            for org_id, version, root_version, wrapped in rows:
+                found[(model.__tablename__, org_id, version)] = (root_version, wrapped)
+        session.rollback()
+    return found
+
+
+def _key_material(app: Any) -> dict[tuple[str, uuid.UUID, int], bytes]:
+    """Every root-wrapped key unwrapped from what the database and keyring hold now (cache
+    cleared): what a rotation must preserve exactly."""
+    from referral_api.crypto.fields import crypto_of
+
+    _clear_key_cache(app)
+    material = {}
+    with db.session_factory_for(app)() as session:
+        keys = crypto_of(session).keys(session)
+        for table, org_id, version in _root_wrapped(app):
+            unwrap = keys.org_key if table == OrgKey.__tablename__ else keys.index_key
+            material[(table, org_id, version)] = unwrap(org_id, version)
+        session.rollback()
+    _clear_key_cache(app)
+    return material
+
+
+def _assert_all_under(app: Any, root_version: int) -> None:
+    for place, (column, wrapped) in _root_wrapped(app).items():
+        assert column == root_version, place
+        assert wrapped[:4] == root_version.to_bytes(4, "big"), place  # the header agrees
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["after a committed batch", "inside a batch"])
+def test_interrupted_bulk_root_rotation_resumes_without_loss_or_double_wrap(
+    app, client, runner, world, monkeypatch, where
+):
+    _add_orgs_with_keys(app, 5)  # 7 organisations: 7 org keys and 7 index keys
+    material = _key_material(app)
+    assert len(material) == 14
+    factory = db.session_factory_for(app)
+
+    if where == "after a committed batch":
+
+        def progress(count: int) -> None:
+            raise Interrupted
+
+        with pytest.raises(Interrupted):
+            rotation.rotate_root(factory, resume=False, batch_size=3, progress=progress)
+    else:
+        real_write = rotation._write_rewrapped
+        calls = []
+
+        def failing_second_write(*args: Any) -> int:
+            calls.append(1)
+            if len(calls) == 2:
+                raise Interrupted  # the batch's UPDATE never reaches the database
+            return real_write(*args)
+
+        monkeypatch.setattr(rotation, "_write_rewrapped", failing_second_write)
+        with pytest.raises(Interrupted):
+            rotation.rotate_root(factory, resume=False, batch_size=3)
+        monkeypatch.setattr(rotation, "_write_rewrapped", real_write)
+
+    # Exactly the first batch (3 org keys) is done; the rest is untouched under version 1.
+    middle = _root_wrapped(app)
+    done = {place for place, (root, _) in middle.items() if root == 2}
+    assert len(done) == 3
+    assert {table for table, *_ in done} == {"org_keys"}
+    assert all(middle[place][1][:4] == b"\x00\x00\x00\x02" for place in done)
+    assert _status(runner)["org_keys_by_root_version"] == {"1": 4, "2": 3}
+    assert _key_material(app) == material  # mid-rotation, every key still unwraps
+    _assert_everything_decrypts(app, client, world)
+
+    result = _invoke(runner, "rotate-root", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "root key v2 current; 11 keys re-wrapped" in result.output
+    assert _keyring(app).describe().versions == (1, 2)  # resuming made no new version
+
+    after = _root_wrapped(app)
+    _assert_all_under(app, 2)
+    for place in done:  # not wrapped a second time
+        assert after[place] == middle[place]
+    assert _key_material(app) == material  # same key material, nothing lost
+
+    # Nothing is left on version 1: destroying it loses nothing.
+    assert _invoke(runner, "destroy-root", "1", "--yes").exit_code == 0
+    assert _key_material(app) == material
+    _assert_everything_decrypts(app, client, world)
+    _assert_search_finds_every_case(app, client, world)
+
+    again = rotation.rotate_root(factory, resume=True, batch_size=3)
+    assert again == (2, 0)
+    assert _root_wrapped(app) == after
+
+
+def test_root_rotation_stays_online_and_picks_up_keys_written_meanwhile(
+    app, client, factory, world
+):
+    _add_orgs_with_keys(app, 5)
+    admin = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    # A transaction that wrapped a new organisation's keys under root version 1 just before
+    # the rotation, and commits mid-rotation: its org id sorts first, behind the cursor.
+    straggler = uuid.UUID(int=1)
+    from referral_api.auth.models import Organisation
+
+    with db.session_factory_for(app)() as session:
+        session.add(Organisation(id=straggler, name="straggler", org_type="ngo"))
+        session.commit()
+    secret = os.urandom(32)
+    straggler_key = OrgKey(
+        org_id=straggler,
+        version=1,
+        root_version=1,
+        wrapped_key=_keyring(app).wrap(secret, _org_key_aad(straggler, 1)),
+    )
+    material = _key_material(app)
+    db_factory = db.session_factory_for(app)
+    during: dict[str, Any] = {}
+
+    def progress(count: int) -> None:
+        if during:
+            return
+        # Between two batches: the API keeps working, old and new keys side by side.
+        _assert_everything_decrypts(app, client, world)
+        created = client.post(CASES, json=_payload("A", 6), headers=world.headers["A"])
+        assert created.status_code == 201, created.get_json()
+        response = client.post(
+            "/api/v1/orgs", json={"name": "Mid-rotation NGO", "org_type": "ngo"}, headers=admin
+        )
+        assert response.status_code == 201, response.get_json()
+        during["org"] = uuid.UUID(response.get_json()["id"])
+        during["case"] = created.get_json()["id"]
+        with db_factory() as session:
+            session.add(straggler_key)
+            session.commit()
+
+    version, rewrapped = rotation.rotate_root(
+        db_factory, resume=False, batch_size=3, progress=progress
+    )
+    assert version == 2
+    # The new organisation was born under version 2 and needed no re-wrap; the straggler
+    # (committed behind the cursor under version 1) was found by the next pass.
+    assert rewrapped == len(material) + 1
+    _assert_all_under(app, 2)
+    wrapped = _root_wrapped(app)
+    assert {("org_keys", during["org"], 1), ("index_keys", during["org"], 1)} <= set(wrapped)
+    now = _key_material(app)
+    assert now[("org_keys", straggler, 1)] == secret
+    assert {place: now[place] for place in material} == material
+
+    assert _keyring(app).describe().current_version == 2
+    _keyring(app).destroy(1)
+    _assert_everything_decrypts(app, client, world)
+    read = client.get(f"{CASES}/{during['case']}", headers=world.headers["A"])
+    assert read.status_code == 200, read.get_json()
+
+
+def test_root_rotation_leaves_a_key_rewrapped_by_someone_else_meanwhile(app, world, monkeypatch):
+    """Two rotations at once (or a rerun racing an old one): a key another run re-wrapped
+    between this batch's read and its write keeps that run's wrapping; it is neither
+    overwritten nor counted."""
+    from sqlalchemy import update
+
+    _add_orgs_with_keys(app, 1)
+    material = _key_material(app)
+    real_write = rotation._write_rewrapped
+    theirs: dict[str, Any] = {}
+
+    def other_run_first(session: Any, table: Any, rewrapped: list[Any], root: int) -> int:
+        if not theirs:
+            org_id, version, _, _ = rewrapped[0]
+            key = material[(table.name, org_id, version)]
+            aad = (_org_key_aad if table.name == "org_keys" else _index_key_aad)(org_id, version)
+            theirs.update(place=(table.name, org_id, version), wrapped=_keyring(app).wrap(key, aad))
+            session.execute(
+                update(table)
+                .where(table.c.org_id == org_id, table.c.version == version)
+                .values(root_version=root, wrapped_key=theirs["wrapped"])
+            )
+        return real_write(session, table, rewrapped, root)
+
+    monkeypatch.setattr(rotation, "_write_rewrapped", other_run_first)
+    version, rewrapped = rotation.rotate_root(db.session_factory_for(app), resume=False)
+
+    assert (version, rewrapped) == (2, len(material) - 1)
+    assert _root_wrapped(app)[theirs["place"]] == (2, theirs["wrapped"])
+    _assert_all_under(app, 2)
+    assert _key_material(app) == material
+
+
+def test_root_rotation_stops_at_a_key_that_does_not_unwrap_and_names_it(app, world):
+    from sqlalchemy import update
+
+    _add_orgs_with_keys(app, 1)
+    victim = sorted(org_id for _, org_id, _ in _root_wrapped(app))[1]
+    with db.session_factory_for(app)() as session:
+        wrapped = session.scalar(select(IndexKey.wrapped_key).where(IndexKey.org_id == victim))
+        session.execute(
+            update(IndexKey)
+            .where(IndexKey.org_id == victim)
+            .values(wrapped_key=wrapped[:-1] + bytes([wrapped[-1] ^ 1]))
+        )
+        session.commit()
+
+    with pytest.raises(KeyUnavailable) as caught:
+        rotation.rotate_root(db.session_factory_for(app), resume=False)
+
+    assert f"index_keys org {victim} version 1" in str(caught.value)
+    assert wrapped.hex() not in str(caught.value)
+    # Organisation keys were done; the failing batch of index keys wrote nothing.
+    assert {
+        root for (table, *_), (root, _) in _root_wrapped(app).items() if table == "org_keys"
+    } == {2}
+    assert {
+        root for (table, *_), (root, _) in _root_wrapped(app).items() if table == "index_keys"
+    } == {1}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 8, 5000])
+def test_root_rotation_batch_boundaries(app, world, batch_size):
+    _add_orgs_with_keys(app, 5)  # 7 keys per table: a multiple of 1 and 7 only
+    material = _key_material(app)
+    reported: list[int] = []
+
+    version, rewrapped = rotation.rotate_root(
+        db.session_factory_for(app), resume=False, batch_size=batch_size, progress=reported.append
+    )
+
+    assert (version, rewrapped) == (2, 14)
+    assert sum(reported) == 14
+    assert all(0 < count <= batch_size for count in reported)
+    assert len(reported) == 2 * -(-7 // batch_size)  # each table in ceil(7 / size) batches
+    _assert_all_under(app, 2)
+    assert _key_material(app) == material
+    assert rotation.rotate_root(
+        db.session_factory_for(app), resume=True, batch_size=batch_size
+    ) == (
+        2,
+        0,
+    )
+
+
+def test_root_rotation_checks_the_keyring_file_once_per_batch_not_per_key(app, world, monkeypatch):
+    _add_orgs_with_keys(app, 28)  # 30 keys per table
+    checks = []
+    real = LocalKeyring._file_signature
+
+    def counted(self: LocalKeyring) -> tuple[int, int, int]:
+        checks.append(1)
+        return real(self)
+
+    monkeypatch.setattr(LocalKeyring, "_file_signature", counted)
+    version, rewrapped = rotation.rotate_root(
+        db.session_factory_for(app), resume=False, batch_size=10
+    )
+    assert (version, rewrapped) == (2, 60)
+    # Per table: 3 full batches, one empty one ending the pass and one confirming pass
+    # (5 snapshots); plus rotate() itself. Per key it would be 3 × 60.
+    assert len(checks) <= 2 * 5 + 3
+    _assert_all_under(app, 2)
+
+
+def test_keyring_snapshot_is_taken_fresh_and_then_stays_put(tmp_path):
+    path = tmp_path / "keyring.json"
+    server = LocalKeyring.load(path, create_if_missing=True)
+    LocalKeyring.load(path, create_if_missing=False).rotate()  # another process
+    snapshot = server.snapshot()
+    assert snapshot.current_version() == 2  # the other process's rotation is seen
+
+    LocalKeyring.load(path, create_if_missing=False).rotate()
+    wrapped = snapshot.wrap(b"k" * 32, b"ad")
+    assert wrapped[:4] == (2).to_bytes(4, "big")  # one version for the whole batch
+    assert server.unwrap(wrapped, b"ad") == b"k" * 32
+    assert server.current_version() == 3  # single operations still see changes at once
+    with pytest.raises(KeyUnavailable):  # a version newer than the snapshot is not in it
+        snapshot.unwrap(server.wrap(b"j" * 32, b"ad"), b"ad")
+    with pytest.raises(TypeError):
+        snapshot.rotate()
+    with pytest.raises(TypeError):
+        snapshot.destroy(1)
+    assert LocalKeyring.load(path, create_if_missing=False).describe().versions == (1, 2, 3)
 
 
 # ---- case data keys -----------------------------------------------------------------------

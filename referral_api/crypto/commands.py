@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -64,10 +65,13 @@ def status(as_json: bool) -> None:
 @click.option("--resume", is_flag=True, help="Finish re-wrapping without a new root version")
 def rotate_root(resume: bool) -> None:
     """New root key version; re-wrap every organisation and index key (online, resumable)."""
+    started = time.perf_counter()
     with click.progressbar(length=0, label="re-wrapping keys", show_pos=True) as bar:
         version, total = rotation.rotate_root(_factory(), resume=resume, progress=bar.update)
+    seconds = time.perf_counter() - started
     _audit("keys:rotate-root", {"root_version": version, "rewrapped": total})
-    click.echo(f"root key v{version} current; {total} keys re-wrapped")
+    rate = f" ({total / seconds:,.0f} keys/s)" if total and seconds > 0 else ""
+    click.echo(f"root key v{version} current; {total} keys re-wrapped in {seconds:.1f} s{rate}")
 
 
 @keys_group.command("destroy-root")

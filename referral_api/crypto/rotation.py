@@ -13,14 +13,32 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    Table,
+    Uuid,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 from referral_api.crypto.fields import crypto_of, reencrypt
+from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
+from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
 
 Progress = Callable[[int], None]
@@ -81,40 +99,210 @@ def key_status(session: Session) -> KeyStatus:
 # ---- root ---------------------------------------------------------------------------------
 
 
+ROOT_BATCH_SIZE = 5000
+
+
 def rotate_root(
     factory: sessionmaker[Session],
     *,
     resume: bool,
-    batch_size: int = 1000,
+    batch_size: int = ROOT_BATCH_SIZE,
     progress: Progress | None = None,
 ) -> tuple[int, int]:
     """Create a new root version (unless resuming) and re-wrap every organisation and index
-    key still wrapped under an older one. Returns (new root version, keys re-wrapped)."""
+    key still wrapped under another one. Returns (root version now current, keys re-wrapped).
+
+    Bulk and online: each batch reads (org_id, version, root_version, wrapped_key) in
+    primary-key order after the previous batch (keyset paging, so a batch costs the same
+    at the end of the table as at the start), re-wraps in Python (the wrapping and
+    associated data of crypto/keys.py) and writes the batch with one UPDATE in a short
+    transaction of its own. On PostgreSQL the write of one batch overlaps the read and
+    re-wrap of the next (one writer thread, at most one write in flight); a failed write
+    stops the run before another is started.
+
+    Resumable: a key already under the current root version is never selected, and each
+    UPDATE only applies while the row is still under the root version it was read with, so
+    a concurrent or repeated run cannot wrap a key twice. A pass over the table is repeated
+    until one finds nothing: a key committed behind the cursor by a transaction that
+    started before the new version existed is picked up by the next pass.
+    """
     with factory() as session:
         provider = crypto_of(session).provider
-        if not resume:
-            provider.rotate()
-        current = provider.current_version()
+        overlap = session.get_bind().dialect.name == "postgresql"
+    current = provider.rotate() if not resume else provider.current_version()
     total = 0
-    for model in (OrgKey, IndexKey):
-        while True:
-            with factory() as session:
-                keys = crypto_of(session).keys(session)
-                rows = session.scalars(
-                    select(model).where(model.root_version != current).limit(batch_size)
-                ).all()
-                for row in rows:
-                    if model is OrgKey:
-                        keys.rewrap_org_key(row)  # type: ignore[arg-type]
-                    else:
-                        keys.rewrap_index_key(row)  # type: ignore[arg-type]
-                session.commit()
-            total += len(rows)
-            if progress:
-                progress(len(rows))
-            if len(rows) < batch_size:
-                break
+    # SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to overlap there.
+    with ThreadPoolExecutor(1, "rotate-root") if overlap else _Inline() as writer:
+        for table, associated_data in _ROOT_WRAPPED:
+            while True:
+                after: tuple[uuid.UUID, int] | None = None
+                found = 0
+                in_flight: Future[int] | None = None
+                while True:
+                    batch = _read_and_rewrap(
+                        factory, provider, table, associated_data, after, batch_size
+                    )
+                    current = batch.root_version
+                    if in_flight is not None:
+                        total += _settled(in_flight, progress)
+                        in_flight = None
+                    found += len(batch.keys)
+                    if batch.keys:
+                        after = batch.keys[-1][0], batch.keys[-1][1]
+                        in_flight = writer.submit(_commit_rewrapped, factory, table, batch)
+                    if len(batch.keys) < batch_size:
+                        break
+                if in_flight is not None:
+                    total += _settled(in_flight, progress)
+                if not found:
+                    break
     return current, total
+
+
+@dataclass(frozen=True, slots=True)
+class _Rewrapped:
+    """One batch: (org_id, version, root version read, new wrapped key) for each key, all
+    newly wrapped under `root_version`."""
+
+    root_version: int
+    keys: list[tuple[uuid.UUID, int, int, bytes]]
+
+
+# The root-wrapped keys, each with the associated data it is wrapped with (crypto/keys.py).
+_ROOT_WRAPPED: tuple[tuple[Table, Callable[[uuid.UUID, int], bytes]], ...] = (
+    (cast(Table, OrgKey.__table__), _org_key_aad),
+    (cast(Table, IndexKey.__table__), _index_key_aad),
+)
+
+
+class _Inline:
+    """The executor interface, running each task at once in the calling thread (a failure
+    is raised from `submit`)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def submit(self, task: Callable[..., int], *args: Any) -> Future[int]:
+        done: Future[int] = Future()
+        done.set_result(task(*args))
+        return done
+
+
+def _settled(write: Future[int], progress: Progress | None) -> int:
+    written = write.result()  # re-raises a failed write here, before anything else starts
+    if progress:
+        progress(written)
+    return written
+
+
+def _batch_keyring(provider: KeyProvider) -> KeyProvider:
+    """The provider as of now, for one batch. A local keyring otherwise stat()s its file on
+    every wrap, unwrap and current_version (three times per key); its snapshot checks once
+    and keeps one current version for the whole batch. Other providers (HSM, Vault) are
+    used as they are."""
+    snapshot = getattr(provider, "snapshot", None)
+    return snapshot() if callable(snapshot) else provider  # type: ignore[no-any-return]
+
+
+def _read_and_rewrap(
+    factory: sessionmaker[Session],
+    provider: KeyProvider,
+    table: Table,
+    associated_data: Callable[[uuid.UUID, int], bytes],
+    after: tuple[uuid.UUID, int] | None,
+    limit: int,
+) -> _Rewrapped:
+    keyring = _batch_keyring(provider)
+    current = keyring.current_version()
+    query = select(table.c.org_id, table.c.version, table.c.root_version, table.c.wrapped_key)
+    query = query.where(table.c.root_version != current)
+    if after is not None:
+        query = query.where(tuple_(table.c.org_id, table.c.version) > tuple_(*after))
+    with factory() as session:
+        rows = session.execute(query.order_by(table.c.org_id, table.c.version).limit(limit)).all()
+    rewrapped = []
+    for org_id, version, root_version, wrapped in rows:
+        aad = associated_data(org_id, version)
+        try:
+            key = keyring.unwrap(wrapped, aad)
+        except KeyUnavailable:
+            # Stop: a key that cannot be unwrapped needs a person, and saying which one (no
+            # key material) saves them a search. Nothing of this batch has been written.
+            raise KeyUnavailable(
+                f"{table.name} org {org_id} version {version} (root version "
+                f"{root_version}) did not unwrap; nothing in this batch was written"
+            ) from None
+        rewrapped.append((org_id, version, root_version, keyring.wrap(key, aad)))
+    return _Rewrapped(current, rewrapped)
+
+
+def _commit_rewrapped(factory: sessionmaker[Session], table: Table, batch: _Rewrapped) -> int:
+    with factory() as session:
+        written = _write_rewrapped(session, table, batch.keys, batch.root_version)
+        session.commit()
+    return written
+
+
+def _write_rewrapped(
+    session: Session,
+    table: Table,
+    rewrapped: list[tuple[uuid.UUID, int, int, bytes]],
+    root_version: int,
+) -> int:
+    """Write re-wrapped keys, (org_id, version, root version read, new wrapped key) each;
+    returns how many rows changed. A row re-wrapped (or deleted) by someone else since it
+    was read is left alone: the UPDATE matches on the root version it was read under."""
+    if session.get_bind().dialect.name == "postgresql":
+        org_ids, versions, read_under, wrapped_keys = (
+            list(c) for c in zip(*rewrapped, strict=True)
+        )
+        # One UPDATE … FROM unnest(four arrays): one round trip and one cached statement
+        # per batch. (An executemany is a statement per row, even pipelined; a VALUES list
+        # is a new 20,000-parameter statement to compile per batch.)
+        source = (
+            func.unnest(
+                bindparam("org_ids", org_ids, type_=ARRAY(Uuid)),
+                bindparam("versions", versions, type_=ARRAY(Integer)),
+                bindparam("read_under", read_under, type_=ARRAY(Integer)),
+                bindparam("wrapped_keys", wrapped_keys, type_=ARRAY(LargeBinary)),
+            )
+            .table_valued("org_id", "version", "read_under", "wrapped_key")
+            .render_derived(name="rewrapped")
+        )
+        return _rowcount(
+            session.execute(
+                update(table)
+                .where(
+                    table.c.org_id == source.c.org_id,
+                    table.c.version == source.c.version,
+                    table.c.root_version == source.c.read_under,
+                )
+                .values(wrapped_key=source.c.wrapped_key, root_version=root_version)
+            )
+        )
+    # SQLite (in process: no round trips to save): SQLAlchemy's executemany UPDATE.
+    statement = (
+        update(table)
+        .where(
+            table.c.org_id == bindparam("b_org_id"),
+            table.c.version == bindparam("b_version"),
+            table.c.root_version == bindparam("b_read_under"),
+        )
+        .values(wrapped_key=bindparam("b_wrapped_key"), root_version=root_version)
+    )
+    parameters = [
+        {"b_org_id": org_id, "b_version": version, "b_read_under": read, "b_wrapped_key": key}
+        for org_id, version, read, key in rewrapped
+    ]
+    return _rowcount(session.execute(statement, parameters))
+
+
+def _rowcount(result: Any) -> int:
+    # Both drivers report the rows an UPDATE changed, summed over an executemany.
+    return cast(CursorResult[Any], result).rowcount
 
 
 def destroy_root_version(session: Session, version: int) -> None:
@@ -373,7 +561,7 @@ def rotate_org_keys(
                 .group_by(OrgKey.org_id)
                 .subquery()
             )
-            latest = dict(session.execute(select(newest.c.org_id, newest.c.v)).tuples().all())
+            latest = dict(session.execute(select(newest.c.org_id, newest.c.v)).all())
             rows = session.scalars(
                 select(CaseKey)
                 .join(newest, newest.c.org_id == CaseKey.org_id)
