@@ -3,8 +3,8 @@
 Every case is built as `referral_api.cases.demo` builds its demo cases: a `Case` model whose
 personal attributes are `EncryptedField`s, so the before-flush hook creates a per-case data
 key (wrapped by the organisation key), encrypts each field under its HKDF subkey with
-AES-256-GCM and writes the blind-index entries. Batches are committed one transaction each,
-by several processes at once (one per core by default).
+AES-256-GCM (ciphertext format 2) and writes the blind-index entries. Batches are
+committed one transaction each, by several processes at once (one per core by default).
 
     .venv/bin/python bench/seed_cases.py --count 100000            # seed (migrates first)
     .venv/bin/python bench/seed_cases.py --profile 2000            # cProfile one process
@@ -62,8 +62,8 @@ FLUSH_EVERY = int(os.environ.get("BENCH_SEED_FLUSH_EVERY", "25"))
 
 def seed_range(app: Any, org_id: Any, start: int, stop: int) -> int:
     """Insert cases [start, stop) in one committed transaction, flushed every FLUSH_EVERY
-    cases (the before-flush hook scans `session.new` once per case, so smaller flushes keep
-    that scan short, and equal-sized flushes reuse the same INSERT statement shapes)."""
+    cases (equal-sized flushes reuse the same INSERT statement shapes; each flush writes
+    its cases' blind-index entries with one statement)."""
     from referral_api.extensions import db
 
     with app.app_context(), db.session_factory_for(app)() as session:
@@ -176,7 +176,9 @@ def seed(count: int, workers: int, batch: int, *, fresh: bool = False) -> dict[s
 def profile(count: int, batch: int) -> None:
     """cProfile `count` cases seeded in this one process (the same code path)."""
     app, org_id, _ = prepare(fresh=False)
-    base = 50_000_000  # indices far from the seeded ones (distinct ids)
+    # Indices far from the seeded ones and after every earlier profile's (distinct ids), so
+    # the profile can be repeated against the same database.
+    base = 50_000_000 + count_cases(app, org_id)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()

@@ -493,3 +493,154 @@ def test_a_phone_query_without_digits_matches_nothing(client: Any, team: Team) -
     new_case(client, team.headers, **person("C", "D", phone="+380501234567"))
     for query in ("n/a", "none", "---"):
         assert search(client, team.headers, phone=query) == [], query
+
+
+# ---- work per search and per page ---------------------------------------------------------
+
+
+def _statements_naming(app: Any, table: str) -> Any:
+    """A list that collects every SELECT the app's engine runs against `table`."""
+    from sqlalchemy import event
+
+    from referral_api.extensions import db
+
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and f"FROM {table}" in statement:
+            seen.append(statement)
+
+    event.listen(db.engine_for(app), "before_cursor_execute", record)
+    return seen
+
+
+def test_a_page_of_cases_loads_its_data_keys_in_one_query(
+    app: Any, client: Any, team: Team
+) -> None:
+    """A list page or a search decrypts many cases: their wrapped data keys come in one
+    query, not one per case (the key cache is cold, as for most of a large caseload)."""
+    ids = {
+        new_case(client, team.headers, **person(given, "Kovalenko"))
+        for given in ("Olena", "Iryna", "Nadia", "Oksana", "Daryna")
+    }
+    app.extensions["referral_api.crypto"].cache.clear()
+    key_loads = _statements_naming(app, "case_keys")
+    response = client.get(f"{API}/cases", query_string={"limit": 50}, headers=team.headers)
+    assert response.status_code == 200
+    listed = {item["id"]: item for item in response.get_json()}
+    assert set(listed) == ids
+    assert {item["identity"]["family_name"] for item in listed.values()} == {"Kovalenko"}
+    assert len(key_loads) == 1
+
+    app.extensions["referral_api.crypto"].cache.clear()
+    key_loads.clear()
+    assert set(search(client, team.headers, name="Kovalenko")) == ids
+    assert len(key_loads) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "term", "decrypted"),
+    [
+        ("name", "olena", {"given_name", "family_name", "aliases"}),
+        ("dob", "1999-04-02", {"date_of_birth"}),
+        ("family_birth", "kovalenko|1999", {"family_name", "date_of_birth"}),
+        ("phone", "+380501234567", {"phone"}),
+        ("document", "FA123456", {"documents"}),
+    ],
+)
+def test_a_candidate_is_checked_by_decrypting_only_the_searched_fields(
+    ukrainian_phones: None,
+    monkeypatch: Any,
+    app: Any,
+    client: Any,
+    team: Team,
+    field: str,
+    term: str,
+    decrypted: set[str],
+) -> None:
+    from referral_api.cases import search as case_search
+    from referral_api.cases.models import Case
+    from referral_api.crypto import fields
+    from referral_api.extensions import db
+
+    case_id = new_case(
+        client,
+        team.headers,
+        **person(
+            "Olena",
+            "Kovalenko",
+            aliases=["Lena"],
+            dob="1999-04-02",
+            phone="050 123 4567",
+            documents=[{"type": "passport", "country": "UA", "number": "FA-123456"}],
+        ),
+    )
+    columns: list[str] = []
+    real = fields.decrypt_value
+
+    def spy(session: Any, instance: Any, column: str, blob: bytes) -> Any:
+        columns.append(column)
+        return real(session, instance, column, blob)
+
+    monkeypatch.setattr(fields, "decrypt_value", spy)
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(case_id))
+        assert case_search.matches(case, field, term, "UA")
+        assert not case_search.matches(case, field, term + "0", "UA")
+        session.rollback()
+    assert set(columns) == decrypted
+
+
+def test_index_entries_follow_their_cases_through_failed_and_later_flushes(
+    app: Any, team: Team
+) -> None:
+    """Entries written during a flush are inserted with that flush's cases: a flush that
+    fails leaves none behind (nor for a later flush), and several flushes in one
+    transaction each insert their own."""
+    from sqlalchemy.exc import IntegrityError
+
+    from referral_api.cases.models import Case, CaseStatus, CaseType, NrmStage, RiskLevel
+    from referral_api.extensions import db
+
+    def case(given: str, code: str) -> Case:
+        built = Case(
+            id=uuid.uuid4(),
+            case_code=code,
+            org_id=team.org_id,
+            case_type=CaseType.THB,
+            status=CaseStatus.OPEN,
+            risk_level=RiskLevel.LOW,
+            nrm_stage=NrmStage.IDENTIFIED,
+        )
+        built.given_name, built.family_name = given, "Kovalenko"
+        return built
+
+    with db.session_factory_for(app)() as session:
+        session.add(case("Olena", "THB-AAAA-AAAA"))
+        session.flush()
+        session.add(case("Iryna", "THB-BBBB-BBBB"))
+        session.commit()
+    with db.session_factory_for(app)() as session:
+        session.add(case("Nadia", "THB-AAAA-AAAA"))  # the case code is taken
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
+        session.add(case("Daryna", "THB-CCCC-CCCC"))
+        session.commit()
+
+    per_case = rows(
+        app,
+        "SELECT c.case_code, count(i.id) FROM cases c "
+        "LEFT JOIN case_search_index i ON i.case_id = c.id GROUP BY c.case_code",
+    )
+    # given, family, "given family" and family|… is absent (no date of birth): 3 each.
+    assert sorted(per_case) == [
+        ("THB-AAAA-AAAA", 3),
+        ("THB-BBBB-BBBB", 3),
+        ("THB-CCCC-CCCC", 3),
+    ]
+    assert rows(app, "SELECT count(*) FROM case_search_index") == [(9,)]
+    headers = team.headers
+    client = app.test_client()
+    assert len(search(client, headers, name="Daryna Kovalenko")) == 1
+    assert search(client, headers, name="Nadia") == []

@@ -11,7 +11,10 @@ import struct
 import uuid
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from referral_api.crypto import envelope
 from referral_api.crypto import keys as keys_module
@@ -60,7 +63,7 @@ def test_empty_plaintext_round_trips(subkey, place):
 
 def test_header_layout(subkey, place):
     blob = envelope.encrypt(subkey, 0x01020304, PLAINTEXT, **place)
-    assert blob[0] == 1  # format version
+    assert blob[0] == 2  # format version: only FORMAT_V2 is written
     assert blob[1] == 1  # AES-256-GCM
     assert blob[2:6] == b"\x01\x02\x03\x04"  # key version, big-endian
     assert envelope.HEADER_BYTES == 6
@@ -144,7 +147,7 @@ def test_any_flipped_byte_fails(subkey, place, position):
 
 def test_truncated_or_foreign_blobs_fail(subkey, place):
     blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
-    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x02" + blob[1:]):
+    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x00" + blob[1:], b"\x03" + blob[1:]):
         with pytest.raises(DecryptionError):
             envelope.decrypt(subkey, broken, **place)
 
@@ -185,6 +188,99 @@ def test_subkey_of_another_column_cannot_decrypt(place):
     blob = envelope.encrypt(envelope.field_subkey(dek, TABLE, COLUMN), 1, PLAINTEXT, **place)
     with pytest.raises(DecryptionError):
         envelope.decrypt(envelope.field_subkey(dek, TABLE, "family_name"), blob, **place)
+
+
+def _lp(part: bytes) -> bytes:
+    return struct.pack(">I", len(part)) + part
+
+
+def test_field_subkeys_are_the_documented_hkdf_derivations():
+    """V2 (written): HKDF-Expand-SHA256 of the data key with a length-prefixed info; V1
+    (still read): HKDF-SHA256 with info "table/column". Computed here independently, with
+    `cryptography`'s own HKDF, so a silent change of either derivation (which would make
+    stored ciphertexts undecryptable) fails this test."""
+    dek = os.urandom(32)
+    v2 = HKDFExpand(
+        hashes.SHA256(), 32, b"referral_api field key v2\x00" + _lp(b"cases") + _lp(b"given_name")
+    ).derive(dek)
+    v1 = HKDF(hashes.SHA256(), 32, salt=None, info=b"cases/given_name").derive(dek)
+    assert envelope.field_subkey(dek, "cases", "given_name") == v2
+    assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V2) == v2
+    assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V1) == v1
+    assert v1 != v2
+    with pytest.raises(ValueError):
+        envelope.field_subkey(dek, "cases", "given_name", 9)
+
+
+def _v1_blob(dek: bytes, version: int, plaintext: bytes, place: dict[str, object]) -> bytes:
+    """A FORMAT_V1 ciphertext built by hand from the documented layout (the application
+    writes only V2 now; V1 blobs written before the change must stay readable)."""
+    header = struct.pack(">BBI", 1, 1, version)
+    nonce = os.urandom(12)
+    subkey = HKDF(
+        hashes.SHA256(), 32, salt=None, info=f"{place['table']}/{place['column']}".encode()
+    ).derive(dek)
+    aad = (
+        header
+        + _lp(str(place["table"]).encode())
+        + _lp(str(place["column"]).encode())
+        + _lp(place["row_id"].bytes)  # type: ignore[attr-defined]
+        + _lp(place["case_id"].bytes)  # type: ignore[attr-defined]
+    )
+    return header + nonce + AESGCM(subkey).encrypt(nonce, plaintext, aad)
+
+
+def test_format_v1_blobs_still_decrypt_and_stay_bound_to_their_place(place):
+    dek = os.urandom(32)
+    blob = _v1_blob(dek, 4, PLAINTEXT, place)
+    assert envelope.parse_header(blob) == (envelope.FORMAT_V1, 4)
+    v1_key = envelope.field_subkey(dek, TABLE, COLUMN, envelope.FORMAT_V1)
+    assert envelope.decrypt(v1_key, blob, **place) == PLAINTEXT
+    # The V2 subkey of the same data key does not open it, and neither does V1's subkey of
+    # another column; moved elsewhere it fails like a V2 blob.
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(envelope.field_subkey(dek, TABLE, COLUMN), blob, **place)
+    with pytest.raises(DecryptionError):
+        envelope.decrypt(
+            envelope.field_subkey(dek, TABLE, "family_name", envelope.FORMAT_V1), blob, **place
+        )
+    for moved in ({"row_id": uuid.uuid4()}, {"case_id": uuid.uuid4()}, {"column": "sex"}):
+        with pytest.raises(DecryptionError):
+            envelope.decrypt(v1_key, blob, **{**place, **moved})
+
+
+def test_relabelling_the_format_byte_fails(place):
+    """The format byte is authenticated: a V1 blob claiming V2 (or the reverse) fails with
+    either format's subkey."""
+    dek = os.urandom(32)
+    keys = {fmt: envelope.field_subkey(dek, TABLE, COLUMN, fmt) for fmt in envelope.FORMATS}
+    v1 = _v1_blob(dek, 1, PLAINTEXT, place)
+    v2 = envelope.encrypt(keys[envelope.FORMAT_V2], 1, PLAINTEXT, **place)
+    for relabelled in (b"\x02" + v1[1:], b"\x01" + v2[1:]):
+        for key in keys.values():
+            with pytest.raises(DecryptionError):
+                envelope.decrypt(key, relabelled, **place)
+
+
+def test_field_aead_seals_and_opens_under_the_field_subkey():
+    """The prepared path (`field_aead` + `seal`/`open_sealed`, used by the model hooks)
+    writes exactly what `encrypt` documents and reads both formats."""
+    dek = os.urandom(32)
+    row_id = uuid.uuid4()
+    place = {"table": "cases", "column": "given_name", "row_id": row_id, "case_id": row_id}
+    tail = envelope.column_aad("cases", "given_name") + envelope.place_aad(row_id, row_id)
+    blob = envelope.seal(
+        envelope.field_aead(dek, "cases", "given_name"), envelope.header(1), PLAINTEXT, tail
+    )
+    assert envelope.parse_header(blob) == (envelope.FORMAT_V2, 1)
+    subkey = envelope.field_subkey(dek, "cases", "given_name")
+    assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
+    for other in (("cases", "family_name"), ("case_notes", "given_name")):
+        with pytest.raises(DecryptionError):
+            envelope.open_sealed(envelope.field_aead(dek, *other), blob, tail)
+    v1 = _v1_blob(dek, 1, PLAINTEXT, place)
+    v1_aead = envelope.field_aead(dek, "cases", "given_name", envelope.FORMAT_V1)
+    assert envelope.open_sealed(v1_aead, v1, tail) == PLAINTEXT
 
 
 # ---- LocalKeyring -------------------------------------------------------------------------
@@ -529,3 +625,7 @@ def test_blind_index_is_keyed_deterministic_and_field_separated():
     assert blind_index(key, "phone", "olena", 32) != value
     # Truncation keeps the leading bits: a shorter plan is a prefix of a longer one.
     assert blind_index(key, "name", "olena", 20) == value >> 12
+    # The documented construction, computed independently: stored index values depend on it.
+    digest = HMAC(key, hashes.SHA256())
+    digest.update(b"name\x00olena")
+    assert value == int.from_bytes(digest.finalize()[:4], "big")

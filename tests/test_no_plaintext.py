@@ -533,3 +533,96 @@ def test_every_case_has_a_wrapped_data_key_and_no_raw_key_is_stored(app, client,
         count = connection.execute(select(CaseKey.case_id)).all()
         connection.rollback()
     assert len(count) == 3
+
+
+# ---- ciphertext formats -------------------------------------------------------------------
+
+
+def _v1_blob(data_key: bytes, value: Any, table: str, column: str, row_id: Any, case_id: Any):
+    """A FORMAT_V1 ciphertext as the application wrote them before FORMAT_V2, built from
+    the documented layout: HKDF-SHA256(DEK, "table/column"), AES-256-GCM over header ‖
+    length-prefixed table, column, row id, case id."""
+    import os
+    import struct
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def lp(part: bytes) -> bytes:
+        return struct.pack(">I", len(part)) + part
+
+    header = struct.pack(">BBI", 1, 1, 1)
+    subkey = HKDF(hashes.SHA256(), 32, salt=None, info=f"{table}/{column}".encode()).derive(
+        data_key
+    )
+    aad = header + lp(table.encode()) + lp(column.encode()) + lp(row_id.bytes) + lp(case_id.bytes)
+    nonce = os.urandom(12)
+    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return header + nonce + AESGCM(subkey).encrypt(nonce, plaintext, aad)
+
+
+def test_format_v1_ciphertexts_still_read_and_rewrites_use_v2(app, client, headers):
+    """Ciphertexts written before FORMAT_V2 keep decrypting through the models and the API
+    (reading, search), and a field written again is stored in the new format."""
+    body = _create(client, headers, _canaries("V"))
+    case_id = uuid.UUID(body["id"])
+    identity = body["identity"]
+    engine = db.engine_for(app)
+    with db.session_factory_for(app)() as session:
+        data_key = session.info["crypto"].keys(session).case_key(case_id, 1)
+        v1 = {
+            column: _v1_blob(data_key, identity[column], "cases", column, case_id, case_id)
+            for column in ("given_name", "family_name", "aliases", "documents")
+        }
+        session.rollback()
+    with engine.begin() as connection:
+        for column, blob in v1.items():
+            connection.execute(
+                text(f'UPDATE cases SET "{column}" = :blob WHERE id = :id'),
+                {"blob": blob, "id": _id_param(engine, body["id"])},
+            )
+    _clear_key_cache(app)
+
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, case_id)
+        assert case.given_name_ct[0] == 1 and case.narrative_ct[0] == 2
+        assert case.given_name == identity["given_name"]
+        assert case.documents == identity["documents"]
+        # A V1 blob still names its place: in another column it fails.
+        with pytest.raises(DecryptionError):
+            decrypt_value(session, case, "family_name", case.given_name_ct)
+        session.rollback()
+    read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
+    assert read["identity"] == identity
+    found = client.get(CASES, query_string={"name": identity["aliases"][1]}, headers=headers)
+    assert [c["id"] for c in found.get_json()] == [body["id"]]
+
+    renamed = f"Cnryrenamed{uuid.uuid4().hex[:8]}"
+    _patch(client, headers, body["id"], {"identity": {"given_name": renamed}})
+    with engine.connect() as connection:
+        given, family = connection.execute(
+            text("SELECT given_name, family_name FROM cases WHERE id = :id"),
+            {"id": _id_param(engine, body["id"])},
+        ).one()
+    assert bytes(given)[0] == envelope.FORMAT_V2 and bytes(family)[0] == envelope.FORMAT_V1
+    _clear_key_cache(app)
+    read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
+    assert read["identity"] == {**identity, "given_name": renamed}
+
+
+def test_the_key_cache_holds_one_entry_per_case_not_per_field(app, client, headers):
+    """Reading all 29 fields of a case caches its data key once; field keys are derived
+    where used and never cached (the cache's capacity counts cases)."""
+    first = _create(client, headers, _canaries("C1"))
+    second = _create(client, headers, _canaries("C2"))
+    cache = app.extensions["referral_api.crypto"].cache
+    _clear_key_cache(app)
+    for body in (first, second):
+        read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
+        assert read["legal"]["lawyer"] == body["legal"]["lawyer"]
+    entries = list(cache._data)
+    for body in (first, second):
+        naming = [k for k in entries if uuid.UUID(body["id"]) in k]
+        assert naming == [("case", uuid.UUID(body["id"]), 1)]
+    assert {k[0] for k in entries} <= {"org", "case", "index", "index-plan"}

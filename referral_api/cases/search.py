@@ -12,7 +12,7 @@ Sex, nationality and other low-cardinality attributes are never indexed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, select
@@ -25,7 +25,7 @@ from referral_api.crypto.blind_index import (
     normalise_phone,
     plan_bits,
 )
-from referral_api.crypto.keys import CryptoContext
+from referral_api.crypto.keys import CryptoContext, KeyService
 
 if TYPE_CHECKING:
     from referral_api.cases.models import Case
@@ -56,46 +56,96 @@ def birth_year(date_of_birth: str | None) -> str | None:
     return date_of_birth[:4]
 
 
-def index_terms(case: Case, phone_region: str) -> dict[str, set[str]]:
-    """Normalised terms of one case, per index field."""
-    terms: dict[str, set[str]] = {field: set() for field in INDEX_FIELDS}
+def _name_terms(case: Case, phone_region: str) -> set[str]:
+    terms: set[str] = set()
     given = normalise_name(case.given_name) if case.given_name else ""
     family = normalise_name(case.family_name) if case.family_name else ""
     for name in (given, family, *(normalise_name(a) for a in case.aliases or [] if a)):
         if name:
-            terms["name"].add(name)
+            terms.add(name)
     if given and family:
-        terms["name"].add(f"{given} {family}")
-    if case.date_of_birth:
-        terms["dob"].add(case.date_of_birth)
-        year = birth_year(case.date_of_birth)
-        if family and year:
-            terms["family_birth"].add(f"{family}|{year}")
-    if case.phone:
-        phone = normalise_phone(case.phone, phone_region)
-        # Text without digits ("ask her sister") normalises to "" or "+": indexing it would
-        # let any digitless query match every such case.
-        if any(ch.isdigit() for ch in phone):
-            terms["phone"].add(phone)
-    for document in case.documents or []:
-        number = normalise_document(str(document.get("number") or ""))
-        if number:
-            terms["document"].add(number)
+        terms.add(f"{given} {family}")
     return terms
+
+
+def _dob_terms(case: Case, phone_region: str) -> set[str]:
+    return {case.date_of_birth} if case.date_of_birth else set()
+
+
+def _family_birth_terms(case: Case, phone_region: str) -> set[str]:
+    year = birth_year(case.date_of_birth)
+    if not year or not case.family_name:
+        return set()
+    family = normalise_name(case.family_name)
+    return {f"{family}|{year}"} if family else set()
+
+
+def _phone_terms(case: Case, phone_region: str) -> set[str]:
+    if not case.phone:
+        return set()
+    phone = normalise_phone(case.phone, phone_region)
+    # Text without digits ("ask her sister") normalises to "" or "+": indexing it would
+    # let any digitless query match every such case.
+    return {phone} if any(ch.isdigit() for ch in phone) else set()
+
+
+def _document_terms(case: Case, phone_region: str) -> set[str]:
+    numbers = (normalise_document(str(d.get("number") or "")) for d in case.documents or [])
+    return {number for number in numbers if number}
+
+
+# Each index field's terms, computed from (and decrypting) only the fields it is built from.
+_TERMS: dict[str, Callable[[Case, str], set[str]]] = {
+    "name": _name_terms,
+    "dob": _dob_terms,
+    "family_birth": _family_birth_terms,
+    "phone": _phone_terms,
+    "document": _document_terms,
+}
+
+
+def index_terms(case: Case, phone_region: str) -> dict[str, set[str]]:
+    """Normalised terms of one case, per index field."""
+    return {field: _TERMS[field](case, phone_region) for field in INDEX_FIELDS}
 
 
 def refresh_blind_index(session: Session, crypto: CryptoContext, case: Case) -> None:
     """Replace a case's index entries for every writable index-key version (dual-write
     during an index-key rotation)."""
-    from referral_api.cases.models import delete_index_entries
+    from referral_api.cases.models import add_index_entries, delete_index_entries
 
     keys = crypto.keys(session)
     if case not in session.new:
         # A case being inserted has no entries yet: skip the DELETE round trip.
         delete_index_entries(session, case.id)
     terms = index_terms(case, crypto.phone_region)
-    for version in keys.index_versions(case.org_id, for_query=False):
-        write_index_entries(session, crypto, case, version, terms)
+    add_index_entries(
+        session,
+        [
+            entry
+            for version in keys.index_versions(case.org_id, for_query=False)
+            for entry in index_entries(keys, case, version, terms)
+        ],
+    )
+
+
+def index_entries(
+    keys: KeyService, case: Case, version: int, terms: dict[str, set[str]]
+) -> list[dict[str, Any]]:
+    """The case's entries (column values) under index-key `version`."""
+    key = keys.index_key(case.org_id, version)
+    plan = keys.index_plan(case.org_id, version)
+    return [
+        {
+            "org_id": case.org_id,
+            "case_id": case.id,
+            "field": field,
+            "key_version": version,
+            "value": blind_index(key, field, value, plan[field]),
+        }
+        for field, values in terms.items()
+        for value in sorted(values)
+    ]
 
 
 def write_index_entries(
@@ -105,26 +155,12 @@ def write_index_entries(
     version: int,
     terms: dict[str, set[str]] | None = None,
 ) -> int:
-    from referral_api.cases.models import CaseSearchIndex
+    from referral_api.cases.models import add_index_entries
 
-    keys = crypto.keys(session)
     terms = terms if terms is not None else index_terms(case, crypto.phone_region)
-    key = keys.index_key(case.org_id, version)
-    plan = keys.index_plan(case.org_id, version)
-    count = 0
-    for field, values in terms.items():
-        for value in sorted(values):
-            session.add(
-                CaseSearchIndex(
-                    org_id=case.org_id,
-                    case_id=case.id,
-                    field=field,
-                    key_version=version,
-                    value=blind_index(key, field, value, plan[field]),
-                )
-            )
-            count += 1
-    return count
+    entries = index_entries(crypto.keys(session), case, version, terms)
+    add_index_entries(session, entries)
+    return len(entries)
 
 
 def candidate_case_ids(
@@ -147,8 +183,9 @@ def candidate_case_ids(
 
 
 def matches(case: Case, field: str, term: str, phone_region: str) -> bool:
-    """Exact comparison after decryption: removes truncation false positives."""
-    return term in index_terms(case, phone_region)[field]
+    """Exact comparison after decryption: removes truncation false positives. Only the
+    fields the searched index is built from are decrypted."""
+    return term in _TERMS[field](case, phone_region)
 
 
 def normalised_query(params: dict[str, Any], phone_region: str) -> Iterable[tuple[str, str]]:

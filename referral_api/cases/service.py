@@ -415,6 +415,12 @@ def list_cases(
         cursor=params.get("cursor"),
         limit=params["limit"],
     )
+    shown = role_categories & {Category.IDENTITY}
+    if page.items and (terms or shown):
+        # One query for the page's wrapped data keys, not one per case as fields decrypt.
+        crypto_of(session).keys(session).prime_case_keys(
+            (case.id, case.key_version) for case in page.items if case.key_version is not None
+        )
     if terms:
         region = crypto_of(session).phone_region
         page = Page(
@@ -425,7 +431,6 @@ def list_cases(
             ],
             page.next_cursor,
         )
-    shown = role_categories & {Category.IDENTITY}
     for case in page.items:
         _audit_case(
             session,

@@ -17,7 +17,6 @@ Normalisation rules (documented for users in docs/search.md):
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import re
@@ -88,7 +87,7 @@ def plan_bits(
 
 def blind_index(key: bytes, field: str, normalised: str, bits: int) -> int:
     """HMAC-SHA256(key, field ‖ 0x00 ‖ value) truncated to `bits` (a non-negative int)."""
-    digest = hmac.new(
-        key, field.encode("ascii") + b"\x00" + normalised.encode("utf-8"), hashlib.sha256
-    ).digest()
+    digest = hmac.digest(
+        key, field.encode("ascii") + b"\x00" + normalised.encode("utf-8"), "sha256"
+    )
     return int.from_bytes(digest[:8], "big") >> (64 - bits)

@@ -25,6 +25,7 @@ from referral_api.crypto.keys import CryptoContext, KeyService
 
 _PLAIN = "_ra_plaintext"
 _PENDING = "_ra_pending"
+_PLACE = "_ra_place"
 
 
 class CryptoUnavailable(RuntimeError):
@@ -77,16 +78,19 @@ class EncryptedField:
         if instance is None:
             return self
         state = instance.__dict__
-        if self.name in state.get(_PENDING, ()):
-            return state[_PLAIN][self.name][1]
+        plain = state.get(_PLAIN)
+        if plain is None:
+            plain = state[_PLAIN] = {}
+        elif self.name in state.get(_PENDING, ()):
+            return plain[self.name][1]
         blob = getattr(instance, self.column_attr)
         if blob is None:
             return None
-        cached = state.get(_PLAIN, {}).get(self.name)
+        cached = plain.get(self.name)
         if cached is not None and cached[0] is blob:
             return cached[1]
         value = decrypt_value(object_session(instance), instance, self.name, blob)
-        state.setdefault(_PLAIN, {})[self.name] = (blob, value)
+        plain[self.name] = (blob, value)
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
@@ -97,77 +101,112 @@ class EncryptedField:
             flag_dirty(instance)
 
 
+# Compact UTF-8 JSON, one encoder and decoder for every field (json.dumps with options
+# builds an encoder per call; json.loads re-checks its argument's type and encoding).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_DECODER = json.JSONDecoder()
+
+
+def _place_of(instance: Any) -> tuple[uuid.UUID, bytes]:
+    """(case id, the row id ‖ case id part of the associated data), remembered per instance
+    for as long as its ids are the same objects (a record's fields share them)."""
+    row_id, case_id = instance.crypto_row_id(), instance.crypto_case_id()
+    memo = instance.__dict__.get(_PLACE)
+    if memo is None or memo[0] is not row_id or memo[1] is not case_id:
+        memo = (row_id, case_id, envelope.place_aad(row_id, case_id))
+        instance.__dict__[_PLACE] = memo
+    return case_id, memo[2]
+
+
 def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
-    keys = crypto_of(session).keys(session)  # type: ignore[arg-type]
-    version = envelope.key_version_of(blob)
-    case_id = instance.crypto_case_id()
+    crypto = crypto_of(session)
+    fmt, version = envelope.parse_header(blob)
+    case_id, place = _place_of(instance)
     table = instance.__tablename__
-    plaintext = envelope.decrypt(
-        keys.subkey(case_id, version, table, column),
+    data_key = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
+    plaintext = envelope.open_sealed(
+        envelope.field_aead(data_key, table, column, fmt),
         blob,
-        table=table,
-        column=column,
-        row_id=instance.crypto_row_id(),
-        case_id=case_id,
+        envelope.column_aad(table, column) + place,
     )
-    return json.loads(plaintext)
+    return _JSON_DECODER.decode(plaintext.decode("utf-8"))
 
 
 def encrypt_value(keys: KeyService, instance: Any, column: str, value: Any, version: int) -> bytes:
     case_id = instance.crypto_case_id()
     table = instance.__tablename__
-    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return envelope.encrypt(
-        keys.subkey(case_id, version, table, column),
-        version,
-        plaintext,
-        table=table,
-        column=column,
-        row_id=instance.crypto_row_id(),
-        case_id=case_id,
+    return envelope.seal(
+        envelope.field_aead(keys.case_key(case_id, version), table, column),
+        envelope.header(version),
+        _JSON.encode(value).encode("utf-8"),
+        envelope.column_aad(table, column) + envelope.place_aad(instance.crypto_row_id(), case_id),
     )
+
+
+def _seal_fields(
+    keys: KeyService, instance: Any, values: dict[str, Any], version: int
+) -> dict[str, bytes]:
+    """Encrypt several fields of one record under data-key `version`: the data key, the
+    header and the row's part of the associated data are looked up once per record."""
+    case_id, place = _place_of(instance)
+    table = instance.__tablename__
+    data_key = keys.case_key(case_id, version)
+    header = envelope.header(version)
+    return {
+        name: envelope.seal(
+            envelope.field_aead(data_key, table, name),
+            header,
+            _JSON.encode(value).encode("utf-8"),
+            envelope.column_aad(table, name) + place,
+        )
+        for name, value in values.items()
+    }
 
 
 def reencrypt(instance: Any, keys: KeyService, version: int) -> int:
     """Re-encrypt every encrypted field of `instance` under data-key `version` (rotation)."""
-    count = 0
-    for name, field in type(instance).__encrypted_fields__.items():
-        if getattr(instance, field.column_attr) is None:
-            continue
-        value = getattr(instance, name)
-        blob = encrypt_value(keys, instance, name, value, version)
-        setattr(instance, field.column_attr, blob)
-        instance.__dict__.setdefault(_PLAIN, {})[name] = (blob, value)
-        count += 1
-    return count
+    fields = type(instance).__encrypted_fields__
+    values = {
+        name: getattr(instance, name)
+        for name, field in fields.items()
+        if getattr(instance, field.column_attr) is not None
+    }
+    plain = instance.__dict__.setdefault(_PLAIN, {})
+    for name, blob in _seal_fields(keys, instance, values, version).items():
+        setattr(instance, fields[name].column_attr, blob)
+        plain[name] = (blob, values[name])
+    return len(values)
 
 
 @event.listens_for(Session, "before_flush")
 def _encrypt_pending(session: Session, _flush_context: Any, _instances: Any) -> None:
-    new = set(session.new)
-    for instance in [*session.new, *session.dirty]:
-        if not isinstance(instance, EncryptedRecord):
-            continue
-        if instance in new:
-            # Every declared field gets a ciphertext, null or not.
-            for name in type(instance).__encrypted_fields__:
-                if name not in instance.__dict__.get(_PENDING, ()):
-                    EncryptedField.__set__(
-                        type(instance).__encrypted_fields__[name], instance, None
-                    )
+    new = [i for i in session.new if isinstance(i, EncryptedRecord)]
+    dirty = [i for i in session.dirty if isinstance(i, EncryptedRecord)]
+    crypto: CryptoContext | None = None
+    keys: KeyService | None = None
+    for instance in new:
+        # Every declared field gets a ciphertext, null or not.
+        state = instance.__dict__
+        given = state.setdefault(_PLAIN, {})
+        unset = state.setdefault(_PENDING, set())
+        for name in type(instance).__encrypted_fields__:
+            if name not in unset:
+                given[name] = (None, None)
+                unset.add(name)
+    for instance in (*new, *dirty):
         pending: set[str] | None = instance.__dict__.get(_PENDING)
         if not pending:
             continue
-        crypto = crypto_of(session)
-        keys = crypto.keys(session)
+        if crypto is None or keys is None:
+            crypto = crypto_of(session)
+            keys = crypto.keys(session)
         version = instance.current_key_version(keys)
         plain = instance.__dict__[_PLAIN]
         fields = type(instance).__encrypted_fields__
-        for name in sorted(pending):
-            value = plain[name][1]
-            blob = encrypt_value(keys, instance, name, value, version)
+        values = {name: plain[name][1] for name in sorted(pending)}
+        for name, blob in _seal_fields(keys, instance, values, version).items():
             setattr(instance, fields[name].column_attr, blob)
-            plain[name] = (blob, value)
+            plain[name] = (blob, values[name])
         changed = set(pending)
         pending.clear()
         instance.after_encrypt(session, crypto, changed)

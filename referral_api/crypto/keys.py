@@ -4,6 +4,11 @@ root → per-organisation blind-index key.
 Unwrapped keys are cached briefly in process, keyed by version (a version's key never
 changes, so the cache cannot serve a stale key; it can only outlive a destroyed version by
 at most the TTL, and destruction also removes every ciphertext that used it).
+
+Only data keys are cached (one entry per case and version), never the field keys derived
+from them: a field key is derived where it is used (one HKDF-Expand), which costs less than
+a cache round under its lock, and a cached `AESGCM` object holds ~2.5 KB of cipher state, so
+29 of them per case would make a 50,000-case cache several GB.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +99,14 @@ class CryptoContext:
 
     def keys(self, session: Session) -> KeyService:
         return KeyService(session, self.provider, self.cache, self.index_bits)
+
+    def case_key(self, session: Session, case_id: uuid.UUID, version: int) -> bytes:
+        """A case's data key from the cache, or unwrapped through the session on a miss
+        (the per-field read path: one cache lookup, no KeyService built while cached)."""
+        cached = self.cache.get(("case", case_id, version))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        return self.keys(session).case_key(case_id, version)
 
 
 def _org_key_aad(org_id: uuid.UUID, version: int) -> bytes:
@@ -242,26 +255,53 @@ class KeyService:
         row = self.session.get(CaseKey, (case_id, version))
         if row is None:
             raise KeyUnavailable("case key version is not available")
-        kek = self.org_key(row.org_id, row.org_key_version)
+        return self._unwrap_case_key(
+            case_id, version, row.org_id, row.org_key_version, row.wrapped_key
+        )
+
+    def _unwrap_case_key(
+        self,
+        case_id: uuid.UUID,
+        version: int,
+        org_id: uuid.UUID,
+        org_key_version: int,
+        wrapped_key: bytes,
+    ) -> bytes:
+        kek = self.org_key(org_id, org_key_version)
         data_key = unwrap_data_key(
-            kek, row.wrapped_key, _case_key_aad(case_id, version, row.org_key_version)
+            kek, wrapped_key, _case_key_aad(case_id, version, org_key_version)
         )
         self.cache.put(("case", case_id, version), data_key)
         return data_key
 
+    def prime_case_keys(self, wanted: Iterable[tuple[uuid.UUID, int]]) -> None:
+        """Unwrap the data keys of many cases with one query (a page of a list or search)
+        instead of one query per case as their fields are read. Keys already cached are
+        left alone; a missing key is not an error here (reading the field raises, as
+        without priming)."""
+        missing = {
+            (case_id, version)
+            for case_id, version in wanted
+            if self.cache.get(("case", case_id, version)) is None
+        }
+        if not missing:
+            return
+        rows = self.session.execute(
+            select(
+                CaseKey.case_id,
+                CaseKey.version,
+                CaseKey.org_id,
+                CaseKey.org_key_version,
+                CaseKey.wrapped_key,
+            ).where(CaseKey.case_id.in_(sorted({case_id for case_id, _ in missing})))
+        )
+        for case_id, version, org_id, org_key_version, wrapped_key in rows:
+            if (case_id, version) in missing:
+                self._unwrap_case_key(case_id, version, org_id, org_key_version, wrapped_key)
+
     def subkey(self, case_id: uuid.UUID, version: int, table: str, column: str) -> bytes:
-        data_key = self.case_key(case_id, version)
-        # Keyed by the data key itself, not only its version: a key created in a
-        # transaction that was rolled back (an interrupted rotation batch) and then
-        # created again under the same version must never reuse subkeys derived from the
-        # lost one, or the retry would write ciphertexts nobody can decrypt.
-        cache_key = ("field", case_id, version, table, column, data_key)
-        cached = self.cache.get(cache_key)
-        if cached is not None:
-            return cached  # type: ignore[no-any-return]
-        subkey = field_subkey(data_key, table, column)
-        self.cache.put(cache_key, subkey)
-        return subkey
+        """A field's subkey in the current ciphertext format (for tests and restores)."""
+        return field_subkey(self.case_key(case_id, version), table, column)
 
     # ---- blind-index keys -----------------------------------------------------------------
 
