@@ -23,12 +23,15 @@ The seeded world, per case i (all deterministic):
 - every consented case has one sent referral (disclosure included): live while its consent
   covers it, else completed or cancelled; 1 % on an approved override (half reviewed);
   one in 10,000 is live although its consent was withdrawn (processing without a basis);
-- two audit rows per case (sealed), and 5,000 erasure tombstones.
+- two audit rows per case (sealed), and 5,000 erasure tombstones;
+- the consent event summaries (migration 0010) filled by the migration's backfill after the
+  provisions and events are inserted with triggers off (the triggers keep them from then on).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -87,6 +90,9 @@ _RENEWED_UNTIL = "(:now + (((i / 20) % 60) - 10) * interval '1 day')"
 _EXPIRED_EVENT = f"(i % 50 = 5 AND i % 2 = 1 AND i % 3 = 0 AND {_P1_UNTIL} < :now)"
 _CLOSED = f"({_WITHDRAWN} OR {_REVOKED} OR {_EIE})"
 _MIDPOINT = f"({_CREATED} + (:now - {_CREATED}) / 2)"
+# The second consent, a day after the case (never after the seed's now: the server's clock
+# stamps events, so none is in the future).
+_SECOND = f"LEAST({_CREATED} + interval '1 day', :now)"
 # The first provision covers the referral now (the consent is otherwise active).
 _COVERED = f"""(NOT {_CLOSED} AND NOT {_EXPIRED_EVENT} AND CASE WHEN {_RENEWED}
     THEN {_RENEWED_UNTIL} > :now ELSE ({_P1_UNTIL} IS NULL OR {_P1_UNTIL} > :now) END)"""
@@ -125,8 +131,7 @@ SELECT md5('k1-' || i)::uuid, md5('case-' || i)::uuid, {_CTRL}, 'person', false,
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE {_CONSENTED}
 UNION ALL
 SELECT md5('k2-' || i)::uuid, md5('case-' || i)::uuid, {_CTRL}, 'person', false, {_CTRL},
-    'verbal_witnessed', 'uk', '2026-01', 'UA', 'a', NULL, NULL, NULL,
-    {_CREATED} + interval '1 day'
+    'verbal_witnessed', 'uk', '2026-01', 'UA', 'a', NULL, NULL, NULL, {_SECOND}
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE i % 5 = 0
 """
 
@@ -145,7 +150,7 @@ FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i
 WHERE {_CONSENTED} AND i % 2 = 0
 UNION ALL
 SELECT md5('p3-' || i)::uuid, md5('k2-' || i)::uuid, md5('case-' || i)::uuid, 0,
-    'case_management', NULL, 'social_services', 'needs', {_CREATED} + interval '1 day', NULL
+    'case_management', NULL, 'social_services', 'needs', {_SECOND}, NULL
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE i % 5 = 0
 """
 
@@ -162,7 +167,7 @@ EVENTS = (
     + " UNION ALL ".join(
         [
             _event("eg1", "k1", "given", _CREATED, "NULL", _CONSENTED),
-            _event("eg2", "k2", "given", f"{_CREATED} + interval '1 day'", "NULL", "i % 5 = 0"),
+            _event("eg2", "k2", "given", _SECOND, "NULL", "i % 5 = 0"),
             _event(
                 "er", "k1", "renewed", _MIDPOINT, _RENEWED_UNTIL, f"{_CONSENTED} AND {_RENEWED}"
             ),
@@ -231,6 +236,22 @@ SELECT md5('t-' || i)::uuid, md5('case-' || i)::uuid, {_CTRL}, 'consent_withdraw
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE i % 200 = 3
 """
 
+# The consent event summaries (migration 0010) are kept by triggers on consent_events and
+# consent_provisions, one recompute per row: the seed inserts both with triggers off (the
+# bench connects as a superuser) and then fills every summary with the migration's own
+# backfill.
+_UNTRIGGERED = {"consent_provisions", "consent_events"}
+
+
+def _summary_backfill() -> str:
+    path = common.REPO / "referral_api/migrations/versions/0010_consent_state_summary.py"
+    spec = importlib.util.spec_from_file_location("consent_state_summary_migration", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.BACKFILL)
+
+
 TABLES = [
     ("cases", CASES),
     ("consent_records", CONSENTS),
@@ -243,7 +264,9 @@ TABLES = [
 ]
 
 
-def _run_split(url: str, sql: str, params: dict[str, Any], n: int, workers: int) -> None:
+def _run_split(
+    url: str, sql: str, params: dict[str, Any], n: int, workers: int, triggers: bool = True
+) -> None:
     """One INSERT … SELECT per slice of the case numbers, the slices in parallel."""
     from sqlalchemy import create_engine, text
 
@@ -254,6 +277,8 @@ def _run_split(url: str, sql: str, params: dict[str, Any], n: int, workers: int)
         try:
             with engine.begin() as connection:
                 connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                if not triggers:
+                    connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
                 connection.execute(text(sql), {**params, "lo": lo, "hi": hi})
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
@@ -283,11 +308,21 @@ def seed(app: Any, url: str, n: int, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     for table, sql in TABLES:
         t0 = time.perf_counter()
-        _run_split(url, sql, {"now": now}, n, workers)
+        _run_split(url, sql, {"now": now}, n, workers, triggers=table not in _UNTRIGGERED)
         with engine.connect() as connection:
             rows = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
         figures["tables"][table] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
         print(f"  {table:22} {rows:>10,} rows  {time.perf_counter() - t0:6.1f} s", flush=True)
+        if table == "consent_events":
+            t0 = time.perf_counter()
+            with engine.begin() as connection:
+                connection.execute(text("DELETE FROM consent_event_summaries"))
+                rows = connection.execute(text(_summary_backfill())).rowcount
+            seconds = round(time.perf_counter() - t0, 1)
+            figures["tables"]["consent_event_summaries"] = {"rows": rows, "seconds": seconds}
+            print(
+                f"  {'consent_event_summaries':22} {rows:>10,} rows  {seconds:6.1f} s", flush=True
+            )
     with engine.begin() as connection:
         last = connection.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
         head = AuditChainHead.__table__

@@ -30,7 +30,12 @@ from referral_api.consent.decision import (
     decide_disclosure,
     derive_state,
 )
-from referral_api.consent.models import ConsentEvent, ConsentProvision, ConsentRecord
+from referral_api.consent.models import (
+    ConsentEvent,
+    ConsentEventSummary,
+    ConsentProvision,
+    ConsentRecord,
+)
 from referral_api.consent.service import SPECIAL_CATEGORIES
 from referral_api.consent.vocabulary import (
     Article6Basis,
@@ -236,6 +241,42 @@ def test_processing_without_basis_finds_a_withdrawal_written_behind_the_services
     assert world.rows("processing-without-basis", "b_dpo") == []
     assert len(world.rows("processing-without-basis", "plat_dpo")) == 4
     assert world.rows("processing-without-basis", "a_dpo", recipient_org_type="police") == rows[:2]
+
+
+def test_reports_follow_events_rewritten_or_deleted_behind_the_services_back(
+    world: DpoWorld,
+) -> None:
+    """The consent event summaries are kept by the database (migration 0010): an event
+    rewritten or deleted in place changes what every report reads."""
+    world.sql(
+        "UPDATE consent_events SET event_type = 'revoked' WHERE consent_id = :id",
+        id=uuid.UUID(world.consent["C1"]),
+    )
+    world.sql(
+        "DELETE FROM consent_events WHERE consent_id = :id", id=uuid.UUID(world.consent["CB"])
+    )
+    found = {
+        r["referral_id"]: r["reason"]
+        for r in world.rows("processing-without-basis", "plat_dpo")
+        if r["kind"] == "referral"
+    }
+    assert found == {
+        world.referral["R1"]: "consent revoked",
+        world.referral["R2"]: "consent revoked",
+        world.referral["RB"]: "consent not yet given",
+    }
+    b_rows = world.report("consent-summary", "b_dpo").get_json()
+    assert [(r["state"], r["consents"], r["provisions_in_force"]) for r in b_rows] == [(None, 1, 0)]
+    a_states = {
+        (r["state"], r["purpose"]): r["provisions"]
+        for r in world.report("consent-summary", "a_dpo").get_json()
+    }
+    assert a_states[("revoked", "law_enforcement_report")] == 1
+    assert ("active", "law_enforcement_report") not in a_states
+    # C1 ends in ten days by its police provision; revoked, it is no longer expiring.
+    expiring = world.rows("consents-expiring", "a_dpo", within_days=30)
+    assert world.consent["C1"] not in {r["consent_id"] for r in expiring}
+    assert world.consent["C2"] in {r["consent_id"] for r in expiring}
 
 
 def test_processing_without_basis_finds_a_provision_narrowed_in_place(world: DpoWorld) -> None:
@@ -781,14 +822,18 @@ def test_sql_consent_state_matches_the_replay_on_random_histories(
     _insert(app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events))
     provisions_table = ConsentProvision.__table__
     with db.session_factory_for(app)() as s:
+        # Both ways of reading a consent occur: its summary as kept (every event at or
+        # before `at`), and its events replayed (some event after `at`).
+        late = Counter(last > at for last in s.scalars(select(ConsentEventSummary.last_event_at)))
+        assert late[True] > 20 and late[False] > 20, late
         states = consent_states(at)
         got = {row.consent_id: row for row in s.execute(select(states))}
         # The reported state, evaluated on each provision row of the consent.
         reported: dict[uuid.UUID, set[str | None]] = {}
         for consent_id, state in s.execute(
-            select(
-                provisions_table.c.consent_id, provision_state(states, at, provisions_table)
-            ).join(states, states.c.consent_id == provisions_table.c.consent_id)
+            select(provisions_table.c.consent_id, provision_state(states, at)).join(
+                states, states.c.consent_id == provisions_table.c.consent_id
+            )
         ):
             reported.setdefault(consent_id, set()).add(state)
         s.rollback()

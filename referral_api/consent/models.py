@@ -138,3 +138,35 @@ class ConsentEvent(_CaseKeyed, Base):
     __table_args__ = (
         Index("ix_consent_events_consent_type_time", "consent_id", "event_type", "occurred_at"),
     )
+
+
+class ConsentEventSummary(Base):
+    """Per consent, what its events say, kept by the DATABASE: triggers on consent_events and
+    consent_provisions (migration 0010) recompute a consent's row after every insert, delete
+    or change of its events or provisions, including rows written behind the application's
+    back. The application never
+    writes it; the DPO reports read it instead of replaying every event
+    (referral_api/dpo/derived_state.py). No row: the consent has no event."""
+
+    __tablename__ = "consent_event_summaries"
+
+    consent_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("consent_records.id"), primary_key=True
+    )
+    # The earliest `given`; the earliest of each closing event.
+    given_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    erroneous_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The latest `expired` and `renewed`, and that renewal's end (None: open-ended; two
+    # renewals at one instant: the one with the greater id, as the replay orders them).
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The latest event of any kind: a report at an earlier moment cannot use this row.
+    last_event_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The latest end among the consent's provisions; None when one of them is open-ended.
+    provisions_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The state with every event counted (ConsentState value; None: not given yet), by the
+    # rules of referral_api/dpo/derived_state.py, for reports at or after `last_event_at`.
+    state: Mapped[str | None] = mapped_column(String(32))

@@ -1,7 +1,9 @@
 """Consent state in SQL: `consent.decision.derive_state`/`current_state` over event times.
 
-The reports count and list consents by the state a decision would see, over a million cases,
-so the replay of each consent's events is folded into one GROUP BY per consent:
+The reports count and list consents by the state a decision would see, over a million cases.
+They do not replay the events: the database keeps, per consent, the times that decide its
+state (`consent_event_summaries`, recomputed by triggers on consent_events after every
+write — migration 0010 — so it holds for rows written behind the application's back too):
 
 - a closing event (withdrawn, revoked, entered in error) at or before `now` ends the consent
   whatever else happened, even when stamped before `given` (clock skew); the earliest one
@@ -10,19 +12,28 @@ so the replay of each consent's events is folded into one GROUP BY per consent:
 - after `given`, the last of the `renewed`/`expired` events decides (expired → expired,
   renewed → active); events stamped before `given` are ignored, as the replay ignores them;
 - the latest renewal after `given` sets every provision's end (None: open-ended);
-- an active consent whose provisions have all ended reads `expired` (`current_state`):
-  `provision_state` decides it per provision row, looking at the consent's other provisions
-  only when the row's own provision has ended (rarely), so no second aggregate is joined.
+- an active consent whose provisions have all ended reads `expired` (`current_state`): the
+  summary also keeps the latest end among the consent's provisions (null when one is
+  open-ended; triggers on consent_provisions keep it), so `provision_state` needs no look at
+  the other provisions.
+
+The summary covers every event a consent has, and keeps the state they give (`state`, by
+`state_of`'s rules); a report asks about `now`. Events are stamped by the server's clock when
+written, so normally none is after `now` and the kept state is the state now; for the
+consents that have one (`last_event_at > now`: clock skew between hosts, or a test's history
+around a fixed moment) the same aggregates are computed from their events at or before
+`now`, so the answer is exactly the replay's either way.
 
 Two events of one consent stamped at the same microsecond are ordered by id in the replay;
 here a closing event beats another closing event in the order withdrawn, revoked, entered in
 error, and a renewal beats an expiry. For a closed consent `renewed`/`renewed_until` may
 count renewals after the closing event (the replay stops there): nothing reads them then.
-tests/test_dpo_reports.py holds all of this to the replay on random event histories.
+tests/test_dpo_reports.py holds all of this to the replay on random event histories, and
+tests/test_consent_state_summary.py the summary to its events.
 
-The state is computed over the aggregates in the grouped query itself, and nothing is
-joined to it before the report joins it, so the database sees that `consent_id` is unique
-there and plans the report's joins on it well.
+The two kinds of consents are two branches of a UNION ALL, so a replayed state is computed
+once per consent, in its branch, not once per reference to it in a report; when no consent
+has a later event (`any_late`), the reports read the summary alone.
 """
 
 from __future__ import annotations
@@ -30,13 +41,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, union_all
+from sqlalchemy.orm import Session
 
-from referral_api.consent.models import ConsentEvent, ConsentProvision
+from referral_api.consent.models import ConsentEvent, ConsentEventSummary, ConsentProvision
 from referral_api.consent.vocabulary import ConsentState, EventType
 
 _EVENTS = ConsentEvent.__table__
 _PROVISIONS = ConsentProvision.__table__
+_SUMMARIES = ConsentEventSummary.__table__
+
+# The summary's columns that decide a state, in the order `_replayed` computes them.
+_TIMES = (
+    "given_at",
+    "withdrawn_at",
+    "revoked_at",
+    "erroneous_at",
+    "expired_at",
+    "renewed_at",
+    "renewed_until",
+)
 
 
 def _first(kind: EventType) -> Any:
@@ -47,17 +71,61 @@ def _last(kind: EventType) -> Any:
     return func.max(case((_EVENTS.c.event_type == kind, _EVENTS.c.occurred_at)))
 
 
-def consent_states(now: datetime, consent_ids: Select[Any] | None = None) -> Any:
-    """A subquery, one row per consent with an event at or before `now`: `consent_id`,
-    `derived` (the replayed state), `renewed` (1/0) and `renewed_until`. `consent_ids`
-    limits the work to some consents."""
-    given = _first(EventType.GIVEN)
-    withdrawn = _first(EventType.WITHDRAWN)
-    revoked = _first(EventType.REVOKED)
-    erroneous = _first(EventType.ENTERED_IN_ERROR)
-    renewed_at = _last(EventType.RENEWED)
-    expired_at = _last(EventType.EXPIRED)
-    derived = case(
+def _replayed(now: datetime, consent_ids: Any) -> Any:
+    """The summary's columns computed from the events at or before `now` of some consents
+    (one row per consent with such an event)."""
+    grouped = (
+        select(
+            _EVENTS.c.consent_id,
+            _first(EventType.GIVEN).label("given_at"),
+            _first(EventType.WITHDRAWN).label("withdrawn_at"),
+            _first(EventType.REVOKED).label("revoked_at"),
+            _first(EventType.ENTERED_IN_ERROR).label("erroneous_at"),
+            _last(EventType.EXPIRED).label("expired_at"),
+            _last(EventType.RENEWED).label("renewed_at"),
+        )
+        .where(_EVENTS.c.occurred_at <= now, _EVENTS.c.consent_id.in_(consent_ids))
+        .group_by(_EVENTS.c.consent_id)
+        .subquery("replayed_times")
+    )
+    # The latest renewal's end: that renewal's row, and of two at one instant the one no
+    # other outranks by id. Joins rather than a correlated subquery, which would keep the
+    # report's plan from running in parallel workers.
+    latest, newer = _EVENTS.alias("latest_renewal"), _EVENTS.alias("newer_renewal")
+    return (
+        select(
+            *(grouped.c[name] for name in ("consent_id", *_TIMES[:-1])),
+            latest.c.valid_until.label("renewed_until"),
+        )
+        .select_from(
+            grouped.outerjoin(
+                latest,
+                and_(
+                    latest.c.consent_id == grouped.c.consent_id,
+                    latest.c.event_type == EventType.RENEWED,
+                    latest.c.occurred_at == grouped.c.renewed_at,
+                ),
+            ).outerjoin(
+                newer,
+                and_(
+                    newer.c.consent_id == latest.c.consent_id,
+                    newer.c.event_type == EventType.RENEWED,
+                    newer.c.occurred_at == latest.c.occurred_at,
+                    newer.c.id > latest.c.id,
+                ),
+            )
+        )
+        .where(newer.c.id.is_(None))
+        .subquery("replayed")
+    )
+
+
+def state_of(times: Any) -> Any:
+    """The state from the columns of `_TIMES` (migration 0010 computes the same into the
+    summary's `state`)."""
+    given, renewed_at, expired_at = times.given_at, times.renewed_at, times.expired_at
+    withdrawn, revoked, erroneous = times.withdrawn_at, times.revoked_at, times.erroneous_at
+    return case(
         (
             and_(
                 withdrawn.is_not(None),
@@ -81,43 +149,56 @@ def consent_states(now: datetime, consent_ids: Select[Any] | None = None) -> Any
         ),
         else_=ConsentState.ACTIVE.value,
     )
+
+
+def _state(times: Any, derived: Any = None) -> list[Any]:
+    """`derived`, `renewed` and `renewed_until` from the columns of `_TIMES`."""
+    given, renewed_at = times.given_at, times.renewed_at
+    derived = state_of(times) if derived is None else derived
     renewed: ColumnElement[bool] = and_(
         given.is_not(None), renewed_at.is_not(None), renewed_at >= given
     )
-    grouped = (
-        select(
-            _EVENTS.c.consent_id,
-            derived.label("derived"),
-            case((renewed, 1), else_=0).label("renewed"),
-            renewed_at.label("renewed_at"),
-        )
-        .where(_EVENTS.c.occurred_at <= now)
-        .group_by(_EVENTS.c.consent_id)
+    return [
+        derived.label("derived"),
+        case((renewed, 1), else_=0).label("renewed"),
+        case((renewed, times.renewed_until), else_=None).label("renewed_until"),
+    ]
+
+
+def any_late(session: Session, now: datetime) -> bool:
+    """Whether some consent has an event stamped after `now` (an index lookup)."""
+    s = _SUMMARIES
+    return bool(session.scalar(select(exists().where(s.c.last_event_at > now))))
+
+
+def consent_states(
+    now: datetime, consent_ids: Select[Any] | None = None, *, replay_late: bool = True
+) -> Any:
+    """A subquery, one row per consent with an event at or before `now`: `consent_id`,
+    `derived` (the replayed state), `renewed` (1/0), `renewed_until` and `provisions_until`
+    (the latest end among its provisions, None when one is open-ended). `consent_ids` limits
+    the work to some consents. `replay_late=False` when `any_late` said no consent has an
+    event after `now`: a plain read of the summary, which PostgreSQL can join in parallel
+    workers (the replay's GROUP BY keeps it from doing so)."""
+    s = _SUMMARIES
+    # Every event of these is at or before `now`: the state kept in the summary is theirs.
+    settled = select(s.c.consent_id, *_state(s.c, s.c.state), s.c.provisions_until).where(
+        s.c.last_event_at <= now
     )
     if consent_ids is not None:
-        grouped = grouped.where(_EVENTS.c.consent_id.in_(consent_ids))
-    g = grouped.subquery("consent_event_times")
-    # The latest renewal's end: looked up only for renewed consents (SQLite cannot refer to
-    # an aggregate from inside a subquery, so this sits one level out).
-    latest = _EVENTS.alias("latest_renewal")
-    renewed_until = case(
-        (
-            g.c.renewed == 1,
-            select(latest.c.valid_until)
-            .where(
-                latest.c.consent_id == g.c.consent_id,
-                latest.c.event_type == EventType.RENEWED,
-                latest.c.occurred_at == g.c.renewed_at,
-            )
-            .order_by(latest.c.id.desc())
-            .limit(1)
-            .scalar_subquery(),
-        ),
-        else_=None,
+        settled = settled.where(s.c.consent_id.in_(consent_ids))
+    if not replay_late:
+        return settled.subquery("consent_states")
+    late_ids = select(s.c.consent_id).where(s.c.last_event_at > now)
+    if consent_ids is not None:
+        late_ids = late_ids.where(s.c.consent_id.in_(consent_ids))
+    replayed = _replayed(now, late_ids)
+    late = select(replayed.c.consent_id, *_state(replayed.c), s.c.provisions_until).join_from(
+        replayed, s, s.c.consent_id == replayed.c.consent_id
     )
-    return select(
-        g.c.consent_id, g.c.derived, g.c.renewed, renewed_until.label("renewed_until")
-    ).subquery("consent_states")
+    # UNION ALL: the database computes each consent's state once, in its branch, rather than
+    # pasting the expression wherever a report refers to it.
+    return union_all(settled, late).subquery("consent_states")
 
 
 def effective_until(states: Any, provisions: Any = _PROVISIONS) -> Any:
@@ -136,26 +217,16 @@ def in_force(states: Any, now: datetime, provisions: Any = _PROVISIONS) -> Colum
     )
 
 
-def provision_state(states: Any, now: datetime, provisions: Any = _PROVISIONS) -> Any:
-    """`decision.current_state` of the consent, evaluated on one of its provision rows: an
-    active consent whose provisions have all ended reads `expired`. When renewed, all its
-    provisions end with the renewal; otherwise this one has ended and no other is open."""
-    others = _PROVISIONS.alias("other_provision")
-    # `id <>` keeps this a lookup per row (a plain correlation on consent_id alone would let
-    # PostgreSQL hash every open provision first), and it only runs for ended provisions.
-    another_open = exists().where(
-        others.c.consent_id == provisions.c.consent_id,
-        others.c.id != provisions.c.id,
-        or_(others.c.valid_until.is_(None), others.c.valid_until > now),
-    )
+def provision_state(states: Any, now: datetime) -> Any:
+    """`decision.current_state` of the consent at `now`: an active consent whose provisions
+    have all ended reads `expired`. When renewed, all its provisions end with the renewal;
+    otherwise with the latest of their own ends (kept in the summary)."""
     all_ended = case(
         (
             states.c.renewed == 1,
             and_(states.c.renewed_until.is_not(None), states.c.renewed_until <= now),
         ),
-        else_=and_(
-            provisions.c.valid_until.is_not(None), provisions.c.valid_until <= now, ~another_open
-        ),
+        else_=and_(states.c.provisions_until.is_not(None), states.c.provisions_until <= now),
     )
     return case(
         (

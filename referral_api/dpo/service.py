@@ -29,6 +29,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     union,
     union_all,
     update,
@@ -44,11 +45,17 @@ from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
 from referral_api.cases.models import Case
 from referral_api.consent.decision import ConsentView, EventView, ProvisionView, decide_disclosure
-from referral_api.consent.models import ConsentEvent, ConsentProvision, ConsentRecord
-from referral_api.consent.vocabulary import EventType, Grantor
+from referral_api.consent.models import (
+    ConsentEvent,
+    ConsentEventSummary,
+    ConsentProvision,
+    ConsentRecord,
+)
+from referral_api.consent.vocabulary import ConsentState, EventType, Grantor
 from referral_api.db import Base
 from referral_api.dpo import keyset
 from referral_api.dpo.derived_state import (
+    any_late,
     consent_states,
     effective_until,
     in_force,
@@ -66,6 +73,7 @@ _CASES = Case.__table__
 _RECORDS = ConsentRecord.__table__
 _PROVISIONS = ConsentProvision.__table__
 _EVENTS = ConsentEvent.__table__
+_SUMMARIES = ConsentEventSummary.__table__
 _REFERRALS = Referral.__table__
 _DISCLOSURES = Disclosure.__table__
 _ORGS = Organisation.__table__
@@ -278,6 +286,10 @@ CONSENT_SUMMARY_COLUMNS = (
 )
 
 
+# The states a consent-summary row can name, in the order they are counted.
+_SUMMARY_STATES: tuple[str | None, ...] = (*(state.value for state in ConsentState), None)
+
+
 def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     """Consents and provisions by derived consent state, purpose, recipient and controlling
     organisation. `consents` counts the distinct consents with a provision in the row (a
@@ -290,11 +302,14 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     at = now()
     r, p = _RECORDS, _PROVISIONS
     where = _scoped_consents(scope, filters)
-    states = consent_states(at, select(r.c.id).where(*where) if scope.org_id else None)
+    states = consent_states(
+        at,
+        select(r.c.id).where(*where) if scope.org_id else None,
+        replay_late=any_late(session, at),
+    )
     if filters.get("purpose") is not None:
         where.append(p.c.purpose == filters["purpose"])
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
-    state = provision_state(states, at, p)
     # A consent counts once per row: a provision repeating an earlier one of its consent in
     # purpose and recipient is a repeat, and consents = provisions - repeats. (A DISTINCT
     # count would sort every provision: seconds over a million cases.)
@@ -313,29 +328,95 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
         )
         .subquery("repeats")
     )
-    group = (r.c.org_id, state, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
-    stmt = (
+    # One row per provision with its consent's state. (PostgreSQL pastes the state expression
+    # into each aggregate below; keeping it apart with OFFSET 0 would cost more: the grouping
+    # could no longer run in parallel workers.)
+    per_provision = (
         select(
             r.c.org_id,
-            state.label("state"),
             p.c.purpose,
             p.c.recipient_org_id,
             p.c.recipient_org_type,
-            (func.count() - func.count(repeats.c.id)).label("consents"),
-            func.count().label("provisions"),
-            func.sum(case((in_force(states, at, p), 1), else_=0)).label("provisions_in_force"),
+            provision_state(states, at).label("state"),
+            case((in_force(states, at, p), 1), else_=0).label("in_force"),
+            case((repeats.c.id.is_(None), 1), else_=0).label("first"),
         )
         .select_from(
-            r.join(p, p.c.consent_id == r.c.id)
-            .outerjoin(states, states.c.consent_id == r.c.id)
+            p.join(r, r.c.id == p.c.consent_id)
+            .outerjoin(states, states.c.consent_id == p.c.consent_id)
             .outerjoin(repeats, repeats.c.id == p.c.id)
         )
         .where(*where)
-        .group_by(*group)
-        .order_by(*(column.asc().nulls_last() for column in group))
+        .subquery("per_provision")
+    )
+    # Grouped by plain columns only, a count per state in each group: grouped by the state
+    # expression too, PostgreSQL cannot estimate the groups, expects one per provision and
+    # sorts 1.5 million rows instead of hashing a few thousand groups.
+    t = per_provision.c
+    group = (t.org_id, t.purpose, t.recipient_org_type, t.recipient_org_id)
+
+    def of(state: str | None, value: Any) -> Any:
+        matches = t.state.is_(None) if state is None else t.state == state
+        return func.sum(case((matches, value), else_=0))
+
+    measures = [
+        of(state, value).label(f"{measure}_{index}")
+        for index, state in enumerate(_SUMMARY_STATES)
+        for measure, value in (("consents", t.first), ("provisions", 1), ("in_force", t.in_force))
+    ]
+    grouped = select(*group, *measures).group_by(*group).subquery("consent_summary_groups")
+    # Back to one row per state: each group times the states' numbers, keeping those with
+    # provisions. (One reference to the grouped rows: a WITH referenced six times would keep
+    # PostgreSQL from grouping in parallel workers.)
+    slots = union_all(
+        *(select(literal(index).label("slot")) for index in range(len(_SUMMARY_STATES)))
+    ).subquery("state_slots")
+    g = grouped.c
+
+    def pick(measure: str) -> Any:
+        return case(
+            *(
+                (slots.c.slot == index, g[f"{measure}_{index}"])
+                for index in range(len(_SUMMARY_STATES))
+            )
+        )
+
+    state = case(
+        *(
+            (slots.c.slot == index, literal(value))
+            for index, value in enumerate(_SUMMARY_STATES)
+            if value is not None
+        ),
+        else_=null(),
+    )
+    rows_per_state = (
+        select(
+            g.org_id,
+            state.label("state"),
+            g.purpose,
+            g.recipient_org_id,
+            g.recipient_org_type,
+            pick("consents").label("consents"),
+            pick("provisions").label("provisions"),
+            pick("in_force").label("provisions_in_force"),
+        )
+        .select_from(grouped.join(slots, true()))
+        .subquery("consent_summary")
+    )
+    u = rows_per_state.c
+    order = (u.org_id, u.state, u.purpose, u.recipient_org_type, u.recipient_org_id)
+    stmt = (
+        select(rows_per_state)
+        .where(u.provisions > 0)
+        .order_by(*(column.asc().nulls_last() for column in order))
     )
     rows = [
-        {**row, "provisions_in_force": int(row["provisions_in_force"] or 0)}
+        {
+            **row,
+            "consents": int(row["consents"]),
+            "provisions": int(row["provisions"]),
+            "provisions_in_force": int(row["provisions_in_force"]),
+        }
         for row in session.execute(stmt).mappings()
     ]
     return Report(name, CONSENT_SUMMARY_COLUMNS, rows)
@@ -439,33 +520,29 @@ def _within_ceiling(referral_categories: Any, org_type: Any) -> ColumnElement[bo
     return ~or_(*over) if over else literal(True)
 
 
-def _covering_provision(r: Any, o: Any, at: datetime, *, renewed: bool) -> Any:
+def _covering_provision(r: Any, o: Any, at: datetime) -> Any:
     """EXISTS one provision that alone covers the referral now: purpose, recipient, every
-    category, its window, and a consent with `given` and no closing or expired event —
-    never renewed (`renewed` False: the provision's own end counts), or renewed only after
-    `given`, by `at`, and never to an end at or before `at` (`renewed` True: the latest
-    renewal's end counts, and lies after `at`). Stricter than the decision, never looser:
-    a referral neither form covers is left to the exact check, so one that either covers is
-    certainly covered.
+    category, its window, and a consent (by its event summary) with `given` by `at` and no
+    closing or expired event at all, whose provisions end either on their own (no renewal
+    after `given`) or with its latest renewal (after `given`, by `at`, to an end after `at`).
+    Stricter than the decision, never looser: an event after `at`, an expiry, or a renewal
+    at the very instant of `given` leaves the referral to the exact check, so one that this
+    covers is certainly covered.
 
-    Two EXISTS rather than one with an OR inside, and only ANDs of columns and
-    EXISTS/NOT EXISTS in each: the database turns them into (parallel) semi- and anti-joins
-    instead of running a subquery per referral (over a million cases in bench/dpo_reports.py:
-    about 5 s that way, under 2 s this way)."""
-    p = _PROVISIONS.alias("cover")
-
-    def events(*where: Any) -> Any:
-        x = _EVENTS.alias()
-        return exists().where(x.c.consent_id == p.c.consent_id, *(w(x) for w in where))
-
-    given = events(lambda x: x.c.event_type == EventType.GIVEN, lambda x: x.c.occurred_at <= at)
-    closed = events(
-        lambda x: x.c.event_type.in_(
-            [EventType.WITHDRAWN, EventType.REVOKED, EventType.ENTERED_IN_ERROR, EventType.EXPIRED]
-        )
+    Only ANDs and ORs of the joined rows' columns: the database turns the NOT EXISTS into one
+    (parallel) anti-join of the live referrals with provisions joined to their consents'
+    summaries, instead of a subquery per referral or a semi-join per kind of event."""
+    p, s = _PROVISIONS.alias("cover"), _SUMMARIES.alias("cover_events")
+    own_end = and_(
+        or_(s.c.renewed_at.is_(None), s.c.renewed_at < s.c.given_at),
+        or_(p.c.valid_until.is_(None), p.c.valid_until > at),
     )
-    renewal = events(lambda x: x.c.event_type == EventType.RENEWED)
-    conditions = [
+    renewal_end = and_(
+        s.c.renewed_at > s.c.given_at,
+        s.c.renewed_at <= at,
+        or_(s.c.renewed_until.is_(None), s.c.renewed_until > at),
+    )
+    return exists().where(
         p.c.case_id == r.c.case_id,
         p.c.purpose == r.c.purpose,
         or_(
@@ -482,28 +559,14 @@ def _covering_provision(r: Any, o: Any, at: datetime, *, renewed: bool) -> Any:
                 )
             ),
         ),
-        given,
-        ~closed,
-    ]
-    if not renewed:
-        conditions += [~renewal, or_(p.c.valid_until.is_(None), p.c.valid_until > at)]
-    else:
-        x, g = _EVENTS.alias("renewal"), _EVENTS.alias("given_before")
-        doubtful = exists().where(
-            x.c.consent_id == p.c.consent_id,
-            x.c.event_type == EventType.RENEWED,
-            or_(
-                x.c.occurred_at > at,
-                and_(x.c.valid_until.is_not(None), x.c.valid_until <= at),
-                ~exists().where(
-                    g.c.consent_id == p.c.consent_id,
-                    g.c.event_type == EventType.GIVEN,
-                    g.c.occurred_at < x.c.occurred_at,
-                ),
-            ),
-        )
-        conditions += [renewal, ~doubtful]
-    return exists().where(*conditions)
+        s.c.consent_id == p.c.consent_id,
+        s.c.given_at <= at,
+        s.c.withdrawn_at.is_(None),
+        s.c.revoked_at.is_(None),
+        s.c.erroneous_at.is_(None),
+        s.c.expired_at.is_(None),
+        or_(own_end, renewal_end),
+    )
 
 
 def _consent_views(session: Session, case_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
@@ -706,15 +769,14 @@ def processing_without_basis(session: Session, actor: Actor, filters: dict[str, 
     )
     joined = r.join(o, o.c.id == r.c.to_org_id)
     within = _within_ceiling(r.c.categories, o.c.org_type)
-    # Two selects rather than an OR, so that each NOT EXISTS can become an anti-join.
+    # Two selects rather than an OR, so that the NOT EXISTS can become an anti-join.
     base = union_all(
         select(*columns)
         .select_from(joined)
         .where(
             *where,
             within,
-            ~_covering_provision(r, o, at, renewed=False),
-            ~_covering_provision(r, o, at, renewed=True),
+            ~_covering_provision(r, o, at),
         ),
         select(*columns).select_from(joined).where(*where, ~within),
     )
