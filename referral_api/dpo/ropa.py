@@ -83,9 +83,9 @@ def _security_measures(
             "parameters": {
                 "algorithm": "AES-256-GCM",
                 "algorithm_id": envelope.ALG_AES_256_GCM,
-                "ciphertext_format": envelope.FORMAT_V1,
+                "ciphertext_format": envelope.CURRENT_FORMAT,
                 "data_key_bits": DATA_KEY_BYTES * 8,
-                "field_subkeys": "HKDF-SHA256 per table and column",
+                "field_subkeys": "one per table and column, derived by HKDF-SHA256 (RFC 5869)",
                 "associated_data": "header, table, column, row id, case id",
                 "key_hierarchy": "root key → organisation key → case data key",
                 "root_key_provider": provider,
