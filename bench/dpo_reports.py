@@ -24,8 +24,12 @@ The seeded world, per case i (all deterministic):
   covers it, else completed or cancelled; 1 % on an approved override (half reviewed);
   one in 10,000 is live although its consent was withdrawn (processing without a basis);
 - two audit rows per case (sealed), and 5,000 erasure tombstones;
-- the consent event summaries (migration 0010) filled by the migration's backfill after the
-  provisions and events are inserted with triggers off (the triggers keep them from then on).
+- the consent event summaries (migrations 0010, 0011) filled by the latest migration's backfill
+  after the provisions and events are inserted with triggers off (the triggers keep them from
+  then on).
+
+--reuse migrates a kept database to head first (and, when that changed anything, runs VACUUM
+ANALYZE, as a fresh seed does).
 """
 
 from __future__ import annotations
@@ -236,15 +240,15 @@ SELECT md5('t-' || i)::uuid, md5('case-' || i)::uuid, {_CTRL}, 'consent_withdraw
 FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE i % 200 = 3
 """
 
-# The consent event summaries (migration 0010) are kept by triggers on consent_events and
-# consent_provisions, one recompute per row: the seed inserts both with triggers off (the
-# bench connects as a superuser) and then fills every summary with the migration's own
-# backfill.
+# The consent event summaries (migrations 0010, 0011) are kept by triggers on consent_events
+# and consent_provisions, one recompute per row: the seed inserts both with triggers off (the
+# bench connects as a superuser) and then fills every summary with the latest migration's own
+# backfill (0011's: with the consent's organisation and whether it has repeated provisions).
 _UNTRIGGERED = {"consent_provisions", "consent_events"}
 
 
 def _summary_backfill() -> str:
-    path = common.REPO / "referral_api/migrations/versions/0010_consent_state_summary.py"
+    path = common.REPO / "referral_api/migrations/versions/0011_consent_summary_org_and_repeats.py"
     spec = importlib.util.spec_from_file_location("consent_state_summary_migration", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -348,6 +352,29 @@ def seed(app: Any, url: str, n: int, workers: int) -> dict[str, Any]:
         ).scalar_one()
     engine.dispose()
     return figures
+
+
+def migrate_kept(url: str) -> dict[str, Any]:
+    """A kept database to head; VACUUM ANALYZE when a migration ran (a backfill's UPDATE
+    leaves a dead version of every row it filled)."""
+    from sqlalchemy import create_engine
+
+    from referral_api.migrate import current_revision, head_revision, upgrade
+
+    engine = create_engine(url)
+    try:
+        before = current_revision(engine)
+        if before == head_revision():
+            return {"from": before, "seconds": 0}
+        t0 = time.perf_counter()
+        upgrade(url)
+        seconds = round(time.perf_counter() - t0, 1)
+        print(f"migrated {before} -> {head_revision()} in {seconds} s", flush=True)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM (ANALYZE)")
+        return {"from": before, "to": head_revision(), "seconds": seconds}
+    finally:
+        engine.dispose()
 
 
 def seed_organisations(url: str) -> None:
@@ -510,6 +537,8 @@ def main() -> None:
         common.drop_database(DB_NAME)
         common.create_database(DB_NAME)
         upgrade(url)
+    else:
+        figures["migrated"] = migrate_kept(url)
     os.environ["REFERRAL_API_AUDIT_SEAL_SECONDS"] = "0"
     # The seed's notice versions (one consent in 97 carries an unknown one).
     os.environ["REFERRAL_API_NOTICE_VERSIONS"] = "2026-01"

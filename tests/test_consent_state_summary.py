@@ -1,11 +1,12 @@
-"""The consent event summaries (migration 0010) are kept by the database: after any mix of
-raw inserts, updates and deletes of consent events and provisions, each consent's row is what
-its events and provisions say; a consent without events has none; the migration's backfill
-builds the same rows.
+"""The consent event summaries (migrations 0010, 0011) are kept by the database: after any mix
+of raw inserts, updates and deletes of consent events and provisions (and changes of a consent
+record's organisation), each consent's row is what its events, provisions and record say; a
+consent without events has none; the migrations' backfills build the same rows.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from referral_support import API, create_case, provision, record_consent
-from sqlalchemy import Engine, delete, inspect, select, update
+from sqlalchemy import Engine, delete, inspect, select, text, update
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.consent.models import (
@@ -24,18 +25,21 @@ from referral_api.consent.models import (
 )
 from referral_api.consent.vocabulary import EventType
 from referral_api.extensions import db
-from referral_api.migrate import alembic_config, upgrade
+from referral_api.migrate import MIGRATIONS_DIR, alembic_config, upgrade
 
 EVENTS = ConsentEvent.__table__
 PROVISIONS = ConsentProvision.__table__
+RECORDS = ConsentRecord.__table__
 SUMMARIES = ConsentEventSummary.__table__
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def _expected(
-    events: list[dict[str, Any]], provisions: list[dict[str, Any]]
+    events: list[dict[str, Any]],
+    provisions: list[dict[str, Any]],
+    orgs: dict[uuid.UUID, uuid.UUID],
 ) -> dict[uuid.UUID, dict[str, Any]]:
-    """Each consent's summary, from scratch in Python."""
+    """Each consent's summary, from scratch in Python (`orgs`: each record's organisation)."""
     by_consent: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for event in events:
         by_consent.setdefault(event["consent_id"], []).append(event)
@@ -61,6 +65,8 @@ def _expected(
             "provisions_until": _latest_end(
                 [p["valid_until"] for p in provisions if p["consent_id"] == consent_id]
             ),
+            "org_id": orgs[consent_id],
+            "has_repeats": _has_repeats([p for p in provisions if p["consent_id"] == consent_id]),
         }
         summaries[consent_id]["state"] = _state(summaries[consent_id])
     return summaries
@@ -92,6 +98,19 @@ def _state(row: dict[str, Any]) -> str | None:
     return "active"
 
 
+_RECIPIENT = ("purpose", "recipient_org_id", "recipient_org_type")
+
+
+def _has_repeats(own: list[dict[str, Any]]) -> bool:
+    """Some provision repeats one at a lower position in purpose and recipient (None equal to
+    None, as the report counts a consent once per row)."""
+    return any(
+        earlier["position"] < later["position"] and all(earlier[k] == later[k] for k in _RECIPIENT)
+        for later in own
+        for earlier in own
+    )
+
+
 def _latest_end(ends: list[datetime | None]) -> datetime | None:
     if not ends or any(end is None for end in ends):
         return None
@@ -116,21 +135,36 @@ def _stored_provisions(engine: Engine) -> list[dict[str, Any]]:
         return [dict(row) for row in connection.execute(select(PROVISIONS)).mappings()]
 
 
+def _stored_orgs(engine: Engine) -> dict[uuid.UUID, uuid.UUID]:
+    with engine.connect() as connection:
+        return dict(connection.execute(select(RECORDS.c.id, RECORDS.c.org_id)).all())
+
+
 def _recomputed(engine: Engine) -> dict[uuid.UUID, dict[str, Any]]:
-    return _expected(_stored_events(engine), _stored_provisions(engine))
+    return _expected(_stored_events(engine), _stored_provisions(engine), _stored_orgs(engine))
 
 
-def _provision(rng: random.Random, case_id: uuid.UUID, consent_id: uuid.UUID) -> dict[str, Any]:
+def _provision(
+    rng: random.Random, case_id: uuid.UUID, consent_id: uuid.UUID, recipient: uuid.UUID
+) -> dict[str, Any]:
+    """Few positions, purposes and recipients, so that some provisions repeat others."""
     return {
         "id": uuid.uuid4(),
         "consent_id": consent_id,
         "case_id": case_id,
-        "position": 0,
-        "purpose": "legal_assistance",
-        "recipient_org_type": "legal_aid",
+        **_recipient_change(rng, recipient),
         "categories": "identity",
         "valid_from": AT - timedelta(days=30),
         "valid_until": rng.choice([None, AT + timedelta(days=rng.randint(-5, 5))]),
+    }
+
+
+def _recipient_change(rng: random.Random, recipient: uuid.UUID) -> dict[str, Any]:
+    return {
+        "position": rng.randint(0, 2),
+        "purpose": rng.choice(["legal_assistance", "statistics"]),
+        "recipient_org_id": rng.choice([None, recipient]),
+        "recipient_org_type": rng.choice([None, "legal_aid"]),
     }
 
 
@@ -180,24 +214,38 @@ def test_the_summary_follows_raw_inserts_updates_and_deletes(
 ) -> None:
     rng = random.Random(10)  # noqa: S311 - test data
     case_id, consents = _consents(app, client, factory, 12)
+    orgs = [factory.org(OrgType.NGO), factory.org(OrgType.LEGAL_AID)]
     engine = db.engine_for(app)
     emptied = False
     provisions_changed = False
+    repeats_seen: set[bool] = set()
+    orgs_seen: set[uuid.UUID] = set()
     for step in range(200):
         events, provisions = _stored_events(engine), _stored_provisions(engine)
         roll = rng.random()
         with engine.begin() as connection:
-            if step % 5 == 4:
-                # A provision added, moved to another consent, re-dated or removed.
+            if step % 11 == 10:
+                # A consent record handed to another organisation.
+                connection.execute(
+                    update(RECORDS)
+                    .where(RECORDS.c.id == rng.choice(consents))
+                    .values(org_id=rng.choice(orgs))
+                )
+            elif step % 5 == 4 or step % 5 == 2:
+                # A provision added, moved to another consent, re-dated, re-positioned,
+                # re-purposed, re-addressed, or removed.
                 if not provisions or roll < 0.4:
-                    row = _provision(rng, case_id, rng.choice(consents))
+                    row = _provision(rng, case_id, rng.choice(consents), orgs[1])
                     connection.execute(PROVISIONS.insert(), [row])
                 elif roll < 0.8:
                     target = rng.choice(provisions)
-                    change = rng.choice(["valid_until", "consent_id"])
+                    change = rng.choice(
+                        ["valid_until", "consent_id", *_recipient_change(rng, orgs[1])]
+                    )
                     value = {
                         "valid_until": rng.choice([None, AT + timedelta(days=rng.randint(-5, 5))]),
                         "consent_id": rng.choice(consents),
+                        **_recipient_change(rng, orgs[1]),
                     }[change]
                     connection.execute(
                         update(PROVISIONS)
@@ -236,7 +284,9 @@ def test_the_summary_follows_raw_inserts_updates_and_deletes(
                 connection.execute(delete(EVENTS).where(where))
         stored = _stored(engine)
         assert stored == _recomputed(engine), step
-        if step % 7 == 0 and step % 5 != 4 and roll >= 0.8 and events:
+        repeats_seen |= {row["has_repeats"] for row in stored.values()}
+        orgs_seen |= {row["org_id"] for row in stored.values()}
+        if step % 7 == 0 and step % 5 not in (2, 4) and step % 11 != 10 and roll >= 0.8 and events:
             assert target["consent_id"] not in stored
             emptied = True
     # The walk reached what it is meant to test.
@@ -244,6 +294,8 @@ def test_the_summary_follows_raw_inserts_updates_and_deletes(
     assert any(row["provisions_until"] for row in stored.values())
     assert any(row["renewed_until"] for row in stored.values())
     assert any(row["withdrawn_at"] and row["given_at"] for row in stored.values())
+    assert repeats_seen == {True, False}
+    assert orgs_seen & set(orgs), "no record changed organisation while it had a summary"
 
 
 def test_of_two_renewals_at_one_instant_the_greater_id_is_the_latest(
@@ -288,7 +340,7 @@ def test_a_column_the_summary_does_not_read_changes_nothing(
         connection.execute(
             update(EVENTS).where(EVENTS.c.id == event["id"]).values(effects='[{"x": 1}]')
         )
-    assert _stored(engine) == before == _expected([event], [])
+    assert _stored(engine) == before == _expected([event], [], _stored_orgs(engine))
 
 
 def test_the_consent_service_fills_the_summary(app: Any, client: Any, factory: Any) -> None:
@@ -340,3 +392,85 @@ def test_the_migration_backfills_the_summary_and_removes_it_on_downgrade(
         connection.execute(delete(EVENTS).where(EVENTS.c.consent_id == consents[0]))
     assert consents[0] not in _stored(engine)
     assert _stored(engine) == _recomputed(engine)
+
+
+def test_migration_0011_fills_the_organisation_and_repeats_of_the_rows_0010_kept(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Written while only 0010's triggers run (they keep neither column): the UPDATE of 0011
+    fills both for every row, then its triggers keep them."""
+    rng = random.Random(12)  # noqa: S311 - test data
+    case_id, consents = _consents(app, client, factory, 8)
+    other, recipient = factory.org(OrgType.NGO), factory.org(OrgType.LEGAL_AID)
+    engine = db.engine_for(app)
+    url = app.config["DATABASE_URL"]
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0010")
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                EVENTS.insert(), [_event(rng, case_id, consent) for consent in consents]
+            )
+            provisions = [
+                _provision(rng, case_id, rng.choice(consents), recipient) for _ in range(24)
+            ]
+            # One sure repeat and one sure non-repeat (same recipient, other purpose).
+            first, second, third = (
+                _provision(rng, case_id, consents[0], recipient) for _ in range(3)
+            )
+            first.update(position=0, purpose="statistics")
+            second.update({**{k: first[k] for k in _RECIPIENT}, "position": 1})
+            third.update(consent_id=consents[1], position=0, purpose="statistics")
+            connection.execute(PROVISIONS.insert(), [*provisions, first, second, third])
+            connection.execute(
+                update(RECORDS).where(RECORDS.c.id == consents[2]).values(org_id=other)
+            )
+    finally:
+        engine.dispose()
+        upgrade(url)
+    stored = _stored(engine)
+    assert stored == _recomputed(engine)
+    assert stored[consents[0]]["has_repeats"] is True
+    assert stored[consents[2]]["org_id"] == other
+    assert {row["has_repeats"] for row in stored.values()} == {True, False}
+    # Its triggers: moving the repeat to another position, purpose or recipient clears it.
+    with engine.begin() as connection:
+        connection.execute(
+            update(PROVISIONS)
+            .where(PROVISIONS.c.consent_id == consents[0])
+            .values(purpose="legal_assistance")
+        )
+        connection.execute(
+            update(PROVISIONS).where(PROVISIONS.c.id == second["id"]).values(purpose="statistics")
+        )
+    assert _stored(engine) == _recomputed(engine)
+
+
+def test_the_latest_backfill_builds_the_rows_the_triggers_keep(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """0011's BACKFILL (bench/dpo_reports.py seeds with it; docs/dpo-reports.md rebuilds the
+    table with it after maintenance) gives every row exactly as kept."""
+    rng = random.Random(14)  # noqa: S311 - test data
+    case_id, consents = _consents(app, client, factory, 10)
+    recipient = factory.org(OrgType.LEGAL_AID)
+    engine = db.engine_for(app)
+    with engine.begin() as connection:
+        connection.execute(
+            EVENTS.insert(), [_event(rng, case_id, rng.choice(consents)) for _ in range(25)]
+        )
+        connection.execute(
+            PROVISIONS.insert(),
+            [_provision(rng, case_id, rng.choice(consents), recipient) for _ in range(30)],
+        )
+    kept = _stored(engine)
+    assert {row["has_repeats"] for row in kept.values()} == {True, False}
+    path = MIGRATIONS_DIR / "versions" / "0011_consent_summary_org_and_repeats.py"
+    spec = importlib.util.spec_from_file_location("_summary_migration_0011", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    with engine.begin() as connection:
+        connection.execute(delete(SUMMARIES))
+        connection.execute(text(migration.BACKFILL))
+    assert _stored(engine) == kept == _recomputed(engine)

@@ -180,6 +180,148 @@ def test_consent_summary_date_range_is_when_the_consent_was_recorded(world: DpoW
     world.report("consent-summary", "a_dpo", 422, **{"from": later, "to": earlier})
 
 
+_RECORD_COPY = (
+    "case_id, org_id, grantor, is_minor, captured_by_org_id, collection_method, language, "
+    "notice_version, jurisdiction, article6, created_at"
+)
+_PROVISION_COPY = (
+    "case_id, purpose, recipient_org_id, recipient_org_type, categories, valid_from, valid_until"
+)
+
+
+def _platform_summary(world: DpoWorld) -> dict[tuple, tuple[int, int, int]]:
+    """The platform DPO's consent-summary, keyed (organisation, state, purpose, recipient);
+    each organisation's part is also its own DPO's report (which joins the consent records
+    and looks for repeats among every provision, whatever the summaries say)."""
+    rows = world.report("consent-summary", "plat_dpo").get_json()
+    for org, dpo in (("A", "a_dpo"), ("B", "b_dpo")):
+        own = [r for r in rows if r["org_id"] == str(world.org[org])]
+        assert own == world.report("consent-summary", dpo).get_json(), org
+    assert {r["org_id"] for r in rows} <= {str(world.org["A"]), str(world.org["B"])}
+    return {
+        (
+            "A" if r["org_id"] == str(world.org["A"]) else "B",
+            r["state"],
+            r["purpose"],
+            r["recipient_org_id"] or r["recipient_org_type"],
+        ): (r["consents"], r["provisions"], r["provisions_in_force"])
+        for r in rows
+    }
+
+
+def _repeat(world: DpoWorld, consent: str, position: int, **changes: Any) -> None:
+    """A copy of the consent's first provision at `position`, written straight into the
+    table (with `changes`: `recipient_org_id`/`recipient_org_type` set to null or a type)."""
+    columns = _PROVISION_COPY
+    for column, value in changes.items():
+        columns = columns.replace(column, "NULL" if value is None else f"'{value}'")
+    world.sql(
+        f"INSERT INTO consent_provisions (id, consent_id, position, {_PROVISION_COPY}) "
+        f"SELECT :id, consent_id, :position, {columns} FROM consent_provisions "
+        "WHERE consent_id = :consent AND position = 0",
+        id=uuid.uuid4(),
+        consent=uuid.UUID(world.consent[consent]),
+        position=position,
+    )
+
+
+def test_platform_consent_summary_counts_a_consent_once_with_repeated_provisions(
+    world: DpoWorld,
+) -> None:
+    legal = str(world.org["L"])
+    before = _platform_summary(world)
+    # C1 and C9 (whose second provision repeats its first): 2 consents, 3 provisions.
+    assert before[("A", "active", "legal_assistance", legal)] == (2, 3, 3)
+    assert before[("B", "active", "legal_assistance", legal)] == (1, 1, 1)
+    _repeat(world, "C1", 5)
+    _repeat(world, "CB", 2)
+    _repeat(world, "CB", 3)
+    # Not a repeat: the same purpose for legal aid by type, not by organisation.
+    _repeat(world, "C1", 7, recipient_org_id=None, recipient_org_type="legal_aid")
+    after = _platform_summary(world)
+    assert after[("A", "active", "legal_assistance", legal)] == (2, 4, 4)
+    assert after[("B", "active", "legal_assistance", legal)] == (1, 3, 3)
+    assert after[("A", "active", "legal_assistance", "legal_aid")] == (1, 1, 1)
+    assert {k: v for k, v in after.items() if k[3] not in (legal, "legal_aid")} == {
+        k: v for k, v in before.items() if k[3] not in (legal, "legal_aid")
+    }
+
+
+def test_platform_consent_summary_counts_a_consent_without_events(world: DpoWorld) -> None:
+    """Only a raw write makes one: it has no summary row, and is counted all the same (not
+    given yet), under its record's organisation, its repeat once."""
+    before = _platform_summary(world)
+    consent = uuid.uuid4()
+    world.sql(
+        f"INSERT INTO consent_records (id, {_RECORD_COPY}) "
+        f"SELECT :id, {_RECORD_COPY} FROM consent_records WHERE id = :c1",
+        id=consent,
+        c1=uuid.UUID(world.consent["C1"]),
+    )
+    world.consent["C0"] = str(consent)
+    for position in (0, 1):  # C1's two provisions
+        world.sql(
+            f"INSERT INTO consent_provisions (id, consent_id, position, {_PROVISION_COPY}) "
+            f"SELECT :id, :consent, position, {_PROVISION_COPY} FROM consent_provisions "
+            "WHERE consent_id = :c1 AND position = :position",
+            id=uuid.uuid4(),
+            consent=consent,
+            c1=uuid.UUID(world.consent["C1"]),
+            position=position,
+        )
+    _repeat(world, "C0", 4)
+    after = _platform_summary(world)
+    legal = str(world.org["L"])
+    assert after[("A", None, "legal_assistance", legal)] == (1, 2, 0)
+    assert after[("A", None, "law_enforcement_report", "police")] == (1, 1, 0)
+    assert {k: v for k, v in after.items() if k[1] is not None} == before
+    assert sum(r["consents"] for r in world.report("consent-summary", "plat_dpo").get_json()) == 12
+
+
+def test_platform_consent_summary_follows_provisions_rewritten_into_and_out_of_a_repeat(
+    world: DpoWorld,
+) -> None:
+    legal = str(world.org["L"])
+    c1, c9 = uuid.UUID(world.consent["C1"]), uuid.UUID(world.consent["C9"])
+    # C1's police provision (in force, ends in ten days) rewritten to repeat its first.
+    world.sql(
+        "UPDATE consent_provisions SET purpose = 'legal_assistance', recipient_org_id = :legal, "
+        "recipient_org_type = NULL WHERE consent_id = :c1 AND position = 1",
+        legal=world.org["L"],
+        c1=c1,
+    )
+    rows = _platform_summary(world)
+    assert rows[("A", "active", "legal_assistance", legal)] == (2, 4, 4)
+    assert ("A", "active", "law_enforcement_report", "police") not in rows
+    # … and out of it again, by its recipient: now a row of its own.
+    world.sql(
+        "UPDATE consent_provisions SET recipient_org_id = NULL, recipient_org_type = 'legal_aid' "
+        "WHERE consent_id = :c1 AND position = 1",
+        c1=c1,
+    )
+    rows = _platform_summary(world)
+    assert rows[("A", "active", "legal_assistance", legal)] == (2, 3, 3)
+    assert rows[("A", "active", "legal_assistance", "legal_aid")] == (1, 1, 1)
+    # C9's two provisions at one position: neither is earlier, neither repeats the other.
+    world.sql("UPDATE consent_provisions SET position = 0 WHERE consent_id = :c9", c9=c9)
+    rows = _platform_summary(world)
+    assert rows[("A", "active", "legal_assistance", legal)] == (3, 3, 3)
+    # Back to two positions, by purpose: C9's second provision differs, then repeats again.
+    world.sql(
+        "UPDATE consent_provisions SET position = 1, purpose = 'statistics' "
+        "WHERE consent_id = :c9 AND categories = 'legal'",
+        c9=c9,
+    )
+    rows = _platform_summary(world)
+    assert rows[("A", "active", "legal_assistance", legal)] == (2, 2, 2)
+    assert rows[("A", "active", "statistics", legal)] == (1, 1, 1)
+    world.sql(
+        "UPDATE consent_provisions SET purpose = 'legal_assistance' WHERE consent_id = :c9",
+        c9=c9,
+    )
+    assert _platform_summary(world)[("A", "active", "legal_assistance", legal)] == (2, 3, 3)
+
+
 # ---- consents-expiring --------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from referral_api.access.categories import Category
@@ -142,7 +142,7 @@ class ConsentEvent(_CaseKeyed, Base):
 
 class ConsentEventSummary(Base):
     """Per consent, what its events say, kept by the DATABASE: triggers on consent_events and
-    consent_provisions (migration 0010) recompute a consent's row after every insert, delete
+    consent_provisions (migrations 0010, 0011) recompute a consent's row after every insert, delete
     or change of its events or provisions, including rows written behind the application's
     back. The application never
     writes it; the DPO reports read it instead of replaying every event
@@ -170,3 +170,20 @@ class ConsentEventSummary(Base):
     # The state with every event counted (ConsentState value; None: not given yet), by the
     # rules of referral_api/dpo/derived_state.py, for reports at or after `last_event_at`.
     state: Mapped[str | None] = mapped_column(String(32))
+    # Migration 0011, for the platform-wide consent-summary report: the consent record's
+    # organisation, and whether some provision of the consent repeats an earlier one (lower
+    # position) in purpose, recipient organisation and recipient type (nulls equal). Kept by
+    # the same triggers (and one on consent_records.org_id); null only on a database where
+    # 0011 has not run.
+    org_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    has_repeats: Mapped[bool | None] = mapped_column(Boolean)
+
+    # The few consents with a repeat (migration 0011).
+    __table_args__ = (
+        Index(
+            "ix_consent_event_summaries_repeats",
+            "consent_id",
+            postgresql_where=text("has_repeats"),
+            sqlite_where=text("has_repeats"),
+        ),
+    )

@@ -16,6 +16,9 @@ write — migration 0010 — so it holds for rows written behind the application
   summary also keeps the latest end among the consent's provisions (null when one is
   open-ended; triggers on consent_provisions keep it), so `provision_state` needs no look at
   the other provisions.
+- the summary also keeps the consent record's organisation and whether a provision of the
+  consent repeats an earlier one (migration 0011), passed through for the platform-wide
+  consent-summary, which then joins nothing else (referral_api/dpo/service.py).
 
 The summary covers every event a consent has, and keeps the state they give (`state`, by
 `state_of`'s rules); a report asks about `now`. Events are stamped by the server's clock when
@@ -175,16 +178,18 @@ def consent_states(
     now: datetime, consent_ids: Select[Any] | None = None, *, replay_late: bool = True
 ) -> Any:
     """A subquery, one row per consent with an event at or before `now`: `consent_id`,
-    `derived` (the replayed state), `renewed` (1/0), `renewed_until` and `provisions_until`
-    (the latest end among its provisions, None when one is open-ended). `consent_ids` limits
+    `derived` (the replayed state), `renewed` (1/0), `renewed_until`, `provisions_until`
+    (the latest end among its provisions, None when one is open-ended), `org_id` (the consent
+    record's) and `has_repeats` (some provision repeats an earlier one of the consent in
+    purpose and recipient; migration 0011). `consent_ids` limits
     the work to some consents. `replay_late=False` when `any_late` said no consent has an
     event after `now`: a plain read of the summary, which PostgreSQL can join in parallel
     workers (the replay's GROUP BY keeps it from doing so)."""
     s = _SUMMARIES
     # Every event of these is at or before `now`: the state kept in the summary is theirs.
-    settled = select(s.c.consent_id, *_state(s.c, s.c.state), s.c.provisions_until).where(
-        s.c.last_event_at <= now
-    )
+    # What does not depend on `now`, read as kept in both branches.
+    kept = (s.c.provisions_until, s.c.org_id, s.c.has_repeats)
+    settled = select(s.c.consent_id, *_state(s.c, s.c.state), *kept).where(s.c.last_event_at <= now)
     if consent_ids is not None:
         settled = settled.where(s.c.consent_id.in_(consent_ids))
     if not replay_late:
@@ -193,7 +198,7 @@ def consent_states(
     if consent_ids is not None:
         late_ids = late_ids.where(s.c.consent_id.in_(consent_ids))
     replayed = _replayed(now, late_ids)
-    late = select(replayed.c.consent_id, *_state(replayed.c), s.c.provisions_until).join_from(
+    late = select(replayed.c.consent_id, *_state(replayed.c), *kept).join_from(
         replayed, s, s.c.consent_id == replayed.c.consent_id
     )
     # UNION ALL: the database computes each consent's state once, in its branch, rather than

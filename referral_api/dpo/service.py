@@ -29,6 +29,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     union,
     union_all,
     update,
@@ -285,18 +286,42 @@ CONSENT_SUMMARY_COLUMNS = (
 )
 
 
-def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
-    """Consents and provisions by derived consent state, purpose, recipient and controlling
-    organisation. `consents` counts the distinct consents with a provision in the row (a
-    consent with two purposes counts in both rows); `provisions_in_force` those a disclosure
-    decision would use now. Date range: when the consent was recorded."""
-    name = "consent-summary"
-    scope = report_scope(actor, name, filters)
-    _audit(session, actor, name, filters)
-    _tune(session)
-    at = now()
+def _repeats(flagged_only: bool) -> Any:
+    """The provisions repeating an earlier one of their consent (a lower position) in purpose
+    and recipient: a consent counts once per row of consent-summary, and consents = provisions
+    - repeats. (A DISTINCT count would sort every provision: seconds over a million cases.)
+    `flagged_only`: look only in the consents whose summary says they have a repeat
+    (`has_repeats`, migration 0011; a partial index finds the few) — exact for every consent
+    with a summary row. A join, not a correlated subquery in the aggregate: that would keep
+    PostgreSQL from running the report in parallel workers."""
+    p, q = _PROVISIONS.alias("repeat"), _PROVISIONS.alias("earlier")
+    found = select(p.c.id).where(
+        p.c.position > 0,
+        exists().where(
+            q.c.consent_id == p.c.consent_id,
+            q.c.position < p.c.position,
+            q.c.purpose == p.c.purpose,
+            q.c.recipient_org_id.is_not_distinct_from(p.c.recipient_org_id),
+            q.c.recipient_org_type.is_not_distinct_from(p.c.recipient_org_type),
+        ),
+    )
+    if flagged_only:
+        s = _SUMMARIES.alias("flagged")
+        found = found.join(s, and_(s.c.consent_id == p.c.consent_id, s.c.has_repeats == true()))
+    return found.subquery("repeats")
+
+
+def _consent_summary_rows(
+    session: Session, scope: Scope, filters: dict[str, Any], at: datetime, platform: bool
+) -> list[dict[str, Any]]:
+    """`platform`: the whole platform with no date on when the consents were recorded. Then
+    nothing is read from consent_records but the organisation, which the summary keeps
+    (migration 0011), so the report reads provisions ⋈ summaries alone — 1.1 million records
+    not joined, nor the provisions with themselves. A provision whose consent has no row in
+    `states` (no event at or before `at`) then has no organisation: its row's `org_id` is
+    None, and the caller asks again the other way."""
     r, p = _RECORDS, _PROVISIONS
-    where = _scoped_consents(scope, filters)
+    where = [] if platform else _scoped_consents(scope, filters)
     states = consent_states(
         at,
         select(r.c.id).where(*where) if scope.org_id else None,
@@ -305,24 +330,14 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     if filters.get("purpose") is not None:
         where.append(p.c.purpose == filters["purpose"])
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
-    # A consent counts once per row: a provision repeating an earlier one of its consent in
-    # purpose and recipient is a repeat, and consents = provisions - repeats. (A DISTINCT
-    # count would sort every provision: seconds over a million cases.)
-    q = _PROVISIONS.alias("earlier")
-    repeats = (
-        select(p.c.id)
-        .where(
-            p.c.position > 0,
-            exists().where(
-                q.c.consent_id == p.c.consent_id,
-                q.c.position < p.c.position,
-                q.c.purpose == p.c.purpose,
-                q.c.recipient_org_id.is_not_distinct_from(p.c.recipient_org_id),
-                q.c.recipient_org_type.is_not_distinct_from(p.c.recipient_org_type),
-            ),
-        )
-        .subquery("repeats")
-    )
+    repeats = _repeats(flagged_only=platform)
+    with_state = states.c.consent_id == p.c.consent_id
+    if platform:
+        joined: Any = p.outerjoin(states, with_state)
+        org: Any = states.c.org_id
+    else:
+        joined = p.join(r, r.c.id == p.c.consent_id).outerjoin(states, with_state)
+        org = r.c.org_id
     # Grouped by plain columns and one flag: the consent's kept state (`derived`) and whether
     # an active consent has run out of provisions (`ended`: it then reads `expired`). Both are
     # computed once per provision row and PostgreSQL estimates their groups from column
@@ -332,21 +347,18 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     # per row.) The outer query folds `ended` into the state over those few thousand rows.
     state = provision_state(states, at)
     ended = and_(states.c.derived == ConsentState.ACTIVE.value, state == ConsentState.EXPIRED.value)
-    group = (r.c.org_id, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
+    group = (org, p.c.purpose, p.c.recipient_org_type, p.c.recipient_org_id)
     grouped = (
         select(
-            *group,
+            org.label("org_id"),
+            *group[1:],
             states.c.derived,
             ended.label("ended"),
             func.sum(case((repeats.c.id.is_(None), 1), else_=0)).label("consents"),
             func.count().label("provisions"),
             func.sum(case((in_force(states, at, p), 1), else_=0)).label("in_force"),
         )
-        .select_from(
-            p.join(r, r.c.id == p.c.consent_id)
-            .outerjoin(states, states.c.consent_id == p.c.consent_id)
-            .outerjoin(repeats, repeats.c.id == p.c.id)
-        )
+        .select_from(joined.outerjoin(repeats, repeats.c.id == p.c.id))
         .where(*where)
         .group_by(*group, states.c.derived, ended)
         .subquery("consent_summary_groups")
@@ -368,7 +380,7 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
         .group_by(*order)
         .order_by(*(column.asc().nulls_last() for column in order))
     )
-    rows = [
+    return [
         {
             **row,
             "consents": int(row["consents"]),
@@ -377,6 +389,26 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
         }
         for row in session.execute(stmt).mappings()
     ]
+
+
+def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Consents and provisions by derived consent state, purpose, recipient and controlling
+    organisation. `consents` counts the distinct consents with a provision in the row (a
+    consent with two purposes counts in both rows); `provisions_in_force` those a disclosure
+    decision would use now. Date range: when the consent was recorded."""
+    name = "consent-summary"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    _tune(session)
+    at = now()
+    platform = scope.org_id is None and not _in_range(_RECORDS.c.created_at, filters)
+    rows = _consent_summary_rows(session, scope, filters, at, platform)
+    if platform and any(row["org_id"] is None for row in rows):
+        # Some provision's consent has no summary row to name its organisation: it has no
+        # event (only a raw write makes such a consent) or, on a clock behind the events,
+        # none yet. Counted exactly by joining the consent records, as an organisation's
+        # report always is.
+        rows = _consent_summary_rows(session, scope, filters, at, platform=False)
     return Report(name, CONSENT_SUMMARY_COLUMNS, rows)
 
 
