@@ -668,3 +668,37 @@ def test_a_restricted_case_can_still_be_erased(app, client, world):
     )[0]
     assert (bool(row[0]), bool(row[1])) == (True, False)
     assert_problem(client.get(f"{API}/cases/{case_id}", headers=world.h["worker"]), 410)
+
+
+def test_erasure_drops_the_consent_evidence_digest_and_the_quality_report_moves_on(
+    app, client, world
+):
+    """A digest of the person's signed form could still confirm a guessed copy of it: it goes
+    with the erasure. The quality report then no longer lists the erased person's consents
+    (their evidence is gone on purpose); a living case's missing evidence is still flagged."""
+    evidence = {
+        "media_type": "application/pdf",
+        "content_base64": base64.b64encode(b"%PDF-1.4 signed form").decode(),
+    }
+    erased_case = world.case(new_token("erased"))
+    world.consent(erased_case, world.receiver_org, ["identity"], evidence=evidence)
+    world.consent(erased_case, world.receiver_org, ["legal"])  # no evidence
+    living_case = world.case(new_token("living"))
+    world.consent(living_case, world.receiver_org, ["identity"], evidence=evidence)
+    world.consent(living_case, world.receiver_org, ["legal"])  # no evidence
+
+    def quality_cases() -> list[str]:
+        rows = ok(client.get(f"{API}/dpo/reports/quality", headers=world.h["dpo"]))
+        return sorted(row["case_id"] for row in rows if row["no_evidence"])
+
+    assert quality_cases() == sorted([erased_case, living_case])
+    ok(world.approve(world.request_erasure(erased_case)))
+
+    digests = world.sql(
+        "SELECT case_id, evidence_sha256, evidence_media_type FROM consent_records "
+        "WHERE evidence_sha256 IS NOT NULL OR evidence_media_type IS NOT NULL"
+    )
+    # Only the living case's consent keeps its digest (ids compared as hex: SQLite stores
+    # them without dashes).
+    assert [str(row[0]).replace("-", "") for row in digests] == [living_case.replace("-", "")]
+    assert quality_cases() == [living_case]

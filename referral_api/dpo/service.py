@@ -1122,7 +1122,8 @@ def quality(
 ) -> Report:
     """Consents with a record-keeping problem: no evidence attached, a minor's consent not
     given by a guardian, a notice version the deployment does not know (an empty list of
-    known versions flags every consent). `issue` keeps one kind. Newest first; date range:
+    known versions flags every consent). `issue` keeps one kind. An erased person's consents
+    are left out (their evidence was destroyed on purpose). Newest first; date range:
     consent recorded."""
     name = "quality"
     scope = report_scope(actor, name, filters)
@@ -1136,7 +1137,10 @@ def quality(
         else literal(True),
     }
     wanted = [problems[filters["issue"]]] if filters.get("issue") else list(problems.values())
-    where = [or_(*wanted), *_scoped_consents(scope, filters)]
+    # An erased person's consents are records of what was, with their evidence destroyed on
+    # purpose: nothing to fix there.
+    erased = select(Case.id).where(Case.erased.is_(True))
+    where = [or_(*wanted), r.c.case_id.not_in(erased), *_scoped_consents(scope, filters)]
     provision_filters = _recipient_filters(
         _PROVISIONS.c.recipient_org_id, _PROVISIONS.c.recipient_org_type, filters
     )

@@ -200,6 +200,7 @@ def erase_case(
     """Crypto-shredding in one transaction: destroy every data-key version of the case, clear
     every ciphertext column, delete blind-index entries and derived copies, cancel open
     referrals, keep a tombstone without personal data, audit it."""
+    from referral_api.consent.models import ConsentRecord
     from referral_api.idempotency import IdempotentResponse
     from referral_api.referrals.models import (
         Disclosure,
@@ -314,6 +315,14 @@ def erase_case(
             .values({getattr(model, a): None for a in columns})
             .execution_options(synchronize_session=False)
         )
+    # A digest of the consent form is derived from the person's document: with the document
+    # gone, a digest could still confirm a guessed copy of it.
+    session.execute(
+        update(ConsentRecord)
+        .where(ConsentRecord.case_id == case.id)
+        .values(evidence_sha256=None, evidence_media_type=None)
+        .execution_options(synchronize_session=False)
+    )
     session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
     session.execute(delete(SubjectExport).where(SubjectExport.case_id == case.id))
     index_deleted = session.execute(
