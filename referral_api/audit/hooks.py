@@ -32,10 +32,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from referral_api.audit.models import AuditEvent
-from referral_api.audit.service import seal_batch
+from referral_api.audit.service import ROWS_WRITTEN, seal_batch
 
 log = logging.getLogger(__name__)
-_FLAG = "audit_rows_written"
+_FLAG = ROWS_WRITTEN
 _BATCH = 500
 SEALER = "referral_api.audit_sealer"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,6 +50,46 @@ _CANONICAL_FIELDS = (
 )
 
 
+# Set on a session that wrote audit rows: its worker's sealer is woken after the request
+# (audit/hooks.py; rows added as ORM objects set it from an after_flush listener).
+ROWS_WRITTEN = "audit_rows_written"
+
+
+def _row(
+    actor: Actor,
+    action: str,
+    *,
+    resource_type: str,
+    resource_id: Any = None,
+    case_id: uuid.UUID | None = None,
+    categories: Iterable[str] = (),
+    purpose: str | None = None,
+    decision: str = ALLOW,
+    reason: str | None = None,
+    legal_basis: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "occurred_at": datetime.now(UTC),
+        "actor_type": actor.kind.value,
+        "actor_id": actor.id,
+        "actor_org_id": actor.org_id,
+        "actor_role": actor.role.value if actor.role else None,
+        "acting_officer": actor.acting_officer,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": str(resource_id) if resource_id is not None else None,
+        "case_id": case_id,
+        "categories": ",".join(sorted(set(categories))) or None,
+        "purpose": purpose,
+        "decision": decision,
+        "reason": reason,
+        "legal_basis": legal_basis,
+        "request_id": actor.request_id,
+        "details": json.dumps(details, sort_keys=True, default=str) if details else None,
+    }
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -67,26 +107,38 @@ def record(
 ) -> AuditEvent:
     """Add one audit row to the caller's transaction (it commits with the change)."""
     event = AuditEvent(
-        occurred_at=datetime.now(UTC),
-        actor_type=actor.kind.value,
-        actor_id=actor.id,
-        actor_org_id=actor.org_id,
-        actor_role=actor.role.value if actor.role else None,
-        acting_officer=actor.acting_officer,
-        action=action,
-        resource_type=resource_type,
-        resource_id=str(resource_id) if resource_id is not None else None,
-        case_id=case_id,
-        categories=",".join(sorted(set(categories))) or None,
-        purpose=purpose,
-        decision=decision,
-        reason=reason,
-        legal_basis=legal_basis,
-        request_id=actor.request_id,
-        details=json.dumps(details, sort_keys=True, default=str) if details else None,
+        **_row(
+            actor,
+            action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            case_id=case_id,
+            categories=categories,
+            purpose=purpose,
+            decision=decision,
+            reason=reason,
+            legal_basis=legal_basis,
+            details=details,
+        )
     )
     session.add(event)
     return event
+
+
+def record_many(
+    session: Session, actor: Actor, action: str, *, resource_type: str, rows: list[dict[str, Any]]
+) -> None:
+    """Insert one audit row per entry of `rows` (each: the keyword arguments of `record`
+    beyond action and resource type) into the caller's transaction, at once: one
+    executemany of a single-row INSERT, for a page of results that each get their own row.
+    The rows refer only to records already in the database (a list or a search result)."""
+    if not rows:
+        return
+    session.execute(
+        insert(AuditEvent.__table__),
+        [_row(actor, action, resource_type=resource_type, **entry) for entry in rows],
+    )
+    session.info[ROWS_WRITTEN] = True
 
 
 def _canonical(event: AuditEvent, seq: int) -> bytes:

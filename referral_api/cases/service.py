@@ -431,15 +431,19 @@ def list_cases(
             ],
             page.next_cursor,
         )
-    for case in page.items:
-        _audit_case(
-            session,
-            actor,
-            Permission.CASE_READ if shown else Permission.CASE_VIEW,
-            case,
-            shown,
-            details={"via": "search" if searching else "list"},
-        )
+    # One row per case shown, written together (a page holds up to 100).
+    categories = [c.value for c in shown]
+    via = {"via": "search" if searching else "list"}
+    audit.record_many(
+        session,
+        actor,
+        str(Permission.CASE_READ if shown else Permission.CASE_VIEW),
+        resource_type="case",
+        rows=[
+            {"resource_id": case.id, "case_id": case.id, "categories": categories, "details": via}
+            for case in page.items
+        ],
+    )
     if not page.items:
         audit.record(
             session,
