@@ -90,37 +90,10 @@ def _row(
     }
 
 
-def record(
-    session: Session,
-    actor: Actor,
-    action: str,
-    *,
-    resource_type: str,
-    resource_id: Any = None,
-    case_id: uuid.UUID | None = None,
-    categories: Iterable[str] = (),
-    purpose: str | None = None,
-    decision: str = ALLOW,
-    reason: str | None = None,
-    legal_basis: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Add one audit row to the caller's transaction (it commits with the change)."""
-    event = AuditEvent(
-        **_row(
-            actor,
-            action,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            case_id=case_id,
-            categories=categories,
-            purpose=purpose,
-            decision=decision,
-            reason=reason,
-            legal_basis=legal_basis,
-            details=details,
-        )
-    )
+def record(session: Session, actor: Actor, action: str, **fields: Any) -> AuditEvent:
+    """Add one audit row to the caller's transaction (it commits with the change). `fields`:
+    the keyword arguments of `_row` (resource_type, resource_id, case_id, categories, …)."""
+    event = AuditEvent(**_row(actor, action, **fields))
     session.add(event)
     return event
 

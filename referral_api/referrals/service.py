@@ -691,14 +691,21 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         limit=params["limit"],
     )
     # One row per referral shown, as for a single read: the list carries each one's message.
-    for referral in page.items:
-        _audit(
-            session,
-            actor,
-            str(Permission.REFERRAL_READ),
-            referral,
-            details={"party": party_of(actor, referral).value, "via": "list"},
-        )
+    audit.record_many(
+        session,
+        actor,
+        str(Permission.REFERRAL_READ),
+        resource_type="referral",
+        rows=[
+            {
+                "resource_id": referral.id,
+                "case_id": referral.case_id,
+                "purpose": referral.purpose.value,
+                "details": {"party": party_of(actor, referral).value, "via": "list"},
+            }
+            for referral in page.items
+        ],
+    )
     if not page.items:
         audit.record(
             session,
