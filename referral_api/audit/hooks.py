@@ -35,7 +35,6 @@ from referral_api.audit.models import AuditEvent
 from referral_api.audit.service import ROWS_WRITTEN, seal_batch
 
 log = logging.getLogger(__name__)
-_FLAG = ROWS_WRITTEN
 _BATCH = 500
 SEALER = "referral_api.audit_sealer"
 
@@ -43,7 +42,7 @@ SEALER = "referral_api.audit_sealer"
 @event.listens_for(Session, "after_flush")
 def _mark_audit_rows(session: Session, _context: Any) -> None:
     if any(isinstance(obj, AuditEvent) for obj in session.new):
-        session.info[_FLAG] = True
+        session.info[ROWS_WRITTEN] = True
 
 
 def _seal(app: Flask, max_rounds: int) -> tuple[int, bool]:
@@ -138,7 +137,7 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def seal_after_response(response: Response) -> Response:
         session = g.get("db_session")
-        if session is None or not session.info.pop(_FLAG, False):
+        if session is None or not session.info.pop(ROWS_WRITTEN, False):
             return response
         if sealer is not None:
             sealer.request_seal()

@@ -99,13 +99,20 @@ def record(session: Session, actor: Actor, action: str, **fields: Any) -> AuditE
 
 
 def record_many(
-    session: Session, actor: Actor, action: str, *, resource_type: str, rows: list[dict[str, Any]]
+    session: Session,
+    actor: Actor,
+    action: str,
+    *,
+    resource_type: str,
+    rows: list[dict[str, Any]],
+    none_shown: dict[str, Any],
 ) -> None:
-    """Insert one audit row per entry of `rows` (each: the keyword arguments of `record`
-    beyond action and resource type) into the caller's transaction, at once: one
-    executemany of a single-row INSERT, for a page of results that each get their own row.
-    The rows refer only to records already in the database (a list or a search result)."""
+    """Audit a page of results: one row per entry of `rows` (each: the keyword arguments of
+    `_row` beyond action and resource type), written at once with one executemany of a
+    single-row INSERT; a page with nothing on it gets one row whose details are
+    `none_shown`. The rows refer only to records already in the database."""
     if not rows:
+        record(session, actor, action, resource_type=resource_type, details=none_shown)
         return
     session.execute(
         insert(AuditEvent.__table__),

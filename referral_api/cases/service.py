@@ -437,21 +437,14 @@ def list_cases(
     audit.record_many(
         session,
         actor,
-        str(Permission.CASE_READ if shown else Permission.CASE_VIEW),
+        str(Permission.CASE_READ if shown and page.items else Permission.CASE_VIEW),
         resource_type="case",
         rows=[
             {"resource_id": case.id, "case_id": case.id, "categories": categories, "details": via}
             for case in page.items
         ],
+        none_shown={**via, "results": 0},
     )
-    if not page.items:
-        audit.record(
-            session,
-            actor,
-            str(Permission.CASE_VIEW),
-            resource_type="case",
-            details={"via": "search" if searching else "list", "results": 0},
-        )
     return page, shown
 
 

@@ -217,17 +217,6 @@ class KeyService:
         self.cache.put(("org", org_id, version), key)
         return key
 
-    def rewrap_org_key(self, row: OrgKey) -> None:
-        """Re-wrap one organisation key under the current root version (root rotation)."""
-        key = self.provider.unwrap(row.wrapped_key, _org_key_aad(row.org_id, row.version))
-        row.wrapped_key = self.provider.wrap(key, _org_key_aad(row.org_id, row.version))
-        row.root_version = self.provider.current_version()
-
-    def rewrap_index_key(self, row: IndexKey) -> None:
-        key = self.provider.unwrap(row.wrapped_key, _index_key_aad(row.org_id, row.version))
-        row.wrapped_key = self.provider.wrap(key, _index_key_aad(row.org_id, row.version))
-        row.root_version = self.provider.current_version()
-
     # ---- case data keys -------------------------------------------------------------------
 
     def create_case_key(self, case_id: uuid.UUID, org_id: uuid.UUID, version: int = 1) -> bytes:

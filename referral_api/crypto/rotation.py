@@ -12,7 +12,7 @@ progress is observable with `referral-api keys status`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -501,11 +501,6 @@ def backfill_index(
             )
             session.commit()
     return filled
-
-
-def iter_batches(items: list[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def utcnow() -> datetime:

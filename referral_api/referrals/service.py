@@ -705,15 +705,8 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
             }
             for referral in page.items
         ],
+        none_shown={"box": box or "all", "results": 0},
     )
-    if not page.items:
-        audit.record(
-            session,
-            actor,
-            str(Permission.REFERRAL_READ),
-            resource_type="referral",
-            details={"box": box or "all", "results": 0},
-        )
     return page
 
 
