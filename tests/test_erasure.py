@@ -473,7 +473,7 @@ def test_open_referrals_are_cancelled_and_every_recipient_is_told(app, client, w
     world.move(live, "received")
     draft = world.refer(case_id, ["identity"], send=False, message=f"draft {token}")["id"]
     done = world.refer(case_id, ["identity"], send=True, message=f"done {token}")["id"]
-    world.move(done, "rejected", reason="no_capacity")
+    world.move(done, "rejected", reason="no_capacity", business_status="intake-2")
     packet = client.get(f"{API}/referrals/{live}/packet", headers=world.h["receiver"])
     assert packet.status_code == 200
 
@@ -484,9 +484,8 @@ def test_open_referrals_are_cancelled_and_every_recipient_is_told(app, client, w
         body = ok(client.get(f"{API}/referrals/{referral_id}", headers=world.h["worker"]))
         assert (body["status"], body["status_reason"]) == ("cancelled", "case_erased")
         assert body["message"] is None
-    assert ok(client.get(f"{API}/referrals/{done}", headers=world.h["worker"]))["status"] == (
-        "rejected"
-    )
+    finished = ok(client.get(f"{API}/referrals/{done}", headers=world.h["worker"]))
+    assert (finished["status"], finished["business_status"]) == ("rejected", None)
     received = ok(client.get(f"{API}/referrals/{live}", headers=world.h["receiver"]))
     assert (received["status"], received["status_reason"]) == ("cancelled", "case_erased")
     assert token not in json.dumps(received)
@@ -507,6 +506,8 @@ def test_open_referrals_are_cancelled_and_every_recipient_is_told(app, client, w
     # once; the receiver of the cancelled one already knows from the cancellation.
     erased = [(n["referral_id"], n["status"]) for n in notes if n["event"] == "case:erased"]
     assert erased == [(done, None)]
+    (details,) = world.sql("SELECT details FROM audit_events WHERE action = 'case:erase'")[0]
+    assert json.loads(details)["recipients_notified"] == 1
     # The sender (the controller that erased) is not told of its own erasure.
     sender = ok(client.get(f"{API}/notifications", headers=world.h["worker"]))
     assert not [n for n in sender if n["event"] == "case:erased"]

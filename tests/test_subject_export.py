@@ -292,6 +292,8 @@ def test_an_export_nobody_downloaded_loses_its_ciphertext_once_expired(
     assert world.sql(held)[0][0] == 0
     assert world.sql("SELECT count(*) FROM subject_exports")[0][0] == 2  # the register stays
     assert_problem(client.get(first["download"], headers=world.h["sup"]), 410)
+    purges = world.sql("SELECT actor_type, details FROM audit_events WHERE action = 'export:purge'")
+    assert [(kind, json.loads(details)) for kind, details in purges] == [("system", {"cleared": 2})]
 
     # A new export clears whatever else has expired by then.
     monkeypatch.undo()

@@ -368,9 +368,6 @@ def transition(
     business_status: str | None = None,
     outcome: Outcome | None = None,
 ) -> Referral:
-    if to not in (S.CANCELLED, S.ENTERED_IN_ERROR):
-        # Stopping a referral is always possible; anything else is processing.
-        _require_processable(session, referral, f"referral:{to.value}")
     parties = _parties(actor, party)
     who = TRANSITIONS.get((referral.status, to))
     if who is None:
@@ -386,6 +383,10 @@ def transition(
             f"Only the {allowed} may move a referral to {to.value}.",
             f"not the {allowed} of the referral"[:64],
         )
+    # After the party check: a caller who may not make this move learns nothing about the
+    # case's restriction. Stopping a referral is always possible; anything else is processing.
+    if to not in (S.CANCELLED, S.ENTERED_IN_ERROR):
+        _require_processable(session, referral, f"referral:{to.value}")
     if to in REASON_REQUIRED and not reason:
         raise ValidationFailed({"reason": ["A reason is required for this move."]})
     # Reasons are codes: they are stored and audited in plaintext and shown to the other
@@ -744,8 +745,8 @@ def add_message(
     session: Session, actor: Actor, referral_id: uuid.UUID, body: str
 ) -> ReferralMessage:
     referral, party = authorize(session, actor, Permission.REFERRAL_TRANSITION, referral_id)
-    _require_processable(session, referral, "referral:message")
     _require_thread_access(session, actor, referral, party)
+    _require_processable(session, referral, "referral:message")
     message = ReferralMessage(
         id=uuid.uuid4(),
         referral_id=referral.id,

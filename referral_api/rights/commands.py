@@ -47,7 +47,7 @@ def run(apply_: bool) -> None:
         )
         return
     with factory() as session:
-        purged = purge_expired_exports(session)
+        purged = purge_expired_exports(session, Actor.system())
         session.commit()
     if purged:
         click.echo(f"{purged} expired subject-access exports cleared", err=True)

@@ -289,6 +289,7 @@ def erase_case(
         cancelled += 1
     session.flush()
 
+    recipients_told = 0
     # Art. 19: every organisation that received data about the person learns of the
     # erasure, so it can act on its own copy (its own case is its own record: this
     # controller cannot erase it). Receivers of a referral cancelled above already know.
@@ -304,6 +305,7 @@ def erase_case(
                     id=uuid.uuid4(), org_id=org_id, referral_id=referral_id, event="case:erased"
                 )
             )
+            recipients_told += 1
     session.flush()
 
     for model in models:
@@ -321,6 +323,14 @@ def erase_case(
         update(ConsentRecord)
         .where(ConsentRecord.case_id == case.id)
         .values(evidence_sha256=None, evidence_media_type=None)
+        .execution_options(synchronize_session=False)
+    )
+    # The receiver's workflow code is plaintext shown to the sender; older rows may hold text
+    # written before it had to be a code.
+    session.execute(
+        update(Referral)
+        .where(Referral.case_id == case.id)
+        .values(business_status=None)
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
@@ -379,6 +389,7 @@ def erase_case(
             "ciphertexts_cleared": cleared,
             "index_entries_deleted": index_deleted,
             "referrals_cancelled": cancelled,
+            "recipients_notified": recipients_told,
             "key_digest": key_digest,
         },
     )
@@ -491,24 +502,31 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
     )
 
 
-def purge_expired_exports(session: Session, at: datetime | None = None) -> int:
-    """Clear the ciphertext of every export that expired without being downloaded (a
-    download clears its own): nothing about a person outlives its export's time to live.
-    Run with every new export and by `referral-api retention run --apply`."""
+def purge_expired_exports(session: Session, actor: Actor, at: datetime | None = None) -> int:
+    """Clear the document of every export that expired without being downloaded (a
+    download clears its own), so no copy of a person's record outlives its time to live;
+    the row (who asked, when, the encrypted reason) stays as the record of the request.
+    Run with every new export and by `referral-api retention run --apply`; audited when it
+    clears anything."""
     table = SubjectExport.__table__
     result = session.execute(
         update(table)
         .where(table.c.expires_at <= (at or now()), table.c.document.is_not(None))
         .values(document=None)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    cleared = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if cleared:
+        audit.record(
+            session, actor, "export:purge", resource_type="export", details={"cleared": cleared}
+        )
+    return cleared
 
 
 def create_export(
     session: Session, actor: Actor, case_id: uuid.UUID, reason: str, ttl: timedelta
 ) -> SubjectExport:
     case = _case_for(session, actor, Permission.CASE_EXPORT, case_id)
-    purge_expired_exports(session)
+    purge_expired_exports(session, actor)
     if actor.role is not Role.SUPERVISOR and actor.kind is not ActorKind.SYSTEM:
         raise Forbidden("A supervisor of the owning organisation exports a person's data.")
     export = SubjectExport(
