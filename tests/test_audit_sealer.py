@@ -106,9 +106,11 @@ def test_a_burst_of_requests_is_sealed_in_one_round(
     # Hold the thread's next round until the whole burst is committed.
     gate, held = threading.Event(), threading.Event()
     calls: list[int | None] = []
+    sealers: set[str] = set()
     real = hooks.seal_batch
 
     def gated(s: Any, batch_size: int = 500) -> int | None:
+        sealers.add(threading.current_thread().name)
         if not calls:
             held.set()
             assert gate.wait(30), "the test never opened the gate"
@@ -120,14 +122,16 @@ def test_a_burst_of_requests_is_sealed_in_one_round(
     for _ in range(burst):
         assert client.get(f"/api/v1/cases/{case_id}", headers=headers).status_code == 200
     assert held.wait(30), "no request signalled the sealing thread"
-    assert calls == []  # every request has answered while its rows were still pending
+    # Every request has answered while its rows were still pending: none of them sealed.
     assert _unsealed(session) == burst
+    assert sealers == {"audit-sealer"}, sealers
     gate.set()
 
     _wait_for(lambda: _unsealed(session) == 0, "the burst to be sealed")
     # One round chained all ten rows; at most one more (signals that came in meanwhile).
     assert calls[0] == burst, calls
     assert len(calls) <= 2, calls
+    assert sealers == {"audit-sealer"}, sealers
     with hooks_session(threaded) as s:
         assert service.verify_chain(s).ok
 

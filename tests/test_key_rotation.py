@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -841,12 +842,24 @@ def test_index_rotation_dual_writes_until_backfill_completes(app, client, world)
 def test_rotate_org_keys_rewraps_data_keys_under_new_material_and_drops_old_versions(
     app, client, runner, world
 ):
+    provider = app.extensions["referral_api.crypto"].provider
+
+    def org_key_material() -> set[bytes]:
+        """The organisation keys themselves (unwrapped), not their wrapped blobs: re-wrapping
+        alone would change every blob and prove nothing."""
+        with db.session_factory_for(app)() as s:
+            rows = s.execute(select(OrgKey.org_id, OrgKey.version, OrgKey.wrapped_key)).all()
+            s.rollback()
+        return {provider.unwrap(w, _org_key_aad(org, version)) for org, version, w in rows}
+
     org_material_before = set(_scalars(app, select(OrgKey.wrapped_key)))
+    org_keys_before = org_key_material()
     data_keys_before = set(_scalars(app, select(CaseKey.wrapped_key)))
 
     result = _invoke(runner, "rotate-org-keys")
     assert result.exit_code == 0, result.output
-    assert f"{len(data_keys_before)} data keys re-wrapped" in result.output
+    assert re.search(rf"(?<!\d){len(data_keys_before)} data keys re-wrapped", result.output)
+    assert not org_keys_before & org_key_material()  # new key material, not a re-wrap
 
     assert set(_scalars(app, select(OrgKey.version))) == {2}  # version 1 deleted
     assert set(_scalars(app, select(CaseKey.org_key_version))) == {2}

@@ -258,7 +258,9 @@ def test_reasons_are_required_and_coded(app: Any, client: Any, world: World) -> 
         move(client, world.h["receiver"], referral_id, "on_hold", business_status="intake-2")
     )
     assert coded["business_status"] == "intake-2"
-    assert b"CANARY-NOTE" not in raw_bytes(app, "SELECT * FROM referrals")
+    for table in ("referrals", "referral_transitions", "audit_events"):
+        stored = raw_bytes(app, f"SELECT * FROM {table}")
+        assert b"CANARY-NOTE" not in stored and b"Olena" not in stored, table
     # Completion records an outcome; only completion has one.
     set_status(app, referral_id, S.IN_PROGRESS.value)
     problem = assert_problem(move(client, world.h["receiver"], referral_id, "completed"), 422)
