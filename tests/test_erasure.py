@@ -584,6 +584,14 @@ def test_the_dpo_cannot_approve_their_own_request(app, client, factory, world):
     refused = client.post(f"{API}/erasures/{request_id}/approve", headers=same_person)
     problem = assert_problem(refused, 403)
     assert "requester" in problem["detail"]
+    # The refusal is on the record, with ids and a reason code only.
+    denials = world.sql(
+        "SELECT actor_id, case_id, reason FROM audit_events "
+        "WHERE action = 'case:erase-approve' AND decision = 'deny'"
+    )
+    assert [(str(a).replace("-", ""), str(c).replace("-", ""), r) for a, c, r in denials] == [
+        (str(sup.id).replace("-", ""), case_id.replace("-", ""), "approver is the requester")
+    ]
     assert ok(client.get(f"{API}/cases/{case_id}", headers=world.h["worker"]))["id"] == case_id
     pending = ok(client.get(f"{API}/erasures", headers=world.h["dpo"]))
     assert [(r["id"], r["status"]) for r in pending] == [(request_id, "pending")]

@@ -152,7 +152,13 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
     hold; executed at once, in this transaction."""
     request = session.get(ErasureRequest, request_id)
     if request is None:
-        raise NotFound()
+        raise _denied(
+            NotFound(),
+            "case:erase-approve",
+            None,
+            "no such request",
+            {"request_id": str(request_id)},
+        )
     try:
         case = _case_for(session, actor, Permission.ERASURE_APPROVE, request.case_id)
     except Gone:
@@ -162,11 +168,23 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
             raise Conflict("This erasure request was already decided.") from None
         raise
     if actor.role is not Role.DPO:
-        raise Forbidden("A data-protection officer approves erasures.")
+        raise _denied(
+            Forbidden("A data-protection officer approves erasures."),
+            "case:erase-approve",
+            case.id,
+            "not a dpo",
+            {"request_id": str(request.id)},
+        )
     if request.status is not ErasureStatus.PENDING:
         raise Conflict("This erasure request was already decided.")
     if request.requested_by == actor.id:
-        raise Forbidden("The approver must be another person than the requester.")
+        raise _denied(
+            Forbidden("The approver must be another person than the requester."),
+            "case:erase-approve",
+            case.id,
+            "approver is the requester",
+            {"request_id": str(request.id)},
+        )
     if active_hold(session, case.id) is not None:
         raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
     request.status, request.decided_by, request.decided_at = ErasureStatus.EXECUTED, actor.id, now()
@@ -526,9 +544,14 @@ def create_export(
     session: Session, actor: Actor, case_id: uuid.UUID, reason: str, ttl: timedelta
 ) -> SubjectExport:
     case = _case_for(session, actor, Permission.CASE_EXPORT, case_id)
-    purge_expired_exports(session, actor)
     if actor.role is not Role.SUPERVISOR and actor.kind is not ActorKind.SYSTEM:
-        raise Forbidden("A supervisor of the owning organisation exports a person's data.")
+        raise _denied(
+            Forbidden("A supervisor of the owning organisation exports a person's data."),
+            "case:export",
+            case.id,
+            "not a supervisor",
+        )
+    purge_expired_exports(session, actor)
     export = SubjectExport(
         id=uuid.uuid4(), case_id=case.id, requested_by=actor.id, expires_at=now() + ttl
     )
@@ -550,20 +573,31 @@ def create_export(
     return export
 
 
-def _download_denied(
-    error: ReferralApiError, export_id: uuid.UUID, case_id: uuid.UUID | None, reason: str
+def _denied(
+    error: ReferralApiError,
+    action: str,
+    case_id: uuid.UUID | None,
+    reason: str,
+    details: dict[str, Any] | None = None,
 ) -> ReferralApiError:
-    """A refused download is an attempt on a person's whole record: on the record too."""
+    """A refusal recorded like every other (DESIGN §9): ids and a reason code only."""
     error.audit = {
-        "action": "case:export-download",
+        "action": action,
         "resource_type": "case",
         "resource_id": str(case_id) if case_id is not None else None,
         "case_id": case_id,
         "decision": audit.DENY,
         "reason": reason,
-        "details": {"export_id": str(export_id)},
+        "details": details,
     }
     return error
+
+
+def _download_denied(
+    error: ReferralApiError, export_id: uuid.UUID, case_id: uuid.UUID | None, reason: str
+) -> ReferralApiError:
+    """A refused download is an attempt on a person's whole record: on the record too."""
+    return _denied(error, "case:export-download", case_id, reason, {"export_id": str(export_id)})
 
 
 def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str:
