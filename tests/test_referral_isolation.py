@@ -367,3 +367,22 @@ def test_listing_referrals_audits_every_referral_shown(world: World, app: Any) -
     outsider = [r for r in reads if r.actor_id == world.ids["outsider"]]
     assert len(outsider) == 1 and outsider[0].resource_id is None
     assert '"results": 0' in outsider[0].details
+
+
+def test_referral_lists_hold_the_parties_referrals_and_no_unsent_draft(world: World) -> None:
+    """Lists are scoped in SQL by the policy (access.policy.scope_referrals), as a single
+    read is by decide(): the sender sees its drafts, the receiver only what was sent to it,
+    anyone else nothing — in every box."""
+    sent, draft = world.refer()["id"], world.refer(send=False)["id"]
+
+    def listed(who: str, box: str | None = None) -> set[str]:
+        query = {"box": box} if box else {}
+        response = world.client.get(f"{API}/referrals", query_string=query, headers=world.h[who])
+        return {r["id"] for r in ok(response)}
+
+    assert listed("sender") == listed("sender", "outgoing") == {sent, draft}
+    assert listed("sender", "incoming") == set()
+    assert listed("receiver") == listed("receiver", "incoming") == {sent}
+    assert listed("receiver", "outgoing") == set()
+    for box in (None, "incoming", "outgoing"):
+        assert listed("outsider", box) == set()

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Select
+from sqlalchemy import Select, and_, or_
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import ALL_CATEGORIES, Category, categories_for_role
@@ -159,6 +159,17 @@ def scope_cases(
     if actor.role is Role.DPO and actor.is_platform and action in _PLATFORM_DPO_CASE_ACTIONS:
         return stmt
     return stmt.where(org_column == actor.org_id)
+
+
+def scope_referrals(
+    actor: Actor, action: Permission, stmt: Select[Any], *, from_org: Any, to_org: Any, sent: Any
+) -> Select[Any]:
+    """List queries over referrals, scoped in SQL as `_decide_referral` decides one: its two
+    parties only — the sending organisation, and the receiving one once it was sent (an
+    unsent draft does not exist for its receiver). `sent`: a SQL condition on the row."""
+    if not actor.can(action) or actor.org_id is None:
+        raise Forbidden("Your role does not allow this action.")
+    return stmt.where(or_(from_org == actor.org_id, and_(to_org == actor.org_id, sent)))
 
 
 def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import Category, ceiling_for
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import Decision, decide
+from referral_api.access.policy import Decision, decide, scope_referrals
 from referral_api.access.roles import Role
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
@@ -660,21 +660,19 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
 
 
 def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Page:
-    if actor.org_id is None:
-        raise Forbidden("Your role does not allow this action.")
+    stmt: Select[Any] = scope_referrals(
+        actor,
+        Permission.REFERRAL_READ,
+        select(Referral),
+        from_org=Referral.from_org_id,
+        to_org=Referral.to_org_id,
+        sent=Referral.status != S.DRAFT,
+    )
     box = params.get("box")
-    stmt: Select[Any] = select(Referral)
     if box == "incoming":
-        stmt = stmt.where(Referral.to_org_id == actor.org_id, Referral.status != S.DRAFT)
+        stmt = stmt.where(Referral.to_org_id == actor.org_id)
     elif box == "outgoing":
         stmt = stmt.where(Referral.from_org_id == actor.org_id)
-    else:
-        stmt = stmt.where(
-            or_(
-                Referral.from_org_id == actor.org_id,
-                (Referral.to_org_id == actor.org_id) & (Referral.status != S.DRAFT),
-            )
-        )
     if params.get("status") is not None:
         stmt = stmt.where(Referral.status == params["status"])
     if params.get("updated_since") is not None:
