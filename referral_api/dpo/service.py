@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import ALL_CATEGORIES, ORG_TYPE_CEILINGS, Category
 from referral_api.access.permissions import Permission
+from referral_api.access.policy import decide
 from referral_api.access.roles import OrgType
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
@@ -1008,8 +1009,16 @@ def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Repor
     name = "access-log"
     scope = report_scope(actor, name, filters)
     case_id = filters["case_id"]
-    owner = session.scalar(select(_CASES.c.org_id).where(_CASES.c.id == case_id))
-    if owner is None or scope.org_id not in (None, owner):
+    # Record scope by the policy (a platform DPO: any case; otherwise the own organisation's),
+    # then the report's own organisation filter. An erased case keeps its log.
+    case = session.execute(
+        select(_CASES.c.case_code, _CASES.c.org_id).where(_CASES.c.id == case_id)
+    ).one_or_none()
+    if (
+        case is None
+        or not decide(actor, Permission.CASE_ACCESS_LOG, case)
+        or scope.org_id not in (None, case.org_id)
+    ):
         error = NotFound()
         error.audit = {
             "action": REPORT_ACTION,
