@@ -351,11 +351,15 @@ def cases_needing_rotation(session: Session, started_at: datetime) -> Any:
     )
 
 
-def open_rotation_job(session: Session, kind: str) -> RotationJob:
-    """The unfinished job of this kind, or a new one starting now (what makes it resumable)."""
-    job = session.scalars(
+def _unfinished_job(session: Session, kind: str) -> RotationJob | None:
+    return session.scalars(
         select(RotationJob).where(RotationJob.kind == kind, RotationJob.finished_at.is_(None))
     ).first()
+
+
+def open_rotation_job(session: Session, kind: str) -> RotationJob:
+    """The unfinished job of this kind, or a new one starting now (what makes it resumable)."""
+    job = _unfinished_job(session, kind)
     if job is None:
         job = RotationJob(kind=kind, started_at=utcnow())
         session.add(job)
@@ -532,30 +536,27 @@ def rotate_org_keys(
     """
     from referral_api.crypto.keys import _case_key_aad, unwrap_data_key, wrap_data_key
 
+    def newest_org_keys() -> Any:
+        return (
+            select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
+            .group_by(OrgKey.org_id)
+            .subquery()
+        )
+
     with factory() as session:
         keys = crypto_of(session).keys(session)
-        orgs = session.execute(
-            select(OrgKey.org_id, func.max(OrgKey.version)).group_by(OrgKey.org_id)
-        ).all()
-        pending_jobs = session.scalars(
-            select(RotationJob).where(
-                RotationJob.kind == "org-keys", RotationJob.finished_at.is_(None)
-            )
-        ).first()
-        if pending_jobs is None:
+        newest = newest_org_keys()
+        orgs = session.execute(select(newest.c.org_id, newest.c.v)).all()
+        if _unfinished_job(session, "org-keys") is None:  # a new run, not a resumed one
             for org_id, latest in orgs:
                 keys._create_org_key(org_id, version=latest + 1)
-            session.add(RotationJob(kind="org-keys", started_at=utcnow()))
+        job_id = open_rotation_job(session, "org-keys").id
         session.commit()
     rewrapped = 0
     while True:
         with factory() as session:
             keys = crypto_of(session).keys(session)
-            newest = (
-                select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
-                .group_by(OrgKey.org_id)
-                .subquery()
-            )
+            newest = newest_org_keys()
             latest = dict(session.execute(select(newest.c.org_id, newest.c.v)).all())
             rows = session.scalars(
                 select(CaseKey)
@@ -585,11 +586,7 @@ def rotate_org_keys(
         if len(rows) < batch_size:
             break
     with factory() as session:
-        latest_versions = (
-            select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
-            .group_by(OrgKey.org_id)
-            .subquery()
-        )
+        latest_versions = newest_org_keys()
         stale = session.execute(
             select(OrgKey.org_id, OrgKey.version)
             .join(latest_versions, latest_versions.c.org_id == OrgKey.org_id)
@@ -605,14 +602,8 @@ def rotate_org_keys(
                 session.execute(
                     delete(OrgKey).where(OrgKey.org_id == org_id, OrgKey.version == version)
                 )
-        job = session.scalars(
-            select(RotationJob).where(
-                RotationJob.kind == "org-keys", RotationJob.finished_at.is_(None)
-            )
-        ).first()
-        if job is not None:
-            job.finished_at = utcnow()
         session.commit()
+    finish_rotation_job(factory, job_id)
     crypto_cache_clear(factory)
     return len(orgs), rewrapped
 
