@@ -15,6 +15,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from referral_api import features
     from referral_api.audit import hooks as audit_hooks
+    from referral_api.auth import access_tokens
     from referral_api.crypto.keyring import LocalKeyring
     from referral_api.errors import register_error_handlers
     from referral_api.extensions import api, db, init_hasher, jwt
@@ -38,6 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app, crypto_context(app.config, keyring))
     jwt.init_app(app)
     register_jwt_callbacks(jwt)
+    access_tokens.init_app(app)
     init_hasher(app)
     init_request_hooks(app)
     audit_hooks.init_app(app)

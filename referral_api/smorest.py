@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import flask_smorest
 import marshmallow as ma
 from flask import g, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
@@ -82,11 +81,11 @@ def current_actor() -> Actor:
 
 def authenticate_request() -> Actor:
     """Verify the bearer token and rebuild the actor from the database (never the token)."""
+    from referral_api.auth.access_tokens import access_token_claims
     from referral_api.auth.service import load_actor
     from referral_api.extensions import db
 
-    verify_jwt_in_request()
-    claims = get_jwt()
+    claims = access_token_claims()
     try:
         session_id = uuid.UUID(str(claims.get("sid")))
     except ValueError:
