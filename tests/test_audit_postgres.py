@@ -73,9 +73,9 @@ def _record(app: Any, **overrides: Any) -> int:
     }
     entry.update(overrides)
     with _db().session_factory_for(app)() as s:
-        event = service.record(s, Actor.system(), "case:read", **entry)
+        row_id = service.record(s, Actor.system(), "case:read", **entry)
         s.commit()
-        return event.id
+        return row_id
 
 
 def _row(app: Any, row_id: int) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Seal audit rows soon after the requests that wrote them, without making requests wait.
 
-An `after_flush` listener marks sessions that inserted audit rows (the rows themselves are
+`audit.service.record` marks the session that inserted audit rows (the rows themselves are
 committed with the request's change, before its response leaves). Sealing them is not the
 request's job:
 
@@ -27,22 +27,13 @@ import threading
 from typing import Any
 
 from flask import Flask, Response, current_app, g
-from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from referral_api.audit.models import AuditEvent
 from referral_api.audit.service import ROWS_WRITTEN, seal_batch
 
 log = logging.getLogger(__name__)
 _BATCH = 500
 SEALER = "referral_api.audit_sealer"
-
-
-@event.listens_for(Session, "after_flush")
-def _mark_audit_rows(session: Session, _context: Any) -> None:
-    if any(isinstance(obj, AuditEvent) for obj in session.new):
-        session.info[ROWS_WRITTEN] = True
 
 
 def _seal(app: Flask, max_rounds: int) -> tuple[int, bool]:

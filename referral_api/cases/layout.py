@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from referral_api.access.categories import Category
+from referral_api.crypto.fields import decrypt_fields
 
 C = Category
 
@@ -80,9 +81,11 @@ def project(case: Any, categories: frozenset[Category]) -> dict[str, Any]:
     """The case as a viewer with `categories` sees it: metadata plus those categories only.
     Categories outside the set are neither decrypted nor present."""
     view: dict[str, Any] = {name: getattr(case, name) for name in METADATA_FIELDS}
-    for category in Category:
-        if category not in categories:
-            continue
+    shown = [category for category in Category if category in categories]
+    decrypt_fields(
+        case, [attr for category in shown for attr in CATEGORY_FIELDS[category].values()]
+    )
+    for category in shown:
         view[category.value] = {
             key: _normalise(attribute, getattr(case, attribute))
             for key, attribute in CATEGORY_FIELDS[category].items()

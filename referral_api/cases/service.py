@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, bindparam, select
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import Category
@@ -31,6 +31,8 @@ from referral_api.cases.codes import ActivateReason, CloseReason, ReopenReason
 from referral_api.cases.layout import CATEGORY_FIELDS, project
 from referral_api.cases.models import Case, CaseNote, CaseStatus, CaseStatusChange
 from referral_api.crypto.fields import crypto_of
+from referral_api.crypto.keys import remember_wrapped_case_key
+from referral_api.crypto.models import CaseKey
 from referral_api.exceptions import (
     Conflict,
     Forbidden,
@@ -121,11 +123,33 @@ def _refused(
     return error
 
 
+# A case with its current wrapped data key: one statement, where loading the key when the
+# first field is decrypted would be a second (cases are read at random, so the unwrapped key
+# is rarely cached yet).
+_CASE_WITH_KEY = (
+    select(Case, CaseKey.org_id, CaseKey.org_key_version, CaseKey.wrapped_key)
+    .outerjoin(CaseKey, and_(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version))
+    .where(Case.id == bindparam("case_id"))
+)
+
+
+def _load_case(session: Any, case_id: uuid.UUID) -> Case | None:
+    row = session.execute(_CASE_WITH_KEY, {"case_id": case_id}).one_or_none()
+    if row is None:
+        return None
+    case, org_id, org_key_version, wrapped_key = row
+    if wrapped_key is not None and case.key_version is not None:
+        remember_wrapped_case_key(
+            session, case.id, case.key_version, org_id, org_key_version, wrapped_key
+        )
+    return case  # type: ignore[no-any-return]
+
+
 def authorize(
     session: Any, actor: Actor, action: Permission, case_id: uuid.UUID
 ) -> tuple[Case, Decision]:
     """Load a case and decide; out-of-scope and missing cases are indistinguishable (404)."""
-    case = session.get(Case, case_id)
+    case = _load_case(session, case_id)
     if case is None:
         raise _denied(
             actor, action, None, Decision(False, "no such case", conceal=True), tried_id=case_id

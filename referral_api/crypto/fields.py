@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from sqlalchemy import LargeBinary, event
@@ -130,6 +131,43 @@ def decrypt_value(session: Session | None, instance: Any, column: str, blob: byt
         envelope.column_aad(table, column) + place,
     )
     return _JSON_DECODER.decode(plaintext.decode("utf-8"))
+
+
+def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
+    """Decrypt several fields of one record now (reading them then hits the instance's
+    plaintext cache): the session's crypto context, the data key of each key version and
+    the record's part of the associated data are looked up once per record, not per field.
+    Fields already decrypted, pending or null are skipped."""
+    state = instance.__dict__
+    plain = state.get(_PLAIN)
+    if plain is None:
+        plain = state[_PLAIN] = {}
+    pending = state.get(_PENDING, ())
+    fields = type(instance).__encrypted_fields__
+    table = instance.__tablename__
+    session = object_session(instance)
+    crypto: CryptoContext | None = None
+    data_keys: dict[int, bytes] = {}
+    case_id, place = _place_of(instance)
+    for name in names:
+        blob = getattr(instance, fields[name].column_attr)
+        if blob is None or name in pending:
+            continue
+        cached = plain.get(name)
+        if cached is not None and cached[0] is blob:
+            continue
+        fmt, version = envelope.parse_header(blob)
+        data_key = data_keys.get(version)
+        if data_key is None:
+            if crypto is None:
+                crypto = crypto_of(session)
+            data_key = data_keys[version] = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
+        plaintext = envelope.open_sealed(
+            envelope.field_aead(data_key, table, name, fmt),
+            blob,
+            envelope.column_aad(table, name) + place,
+        )
+        plain[name] = (blob, _JSON_DECODER.decode(plaintext.decode("utf-8")))
 
 
 def encrypt_value(keys: KeyService, instance: Any, column: str, value: Any, version: int) -> bytes:

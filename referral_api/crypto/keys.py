@@ -36,6 +36,7 @@ from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
 
 DATA_KEY_BYTES = 32
 _MEMO = "_ra_key_versions"
+_WRAPPED = "_ra_wrapped_case_keys"
 
 
 @event.listens_for(Session, "after_commit")
@@ -43,6 +44,25 @@ _MEMO = "_ra_key_versions"
 def _forget_key_versions(session: Session) -> None:
     # Another transaction may rotate keys: versions are only trusted within one.
     session.info.pop(_MEMO, None)
+    session.info.pop(_WRAPPED, None)
+
+
+def remember_wrapped_case_key(
+    session: Session,
+    case_id: uuid.UUID,
+    version: int,
+    org_id: uuid.UUID,
+    org_key_version: int,
+    wrapped_key: bytes,
+) -> None:
+    """Hand the key service a case's wrapped data key read together with the case (one
+    statement instead of two): unwrapped only if a field is then decrypted and the key is
+    not cached, forgotten at the end of the transaction."""
+    session.info.setdefault(_WRAPPED, {})[(case_id, version)] = (
+        org_id,
+        org_key_version,
+        wrapped_key,
+    )
 
 
 _NONCE = 12
@@ -241,6 +261,9 @@ class KeyService:
         cached = self.cache.get(("case", case_id, version))
         if cached is not None:
             return cached  # type: ignore[no-any-return]
+        known = self.session.info.get(_WRAPPED, {}).pop((case_id, version), None)
+        if known is not None:
+            return self._unwrap_case_key(case_id, version, *known)
         row = self.session.get(CaseKey, (case_id, version))
         if row is None:
             raise KeyUnavailable("case key version is not available")
