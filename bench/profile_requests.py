@@ -21,10 +21,11 @@ client building requests) are the harness, not request CPU, and are left out.
 `scratch` needs no bench database: it builds its own throw-away database (SQLite file in a
 temporary folder, or a new database in the PostgreSQL server with `--pg`), a production-mode
 app, one organisation with a caseworker and `--cases` encrypted cases, then measures CPU per
-request and SQL statements per request for GET /cases/{id} and POST /cases (unprofiled, then
-under cProfile), and drops everything:
+request and SQL statements per request for GET /cases/{id} and POST /cases (and, with
+`--searches N`, exact-name searches for the seeded names with the most namesakes), unprofiled,
+then under cProfile with `--prof-dir`, and drops everything:
 
-    python bench/profile_requests.py scratch --gets 2000 --posts 500 [--pg] [--json out.json]
+    python bench/profile_requests.py scratch --gets 2000 --posts 500 [--searches 400] [--pg]
 """
 
 from __future__ import annotations
@@ -370,6 +371,20 @@ def _measure(app: Any, phase: str, work: list[Any], out: Path | None) -> dict[st
     return result
 
 
+def _namesake_searches(cases: int, n: int) -> tuple[list[Any], int]:
+    """Exact-name searches for the seeded names with the most namesakes (the slow tail of
+    the load benchmark's search), and how many results they return in all."""
+    from urllib.parse import quote
+
+    names = Counter(common.full_name(common.person(i)) for i in range(cases))
+    top = names.most_common(max(1, n // 20))
+    searches = [top[i % len(top)] for i in range(n)]
+    return (
+        [("GET", f"/api/v1/cases?limit=50&name={quote(name)}", None) for name, _ in searches],
+        sum(count for _, count in searches),
+    )
+
+
 def scratch(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
@@ -397,6 +412,14 @@ def scratch(args: argparse.Namespace) -> dict[str, Any]:
             # The profiled pass posts other people than the timed one (unique case codes).
             "post": _measure(app, "post", posts[: args.posts], None),
         }
+        if args.searches:
+            searches, found = _namesake_searches(args.cases, args.searches)
+            results["search_namesakes"] = {
+                **_measure(
+                    app, "search", searches, prof / "scratch-search.prof" if prof else None
+                ),
+                "results_per_search": round(found / len(searches), 2),
+            }
         if prof:
             results["post_profiled"] = _measure(
                 app, "post", posts[args.posts :], prof / "scratch-post.prof"
@@ -427,6 +450,9 @@ def main() -> None:
     scratch_options.add_argument("--cases", type=int, default=2000)
     scratch_options.add_argument("--gets", type=int, default=2000)
     scratch_options.add_argument("--posts", type=int, default=500)
+    scratch_options.add_argument(
+        "--searches", type=int, default=0, help="name searches with the most namesakes"
+    )
     scratch_options.add_argument("--prof-dir", metavar="DIR", help="write cProfile dumps here")
     args = parser.parse_args()
     if args.phase == "scratch":

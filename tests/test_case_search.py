@@ -560,7 +560,7 @@ def test_a_candidate_is_checked_by_decrypting_only_the_searched_fields(
 ) -> None:
     from referral_api.cases import search as case_search
     from referral_api.cases.models import Case
-    from referral_api.crypto import fields
+    from referral_api.crypto import envelope
     from referral_api.extensions import db
 
     case_id = new_case(
@@ -576,13 +576,14 @@ def test_a_candidate_is_checked_by_decrypting_only_the_searched_fields(
         ),
     )
     columns: list[str] = []
-    real = fields.decrypt_value
+    real = envelope.field_aead
 
-    def spy(session: Any, instance: Any, column: str, blob: bytes) -> Any:
+    def spy(data_key: bytes, table: str, column: str, *args: Any) -> Any:
+        # Every field decryption, one at a time or in a record's pass, takes its field key.
         columns.append(column)
-        return real(session, instance, column, blob)
+        return real(data_key, table, column, *args)
 
-    monkeypatch.setattr(fields, "decrypt_value", spy)
+    monkeypatch.setattr(envelope, "field_aead", spy)
     with db.session_factory_for(app)() as session:
         case = session.get(Case, uuid.UUID(case_id))
         assert case_search.matches(case, field, term, "UA")

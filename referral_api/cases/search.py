@@ -25,15 +25,22 @@ from referral_api.crypto.blind_index import (
     normalise_phone,
     plan_bits,
 )
+from referral_api.crypto.fields import decrypt_fields
 from referral_api.crypto.keys import CryptoContext, KeyService
 
 if TYPE_CHECKING:
     from referral_api.cases.models import Case
 
-INDEXED_SOURCE_FIELDS = frozenset(
-    {"given_name", "family_name", "aliases", "date_of_birth", "phone", "documents"}
-)
 INDEX_FIELDS = ("name", "dob", "family_birth", "phone", "document")
+# The encrypted fields each index is built from (decrypted to remove false positives).
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "name": ("given_name", "family_name", "aliases"),
+    "dob": ("date_of_birth",),
+    "family_birth": ("family_name", "date_of_birth"),
+    "phone": ("phone",),
+    "document": ("documents",),
+}
+INDEXED_SOURCE_FIELDS = frozenset(name for names in SOURCE_FIELDS.values() for name in names)
 
 # Distinct dates of birth across ~100 years.
 _DOB_CARDINALITY = 36_500
@@ -184,7 +191,8 @@ def candidate_case_ids(
 
 def matches(case: Case, field: str, term: str, phone_region: str) -> bool:
     """Exact comparison after decryption: removes truncation false positives. Only the
-    fields the searched index is built from are decrypted."""
+    fields the searched index is built from are decrypted (in one pass)."""
+    decrypt_fields(case, SOURCE_FIELDS[field])
     return term in _TERMS[field](case, phone_region)
 
 
