@@ -73,9 +73,12 @@ def _record(app: Any, **overrides: Any) -> int:
     }
     entry.update(overrides)
     with _db().session_factory_for(app)() as s:
-        row_id = service.record(s, Actor.system(), "case:read", **entry)
+        service.record(s, Actor.system(), "case:read", **entry)
+        row_id = s.scalars(
+            select(AuditEvent.id).where(AuditEvent.resource_id == str(entry["resource_id"]))
+        ).one()
         s.commit()
-        return row_id
+        return int(row_id)
 
 
 def _row(app: Any, row_id: int) -> dict[str, Any] | None:

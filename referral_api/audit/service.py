@@ -53,7 +53,8 @@ _CANONICAL_FIELDS = (
 # Set on a session that wrote audit rows: its worker's sealer is woken after the request
 # (audit/hooks.py).
 ROWS_WRITTEN = "audit_rows_written"
-_INSERT = insert(AuditEvent.__table__)
+# inline(): no RETURNING of the new id (nothing reads it back).
+_INSERT = insert(AuditEvent.__table__).inline()
 
 
 def _row(
@@ -91,17 +92,16 @@ def _row(
     }
 
 
-def record(session: Session, actor: Actor, action: str, **fields: Any) -> int:
+def record(session: Session, actor: Actor, action: str, **fields: Any) -> None:
     """Write one audit row in the caller's transaction (it commits, or rolls back, with the
     change). `fields`: the keyword arguments of `_row` (resource_type, resource_id, case_id,
-    categories, …). Returns the row's id.
+    categories, …).
 
     A Core INSERT, executed now: the row is never read back or changed by the request, so
     the unit of work has nothing to track, and building, flushing and identity-mapping an
     ORM object for it cost about a tenth of reading a case."""
-    result = session.execute(_INSERT, _row(actor, action, **fields))
+    session.execute(_INSERT, _row(actor, action, **fields))
     session.info[ROWS_WRITTEN] = True
-    return int(result.inserted_primary_key[0])
 
 
 def record_many(
