@@ -412,6 +412,9 @@ def scratch(args: argparse.Namespace) -> dict[str, Any]:
             # The profiled pass posts other people than the timed one (unique case codes).
             "post": _measure(app, "post", posts[: args.posts], None),
         }
+        if args.lists:
+            pages = [("GET", "/api/v1/cases?limit=50", None)] * args.lists
+            results["list_50"] = _measure(app, "list", pages, None)
         if args.searches:
             searches, found = _namesake_searches(args.cases, args.searches)
             results["search_namesakes"] = {
@@ -453,6 +456,7 @@ def main() -> None:
     scratch_options.add_argument(
         "--searches", type=int, default=0, help="name searches with the most namesakes"
     )
+    scratch_options.add_argument("--lists", type=int, default=0, help="first pages of 50")
     scratch_options.add_argument("--prof-dir", metavar="DIR", help="write cProfile dumps here")
     args = parser.parse_args()
     if args.phase == "scratch":

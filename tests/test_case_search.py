@@ -645,3 +645,46 @@ def test_index_entries_follow_their_cases_through_failed_and_later_flushes(
     client = app.test_client()
     assert len(search(client, headers, name="Daryna Kovalenko")) == 1
     assert search(client, headers, name="Nadia") == []
+
+
+@pytest.mark.parametrize(
+    ("query", "loaded", "not_loaded"),
+    [
+        ("", {"given_name", "family_name", "documents"}, {"phone", "address", "health_notes"}),
+        (
+            "name=Olena",
+            {"given_name", "family_name", "aliases"},
+            {"phone", "address", "narrative"},
+        ),
+        ("phone=0501234567", {"given_name", "phone"}, {"email", "address", "narrative"}),
+    ],
+)
+def test_a_list_loads_only_the_ciphertexts_it_shows_or_rechecks(
+    app: Any, client: Any, team: Team, query: str, loaded: set[str], not_loaded: set[str]
+) -> None:
+    from sqlalchemy import event
+
+    from referral_api.extensions import db
+
+    new_case(client, team.headers, **person("Olena", "Kovalenko", phone="050 123 4567"))
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if (
+            "FROM cases" in statement
+            and "case_search_index" not in statement.split("FROM cases")[0]
+        ):
+            statements.append(statement.split("FROM cases")[0])
+
+    engine = db.engine_for(app)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        response = client.get(f"{API}/cases?{query}", headers=team.headers)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert response.status_code == 200
+    assert [item["identity"]["given_name"] for item in response.get_json()] == ["Olena"]
+    [select_list] = [s for s in statements if "cases.case_code" in s]
+    columns = {part.strip().removeprefix("cases.") for part in select_list.split(",")}
+    assert loaded <= columns, columns
+    assert not (not_loaded & columns), columns

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy.orm import defer
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import Category
@@ -431,6 +432,18 @@ def list_cases(
                 Case.id.in_(search.candidate_case_ids(session, crypto, actor.org_id, field, term))
             )
 
+    shown = role_categories & {Category.IDENTITY}
+    # Only the ciphertexts the page shows or the search re-checks are loaded; touching any
+    # other encrypted column of these cases raises instead of loading it case by case.
+    needed = {attr for category in shown for attr in CATEGORY_FIELDS[category].values()}
+    needed.update(attr for field, _ in terms for attr in search.SOURCE_FIELDS[field])
+    stmt = stmt.options(
+        *(
+            defer(getattr(Case, spec.column_attr), raiseload=True)
+            for name, spec in Case.__encrypted_fields__.items()
+            if name not in needed
+        )
+    )
     page = paginate(
         session,
         stmt,
@@ -439,7 +452,6 @@ def list_cases(
         cursor=params.get("cursor"),
         limit=params["limit"],
     )
-    shown = role_categories & {Category.IDENTITY}
     if page.items and (terms or shown):
         # One query for the page's wrapped data keys, not one per case as fields decrypt.
         crypto_of(session).keys(session).prime_case_keys(
