@@ -418,9 +418,7 @@ def scratch(args: argparse.Namespace) -> dict[str, Any]:
         if args.searches:
             searches, found = _namesake_searches(args.cases, args.searches)
             results["search_namesakes"] = {
-                **_measure(
-                    app, "search", searches, prof / "scratch-search.prof" if prof else None
-                ),
+                **_measure(app, "search", searches, prof / "scratch-search.prof" if prof else None),
                 "results_per_search": round(found / len(searches), 2),
             }
         if prof:

@@ -409,3 +409,73 @@ def test_client_credentials_throttled_per_client(client, session, factory):
         assert_problem(grant("wrong-secret"), 401)
     assert_locked(grant(secret))
     assert count_sessions(session) == 0
+
+
+# ---- spent counters are purged by the retention run ----------------------------------------
+
+
+def test_retention_apply_deletes_spent_counters_and_keeps_live_ones(
+    client, session, factory, runner
+):
+    spent, live, locked = (factory.user(Role.CASEWORKER) for _ in range(3))
+    for user, address in ((spent, "198.51.100.1"), (live, "198.51.100.2")):
+        attempt(client, user.email, "wrong password", address)
+    for _ in range(ACCOUNT_LIMIT):
+        attempt(client, locked.email, "wrong password", "198.51.100.3")
+    long_ago = datetime.now(UTC) - timedelta(seconds=WINDOW_SECONDS + 5)
+    # The spent account's and address's windows ended; the locked account's window ended
+    # too, but its lock is still running.
+    change(
+        session,
+        update(LoginThrottle)
+        .where(
+            LoginThrottle.key.in_(
+                [
+                    account_key(spent.email),
+                    address_key("198.51.100.1"),
+                    account_key(locked.email),
+                ]
+            )
+        )
+        .values(window_started_at=long_ago),
+    )
+    assert throttle_row(session, account_key(locked.email)).locked_until is not None
+
+    listed = runner.invoke(args=["retention", "run"])
+    assert listed.exit_code == 0, listed.output
+    assert throttle_row(session, account_key(spent.email)) is not None  # listing changes nothing
+
+    applied = runner.invoke(args=["retention", "run", "--apply"])
+    assert applied.exit_code == 0, applied.output
+    assert "2 spent sign-in failure counters deleted" in applied.output
+    assert throttle_row(session, account_key(spent.email)) is None
+    assert throttle_row(session, address_key("198.51.100.1")) is None
+    assert throttle_row(session, account_key(live.email)).failures == 1
+    assert throttle_row(session, address_key("198.51.100.2")).failures == 1
+    assert throttle_row(session, account_key(locked.email)).failures == ACCOUNT_LIMIT
+    # The lock still holds after the purge.
+    assert_locked(attempt(client, locked.email, TEST_PASSWORD, "198.51.100.9"))
+
+
+def test_a_lock_that_has_ended_is_purged_with_its_window(session, app):
+    from referral_api.auth.service import purge_stale_throttles
+    from referral_api.extensions import db
+
+    now = datetime.now(UTC)
+    window = timedelta(seconds=WINDOW_SECONDS)
+    rows = [
+        ("acct:ended", now - window * 2, now - timedelta(seconds=1)),  # lock over: purged
+        ("acct:running", now - window * 2, now + timedelta(seconds=60)),  # lock on: kept
+        ("acct:fresh", now - timedelta(seconds=5), None),  # window open: kept
+    ]
+    session.add_all(
+        LoginThrottle(key=key, failures=3, window_started_at=started, locked_until=until)
+        for key, started, until in rows
+    )
+    session.commit()
+    with db.session_factory_for(app)() as purge:
+        assert purge_stale_throttles(purge, window, now) == 1
+        purge.commit()
+    left = set(session.scalars(select(LoginThrottle.key)))
+    session.rollback()
+    assert left == {"acct:running", "acct:fresh"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, select, update
+from sqlalchemy import Select, bindparam, case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -97,6 +97,22 @@ def _clear_failures(session: Session, key: str) -> None:
         .values(failures=0, locked_until=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def purge_stale_throttles(session: Session, window: timedelta, now: datetime) -> int:
+    """Delete failure counters that can no longer lock anyone: their window has passed and
+    they hold no lock that is still running. A later failure for the same key starts a new
+    counter either way, so nothing about throttling changes; what goes is the record that
+    someone (a hashed account name or address) failed to sign in, once it is no use."""
+    result = session.execute(
+        delete(LoginThrottle)
+        .where(
+            LoginThrottle.window_started_at < now - window,
+            or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until <= now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
 
 
 def _new_session(

@@ -1,9 +1,10 @@
-"""`referral-api retention run [--apply]`: erase closed cases past their retention period
-and clear expired subject-access exports."""
+"""`referral-api retention run [--apply]`: erase closed cases past their retention period,
+clear expired subject-access exports and delete spent sign-in failure counters."""
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 
 import click
 from flask import current_app
@@ -16,8 +17,9 @@ retention_group = AppGroup("retention", help="Retention schedule.")
 @click.option("--apply", "apply_", is_flag=True, help="Erase the due cases (default: list only)")
 def run(apply_: bool) -> None:
     """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
-    are skipped."""
+    are skipped. --apply also clears expired exports and spent sign-in failure counters."""
     from referral_api.access.actor import Actor
+    from referral_api.auth.service import purge_stale_throttles
     from referral_api.cases.models import Case, CaseStatus
     from referral_api.extensions import db
     from referral_api.rights.models import ErasureBasis
@@ -48,9 +50,16 @@ def run(apply_: bool) -> None:
         return
     with factory() as session:
         purged = purge_expired_exports(session, Actor.system())
+        counters = purge_stale_throttles(
+            session,
+            timedelta(seconds=current_app.config["LOGIN_FAILURE_WINDOW_SECONDS"]),
+            datetime.now(UTC),
+        )
         session.commit()
     if purged:
         click.echo(f"{purged} expired subject-access exports cleared", err=True)
+    if counters:
+        click.echo(f"{counters} spent sign-in failure counters deleted", err=True)
     erased, skipped = 0, len(held)
     left_alone = 0
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
