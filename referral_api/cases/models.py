@@ -8,6 +8,7 @@ personal field is an `EncryptedField` in exactly one data category.
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
@@ -234,24 +235,33 @@ _INDEX_COLUMNS = ("org_id", "case_id", "field", "key_version", "value")
 _INDEX_ARRAY_TYPES = (Uuid, Uuid, String, Integer, BigInteger)
 
 
-def _insert_index_entries(connection: Connection, entries: list[dict[str, Any]]) -> None:
-    if connection.dialect.name != "postgresql":
-        connection.execute(insert(CaseSearchIndex), entries)
-        return
-    # One INSERT … SELECT FROM unnest(five arrays): one round trip and one cached statement
-    # per flush (an executemany is a statement per row, even pipelined; a VALUES list is a
-    # new statement to parse for every number of rows).
+@functools.cache
+def _insert_from_arrays() -> Any:
+    """INSERT … SELECT FROM unnest(five arrays), built once (the arrays are its parameters):
+    one round trip and one cached statement per flush (an executemany is a statement per
+    row, even pipelined; a VALUES list is a new statement to parse for every number of
+    rows)."""
     source = (
         func.unnest(
             *(
-                bindparam(f"{column}s", [e[column] for e in entries], type_=ARRAY(type_))
+                bindparam(f"{column}s", type_=ARRAY(type_))
                 for column, type_ in zip(_INDEX_COLUMNS, _INDEX_ARRAY_TYPES, strict=True)
             )
         )
         .table_valued(*_INDEX_COLUMNS)
         .render_derived(name="entries")
     )
-    connection.execute(insert(CaseSearchIndex).from_select(_INDEX_COLUMNS, select(*source.c)))
+    return insert(CaseSearchIndex).from_select(_INDEX_COLUMNS, select(*source.c))
+
+
+def _insert_index_entries(connection: Connection, entries: list[dict[str, Any]]) -> None:
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(CaseSearchIndex), entries)
+        return
+    connection.execute(
+        _insert_from_arrays(),
+        {f"{column}s": [entry[column] for entry in entries] for column in _INDEX_COLUMNS},
+    )
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import event, func, select
+from sqlalchemy import Uuid, bindparam, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -153,6 +153,18 @@ def unwrap_data_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
         raise KeyUnavailable("a wrapped key did not authenticate") from None
 
 
+# Built once: asked at the first write of every transaction.
+# (The org_id columns take their type from their foreign key only once every table is
+# known, so the parameters name theirs.)
+_NEWEST_ORG_KEY = select(func.max(OrgKey.version)).where(
+    OrgKey.org_id == bindparam("org_id", type_=Uuid())
+)
+_INDEX_VERSIONS = select(IndexKey.version).where(
+    IndexKey.org_id == bindparam("org_id", type_=Uuid()),
+    IndexKey.state.in_(bindparam("states", expanding=True)),
+)
+
+
 class KeyService:
     def __init__(
         self,
@@ -180,9 +192,7 @@ class KeyService:
         return memo[("org", org_id)]  # type: ignore[no-any-return]
 
     def _current_org_key_version(self, org_id: uuid.UUID) -> int:
-        version = self.session.scalar(
-            select(func.max(OrgKey.version)).where(OrgKey.org_id == org_id)
-        )
+        version = self.session.scalar(_NEWEST_ORG_KEY, {"org_id": org_id})
         pending = [
             r.version for r in self.session.new if isinstance(r, OrgKey) and r.org_id == org_id
         ]
@@ -327,13 +337,7 @@ class KeyService:
 
     def _index_versions(self, org_id: uuid.UUID, *, for_query: bool) -> list[int]:
         states = ("active",) if for_query else ("active", "backfilling")
-        versions = list(
-            self.session.scalars(
-                select(IndexKey.version).where(
-                    IndexKey.org_id == org_id, IndexKey.state.in_(states)
-                )
-            )
-        )
+        versions = list(self.session.scalars(_INDEX_VERSIONS, {"org_id": org_id, "states": states}))
         versions += [
             r.version
             for r in self.session.new
