@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy import Select, and_, bindparam, insert, select
 from sqlalchemy.orm import defer
 
 from referral_api.access.actor import Actor, ActorKind
@@ -197,6 +197,32 @@ def _denial(actor: Actor, action: Permission, case: Case, reason: str) -> dict[s
     }
 
 
+# History rows are written once and never read back by the request that writes them: a Core
+# INSERT, not an ORM object for the unit of work to track (the case row must already be in
+# the database: the history row refers to it).
+_STATUS_CHANGE = insert(CaseStatusChange.__table__).inline()
+
+
+def _record_status_change(
+    session: Any,
+    case_id: uuid.UUID,
+    from_status: CaseStatus | None,
+    to_status: CaseStatus,
+    reason: str | None,
+    actor_id: uuid.UUID | None,
+) -> None:
+    session.execute(
+        _STATUS_CHANGE,
+        {
+            "case_id": case_id,
+            "from_status": from_status,
+            "to_status": to_status,
+            "reason": reason,
+            "actor_id": actor_id,
+        },
+    )
+
+
 def _audit_case(
     session: Any,
     actor: Actor,
@@ -285,12 +311,8 @@ def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
     case.assignee_id = data.get("assignee_id")
     session.add(case)
     touched = _apply_categories(case, data, allowed, Permission.CASE_CREATE)
-    session.add(
-        CaseStatusChange(
-            case_id=case.id, from_status=None, to_status=CaseStatus.OPEN, actor_id=actor.id
-        )
-    )
     session.flush()
+    _record_status_change(session, case.id, None, CaseStatus.OPEN, None, actor.id)
     _audit_case(session, actor, Permission.CASE_CREATE, case, touched)
     return CaseView(case, allowed)
 
@@ -344,11 +366,7 @@ def change_status(
         raise ValidationFailed({"reason": ["A reason code is required for this change."]})
     if reason is not None and reason not in reasons:
         raise ValidationFailed({"reason": [f"Use one of: {', '.join(sorted(reasons))}."]})
-    session.add(
-        CaseStatusChange(
-            case_id=case.id, from_status=case.status, to_status=to, reason=reason, actor_id=actor.id
-        )
-    )
+    _record_status_change(session, case.id, case.status, to, reason, actor.id)
     case.status = to
     case.status_reason = reason
     case.closed_at = datetime.now(UTC) if to is CaseStatus.CLOSED else None
