@@ -11,7 +11,7 @@ from typing import Any
 
 import conftest
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Integer, bindparam, func, select
 
 from referral_api import create_app
 from referral_api.access.roles import Role
@@ -183,3 +183,34 @@ def hooks_session(app: Any) -> Any:
     from referral_api.extensions import db
 
     return db.session_factory_for(app)()
+
+
+def test_a_batch_holding_a_row_sealed_meanwhile_is_refused_whole(app, monkeypatch):
+    # Sealing updates only unsealed rows; should a selected row turn out to be sealed
+    # already (something sealed without the chain head), chaining on would fork the chain:
+    # the batch is refused and nothing changes.
+    from referral_api.access.actor import Actor
+    from referral_api.audit.models import AuditChainHead
+
+    with hooks_session(app) as s:
+        service.record(s, Actor.system(), "probe:first", resource_type="probe")
+        s.commit()
+        assert service.seal_pending(s) == 1
+        s.commit()
+        service.record(s, Actor.system(), "probe:second", resource_type="probe")
+        s.commit()
+    # The batch query now also returns the row sealed above.
+    everything = (
+        select(*service._UNSEALED.selected_columns)
+        .order_by(AuditEvent.id)
+        .limit(bindparam("batch_size", type_=Integer(), literal_execute=True))
+    )
+    monkeypatch.setattr(service, "_UNSEALED", everything)
+    with hooks_session(app) as s, pytest.raises(service.SealConflict):
+        service.seal_pending(s)
+    with hooks_session(app) as s:
+        head = s.get(AuditChainHead, 1)
+        assert head is not None and head.last_seq == 1
+        pending = s.scalars(select(AuditEvent.action).where(AuditEvent.seq.is_(None))).all()
+        assert pending == ["probe:second"]
+        assert service.verify_chain(s).ok

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Integer, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor
@@ -164,6 +164,10 @@ def seal_pending(session: Session, batch_size: int = 500) -> int:
     return seal_batch(session, batch_size) or 0
 
 
+class SealConflict(SQLAlchemyError):
+    """A batch could not be sealed as selected (see `seal_batch`)."""
+
+
 _TABLE = AuditEvent.__table__
 # What sealing reads of a row (the canonical fields) and writes back (only the sealing
 # columns: the PostgreSQL trigger refuses anything else), both with Core: the rows are not
@@ -205,7 +209,10 @@ def seal_batch(session: Session, batch_size: int = 500) -> int | None:
             {"row_id": row.id, "seq": seq, "prev_hash": last_hash, "hash": digest, "sealed_at": now}
         )
         last_seq, last_hash = seq, digest
-    session.execute(_SEAL, seals)
+    if session.execute(_SEAL, seals).rowcount != len(seals):
+        # Only possible if something sealed rows without holding the chain head: chaining
+        # on would fork the chain. The caller's transaction must roll back.
+        raise SealConflict("audit rows were sealed concurrently; nothing sealed")
     head.last_seq, head.last_hash = last_seq, last_hash
     return len(rows)
 
