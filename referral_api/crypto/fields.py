@@ -119,18 +119,24 @@ def _place_of(instance: Any) -> tuple[uuid.UUID, bytes]:
     return case_id, memo[2]
 
 
-def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
-    crypto = crypto_of(session)
-    fmt, version = envelope.parse_header(blob)
-    case_id, place = _place_of(instance)
-    table = instance.__tablename__
-    data_key = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
+def _open(data_key: bytes, table: str, column: str, fmt: int, blob: bytes, place: bytes) -> Any:
+    """A field's value from its blob (header already parsed), `place` = the row's part of
+    the associated data."""
     plaintext = envelope.open_sealed(
         envelope.field_aead(data_key, table, column, fmt),
         blob,
         envelope.column_aad(table, column) + place,
     )
     return _JSON_DECODER.decode(plaintext.decode("utf-8"))
+
+
+def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
+    """Decrypt `blob` as the value of `instance`'s field `column`."""
+    crypto = crypto_of(session)
+    fmt, version = envelope.parse_header(blob)
+    case_id, place = _place_of(instance)
+    data_key = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
+    return _open(data_key, instance.__tablename__, column, fmt, blob, place)
 
 
 def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
@@ -162,12 +168,7 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
             if crypto is None:
                 crypto = crypto_of(session)
             data_key = data_keys[version] = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
-        plaintext = envelope.open_sealed(
-            envelope.field_aead(data_key, table, name, fmt),
-            blob,
-            envelope.column_aad(table, name) + place,
-        )
-        plain[name] = (blob, _JSON_DECODER.decode(plaintext.decode("utf-8")))
+        plain[name] = (blob, _open(data_key, table, name, fmt, blob, place))
 
 
 def encrypt_value(keys: KeyService, instance: Any, column: str, value: Any, version: int) -> bytes:
