@@ -363,6 +363,50 @@ def test_truncation_false_positives_are_removed(
     assert false_positives >= 48 * 2
 
 
+def test_false_positives_are_compared_then_audited_not_shown(
+    tiny_index: None, app: Any, client: Any, team: Team
+) -> None:
+    from referral_api.crypto.blind_index import normalise_name
+
+    names = [
+        ("Olena", "Kovalenko"),
+        ("Iryna", "Bondar"),
+        ("Amal", "Haddad"),
+        ("Nadia", "Rusu"),
+        ("Ewa", "Nowak"),
+        ("Thi", "Nguyen"),
+    ]
+    ids = {
+        given: new_case(client, team.headers, **person(given, family)) for given, family in names
+    }
+    # One bit: the other five people's fifteen name terms all but surely share the value.
+    found = candidates(app, team.org_id, "name", normalise_name("Olena"))
+    others = {str(case_id) for case_id in found} - {ids["Olena"]}
+    assert others, "no collision at one bit"
+
+    response = client.get(f"{API}/cases", query_string={"name": "Olena"}, headers=team.headers)
+    assert [item["id"] for item in response.get_json()] == [ids["Olena"]]
+    request_id = response.headers["X-Request-ID"]
+    logged = rows(
+        app,
+        "SELECT action, case_id, categories, decision, reason, details FROM audit_events "
+        "WHERE request_id = :rid",
+        rid=request_id,
+    )
+    by_case = {str(uuid.UUID(str(row[1]))): row for row in logged}
+    assert by_case[ids["Olena"]][0] == "case:read"
+    assert {case for case, row in by_case.items() if row[0] == "case:search-compare"} == others
+    for case in others:
+        _, _, categories, decision, reason, details = by_case[case]
+        assert (categories, decision, reason) == (
+            "identity",
+            "allow",
+            "blind-index candidate, not a match",
+        )
+        assert json.loads(details) == {"via": "search", "shown": False}
+    assert len(logged) == 1 + len(others)
+
+
 # ---- who may search -----------------------------------------------------------------------
 
 

@@ -124,6 +124,9 @@ def _refused(
     return error
 
 
+# Audit action of a search candidate decrypted for comparison and not shown.
+SEARCH_COMPARE = "case:search-compare"
+
 # A case with its current wrapped data key: one statement, where loading the key when the
 # first field is decrypted would be a second (cases are read at random, so the unwrapped key
 # is rarely cached yet).
@@ -475,16 +478,16 @@ def list_cases(
         crypto_of(session).keys(session).prime_case_keys(
             (case.id, case.key_version) for case in page.items if case.key_version is not None
         )
+    compared: list[Case] = []
     if terms:
         region = crypto_of(session).phone_region
-        page = Page(
-            [
-                case
-                for case in page.items
-                if all(search.matches(case, f, t, region) for f, t in terms)
-            ],
-            page.next_cursor,
-        )
+        matched = []
+        for case in page.items:
+            if all(search.matches(case, f, t, region) for f, t in terms):
+                matched.append(case)
+            else:
+                compared.append(case)
+        page = Page(matched, page.next_cursor)
     # One row per case shown, written together (a page holds up to 100).
     categories = [c.value for c in shown]
     via = {"via": "search" if searching else "list"}
@@ -499,6 +502,34 @@ def list_cases(
         ],
         none_shown={**via, "results": 0},
     )
+    if compared:
+        # Blind-index false positives: their searched fields were decrypted to compare
+        # them with the term, then dropped. Nothing was disclosed, but the person's data
+        # was processed, so their log says so.
+        compared_categories = sorted(
+            {
+                Case.__encrypted_fields__[attr].category.value
+                for field, _ in terms
+                for attr in search.SOURCE_FIELDS[field]
+            }
+        )
+        audit.record_many(
+            session,
+            actor,
+            SEARCH_COMPARE,
+            resource_type="case",
+            rows=[
+                {
+                    "resource_id": case.id,
+                    "case_id": case.id,
+                    "categories": compared_categories,
+                    "reason": "blind-index candidate, not a match",
+                    "details": {"via": "search", "shown": False},
+                }
+                for case in compared
+            ],
+            none_shown={},
+        )
     return page, shown
 
 
