@@ -462,3 +462,34 @@ def test_retention_apply_leaves_cases_that_changed_after_listing(
         ok(client.get(f"{API}/cases/{ids[label]}", headers=world.h["worker"]))
     assert_problem(client.get(f"{API}/cases/{ids['foreign']}", headers=world.h["outsider"]), 410)
     assert [str(t.case_id) for t in world.scalars(select(ErasureTombstone))] == [ids["foreign"]]
+
+
+def test_a_referral_of_a_restricted_case_can_be_stopped_but_nothing_added(app, client, world):
+    token = new_token("stop")
+    case_id = world.case(token)
+    world.consent(case_id, world.receiver_org, ["identity"])
+    live = world.refer(case_id, ["identity"], send=True, message=f"live {token}")["id"]
+    assert ok(restrict(world, case_id, True))["restricted"] is True
+    before = ok(client.get(f"{API}/referrals/{live}", headers=world.h["worker"]))
+
+    def stop(**extra: Any) -> Any:
+        etag = client.get(f"{API}/referrals/{live}", headers=world.h["worker"]).headers["ETag"]
+        return client.post(
+            f"{API}/referrals/{live}/transitions",
+            json={"to": "cancelled", "reason": "no_longer_needed", **extra},
+            headers={**world.h["worker"], "If-Match": etag},
+        )
+
+    for extra in ({"note": f"why {token}"}, {"business_status": "closed-by-ngo"}):
+        refused = stop(**extra)
+        assert assert_problem(refused, 403)["type"] == RESTRICTED, extra
+        assert token not in refused.get_data(as_text=True)
+    unchanged = ok(client.get(f"{API}/referrals/{live}", headers=world.h["worker"]))
+    assert unchanged == before
+    denied = [row for row in deny_rows(world, case_id) if row.action == "referral:cancelled"]
+    assert len(denied) == 2
+    assert {row.reason for row in denied} == {"processing restricted"}
+
+    stopped = ok(stop())
+    assert stopped["status"] == "cancelled"
+    assert stopped["business_status"] == before["business_status"]

@@ -384,8 +384,10 @@ def transition(
             f"not the {allowed} of the referral"[:64],
         )
     # After the party check: a caller who may not make this move learns nothing about the
-    # case's restriction. Stopping a referral is always possible; anything else is processing.
-    if to not in (S.CANCELLED, S.ENTERED_IN_ERROR):
+    # case's restriction. Stopping a referral is always possible, with its reason code;
+    # anything else is processing — so is adding a note or a business status to the stop.
+    stopping = to in (S.CANCELLED, S.ENTERED_IN_ERROR)
+    if not stopping or note is not None or business_status is not None:
         _require_processable(session, referral, f"referral:{to.value}")
     if to in REASON_REQUIRED and not reason:
         raise ValidationFailed({"reason": ["A reason is required for this move."]})
