@@ -369,3 +369,31 @@ def test_scope_to_org_filters_rows_in_the_database(app, factory, session):
     ).all()
     session.rollback()
     assert [o.id for o in orgs] == [own]
+
+
+def test_report_scope_own_organisation_unless_platform_officer():
+    from referral_api.access.policy import OUTSIDE_OWN_ORGANISATION, decide_report_scope
+
+    dpo = actor(Role.DPO)
+    platform_dpo = Actor.for_principal(
+        ActorKind.USER, uuid.uuid4(), OWN_ORG, OrgType.PLATFORM, Role.DPO
+    )
+    reports = Permission.DPO_REPORTS
+    # An organisation's officer: their own organisation, asked for or not; never another.
+    assert decide_report_scope(dpo, reports, None)[1] == OWN_ORG
+    assert decide_report_scope(dpo, reports, OWN_ORG)[1] == OWN_ORG
+    refused, org = decide_report_scope(dpo, reports, OTHER_ORG)
+    assert (refused.allowed, refused.reason, org) == (False, OUTSIDE_OWN_ORGANISATION, None)
+    # The platform organisation's officer: any one organisation, or all of them (None).
+    assert decide_report_scope(platform_dpo, reports, OTHER_ORG) == (
+        Decision(True, "platform organisation"),
+        OTHER_ORG,
+    )
+    assert decide_report_scope(platform_dpo, reports, None)[1] is None
+    # Roles without the permission get nothing, whatever they ask for.
+    for role in (Role.CASEWORKER, Role.SUPERVISOR, Role.ORG_ADMIN, Role.PLATFORM_ADMIN):
+        for requested in (None, OWN_ORG):
+            decision, org = decide_report_scope(actor(role), reports, requested)
+            assert not decision and org is None, (role, requested)
+    # The system (CLI jobs) reports on what it is asked.
+    assert decide_report_scope(Actor.system(), reports, OTHER_ORG)[1] == OTHER_ORG

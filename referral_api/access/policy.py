@@ -182,6 +182,26 @@ def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:
     return decision
 
 
+OUTSIDE_OWN_ORGANISATION = "org_id outside the officer's organisation"
+
+
+def decide_report_scope(
+    actor: Actor, action: Permission, requested_org_id: uuid.UUID | None
+) -> tuple[Decision, uuid.UUID | None]:
+    """Whose records a report (`action`) may read: (decision, organisation id, or None for
+    every organisation). The platform organisation's officers (and the system) report on
+    any organisation or all of them; every other officer on their own organisation only."""
+    if actor.kind is ActorKind.SYSTEM:
+        return Decision(True, "system actor"), requested_org_id
+    if not actor.can(action) or actor.org_id is None:
+        return Decision(False, "permission not granted to role"), None
+    if actor.is_platform:
+        return Decision(True, "platform organisation"), requested_org_id
+    if requested_org_id is not None and requested_org_id != actor.org_id:
+        return Decision(False, OUTSIDE_OWN_ORGANISATION), None
+    return Decision(True, "own organisation"), actor.org_id
+
+
 def scope_to_org(
     actor: Actor, action: Permission, stmt: Select[Any], org_column: Any
 ) -> Select[Any]:

@@ -36,10 +36,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from referral_api.access.actor import Actor, ActorKind
+from referral_api.access.actor import Actor
 from referral_api.access.categories import ALL_CATEGORIES, ORG_TYPE_CEILINGS, Category
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import decide
+from referral_api.access.policy import OUTSIDE_OWN_ORGANISATION, decide, decide_report_scope
 from referral_api.access.roles import OrgType
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
@@ -124,28 +124,25 @@ class Scope:
 
 
 def report_scope(actor: Actor, report: str, filters: dict[str, Any]) -> Scope:
-    requested = filters.get("org_id")
-    if actor.kind is ActorKind.SYSTEM:
-        return Scope(requested)
-    if not actor.can(Permission.DPO_REPORTS) or actor.org_id is None:
-        raise Forbidden("Your role does not allow this action.")
-    if actor.is_platform:
-        return Scope(requested)
-    if requested is not None and requested != actor.org_id:
-        error = Forbidden(
-            "Only a data-protection officer of the platform organisation reports on other "
-            "organisations."
-        )
-        error.audit = {
-            "action": REPORT_ACTION,
-            "resource_type": "report",
-            "resource_id": report,
-            "case_id": None,
-            "decision": audit.DENY,
-            "reason": "org_id outside the officer's organisation",
-        }
-        raise error
-    return Scope(actor.org_id)
+    """The organisation(s) a report reads, as access.policy decides; a refusal is audited."""
+    decision, org_id = decide_report_scope(actor, Permission.DPO_REPORTS, filters.get("org_id"))
+    if decision.allowed:
+        return Scope(org_id)
+    error = Forbidden(
+        "Only a data-protection officer of the platform organisation reports on other "
+        "organisations."
+        if decision.reason == OUTSIDE_OWN_ORGANISATION
+        else "Your role does not allow this action."
+    )
+    error.audit = {
+        "action": REPORT_ACTION,
+        "resource_type": "report",
+        "resource_id": report,
+        "case_id": None,
+        "decision": audit.DENY,
+        "reason": decision.reason,
+    }
+    raise error
 
 
 _AUDITED_FILTERS = (
