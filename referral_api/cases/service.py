@@ -456,13 +456,13 @@ def list_cases(
     shown = role_categories & {Category.IDENTITY}
     # Only the ciphertexts the page shows or the search re-checks are loaded; touching any
     # other encrypted column of these cases raises instead of loading it case by case.
-    needed = {attr for category in shown for attr in CATEGORY_FIELDS[category].values()}
-    needed.update(attr for field, _ in terms for attr in search.SOURCE_FIELDS[field])
+    loaded = {attr for category in shown for attr in CATEGORY_FIELDS[category].values()}
+    loaded.update(attr for field, _ in terms for attr in search.SOURCE_FIELDS[field])
     stmt = stmt.options(
         *(
             defer(getattr(Case, spec.column_attr), raiseload=True)
             for name, spec in Case.__encrypted_fields__.items()
-            if name not in needed
+            if name not in loaded
         )
     )
     page = paginate(
