@@ -15,7 +15,7 @@ from flask import Flask, Response, g, json
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
-from referral_api.exceptions import ReferralApiError, TooManyAttempts
+from referral_api.exceptions import AuthenticationFailed, ReferralApiError, TooManyAttempts
 
 log = logging.getLogger("referral_api.errors")
 
@@ -116,6 +116,8 @@ def handle_domain_error(error: ReferralApiError) -> Response:
     headers: dict[str, str] = {}
     if isinstance(error, TooManyAttempts):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, AuthenticationFailed) and error.challenge:
+        headers["WWW-Authenticate"] = error.challenge
     return problem_response(
         error.status,
         detail=error.detail,

@@ -47,6 +47,9 @@ class AuthenticationFailed(ReferralApiError):
     status = 401
     title = "Unauthorized"
     problem_type = "/problems/authentication-failed"
+    # The WWW-Authenticate challenge when it is not the default Bearer one (RFC 6749 §5.2:
+    # a client that authenticated with HTTP Basic is answered with a Basic challenge).
+    challenge: str | None = None
 
 
 class Conflict(ReferralApiError):

@@ -773,6 +773,9 @@ def test_client_credentials_wrong_secret(client, session, police_client, how):
         )
     body = assert_problem(response, 401)
     assert "access_token" not in body
+    # RFC 6749 §5.2: the challenge names the scheme the client authenticated with.
+    expected = 'Basic realm="referral_api"' if how == "basic" else 'Bearer realm="referral_api"'
+    assert response.headers["WWW-Authenticate"] == expected
     text = response.get_data(as_text=True)
     assert wrong not in text and secret not in text
     assert rows(session, select(func.count()).select_from(AuthSession)) == [(0,)]
@@ -833,6 +836,7 @@ def test_malformed_basic_credentials(client, authorization):
         TOKEN, data={"grant_type": "client_credentials"}, headers={"Authorization": authorization}
     )
     assert_problem(response, 401)
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="referral_api"'
 
 
 def test_client_token_cannot_be_refreshed(client, police_client):

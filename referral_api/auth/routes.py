@@ -131,6 +131,15 @@ def logout() -> None:
     db.session.commit()
 
 
+_BASIC_CHALLENGE = 'Basic realm="referral_api"'
+
+
+def _basic_failure(detail: str) -> AuthenticationFailed:
+    error = AuthenticationFailed(detail)
+    error.challenge = _BASIC_CHALLENGE
+    return error
+
+
 def _basic_client_credentials() -> tuple[str, str] | None:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Basic "):
@@ -138,10 +147,10 @@ def _basic_client_credentials() -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(header[6:], validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise AuthenticationFailed("Malformed Basic credentials.") from None
+        raise _basic_failure("Malformed Basic credentials.") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep:
-        raise AuthenticationFailed("Malformed Basic credentials.")
+        raise _basic_failure("Malformed Basic credentials.")
     return client_id, secret
 
 
@@ -174,6 +183,8 @@ def client_token(grant: dict[str, str]) -> dict[str, Any]:
             now=datetime.now(UTC),
         )
     except AuthenticationFailed as error:
+        if basic:
+            error.challenge = _BASIC_CHALLENGE
         _commit_then_raise(error)
     db.session.commit()
     return _tokens(issued)
