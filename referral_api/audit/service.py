@@ -92,40 +92,16 @@ def _row(
     }
 
 
-def record(
-    session: Session,
-    actor: Actor,
-    action: str,
-    *,
-    resource_type: str,
-    resource_id: Any = None,
-    case_id: uuid.UUID | None = None,
-    categories: Iterable[str] = (),
-    purpose: str | None = None,
-    decision: str = ALLOW,
-    reason: str | None = None,
-    legal_basis: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
+def record(session: Session, actor: Actor, action: str, **fields: Any) -> None:
     """Write one audit row in the caller's transaction (it commits, or rolls back, with the
-    change): ids, codes and categories only, never personal values.
+    change): ids, codes and categories only, never personal values. `fields` are `_row`'s
+    keywords (resource_type, resource_id, case_id, categories, …); an unknown one is a
+    TypeError there.
 
     A Core INSERT, executed now: the row is never read back or changed by the request, so
     the unit of work has nothing to track, and building, flushing and identity-mapping an
     ORM object for it cost about a tenth of reading a case."""
-    row = _row(
-        actor,
-        action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        case_id=case_id,
-        categories=categories,
-        purpose=purpose,
-        decision=decision,
-        reason=reason,
-        legal_basis=legal_basis,
-        details=details,
-    )
+    row = _row(actor, action, **fields)
     session.execute(_INSERT, row)
     session.info[ROWS_WRITTEN] = True
 
