@@ -127,6 +127,8 @@ def test_the_cache_is_bounded_and_checks_time_on_every_hit():
     assert len(cache) == 0
     cache.put(b"\x03", {"sub": "3"})  # no exp: never remembered
     assert len(cache) == 0
-    with pytest.raises(TypeError):
-        cache.put(b"\x04", {"sub": "4", "exp": 100})
-        cache.get(b"\x04", 50)["sub"] = "someone else"  # type: ignore[index]
+    cache.put(b"\x04", {"sub": "4", "exp": 100})
+    shared = cache.get(b"\x04", 50)
+    assert shared == {"sub": "4", "exp": 100}
+    with pytest.raises(TypeError):  # read-only: one request cannot change another's claims
+        shared["sub"] = "someone else"  # type: ignore[index]
