@@ -6,6 +6,7 @@ import enum
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import (
@@ -16,6 +17,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    exc,
 )
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -79,17 +81,54 @@ def value_enum(enum_cls: type[enum.Enum], name: str) -> Enum:
     )
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, ping_after_idle: float = 1.0) -> Engine:
+    """The app's engine. A pooled connection is pinged before use only when it has been idle
+    for `ping_after_idle` seconds or more (0: before every use, SQLAlchemy's pre-ping)."""
     # hide_parameters: an SQL error logged or raised never carries bound values (which may be
     # e-mail addresses, hashes or ciphertext).
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": ping_after_idle <= 0}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
+    if ping_after_idle > 0:
+        _ping_idle_connections(engine, ping_after_idle)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+_LAST_CHECKIN = "referral_api.last_checkin"
+
+
+def _ping_idle_connections(engine: Engine, after_idle: float) -> None:
+    """Ping a pooled connection at checkout only if it sat idle `after_idle` seconds or more.
+
+    SQLAlchemy's pre-ping costs a round trip on every checkout, i.e. on every request. A
+    connection checked in a moment ago by the previous request is very unlikely to be dead;
+    one that sat idle (through a database restart, a failover, an idle timeout) is the kind
+    pre-ping exists for. A connection that dies within `after_idle` seconds of its last use
+    fails its first statement instead: SQLAlchemy then invalidates it and every older
+    connection of the pool, and the request is answered 503 with Retry-After (errors.py),
+    having changed nothing. Failing a ping raises DisconnectionError, which makes the pool
+    discard the connection and check out (or open) another one, as pre-ping does.
+    """
+    dialect = engine.dialect
+
+    def stamp(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_CHECKIN] = monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_CHECKIN)
+        if last is None or monotonic() - last < after_idle:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError("pooled connection failed its ping") from error
+
+    event.listen(engine, "checkin", stamp)
+    event.listen(engine, "checkout", ping_if_idle)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

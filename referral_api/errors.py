@@ -12,6 +12,7 @@ from typing import Any
 
 import marshmallow as ma
 from flask import Flask, Response, g, json
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -133,6 +134,25 @@ def handle_stale_data(_error: StaleDataError) -> Response:
     return problem_response(412, type_="/problems/stale-etag")
 
 
+def handle_database_error(error: DBAPIError) -> Response:
+    if not error.connection_invalidated:
+        return handle_unexpected(error)
+    # The connection died under the request (a database restart or failover): SQLAlchemy
+    # has discarded it and every older pooled connection, so a retry gets a fresh one. The
+    # transaction was not committed, unless the connection died during COMMIT itself.
+    log.warning(
+        "database connection lost: %s",
+        type(error.orig).__name__,
+        extra={"request_id": getattr(g, "request_id", None)},
+    )
+    return problem_response(
+        503,
+        detail="The connection to the database was lost. Retry the request.",
+        type_="/problems/database-unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return problem_from_http_exception(error)
@@ -147,4 +167,5 @@ def handle_unexpected(error: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ReferralApiError, handle_domain_error)
     app.register_error_handler(StaleDataError, handle_stale_data)
+    app.register_error_handler(DBAPIError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -20,7 +20,9 @@ class Database:
         self._apps: dict[int, tuple[Engine, sessionmaker[Session]]] = {}
 
     def init_app(self, app: Flask, crypto: CryptoContext) -> None:
-        engine = make_engine(app.config["DATABASE_URL"])
+        engine = make_engine(
+            app.config["DATABASE_URL"], app.config.get("DB_PING_AFTER_IDLE_SECONDS", 1.0)
+        )
         factory = make_session_factory(engine)
         # Every session of this app can encrypt and decrypt through the app's keyring.
         factory.configure(info={"crypto": crypto})

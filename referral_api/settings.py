@@ -132,6 +132,9 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # audited response seals after it is sent).
         "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100) / 1000,
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
+        # A pooled database connection idle this long is pinged before use (0: before every
+        # use); see db.make_engine.
+        "DB_PING_AFTER_IDLE_SECONDS": _env_int("REFERRAL_API_DB_PING_AFTER_IDLE_MS", 1000) / 1000,
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
         "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
         # flask-smorest / OpenAPI

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Uuid, bindparam, event, func, select
+from sqlalchemy import Uuid, bindparam, event, func, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,8 @@ from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
 
 DATA_KEY_BYTES = 32
 _MEMO = "_ra_key_versions"
+# Index keys new entries are written under: the one searched and the one being backfilled.
+_WRITTEN_INDEX_STATES = ("active", "backfilling")
 _WRAPPED = "_ra_wrapped_case_keys"
 
 
@@ -153,15 +155,19 @@ def unwrap_data_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
         raise KeyUnavailable("a wrapped key did not authenticate") from None
 
 
-# Built once: asked at the first write of every transaction.
+# Built once: asked at the first write of every transaction, one round trip for both the
+# organisation's newest key version (the first row, state NULL, version NULL without keys)
+# and its blind-index key versions being written (active or backfilling).
 # (The org_id columns take their type from their foreign key only once every table is
-# known, so the parameters name theirs.)
-_NEWEST_ORG_KEY = select(func.max(OrgKey.version)).where(
-    OrgKey.org_id == bindparam("org_id", type_=Uuid())
-)
-_INDEX_VERSIONS = select(IndexKey.version).where(
-    IndexKey.org_id == bindparam("org_id", type_=Uuid()),
-    IndexKey.state.in_(bindparam("states", expanding=True)),
+# known, so the parameter names its own.)
+_ORG_ID = bindparam("org_id", type_=Uuid())
+_STORED_VERSIONS = union_all(
+    select(null().label("state"), func.max(OrgKey.version).label("version")).where(
+        OrgKey.org_id == _ORG_ID
+    ),
+    select(IndexKey.state, IndexKey.version).where(
+        IndexKey.org_id == _ORG_ID, IndexKey.state.in_(_WRITTEN_INDEX_STATES)
+    ),
 )
 
 
@@ -191,8 +197,24 @@ class KeyService:
             memo[("org", org_id)] = self._current_org_key_version(org_id)
         return memo[("org", org_id)]  # type: ignore[no-any-return]
 
+    def _stored_versions(self, org_id: uuid.UUID) -> tuple[int | None, list[tuple[str, int]]]:
+        """(newest organisation key version, [(state, version)] of the index keys written),
+        as stored, read once per transaction (and again after this session creates a key)."""
+        memo = self._memo()
+        key = ("stored", org_id)
+        if key not in memo:
+            org_version: int | None = None
+            index_keys: list[tuple[str, int]] = []
+            for state, version in self.session.execute(_STORED_VERSIONS, {"org_id": org_id}):
+                if state is None:
+                    org_version = version
+                else:
+                    index_keys.append((state, version))
+            memo[key] = (org_version, index_keys)
+        return memo[key]  # type: ignore[no-any-return]
+
     def _current_org_key_version(self, org_id: uuid.UUID) -> int:
-        version = self.session.scalar(_NEWEST_ORG_KEY, {"org_id": org_id})
+        version = self._stored_versions(org_id)[0]
         pending = [
             r.version for r in self.session.new if isinstance(r, OrgKey) and r.org_id == org_id
         ]
@@ -336,8 +358,8 @@ class KeyService:
         return list(memo[key])
 
     def _index_versions(self, org_id: uuid.UUID, *, for_query: bool) -> list[int]:
-        states = ("active",) if for_query else ("active", "backfilling")
-        versions = list(self.session.scalars(_INDEX_VERSIONS, {"org_id": org_id, "states": states}))
+        states = ("active",) if for_query else _WRITTEN_INDEX_STATES
+        versions = [v for state, v in self._stored_versions(org_id)[1] if state in states]
         versions += [
             r.version
             for r in self.session.new

@@ -1,0 +1,144 @@
+"""Pooled database connections: pinged only after sitting idle, and a connection lost under
+a request answers 503 (retryable) instead of 500, and the next request works again."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+import referral_api.db
+from referral_api.access.roles import Role
+from referral_api.extensions import db
+
+on_postgres = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="terminating a server connection needs PostgreSQL "
+    "(set DATABASE_URL=postgresql://… to run these tests)",
+)
+
+
+@pytest.fixture
+def ping_after_1s(app_config: dict[str, Any]) -> None:
+    app_config["DB_PING_AFTER_IDLE_SECONDS"] = 1.0
+
+
+@pytest.fixture
+def ping_always(app_config: dict[str, Any]) -> None:
+    app_config["DB_PING_AFTER_IDLE_SECONDS"] = 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(referral_api.db, "monotonic", fake)
+    return fake
+
+
+def _count_pings(monkeypatch: pytest.MonkeyPatch, app: Any) -> list[int]:
+    dialect = db.engine_for(app).dialect
+    real_ping = dialect.do_ping
+    pings: list[int] = []
+
+    def counting(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counting)
+    return pings
+
+
+def test_busy_connections_are_not_pinged_idle_ones_are(
+    ping_after_1s, clock, monkeypatch, factory, auth_headers
+):
+    client = factory.client
+    headers = auth_headers(Role.CASEWORKER)
+    pings = _count_pings(monkeypatch, factory.app)
+
+    for _ in range(3):  # back to back: the connection was checked in "just now"
+        assert client.get("/api/v1/cases", headers=headers).status_code == 200
+    assert pings == []
+
+    clock.now += 1.5  # every pooled connection has now sat idle for 1.5 s
+    assert client.get("/api/v1/cases", headers=headers).status_code == 200
+    assert pings, "an idle connection must be pinged before use"
+
+
+def test_zero_threshold_pings_before_every_use(ping_always, monkeypatch, factory, auth_headers):
+    client = factory.client
+    headers = auth_headers(Role.CASEWORKER)
+    pings = _count_pings(monkeypatch, factory.app)
+
+    for _ in range(3):
+        assert client.get("/api/v1/cases", headers=headers).status_code == 200
+    assert len(pings) >= 3
+
+
+def _kill_pooled_connection(app: Any) -> None:
+    """Leave exactly one connection in the app's pool and terminate it on the server."""
+    engine = db.engine_for(app)
+    engine.pool.dispose()  # any other pooled connection goes; the next checkout reconnects
+    with engine.connect() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    admin = create_engine(engine.url, poolclass=NullPool)
+    try:
+        with admin.begin() as connection:
+            assert connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+            ).scalar_one()
+    finally:
+        admin.dispose()
+
+
+@on_postgres
+def test_connection_killed_while_idle_is_replaced_by_the_ping(
+    ping_after_1s, clock, factory, auth_headers
+):
+    client = factory.client
+    headers = auth_headers(Role.CASEWORKER)
+    _kill_pooled_connection(factory.app)
+
+    clock.now += 5  # a restart between two quiet requests
+    response = client.get("/api/v1/cases", headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+@on_postgres
+def test_connection_killed_between_busy_requests_is_a_retryable_503(
+    ping_after_1s, clock, factory, auth_headers, session, caplog
+):
+    client = factory.client
+    principal = factory.user(Role.CASEWORKER)
+    headers = factory.headers(principal)
+    body = {"case_type": "thb", "risk_level": "high", "identity": {"given_name": "Ana"}}
+    _kill_pooled_connection(factory.app)
+
+    # Within the idle threshold: no ping, so the request meets the dead connection.
+    with caplog.at_level(logging.WARNING, logger="referral_api.errors"):
+        response = client.post("/api/v1/cases", json=body, headers=headers)
+    problem = assert_problem(response, 503)
+    assert problem["type"] == "/problems/database-unavailable"
+    assert response.headers["Retry-After"] == "1"
+    assert "Ana" not in response.get_data(as_text=True)
+    assert any("database connection lost" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    count = "SELECT count(*) FROM cases WHERE org_id = :org"
+    assert session.execute(text(count), {"org": principal.org_id}).scalar_one() == 0
+
+    # SQLAlchemy discarded the dead connection: the retry succeeds, once.
+    retry = client.post("/api/v1/cases", json=body, headers=headers)
+    assert retry.status_code == 201, retry.get_data(as_text=True)
+    assert session.execute(text(count), {"org": principal.org_id}).scalar_one() == 1
