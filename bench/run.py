@@ -352,11 +352,63 @@ def _log_run(name: str, label: str, record: dict[str, Any]) -> None:
     )
 
 
+class Sealer:
+    """`referral-api audit seal --follow`: the audit sealer process the real app's workers
+    leave sealing to under REFERRAL_API_AUDIT_SEALER=external (a child of this script, so
+    its CPU counts as the benchmark's own)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.log_file = (common.RESULTS / "sealer.log").open("w")
+        self.process = subprocess.Popen(
+            [str(common.VENV_BIN / "referral-api"), "audit", "seal", "--follow"],
+            env={**os.environ, **env},
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(common.REPO),
+        )
+        log(f"sealer: pid {self.process.pid} (referral-api audit seal --follow)")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+        log("sealer: stopped")
+
+
+def _sealing_thread_get(args: Any, files: dict[str, Path], token_file: Path) -> dict[str, Any]:
+    """GET by id once more with the workers' own sealing threads (the default deployment
+    without a sealer process), for comparison with the external sealer."""
+    env = {**common.app_env(), "REFERRAL_API_AUDIT_SEALER": "thread"}
+    real = Server("real-thread", REAL_PORT, "referral_api:create_app()", env, args.workers)
+    try:
+        real.wait_ready("/ready")
+        token_file.write_text(login(real) + "\n")
+        if args.warmup:
+            wrk(real.url, "get", files["get"], token_file, args.warmup, args)
+        record: dict[str, Any] = {
+            "endpoint": ENDPOINTS[0][1],
+            "sealer": "thread",
+            "audit_rows_before": audit_rows(),
+        }
+        with cpu_watch(record):
+            record.update(wrk(real.url, "get", files["get"], token_file, args.duration, args))
+        _log_run("real", f"{ENDPOINTS[0][1]}, sealing thread in each worker", record)
+        return record
+    finally:
+        real.stop()
+
+
 def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
-    env = common.app_env()
+    env = {**common.app_env(), "REFERRAL_API_AUDIT_SEALER": args.sealer}
     bare_env = {"BARE_DATABASE_URL": common.db_url()}
-    runs: dict[str, Any] = {}
+    runs: dict[str, Any] = {"sealer": args.sealer}
     real = bare = None
+    sealer = Sealer(env) if args.sealer == "external" else None
     try:
         real = Server("real", REAL_PORT, "referral_api:create_app()", env, args.workers)
         bare = Server("bare", BARE_PORT, "bare_app:create_app()", bare_env, args.workers)
@@ -389,10 +441,16 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
                 record.update(wrk(real.url, mode, files[mode], token_file, args.duration, single))
             runs[f"{mode}/real/1-connection"] = record
             _log_run("real", f"{label}, 1 connection", record)
+        if sealer is not None:
+            real.stop()
+            real = None
+            runs["get/real/sealing-thread"] = _sealing_thread_get(args, files, token_file)
     finally:
         for server in (real, bare):
             if server is not None:
                 server.stop()
+        if sealer is not None:
+            sealer.stop()
     runs["removed_posted_cases"] = remove_posted_cases()
     return runs
 
@@ -597,10 +655,19 @@ def summary(results: dict[str, Any]) -> str:
             f"{_mark(g['rps'] / b['rps'] >= 0.6)} |"
         )
         lines.append(
-            f"| GET /cases/{{id}} p99 vs bare | {g['p99_ms'] / b['p99_ms']:.2f}x "
+            f"| GET /cases/{{id}} p99 vs bare ({runs.get('sealer', 'thread')} sealer) | "
+            f"{g['p99_ms'] / b['p99_ms']:.2f}x "
             f"({g['p99_ms']:.1f} vs {b['p99_ms']:.1f} ms) | ≤ 2x | "
             f"{_mark(g['p99_ms'] / b['p99_ms'] <= 2)} |"
         )
+        t = runs.get("get/real/sealing-thread")
+        if t:
+            lines.append(
+                f"| GET /cases/{{id}} with a sealing thread in each worker: throughput, p99 "
+                f"vs bare | {t['rps'] / b['rps']:.2f}x, {t['p99_ms'] / b['p99_ms']:.2f}x "
+                f"({t['p99_ms']:.1f} ms) | ≥ 0.6x, ≤ 2x | "
+                f"{_mark(t['rps'] / b['rps'] >= 0.6 and t['p99_ms'] / b['p99_ms'] <= 2)} |"
+            )
     if runs.get("post/real"):
         p, b = runs["post/real"], runs["post/bare"]
         lines.append(
@@ -660,6 +727,13 @@ def main() -> None:
         "--what-if",
         action="store_true",
         help="repeat the load runs with the suggested indexes (see README)",
+    )
+    parser.add_argument(
+        "--sealer",
+        default="external",
+        choices=["external", "thread"],
+        help="who seals the real app's audit rows: one `referral-api audit seal --follow` "
+        "process (the production layout, docs/operations.md) or each worker's thread",
     )
     parser.add_argument("--rotation-keys", type=int, default=50_000)
     parser.add_argument(

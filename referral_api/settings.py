@@ -48,6 +48,16 @@ def _read_or_create_secret(path: Path) -> str:
     return value
 
 
+AUDIT_SEALERS = ("thread", "external")
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
 def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the Flask config mapping from the environment plus explicit overrides."""
     overrides = dict(overrides or {})
@@ -132,6 +142,9 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # audited response seals after it is sent).
         "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100) / 1000,
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
+        # `thread`: each worker seals (above); `external`: workers never seal, a separate
+        # `referral-api audit seal --follow` process does (docs/audit.md).
+        "AUDIT_SEALER": _choice("REFERRAL_API_AUDIT_SEALER", AUDIT_SEALERS, "thread"),
         # A pooled database connection idle this long is pinged before use (0: before every
         # use); see db.make_engine.
         "DB_PING_AFTER_IDLE_SECONDS": _env_int("REFERRAL_API_DB_PING_AFTER_IDLE_MS", 1000) / 1000,

@@ -214,3 +214,70 @@ def test_a_batch_holding_a_row_sealed_meanwhile_is_refused_whole(app, monkeypatc
         pending = s.scalars(select(AuditEvent.action).where(AuditEvent.seq.is_(None))).all()
         assert pending == ["probe:second"]
         assert service.verify_chain(s).ok
+
+
+@pytest.fixture
+def external(app: Any, database_url: str, keyring_path: str) -> Any:
+    """An app whose workers leave sealing to the `audit seal --follow` process."""
+    return create_app(conftest.test_config(database_url, keyring_path, AUDIT_SEALER="external"))
+
+
+def test_external_sealer_workers_leave_rows_to_the_sealer_process(
+    external: Any, session: Any, rounds: list[str]
+) -> None:
+    assert hooks.SEALER not in external.extensions  # no thread
+    client = external.test_client()
+    case_id, headers = _case_and_headers(external, client)
+    for _ in range(3):
+        response = client.get(f"/api/v1/cases/{case_id}", headers=headers, buffered=True)
+        assert response.status_code == 200
+    # Neither a thread nor the responses sealed anything: creation + three reads wait.
+    assert rounds == []
+    assert _unsealed(session) == 4
+
+    result = external.test_cli_runner().invoke(
+        args=["audit", "seal", "--follow", "--delay-ms", "10", "--rounds", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "4 rows sealed"
+    assert _unsealed(session) == 0
+    with hooks_session(external) as s:
+        outcome = service.verify_chain(s)
+    assert (outcome.ok, outcome.checked, outcome.unsealed) == (True, 4, 0)
+
+
+def test_follow_survives_a_failed_round_and_stops_on_sigterm(app, session, monkeypatch):
+    import os
+    import signal
+
+    from referral_api.access.actor import Actor
+
+    with hooks_session(app) as s:
+        service.record(s, Actor.system(), "probe:pending", resource_type="probe")
+        s.commit()
+    calls: list[int] = []
+    real = hooks.seal_batch
+
+    def flaky(session: Any, batch_size: int = 500) -> int | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise service.SealConflict("database away")  # logged, retried next round
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by follow: ends after this round
+        return real(session, batch_size)
+
+    monkeypatch.setattr(hooks, "seal_batch", flaky)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    assert hooks.follow(app, delay=0.01) == 1
+    assert len(calls) == 2
+    assert _unsealed(session) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # restored
+
+
+def test_unknown_sealer_mode_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from referral_api.exceptions import ConfigurationError
+    from referral_api.settings import load_settings
+
+    monkeypatch.setenv("REFERRAL_API_AUDIT_SEALER", "cron")
+    with pytest.raises(ConfigurationError, match="REFERRAL_API_AUDIT_SEALER"):
+        load_settings(str(tmp_path))

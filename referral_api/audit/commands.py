@@ -16,11 +16,36 @@ audit_group = AppGroup("audit", help="Audit log.")
 
 
 @audit_group.command("seal")
-def seal() -> None:
-    """Chain every pending audit row."""
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep sealing until stopped (SIGTERM/SIGINT): the sealer process for "
+    "REFERRAL_API_AUDIT_SEALER=external.",
+)
+@click.option(
+    "--delay-ms",
+    type=click.IntRange(min=10),
+    default=None,
+    help="With --follow: pause between rounds (default REFERRAL_API_AUDIT_SEAL_DELAY_MS).",
+)
+@click.option("--rounds", type=click.IntRange(min=1), default=None, hidden=True)
+def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
+    """Chain every pending audit row (once, or continuously with --follow)."""
     from referral_api.extensions import db
 
-    sealed = service.seal_all(db.session_factory_for(current_app))
+    if not follow:
+        sealed = service.seal_all(db.session_factory_for(current_app))
+        click.echo(f"{sealed} rows sealed")
+        return
+    from referral_api.audit.hooks import follow as follow_chain
+
+    delay = (
+        delay_ms / 1000
+        if delay_ms is not None
+        else max(float(current_app.config.get("AUDIT_SEAL_DELAY_SECONDS", 0.1)), 0.01)
+    )
+    click.echo(f"sealing audit rows every {delay * 1000:.0f} ms until stopped")
+    sealed = follow_chain(current_app._get_current_object(), delay, rounds)  # type: ignore[attr-defined]
     click.echo(f"{sealed} rows sealed")
 
 

@@ -15,6 +15,10 @@ request's job:
 - Without the thread (interval 0, as in the tests), each audited response seals right
   after it has been sent (`call_on_close`).
 
+- With AUDIT_SEALER=external, workers do not seal at all: one `referral-api audit seal
+  --follow` process, run beside the workers, seals every AUDIT_SEAL_DELAY_SECONDS. Sealing
+  then never competes with a request for its worker's interpreter (the GIL).
+
 Either way the sealer takes the chain head with SKIP LOCKED, so no request and no worker
 ever waits for another one to finish sealing; rows are chained in id order.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from typing import Any
 
@@ -115,7 +120,36 @@ class BackgroundSealer:
             self._thread.join(timeout)
 
 
+def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
+    """The external sealer (`referral-api audit seal --follow`): seal what is pending, wait
+    `delay` seconds, again, until SIGTERM/SIGINT (or `rounds` rounds, for tests). Returns
+    how many rows it sealed. A failed round (database away) is logged and retried."""
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {
+        signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    total = done = 0
+    try:
+        while not stop.is_set() and (rounds is None or done < rounds):
+            sealed, head_busy = _seal(app, max_rounds=20)
+            total += sealed
+            done += 1
+            if sealed < _BATCH or head_busy:
+                stop.wait(delay)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return total
+
+
 def init_app(app: Flask) -> None:
+    if app.config.get("AUDIT_SEALER", "thread") == "external":
+        # Rows wait (unsealed, still append-only) for the separate sealer process.
+        return
     interval = float(app.config.get("AUDIT_SEAL_INTERVAL_SECONDS", 5))
     sealer: BackgroundSealer | None = None
     if interval > 0:
