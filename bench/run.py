@@ -444,6 +444,8 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
         if sealer is not None:
             real.stop()
             real = None
+            sealer.stop()  # the workers' threads alone seal from here
+            sealer = None
             runs["get/real/sealing-thread"] = _sealing_thread_get(args, files, token_file)
     finally:
         for server in (real, bare):
