@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask, Response, current_app, g
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,12 +38,18 @@ from referral_api.audit.service import ROWS_WRITTEN, seal_batch
 
 log = logging.getLogger(__name__)
 _BATCH = 500
+_MAX_BACKOFF = 5.0
 SEALER = "referral_api.audit_sealer"
 
 
-def _seal(app: Flask, max_rounds: int) -> tuple[int, bool]:
-    """Seal in committed batches until one is short. Returns (rows sealed, whether the
-    chain head was busy: another worker is sealing and may have missed our rows)."""
+class _Round(NamedTuple):
+    sealed: int  # rows sealed
+    head_busy: bool  # another worker is sealing and may have missed our rows
+    failed: bool = False  # a database error ended the round (logged)
+
+
+def _seal(app: Flask, max_rounds: int) -> _Round:
+    """Seal in committed batches until one is short."""
     from referral_api.extensions import db
 
     total = 0
@@ -53,14 +59,15 @@ def _seal(app: Flask, max_rounds: int) -> tuple[int, bool]:
                 sealed = seal_batch(session, _BATCH)
                 session.commit()
             if sealed is None:
-                return total, True
+                return _Round(total, True)
             total += sealed
             if sealed < _BATCH:
                 break
     except SQLAlchemyError:
         # Never fails a request: unsealed rows are picked up by the next seal or verify.
         log.warning("audit sealing deferred", exc_info=True)
-    return total, False
+        return _Round(total, False, failed=True)
+    return _Round(total, False)
 
 
 def seal_now(app: Flask, *, max_rounds: int = 20) -> int:
@@ -109,8 +116,7 @@ class BackgroundSealer:
                 break
             # Cleared before the round's SELECT: a row committed after it signals again.
             self._wake.clear()
-            _, head_busy = _seal(self.app, max_rounds=20)
-            if head_busy:
+            if _seal(self.app, max_rounds=20).head_busy:
                 self._wake.set()  # another worker is sealing: look again after the delay
 
     def stop(self, timeout: float | None = None) -> None:
@@ -133,13 +139,16 @@ def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
         signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)
     }
     total = done = 0
+    pause = delay
     try:
         while not stop.is_set() and (rounds is None or done < rounds):
-            sealed, head_busy = _seal(app, max_rounds=20)
-            total += sealed
+            outcome = _seal(app, max_rounds=20)
+            total += outcome.sealed
             done += 1
-            if sealed < _BATCH or head_busy:
-                stop.wait(delay)
+            # While the database is away, retry less and less often (up to every 5 s).
+            pause = min(max(pause * 2, delay), _MAX_BACKOFF) if outcome.failed else delay
+            if outcome.failed or outcome.sealed < _BATCH or outcome.head_busy:
+                stop.wait(pause)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
