@@ -408,7 +408,9 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
     bare_env = {"BARE_DATABASE_URL": common.db_url()}
     runs: dict[str, Any] = {"sealer": args.sealer}
     real = bare = None
-    sealer = Sealer(env) if args.sealer == "external" else None
+    # The sealer process runs only while the real app is loaded: even idle, it polls the
+    # database, which the bare twin's runs must not pay for.
+    sealer = None
     try:
         real = Server("real", REAL_PORT, "referral_api:create_app()", env, args.workers)
         bare = Server("bare", BARE_PORT, "bare_app:create_app()", bare_env, args.workers)
@@ -424,15 +426,22 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
                     token_file.write_text(login(real) + "\n")  # tokens live 15 minutes
                 token_arg = token_file if server is real else None
                 data = files.get(mode)
+                if server is real and args.sealer == "external":
+                    sealer = Sealer(env)
                 if args.warmup:
                     wrk(server.url, mode, data, token_arg, args.warmup, args)
                 record: dict[str, Any] = {"endpoint": label, "audit_rows_before": audit_rows()}
                 with cpu_watch(record):
                     record.update(wrk(server.url, mode, data, token_arg, args.duration, args))
+                if sealer is not None:
+                    sealer.stop()
+                    sealer = None
                 runs[f"{mode}/{server.name}"] = record
                 _log_run(server.name, label, record)
         # Latency without queueing: one connection, real app, search and read.
         single = argparse.Namespace(threads=1, connections=1)
+        if args.sealer == "external":
+            sealer = Sealer(env)
         for mode, label in ENDPOINTS[:2]:
             token_file.write_text(login(real) + "\n")
             wrk(real.url, mode, files[mode], token_file, max(args.warmup, 1), single)
@@ -442,10 +451,10 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
             runs[f"{mode}/real/1-connection"] = record
             _log_run("real", f"{label}, 1 connection", record)
         if sealer is not None:
-            real.stop()
-            real = None
             sealer.stop()  # the workers' threads alone seal from here
             sealer = None
+            real.stop()
+            real = None
             runs["get/real/sealing-thread"] = _sealing_thread_get(args, files, token_file)
     finally:
         for server in (real, bare):

@@ -39,6 +39,7 @@ from referral_api.audit.service import ROWS_WRITTEN, seal_batch
 log = logging.getLogger(__name__)
 _BATCH = 500
 _MAX_BACKOFF = 5.0
+_MAX_IDLE_PAUSE = 1.0
 SEALER = "referral_api.audit_sealer"
 
 
@@ -145,8 +146,14 @@ def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
             outcome = _seal(app, max_rounds=20)
             total += outcome.sealed
             done += 1
-            # While the database is away, retry less and less often (up to every 5 s).
-            pause = min(max(pause * 2, delay), _MAX_BACKOFF) if outcome.failed else delay
+            if outcome.failed:
+                # The database is away: retry less and less often (up to every 5 s).
+                pause = min(max(pause * 2, delay), _MAX_BACKOFF)
+            elif outcome.sealed == 0 and not outcome.head_busy:
+                # Nothing to seal: look less and less often while idle (up to every 1 s).
+                pause = min(max(pause * 2, delay), max(delay, _MAX_IDLE_PAUSE))
+            else:
+                pause = delay
             if outcome.failed or outcome.sealed < _BATCH or outcome.head_busy:
                 stop.wait(pause)
     finally:
