@@ -156,20 +156,34 @@ def chain_hash(prev_hash: str, event: Any, seq: int) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + _canonical(event, seq)).hexdigest()
 
 
-def _lock_head(session: Session) -> AuditChainHead | None:
-    stmt = select(AuditChainHead).where(AuditChainHead.id == 1)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    head = session.scalars(stmt).one_or_none()
-    if head is None and session.get(AuditChainHead, 1) is None:
-        try:
-            with session.begin_nested():
-                head = AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH)
-                session.add(head)
-                session.flush()
-        except IntegrityError:
-            return None  # created concurrently; the next seal will use it
-    return head
+_HEAD = AuditChainHead.__table__
+# The chain head read, locked and moved with Core: a sealing round runs several times a
+# second per sealer, and the ORM object bought nothing but per-round overhead.
+_READ_HEAD = select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1)
+_LOCK_HEAD = _READ_HEAD.with_for_update(skip_locked=True)
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(last_seq=bindparam("last_seq"), last_hash=bindparam("last_hash"))
+)
+
+
+def _lock_head(session: Session) -> tuple[int, str] | None:
+    """(last seq, last hash) of the chain head, locked for this transaction on PostgreSQL;
+    None if another sealer holds it (or created it concurrently)."""
+    locking = session.get_bind().dialect.name == "postgresql"
+    head = session.execute(_LOCK_HEAD if locking else _READ_HEAD).one_or_none()
+    if head is not None:
+        return head.last_seq, head.last_hash
+    if session.execute(_READ_HEAD).one_or_none() is not None:
+        return None  # locked by another sealer: SKIP LOCKED saw no row
+    try:
+        with session.begin_nested():
+            session.add(AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH))
+            session.flush()
+    except IntegrityError:
+        return None  # created concurrently; the next seal will use it
+    return 0, GENESIS_HASH
 
 
 def seal_pending(session: Session, batch_size: int = 500) -> int:
@@ -206,10 +220,10 @@ _SEAL = (
 # sealed in the background, but on the same cores as the requests).
 _SEALS = (
     func.unnest(
-        bindparam("row_ids", type_=ARRAY(BigInteger)),
-        bindparam("seqs", type_=ARRAY(BigInteger)),
-        bindparam("prev_hashes", type_=ARRAY(String)),
-        bindparam("hashes", type_=ARRAY(String)),
+        bindparam("row_ids", type_=ARRAY(BigInteger, dimensions=1)),
+        bindparam("seqs", type_=ARRAY(BigInteger, dimensions=1)),
+        bindparam("prev_hashes", type_=ARRAY(String, dimensions=1)),
+        bindparam("hashes", type_=ARRAY(String, dimensions=1)),
     )
     .table_valued("row_id", "seq", "prev_hash", "hash")
     .render_derived(name="seals")
@@ -256,7 +270,7 @@ def seal_batch(session: Session, batch_size: int = 500) -> int | None:
     if not rows:
         return 0
     now = datetime.now(UTC)
-    last_seq, last_hash = head.last_seq, head.last_hash
+    last_seq, last_hash = head
     seals = []
     for row in rows:
         seq = last_seq + 1
@@ -267,7 +281,7 @@ def seal_batch(session: Session, batch_size: int = 500) -> int | None:
         # Only possible if something sealed rows without holding the chain head: chaining
         # on would fork the chain. The caller's transaction must roll back.
         raise SealConflict("audit rows were sealed concurrently; nothing sealed")
-    head.last_seq, head.last_hash = last_seq, last_hash
+    session.execute(_MOVE_HEAD, {"last_seq": last_seq, "last_hash": last_hash})
     return len(rows)
 
 
