@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -907,3 +908,44 @@ def test_org_dpo_may_read_the_access_log_but_no_case_content(
     # The DPO sees metadata only, so the row says `case:view` with no category.
     row = one_row_of(app, read)
     assert (row.action, row.categories) == ("case:view", None)
+
+
+def test_canonical_form_and_chain_hash_are_pinned():
+    # Every stored chain is verified against this exact byte form: changing it (key order,
+    # separators, escaping, timestamp format) would make every sealed row fail verification.
+    from types import SimpleNamespace
+
+    event = SimpleNamespace(
+        id=42,
+        occurred_at=datetime(2026, 11, 29, 8, 0, 0, 123456, tzinfo=UTC),
+        actor_type="user",
+        actor_id=uuid.UUID("11111111-2222-3333-4444-555555555555"),
+        actor_org_id=uuid.UUID("66666666-7777-8888-9999-000000000000"),
+        actor_role="caseworker",
+        acting_officer=None,
+        action="case:read",
+        resource_type="case",
+        resource_id="abc",
+        case_id=uuid.UUID("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+        categories="identity,contact",
+        purpose=None,
+        decision="allow",
+        reason=None,
+        legal_basis=None,
+        request_id="r1",
+        details='{"via":"list"}',
+    )
+    assert service._canonical(event, 7) == (
+        b'{"acting_officer":null,"action":"case:read",'
+        b'"actor_id":"11111111-2222-3333-4444-555555555555",'
+        b'"actor_org_id":"66666666-7777-8888-9999-000000000000","actor_role":"caseworker",'
+        b'"actor_type":"user","case_id":"aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",'
+        b'"categories":"identity,contact","decision":"allow",'
+        b'"details":"{\\"via\\":\\"list\\"}","id":42,"legal_basis":null,'
+        b'"occurred_at":"2026-11-29T08:00:00.123456+00:00","purpose":null,"reason":null,'
+        b'"request_id":"r1","resource_id":"abc","resource_type":"case","seq":7}'
+    )
+    assert (
+        service.chain_hash(service.GENESIS_HASH, event, 7)
+        == "26dfc83ae20f4e8c23704a5c5e8a0ec113666eebb63b7c370948379150c3e762"
+    )

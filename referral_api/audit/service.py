@@ -139,6 +139,11 @@ def record_many(
     session.info[ROWS_WRITTEN] = True
 
 
+# json.dumps(document, sort_keys=True, separators=(",", ":")) builds this encoder on every
+# call; the same encoder, built once, gives the same bytes.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _canonical(event: Any, seq: int) -> bytes:
     """`event`: an AuditEvent or a row with its canonical columns."""
     document: dict[str, Any] = {"seq": seq}
@@ -149,7 +154,7 @@ def _canonical(event: Any, seq: int) -> bytes:
         elif value is not None and not isinstance(value, (str, int)):
             value = str(value)
         document[name] = value
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _CANONICAL_JSON.encode(document).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, event: Any, seq: int) -> str:
