@@ -12,7 +12,7 @@ from typing import Any
 
 import marshmallow as ma
 from flask import Flask, Response, g, json
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -135,19 +135,22 @@ def handle_stale_data(_error: StaleDataError) -> Response:
 
 
 def handle_database_error(error: DBAPIError) -> Response:
-    if not error.connection_invalidated:
+    # Worth a retry: the connection went away under the request (a restart, a failover:
+    # SQLAlchemy has then discarded it and every older pooled connection), or no connection
+    # could be made at all (no statement was run). Any other database error is a bug.
+    unreachable = isinstance(error, OperationalError) and error.statement is None
+    if not (error.connection_invalidated or unreachable):
         return handle_unexpected(error)
-    # The connection died under the request (a database restart or failover): SQLAlchemy
-    # has discarded it and every older pooled connection, so a retry gets a fresh one. The
-    # transaction was not committed, unless the connection died during COMMIT itself.
+    # The transaction was not committed, unless the connection died during COMMIT itself.
     log.warning(
-        "database connection lost: %s",
+        "database unavailable: %s%s",
         type(error.orig).__name__,
+        " (connection lost)" if error.connection_invalidated else "",
         extra={"request_id": getattr(g, "request_id", None)},
     )
     return problem_response(
         503,
-        detail="The connection to the database was lost. Retry the request.",
+        detail="The database is unavailable or the connection to it was lost. Retry the request.",
         type_="/problems/database-unavailable",
         headers={"Retry-After": "1"},
     )
