@@ -7,13 +7,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from time import monotonic
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     DateTime,
     Engine,
     Enum,
     MetaData,
+    Table,
     TypeDecorator,
     create_engine,
     event,
@@ -33,6 +34,8 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model here is mapped to a Table (DeclarativeBase types it as any FromClause).
+    __table__: ClassVar[Table]
 
 
 def utcnow() -> datetime:

@@ -97,8 +97,9 @@ def problem_from_http_exception(error: HTTPException) -> Response:
     data = getattr(error, "data", None) or {}
     errors = data.get("errors") or data.get("messages")
     headers = dict(data.get("headers") or {})
-    if status == 405 and getattr(error, "valid_methods", None):
-        headers["Allow"] = ", ".join(sorted(error.valid_methods or []))
+    valid_methods = getattr(error, "valid_methods", None)  # werkzeug's MethodNotAllowed
+    if status == 405 and valid_methods:
+        headers["Allow"] = ", ".join(sorted(valid_methods))
     detail = data.get("message") if isinstance(data.get("message"), str) else None
     if status == 400 and errors:
         # webargs reports malformed JSON as a 400 with a nested message; keep ours.

@@ -38,7 +38,8 @@ _PARTIAL_DATE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$
 class IsoDateString(ma.fields.Date):
     """A calendar date, stored as its ISO string (the encrypted JSON keeps no Python types)."""
 
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+    # Returns the ISO string, not the date marshmallow's Date returns.
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:  # type: ignore[override]
         return super()._deserialize(value, attr, data, **kwargs).isoformat()
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:

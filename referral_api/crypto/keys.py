@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Uuid, bindparam, event, func, null, select, union_all
+from sqlalchemy import CompoundSelect, Uuid, bindparam, event, func, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -161,7 +161,7 @@ def unwrap_data_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
 # (The org_id columns take their type from their foreign key only once every table is
 # known, so the parameter names its own.)
 _ORG_ID = bindparam("org_id", type_=Uuid())
-_STORED_VERSIONS = union_all(
+_STORED_VERSIONS: CompoundSelect = union_all(
     select(null().label("state"), func.max(OrgKey.version).label("version")).where(
         OrgKey.org_id == _ORG_ID
     ),

@@ -17,7 +17,7 @@ from referral_api.consent.vocabulary import Purpose
 from referral_api.dpo.service import QUALITY_ISSUES
 from referral_api.pagination import PageArgsSchema
 
-_UUID = {"allow_none": True}
+_UUID: dict[str, Any] = {"allow_none": True}
 
 
 def _time(**kw: Any) -> ma.fields.AwareDateTime:

@@ -16,10 +16,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    CursorResult,
     Select,
     and_,
     case,
@@ -567,27 +568,27 @@ def _consent_views(session: Session, case_ids: set[uuid.UUID]) -> dict[uuid.UUID
     ).all()
     consent_ids = [row.id for row in records]
     provisions: dict[uuid.UUID, list[ProvisionView]] = {}
-    for row in session.execute(
+    for provision in session.execute(
         select(_PROVISIONS)
         .where(_PROVISIONS.c.consent_id.in_(consent_ids))
         .order_by(_PROVISIONS.c.consent_id, _PROVISIONS.c.position)
     ).mappings():
-        provisions.setdefault(row["consent_id"], []).append(
+        provisions.setdefault(provision["consent_id"], []).append(
             ProvisionView(
-                id=row["id"],
-                purpose=row["purpose"],
-                recipient_org_id=row["recipient_org_id"],
-                recipient_org_type=row["recipient_org_type"],
+                id=provision["id"],
+                purpose=provision["purpose"],
+                recipient_org_id=provision["recipient_org_id"],
+                recipient_org_type=provision["recipient_org_type"],
                 # A code no release ever wrote (a tampered row) covers nothing.
                 categories=frozenset(
-                    Category(c) for c in _split(row["categories"]) if c in _CATEGORY_CODES
+                    Category(c) for c in _split(provision["categories"]) if c in _CATEGORY_CODES
                 ),
-                valid_from=row["valid_from"],
-                valid_until=row["valid_until"],
+                valid_from=provision["valid_from"],
+                valid_until=provision["valid_until"],
             )
         )
     events: dict[uuid.UUID, list[EventView]] = {}
-    for row in session.execute(
+    for event in session.execute(
         select(
             _EVENTS.c.consent_id,
             _EVENTS.c.event_type,
@@ -597,8 +598,8 @@ def _consent_views(session: Session, case_ids: set[uuid.UUID]) -> dict[uuid.UUID
         .where(_EVENTS.c.consent_id.in_(consent_ids))
         .order_by(_EVENTS.c.occurred_at, _EVENTS.c.id)
     ):
-        events.setdefault(row.consent_id, []).append(
-            EventView(row.event_type, row.occurred_at, row.valid_until)
+        events.setdefault(event.consent_id, []).append(
+            EventView(event.event_type, event.occurred_at, event.valid_until)
         )
     views: dict[uuid.UUID, list[Any]] = {}
     for row in records:
@@ -896,7 +897,7 @@ def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> d
         .values(override_reviewed_by=actor.id, override_reviewed_at=at)
         .execution_options(synchronize_session=False)
     )
-    if reviewed.rowcount != 1:
+    if cast(CursorResult[Any], reviewed).rowcount != 1:
         raise Conflict("This override has already been reviewed.")
     audit.record(
         session,

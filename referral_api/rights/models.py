@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
@@ -96,4 +97,6 @@ class SubjectExport(_CaseKeyed, Base):
     downloaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     document = EncryptedField(Category.IDENTITY)
+    if TYPE_CHECKING:  # the ciphertext column EncryptedField adds (cleared once downloaded)
+        document_ct: bytes | None
     reason = EncryptedField(Category.NEEDS)

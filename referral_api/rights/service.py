@@ -667,6 +667,8 @@ def retention_due(
         if org_id is not None:
             stmt = stmt.where(Case.org_id == org_id)
         for cid, oid, ctype, closed_at, on_hold in session.execute(stmt.order_by(Case.closed_at)):
+            if closed_at is None:  # never: the query compares closed_at, NULL matches nothing
+                continue
             due.append(
                 RetentionDue(
                     cid,
