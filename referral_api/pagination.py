@@ -62,16 +62,19 @@ def paginate(
     id_col: Any,
     cursor: str | None,
     limit: int,
+    whole_rows: bool = False,
 ) -> Page:
-    """Newest first; the cursor is the (created_at, id) of the last row returned."""
+    """Newest first; the cursor is the (created_at, id) of the last row returned. Items are
+    the statement's first column, or with `whole_rows` its rows (the entity first)."""
     if cursor:
         created, row_id = decode_cursor(cursor)
         stmt = stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
-    rows = list(session.scalars(stmt.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)))
+    ordered = stmt.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
+    rows: list[Any] = list(session.execute(ordered) if whole_rows else session.scalars(ordered))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        last = rows[-1]
+        last = rows[-1][0] if whole_rows else rows[-1]
         next_cursor = encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
     return Page(rows, next_cursor)
 

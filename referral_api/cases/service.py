@@ -472,6 +472,14 @@ def list_cases(
     loaded = {attr for category in shown for attr in CATEGORY_FIELDS[category].values()}
     loaded.update(attr for field, _ in terms for attr in search.SOURCE_FIELDS[field])
     stmt = stmt.options(*_deferred_except(frozenset(loaded)))
+    decrypting = bool(terms or shown)
+    if decrypting:
+        # Each case comes with its current wrapped data key, in the page's own statement
+        # (a second statement for the page's keys, or one per case as fields decrypt,
+        # otherwise). Unwrapped only when a field is decrypted and the key is not cached.
+        stmt = stmt.add_columns(
+            CaseKey.org_id, CaseKey.org_key_version, CaseKey.wrapped_key
+        ).outerjoin(CaseKey, and_(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version))
     page = paginate(
         session,
         stmt,
@@ -479,12 +487,17 @@ def list_cases(
         id_col=Case.id,
         cursor=params.get("cursor"),
         limit=params["limit"],
+        whole_rows=decrypting,
     )
-    if page.items and (terms or shown):
-        # One query for the page's wrapped data keys, not one per case as fields decrypt.
-        crypto_of(session).keys(session).prime_case_keys(
-            (case.id, case.key_version) for case in page.items if case.key_version is not None
-        )
+    if decrypting:
+        cases = []
+        for case, org_id, org_key_version, wrapped_key in page.items:
+            if wrapped_key is not None and case.key_version is not None:
+                remember_wrapped_case_key(
+                    session, case.id, case.key_version, org_id, org_key_version, wrapped_key
+                )
+            cases.append(case)
+        page = Page(cases, page.next_cursor)
     compared: list[Case] = []
     if terms:
         region = crypto_of(session).phone_region

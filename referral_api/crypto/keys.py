@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,31 +317,6 @@ class KeyService:
         )
         self.cache.put(("case", case_id, version), data_key)
         return data_key
-
-    def prime_case_keys(self, wanted: Iterable[tuple[uuid.UUID, int]]) -> None:
-        """Unwrap the data keys of many cases with one query (a page of a list or search)
-        instead of one query per case as their fields are read. Keys already cached are
-        left alone; a missing key is not an error here (reading the field raises, as
-        without priming)."""
-        missing = {
-            (case_id, version)
-            for case_id, version in wanted
-            if self.cache.get(("case", case_id, version)) is None
-        }
-        if not missing:
-            return
-        rows = self.session.execute(
-            select(
-                CaseKey.case_id,
-                CaseKey.version,
-                CaseKey.org_id,
-                CaseKey.org_key_version,
-                CaseKey.wrapped_key,
-            ).where(CaseKey.case_id.in_(sorted({case_id for case_id, _ in missing})))
-        )
-        for case_id, version, org_id, org_key_version, wrapped_key in rows:
-            if (case_id, version) in missing:
-                self._unwrap_case_key(case_id, version, org_id, org_key_version, wrapped_key)
 
     def subkey(self, case_id: uuid.UUID, version: int, table: str, column: str) -> bytes:
         """A field's subkey in the current ciphertext format (for tests and restores)."""
