@@ -163,15 +163,20 @@ class Server:
         raise RuntimeError(f"{self.name} server not ready after {timeout} s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, timeout=30)
         self.log_file.close()
         log(f"{self.name}: stopped")
+
+
+def _terminate(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def http(
@@ -369,13 +374,7 @@ class Sealer:
         log(f"sealer: pid {self.process.pid} (referral-api audit seal --follow)")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, timeout=60)
         self.log_file.close()
         log("sealer: stopped")
 
