@@ -379,6 +379,25 @@ class Sealer:
         log("sealer: stopped")
 
 
+def _measured(
+    url: str,
+    mode: str,
+    data: Path | None,
+    token: Path | None,
+    warmup: int,
+    args: Any,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One measured wrk run after `warmup` seconds of warm-up: `fields`, the audit rows when
+    it started, wrk's figures and the CPU other processes used meanwhile."""
+    if warmup:
+        wrk(url, mode, data, token, warmup, args)
+    record: dict[str, Any] = {**fields, "audit_rows_before": audit_rows()}
+    with cpu_watch(record):
+        record.update(wrk(url, mode, data, token, args.duration, args))
+    return record
+
+
 def _sealing_thread_get(args: Any, files: dict[str, Path], token_file: Path) -> dict[str, Any]:
     """GET by id once more with the workers' own sealing threads (the default deployment
     without a sealer process), for comparison with the external sealer."""
@@ -387,15 +406,16 @@ def _sealing_thread_get(args: Any, files: dict[str, Path], token_file: Path) -> 
     try:
         real.wait_ready("/ready")
         token_file.write_text(login(real) + "\n")
-        if args.warmup:
-            wrk(real.url, "get", files["get"], token_file, args.warmup, args)
-        record: dict[str, Any] = {
-            "endpoint": ENDPOINTS[0][1],
-            "sealer": "thread",
-            "audit_rows_before": audit_rows(),
-        }
-        with cpu_watch(record):
-            record.update(wrk(real.url, "get", files["get"], token_file, args.duration, args))
+        record = _measured(
+            real.url,
+            "get",
+            files["get"],
+            token_file,
+            args.warmup,
+            args,
+            endpoint=ENDPOINTS[0][1],
+            sealer="thread",
+        )
         _log_run("real", f"{ENDPOINTS[0][1]}, sealing thread in each worker", record)
         return record
     finally:
@@ -427,26 +447,30 @@ def load_runs(args: Any, files: dict[str, Path]) -> dict[str, Any]:
                 data = files.get(mode)
                 if server is real and args.sealer == "external":
                     sealer = Sealer(env)
-                if args.warmup:
-                    wrk(server.url, mode, data, token_arg, args.warmup, args)
-                record: dict[str, Any] = {"endpoint": label, "audit_rows_before": audit_rows()}
-                with cpu_watch(record):
-                    record.update(wrk(server.url, mode, data, token_arg, args.duration, args))
+                record = _measured(
+                    server.url, mode, data, token_arg, args.warmup, args, endpoint=label
+                )
                 if sealer is not None:
                     sealer.stop()
                     sealer = None
                 runs[f"{mode}/{server.name}"] = record
                 _log_run(server.name, label, record)
         # Latency without queueing: one connection, real app, search and read.
-        single = argparse.Namespace(threads=1, connections=1)
+        single = argparse.Namespace(threads=1, connections=1, duration=args.duration)
         if args.sealer == "external":
             sealer = Sealer(env)
         for mode, label in ENDPOINTS[:2]:
             token_file.write_text(login(real) + "\n")
-            wrk(real.url, mode, files[mode], token_file, max(args.warmup, 1), single)
-            record = {"endpoint": label, "connections": 1, "audit_rows_before": audit_rows()}
-            with cpu_watch(record):
-                record.update(wrk(real.url, mode, files[mode], token_file, args.duration, single))
+            record = _measured(
+                real.url,
+                mode,
+                files[mode],
+                token_file,
+                max(args.warmup, 1),
+                single,
+                endpoint=label,
+                connections=1,
+            )
             runs[f"{mode}/real/1-connection"] = record
             _log_run("real", f"{label}, 1 connection", record)
         if sealer is not None:

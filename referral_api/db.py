@@ -112,8 +112,9 @@ def _ping_idle_connections(engine: Engine, after_idle: float) -> None:
     one that sat idle (through a database restart, a failover, an idle timeout) is the kind
     pre-ping exists for. A connection that dies within `after_idle` seconds of its last use
     fails its first statement instead: SQLAlchemy then invalidates it and every older
-    connection of the pool, and the request is answered 503 with Retry-After (errors.py),
-    having changed nothing. Failing a ping raises DisconnectionError, which makes the pool
+    connection of the pool, and the request is answered 503 with Retry-After (errors.py);
+    its transaction is lost with the connection, uncommitted unless the connection died
+    during COMMIT itself. Failing a ping raises DisconnectionError, which makes the pool
     discard the connection and check out (or open) another one, as pre-ping does.
     """
     dialect = engine.dialect

@@ -241,3 +241,14 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     assert isinstance(body["type"], str) and body["type"]
     assert isinstance(body.get("detail"), str)
     return body  # type: ignore[no-any-return]
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand: monkeypatch it over the `monotonic` a
+    module reads, then advance `now`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -11,6 +11,7 @@ import struct
 import uuid
 
 import pytest
+from conftest import FakeClock
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hmac import HMAC
@@ -445,17 +446,9 @@ def test_in_memory_keyring(tmp_path):
 # ---- KeyCache -----------------------------------------------------------------------------
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch) -> _Clock:
-    fake = _Clock()
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
     monkeypatch.setattr(keys_module.time, "monotonic", fake)
     return fake
 

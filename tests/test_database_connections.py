@@ -9,7 +9,7 @@ from typing import Any
 
 import conftest
 import pytest
-from conftest import assert_problem
+from conftest import FakeClock, assert_problem
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -35,17 +35,9 @@ def ping_always(app_config: dict[str, Any]) -> None:
     app_config["DB_PING_AFTER_IDLE_SECONDS"] = 0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
     monkeypatch.setattr(referral_api.db, "monotonic", fake)
     return fake
 

@@ -146,12 +146,12 @@ def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
             outcome = _seal(app, max_rounds=20)
             total += outcome.sealed
             done += 1
-            if outcome.failed:
-                # The database is away: retry less and less often (up to every 5 s).
-                pause = min(max(pause * 2, delay), _MAX_BACKOFF)
-            elif outcome.sealed == 0 and not outcome.head_busy:
-                # Nothing to seal: look less and less often while idle (up to every 1 s).
-                pause = min(max(pause * 2, delay), max(delay, _MAX_IDLE_PAUSE))
+            idle = outcome.sealed == 0 and not outcome.head_busy
+            if outcome.failed or idle:
+                # The database is away (retry up to every 5 s) or there was nothing to seal
+                # (look up to every 1 s): wait twice as long as last time, up to that.
+                cap = _MAX_BACKOFF if outcome.failed else max(delay, _MAX_IDLE_PAUSE)
+                pause = min(max(pause * 2, delay), cap)
             else:
                 pause = delay
             if outcome.failed or outcome.sealed < _BATCH or outcome.head_busy:

@@ -128,26 +128,32 @@ def _refused(
 # Audit action of a search candidate decrypted for comparison and not shown.
 SEARCH_COMPARE = "case:search-compare"
 
-# A case with its current wrapped data key: one statement, where loading the key when the
-# first field is decrypted would be a second (cases are read at random, so the unwrapped key
-# is rarely cached yet).
+# A case read with its current wrapped data key: one statement, where loading the key when
+# the first field is decrypted would be a second (cases are read at random, and a large
+# caseload's keys are rarely cached yet). Used by a read and by a page of a list or search.
+_KEY_COLUMNS = (CaseKey.org_id, CaseKey.org_key_version, CaseKey.wrapped_key)
+_CURRENT_KEY = and_(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version)
 _CASE_WITH_KEY = (
-    select(Case, CaseKey.org_id, CaseKey.org_key_version, CaseKey.wrapped_key)
-    .outerjoin(CaseKey, and_(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version))
+    select(Case, *_KEY_COLUMNS)
+    .outerjoin(CaseKey, _CURRENT_KEY)
     .where(Case.id == bindparam("case_id"))
 )
 
 
-def _load_case(session: Any, case_id: uuid.UUID) -> Case | None:
-    row = session.execute(_CASE_WITH_KEY, {"case_id": case_id}).one_or_none()
-    if row is None:
-        return None
+def _with_key(session: Any, row: Any) -> Case:
+    """The case of a (case, *_KEY_COLUMNS) row; its wrapped key goes to the key service,
+    to be unwrapped only if a field is decrypted and the key is not cached."""
     case, org_id, org_key_version, wrapped_key = row
     if wrapped_key is not None and case.key_version is not None:
         remember_wrapped_case_key(
             session, case.id, case.key_version, org_id, org_key_version, wrapped_key
         )
     return case  # type: ignore[no-any-return]
+
+
+def _load_case(session: Any, case_id: uuid.UUID) -> Case | None:
+    row = session.execute(_CASE_WITH_KEY, {"case_id": case_id}).one_or_none()
+    return None if row is None else _with_key(session, row)
 
 
 def authorize(
@@ -474,12 +480,9 @@ def list_cases(
     stmt = stmt.options(*_deferred_except(frozenset(loaded)))
     decrypting = bool(terms or shown)
     if decrypting:
-        # Each case comes with its current wrapped data key, in the page's own statement
-        # (a second statement for the page's keys, or one per case as fields decrypt,
-        # otherwise). Unwrapped only when a field is decrypted and the key is not cached.
-        stmt = stmt.add_columns(
-            CaseKey.org_id, CaseKey.org_key_version, CaseKey.wrapped_key
-        ).outerjoin(CaseKey, and_(CaseKey.case_id == Case.id, CaseKey.version == Case.key_version))
+        # Each case comes with its current wrapped data key, in the page's own statement (a
+        # second statement for the page's keys, or one per case as fields decrypt, otherwise).
+        stmt = stmt.add_columns(*_KEY_COLUMNS).outerjoin(CaseKey, _CURRENT_KEY)
     page = paginate(
         session,
         stmt,
@@ -490,14 +493,7 @@ def list_cases(
         whole_rows=decrypting,
     )
     if decrypting:
-        cases = []
-        for case, org_id, org_key_version, wrapped_key in page.items:
-            if wrapped_key is not None and case.key_version is not None:
-                remember_wrapped_case_key(
-                    session, case.id, case.key_version, org_id, org_key_version, wrapped_key
-                )
-            cases.append(case)
-        page = Page(cases, page.next_cursor)
+        page = Page([_with_key(session, row) for row in page.items], page.next_cursor)
     compared: list[Case] = []
     if terms:
         region = crypto_of(session).phone_region
