@@ -1,9 +1,10 @@
 """Seed the bench database with encrypted cases through the real model path.
 
 Every case is built as `referral_api.cases.demo` builds its demo cases: a `Case` model whose
-personal attributes are `EncryptedField`s, so the before-flush hook creates a per-case data
-key (wrapped by the organisation key), encrypts each field under its HKDF subkey with
-AES-256-GCM (ciphertext format 2) and writes the blind-index entries. Batches are
+personal attributes are `EncryptedField`s, inserted by `cases.models.insert_cases` (as
+`POST /cases` inserts one), which creates a per-case data key (wrapped by the organisation
+key), encrypts each field under its HKDF subkey with AES-256-GCM (ciphertext format 2) and
+writes the blind-index entries and the first status-history row. Batches are
 committed one transaction each, by several processes at once (one per core by default).
 
     .venv/bin/python bench/seed_cases.py --count 100000            # seed (migrates first)
@@ -61,16 +62,18 @@ FLUSH_EVERY = int(os.environ.get("BENCH_SEED_FLUSH_EVERY", "25"))
 
 
 def seed_range(app: Any, org_id: Any, start: int, stop: int) -> int:
-    """Insert cases [start, stop) in one committed transaction, flushed every FLUSH_EVERY
-    cases (equal-sized flushes reuse the same INSERT statement shapes; each flush writes
-    its cases' blind-index entries with one statement)."""
+    """Insert cases [start, stop) in one committed transaction, FLUSH_EVERY cases per
+    `insert_cases` call (the application's own path for new cases: one INSERT per table
+    for each batch, the blind-index entries in one statement)."""
+    from referral_api.cases.models import insert_cases
     from referral_api.extensions import db
 
     with app.app_context(), db.session_factory_for(app)() as session:
         for first in range(start, stop, FLUSH_EVERY):
             last = min(first + FLUSH_EVERY, stop)
-            session.add_all([build_case(i, org_id) for i in range(first, last)])
-            session.flush()
+            insert_cases(
+                session, [build_case(i, org_id) for i in range(first, last)], actor_id=None
+            )
         session.commit()
     return stop - start
 

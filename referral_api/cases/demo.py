@@ -10,7 +10,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from referral_api.cases.models import Case, CaseStatus, CaseType, NrmStage, RiskLevel
+from referral_api.cases.models import (
+    Case,
+    CaseStatus,
+    CaseType,
+    NrmStage,
+    RiskLevel,
+    insert_cases,
+)
 from referral_api.cases.service import new_case_code
 
 # (given, family, sex, nationality, languages, phone)
@@ -58,7 +65,6 @@ def seed_demo_cases(
                 [NrmStage.IDENTIFIED, NrmStage.ASSISTANCE, NrmStage.REFLECTION_PERIOD]
             ),
         )
-        session.add(case)
         values: dict[str, Any] = {
             "given_name": given,
             "family_name": family,
@@ -93,5 +99,5 @@ def seed_demo_cases(
         for attribute, value in values.items():
             setattr(case, attribute, value)
         cases.append(case)
-    session.flush()
+    insert_cases(session, cases, actor_id=None)
     return cases

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Uuid,
     bindparam,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -35,6 +37,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from referral_api.access.categories import Category
 from referral_api.crypto.fields import EncryptedField, EncryptedRecord
 from referral_api.crypto.keys import CryptoContext, KeyService
+from referral_api.crypto.models import CaseKey
 from referral_api.db import Base, UTCDateTime, new_id, utcnow, value_enum
 
 C = Category
@@ -258,9 +261,131 @@ def _insert_index_entries(connection: Connection, entries: list[dict[str, Any]])
     if connection.dialect.name != "postgresql":
         connection.execute(insert(CaseSearchIndex), entries)
         return
-    connection.execute(
-        _insert_from_arrays(),
-        {f"{column}s": [entry[column] for entry in entries] for column in _INDEX_COLUMNS},
+    connection.execute(_insert_from_arrays(), _index_arrays(entries))
+
+
+def _index_arrays(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The parameters of `_insert_from_arrays`: one array per column."""
+    return {f"{column}s": [entry[column] for entry in entries] for column in _INDEX_COLUMNS}
+
+
+@functools.cache
+def _case_columns() -> tuple[tuple[str, str, Any], ...]:
+    """(column name, attribute name, column default) of every column of `cases`."""
+    return tuple(
+        (prop.columns[0].key, prop.key, prop.columns[0].default)
+        for prop in Case.__mapper__.column_attrs
+    )
+
+
+def _case_row(case: Case) -> dict[str, Any]:
+    """A new case's column values; a column left unset takes its Python-side default, on the
+    instance too (the response shows `created_at`, the ETag `version`)."""
+    row = {}
+    for column, attribute, default in _case_columns():
+        value = getattr(case, attribute)
+        if value is None and default is not None:
+            value = default.arg if default.is_scalar else default.arg(None)
+            setattr(case, attribute, value)
+        row[column] = value
+    return row
+
+
+def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | None) -> None:
+    """Insert new cases with Core, not the unit of work: for each case a new data key (its
+    first version), every declared field encrypted under it (null ones too), its
+    blind-index entries under every index-key version written and its first status-history
+    row (by `actor_id`). On PostgreSQL one case is one statement (the four inserts as
+    data-modifying CTEs: foreign keys are checked at its end); otherwise one INSERT per
+    table for the batch, cases first.
+
+    The unit of work does the same through the before-flush hook (a `Case` added to a
+    session still gets it), but builds, tracks and flushes a `Case` and a `CaseKey` object
+    and sends four statements: a `POST /cases` cost 3.1–3.5 ms of CPU that way, 2.5–2.8 ms
+    this way (bench/README.md). The instances stay transient (outside the session), their
+    plaintext cached for the response."""
+    from referral_api.cases.search import written_index_entries
+    from referral_api.crypto.fields import crypto_of, seal_new
+
+    if not cases:
+        return
+    crypto = crypto_of(session)
+    keys = crypto.keys(session)
+    case_rows, key_rows, history_rows, index_rows = [], [], [], []
+    for case in cases:
+        if case.id is None:
+            case.id = new_id()  # bound into every ciphertext: needed before sealing
+        key_rows.append(keys.new_case_key(case.id, case.org_id, version=1))
+        case.key_version = 1
+        seal_new(keys, case)
+        index_rows += written_index_entries(keys, crypto, case)
+        case_rows.append(_case_row(case))
+        history_rows.append(
+            {
+                "id": new_id(),
+                "case_id": case.id,
+                "from_status": None,
+                "to_status": case.status,
+                "reason": None,
+                "actor_id": actor_id,
+                "created_at": case.created_at,
+            }
+        )
+    connection = session.connection()
+    if connection.dialect.name == "postgresql" and len(cases) == 1:
+        connection.execute(
+            _insert_one_case(),
+            {
+                **_prefixed("case", case_rows[0], _ciphertext_columns()),
+                "case_ciphertexts": [case_rows[0][name] for name in _ciphertext_columns()],
+                **_prefixed("key", key_rows[0]),
+                **_prefixed("history", history_rows[0]),
+                **_index_arrays(index_rows),
+            },
+        )
+        return
+    connection.execute(insert(Case.__table__), case_rows)
+    connection.execute(insert(CaseKey.__table__), key_rows)
+    connection.execute(insert(CaseStatusChange.__table__), history_rows)
+    if index_rows:
+        _insert_index_entries(connection, index_rows)
+
+
+@functools.cache
+def _ciphertext_columns() -> tuple[str, ...]:
+    return tuple(field.name for field in Case.__encrypted_fields__.values())
+
+
+def _prefixed(prefix: str, row: dict[str, Any], leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {f"{prefix}_{column}": value for column, value in row.items() if column not in leave_out}
+
+
+def _parameters(table: Any, prefix: str) -> dict[str, Any]:
+    """{column: the parameter prefix_column} for every column of `table`."""
+    return {c.key: bindparam(f"{prefix}_{c.key}", type_=c.type) for c in table.c}
+
+
+@functools.cache
+def _insert_one_case() -> Any:
+    """PostgreSQL: a case, its data key, its first status-history row and its blind-index
+    entries in one statement (data-modifying CTEs), built once. The case's ciphertexts
+    travel as one bytea[] parameter: with fewer than 50 parameters psycopg caches the
+    statement's conversion (with one per column it parsed the text again every time)."""
+    ciphertexts = (
+        select(bindparam("case_ciphertexts", type_=ARRAY(LargeBinary)).label("ciphertexts"))
+        .subquery("sealed")
+        .c.ciphertexts
+    )
+    case_values = _parameters(Case.__table__, "case")
+    for position, column in enumerate(_ciphertext_columns(), start=1):  # SQL counts from 1
+        case_values[column] = ciphertexts[literal_column(str(position))]
+    new_case = insert(Case.__table__).from_select(list(case_values), select(*case_values.values()))
+    return _insert_from_arrays().add_cte(
+        new_case.cte("new_case"),
+        insert(CaseKey.__table__).values(_parameters(CaseKey.__table__, "key")).cte("new_key"),
+        insert(CaseStatusChange.__table__)
+        .values(_parameters(CaseStatusChange.__table__, "history"))
+        .cte("new_history"),
     )
 
 

@@ -121,19 +121,22 @@ def refresh_blind_index(session: Session, crypto: CryptoContext, case: Case) -> 
     during an index-key rotation)."""
     from referral_api.cases.models import add_index_entries, delete_index_entries
 
-    keys = crypto.keys(session)
     if case not in session.new:
         # A case being inserted has no entries yet: skip the DELETE round trip.
         delete_index_entries(session, case.id)
+    add_index_entries(session, written_index_entries(crypto.keys(session), crypto, case))
+
+
+def written_index_entries(
+    keys: KeyService, crypto: CryptoContext, case: Case
+) -> list[dict[str, Any]]:
+    """The case's entries (column values) under every index-key version written."""
     terms = index_terms(case, crypto.phone_region)
-    add_index_entries(
-        session,
-        [
-            entry
-            for version in keys.index_versions(case.org_id, for_query=False)
-            for entry in index_entries(keys, case, version, terms)
-        ],
-    )
+    return [
+        entry
+        for version in keys.index_versions(case.org_id, for_query=False)
+        for entry in index_entries(keys, case, version, terms)
+    ]
 
 
 def index_entries(

@@ -31,7 +31,13 @@ from referral_api.auth.models import User
 from referral_api.cases import search
 from referral_api.cases.codes import ActivateReason, CloseReason, ReopenReason
 from referral_api.cases.layout import CATEGORY_FIELDS, project
-from referral_api.cases.models import Case, CaseNote, CaseStatus, CaseStatusChange
+from referral_api.cases.models import (
+    Case,
+    CaseNote,
+    CaseStatus,
+    CaseStatusChange,
+    insert_cases,
+)
 from referral_api.crypto.fields import crypto_of
 from referral_api.crypto.keys import remember_wrapped_case_key
 from referral_api.crypto.models import CaseKey
@@ -319,10 +325,8 @@ def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
     allowed = visible_categories(categories) if categories.allowed else frozenset()
     _check_assignee(session, actor, actor.org_id, data.get("assignee_id"))
     case.assignee_id = data.get("assignee_id")
-    session.add(case)
     touched = _apply_categories(case, data, allowed, Permission.CASE_CREATE)
-    session.flush()
-    _record_status_change(session, case.id, None, CaseStatus.OPEN, None, actor.id)
+    insert_cases(session, [case], actor_id=actor.id)
     _audit_case(session, actor, Permission.CASE_CREATE, case, touched)
     return CaseView(case, allowed)
 

@@ -217,6 +217,43 @@ def reencrypt(instance: Any, keys: KeyService, version: int) -> int:
     return len(values)
 
 
+def _declare_unset(instance: Any) -> None:
+    """A record not yet stored: every declared field gets a ciphertext, null or not."""
+    state = instance.__dict__
+    given = state.setdefault(_PLAIN, {})
+    unset = state.setdefault(_PENDING, set())
+    for name in type(instance).__encrypted_fields__:
+        if name not in unset:
+            given[name] = (None, None)
+            unset.add(name)
+
+
+def _seal_pending(keys: KeyService, instance: Any) -> set[str] | None:
+    """Encrypt the fields written since the last seal under the record's current data key;
+    the names sealed, or None when nothing was pending."""
+    pending: set[str] | None = instance.__dict__.get(_PENDING)
+    if not pending:
+        return None
+    version = instance.current_key_version(keys)
+    plain = instance.__dict__[_PLAIN]
+    fields = type(instance).__encrypted_fields__
+    values = {name: plain[name][1] for name in sorted(pending)}
+    for name, blob in _seal_fields(keys, instance, values, version).items():
+        setattr(instance, fields[name].column_attr, blob)
+        plain[name] = (blob, values[name])
+    changed = set(pending)
+    pending.clear()
+    return changed
+
+
+def seal_new(keys: KeyService, instance: Any) -> None:
+    """Encrypt every declared field of a record about to be inserted without the unit of
+    work (fields never written are encrypted as null). Its `after_encrypt` hook is not
+    called: the caller writes what it would have (e.g. blind-index entries)."""
+    _declare_unset(instance)
+    _seal_pending(keys, instance)
+
+
 @event.listens_for(Session, "before_flush")
 def _encrypt_pending(session: Session, _flush_context: Any, _instances: Any) -> None:
     new = [i for i in session.new if isinstance(i, EncryptedRecord)]
@@ -224,28 +261,13 @@ def _encrypt_pending(session: Session, _flush_context: Any, _instances: Any) -> 
     crypto: CryptoContext | None = None
     keys: KeyService | None = None
     for instance in new:
-        # Every declared field gets a ciphertext, null or not.
-        state = instance.__dict__
-        given = state.setdefault(_PLAIN, {})
-        unset = state.setdefault(_PENDING, set())
-        for name in type(instance).__encrypted_fields__:
-            if name not in unset:
-                given[name] = (None, None)
-                unset.add(name)
+        _declare_unset(instance)
     for instance in (*new, *dirty):
-        pending: set[str] | None = instance.__dict__.get(_PENDING)
-        if not pending:
+        if not instance.__dict__.get(_PENDING):
             continue
         if crypto is None or keys is None:
             crypto = crypto_of(session)
             keys = crypto.keys(session)
-        version = instance.current_key_version(keys)
-        plain = instance.__dict__[_PLAIN]
-        fields = type(instance).__encrypted_fields__
-        values = {name: plain[name][1] for name in sorted(pending)}
-        for name, blob in _seal_fields(keys, instance, values, version).items():
-            setattr(instance, fields[name].column_attr, blob)
-            plain[name] = (blob, values[name])
-        changed = set(pending)
-        pending.clear()
-        instance.after_encrypt(session, crypto, changed)
+        changed = _seal_pending(keys, instance)
+        if changed:
+            instance.after_encrypt(session, crypto, changed)

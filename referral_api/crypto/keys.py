@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from referral_api.crypto.envelope import field_subkey
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
+from referral_api.db import utcnow
 
 DATA_KEY_BYTES = 32
 _MEMO = "_ra_key_versions"
@@ -271,23 +272,29 @@ class KeyService:
 
     # ---- case data keys -------------------------------------------------------------------
 
-    def create_case_key(self, case_id: uuid.UUID, org_id: uuid.UUID, version: int = 1) -> bytes:
+    def new_case_key(
+        self, case_id: uuid.UUID, org_id: uuid.UUID, version: int = 1
+    ) -> dict[str, Any]:
+        """A new random data key for a case, cached, and the `case_keys` row (column values)
+        that stores it wrapped under the organisation's current key: the caller inserts it."""
         data_key = os.urandom(DATA_KEY_BYTES)
         org_version = self.current_org_key_version(org_id)
         kek = self.org_key(org_id, org_version)
-        self.session.add(
-            CaseKey(
-                case_id=case_id,
-                version=version,
-                org_id=org_id,
-                org_key_version=org_version,
-                wrapped_key=wrap_data_key(
-                    kek, data_key, _case_key_aad(case_id, version, org_version)
-                ),
-            )
-        )
         self.cache.put(("case", case_id, version), data_key)
-        return data_key
+        return {
+            "case_id": case_id,
+            "version": version,
+            "org_id": org_id,
+            "org_key_version": org_version,
+            "wrapped_key": wrap_data_key(
+                kek, data_key, _case_key_aad(case_id, version, org_version)
+            ),
+            "created_at": utcnow(),
+        }
+
+    def create_case_key(self, case_id: uuid.UUID, org_id: uuid.UUID, version: int = 1) -> None:
+        """A new data key for a case, added to the session (inserted by its next flush)."""
+        self.session.add(CaseKey(**self.new_case_key(case_id, org_id, version)))
 
     def case_key(self, case_id: uuid.UUID, version: int) -> bytes:
         cached = self.cache.get(("case", case_id, version))

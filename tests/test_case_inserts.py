@@ -1,0 +1,219 @@
+"""New cases written without the unit of work (`cases.models.insert_cases`, the path of
+`POST /cases`, the demo seed and the benchmark seeder) store exactly what the unit of work
+stores for a `Case` added to a session, in one statement per case on PostgreSQL, and a
+failed insert leaves nothing behind."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import IntegrityError
+
+from referral_api.access.roles import OrgType, Role
+
+PERSON: dict[str, Any] = {
+    "given_name": "Olena",
+    "family_name": "Kovalenko",
+    "aliases": ["Lena"],
+    "date_of_birth": "1994-03-02",
+    "phone": "+380501234567",
+    "documents": [{"type": "passport", "country": "UA", "number": "FE123456"}],
+    "address": "Shelter room 12",
+    "is_shelter": True,
+    "exploitation_types": ["labour"],
+}
+
+
+def rows(app: Any, statement: Any) -> list[tuple[Any, ...]]:
+    """Rows of raw SQL text or a Core statement (which binds ids on either database)."""
+    from referral_api.extensions import db
+
+    if isinstance(statement, str):
+        statement = text(statement)
+    with db.engine_for(app).connect() as connection:
+        return [tuple(row) for row in connection.execute(statement)]
+
+
+def build(org_id: uuid.UUID, code: str) -> Any:
+    from referral_api.cases.models import Case, CaseStatus, CaseType, NrmStage, RiskLevel
+
+    case = Case(
+        id=uuid.uuid4(),
+        case_code=code,
+        org_id=org_id,
+        case_type=CaseType.THB,
+        status=CaseStatus.OPEN,
+        risk_level=RiskLevel.HIGH,
+        nrm_stage=NrmStage.IDENTIFIED,
+    )
+    for attribute, value in PERSON.items():
+        setattr(case, attribute, value)
+    return case
+
+
+@pytest.fixture
+def org_id(factory: Any) -> uuid.UUID:
+    return factory.org(OrgType.NGO)  # type: ignore[no-any-return]
+
+
+def test_insert_cases_stores_what_the_unit_of_work_stores(app: Any, org_id: uuid.UUID) -> None:
+    from referral_api.cases.models import (
+        Case,
+        CaseSearchIndex,
+        CaseStatus,
+        CaseStatusChange,
+        insert_cases,
+    )
+    from referral_api.extensions import db
+
+    actor_id = uuid.uuid4()
+    with db.session_factory_for(app)() as session:
+        by_orm = build(org_id, "THB-ORMA-AAAA")
+        session.add(by_orm)
+        session.flush()
+        single = build(org_id, "THB-ONEA-AAAA")
+        insert_cases(session, [single], actor_id=actor_id)
+        batch = [build(org_id, "THB-TWOA-AAAA"), build(org_id, "THB-TWOB-AAAA")]
+        insert_cases(session, batch, actor_id=None)
+        session.commit()
+    ids = [by_orm.id, single.id, *(case.id for case in batch)]
+    inserted = ids[1:]
+
+    # The transient instances carry what the response shows: defaults and plaintext.
+    assert single.version == 1 and single.key_version == 1 and single.created_at is not None
+    assert single.given_name == "Olena" and single.email is None
+
+    # Same metadata columns, one data key (version 1) each under the same org key version.
+    metadata = rows(
+        app,
+        "SELECT c.id, c.version, c.key_version, c.restricted, c.erased, "
+        "c.created_at IS NOT NULL AND c.updated_at IS NOT NULL, k.version, k.org_key_version "
+        "FROM cases c JOIN case_keys k ON k.case_id = c.id",
+    )
+    assert sorted(tuple(map(int, m[1:])) for m in metadata) == [(1, 1, 0, 0, 1, 1, 1)] * 4
+    assert {uuid.UUID(str(m[0])) for m in metadata} == set(ids)
+
+    # Every declared field has a ciphertext, null or not, and no plaintext is stored.
+    fields = list(Case.__encrypted_fields__)
+    for case_id in ids:
+        (blobs,) = rows(
+            app,
+            select(*(Case.__table__.c[name] for name in fields)).where(Case.id == case_id),
+        )
+        assert all(isinstance(blob, bytes) and len(blob) > 34 for blob in blobs)
+        assert not any(b"Olena" in bytes(blob) or b"Shelter" in bytes(blob) for blob in blobs)
+
+    # The same person gives the same blind-index entries, whichever path wrote them.
+    def entries(case_id: uuid.UUID) -> list[tuple[Any, ...]]:
+        index = CaseSearchIndex
+        return sorted(
+            rows(
+                app,
+                select(index.field, index.key_version, index.value).where(index.case_id == case_id),
+            )
+        )
+
+    assert len(entries(by_orm.id)) >= 5
+    assert all(entries(case_id) == entries(by_orm.id) for case_id in inserted)
+
+    # Every inserted case starts its status history: none → open, by the actor given.
+    change = CaseStatusChange
+    history = rows(
+        app,
+        select(
+            change.case_id, change.from_status, change.to_status, change.reason, change.actor_id
+        ),
+    )
+    assert sorted(history, key=lambda h: inserted.index(h[0])) == [
+        (single.id, None, CaseStatus.OPEN, None, actor_id),
+        (batch[0].id, None, CaseStatus.OPEN, None, None),
+        (batch[1].id, None, CaseStatus.OPEN, None, None),
+    ]
+
+    # Read back in a new session, every field of every case decrypts to what was written.
+    with db.session_factory_for(app)() as session:
+        for case_id in ids:
+            case = session.get(Case, case_id)
+            assert case is not None
+            assert {name: getattr(case, name) for name in fields} == {
+                name: PERSON.get(name) for name in fields
+            }
+
+
+def test_one_case_is_one_statement_on_postgresql(app: Any, org_id: uuid.UUID) -> None:
+    from referral_api.cases.models import insert_cases
+    from referral_api.extensions import db
+
+    engine = db.engine_for(app)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "WITH")):
+            statements.append(statement)
+
+    with db.session_factory_for(app)() as session:
+        insert_cases(session, [build(org_id, "THB-WARM-AAAA")], actor_id=None)  # org keys
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            insert_cases(session, [build(org_id, "THB-ONEA-AAAA")], actor_id=None)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        session.commit()
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 1
+        for table in ("cases", "case_keys", "case_status_changes", "case_search_index"):
+            assert f"INSERT INTO {table} " in statements[0]
+    else:
+        assert [s.split()[2] for s in statements] == [
+            "cases",
+            "case_keys",
+            "case_status_changes",
+            "case_search_index",
+        ]
+
+
+def test_a_failed_insert_leaves_nothing_behind(app: Any, org_id: uuid.UUID) -> None:
+    from referral_api.cases.models import insert_cases
+    from referral_api.extensions import db
+
+    with db.session_factory_for(app)() as session:
+        insert_cases(session, [build(org_id, "THB-TAKE-NAAA")], actor_id=None)
+        session.commit()
+    for batch_size in (1, 2):
+        with db.session_factory_for(app)() as session:
+            # The last case's code is taken: the whole batch fails.
+            batch = [build(org_id, f"THB-NEWA-AAA{n}") for n in range(batch_size - 1)]
+            batch.append(build(org_id, "THB-TAKE-NAAA"))
+            with pytest.raises(IntegrityError):
+                insert_cases(session, batch, actor_id=None)
+            session.rollback()
+    for table in ("cases", "case_keys", "case_status_changes"):
+        assert rows(app, f"SELECT count(*) FROM {table}") == [(1,)]
+    assert rows(app, "SELECT count(DISTINCT case_id) FROM case_search_index") == [(1,)]
+
+
+def test_post_writes_one_case_through_insert_cases(app: Any, factory: Any) -> None:
+    """The endpoint's case is the one `insert_cases` wrote: history by the caller, the
+    response's ETag at version 1, its plaintext as sent."""
+    from referral_api.cases.models import CaseStatus, CaseStatusChange
+    from referral_api.smorest import etag_for
+
+    org = factory.org(OrgType.NGO)
+    user = factory.user(Role.CASEWORKER, org)
+    response = app.test_client().post(
+        "/api/v1/cases",
+        json={"case_type": "thb", "identity": {"given_name": "Olena"}},
+        headers=factory.headers(user),
+    )
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["identity"]["given_name"] == "Olena"
+    assert response.headers["ETag"] == etag_for("case", uuid.UUID(body["id"]), 1)
+    change = CaseStatusChange
+    assert rows(
+        app,
+        select(change.to_status, change.actor_id).where(change.case_id == uuid.UUID(body["id"])),
+    ) == [(CaseStatus.OPEN, user.id)]
