@@ -135,10 +135,38 @@ def handle_stale_data(_error: StaleDataError) -> Response:
     return problem_response(412, type_="/problems/stale-etag")
 
 
+# Transaction conflicts the database resolved by aborting this request's transaction:
+# PostgreSQL's serialization failure, deadlock and lock timeout (SQLSTATE), SQLite's busy
+# and locked (extended result codes reduced to their primary code).
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+_SQLITE_BUSY_OR_LOCKED = frozenset({5, 6})
+
+
+def _transaction_conflict(error: DBAPIError) -> bool:
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _SQLITE_BUSY_OR_LOCKED
+
+
 def handle_database_error(error: DBAPIError) -> Response:
-    # Worth a retry: the connection went away under the request (a restart, a failover:
+    # Worth a retry: the database aborted the transaction over a concurrent one (nothing of
+    # it was stored), the connection went away under the request (a restart, a failover:
     # SQLAlchemy has then discarded it and every older pooled connection), or no connection
     # could be made at all (no statement was run). Any other database error is a bug.
+    if _transaction_conflict(error):
+        log.warning(
+            "transaction aborted by a concurrent one: %s",
+            type(error.orig).__name__,
+            extra={"request_id": getattr(g, "request_id", None)},
+        )
+        return problem_response(
+            503,
+            detail="A concurrent change got in the way and nothing was stored. Retry the request.",
+            type_="/problems/transaction-conflict",
+            headers={"Retry-After": "1"},
+        )
     unreachable = isinstance(error, OperationalError) and error.statement is None
     if not (error.connection_invalidated or unreachable):
         return handle_unexpected(error)

@@ -301,7 +301,7 @@ def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | N
 
     The unit of work does the same through the before-flush hook (a `Case` added to a
     session still gets it), but builds, tracks and flushes a `Case` and a `CaseKey` object
-    and sends four statements: a `POST /cases` cost 3.1–3.5 ms of CPU that way, 2.5–2.8 ms
+    and sends four statements: a `POST /cases` cost 3.1 to 3.5 ms of CPU that way, 2.5 to 2.8 ms
     this way (bench/README.md). The instances stay transient (outside the session), their
     plaintext cached for the response."""
     from referral_api.cases.search import written_index_entries
