@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import marshmallow as ma
 from flask import current_app
-from sqlalchemy import text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from referral_api.audit.models import AuditEvent
 from referral_api.crypto.keyring import LocalKeyring
 from referral_api.errors import problem_response
 from referral_api.exceptions import ConfigurationError
@@ -32,28 +34,62 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "checks": {}}
 
 
+# An audit row still unsealed after this long means no sealer is running (a stopped
+# `audit seal --follow` process) or every round fails: reported for alerting, not a reason to
+# stop serving (rows are still written with what they record and are chained once a sealer
+# runs again).
+SEALING_LAG_ALERT = timedelta(seconds=60)
+# Served by the partial index of unsealed rows: independent of the size of the log.
+_OLDEST_UNSEALED = (
+    select(AuditEvent.occurred_at).where(AuditEvent.seq.is_(None)).order_by(AuditEvent.id).limit(1)
+)
+# Reported, not required for readiness.
+_INFORMATIONAL = frozenset({"audit_sealing"})
+
+
 @blp.route("/ready", methods=["GET"])
 @blp.public
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def ready() -> Any:
-    """Readiness: database reachable, schema at the latest migration, keyring loadable"""
+    """Readiness: database reachable, schema at the latest migration, keyring loadable
+
+    Also reports `audit_sealing`: `behind` when an audit row has waited more than 60 s for
+    its seal (is a sealer running?). That alone does not make the service unready.
+    """
     checks: dict[str, str] = {}
     engine = db.engine_for(current_app)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
-        checks["migrations"] = "ok" if current_revision(engine) == head_revision() else "behind"
+        migrated = current_revision(engine) == head_revision()
+        checks["migrations"] = "ok" if migrated else "behind"
+        checks["audit_sealing"] = _sealing(engine) if migrated else "unknown"
     except SQLAlchemyError:
-        checks["database"] = "unreachable"
-        checks["migrations"] = "unknown"
+        checks.setdefault("database", "unreachable")
+        checks.setdefault("migrations", "unknown")
+        checks.setdefault("audit_sealing", "unknown")
     try:
         LocalKeyring.load(current_app.config["KEYRING_PATH"], create_if_missing=False)
         checks["keyring"] = "ok"
     except (ConfigurationError, OSError):
         checks["keyring"] = "unavailable"
-    if all(value == "ok" for value in checks.values()):
+    if all(value == "ok" for name, value in checks.items() if name not in _INFORMATIONAL):
         return {"status": "ok", "checks": checks}
-    failing = ", ".join(f"{name}: {value}" for name, value in checks.items() if value != "ok")
+    failing = ", ".join(
+        f"{name}: {value}"
+        for name, value in checks.items()
+        if value != "ok" and name not in _INFORMATIONAL
+    )
     return problem_response(503, detail=f"Not ready ({failing}).", checks=checks)
+
+
+def _sealing(engine: Engine) -> str:
+    """`behind` if the first unsealed row (in id order, i.e. the order of sealing) is
+    older than SEALING_LAG_ALERT."""
+    with engine.connect() as connection:
+        oldest = connection.execute(_OLDEST_UNSEALED).scalar()
+    return (
+        "behind" if oldest is not None and datetime.now(UTC) - oldest > SEALING_LAG_ALERT else "ok"
+    )

@@ -28,7 +28,7 @@ def test_ready_when_everything_is_in_place(client):
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ok",
-        "checks": {"database": "ok", "migrations": "ok", "keyring": "ok"},
+        "checks": {"database": "ok", "migrations": "ok", "audit_sealing": "ok", "keyring": "ok"},
     }
 
 
@@ -37,7 +37,12 @@ def test_ready_is_503_when_the_keyring_file_is_missing(app, client, tmp_path):
     app.config["KEYRING_PATH"] = str(missing)
     response = client.get("/ready")
     body = assert_problem(response, 503)
-    assert body["checks"] == {"database": "ok", "migrations": "ok", "keyring": "unavailable"}
+    assert body["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "audit_sealing": "ok",
+        "keyring": "unavailable",
+    }
     assert "keyring" in body["detail"]
     assert str(missing) not in response.get_data(as_text=True)
     # A readiness probe never creates a keyring: that would silently start a new key history.
@@ -60,6 +65,44 @@ def test_ready_is_503_when_the_keyring_file_is_malformed(app, client, tmp_path):
     app.config["KEYRING_PATH"] = str(broken)
     body = assert_problem(client.get("/ready"), 503)
     assert body["checks"]["keyring"] == "unavailable"
+
+
+def test_ready_reports_audit_rows_left_unsealed_without_failing(app, client, session):
+    """A row unsealed for over a minute (no sealer running) shows as `behind`; the service
+    stays ready. Sealing clears the report; a row unsealed for seconds is normal."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from referral_api.access.actor import Actor
+    from referral_api.audit import service as audit
+    from referral_api.audit.models import AuditEvent
+
+    def unsealed_row(age: timedelta) -> None:
+        row = audit._row(Actor.system(), "probe:test", resource_type="test")
+        row["occurred_at"] = datetime.now(UTC) - age
+        session.execute(insert(AuditEvent), row)
+        session.commit()
+
+    unsealed_row(timedelta(minutes=2))
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "checks": {
+            "database": "ok",
+            "migrations": "ok",
+            "audit_sealing": "behind",
+            "keyring": "ok",
+        },
+    }
+
+    audit.seal_pending(session)
+    session.commit()
+    assert client.get("/ready").get_json()["checks"]["audit_sealing"] == "ok"
+
+    unsealed_row(timedelta(seconds=5))  # a sealer's normal delay
+    assert client.get("/ready").get_json()["checks"]["audit_sealing"] == "ok"
 
 
 @pytest.fixture
