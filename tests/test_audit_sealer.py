@@ -274,6 +274,27 @@ def test_follow_survives_a_failed_round_and_stops_on_sigterm(app, session, monke
     assert signal.getsignal(signal.SIGTERM) is handler_before  # restored
 
 
+def test_follow_backs_off_when_idle_or_failing_and_resets_after_work():
+    """The external sealer's waits: `delay` after a round with work (or a busy chain head);
+    idle rounds double it up to 1 s, failed rounds up to 5 s; work resets it."""
+    work, busy = hooks._Round(3, False), hooks._Round(0, True)
+    idle, failed = hooks._Round(0, False), hooks._Round(0, False, failed=True)
+    pause, waits = 0.1, []
+    for outcome in [idle] * 5 + [work] + [failed] * 8 + [busy, failed]:
+        pause = hooks._next_pause(pause, 0.1, outcome)
+        waits.append(pause)
+    assert waits == pytest.approx(
+        [
+            *[0.2, 0.4, 0.8, 1.0, 1.0],  # idle: up to 1 s
+            0.1,  # work: back to the delay
+            *[0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0],  # database away: up to 5 s
+            *[0.1, 0.2],  # a busy head is not idle; a new failure starts again from the delay
+        ]
+    )
+    # A delay above the idle cap is never shortened.
+    assert hooks._next_pause(2.0, 2.0, idle) == 2.0
+
+
 def test_unknown_sealer_mode_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     from referral_api.exceptions import ConfigurationError
     from referral_api.settings import load_settings

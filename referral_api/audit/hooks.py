@@ -127,6 +127,17 @@ class BackgroundSealer:
             self._thread.join(timeout)
 
 
+def _next_pause(pause: float, delay: float, outcome: _Round) -> float:
+    """The external sealer's wait after a round (`pause`: its wait after the last one).
+    After work, `delay`. When the database is away (retry up to every 5 s) or there was
+    nothing to seal (look up to every 1 s): twice the last wait, at least `delay`, up to that."""
+    idle = outcome.sealed == 0 and not outcome.head_busy
+    if not (outcome.failed or idle):
+        return delay
+    cap = _MAX_BACKOFF if outcome.failed else max(delay, _MAX_IDLE_PAUSE)
+    return min(max(pause * 2, delay), cap)
+
+
 def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
     """The external sealer (`referral-api audit seal --follow`): seal what is pending, wait
     `delay` seconds, again, until SIGTERM/SIGINT (or `rounds` rounds, for tests). Returns
@@ -146,14 +157,7 @@ def follow(app: Flask, delay: float, rounds: int | None = None) -> int:
             outcome = _seal(app, max_rounds=20)
             total += outcome.sealed
             done += 1
-            idle = outcome.sealed == 0 and not outcome.head_busy
-            if outcome.failed or idle:
-                # The database is away (retry up to every 5 s) or there was nothing to seal
-                # (look up to every 1 s): wait twice as long as last time, up to that.
-                cap = _MAX_BACKOFF if outcome.failed else max(delay, _MAX_IDLE_PAUSE)
-                pause = min(max(pause * 2, delay), cap)
-            else:
-                pause = delay
+            pause = _next_pause(pause, delay, outcome)
             if outcome.failed or outcome.sealed < _BATCH or outcome.head_busy:
                 stop.wait(pause)
     finally:
