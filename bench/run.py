@@ -116,7 +116,15 @@ def cpu_watch(record: dict[str, Any]) -> Any:
 
 
 class Server:
-    def __init__(self, name: str, port: int, target: str, env: dict[str, str], workers: int):
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        target: str,
+        env: dict[str, str],
+        workers: int,
+        cwd: Path = common.REPO,
+    ):
         self.name, self.port = name, port
         common.RESULTS.mkdir(parents=True, exist_ok=True)
         self.log_path = common.RESULTS / f"{name}-server.log"
@@ -140,7 +148,7 @@ class Server:
             env={**os.environ, **env},
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            cwd=str(common.REPO),
+            cwd=str(cwd),
         )
         log(f"{name}: gunicorn pid {self.process.pid} on 127.0.0.1:{port} ({workers} workers)")
 
@@ -290,8 +298,9 @@ def sanity_checks(real: Server, bare: Server, token: str, count: int) -> None:
     log("sanity checks passed (real decrypts the seeded values; both find the name)")
 
 
-def remove_posted_cases() -> dict[str, int]:
-    """Cases created by the POST runs (the seeded ones have no creator)."""
+def remove_posted_cases(bare: bool = True) -> dict[str, int]:
+    """Cases created by the POST runs (the seeded ones have no creator); the bare twin's
+    too unless `bare` is false (its tables were not seeded)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(common.db_url())
@@ -303,9 +312,10 @@ def remove_posted_cases() -> dict[str, int]:
         removed["real"] = connection.execute(
             text("DELETE FROM cases WHERE created_by IS NOT NULL")
         ).rowcount
-        removed["bare"] = connection.execute(
-            text("DELETE FROM bare_cases WHERE created_by IS NOT NULL")
-        ).rowcount
+        if bare:
+            removed["bare"] = connection.execute(
+                text("DELETE FROM bare_cases WHERE created_by IS NOT NULL")
+            ).rowcount
     engine.dispose()
     return removed
 
@@ -362,14 +372,14 @@ class Sealer:
     leave sealing to under REFERRAL_API_AUDIT_SEALER=external (a child of this script, so
     its CPU counts as the benchmark's own)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path = common.REPO) -> None:
         self.log_file = (common.RESULTS / "sealer.log").open("w")
         self.process = subprocess.Popen(
             [str(common.VENV_BIN / "referral-api"), "audit", "seal", "--follow"],
             env={**os.environ, **env},
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            cwd=str(common.REPO),
+            cwd=str(cwd),
         )
         log(f"sealer: pid {self.process.pid} (referral-api audit seal --follow)")
 
