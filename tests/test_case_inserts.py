@@ -224,3 +224,35 @@ def test_post_writes_one_case_through_insert_cases(app: Any, factory: Any) -> No
         app,
         select(change.to_status, change.actor_id).where(change.case_id == uuid.UUID(body["id"])),
     ) == [(CaseStatus.OPEN, user.id)]
+
+
+def test_a_request_reads_its_key_versions_with_its_actor(app: Any, factory: Any) -> None:
+    """The actor's query carries the organisation's key and index-key versions: a POST and
+    a search ask no separate statement for them (a request is one round trip shorter),
+    and what they write and search under is still right (a POST during an index-key
+    rotation dual-writes: tests/test_key_rotation.py)."""
+    from referral_api.extensions import db
+
+    org = factory.org(OrgType.NGO)
+    headers = factory.headers(factory.user(Role.CASEWORKER, org))
+    client = app.test_client()
+    body = {"case_type": "thb", "identity": {"given_name": "Olena", "family_name": "Kovalenko"}}
+    assert client.post("/api/v1/cases", json=body, headers=headers).status_code == 201
+    engine = db.engine_for(app)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        created = client.post("/api/v1/cases", json=body, headers=headers)
+        found = client.get("/api/v1/cases", query_string={"name": "Olena"}, headers=headers)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert created.status_code == 201 and found.status_code == 200
+    assert len(found.get_json()) == 2
+    reads = [s for s in statements if "FROM org_keys" in s or "FROM index_keys" in s]
+    assert len(reads) == 2  # one per request: its actor's query
+    assert all("FROM auth_sessions" in s or "JOIN auth_sessions" in s for s in reads)
+    assert not any("UNION ALL" in s for s in statements)
