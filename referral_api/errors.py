@@ -155,34 +155,30 @@ def handle_database_error(error: DBAPIError) -> Response:
     # it was stored), the connection went away under the request (a restart, a failover:
     # SQLAlchemy has then discarded it and every older pooled connection), or no connection
     # could be made at all (no statement was run). Any other database error is a bug.
+    cause = type(error.orig).__name__
     if _transaction_conflict(error):
-        log.warning(
-            "transaction aborted by a concurrent one: %s",
-            type(error.orig).__name__,
-            extra={"request_id": getattr(g, "request_id", None)},
-        )
-        return problem_response(
-            503,
-            detail="A concurrent change got in the way and nothing was stored. Retry the request.",
-            type_="/problems/transaction-conflict",
-            headers={"Retry-After": "1"},
+        return _retry_later(
+            "/problems/transaction-conflict",
+            "A concurrent change got in the way and nothing was stored. Retry the request.",
+            f"transaction aborted by a concurrent one: {cause}",
         )
     unreachable = isinstance(error, OperationalError) and error.statement is None
     if not (error.connection_invalidated or unreachable):
         return handle_unexpected(error)
     # The transaction was not committed, unless the connection died during COMMIT itself.
-    log.warning(
-        "database unavailable: %s%s",
-        type(error.orig).__name__,
-        " (connection lost)" if error.connection_invalidated else "",
-        extra={"request_id": getattr(g, "request_id", None)},
+    lost = " (connection lost)" if error.connection_invalidated else ""
+    return _retry_later(
+        "/problems/database-unavailable",
+        "The database is unavailable or the connection to it was lost. Retry the request.",
+        f"database unavailable: {cause}{lost}",
     )
-    return problem_response(
-        503,
-        detail="The database is unavailable or the connection to it was lost. Retry the request.",
-        type_="/problems/database-unavailable",
-        headers={"Retry-After": "1"},
-    )
+
+
+def _retry_later(problem_type: str, detail: str, logged: str) -> Response:
+    """A retryable 503 (Retry-After: 1), logged as a warning without a traceback: `logged`
+    names the cause by exception class only (a database message may quote values)."""
+    log.warning(logged, extra={"request_id": getattr(g, "request_id", None)})
+    return problem_response(503, detail=detail, type_=problem_type, headers={"Retry-After": "1"})
 
 
 def handle_unexpected(error: Exception) -> Response:
