@@ -142,18 +142,10 @@ def main() -> None:
     parser.add_argument("--head", default=".", help="git revision, or . (default)")
     parser.add_argument("--endpoints", default="get,search,post", help="of get,search,list,post")
     parser.add_argument("--rounds", type=int, default=3, help="pairs per endpoint")
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--fresh", action="store_true", help="drop and reseed the database")
-    parser.add_argument("--drop", action="store_true", help="drop the bench database at the end")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn")
-    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    run.add_database_arguments(parser)
+    run.add_load_arguments(parser, duration=15)
     args = parser.parse_args()
     modes = [m for m in ("get", "search", "list", "post") if m in args.endpoints.split(",")]
-
-    import seed_cases
 
     builds = {"base": checkout(args.base), "head": checkout(args.head)}
     if not same_migrations(builds["base"][1], builds["head"][1]):
@@ -164,13 +156,7 @@ def main() -> None:
         "rounds": {"base": [], "head": []},
     }
     try:
-        if args.fresh and common.database_exists():
-            common.drop_database()
-        if not common.database_exists():
-            common.create_database()
-        run.set_synchronous_commit("off")
-        run.log(f"seeding {args.count:,} encrypted cases (or reusing them)")
-        seed_cases.seed(args.count, 2, 250)
+        results["seed"] = run.prepare_database(args)
         files = run.data_files(args.count)
         # Reads first, then POST: posted cases would change what later searches find.
         for phase in ([m for m in modes if m != "post"], [m for m in modes if m == "post"]):

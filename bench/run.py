@@ -748,8 +748,8 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="referral_api benchmarks")
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench database's options (run.py and ab.py)."""
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--seed-workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--seed-batch", type=int, default=250)
@@ -761,11 +761,42 @@ def main() -> None:
         help="PostgreSQL synchronous_commit for the bench database (see README)",
     )
     parser.add_argument("--drop", action="store_true", help="drop the bench database at the end")
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, duration: int = 20) -> None:
+    """The servers' and wrk's options, the same for every measured run (run.py and ab.py)."""
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn")
-    parser.add_argument("--duration", type=int, default=20, help="seconds per measured run")
+    parser.add_argument("--duration", type=int, default=duration, help="seconds per measured run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+
+
+def prepare_database(args: Any) -> dict[str, Any]:
+    """Create the bench database (recreate it with --fresh), set its synchronous_commit and
+    seed the encrypted cases, or reuse them; the seeding record (rate, CPU)."""
+    import seed_cases
+
+    if args.fresh and common.database_exists():
+        common.drop_database()
+    if not common.database_exists():
+        common.create_database()
+    set_synchronous_commit(args.synchronous_commit)
+    log(f"seeding {args.count:,} encrypted cases (or reusing them)")
+    record: dict[str, Any] = {}
+    with cpu_watch(record):
+        record.update(seed_cases.seed(args.count, args.seed_workers, args.seed_batch))
+    if record.get("reused"):
+        previous = common.RESULTS / "seed.json"
+        if previous.exists():
+            record = {**json.loads(previous.read_text()), "reused": True}
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="referral_api benchmarks")
+    add_database_arguments(parser)
+    add_load_arguments(parser)
     parser.add_argument("--profile-requests", type=int, default=2000)
     parser.add_argument(
         "--what-if",
@@ -788,25 +819,11 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get update && apt-get install -y wrk")
     import bare_app
-    import seed_cases
 
     started = time.perf_counter()
     results: dict[str, Any] = {"cases": args.count, "settings": vars(args)}
     try:
-        if args.fresh and common.database_exists():
-            common.drop_database()
-        if not common.database_exists():
-            common.create_database()
-        set_synchronous_commit(args.synchronous_commit)
-        log(f"seeding {args.count:,} encrypted cases (or reusing them)")
-        seed_record: dict[str, Any] = {}
-        with cpu_watch(seed_record):
-            seed_record.update(seed_cases.seed(args.count, args.seed_workers, args.seed_batch))
-        if seed_record.get("reused"):
-            previous = common.RESULTS / "seed.json"
-            if previous.exists():
-                seed_record = {**json.loads(previous.read_text()), "reused": True}
-        results["seed"] = seed_record
+        results["seed"] = prepare_database(args)
         results["machine"] = machine()
         if "load" not in args.skip:
             log("seeding the bare baseline's plaintext twin")
