@@ -624,14 +624,14 @@ def test_a_candidate_is_checked_by_decrypting_only_the_searched_fields(
         ),
     )
     columns: list[str] = []
-    real = envelope.field_aead
+    real = envelope.FieldKeys.aead
 
-    def spy(data_key: bytes, table: str, column: str, *args: Any) -> Any:
+    def spy(keys: envelope.FieldKeys, column: str, *args: Any) -> Any:
         # Every field decryption, one at a time or in a record's pass, takes its field key.
         columns.append(column)
-        return real(data_key, table, column, *args)
+        return real(keys, column, *args)
 
-    monkeypatch.setattr(envelope, "field_aead", spy)
+    monkeypatch.setattr(envelope.FieldKeys, "aead", spy)
     with db.session_factory_for(app)() as session:
         case = session.get(Case, uuid.UUID(case_id))
         assert case_search.matches(case, field, term, "UA")

@@ -64,7 +64,7 @@ def test_empty_plaintext_round_trips(subkey, place):
 
 def test_header_layout(subkey, place):
     blob = envelope.encrypt(subkey, 0x01020304, PLAINTEXT, **place)
-    assert blob[0] == 2  # format version: only FORMAT_V2 is written
+    assert blob[0] == 3  # format version: only FORMAT_V3 is written
     assert blob[1] == 1  # AES-256-GCM
     assert blob[2:6] == b"\x01\x02\x03\x04"  # key version, big-endian
     assert envelope.HEADER_BYTES == 6
@@ -148,7 +148,7 @@ def test_any_flipped_byte_fails(subkey, place, position):
 
 def test_truncated_or_foreign_blobs_fail(subkey, place):
     blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
-    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x00" + blob[1:], b"\x03" + blob[1:]):
+    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x00" + blob[1:], b"\x04" + blob[1:]):
         with pytest.raises(DecryptionError):
             envelope.decrypt(subkey, broken, **place)
 
@@ -171,8 +171,14 @@ def test_field_subkey_per_table_column_and_key():
     dek = os.urandom(32)
     derived = {
         (table, column): envelope.field_subkey(dek, table, column)
-        for table in ("cases", "case_notes")
-        for column in ("given_name", "family_name", "text")
+        for table, column in (
+            ("cases", "given_name"),
+            ("cases", "family_name"),
+            ("cases", "service_plan"),
+            ("case_notes", "text"),
+            ("referral_messages", "body"),
+            ("subject_exports", "reason"),
+        )
     }
     assert len(set(derived.values())) == len(derived)
     assert all(len(key) == 32 for key in derived.values())
@@ -196,21 +202,139 @@ def _lp(part: bytes) -> bytes:
 
 
 def test_field_subkeys_are_the_documented_hkdf_derivations():
-    """V2 (written): HKDF-Expand-SHA256 of the data key with a length-prefixed info; V1
-    (still read): HKDF-SHA256 with info "table/column". Computed here independently, with
-    `cryptography`'s own HKDF, so a silent change of either derivation (which would make
-    stored ciphertexts undecryptable) fails this test."""
+    """V3 (written): the slot-th 32 bytes of HKDF-Expand-SHA256 of the data key with info
+    "referral_api field keys v3" and the length-prefixed table, 32 bytes per slot of the
+    table; V2 and V1 (still read): HKDF-Expand with a per-column info, HKDF with info
+    "table/column". Computed here independently, with `cryptography`'s own HKDF, so a silent
+    change of any derivation (which would make stored ciphertexts undecryptable) fails."""
     dek = os.urandom(32)
+    slots = len(envelope.FIELD_KEY_SLOTS["cases"])
+    schedule = HKDFExpand(
+        hashes.SHA256(), 32 * slots, b"referral_api field keys v3\x00" + _lp(b"cases")
+    ).derive(dek)
+    v3_given, v3_family = schedule[:32], schedule[32:64]
     v2 = HKDFExpand(
         hashes.SHA256(), 32, b"referral_api field key v2\x00" + _lp(b"cases") + _lp(b"given_name")
     ).derive(dek)
     v1 = HKDF(hashes.SHA256(), 32, salt=None, info=b"cases/given_name").derive(dek)
-    assert envelope.field_subkey(dek, "cases", "given_name") == v2
+    assert envelope.field_subkey(dek, "cases", "given_name") == v3_given
+    assert envelope.field_subkey(dek, "cases", "family_name", envelope.FORMAT_V3) == v3_family
+    assert envelope.field_subkey(dek, "cases", "service_plan") == schedule[-32:]
     assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V2) == v2
     assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V1) == v1
-    assert v1 != v2
+    assert len({v1, v2, v3_given, v3_family}) == 4
     with pytest.raises(ValueError):
         envelope.field_subkey(dek, "cases", "given_name", 9)
+
+
+def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
+    """A slot names a column's key in every ciphertext written under it: the table's slots
+    may only grow at the end (this pins today's), and every encrypted column has one."""
+    import referral_api.consent.models
+    import referral_api.idempotency
+    import referral_api.referrals.models
+    import referral_api.rights.models  # noqa: F401 (registers the models)
+    from referral_api.cases.models import Case
+    from referral_api.crypto.fields import EncryptedRecord
+
+    pinned = {
+        "cases": [
+            "given_name",
+            "family_name",
+            "aliases",
+            "date_of_birth",
+            "sex",
+            "nationality",
+            "languages",
+            "documents",
+            "phone",
+            "email",
+            "safe_contact_notes",
+            "address",
+            "is_shelter",
+            "gbv_type",
+            "exploitation_types",
+            "means_of_control",
+            "recruiter_relation",
+            "incident_date",
+            "incident_place",
+            "narrative",
+            "health_notes",
+            "psychosocial_notes",
+            "legal_status",
+            "legal_proceedings",
+            "lawyer",
+            "residence_status",
+            "reflection_period_until",
+            "needs_assessment",
+            "service_plan",
+        ],
+        "case_notes": ["text"],
+        "consent_records": ["evidence"],
+        "consent_events": ["reason"],
+        "referrals": ["message", "override_note"],
+        "referral_transitions": ["note"],
+        "referral_messages": ["body"],
+        "legal_holds": ["reason"],
+        "subject_exports": ["document", "reason"],
+        "idempotent_responses": ["body"],
+    }
+    for table, columns in pinned.items():
+        assert list(envelope.FIELD_KEY_SLOTS[table][: len(columns)]) == columns, table
+
+    def models(base: type) -> list[type]:
+        found = []
+        for sub in base.__subclasses__():
+            found += [sub, *models(sub)]
+        return found
+
+    declared = {
+        (model.__tablename__, name)
+        for model in models(EncryptedRecord)
+        if "__tablename__" in model.__dict__
+        for name in model.__dict__.get("__encrypted_fields__", {})
+    }
+    assert ("cases", "service_plan") in declared and Case in models(EncryptedRecord)
+    assert declared == {
+        (table, column) for table, columns in envelope.FIELD_KEY_SLOTS.items() for column in columns
+    }
+    with pytest.raises(ValueError, match=r"cases\.nickname has no field-key slot"):
+        envelope.field_subkey(os.urandom(32), "cases", "nickname")
+
+
+def test_a_records_field_keys_come_from_one_schedule():
+    """`FieldKeys` (the model hooks' path) gives each column the same key as `field_subkey`,
+    derives the table's schedule once however many fields it serves, and still builds
+    older formats' keys per field."""
+    dek = os.urandom(32)
+    row_id = uuid.uuid4()
+    keys = envelope.FieldKeys(dek, "cases")
+    tail = envelope.place_aad(row_id, row_id)
+    for column in envelope.FIELD_KEY_SLOTS["cases"]:
+        blob = envelope.seal(
+            keys.aead(column),
+            envelope.header(1),
+            PLAINTEXT,
+            envelope.column_aad("cases", column) + tail,
+        )
+        subkey = envelope.field_subkey(dek, "cases", column)
+        place = {"table": "cases", "column": column, "row_id": row_id, "case_id": row_id}
+        assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
+    schedule = keys._schedule
+    keys.aead("given_name")
+    assert keys._schedule is schedule and len(schedule) == 32 * len(
+        envelope.FIELD_KEY_SLOTS["cases"]
+    )
+    # A V2 field key is the V2 derivation, and does not open what V3 sealed (or the reverse).
+    sex_tail = envelope.column_aad("cases", "sex") + tail
+    v2_header = envelope.header(1, envelope.FORMAT_V2)
+    sealed = envelope.seal(keys.aead("sex", envelope.FORMAT_V2), v2_header, PLAINTEXT, sex_tail)
+    v2_key = envelope.field_subkey(dek, "cases", "sex", envelope.FORMAT_V2)
+    assert envelope.open_sealed(AESGCM(v2_key), sealed, sex_tail) == PLAINTEXT
+    with pytest.raises(DecryptionError):
+        envelope.open_sealed(keys.aead("sex"), sealed, sex_tail)
+    with pytest.raises(ValueError):
+        keys.aead("nickname")
 
 
 def _v1_blob(dek: bytes, version: int, plaintext: bytes, place: dict[str, object]) -> bytes:
@@ -251,21 +375,31 @@ def test_format_v1_blobs_still_decrypt_and_stay_bound_to_their_place(place):
 
 
 def test_relabelling_the_format_byte_fails(place):
-    """The format byte is authenticated: a V1 blob claiming V2 (or the reverse) fails with
-    either format's subkey."""
+    """The format byte is authenticated: a blob of one format claiming another fails with
+    every format's subkey."""
     dek = os.urandom(32)
     keys = {fmt: envelope.field_subkey(dek, TABLE, COLUMN, fmt) for fmt in envelope.FORMATS}
-    v1 = _v1_blob(dek, 1, PLAINTEXT, place)
-    v2 = envelope.encrypt(keys[envelope.FORMAT_V2], 1, PLAINTEXT, **place)
-    for relabelled in (b"\x02" + v1[1:], b"\x01" + v2[1:]):
-        for key in keys.values():
-            with pytest.raises(DecryptionError):
-                envelope.decrypt(key, relabelled, **place)
+    tail = envelope.column_aad(TABLE, COLUMN) + envelope.place_aad(
+        place["row_id"],  # type: ignore[arg-type]
+        place["case_id"],  # type: ignore[arg-type]
+    )
+    v2_header = envelope.header(1, envelope.FORMAT_V2)
+    blobs = {
+        envelope.FORMAT_V1: _v1_blob(dek, 1, PLAINTEXT, place),
+        envelope.FORMAT_V2: envelope.seal(AESGCM(keys[2]), v2_header, PLAINTEXT, tail),
+        envelope.FORMAT_V3: envelope.encrypt(keys[envelope.FORMAT_V3], 1, PLAINTEXT, **place),
+    }
+    for fmt, blob in blobs.items():
+        assert blob[0] == fmt and envelope.decrypt(keys[fmt], blob, **place) == PLAINTEXT
+        for other in envelope.FORMATS - {fmt}:
+            for key in keys.values():
+                with pytest.raises(DecryptionError):
+                    envelope.decrypt(key, bytes([other]) + blob[1:], **place)
 
 
 def test_field_aead_seals_and_opens_under_the_field_subkey():
     """The prepared path (`field_aead` + `seal`/`open_sealed`, used by the model hooks)
-    writes exactly what `encrypt` documents and reads both formats."""
+    writes exactly what `encrypt` documents and reads older formats."""
     dek = os.urandom(32)
     row_id = uuid.uuid4()
     place = {"table": "cases", "column": "given_name", "row_id": row_id, "case_id": row_id}
@@ -273,10 +407,10 @@ def test_field_aead_seals_and_opens_under_the_field_subkey():
     blob = envelope.seal(
         envelope.field_aead(dek, "cases", "given_name"), envelope.header(1), PLAINTEXT, tail
     )
-    assert envelope.parse_header(blob) == (envelope.FORMAT_V2, 1)
+    assert envelope.parse_header(blob) == (envelope.FORMAT_V3, 1)
     subkey = envelope.field_subkey(dek, "cases", "given_name")
     assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
-    for other in (("cases", "family_name"), ("case_notes", "given_name")):
+    for other in (("cases", "family_name"), ("case_notes", "text")):
         with pytest.raises(DecryptionError):
             envelope.open_sealed(envelope.field_aead(dek, *other), blob, tail)
     v1 = _v1_blob(dek, 1, PLAINTEXT, place)

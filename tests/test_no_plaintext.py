@@ -562,22 +562,34 @@ def _v1_blob(data_key: bytes, value: Any, table: str, column: str, row_id: Any, 
     return header + nonce + AESGCM(subkey).encrypt(nonce, plaintext, aad)
 
 
-def test_format_v1_ciphertexts_still_read_and_rewrites_use_v2(app, client, headers):
-    """Ciphertexts written before FORMAT_V2 keep decrypting through the models and the API
-    (reading, search), and a field written again is stored in the new format."""
+def _v2_blob(data_key: bytes, value: Any, table: str, column: str, row_id: Any, case_id: Any):
+    """A FORMAT_V2 ciphertext (per-column HKDF-Expand), as written before FORMAT_V3."""
+    tail = envelope.column_aad(table, column) + envelope.place_aad(row_id, case_id)
+    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    aead = envelope.field_aead(data_key, table, column, envelope.FORMAT_V2)
+    return envelope.seal(aead, envelope.header(1, envelope.FORMAT_V2), plaintext, tail)
+
+
+def test_older_format_ciphertexts_still_read_and_rewrites_use_v3(app, client, headers):
+    """Ciphertexts written before FORMAT_V3 (V1 and V2, side by side in one case) keep
+    decrypting through the models and the API (reading, search), and a field written again
+    is stored in the current format."""
     body = _create(client, headers, _canaries("V"))
     case_id = uuid.UUID(body["id"])
     identity = body["identity"]
     engine = db.engine_for(app)
     with db.session_factory_for(app)() as session:
         data_key = session.info["crypto"].keys(session).case_key(case_id, 1)
-        v1 = {
+        older = {
             column: _v1_blob(data_key, identity[column], "cases", column, case_id, case_id)
-            for column in ("given_name", "family_name", "aliases", "documents")
+            for column in ("given_name", "family_name")
+        } | {
+            column: _v2_blob(data_key, identity[column], "cases", column, case_id, case_id)
+            for column in ("aliases", "documents")
         }
         session.rollback()
     with engine.begin() as connection:
-        for column, blob in v1.items():
+        for column, blob in older.items():
             connection.execute(
                 text(f'UPDATE cases SET "{column}" = :blob WHERE id = :id'),
                 {"blob": blob, "id": _id_param(engine, body["id"])},
@@ -586,12 +598,15 @@ def test_format_v1_ciphertexts_still_read_and_rewrites_use_v2(app, client, heade
 
     with db.session_factory_for(app)() as session:
         case = session.get(Case, case_id)
-        assert case.given_name_ct[0] == 1 and case.narrative_ct[0] == 2
+        assert [case.given_name_ct[0], case.aliases_ct[0], case.narrative_ct[0]] == [1, 2, 3]
         assert case.given_name == identity["given_name"]
         assert case.documents == identity["documents"]
-        # A V1 blob still names its place: in another column it fails.
+        assert case.narrative == body["incident"]["narrative"]
+        # Older blobs still name their place: in another column they fail.
         with pytest.raises(DecryptionError):
             decrypt_value(session, case, "family_name", case.given_name_ct)
+        with pytest.raises(DecryptionError):
+            decrypt_value(session, case, "documents", case.aliases_ct)
         session.rollback()
     read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
     assert read["identity"] == identity
@@ -601,11 +616,11 @@ def test_format_v1_ciphertexts_still_read_and_rewrites_use_v2(app, client, heade
     renamed = f"Cnryrenamed{uuid.uuid4().hex[:8]}"
     _patch(client, headers, body["id"], {"identity": {"given_name": renamed}})
     with engine.connect() as connection:
-        given, family = connection.execute(
-            text("SELECT given_name, family_name FROM cases WHERE id = :id"),
+        given, family, aliases = connection.execute(
+            text("SELECT given_name, family_name, aliases FROM cases WHERE id = :id"),
             {"id": _id_param(engine, body["id"])},
         ).one()
-    assert bytes(given)[0] == envelope.FORMAT_V2 and bytes(family)[0] == envelope.FORMAT_V1
+    assert [bytes(given)[0], bytes(family)[0], bytes(aliases)[0]] == [3, 1, 2]
     _clear_key_cache(app)
     read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
     assert read["identity"] == {**identity, "given_name": renamed}

@@ -8,12 +8,17 @@ length-prefixed, so a ciphertext copied to another row, column or case fails to 
 Formats differ only in how a field's subkey comes from the case's data key (DEK):
 
 - FORMAT_V1 (read only): HKDF-SHA256(DEK, salt=None, info="table/column").
-- FORMAT_V2 (written): HKDF-Expand-SHA256(DEK, info="referral_api field key v2" ‖ table ‖
+- FORMAT_V2 (read only): HKDF-Expand-SHA256(DEK, info="referral_api field key v2" ‖ table ‖
   column, length-prefixed). The DEK is 256 random bits, already a uniformly random
-  pseudorandom key, so the Extract step adds nothing (RFC 5869 §3.3); Expand alone is one
-  HMAC per field instead of two. Subkeys stay distinct per (table, column).
+  pseudorandom key, so the Extract step adds nothing (RFC 5869 §3.3).
+- FORMAT_V3 (written): a record's key schedule, HKDF-Expand-SHA256(DEK, info="referral_api
+  field keys v3" ‖ table, length-prefixed; L = 32 * the table's slots), cut into 32-byte
+  subkeys; a column's subkey is the one at its slot in FIELD_KEY_SLOTS. One derivation
+  gives every field key of a record (each output block is one HMAC, in `cryptography`'s
+  Rust, instead of a Python call per field); subkeys stay distinct per (table, column), and
+  the associated data still names the column.
 
-The format byte is part of the associated data: a V2 blob relabelled V1 (or the reverse)
+The format byte is part of the associated data: a blob relabelled with another format
 fails to authenticate.
 """
 
@@ -31,8 +36,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 FORMAT_V1 = 1
 FORMAT_V2 = 2
-CURRENT_FORMAT = FORMAT_V2
-FORMATS = frozenset({FORMAT_V1, FORMAT_V2})
+FORMAT_V3 = 3
+CURRENT_FORMAT = FORMAT_V3
+FORMATS = frozenset({FORMAT_V1, FORMAT_V2, FORMAT_V3})
 ALG_AES_256_GCM = 1
 _HEADER = struct.Struct(">BBI")
 HEADER_BYTES = _HEADER.size
@@ -42,8 +48,63 @@ SUBKEY_BYTES = 32
 _BODY = HEADER_BYTES + NONCE_BYTES
 _MIN_BLOB = _BODY + TAG_BYTES
 _V2_INFO = b"referral_api field key v2\x00"
+_V3_INFO = b"referral_api field keys v3\x00"
 _UUID_PREFIX = struct.pack(">I", 16)
 _SHA256 = hashes.SHA256()  # an immutable algorithm descriptor, shared
+
+
+# FORMAT_V3: each encrypted column's slot in its table's key schedule. APPEND ONLY: a slot
+# names its column's key for every ciphertext written under it, so a new encrypted column
+# goes at the end of its table's tuple and a dropped one keeps its place (HKDF-Expand's
+# output for a longer schedule begins with the shorter one, so appending changes no key).
+FIELD_KEY_SLOTS: dict[str, tuple[str, ...]] = {
+    "cases": (
+        "given_name",
+        "family_name",
+        "aliases",
+        "date_of_birth",
+        "sex",
+        "nationality",
+        "languages",
+        "documents",
+        "phone",
+        "email",
+        "safe_contact_notes",
+        "address",
+        "is_shelter",
+        "gbv_type",
+        "exploitation_types",
+        "means_of_control",
+        "recruiter_relation",
+        "incident_date",
+        "incident_place",
+        "narrative",
+        "health_notes",
+        "psychosocial_notes",
+        "legal_status",
+        "legal_proceedings",
+        "lawyer",
+        "residence_status",
+        "reflection_period_until",
+        "needs_assessment",
+        "service_plan",
+    ),
+    "case_notes": ("text",),
+    "consent_records": ("evidence",),
+    "consent_events": ("reason",),
+    "referrals": ("message", "override_note"),
+    "referral_transitions": ("note",),
+    "referral_messages": ("body",),
+    "legal_holds": ("reason",),
+    "subject_exports": ("document", "reason"),
+    "idempotent_responses": ("body",),
+}
+_SLOTS = {
+    table: {column: slot for slot, column in enumerate(columns)}
+    for table, columns in FIELD_KEY_SLOTS.items()
+}
+# HKDF-Expand gives at most 255 hash blocks: 255 fields per table.
+assert all(len(columns) <= 255 for columns in FIELD_KEY_SLOTS.values())  # noqa: S101
 
 
 class DecryptionError(Exception):
@@ -75,8 +136,26 @@ def header(key_version: int, fmt: int = CURRENT_FORMAT) -> bytes:
     return _HEADER.pack(fmt, ALG_AES_256_GCM, key_version)
 
 
+def field_slot(table: str, column: str) -> int:
+    """A column's slot in its table's FORMAT_V3 key schedule; ValueError for a column that
+    has none (add it to FIELD_KEY_SLOTS)."""
+    try:
+        return _SLOTS[table][column]
+    except KeyError:
+        raise ValueError(f"{table}.{column} has no field-key slot") from None
+
+
+def _schedule(data_key: bytes, table: str, slots: int) -> bytes:
+    """The first `slots` subkeys of a record's FORMAT_V3 key schedule, in one derivation."""
+    info = _V3_INFO + _length_prefixed(table.encode("ascii"))
+    return HKDFExpand(_SHA256, SUBKEY_BYTES * slots, info).derive(data_key)
+
+
 def field_subkey(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORMAT) -> bytes:
     """A field's subkey under ciphertext format `fmt` (see the module docstring)."""
+    if fmt == FORMAT_V3:
+        slot = field_slot(table, column)
+        return _schedule(data_key, table, slot + 1)[SUBKEY_BYTES * slot :]
     if fmt == FORMAT_V2:
         info = _V2_INFO + column_aad(table, column)
         return HKDFExpand(_SHA256, SUBKEY_BYTES, info).derive(data_key)
@@ -92,6 +171,32 @@ def field_subkey(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FO
 
 def field_aead(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORMAT) -> AESGCM:
     return AESGCM(field_subkey(data_key, table, column, fmt))
+
+
+class FieldKeys:
+    """The field keys of one record under one data key: the table's whole FORMAT_V3 key
+    schedule is derived once, on first use, then each field's AEAD is built from its slot.
+    Blobs of older formats get their own derivation, as before."""
+
+    __slots__ = ("_schedule", "_slots", "data_key", "table")
+
+    def __init__(self, data_key: bytes, table: str) -> None:
+        self.data_key = data_key
+        self.table = table
+        self._slots = _SLOTS.get(table, {})
+        self._schedule: bytes | None = None
+
+    def aead(self, column: str, fmt: int = CURRENT_FORMAT) -> AESGCM:
+        if fmt != FORMAT_V3:
+            return field_aead(self.data_key, self.table, column, fmt)
+        slot = self._slots.get(column)
+        if slot is None:
+            slot = field_slot(self.table, column)  # raises, naming the column
+        schedule = self._schedule
+        if schedule is None:
+            schedule = self._schedule = _schedule(self.data_key, self.table, len(self._slots))
+        start = SUBKEY_BYTES * slot
+        return AESGCM(schedule[start : start + SUBKEY_BYTES])
 
 
 def parse_header(blob: bytes) -> tuple[int, int]:

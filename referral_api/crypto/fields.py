@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from sqlalchemy import LargeBinary, event
@@ -27,6 +27,7 @@ from referral_api.crypto.keys import CryptoContext, KeyService
 _PLAIN = "_ra_plaintext"
 _PENDING = "_ra_pending"
 _PLACE = "_ra_place"
+_KEYS = "_ra_keys"
 
 
 class CryptoUnavailable(RuntimeError):
@@ -119,13 +120,26 @@ def _place_of(instance: Any) -> tuple[uuid.UUID, bytes]:
     return case_id, memo[2]
 
 
-def _open(data_key: bytes, table: str, column: str, fmt: int, blob: bytes, place: bytes) -> Any:
+def _field_keys(
+    instance: Any, case_id: uuid.UUID, version: int, data_key: Callable[[], bytes]
+) -> envelope.FieldKeys:
+    """The record's field keys under data-key `version`, remembered on the instance: one key
+    schedule per record and version, however many of its fields are read or written
+    (`data_key` is called only the first time)."""
+    memo = instance.__dict__.get(_KEYS)
+    if memo is None:
+        memo = instance.__dict__[_KEYS] = {}
+    keys = memo.get((case_id, version))
+    if keys is None:
+        keys = memo[case_id, version] = envelope.FieldKeys(data_key(), instance.__tablename__)
+    return keys  # type: ignore[no-any-return]
+
+
+def _open(keys: envelope.FieldKeys, column: str, fmt: int, blob: bytes, place: bytes) -> Any:
     """A field's value from its blob (header already parsed), `place` = the row's part of
     the associated data."""
     plaintext = envelope.open_sealed(
-        envelope.field_aead(data_key, table, column, fmt),
-        blob,
-        envelope.column_aad(table, column) + place,
+        keys.aead(column, fmt), blob, envelope.column_aad(keys.table, column) + place
     )
     return _JSON_DECODER.decode(plaintext.decode("utf-8"))
 
@@ -135,26 +149,32 @@ def decrypt_value(session: Session | None, instance: Any, column: str, blob: byt
     crypto = crypto_of(session)
     fmt, version = envelope.parse_header(blob)
     case_id, place = _place_of(instance)
-    data_key = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
-    return _open(data_key, instance.__tablename__, column, fmt, blob, place)
+    keys = _field_keys(
+        instance,
+        case_id,
+        version,
+        lambda: crypto.case_key(session, case_id, version),  # type: ignore[arg-type]
+    )
+    return _open(keys, column, fmt, blob, place)
 
 
 def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
     """Decrypt several fields of one record now (reading them then hits the instance's
-    plaintext cache): the session's crypto context, the data key of each key version and
-    the record's part of the associated data are looked up once per record, not per field.
-    Fields already decrypted, pending or null are skipped."""
+    plaintext cache): the session's crypto context, the record's field keys for each key
+    version and its part of the associated data are looked up once per record, not per
+    field. Fields already decrypted, pending or null are skipped."""
     state = instance.__dict__
     plain = state.get(_PLAIN)
     if plain is None:
         plain = state[_PLAIN] = {}
     pending = state.get(_PENDING, ())
     fields = type(instance).__encrypted_fields__
-    table = instance.__tablename__
     session = object_session(instance)
-    crypto: CryptoContext | None = None
-    data_keys: dict[int, bytes] = {}
     case_id, place = _place_of(instance)
+
+    def data_key_of(version: int) -> Callable[[], bytes]:
+        return lambda: crypto_of(session).case_key(session, case_id, version)  # type: ignore[arg-type]
+
     for name in names:
         blob = getattr(instance, fields[name].column_attr)
         if blob is None or name in pending:
@@ -163,37 +183,22 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
         if cached is not None and cached[0] is blob:
             continue
         fmt, version = envelope.parse_header(blob)
-        data_key = data_keys.get(version)
-        if data_key is None:
-            if crypto is None:
-                crypto = crypto_of(session)
-            data_key = data_keys[version] = crypto.case_key(session, case_id, version)  # type: ignore[arg-type]
-        plain[name] = (blob, _open(data_key, table, name, fmt, blob, place))
-
-
-def encrypt_value(keys: KeyService, instance: Any, column: str, value: Any, version: int) -> bytes:
-    case_id = instance.crypto_case_id()
-    table = instance.__tablename__
-    return envelope.seal(
-        envelope.field_aead(keys.case_key(case_id, version), table, column),
-        envelope.header(version),
-        _JSON.encode(value).encode("utf-8"),
-        envelope.column_aad(table, column) + envelope.place_aad(instance.crypto_row_id(), case_id),
-    )
+        keys = _field_keys(instance, case_id, version, data_key_of(version))
+        plain[name] = (blob, _open(keys, name, fmt, blob, place))
 
 
 def _seal_fields(
     keys: KeyService, instance: Any, values: dict[str, Any], version: int
 ) -> dict[str, bytes]:
-    """Encrypt several fields of one record under data-key `version`: the data key, the
+    """Encrypt several fields of one record under data-key `version`: the field keys, the
     header and the row's part of the associated data are looked up once per record."""
     case_id, place = _place_of(instance)
     table = instance.__tablename__
-    data_key = keys.case_key(case_id, version)
+    field_keys = _field_keys(instance, case_id, version, lambda: keys.case_key(case_id, version))
     header = envelope.header(version)
     return {
         name: envelope.seal(
-            envelope.field_aead(data_key, table, name),
+            field_keys.aead(name),
             header,
             _JSON.encode(value).encode("utf-8"),
             envelope.column_aad(table, name) + place,

@@ -6,9 +6,10 @@ changes, so the cache cannot serve a stale key; it can only outlive a destroyed 
 at most the TTL, and destruction also removes every ciphertext that used it).
 
 Only data keys are cached (one entry per case and version), never the field keys derived
-from them: a field key is derived where it is used (one HKDF-Expand), which costs less than
-a cache round under its lock, and a cached `AESGCM` object holds ~2.5 KB of cipher state, so
-29 of them per case would make a 50,000-case cache several GB.
+from them: a record's field keys are derived where it is used (one HKDF-Expand for all of
+them, `envelope.FieldKeys`, kept on the loaded record for its request), and a cached
+`AESGCM` object holds ~2.5 KB of cipher state, so 29 of them per case would make a
+50,000-case cache several GB.
 """
 
 from __future__ import annotations

@@ -85,7 +85,10 @@ def _security_measures(
                 "algorithm_id": envelope.ALG_AES_256_GCM,
                 "ciphertext_format": envelope.CURRENT_FORMAT,
                 "data_key_bits": DATA_KEY_BYTES * 8,
-                "field_subkeys": "one per table and column, derived by HKDF-SHA256 (RFC 5869)",
+                "field_subkeys": (
+                    "one per table and column: a record's key schedule derived from its case "
+                    "data key by HKDF-Expand-SHA256 (RFC 5869)"
+                ),
                 "associated_data": "header, table, column, row id, case id",
                 "key_hierarchy": "root key → organisation key → case data key",
                 "root_key_provider": provider,
