@@ -302,6 +302,43 @@ def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
         envelope.field_subkey(os.urandom(32), "cases", "nickname")
 
 
+def test_field_keys_derive_only_the_planned_slots_then_the_whole_table(monkeypatch):
+    """Announced columns size the first derivation (a search's identity fields: slots
+    0-7 of 29); a wider plan derives again up to it, a column beyond every plan derives the
+    whole table; every key equals `field_subkey`'s."""
+    derived: list[int] = []
+    real = envelope._schedule
+
+    def spy(data_key: bytes, table: str, slots: int) -> bytes:
+        derived.append(slots)
+        return real(data_key, table, slots)
+
+    monkeypatch.setattr(envelope, "_schedule", spy)
+    dek, dek_id = os.urandom(32), uuid.uuid4()
+    keys = envelope.FieldKeys(dek, "cases")
+    names = ("given_name", "family_name", "aliases")
+    keys.plan(names)
+    for name in names:
+        keys.aead(name)
+    assert derived == [3]
+    keys.plan(["sex", "documents", "given_name"])  # slots 4 and 7: up to 8
+    keys.aead("documents")
+    keys.aead("aliases")
+    assert derived == [3, 8]
+    keys.aead("service_plan")  # never announced: the whole table
+    keys.aead("phone")
+    assert derived == [3, 8, 29]
+    keys.plan([])  # nothing announced changes nothing
+    monkeypatch.setattr(envelope, "_schedule", real)
+    for column in ("given_name", "documents", "phone", "service_plan"):
+        key = envelope.field_subkey(dek, "cases", column)
+        blob = envelope.encrypt(
+            key, 1, PLAINTEXT, table="cases", column=column, row_id=dek_id, case_id=dek_id
+        )
+        tail = envelope.column_aad("cases", column) + envelope.place_aad(dek_id, dek_id)
+        assert envelope.open_sealed(keys.aead(column), blob, tail) == PLAINTEXT
+
+
 def test_a_records_field_keys_come_from_one_schedule():
     """`FieldKeys` (the model hooks' path) gives each column the same key as `field_subkey`,
     derives the table's schedule once however many fields it serves, and still builds

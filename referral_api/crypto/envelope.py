@@ -28,6 +28,7 @@ import functools
 import os
 import struct
 import uuid
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -174,17 +175,24 @@ def field_aead(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORM
 
 
 class FieldKeys:
-    """The field keys of one record under one data key: the table's whole FORMAT_V3 key
-    schedule is derived once, on first use, then each field's AEAD is built from its slot.
-    Blobs of older formats get their own derivation, as before."""
+    """The field keys of one record under one data key, from its FORMAT_V3 key schedule,
+    derived when first needed: up to the highest slot of the columns announced by `plan`
+    (a search's identity fields need 8 of a case's 29 keys), or for the whole table when a
+    column beyond them is used. Blobs of older formats get their own derivation, as before."""
 
-    __slots__ = ("_schedule", "_slots", "data_key", "table")
+    __slots__ = ("_planned", "_schedule", "_slots", "data_key", "table")
 
     def __init__(self, data_key: bytes, table: str) -> None:
         self.data_key = data_key
         self.table = table
         self._slots = _SLOTS.get(table, {})
-        self._schedule: bytes | None = None
+        self._planned = 0
+        self._schedule = b""
+
+    def plan(self, columns: Iterable[str]) -> None:
+        """Announce the columns about to be used (unknown ones are ignored here)."""
+        slots = self._slots
+        self._planned = max(self._planned, max((slots.get(c, -1) + 1 for c in columns), default=0))
 
     def aead(self, column: str, fmt: int = CURRENT_FORMAT) -> AESGCM:
         if fmt != FORMAT_V3:
@@ -192,10 +200,11 @@ class FieldKeys:
         slot = self._slots.get(column)
         if slot is None:
             slot = field_slot(self.table, column)  # raises, naming the column
-        schedule = self._schedule
-        if schedule is None:
-            schedule = self._schedule = _schedule(self.data_key, self.table, len(self._slots))
         start = SUBKEY_BYTES * slot
+        schedule = self._schedule
+        if len(schedule) <= start:
+            slots = self._planned if slot < self._planned else len(self._slots)
+            schedule = self._schedule = _schedule(self.data_key, self.table, slots)
         return AESGCM(schedule[start : start + SUBKEY_BYTES])
 
 

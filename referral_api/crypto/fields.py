@@ -121,17 +121,23 @@ def _place_of(instance: Any) -> tuple[uuid.UUID, bytes]:
 
 
 def _field_keys(
-    instance: Any, case_id: uuid.UUID, version: int, data_key: Callable[[], bytes]
+    instance: Any,
+    case_id: uuid.UUID,
+    version: int,
+    data_key: Callable[[], bytes],
+    columns: Iterable[str] = (),
 ) -> envelope.FieldKeys:
     """The record's field keys under data-key `version`, remembered on the instance: one key
     schedule per record and version, however many of its fields are read or written
-    (`data_key` is called only the first time)."""
+    (`data_key` is called only the first time; `columns`, the ones about to be used, size
+    the first derivation)."""
     memo = instance.__dict__.get(_KEYS)
     if memo is None:
         memo = instance.__dict__[_KEYS] = {}
     keys = memo.get((case_id, version))
     if keys is None:
         keys = memo[case_id, version] = envelope.FieldKeys(data_key(), instance.__tablename__)
+    keys.plan(columns)
     return keys  # type: ignore[no-any-return]
 
 
@@ -175,6 +181,8 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
     def data_key_of(version: int) -> Callable[[], bytes]:
         return lambda: crypto_of(session).case_key(session, case_id, version)  # type: ignore[arg-type]
 
+    names = tuple(names)
+    by_version: dict[int, envelope.FieldKeys] = {}
     for name in names:
         blob = getattr(instance, fields[name].column_attr)
         if blob is None or name in pending:
@@ -183,7 +191,11 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
         if cached is not None and cached[0] is blob:
             continue
         fmt, version = envelope.parse_header(blob)
-        keys = _field_keys(instance, case_id, version, data_key_of(version))
+        keys = by_version.get(version)
+        if keys is None:
+            keys = by_version[version] = _field_keys(
+                instance, case_id, version, data_key_of(version), names
+            )
         plain[name] = (blob, _open(keys, name, fmt, blob, place))
 
 
@@ -194,7 +206,9 @@ def _seal_fields(
     header and the row's part of the associated data are looked up once per record."""
     case_id, place = _place_of(instance)
     table = instance.__tablename__
-    field_keys = _field_keys(instance, case_id, version, lambda: keys.case_key(case_id, version))
+    field_keys = _field_keys(
+        instance, case_id, version, lambda: keys.case_key(case_id, version), values
+    )
     header = envelope.header(version)
     return {
         name: envelope.seal(
