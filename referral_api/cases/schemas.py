@@ -24,6 +24,7 @@ from referral_api.cases.codes import (
     Sex,
 )
 from referral_api.cases.models import CaseStatus, CaseType, NrmStage, RiskLevel
+from referral_api.fastdump import compile_dump
 from referral_api.pagination import PageArgsSchema
 
 _TEXT = validate.Length(max=200)
@@ -192,6 +193,10 @@ class CaseSchema(_CategoryFields):
     updated_at = ma.fields.AwareDateTime()
     closed_at = ma.fields.AwareDateTime(allow_none=True)
     restricted = ma.fields.Boolean()
+
+
+# CaseSchema().dump of one projected case, compiled (every case response and list item).
+dump_case = compile_dump(CaseSchema())
 
 
 class CaseQueryArgsSchema(PageArgsSchema):
