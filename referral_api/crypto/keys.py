@@ -29,7 +29,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     ColumnClause,
-    CompoundSelect,
     String,
     Uuid,
     bindparam,
@@ -37,10 +36,8 @@ from sqlalchemy import (
     event,
     func,
     literal_column,
-    null,
     or_,
     select,
-    union_all,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -171,32 +168,18 @@ def unwrap_data_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
         raise KeyUnavailable("a wrapped key did not authenticate") from None
 
 
-# Built once: asked at the first write of every transaction, one round trip for both the
-# organisation's newest key version (the first row, state NULL, version NULL without keys)
-# and its blind-index key versions being written (active or backfilling).
-# (The org_id columns take their type from their foreign key only once every table is
-# known, so the parameter names its own.)
-_ORG_ID = bindparam("org_id", type_=Uuid())
-_STORED_VERSIONS: CompoundSelect = union_all(
-    select(null().label("state"), func.max(OrgKey.version).label("version")).where(
-        OrgKey.org_id == _ORG_ID
-    ),
-    select(IndexKey.state, IndexKey.version).where(
-        IndexKey.org_id == _ORG_ID, IndexKey.state.in_(_WRITTEN_INDEX_STATES)
-    ),
-)
-
-
 _COLON: ColumnClause[str] = literal_column("':'")
 _COMMA: ColumnClause[str] = literal_column("','")
 
 
 def stored_versions_columns(org_id: Any) -> tuple[Any, Any]:
-    """`_STORED_VERSIONS`' two answers as columns for an organisation named by the column
-    `org_id` of another query, which then carries them at no extra round trip (the actor's
-    query: every request reads its actor's organisation first, and writes and searches for
-    that organisation). The index-key versions come as "state:version,…" text (the same on
-    every database); `remember_stored_versions` takes both."""
+    """An organisation's stored key versions as two columns: its newest organisation key
+    version (NULL without keys) and the blind-index key versions being written (active or
+    backfilling) as "state:version,…" text (the same on every database);
+    `remember_stored_versions` takes both. `org_id` is a column of another query, which then
+    carries them at no extra round trip (the actor's query: every request reads its actor's
+    organisation first, and writes and searches for that organisation), or a parameter
+    (`_STORED_VERSIONS`, outside requests)."""
     newest_org_key = (
         select(func.max(OrgKey.version))
         .where(OrgKey.org_id == org_id)
@@ -239,6 +222,12 @@ def remember_stored_versions(
     )
 
 
+# Built once: outside a request (CLI, seeding, rotation) the key service asks for the
+# versions itself, at the first write of each transaction. (The org_id columns take their
+# type from their foreign key only once every table is known, so the parameter names its own.)
+_STORED_VERSIONS = select(*stored_versions_columns(bindparam("org_id", type_=Uuid())))
+
+
 class KeyService:
     def __init__(
         self,
@@ -271,14 +260,10 @@ class KeyService:
         memo = self._memo()
         key = ("stored", org_id)
         if key not in memo:
-            org_version: int | None = None
-            index_keys: list[tuple[str, int]] = []
-            for state, version in self.session.execute(_STORED_VERSIONS, {"org_id": org_id}):
-                if state is None:
-                    org_version = version
-                else:
-                    index_keys.append((state, version))
-            memo[key] = (org_version, index_keys)
+            org_version, index_keys = self.session.execute(
+                _STORED_VERSIONS, {"org_id": org_id}
+            ).one()
+            remember_stored_versions(self.session, org_id, org_version, index_keys)
         return memo[key]  # type: ignore[no-any-return]
 
     def _current_org_key_version(self, org_id: uuid.UUID) -> int:
