@@ -34,11 +34,10 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "checks": {}}
 
 
-# An audit row still unsealed after this long means no sealer is running (a stopped
-# `audit seal --follow` process) or every round fails: reported for alerting, not a reason to
-# stop serving (rows are still written with what they record and are chained once a sealer
-# runs again).
-SEALING_LAG_ALERT = timedelta(seconds=60)
+# An audit row still unsealed after AUDIT_SEALING_LAG_ALERT_SECONDS means no sealer is running
+# (a stopped `audit seal --follow` process) or every round fails: reported for alerting, not a
+# reason to stop serving (rows are still written with what they record and are chained once a
+# sealer runs again).
 # Served by the partial index of unsealed rows: independent of the size of the log.
 _OLDEST_UNSEALED = (
     select(AuditEvent.occurred_at).where(AuditEvent.seq.is_(None)).order_by(AuditEvent.id).limit(1)
@@ -54,8 +53,9 @@ _INFORMATIONAL = frozenset({"audit_sealing"})
 def ready() -> Any:
     """Readiness: database reachable, schema at the latest migration, keyring loadable
 
-    Also reports `audit_sealing`: `behind` when an audit row has waited more than 60 s for
-    its seal (is a sealer running?). That alone does not make the service unready.
+    Also reports `audit_sealing`: `behind` when an audit row has waited longer than
+    REFERRAL_API_AUDIT_SEALING_ALERT_SECONDS (default 60) for its seal (is a sealer
+    running?). That alone does not make the service unready.
     """
     checks: dict[str, str] = {}
     engine = db.engine_for(current_app)
@@ -65,7 +65,8 @@ def ready() -> Any:
         checks["database"] = "ok"
         migrated = current_revision(engine) == head_revision()
         checks["migrations"] = "ok" if migrated else "behind"
-        checks["audit_sealing"] = _sealing(engine) if migrated else "unknown"
+        alert = timedelta(seconds=current_app.config["AUDIT_SEALING_LAG_ALERT_SECONDS"])
+        checks["audit_sealing"] = _sealing(engine, alert) if migrated else "unknown"
     except SQLAlchemyError:
         checks.setdefault("database", "unreachable")
         checks.setdefault("migrations", "unknown")
@@ -85,11 +86,9 @@ def ready() -> Any:
     return problem_response(503, detail=f"Not ready ({failing}).", checks=checks)
 
 
-def _sealing(engine: Engine) -> str:
+def _sealing(engine: Engine, alert: timedelta) -> str:
     """`behind` if the first unsealed row (in id order, i.e. the order of sealing) is
-    older than SEALING_LAG_ALERT."""
+    older than `alert`."""
     with engine.connect() as connection:
         oldest = connection.execute(_OLDEST_UNSEALED).scalar()
-    return (
-        "behind" if oldest is not None and datetime.now(UTC) - oldest > SEALING_LAG_ALERT else "ok"
-    )
+    return "behind" if oldest is not None and datetime.now(UTC) - oldest > alert else "ok"

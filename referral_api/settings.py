@@ -145,6 +145,9 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # `thread`: each worker seals (above); `external`: workers never seal, a separate
         # `referral-api audit seal --follow` process does (docs/audit.md).
         "AUDIT_SEALER": _choice("REFERRAL_API_AUDIT_SEALER", AUDIT_SEALERS, "thread"),
+        # /ready reports audit sealing `behind` when a row waited longer than this for its
+        # seal (no sealer running, or every round failing).
+        "AUDIT_SEALING_LAG_ALERT_SECONDS": _env_int("REFERRAL_API_AUDIT_SEALING_ALERT_SECONDS", 60),
         # A pooled database connection idle this long is pinged before use (0: before every
         # use); see db.make_engine.
         "DB_PING_AFTER_IDLE_SECONDS": _env_int("REFERRAL_API_DB_PING_AFTER_IDLE_MS", 1000) / 1000,

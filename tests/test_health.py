@@ -104,6 +104,12 @@ def test_ready_reports_audit_rows_left_unsealed_without_failing(app, client, ses
     unsealed_row(timedelta(seconds=5))  # a sealer's normal delay
     assert client.get("/ready").get_json()["checks"]["audit_sealing"] == "ok"
 
+    # The threshold is a setting (REFERRAL_API_AUDIT_SEALING_ALERT_SECONDS).
+    app.config["AUDIT_SEALING_LAG_ALERT_SECONDS"] = 2
+    assert client.get("/ready").get_json()["checks"]["audit_sealing"] == "behind"
+    app.config["AUDIT_SEALING_LAG_ALERT_SECONDS"] = 60
+    assert client.get("/ready").get_json()["checks"]["audit_sealing"] == "ok"
+
 
 @pytest.fixture
 def app_on(keyring_path: str) -> Iterator[Any]:
