@@ -626,6 +626,35 @@ def test_older_format_ciphertexts_still_read_and_rewrites_use_v3(app, client, he
     assert read["identity"] == {**identity, "given_name": renamed}
 
 
+def test_sealing_after_the_data_key_was_replaced_uses_the_new_key(app, client, headers):
+    """A record remembers its field keys, but a write never seals under a remembered key
+    that is no longer its data key (that would store what nothing can decrypt): with the
+    key of its version replaced, the next seal uses the new one."""
+    import os
+
+    from referral_api.crypto import fields
+
+    body = _create(client, headers, _canaries("K"))
+    case_id = uuid.UUID(body["id"])
+    place = {"table": "cases", "column": "given_name", "row_id": case_id, "case_id": case_id}
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, case_id)
+        keys = session.info["crypto"].keys(session)
+        stored = keys.case_key(case_id, 1)
+        assert case.given_name == body["identity"]["given_name"]  # remembers its keys
+        replaced = os.urandom(32)
+        keys.cache.put(("case", case_id, 1), replaced)
+        case.given_name = "Cnryreplaced"
+        fields._seal_pending(keys, case)
+        blob = case.given_name_ct
+        new_key = envelope.field_subkey(replaced, "cases", "given_name")
+        assert json.loads(envelope.decrypt(new_key, blob, **place)) == "Cnryreplaced"
+        with pytest.raises(DecryptionError):
+            envelope.decrypt(envelope.field_subkey(stored, "cases", "given_name"), blob, **place)
+        session.rollback()
+    _clear_key_cache(app)
+
+
 def test_the_key_cache_holds_one_entry_per_case_not_per_field(app, client, headers):
     """Reading all 29 fields of a case caches its data key once; field keys are derived
     where used and never cached (the cache's capacity counts cases)."""

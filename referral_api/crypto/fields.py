@@ -124,19 +124,22 @@ def _field_keys(
     instance: Any,
     case_id: uuid.UUID,
     version: int,
-    data_key: Callable[[], bytes],
+    data_key: bytes | Callable[[], bytes],
     columns: Iterable[str] = (),
 ) -> envelope.FieldKeys:
     """The record's field keys under data-key `version`, remembered on the instance: one key
-    schedule per record and version, however many of its fields are read or written
-    (`data_key` is called only the first time; `columns`, the ones about to be used, size
-    the first derivation)."""
+    schedule per record and version, however many of its fields are read or written.
+    Reads pass `data_key` as a function, called only the first time. Writes pass the data
+    key itself, and a remembered schedule of another key is replaced: sealing under a stale
+    key would store what nothing can decrypt (a read under one only fails). `columns`, the
+    ones about to be used, size the first derivation."""
     memo = instance.__dict__.get(_KEYS)
     if memo is None:
         memo = instance.__dict__[_KEYS] = {}
     keys = memo.get((case_id, version))
-    if keys is None:
-        keys = memo[case_id, version] = envelope.FieldKeys(data_key(), instance.__tablename__)
+    if keys is None or (isinstance(data_key, bytes) and keys.data_key != data_key):
+        key = data_key if isinstance(data_key, bytes) else data_key()
+        keys = memo[case_id, version] = envelope.FieldKeys(key, instance.__tablename__)
     keys.plan(columns)
     return keys  # type: ignore[no-any-return]
 
@@ -206,9 +209,7 @@ def _seal_fields(
     header and the row's part of the associated data are looked up once per record."""
     case_id, place = _place_of(instance)
     table = instance.__tablename__
-    field_keys = _field_keys(
-        instance, case_id, version, lambda: keys.case_key(case_id, version), values
-    )
+    field_keys = _field_keys(instance, case_id, version, keys.case_key(case_id, version), values)
     header = envelope.header(version)
     return {
         name: envelope.seal(
