@@ -11,6 +11,9 @@ Only what that equivalence holds for is compiled; anything else is refused when 
 (at import), never approximated in a response: pre/post-dump hooks, `data_key`,
 `attribute`, `dump_default`, fields that do not read their attribute (Method, Function,
 Constant), field names a dict also has as attributes. Objects must be mappings.
+
+A schema opts in by deriving from `CompiledDumpSchema`: its own `dump` then runs the compiled
+form, so routes return plain data and `@blp.response` dumps it as for any other schema.
 """
 
 from __future__ import annotations
@@ -28,6 +31,29 @@ _Convert = Callable[[Any, Mapping[str, Any]], Any]
 
 class NotCompilable(TypeError):
     """The schema uses something `compile_dump` does not reproduce exactly."""
+
+
+class CompiledDumpSchema(ma.Schema):
+    """A schema whose `dump` of mappings runs its compiled form, built with the instance (so
+    a schema it cannot reproduce fails where it is declared, at import). Anything else is
+    dumped by marshmallow itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._compiled_dump = compile_dump(self)
+
+    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
+        compiled = self._compiled_dump
+        if self.many if many is None else many:
+            return [
+                compiled(item)
+                if isinstance(item, Mapping)
+                else ma.Schema.dump(self, item, many=False)
+                for item in obj
+            ]
+        if isinstance(obj, Mapping):
+            return compiled(obj)
+        return super().dump(obj, many=False)
 
 
 def compile_dump(schema: ma.Schema) -> Dump:

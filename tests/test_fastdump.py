@@ -17,9 +17,9 @@ from referral_api.access.categories import ORG_TYPE_CEILINGS, Category
 from referral_api.access.roles import Role
 from referral_api.cases.layout import project
 from referral_api.cases.models import Case, CaseStatus, CaseType, NrmStage, RiskLevel
-from referral_api.cases.schemas import CaseSchema, dump_case
+from referral_api.cases.schemas import CaseSchema
 from referral_api.extensions import db
-from referral_api.fastdump import NotCompilable, compile_dump
+from referral_api.fastdump import CompiledDumpSchema, NotCompilable, compile_dump
 
 _FULL: dict[str, Any] = {
     "given_name": "Олена",
@@ -82,6 +82,11 @@ def _projections() -> list[frozenset[Category]]:
     return sorted(chosen, key=lambda s: (len(s), sorted(c.value for c in s)))
 
 
+def _marshmallows_dump(schema: ma.Schema, obj: Any, many: bool | None = None) -> Any:
+    """What marshmallow's own `Schema.dump` makes of `obj` (CaseSchema overrides `dump`)."""
+    return ma.Schema.dump(schema, obj, many=many)
+
+
 def test_the_compiled_case_dump_equals_marshmallows_for_every_projection() -> None:
     schema = CaseSchema()
     now = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
@@ -104,18 +109,45 @@ def test_the_compiled_case_dump_equals_marshmallows_for_every_projection() -> No
     for label, case in cases.items():
         for shown in _projections():
             view = project(case, shown)
-            expected = schema.dump(view)
-            assert dump_case(view) == expected, (label, sorted(c.value for c in shown))
-            assert json.dumps(dump_case(view)) == json.dumps(expected)
+            expected = _marshmallows_dump(schema, view)
+            assert schema.dump(view) == expected, (label, sorted(c.value for c in shown))
+            assert json.dumps(schema.dump(view)) == json.dumps(expected)
             compared += 1
     assert compared == 3 * len(_projections()) > 3 * 36
+    views = [project(case, frozenset(Category)) for case in cases.values()]
+    assert CaseSchema(many=True).dump(views) == _marshmallows_dump(schema, views, many=True)
+
+
+def test_case_schema_dumps_mappings_by_its_compiled_form_and_objects_by_marshmallow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compiled form really serves CaseSchema's dumps (with marshmallow's field loop
+    disabled they still work); an object that is not a mapping goes to marshmallow."""
+    from types import SimpleNamespace
+
+    schema = CaseSchema()
+    view = project(_case(_FULL), frozenset(Category))
+    expected = _marshmallows_dump(schema, view)
+    assert isinstance(schema, CompiledDumpSchema)
+
+    def no_marshmallow(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("marshmallow's field loop ran")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ma.Schema, "_serialize", no_marshmallow)
+        assert schema.dump(view) == expected
+        assert CaseSchema(many=True).dump([view, view]) == [expected, expected]
+        with pytest.raises(AssertionError, match="field loop"):
+            schema.dump(SimpleNamespace(**view))
+    assert schema.dump(SimpleNamespace(**view)) == expected
+    assert CaseSchema(many=True).dump([SimpleNamespace(**view)]) == [expected]
 
 
 def test_case_responses_are_the_schemas_dump_of_the_projection(
     app: Any, client: Any, factory: Any
 ) -> None:
     """Through the routes: a single case (GET, POST) and a list page carry what
-    CaseSchema().dump makes of the viewer's projection."""
+    marshmallow's dump of CaseSchema makes of the viewer's projection."""
     team = Team(factory)
     dpo = factory.headers(factory.user(Role.DPO, team.org_id))
     created = create(client, team.cw, FULL_CASE)
@@ -125,7 +157,7 @@ def test_case_responses_are_the_schemas_dump_of_the_projection(
     def expected(case_id: str, shown: frozenset[Category]) -> Any:
         with db.session_factory_for(app)() as session:
             case = session.get(Case, uuid.UUID(case_id))
-            dumped = CaseSchema().dump(project(case, shown))
+            dumped = _marshmallows_dump(CaseSchema(), project(case, shown))
             session.rollback()
         return json.loads(json.dumps(dumped))
 

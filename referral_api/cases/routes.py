@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import current_app
-
 from referral_api.access.permissions import Permission
 from referral_api.cases import service
 from referral_api.cases.schemas import (
@@ -20,7 +18,6 @@ from referral_api.cases.schemas import (
     NoteCreateSchema,
     NoteSchema,
     StatusChangeSchema,
-    dump_case,
 )
 from referral_api.extensions import db
 from referral_api.pagination import PageArgsSchema, link_header
@@ -32,9 +29,7 @@ _ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Strong entity ta
 
 
 def _respond(view: service.CaseView, status: int = 200) -> Any:
-    # Dumped here by the compiled CaseSchema (the same JSON as @blp.response's dump, which
-    # passes a ready response through; referral_api.fastdump).
-    body = current_app.json.response(dump_case(view.as_dict()))
+    body = view.as_dict()
     return body, status, {"ETag": etag_for("case", view.case.id, view.case.version)}
 
 
@@ -77,9 +72,9 @@ def list_cases(args: dict[str, Any]) -> Any:
     identity category. Follow `Link: rel="next"` for more.
     """
     page, shown = service.list_cases(db.session, current_actor(), args)
-    items = [dump_case(service.CaseView(case, shown).as_dict()) for case in page.items]
+    items = [service.CaseView(case, shown).as_dict() for case in page.items]
     db.session.commit()
-    return current_app.json.response(items), 200, link_header(page, args["limit"])
+    return items, 200, link_header(page, args["limit"])
 
 
 @blp.route("/cases/<uuid:case_id>", methods=["GET"])

@@ -24,7 +24,7 @@ from referral_api.cases.codes import (
     Sex,
 )
 from referral_api.cases.models import CaseStatus, CaseType, NrmStage, RiskLevel
-from referral_api.fastdump import compile_dump
+from referral_api.fastdump import CompiledDumpSchema
 from referral_api.pagination import PageArgsSchema
 
 _TEXT = validate.Length(max=200)
@@ -177,8 +177,9 @@ class CaseUpdateSchema(_CategoryFields):
     nrm_stage = ma.fields.Enum(NrmStage, by_value=True)
 
 
-class CaseSchema(_CategoryFields):
-    """A case as returned: metadata, then only the categories the caller may see."""
+class CaseSchema(CompiledDumpSchema, _CategoryFields):
+    """A case as returned: metadata, then only the categories the caller may see. Dumped by
+    its compiled form (every case response and list item; referral_api.fastdump)."""
 
     id = ma.fields.UUID()
     case_code = ma.fields.String(metadata={"example": "THB-7K3Q-9XMD"})
@@ -193,10 +194,6 @@ class CaseSchema(_CategoryFields):
     updated_at = ma.fields.AwareDateTime()
     closed_at = ma.fields.AwareDateTime(allow_none=True)
     restricted = ma.fields.Boolean()
-
-
-# CaseSchema().dump of one projected case, compiled (every case response and list item).
-dump_case = compile_dump(CaseSchema())
 
 
 class CaseQueryArgsSchema(PageArgsSchema):
