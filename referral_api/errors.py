@@ -160,7 +160,8 @@ def handle_database_error(error: DBAPIError) -> Response:
         return _retry_later(
             "/problems/transaction-conflict",
             "A concurrent change got in the way and nothing was stored. Retry the request.",
-            f"transaction aborted by a concurrent one: {cause}",
+            "transaction aborted by a concurrent one: %s",
+            cause,
         )
     unreachable = isinstance(error, OperationalError) and error.statement is None
     if not (error.connection_invalidated or unreachable):
@@ -170,14 +171,17 @@ def handle_database_error(error: DBAPIError) -> Response:
     return _retry_later(
         "/problems/database-unavailable",
         "The database is unavailable or the connection to it was lost. Retry the request.",
-        f"database unavailable: {cause}{lost}",
+        "database unavailable: %s%s",
+        cause,
+        lost,
     )
 
 
-def _retry_later(problem_type: str, detail: str, logged: str) -> Response:
+def _retry_later(problem_type: str, detail: str, logged: str, *args: str) -> Response:
     """A retryable 503 (Retry-After: 1), logged as a warning without a traceback: `logged`
-    names the cause by exception class only (a database message may quote values)."""
-    log.warning(logged, extra={"request_id": getattr(g, "request_id", None)})
+    (a constant format, `args` its values) names the cause by exception class only (a
+    database message may quote values)."""
+    log.warning(logged, *args, extra={"request_id": getattr(g, "request_id", None)})
     return problem_response(503, detail=detail, type_=problem_type, headers={"Retry-After": "1"})
 
 
