@@ -58,6 +58,9 @@ _SHA256 = hashes.SHA256()  # an immutable algorithm descriptor, shared
 # names its column's key for every ciphertext written under it, so a new encrypted column
 # goes at the end of its table's tuple and a dropped one keeps its place (HKDF-Expand's
 # output for a longer schedule begins with the shorter one, so appending changes no key).
+# Written out, not taken from the models' declaration order: moving a declaration must not
+# move a key (tests/test_crypto.py pins this list independently, bench/bare_app.py mirrors
+# the columns for its plaintext twin).
 FIELD_KEY_SLOTS: dict[str, tuple[str, ...]] = {
     "cases": (
         "given_name",
