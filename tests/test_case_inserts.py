@@ -96,15 +96,20 @@ def test_insert_cases_stores_what_the_unit_of_work_stores(app: Any, org_id: uuid
     assert sorted(tuple(map(int, m[1:])) for m in metadata) == [(1, 1, 0, 0, 1, 1, 1)] * 4
     assert {uuid.UUID(str(m[0])) for m in metadata} == set(ids)
 
-    # Every declared field has a ciphertext, null or not, and no plaintext is stored.
-    fields = list(Case.__encrypted_fields__)
+    # Every category column has a ciphertext (format 4), its fields null or not, and no
+    # plaintext is stored; the per-field columns of formats 1-3 stay empty.
+    columns = list(Case.__encrypted_columns__)
+    assert len(columns) == 10
+    per_field = [Case.__table__.c[name] for name in Case.__encrypted_fields__]
     for case_id in ids:
         (blobs,) = rows(
             app,
-            select(*(Case.__table__.c[name] for name in fields)).where(Case.id == case_id),
+            select(*(Case.__table__.c[name] for name in columns)).where(Case.id == case_id),
         )
         assert all(isinstance(blob, bytes) and len(blob) > 34 for blob in blobs)
+        assert {bytes(blob)[0] for blob in blobs} == {4}
         assert not any(b"Olena" in bytes(blob) or b"Shelter" in bytes(blob) for blob in blobs)
+        assert rows(app, select(*per_field).where(Case.id == case_id)) == [(None,) * 29]
 
     # The same person gives the same blind-index entries, whichever path wrote them.
     def entries(case_id: uuid.UUID) -> list[tuple[Any, ...]]:
@@ -134,6 +139,7 @@ def test_insert_cases_stores_what_the_unit_of_work_stores(app: Any, org_id: uuid
     ]
 
     # Read back in a new session, every field of every case decrypts to what was written.
+    fields = list(Case.__encrypted_fields__)
     with db.session_factory_for(app)() as session:
         for case_id in ids:
             case = session.get(Case, case_id)

@@ -201,14 +201,18 @@ def test_defaults_and_gbv_prefix(client: Any, team: Team) -> None:
 
 def test_personal_fields_are_ciphertext_in_the_database(app: Any, client: Any, team: Team) -> None:
     create(client, team.cw)
-    (row,) = rows(app, "SELECT given_name, phone, address, narrative, health_notes FROM cases")
+    # One ciphertext per data category; the per-field columns of formats 1-3 stay empty.
+    (row,) = rows(app, "SELECT identity, contact, location, incident, health FROM cases")
     for blob, plain in zip(
         row,
         ("Olena", "+380501234567", "Sonyashnyk", "passport taken", "hand injury"),
         strict=True,
     ):
         assert isinstance(blob, bytes | memoryview)
+        assert bytes(blob)[0] == 4  # ciphertext format 4
         assert plain.encode() not in bytes(blob)
+    (legacy,) = rows(app, "SELECT given_name, phone, address, narrative, health_notes FROM cases")
+    assert legacy == (None, None, None, None, None)
 
 
 def test_case_codes_are_random_not_sequential(client: Any, team: Team) -> None:

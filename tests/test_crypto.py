@@ -34,7 +34,7 @@ from referral_api.crypto.keys import KeyCache
 from referral_api.exceptions import ConfigurationError
 
 TABLE = "cases"
-COLUMN = "given_name"
+COLUMN = "identity"
 PLAINTEXT = "Олена Коваленко".encode()
 
 
@@ -64,7 +64,7 @@ def test_empty_plaintext_round_trips(subkey, place):
 
 def test_header_layout(subkey, place):
     blob = envelope.encrypt(subkey, 0x01020304, PLAINTEXT, **place)
-    assert blob[0] == 3  # format version: only FORMAT_V3 is written
+    assert blob[0] == 4  # format version: only FORMAT_V4 is written
     assert blob[1] == 1  # AES-256-GCM
     assert blob[2:6] == b"\x01\x02\x03\x04"  # key version, big-endian
     assert envelope.HEADER_BYTES == 6
@@ -104,7 +104,7 @@ def test_ciphertext_is_aes_gcm_over_the_documented_associated_data(subkey, place
     "moved",
     [
         {"table": "case_notes"},
-        {"column": "family_name"},
+        {"column": "contact"},
         {"row_id": uuid.uuid4()},
         {"case_id": uuid.uuid4()},
     ],
@@ -148,7 +148,7 @@ def test_any_flipped_byte_fails(subkey, place, position):
 
 def test_truncated_or_foreign_blobs_fail(subkey, place):
     blob = envelope.encrypt(subkey, 1, PLAINTEXT, **place)
-    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x00" + blob[1:], b"\x04" + blob[1:]):
+    for broken in (b"", blob[:6], blob[: 6 + 12 + 15], b"\x00" + blob[1:], b"\x05" + blob[1:]):
         with pytest.raises(DecryptionError):
             envelope.decrypt(subkey, broken, **place)
 
@@ -172,20 +172,25 @@ def test_field_subkey_per_table_column_and_key():
     derived = {
         (table, column): envelope.field_subkey(dek, table, column)
         for table, column in (
-            ("cases", "given_name"),
-            ("cases", "family_name"),
-            ("cases", "service_plan"),
+            ("cases", "identity"),
+            ("cases", "contact"),
+            ("cases", "needs"),
             ("case_notes", "text"),
             ("referral_messages", "body"),
             ("subject_exports", "reason"),
         )
     }
+    derived[("cases", "given_name", 3)] = envelope.field_subkey(  # type: ignore[index]
+        dek, "cases", "given_name", envelope.FORMAT_V3
+    )
+    derived[("case_notes", "text", 3)] = envelope.field_subkey(  # type: ignore[index]
+        dek, "case_notes", "text", envelope.FORMAT_V3
+    )
     assert len(set(derived.values())) == len(derived)
     assert all(len(key) == 32 for key in derived.values())
-    assert envelope.field_subkey(dek, "cases", "given_name") == derived[("cases", "given_name")]
+    assert envelope.field_subkey(dek, "cases", "identity") == derived[("cases", "identity")]
     assert (
-        envelope.field_subkey(os.urandom(32), "cases", "given_name")
-        != derived[("cases", "given_name")]
+        envelope.field_subkey(os.urandom(32), "cases", "identity") != derived[("cases", "identity")]
     )
     assert dek not in derived.values()
 
@@ -194,7 +199,7 @@ def test_subkey_of_another_column_cannot_decrypt(place):
     dek = os.urandom(32)
     blob = envelope.encrypt(envelope.field_subkey(dek, TABLE, COLUMN), 1, PLAINTEXT, **place)
     with pytest.raises(DecryptionError):
-        envelope.decrypt(envelope.field_subkey(dek, TABLE, "family_name"), blob, **place)
+        envelope.decrypt(envelope.field_subkey(dek, TABLE, "contact"), blob, **place)
 
 
 def _lp(part: bytes) -> bytes:
@@ -202,29 +207,43 @@ def _lp(part: bytes) -> bytes:
 
 
 def test_field_subkeys_are_the_documented_hkdf_derivations():
-    """V3 (written): the slot-th 32 bytes of HKDF-Expand-SHA256 of the data key with info
-    "referral_api field keys v3" and the length-prefixed table, 32 bytes per slot of the
-    table; V2 and V1 (still read): HKDF-Expand with a per-column info, HKDF with info
-    "table/column". Computed here independently, with `cryptography`'s own HKDF, so a silent
-    change of any derivation (which would make stored ciphertexts undecryptable) fails."""
+    """V4 (written) and V3 (read): the slot-th 32 bytes of HKDF-Expand-SHA256 of the data key
+    with info "referral_api field keys v4" (v3) and the length-prefixed table, 32 bytes per
+    slot of the table in that format; V2 and V1 (still read): HKDF-Expand with a per-column
+    info, HKDF with info "table/column". Computed here independently, with `cryptography`'s
+    own HKDF, so a silent change of any derivation (which would make stored ciphertexts
+    undecryptable) fails."""
     dek = os.urandom(32)
-    slots = len(envelope.FIELD_KEY_SLOTS["cases"])
+    v4_slots = len(envelope.FIELD_KEY_SLOTS[envelope.FORMAT_V4]["cases"])
+    v4 = HKDFExpand(
+        hashes.SHA256(), 32 * v4_slots, b"referral_api field keys v4\x00" + _lp(b"cases")
+    ).derive(dek)
+    v3_slots = len(envelope.FIELD_KEY_SLOTS[envelope.FORMAT_V3]["cases"])
     schedule = HKDFExpand(
-        hashes.SHA256(), 32 * slots, b"referral_api field keys v3\x00" + _lp(b"cases")
+        hashes.SHA256(), 32 * v3_slots, b"referral_api field keys v3\x00" + _lp(b"cases")
     ).derive(dek)
     v3_given, v3_family = schedule[:32], schedule[32:64]
     v2 = HKDFExpand(
         hashes.SHA256(), 32, b"referral_api field key v2\x00" + _lp(b"cases") + _lp(b"given_name")
     ).derive(dek)
     v1 = HKDF(hashes.SHA256(), 32, salt=None, info=b"cases/given_name").derive(dek)
-    assert envelope.field_subkey(dek, "cases", "given_name") == v3_given
+    assert envelope.field_subkey(dek, "cases", "identity") == v4[:32]
+    assert envelope.field_subkey(dek, "cases", "contact", envelope.FORMAT_V4) == v4[32:64]
+    assert envelope.field_subkey(dek, "cases", "needs") == v4[-32:]
+    assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V3) == v3_given
     assert envelope.field_subkey(dek, "cases", "family_name", envelope.FORMAT_V3) == v3_family
-    assert envelope.field_subkey(dek, "cases", "service_plan") == schedule[-32:]
+    assert envelope.field_subkey(dek, "cases", "service_plan", 3) == schedule[-32:]
     assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V2) == v2
     assert envelope.field_subkey(dek, "cases", "given_name", envelope.FORMAT_V1) == v1
-    assert len({v1, v2, v3_given, v3_family}) == 4
+    assert len({v1, v2, v3_given, v3_family, v4[:32]}) == 5
+    # The same table and column under formats 3 and 4: distinct keys (distinct labels).
+    assert envelope.field_subkey(dek, "case_notes", "text", 3) != envelope.field_subkey(
+        dek, "case_notes", "text", 4
+    )
     with pytest.raises(ValueError):
         envelope.field_subkey(dek, "cases", "given_name", 9)
+    with pytest.raises(ValueError, match="format 4"):
+        envelope.field_subkey(dek, "cases", "given_name")  # per-field columns: formats 1-3
 
 
 def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
@@ -237,38 +256,7 @@ def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
     from referral_api.cases.models import Case
     from referral_api.crypto.fields import EncryptedRecord
 
-    pinned = {
-        "cases": [
-            "given_name",
-            "family_name",
-            "aliases",
-            "date_of_birth",
-            "sex",
-            "nationality",
-            "languages",
-            "documents",
-            "phone",
-            "email",
-            "safe_contact_notes",
-            "address",
-            "is_shelter",
-            "gbv_type",
-            "exploitation_types",
-            "means_of_control",
-            "recruiter_relation",
-            "incident_date",
-            "incident_place",
-            "narrative",
-            "health_notes",
-            "psychosocial_notes",
-            "legal_status",
-            "legal_proceedings",
-            "lawyer",
-            "residence_status",
-            "reflection_period_until",
-            "needs_assessment",
-            "service_plan",
-        ],
+    others = {
         "case_notes": ["text"],
         "consent_records": ["evidence"],
         "consent_events": ["reason"],
@@ -279,8 +267,58 @@ def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
         "subject_exports": ["document", "reason"],
         "idempotent_responses": ["body"],
     }
-    for table, columns in pinned.items():
-        assert list(envelope.FIELD_KEY_SLOTS[table][: len(columns)]) == columns, table
+    v3_cases = [
+        "given_name",
+        "family_name",
+        "aliases",
+        "date_of_birth",
+        "sex",
+        "nationality",
+        "languages",
+        "documents",
+        "phone",
+        "email",
+        "safe_contact_notes",
+        "address",
+        "is_shelter",
+        "gbv_type",
+        "exploitation_types",
+        "means_of_control",
+        "recruiter_relation",
+        "incident_date",
+        "incident_place",
+        "narrative",
+        "health_notes",
+        "psychosocial_notes",
+        "legal_status",
+        "legal_proceedings",
+        "lawyer",
+        "residence_status",
+        "reflection_period_until",
+        "needs_assessment",
+        "service_plan",
+    ]
+    v4_cases = [
+        "identity",
+        "contact",
+        "location",
+        "incident_codes",
+        "incident",
+        "health",
+        "psychosocial",
+        "legal",
+        "immigration",
+        "needs",
+    ]
+    pinned = {
+        envelope.FORMAT_V3: {"cases": v3_cases, **others},
+        envelope.FORMAT_V4: {"cases": v4_cases, **others},
+    }
+    assert set(envelope.FIELD_KEY_SLOTS) == set(pinned)
+    # Format 3 is read only: its slots are exactly these, for ever.
+    assert envelope.FIELD_KEY_SLOTS[3] == {t: tuple(c) for t, c in pinned[3].items()}
+    for table, columns in pinned[envelope.FORMAT_V4].items():
+        assert list(envelope.FIELD_KEY_SLOTS[4][table][: len(columns)]) == columns, table
 
     def models(base: type) -> list[type]:
         found = []
@@ -288,55 +326,66 @@ def test_field_key_slots_are_pinned_and_cover_every_encrypted_column():
             found += [sub, *models(sub)]
         return found
 
-    declared = {
-        (model.__tablename__, name)
-        for model in models(EncryptedRecord)
-        if "__tablename__" in model.__dict__
-        for name in model.__dict__.get("__encrypted_fields__", {})
+    records = [m for m in models(EncryptedRecord) if "__tablename__" in m.__dict__]
+    written = {(m.__tablename__, column) for m in records for column in m.__encrypted_columns__}
+    assert ("cases", "needs") in written and Case in records
+    assert written == {
+        (table, column)
+        for table, columns in envelope.FIELD_KEY_SLOTS[envelope.FORMAT_V4].items()
+        for column in columns
     }
-    assert ("cases", "service_plan") in declared and Case in models(EncryptedRecord)
-    assert declared == {
-        (table, column) for table, columns in envelope.FIELD_KEY_SLOTS.items() for column in columns
+    # Every field has a column written in format 4; the fields of a category column keep
+    # their own columns of formats 1-3 (read only), and format 3 has a slot for each.
+    kept = {
+        (m.__tablename__, name)
+        for m in records
+        for name, field in m.__encrypted_fields__.items()
+        if field.legacy_attr is not None
     }
+    assert kept == {("cases", name) for name in v3_cases}
+    assert {
+        (m.__tablename__, f.name) for m in records for f in m.__encrypted_fields__.values()
+    } == (kept | {(t, c) for t, cs in others.items() for c in cs})
     with pytest.raises(ValueError, match=r"cases\.nickname has no field-key slot"):
         envelope.field_subkey(os.urandom(32), "cases", "nickname")
 
 
 def test_field_keys_derive_only_the_planned_slots_then_the_whole_table(monkeypatch):
-    """Announced columns size the first derivation (a search's identity fields: slots
-    0-7 of 29); a wider plan derives again up to it, a column beyond every plan derives the
-    whole table; every key equals `field_subkey`'s."""
-    derived: list[int] = []
+    """Announced columns size the first derivation (a search's identity column: slot 0 of
+    10); a wider plan derives again up to it, a column beyond every plan derives the whole
+    table; each format has its own schedule; every key equals `field_subkey`'s."""
+    derived: list[tuple[int, int]] = []
     real = envelope._schedule
 
-    def spy(data_key: bytes, table: str, slots: int) -> bytes:
-        derived.append(slots)
-        return real(data_key, table, slots)
+    def spy(data_key: bytes, table: str, slots: int, fmt: int) -> bytes:
+        derived.append((fmt, slots))
+        return real(data_key, table, slots, fmt)
 
     monkeypatch.setattr(envelope, "_schedule", spy)
     dek, dek_id = os.urandom(32), uuid.uuid4()
     keys = envelope.FieldKeys(dek, "cases")
-    names = ("given_name", "family_name", "aliases")
-    keys.plan(names)
-    for name in names:
-        keys.aead(name)
-    assert derived == [3]
-    keys.plan(["sex", "documents", "given_name"])  # slots 4 and 7: up to 8
-    keys.aead("documents")
-    keys.aead("aliases")
-    assert derived == [3, 8]
-    keys.aead("service_plan")  # never announced: the whole table
-    keys.aead("phone")
-    assert derived == [3, 8, 29]
+    keys.plan(["identity"])
+    keys.aead("identity")
+    assert derived == [(4, 1)]
+    keys.plan(["location", "contact"])  # slots 2 and 1: up to 3
+    keys.aead("location")
+    keys.aead("contact")
+    keys.aead("identity")
+    assert derived == [(4, 1), (4, 3)]
+    keys.aead("needs")  # never announced: the whole table
+    keys.aead("health")
+    assert derived == [(4, 1), (4, 3), (4, 10)]
+    keys.aead("aliases", envelope.FORMAT_V3)  # format 3's own schedule, whole (not planned)
+    keys.aead("given_name", envelope.FORMAT_V3)
+    assert derived == [(4, 1), (4, 3), (4, 10), (3, 29)]
     keys.plan([])  # nothing announced changes nothing
     monkeypatch.setattr(envelope, "_schedule", real)
-    for column in ("given_name", "documents", "phone", "service_plan"):
-        key = envelope.field_subkey(dek, "cases", column)
-        blob = envelope.encrypt(
-            key, 1, PLAINTEXT, table="cases", column=column, row_id=dek_id, case_id=dek_id
-        )
+    for column, fmt in (("identity", 4), ("location", 4), ("needs", 4), ("aliases", 3)):
+        key = envelope.field_subkey(dek, "cases", column, fmt)
+        header = envelope.header(1, fmt)
         tail = envelope.column_aad("cases", column) + envelope.place_aad(dek_id, dek_id)
-        assert envelope.open_sealed(keys.aead(column), blob, tail) == PLAINTEXT
+        blob = envelope.seal(AESGCM(key), header, PLAINTEXT, tail)
+        assert envelope.open_sealed(keys.aead(column, fmt), blob, tail) == PLAINTEXT
 
 
 def test_a_records_field_keys_come_from_one_schedule():
@@ -347,7 +396,7 @@ def test_a_records_field_keys_come_from_one_schedule():
     row_id = uuid.uuid4()
     keys = envelope.FieldKeys(dek, "cases")
     tail = envelope.place_aad(row_id, row_id)
-    for column in envelope.FIELD_KEY_SLOTS["cases"]:
+    for column in envelope.FIELD_KEY_SLOTS[envelope.FORMAT_V4]["cases"]:
         blob = envelope.seal(
             keys.aead(column),
             envelope.header(1),
@@ -357,11 +406,10 @@ def test_a_records_field_keys_come_from_one_schedule():
         subkey = envelope.field_subkey(dek, "cases", column)
         place = {"table": "cases", "column": column, "row_id": row_id, "case_id": row_id}
         assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
-    schedule = keys._schedule
-    keys.aead("given_name")
-    assert keys._schedule is schedule and len(schedule) == 32 * len(
-        envelope.FIELD_KEY_SLOTS["cases"]
-    )
+    schedule = keys._schedules[envelope.FORMAT_V4]
+    keys.aead("identity")
+    assert keys._schedules[envelope.FORMAT_V4] is schedule
+    assert len(schedule) == 32 * len(envelope.FIELD_KEY_SLOTS[envelope.FORMAT_V4]["cases"])
     # A V2 field key is the V2 derivation, and does not open what V3 sealed (or the reverse).
     sex_tail = envelope.column_aad("cases", "sex") + tail
     v2_header = envelope.header(1, envelope.FORMAT_V2)
@@ -369,9 +417,11 @@ def test_a_records_field_keys_come_from_one_schedule():
     v2_key = envelope.field_subkey(dek, "cases", "sex", envelope.FORMAT_V2)
     assert envelope.open_sealed(AESGCM(v2_key), sealed, sex_tail) == PLAINTEXT
     with pytest.raises(DecryptionError):
-        envelope.open_sealed(keys.aead("sex"), sealed, sex_tail)
+        envelope.open_sealed(keys.aead("sex", envelope.FORMAT_V3), sealed, sex_tail)
     with pytest.raises(ValueError):
         keys.aead("nickname")
+    with pytest.raises(ValueError):
+        keys.aead("sex")  # a per-field column has no key in format 4
 
 
 def _v1_blob(dek: bytes, version: int, plaintext: bytes, place: dict[str, object]) -> bytes:
@@ -415,8 +465,10 @@ def test_relabelling_the_format_byte_fails(place):
     """The format byte is authenticated: a blob of one format claiming another fails with
     every format's subkey."""
     dek = os.urandom(32)
-    keys = {fmt: envelope.field_subkey(dek, TABLE, COLUMN, fmt) for fmt in envelope.FORMATS}
-    tail = envelope.column_aad(TABLE, COLUMN) + envelope.place_aad(
+    # A column with a key in every format: a case note's text.
+    place = {**place, "table": "case_notes", "column": "text"}
+    keys = {fmt: envelope.field_subkey(dek, "case_notes", "text", fmt) for fmt in envelope.FORMATS}
+    tail = envelope.column_aad("case_notes", "text") + envelope.place_aad(
         place["row_id"],  # type: ignore[arg-type]
         place["case_id"],  # type: ignore[arg-type]
     )
@@ -424,7 +476,10 @@ def test_relabelling_the_format_byte_fails(place):
     blobs = {
         envelope.FORMAT_V1: _v1_blob(dek, 1, PLAINTEXT, place),
         envelope.FORMAT_V2: envelope.seal(AESGCM(keys[2]), v2_header, PLAINTEXT, tail),
-        envelope.FORMAT_V3: envelope.encrypt(keys[envelope.FORMAT_V3], 1, PLAINTEXT, **place),
+        envelope.FORMAT_V3: envelope.seal(
+            AESGCM(keys[3]), envelope.header(1, envelope.FORMAT_V3), PLAINTEXT, tail
+        ),
+        envelope.FORMAT_V4: envelope.encrypt(keys[envelope.FORMAT_V4], 1, PLAINTEXT, **place),
     }
     for fmt, blob in blobs.items():
         assert blob[0] == fmt and envelope.decrypt(keys[fmt], blob, **place) == PLAINTEXT
@@ -439,19 +494,19 @@ def test_field_aead_seals_and_opens_under_the_field_subkey():
     writes exactly what `encrypt` documents and reads older formats."""
     dek = os.urandom(32)
     row_id = uuid.uuid4()
-    place = {"table": "cases", "column": "given_name", "row_id": row_id, "case_id": row_id}
-    tail = envelope.column_aad("cases", "given_name") + envelope.place_aad(row_id, row_id)
+    place = {"table": "cases", "column": "identity", "row_id": row_id, "case_id": row_id}
+    tail = envelope.column_aad("cases", "identity") + envelope.place_aad(row_id, row_id)
     blob = envelope.seal(
-        envelope.field_aead(dek, "cases", "given_name"), envelope.header(1), PLAINTEXT, tail
+        envelope.field_aead(dek, "cases", "identity"), envelope.header(1), PLAINTEXT, tail
     )
-    assert envelope.parse_header(blob) == (envelope.FORMAT_V3, 1)
-    subkey = envelope.field_subkey(dek, "cases", "given_name")
+    assert envelope.parse_header(blob) == (envelope.FORMAT_V4, 1)
+    subkey = envelope.field_subkey(dek, "cases", "identity")
     assert envelope.decrypt(subkey, blob, **place) == PLAINTEXT
-    for other in (("cases", "family_name"), ("case_notes", "text")):
+    for other in (("cases", "contact"), ("case_notes", "text")):
         with pytest.raises(DecryptionError):
             envelope.open_sealed(envelope.field_aead(dek, *other), blob, tail)
     v1 = _v1_blob(dek, 1, PLAINTEXT, place)
-    v1_aead = envelope.field_aead(dek, "cases", "given_name", envelope.FORMAT_V1)
+    v1_aead = envelope.field_aead(dek, "cases", "identity", envelope.FORMAT_V1)
     assert envelope.open_sealed(v1_aead, v1, tail) == PLAINTEXT
 
 

@@ -55,8 +55,9 @@ class World:
 
     @property
     def ciphertext_count(self) -> int:
-        """Every encrypted field of every case holds a ciphertext (null or not), plus notes."""
-        return len(self.cases) * len(Case.__encrypted_fields__) + self.note_count
+        """Every category column of every case holds a ciphertext (its fields null or not),
+        plus notes."""
+        return len(self.cases) * len(Case.__encrypted_columns__) + self.note_count
 
 
 def _payload(label: str, number: int) -> dict[str, Any]:
@@ -182,8 +183,8 @@ def _ciphertexts(app: Any) -> dict[tuple[str, str, str], bytes]:
     with db.session_factory_for(app)() as session:
         for model in (Case, CaseNote):
             for row in session.scalars(select(model)):
-                for name, encrypted in type(row).__encrypted_fields__.items():
-                    blob = getattr(row, encrypted.column_attr)
+                for name, stored in type(row).__encrypted_columns__.items():
+                    blob = getattr(row, stored.attr)
                     assert blob is not None, (model.__tablename__, name)
                     blobs[(model.__tablename__, str(row.id), name)] = blob
         session.rollback()
@@ -208,7 +209,7 @@ def _keyring(app: Any) -> LocalKeyring:
 
 def test_status_shows_versions_and_counts(runner, world):
     ciphertexts = world.ciphertext_count
-    assert ciphertexts > 100
+    assert ciphertexts > 50
     data = _status(runner)
     assert data["root"] == {
         "provider": "local-file",
@@ -222,6 +223,7 @@ def test_status_shows_versions_and_counts(runner, world):
     assert data["case_keys_by_version"] == {"1": 5}
     assert data["cases_by_key_version"] == {"1": 5}
     assert data["ciphertexts_by_key_version"] == {"1": ciphertexts}
+    assert data["ciphertexts_by_format"] == {"4": ciphertexts}
 
     result = _invoke(runner, "status")
     assert result.exit_code == 0, result.output
@@ -663,6 +665,68 @@ def test_rotate_case_keys_reencrypts_every_case_and_note(app, client, runner, wo
     _clear_key_cache(app)
     body = client.get(f"{CASES}/{record.id}", headers=world.headers["A"]).get_json()
     assert body["health"]["notes"] == "after rotation"
+
+
+def _store_per_field(app: Any, case_id: str) -> int:
+    """Rewrite a case as stored before category columns: each field in its own column,
+    format 3, the category columns empty. Returns the number of fields."""
+    from sqlalchemy import update
+
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(case_id))
+        assert case is not None
+        place = envelope.place_aad(case.id, case.id)
+        data_key = session.info["crypto"].keys(session).case_key(case.id, 1)
+        blobs = {
+            name: envelope.seal(
+                envelope.field_aead(data_key, "cases", name, envelope.FORMAT_V3),
+                envelope.header(1, envelope.FORMAT_V3),
+                json.dumps(getattr(case, name)).encode(),
+                envelope.column_aad("cases", name) + place,
+            )
+            for name in Case.__encrypted_fields__
+        }
+        session.execute(
+            update(Case.__table__)
+            .where(Case.__table__.c.id == case.id)
+            .values({**blobs, **dict.fromkeys(Case.__encrypted_columns__)})
+        )
+        session.commit()
+    return len(blobs)
+
+
+def test_rotate_case_keys_moves_cases_stored_per_field_into_category_columns(
+    app, client, runner, world
+):
+    """A case stored before category columns (one format-3 ciphertext per field) reads as
+    before; `keys status` counts its ciphertexts by format, and the sweep re-encrypts it
+    into its category columns (format 4), clearing the per-field ones."""
+    record = world.cases[1]
+    fields = _store_per_field(app, record.id)
+    assert fields == 29
+    _assert_everything_decrypts(app, client, world)
+    data = _status(runner)
+    columns = len(Case.__encrypted_columns__)
+    assert data["ciphertexts_by_format"] == {
+        "3": fields,
+        "4": world.ciphertext_count - columns,
+    }
+    assert data["ciphertexts_by_key_version"] == {"1": world.ciphertext_count - columns + fields}
+    assert "ciphertexts by format: v3: 29, v4: " in _invoke(runner, "status").output
+
+    result = _invoke(runner, "rotate-case-keys")
+    assert result.exit_code == 0, result.output
+    data = _status(runner)
+    assert data["ciphertexts_by_format"] == {"4": world.ciphertext_count}
+    assert data["ciphertexts_by_key_version"] == {"2": world.ciphertext_count}
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(record.id))
+        assert case is not None
+        assert all(getattr(case, c.attr) is not None for c in Case.__encrypted_columns__.values())
+        assert all(getattr(case, f.legacy_attr) is None for f in Case.__encrypted_fields__.values())
+        session.rollback()
+    _assert_everything_decrypts(app, client, world)
+    _assert_search_finds_every_case(app, client, world, every_field=True)
 
 
 def _open_job(app: Any) -> datetime:

@@ -17,3 +17,44 @@ def test_models_and_migrations_do_not_drift(app):
     with db.engine_for(app).connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+
+
+def test_0012_downgrade_refuses_to_drop_category_columns_holding_data(app, client, auth_headers):
+    """The code before 0012 cannot read category columns: dropping them with a case's data
+    in them would lose it, so the downgrade refuses and changes nothing; once they are
+    empty it drops them, and upgrading adds them back."""
+    import pytest
+    from alembic import command
+    from sqlalchemy import inspect, text, update
+
+    from referral_api.access.roles import Role
+    from referral_api.cases.models import Case
+    from referral_api.migrate import alembic_config, upgrade
+
+    created = client.post(
+        "/api/v1/cases",
+        json={"case_type": "thb", "identity": {"given_name": "Olena"}},
+        headers=auth_headers(Role.CASEWORKER),
+    )
+    assert created.status_code == 201, created.get_json()
+    url = app.config["DATABASE_URL"]
+    engine = db.engine_for(app)
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="1 case"):
+        command.downgrade(alembic_config(url), "0011")
+    assert current_revision(engine) == head_revision()
+    assert "identity" in {c["name"] for c in inspect(engine).get_columns("cases")}
+
+    with engine.begin() as connection:
+        connection.execute(update(Case.__table__).values(dict.fromkeys(Case.__encrypted_columns__)))
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0011")
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("cases")}
+        assert "identity" not in columns and "given_name" in columns
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+    finally:
+        engine.dispose()
+        upgrade(url)
+    assert current_revision(engine) == head_revision()

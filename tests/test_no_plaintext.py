@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 
 from referral_api.access.roles import Role
 from referral_api.cases.models import Case, CaseNote
@@ -267,10 +267,10 @@ def test_no_canary_reaches_any_table_or_log_and_the_api_returns_them(
     assert _scan_database(engine, canaries) == []
     assert _scan_text(captured_logs(), canaries) == []
 
-    # The scan is not vacuous: cases hold a ciphertext per field, audit rows exist for
+    # The scan is not vacuous: cases hold a ciphertext per category, audit rows exist for
     # both cases, and a planted value is found wherever it sits.
     with engine.connect() as connection:
-        blobs = connection.execute(text("SELECT given_name, narrative, address FROM cases")).all()
+        blobs = connection.execute(text("SELECT identity, incident, location FROM cases")).all()
         audit = connection.execute(
             text("SELECT action, categories, details, resource_id FROM audit_events")
         ).all()
@@ -337,34 +337,34 @@ def _clear_key_cache(app: Any) -> None:
     app.extensions["referral_api.crypto"].cache.clear()
 
 
-def test_given_name_copied_to_another_case_fails_to_decrypt(app, client, headers, two_cases):
+def test_identity_copied_to_another_case_fails_to_decrypt(app, client, headers, two_cases):
     case_a, case_b = two_cases
     engine = db.engine_for(app)
     _raw_copy(
         engine,
         "cases",
-        "given_name",
-        "given_name",
+        "identity",
+        "identity",
         _id_param(engine, case_a["id"]),
         _id_param(engine, case_b["id"]),
     )
 
     with db.session_factory_for(app)() as session:
         case = session.get(Case, uuid.UUID(case_b["id"]))
-        blob = case.given_name_ct
+        blob = case.identity_ct
         with pytest.raises(DecryptionError):
-            decrypt_value(session, case, "given_name", blob)
+            decrypt_value(session, case, "identity", blob)
         with pytest.raises(DecryptionError):
             _ = case.given_name
         # Even with case A's own subkey, the blob names case A's row and case id.
         keys = session.info["crypto"].keys(session)
-        subkey_a = keys.subkey(uuid.UUID(case_a["id"]), 1, "cases", "given_name")
+        subkey_a = keys.subkey(uuid.UUID(case_a["id"]), 1, "cases", "identity")
         with pytest.raises(DecryptionError):
             envelope.decrypt(
                 subkey_a,
                 blob,
                 table="cases",
-                column="given_name",
+                column="identity",
                 row_id=case.id,
                 case_id=case.id,
             )
@@ -374,7 +374,7 @@ def test_given_name_copied_to_another_case_fails_to_decrypt(app, client, headers
                 subkey_a,
                 blob,
                 table="cases",
-                column="given_name",
+                column="identity",
                 row_id=uuid.UUID(case_a["id"]),
                 case_id=case.id,
             )
@@ -383,11 +383,11 @@ def test_given_name_copied_to_another_case_fails_to_decrypt(app, client, headers
             subkey_a,
             blob,
             table="cases",
-            column="given_name",
+            column="identity",
             row_id=uuid.UUID(case_a["id"]),
             case_id=uuid.UUID(case_a["id"]),
         )
-        assert json.loads(plain) == case_a["identity"]["given_name"]
+        assert json.loads(plain)["given_name"] == case_a["identity"]["given_name"]
         session.rollback()
 
     _clear_key_cache(app)
@@ -399,31 +399,69 @@ def test_given_name_copied_to_another_case_fails_to_decrypt(app, client, headers
     assert ok.get_json()["identity"]["given_name"] == case_a["identity"]["given_name"]
 
 
-def test_given_name_copied_to_family_name_of_same_case_fails(app, client, headers, two_cases):
+def test_identity_copied_to_another_category_of_the_same_case_fails(
+    app, client, headers, two_cases
+):
     case_a, _ = two_cases
     engine = db.engine_for(app)
     row = _id_param(engine, case_a["id"])
-    _raw_copy(engine, "cases", "given_name", "family_name", row, row)
+    _raw_copy(engine, "cases", "identity", "contact", row, row)
 
     with db.session_factory_for(app)() as session:
         case = session.get(Case, uuid.UUID(case_a["id"]))
         with pytest.raises(DecryptionError):
-            decrypt_value(session, case, "family_name", case.family_name_ct)
+            decrypt_value(session, case, "contact", case.contact_ct)
         # Same key, same row: only the column named in the associated data differs.
         keys = session.info["crypto"].keys(session)
-        subkey = keys.subkey(case.id, 1, "cases", "given_name")
+        subkey = keys.subkey(case.id, 1, "cases", "identity")
         place = {"table": "cases", "row_id": case.id, "case_id": case.id}
         with pytest.raises(DecryptionError):
-            envelope.decrypt(subkey, case.family_name_ct, column="family_name", **place)
+            envelope.decrypt(subkey, case.contact_ct, column="contact", **place)
         assert (
-            json.loads(envelope.decrypt(subkey, case.family_name_ct, column="given_name", **place))
-            == (case_a["identity"]["given_name"])
+            json.loads(envelope.decrypt(subkey, case.contact_ct, column="identity", **place))
+            == case_a["identity"]
         )
         session.rollback()
 
     _clear_key_cache(app)
     response = client.get(f"{CASES}/{case_a['id']}", headers=headers)
     _assert_opaque_500(response, case_a["identity"]["given_name"])
+
+
+def test_category_ciphertext_copied_to_a_per_field_column_fails(app, client, headers, two_cases):
+    """A case stored before category columns is read from its per-field columns (formats
+    1-3): a format-4 blob planted there, with the category column emptied, names another
+    column and fails; so does a per-field blob planted in a category column."""
+    case_a, _ = two_cases
+    engine = db.engine_for(app)
+    row = _id_param(engine, case_a["id"])
+    _raw_copy(engine, "cases", "identity", "given_name", row, row)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE cases SET identity = NULL WHERE id = :id"), {"id": row})
+    _clear_key_cache(app)
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(case_a["id"]))
+        assert case.identity_ct is None and case.given_name_ct is not None
+        with pytest.raises(DecryptionError):
+            _ = case.given_name
+        session.rollback()
+    response = client.get(f"{CASES}/{case_a['id']}", headers=headers)
+    _assert_opaque_500(response, case_a["identity"]["given_name"])
+
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(case_a["id"]))
+        data_key = session.info["crypto"].keys(session).case_key(case.id, 1)
+        blob = _v3_blob(data_key, case_a["contact"]["phone"], "cases", "phone", case.id, case.id)
+        session.rollback()
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE cases SET contact = :blob WHERE id = :id"), {"blob": blob, "id": row}
+        )
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, uuid.UUID(case_a["id"]))
+        with pytest.raises(DecryptionError):
+            _ = case.phone
+        session.rollback()
 
 
 def test_note_text_copied_to_another_note_fails(app, client, headers, two_cases, captured_logs):
@@ -486,19 +524,19 @@ def test_every_case_has_a_wrapped_data_key_and_no_raw_key_is_stored(app, client,
             keys = KeyService(session, crypto.provider, KeyCache(), crypto.index_bits)
             dek = keys.case_key(case.id, case.key_version)
             assert len(dek) == 32 and dek not in row.wrapped_key
-            subkey = envelope.field_subkey(dek, "cases", "given_name")
-            place = {"table": "cases", "column": "given_name", "row_id": case.id}
+            subkey = envelope.field_subkey(dek, "cases", "identity")
+            place = {"table": "cases", "column": "identity", "row_id": case.id}
             assert (
-                json.loads(envelope.decrypt(subkey, case.given_name_ct, case_id=case.id, **place))
-                == (body["identity"]["given_name"])
+                json.loads(envelope.decrypt(subkey, case.identity_ct, case_id=case.id, **place))
+                == body["identity"]
             )
             # The stored wrapped bytes are not a usable key for the data.
             for start in range(len(row.wrapped_key) - 31):
                 candidate = envelope.field_subkey(
-                    row.wrapped_key[start : start + 32], "cases", "given_name"
+                    row.wrapped_key[start : start + 32], "cases", "identity"
                 )
                 with pytest.raises(DecryptionError):
-                    envelope.decrypt(candidate, case.given_name_ct, case_id=case.id, **place)
+                    envelope.decrypt(candidate, case.identity_ct, case_id=case.id, **place)
             org_row = session.get(OrgKey, (case.org_id, row.org_key_version))
             org_key = keys.org_key(case.org_id, row.org_key_version)
             assert org_key not in org_row.wrapped_key
@@ -570,38 +608,58 @@ def _v2_blob(data_key: bytes, value: Any, table: str, column: str, row_id: Any, 
     return envelope.seal(aead, envelope.header(1, envelope.FORMAT_V2), plaintext, tail)
 
 
-def test_older_format_ciphertexts_still_read_and_rewrites_use_v3(app, client, headers):
-    """Ciphertexts written before FORMAT_V3 (V1 and V2, side by side in one case) keep
-    decrypting through the models and the API (reading, search), and a field written again
-    is stored in the current format."""
+def _v3_blob(data_key: bytes, value: Any, table: str, column: str, row_id: Any, case_id: Any):
+    """A FORMAT_V3 ciphertext (a per-field column's key from the format-3 schedule)."""
+    tail = envelope.column_aad(table, column) + envelope.place_aad(row_id, case_id)
+    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    aead = envelope.field_aead(data_key, table, column, envelope.FORMAT_V3)
+    return envelope.seal(aead, envelope.header(1, envelope.FORMAT_V3), plaintext, tail)
+
+
+def _store_per_field(app: Any, case_id: uuid.UUID, formats: dict[str, int]) -> dict[str, Any]:
+    """Rewrite a case as it was stored before category columns: every field in its own
+    column (format 1, 2 or 3 as `formats` says, 3 otherwise), the category columns empty.
+    Returns the field values."""
+    engine = db.engine_for(app)
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, case_id)
+        values = {name: getattr(case, name) for name in Case.__encrypted_fields__}
+        data_key = session.info["crypto"].keys(session).case_key(case_id, 1)
+        build = {1: _v1_blob, 2: _v2_blob, 3: _v3_blob}
+        blobs = {
+            name: build[formats.get(name, 3)](data_key, value, "cases", name, case_id, case_id)
+            for name, value in values.items()
+        }
+        session.rollback()
+    with engine.begin() as connection:
+        connection.execute(
+            update(Case.__table__)
+            .where(Case.__table__.c.id == case_id)
+            .values({**blobs, **dict.fromkeys(Case.__encrypted_columns__)})
+        )
+    _clear_key_cache(app)
+    return values
+
+
+def test_cases_stored_per_field_still_read_and_move_to_category_columns(app, client, headers):
+    """A case stored before category columns (formats 1 to 3 side by side, one column per
+    field) keeps decrypting through the models and the API (reading, listing, search); a
+    category written again moves into its column (format 4) and its fields' own columns are
+    cleared, the other categories staying where they were."""
     body = _create(client, headers, _canaries("V"))
     case_id = uuid.UUID(body["id"])
     identity = body["identity"]
     engine = db.engine_for(app)
-    with db.session_factory_for(app)() as session:
-        data_key = session.info["crypto"].keys(session).case_key(case_id, 1)
-        older = {
-            column: _v1_blob(data_key, identity[column], "cases", column, case_id, case_id)
-            for column in ("given_name", "family_name")
-        } | {
-            column: _v2_blob(data_key, identity[column], "cases", column, case_id, case_id)
-            for column in ("aliases", "documents")
-        }
-        session.rollback()
-    with engine.begin() as connection:
-        for column, blob in older.items():
-            connection.execute(
-                text(f'UPDATE cases SET "{column}" = :blob WHERE id = :id'),
-                {"blob": blob, "id": _id_param(engine, body["id"])},
-            )
-    _clear_key_cache(app)
+    values = _store_per_field(
+        app, case_id, {"given_name": 1, "family_name": 1, "aliases": 2, "documents": 2}
+    )
+    assert values["given_name"] == identity["given_name"]
 
     with db.session_factory_for(app)() as session:
         case = session.get(Case, case_id)
+        assert case.identity_ct is None and case.incident_ct is None
         assert [case.given_name_ct[0], case.aliases_ct[0], case.narrative_ct[0]] == [1, 2, 3]
-        assert case.given_name == identity["given_name"]
-        assert case.documents == identity["documents"]
-        assert case.narrative == body["incident"]["narrative"]
+        assert {name: getattr(case, name) for name in Case.__encrypted_fields__} == values
         # Older blobs still name their place: in another column they fail.
         with pytest.raises(DecryptionError):
             decrypt_value(session, case, "family_name", case.given_name_ct)
@@ -609,21 +667,31 @@ def test_older_format_ciphertexts_still_read_and_rewrites_use_v3(app, client, he
             decrypt_value(session, case, "documents", case.aliases_ct)
         session.rollback()
     read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
-    assert read["identity"] == identity
+    assert {k: v for k, v in read.items() if k not in ("updated_at", "version")} == {
+        k: v for k, v in body.items() if k not in ("updated_at", "version")
+    }
     found = client.get(CASES, query_string={"name": identity["aliases"][1]}, headers=headers)
     assert [c["id"] for c in found.get_json()] == [body["id"]]
+    listed = client.get(CASES, headers=headers).get_json()
+    assert [c["identity"] for c in listed if c["id"] == body["id"]] == [identity]
 
     renamed = f"Cnryrenamed{uuid.uuid4().hex[:8]}"
     _patch(client, headers, body["id"], {"identity": {"given_name": renamed}})
     with engine.connect() as connection:
-        given, family, aliases = connection.execute(
-            text("SELECT given_name, family_name, aliases FROM cases WHERE id = :id"),
+        stored = connection.execute(
+            text(
+                "SELECT identity, given_name, family_name, aliases, contact, phone "
+                "FROM cases WHERE id = :id"
+            ),
             {"id": _id_param(engine, body["id"])},
         ).one()
-    assert [bytes(given)[0], bytes(family)[0], bytes(aliases)[0]] == [3, 1, 2]
+    identity_blob, given, family, aliases, contact, phone = stored
+    assert bytes(identity_blob)[0] == 4 and (given, family, aliases) == (None, None, None)
+    assert contact is None and bytes(phone)[0] == 3  # not written: still per field
     _clear_key_cache(app)
     read = client.get(f"{CASES}/{body['id']}", headers=headers).get_json()
     assert read["identity"] == {**identity, "given_name": renamed}
+    assert read["contact"] == body["contact"]
 
 
 def test_sealing_after_the_data_key_was_replaced_uses_the_new_key(app, client, headers):
@@ -636,7 +704,7 @@ def test_sealing_after_the_data_key_was_replaced_uses_the_new_key(app, client, h
 
     body = _create(client, headers, _canaries("K"))
     case_id = uuid.UUID(body["id"])
-    place = {"table": "cases", "column": "given_name", "row_id": case_id, "case_id": case_id}
+    place = {"table": "cases", "column": "identity", "row_id": case_id, "case_id": case_id}
     with db.session_factory_for(app)() as session:
         case = session.get(Case, case_id)
         keys = session.info["crypto"].keys(session)
@@ -646,11 +714,12 @@ def test_sealing_after_the_data_key_was_replaced_uses_the_new_key(app, client, h
         keys.cache.put(("case", case_id, 1), replaced)
         case.given_name = "Cnryreplaced"
         fields._seal_pending(keys, case)
-        blob = case.given_name_ct
-        new_key = envelope.field_subkey(replaced, "cases", "given_name")
-        assert json.loads(envelope.decrypt(new_key, blob, **place)) == "Cnryreplaced"
+        blob = case.identity_ct
+        new_key = envelope.field_subkey(replaced, "cases", "identity")
+        sealed = json.loads(envelope.decrypt(new_key, blob, **place))
+        assert sealed == {**body["identity"], "given_name": "Cnryreplaced"}
         with pytest.raises(DecryptionError):
-            envelope.decrypt(envelope.field_subkey(stored, "cases", "given_name"), blob, **place)
+            envelope.decrypt(envelope.field_subkey(stored, "cases", "identity"), blob, **place)
         session.rollback()
     _clear_key_cache(app)
 

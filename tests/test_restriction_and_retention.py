@@ -399,10 +399,8 @@ def test_retention_run_lists_then_apply_erases_the_due_cases_except_held_ones(
         assert (
             world.sql("SELECT count(*) FROM case_search_index WHERE case_id = :c", c=cid)[0][0] == 0
         )
-        assert world.sql("SELECT given_name, narrative FROM cases WHERE id = :c", c=cid)[0] == (
-            None,
-            None,
-        )
+        cleared = "SELECT identity, incident, given_name, narrative FROM cases WHERE id = :c"
+        assert world.sql(cleared, c=cid)[0] == (None, None, None, None)
     erase_rows = world.scalars(select(AuditEvent).where(AuditEvent.action == "case:erase"))
     assert len(erase_rows) == 3
     assert {(r.actor_type, r.legal_basis) for r in erase_rows} == {

@@ -93,43 +93,45 @@ class Case(EncryptedRecord, Base):
     restricted: Mapped[bool] = mapped_column(Boolean, default=False)
     erased: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    # One ciphertext column per data category (`crypto.fields`); the incident category's
+    # coded classifications apart from its free text, so statistics decrypt codes only.
     # identity
-    given_name = EncryptedField(C.IDENTITY)
-    family_name = EncryptedField(C.IDENTITY)
-    aliases = EncryptedField(C.IDENTITY)
-    date_of_birth = EncryptedField(C.IDENTITY)
-    sex = EncryptedField(C.IDENTITY)
-    nationality = EncryptedField(C.IDENTITY)
-    languages = EncryptedField(C.IDENTITY)
-    documents = EncryptedField(C.IDENTITY)
+    given_name = EncryptedField(C.IDENTITY, stored_in="identity")
+    family_name = EncryptedField(C.IDENTITY, stored_in="identity")
+    aliases = EncryptedField(C.IDENTITY, stored_in="identity")
+    date_of_birth = EncryptedField(C.IDENTITY, stored_in="identity")
+    sex = EncryptedField(C.IDENTITY, stored_in="identity")
+    nationality = EncryptedField(C.IDENTITY, stored_in="identity")
+    languages = EncryptedField(C.IDENTITY, stored_in="identity")
+    documents = EncryptedField(C.IDENTITY, stored_in="identity")
     # contact
-    phone = EncryptedField(C.CONTACT)
-    email = EncryptedField(C.CONTACT)
-    safe_contact_notes = EncryptedField(C.CONTACT)
+    phone = EncryptedField(C.CONTACT, stored_in="contact")
+    email = EncryptedField(C.CONTACT, stored_in="contact")
+    safe_contact_notes = EncryptedField(C.CONTACT, stored_in="contact")
     # location (safety-critical)
-    address = EncryptedField(C.LOCATION)
-    is_shelter = EncryptedField(C.LOCATION)
+    address = EncryptedField(C.LOCATION, stored_in="location")
+    is_shelter = EncryptedField(C.LOCATION, stored_in="location")
     # incident (coded classifications are encrypted like free text)
-    gbv_type = EncryptedField(C.INCIDENT)
-    exploitation_types = EncryptedField(C.INCIDENT)
-    means_of_control = EncryptedField(C.INCIDENT)
-    recruiter_relation = EncryptedField(C.INCIDENT)
-    incident_date = EncryptedField(C.INCIDENT)
-    incident_place = EncryptedField(C.INCIDENT)
-    narrative = EncryptedField(C.INCIDENT)
+    gbv_type = EncryptedField(C.INCIDENT, stored_in="incident_codes")
+    exploitation_types = EncryptedField(C.INCIDENT, stored_in="incident_codes")
+    means_of_control = EncryptedField(C.INCIDENT, stored_in="incident_codes")
+    recruiter_relation = EncryptedField(C.INCIDENT, stored_in="incident_codes")
+    incident_date = EncryptedField(C.INCIDENT, stored_in="incident")
+    incident_place = EncryptedField(C.INCIDENT, stored_in="incident")
+    narrative = EncryptedField(C.INCIDENT, stored_in="incident")
     # health, psychosocial
-    health_notes = EncryptedField(C.HEALTH)
-    psychosocial_notes = EncryptedField(C.PSYCHOSOCIAL)
+    health_notes = EncryptedField(C.HEALTH, stored_in="health")
+    psychosocial_notes = EncryptedField(C.PSYCHOSOCIAL, stored_in="psychosocial")
     # legal
-    legal_status = EncryptedField(C.LEGAL)
-    legal_proceedings = EncryptedField(C.LEGAL)
-    lawyer = EncryptedField(C.LEGAL)
+    legal_status = EncryptedField(C.LEGAL, stored_in="legal")
+    legal_proceedings = EncryptedField(C.LEGAL, stored_in="legal")
+    lawyer = EncryptedField(C.LEGAL, stored_in="legal")
     # immigration
-    residence_status = EncryptedField(C.IMMIGRATION)
-    reflection_period_until = EncryptedField(C.IMMIGRATION)
+    residence_status = EncryptedField(C.IMMIGRATION, stored_in="immigration")
+    reflection_period_until = EncryptedField(C.IMMIGRATION, stored_in="immigration")
     # needs
-    needs_assessment = EncryptedField(C.NEEDS)
-    service_plan = EncryptedField(C.NEEDS)
+    needs_assessment = EncryptedField(C.NEEDS, stored_in="needs")
+    service_plan = EncryptedField(C.NEEDS, stored_in="needs")
 
     __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
@@ -271,10 +273,13 @@ def _index_arrays(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 @functools.cache
 def _case_columns() -> tuple[tuple[str, str, Any], ...]:
-    """(column name, attribute name, column default) of every column of `cases`."""
+    """(column name, attribute name, column default) of every column of `cases` a new case
+    is written in (not the per-field ciphertext columns of formats 1 to 3)."""
+    legacy = {f.legacy_attr for f in Case.__encrypted_fields__.values()}
     return tuple(
         (prop.columns[0].key, prop.key, prop.columns[0].default)
         for prop in Case.__mapper__.column_attrs
+        if prop.key not in legacy
     )
 
 
@@ -353,16 +358,21 @@ def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | N
 
 @functools.cache
 def _ciphertext_columns() -> tuple[str, ...]:
-    return tuple(field.name for field in Case.__encrypted_fields__.values())
+    return tuple(Case.__encrypted_columns__)
 
 
 def _prefixed(prefix: str, row: dict[str, Any], leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     return {f"{prefix}_{column}": value for column, value in row.items() if column not in leave_out}
 
 
-def _parameters(table: Any, prefix: str) -> dict[str, Any]:
-    """{column: the parameter prefix_column} for every column of `table`."""
-    return {c.key: bindparam(f"{prefix}_{c.key}", type_=c.type) for c in table.c}
+def _parameters(table: Any, prefix: str, only: Any = None) -> dict[str, Any]:
+    """{column: the parameter prefix_column} for every column of `table` (or those named in
+    `only`)."""
+    return {
+        c.key: bindparam(f"{prefix}_{c.key}", type_=c.type)
+        for c in table.c
+        if only is None or c.key in only
+    }
 
 
 @functools.cache
@@ -376,7 +386,7 @@ def _insert_one_case() -> Any:
         .subquery("sealed")
         .c.ciphertexts
     )
-    case_values = _parameters(Case.__table__, "case")
+    case_values = _parameters(Case.__table__, "case", {c for c, _, _ in _case_columns()})
     for position, column in enumerate(_ciphertext_columns(), start=1):  # SQL counts from 1
         case_values[column] = ciphertexts[literal_column(str(position))]
     new_case = insert(Case.__table__).from_select(list(case_values), select(*case_values.values()))

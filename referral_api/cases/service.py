@@ -427,13 +427,15 @@ def _search_requested(params: dict[str, Any]) -> bool:
 
 @functools.cache
 def _deferred_except(loaded: frozenset[str]) -> tuple[Any, ...]:
-    """Loader options deferring (with raiseload) every encrypted column not in `loaded`.
+    """Loader options deferring (with raiseload) every ciphertext column not holding one of
+    the fields in `loaded` (per-field columns of formats 1 to 3 are deferred anyway).
     Built once per combination (a handful: categories shown by fields searched); building
     ~20 options was an eighth of a search's CPU. Loader options are immutable."""
+    needed = {Case.__encrypted_fields__[name].column_attr for name in loaded}
     return tuple(
-        defer(getattr(Case, spec.column_attr), raiseload=True)
-        for name, spec in Case.__encrypted_fields__.items()
-        if name not in loaded
+        defer(getattr(Case, column.attr), raiseload=True)
+        for column in Case.__encrypted_columns__.values()
+        if column.attr not in needed
     )
 
 

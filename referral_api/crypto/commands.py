@@ -46,6 +46,8 @@ def status(as_json: bool) -> None:
         "case_keys_by_version": result.case_keys_by_version,
         "cases_by_key_version": result.cases_by_key_version,
         "ciphertexts_by_key_version": result.ciphertexts_by_key_version,
+        # formats 1-3: a case's fields still in their own columns (docs/key-management.md)
+        "ciphertexts_by_format": result.ciphertexts_by_format,
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -11,12 +11,16 @@ Formats differ only in how a field's subkey comes from the case's data key (DEK)
 - FORMAT_V2 (read only): HKDF-Expand-SHA256(DEK, info="referral_api field key v2" ‖ table ‖
   column, length-prefixed). The DEK is 256 random bits, already a uniformly random
   pseudorandom key, so the Extract step adds nothing (RFC 5869 §3.3).
-- FORMAT_V3 (written): a record's key schedule, HKDF-Expand-SHA256(DEK, info="referral_api
-  field keys v3" ‖ table, length-prefixed; L = 32 * the table's slots), cut into 32-byte
-  subkeys; a column's subkey is the one at its slot in FIELD_KEY_SLOTS. One derivation
-  gives every field key of a record (each output block is one HMAC, in `cryptography`'s
-  Rust, instead of a Python call per field); subkeys stay distinct per (table, column), and
-  the associated data still names the column.
+- FORMAT_V3 (read only): a record's key schedule, HKDF-Expand-SHA256(DEK,
+  info="referral_api field keys v3" ‖ table, length-prefixed; L = 32 * the table's slots),
+  cut into 32-byte subkeys; a column's subkey is the one at its slot in
+  FIELD_KEY_SLOTS[FORMAT_V3]. One derivation gives every field key of a record (each output
+  block is one HMAC, in `cryptography`'s Rust, instead of a Python call per field); subkeys
+  stay distinct per (table, column), and the associated data still names the column.
+- FORMAT_V4 (written): the same construction with info="referral_api field keys v4" ‖ table
+  and the slots of FIELD_KEY_SLOTS[FORMAT_V4], whose columns for `cases` are its category
+  columns (one ciphertext per data category, `crypto.fields`), not the per-field columns
+  of formats 1 to 3: a case's schedule is 10 subkeys, not 29.
 
 The format byte is part of the associated data: a blob relabelled with another format
 fails to authenticate.
@@ -38,8 +42,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 FORMAT_V1 = 1
 FORMAT_V2 = 2
 FORMAT_V3 = 3
-CURRENT_FORMAT = FORMAT_V3
-FORMATS = frozenset({FORMAT_V1, FORMAT_V2, FORMAT_V3})
+FORMAT_V4 = 4
+CURRENT_FORMAT = FORMAT_V4
+FORMATS = frozenset({FORMAT_V1, FORMAT_V2, FORMAT_V3, FORMAT_V4})
 ALG_AES_256_GCM = 1
 _HEADER = struct.Struct(">BBI")
 HEADER_BYTES = _HEADER.size
@@ -49,50 +54,22 @@ SUBKEY_BYTES = 32
 _BODY = HEADER_BYTES + NONCE_BYTES
 _MIN_BLOB = _BODY + TAG_BYTES
 _V2_INFO = b"referral_api field key v2\x00"
-_V3_INFO = b"referral_api field keys v3\x00"
+_SCHEDULE_INFO = {
+    FORMAT_V3: b"referral_api field keys v3\x00",
+    FORMAT_V4: b"referral_api field keys v4\x00",
+}
 _UUID_PREFIX = struct.pack(">I", 16)
 _SHA256 = hashes.SHA256()  # an immutable algorithm descriptor, shared
 
 
-# FORMAT_V3: each encrypted column's slot in its table's key schedule. APPEND ONLY: a slot
+# Each encrypted column's slot in its table's key schedule, per format. APPEND ONLY: a slot
 # names its column's key for every ciphertext written under it, so a new encrypted column
 # goes at the end of its table's tuple and a dropped one keeps its place (HKDF-Expand's
 # output for a longer schedule begins with the shorter one, so appending changes no key).
 # Written out, not taken from the models' declaration order: moving a declaration must not
-# move a key (tests/test_crypto.py pins this list independently, bench/bare_app.py mirrors
-# the columns for its plaintext twin).
-FIELD_KEY_SLOTS: dict[str, tuple[str, ...]] = {
-    "cases": (
-        "given_name",
-        "family_name",
-        "aliases",
-        "date_of_birth",
-        "sex",
-        "nationality",
-        "languages",
-        "documents",
-        "phone",
-        "email",
-        "safe_contact_notes",
-        "address",
-        "is_shelter",
-        "gbv_type",
-        "exploitation_types",
-        "means_of_control",
-        "recruiter_relation",
-        "incident_date",
-        "incident_place",
-        "narrative",
-        "health_notes",
-        "psychosocial_notes",
-        "legal_status",
-        "legal_proceedings",
-        "lawyer",
-        "residence_status",
-        "reflection_period_until",
-        "needs_assessment",
-        "service_plan",
-    ),
+# move a key (tests/test_crypto.py pins these lists independently, bench/bare_app.py mirrors
+# the case fields for its plaintext twin). FORMAT_V3 is read only: it is never extended.
+_OTHER_TABLES: dict[str, tuple[str, ...]] = {
     "case_notes": ("text",),
     "consent_records": ("evidence",),
     "consent_events": ("reason",),
@@ -103,12 +80,69 @@ FIELD_KEY_SLOTS: dict[str, tuple[str, ...]] = {
     "subject_exports": ("document", "reason"),
     "idempotent_responses": ("body",),
 }
-_SLOTS = {
-    table: {column: slot for slot, column in enumerate(columns)}
-    for table, columns in FIELD_KEY_SLOTS.items()
+FIELD_KEY_SLOTS: dict[int, dict[str, tuple[str, ...]]] = {
+    FORMAT_V3: {
+        # a case's fields, one column each (formats 1 to 3)
+        "cases": (
+            "given_name",
+            "family_name",
+            "aliases",
+            "date_of_birth",
+            "sex",
+            "nationality",
+            "languages",
+            "documents",
+            "phone",
+            "email",
+            "safe_contact_notes",
+            "address",
+            "is_shelter",
+            "gbv_type",
+            "exploitation_types",
+            "means_of_control",
+            "recruiter_relation",
+            "incident_date",
+            "incident_place",
+            "narrative",
+            "health_notes",
+            "psychosocial_notes",
+            "legal_status",
+            "legal_proceedings",
+            "lawyer",
+            "residence_status",
+            "reflection_period_until",
+            "needs_assessment",
+            "service_plan",
+        ),
+        **_OTHER_TABLES,
+    },
+    FORMAT_V4: {
+        # a case's category columns (the incident category's coded classifications apart
+        # from its free text, so that statistics decrypt coded values only)
+        "cases": (
+            "identity",
+            "contact",
+            "location",
+            "incident_codes",
+            "incident",
+            "health",
+            "psychosocial",
+            "legal",
+            "immigration",
+            "needs",
+        ),
+        **_OTHER_TABLES,
+    },
 }
-# HKDF-Expand gives at most 255 hash blocks: 255 fields per table.
-assert all(len(columns) <= 255 for columns in FIELD_KEY_SLOTS.values())  # noqa: S101
+_SLOTS = {
+    fmt: {
+        table: {column: slot for slot, column in enumerate(columns)}
+        for table, columns in tables.items()
+    }
+    for fmt, tables in FIELD_KEY_SLOTS.items()
+}
+# HKDF-Expand gives at most 255 hash blocks: 255 columns per table.
+assert all(len(c) <= 255 for tables in FIELD_KEY_SLOTS.values() for c in tables.values())  # noqa: S101
 
 
 class DecryptionError(Exception):
@@ -140,26 +174,27 @@ def header(key_version: int, fmt: int = CURRENT_FORMAT) -> bytes:
     return _HEADER.pack(fmt, ALG_AES_256_GCM, key_version)
 
 
-def field_slot(table: str, column: str) -> int:
-    """A column's slot in its table's FORMAT_V3 key schedule; ValueError for a column that
-    has none (add it to FIELD_KEY_SLOTS)."""
+def field_slot(table: str, column: str, fmt: int = CURRENT_FORMAT) -> int:
+    """A column's slot in its table's key schedule of format `fmt` (3 or 4); ValueError for
+    a column that has none (add it to FIELD_KEY_SLOTS)."""
     try:
-        return _SLOTS[table][column]
+        return _SLOTS[fmt][table][column]
     except KeyError:
-        raise ValueError(f"{table}.{column} has no field-key slot") from None
+        raise ValueError(f"{table}.{column} has no field-key slot in format {fmt}") from None
 
 
-def _schedule(data_key: bytes, table: str, slots: int) -> bytes:
-    """The first `slots` subkeys of a record's FORMAT_V3 key schedule, in one derivation."""
-    info = _V3_INFO + _length_prefixed(table.encode("ascii"))
+def _schedule(data_key: bytes, table: str, slots: int, fmt: int) -> bytes:
+    """The first `slots` subkeys of a record's key schedule (format 3 or 4), in one
+    derivation."""
+    info = _SCHEDULE_INFO[fmt] + _length_prefixed(table.encode("ascii"))
     return HKDFExpand(_SHA256, SUBKEY_BYTES * slots, info).derive(data_key)
 
 
 def field_subkey(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORMAT) -> bytes:
-    """A field's subkey under ciphertext format `fmt` (see the module docstring)."""
-    if fmt == FORMAT_V3:
-        slot = field_slot(table, column)
-        return _schedule(data_key, table, slot + 1)[SUBKEY_BYTES * slot :]
+    """A column's subkey under ciphertext format `fmt` (see the module docstring)."""
+    if fmt in _SCHEDULE_INFO:
+        slot = field_slot(table, column, fmt)
+        return _schedule(data_key, table, slot + 1, fmt)[SUBKEY_BYTES * slot :]
     if fmt == FORMAT_V2:
         info = _V2_INFO + column_aad(table, column)
         return HKDFExpand(_SHA256, SUBKEY_BYTES, info).derive(data_key)
@@ -178,36 +213,43 @@ def field_aead(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORM
 
 
 class FieldKeys:
-    """The field keys of one record under one data key, from its FORMAT_V3 key schedule,
-    derived when first needed: up to the highest slot of the columns announced by `plan`
-    (a search's identity fields need 8 of a case's 29 keys), or for the whole table when a
-    column beyond them is used. Blobs of older formats get their own derivation, as before."""
+    """The column keys of one record under one data key, from its key schedule (formats 3
+    and 4), derived when first needed: up to the highest slot of the columns announced by
+    `plan` (a search's identity column is the first of a case's 10), or for the whole table
+    when a column beyond them is used. Blobs of formats 1 and 2 get their own derivation."""
 
-    __slots__ = ("_planned", "_schedule", "_slots", "data_key", "table")
+    __slots__ = ("_planned", "_schedules", "data_key", "table")
 
     def __init__(self, data_key: bytes, table: str) -> None:
         self.data_key = data_key
         self.table = table
-        self._slots = _SLOTS.get(table, {})
-        self._planned = 0
-        self._schedule = b""
+        self._planned: dict[int, int] = {}
+        self._schedules: dict[int, bytes] = {}
 
     def plan(self, columns: Iterable[str]) -> None:
         """Announce the columns about to be used (unknown ones are ignored here)."""
-        slots = self._slots
-        self._planned = max(self._planned, max((slots.get(c, -1) + 1 for c in columns), default=0))
+        columns = tuple(columns)
+        if not columns:
+            return
+        for fmt, tables in _SLOTS.items():
+            slots = tables.get(self.table, {})
+            wanted = max((slots.get(c, -1) + 1 for c in columns), default=0)
+            if wanted > self._planned.get(fmt, 0):
+                self._planned[fmt] = wanted
 
     def aead(self, column: str, fmt: int = CURRENT_FORMAT) -> AESGCM:
-        if fmt != FORMAT_V3:
+        if fmt not in _SCHEDULE_INFO:
             return field_aead(self.data_key, self.table, column, fmt)
-        slot = self._slots.get(column)
+        slots = _SLOTS[fmt].get(self.table, {})
+        slot = slots.get(column)
         if slot is None:
-            slot = field_slot(self.table, column)  # raises, naming the column
+            slot = field_slot(self.table, column, fmt)  # raises, naming the column
         start = SUBKEY_BYTES * slot
-        schedule = self._schedule
+        schedule = self._schedules.get(fmt, b"")
         if len(schedule) <= start:
-            slots = self._planned if slot < self._planned else len(self._slots)
-            schedule = self._schedule = _schedule(self.data_key, self.table, slots)
+            planned = self._planned.get(fmt, 0)
+            count = planned if slot < planned else len(slots)
+            schedule = self._schedules[fmt] = _schedule(self.data_key, self.table, count, fmt)
         return AESGCM(schedule[start : start + SUBKEY_BYTES])
 
 

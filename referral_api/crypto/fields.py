@@ -1,12 +1,22 @@
 """`EncryptedField`: models declare `given_name = EncryptedField(Category.IDENTITY)` and read
 and write plaintext; ciphertext handling happens here and in a before-flush hook.
 
+- A field is stored in a ciphertext column: its own (named after it), or, declared with
+  `stored_in=`, one shared by the fields of its data category (a case's `identity` column
+  holds one JSON object of its eight identity fields). A category is what a viewer sees or
+  does not, so its fields are always read together: one ciphertext per category is one
+  decryption where there were up to eight, and the column reveals the category's total
+  length, not each field's.
 - Reading decrypts the column through the session's `CryptoContext` (session.info["crypto"])
   and caches the plaintext on the instance for as long as the ciphertext is unchanged.
 - Writing keeps the plaintext pending; the flush encrypts it under the case's current data
-  key with associated data naming table, column, row and case.
+  key with associated data naming table, column, row and case (a shared column is sealed
+  again whole: its other fields keep their values).
 - Values are JSON (strings, numbers, booleans, lists, objects, null); every declared field is
   encrypted even when null, so a column's presence reveals nothing.
+- Fields stored in a shared column keep their own columns of ciphertext formats 1 to 3 (read
+  only, loaded together and only when the shared column is empty): a case stored before
+  shared columns is read from them, and its next write or key rotation moves it.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from sqlalchemy import LargeBinary, event
+from sqlalchemy import LargeBinary, event, inspect
 from sqlalchemy.orm import Session, mapped_column, object_session
 from sqlalchemy.orm.attributes import flag_dirty
 
@@ -28,6 +38,9 @@ _PLAIN = "_ra_plaintext"
 _PENDING = "_ra_pending"
 _PLACE = "_ra_place"
 _KEYS = "_ra_keys"
+# The per-field columns of fields now stored in a shared column: one deferred group, loaded
+# by one SELECT the first time any of them is read (only for a record stored before).
+LEGACY_GROUP = "ciphertexts_per_field"
 
 
 class CryptoUnavailable(RuntimeError):
@@ -41,11 +54,25 @@ def crypto_of(session: Session | None) -> CryptoContext:
     return context  # type: ignore[no-any-return]
 
 
+class StoredColumn:
+    """One ciphertext column of a model and the fields whose values it holds: one field
+    (its value) or, `shared`, several (a JSON object of their values)."""
+
+    __slots__ = ("attr", "members", "name", "shared")
+
+    def __init__(self, name: str, shared: bool) -> None:
+        self.name = name
+        self.attr = f"{name}_ct"
+        self.members: tuple[str, ...] = ()
+        self.shared = shared
+
+
 class EncryptedRecord:
     """Mixin for models with encrypted fields. Subclasses say which case (and key) they
     belong to; the case id is bound into every ciphertext's associated data."""
 
     __encrypted_fields__: ClassVar[dict[str, EncryptedField]]
+    __encrypted_columns__: ClassVar[dict[str, StoredColumn]]
 
     def crypto_row_id(self) -> uuid.UUID:
         return self.id  # type: ignore[attr-defined,no-any-return]
@@ -61,20 +88,46 @@ class EncryptedRecord:
         """Hook: e.g. refresh blind indexes of the changed fields."""
 
 
+def ciphertext_attrs(model: type) -> tuple[str, ...]:
+    """The ORM attributes of every ciphertext column of `model`: its stored columns and the
+    per-field columns kept from before shared ones (counting and clearing what is held)."""
+    fields: dict[str, EncryptedField] = model.__encrypted_fields__  # type: ignore[attr-defined]
+    columns: dict[str, StoredColumn] = model.__encrypted_columns__  # type: ignore[attr-defined]
+    legacy = [f.legacy_attr for f in fields.values() if f.legacy_attr is not None]
+    return (*(c.attr for c in columns.values()), *legacy)
+
+
 class EncryptedField:
-    def __init__(self, category: Category) -> None:
+    def __init__(self, category: Category, *, stored_in: str | None = None) -> None:
         self.category = category
+        self.stored_in = stored_in
         self.name = ""
-        self.column_attr = ""
+        self.column = ""  # the ciphertext column holding this field's value
+        self.column_attr = ""  # its ORM attribute
+        self.legacy_attr: str | None = None  # stored_in: the field's own column (formats 1-3)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.column_attr = f"{name}_ct"
-        # The ciphertext column carries the field's name in the database.
-        setattr(owner, self.column_attr, mapped_column(name, LargeBinary, nullable=True))
+        self.column = self.stored_in or name
+        self.column_attr = f"{self.column}_ct"
+        columns = dict(owner.__dict__.get("__encrypted_columns__", {}))
+        stored = columns.get(self.column)
+        if stored is None:
+            stored = columns[self.column] = StoredColumn(self.column, self.stored_in is not None)
+            # The ciphertext column carries the field's (or the category's) name.
+            setattr(owner, self.column_attr, mapped_column(self.column, LargeBinary, nullable=True))
+        stored.members = (*stored.members, name)
+        if self.stored_in is not None:
+            self.legacy_attr = f"{name}_ct"
+            setattr(
+                owner,
+                self.legacy_attr,
+                mapped_column(name, LargeBinary, nullable=True, deferred_group=LEGACY_GROUP),
+            )
         fields = dict(owner.__dict__.get("__encrypted_fields__", {}))
         fields[name] = self
         owner.__encrypted_fields__ = fields  # type: ignore[attr-defined]
+        owner.__encrypted_columns__ = columns  # type: ignore[attr-defined]
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
@@ -87,13 +140,13 @@ class EncryptedField:
             return plain[self.name][1]
         blob = getattr(instance, self.column_attr)
         if blob is None:
-            return None
+            return None if self.legacy_attr is None else _legacy_value(instance, self, plain)
         cached = plain.get(self.name)
         if cached is not None and cached[0] is blob:
             return cached[1]
-        value = decrypt_value(object_session(instance), instance, self.name, blob)
-        plain[self.name] = (blob, value)
-        return value
+        value = decrypt_value(object_session(instance), instance, self.column, blob)
+        _remember(instance, self.column, blob, value, plain)
+        return plain[self.name][1]
 
     def __set__(self, instance: Any, value: Any) -> None:
         state = instance.__dict__
@@ -101,6 +154,32 @@ class EncryptedField:
         state.setdefault(_PENDING, set()).add(self.name)
         if object_session(instance) is not None:
             flag_dirty(instance)
+
+
+def _remember(instance: Any, column: str, blob: bytes, value: Any, plain: dict[str, Any]) -> None:
+    """Cache the plaintext of `column`'s fields, keyed by the blob they came from (a pending
+    field keeps its unsealed value)."""
+    stored = type(instance).__encrypted_columns__[column]
+    if not stored.shared:
+        plain[column] = (blob, value)
+        return
+    pending = instance.__dict__.get(_PENDING, ())
+    for name in stored.members:
+        if name not in pending:
+            plain[name] = (blob, value.get(name))
+
+
+def _legacy_value(instance: Any, field: EncryptedField, plain: dict[str, Any]) -> Any:
+    """A field of a record stored before its shared column, from its own column."""
+    blob = getattr(instance, field.legacy_attr)  # type: ignore[arg-type]
+    if blob is None:
+        return None
+    cached = plain.get(field.name)
+    if cached is not None and cached[0] is blob:
+        return cached[1]
+    value = decrypt_value(object_session(instance), instance, field.name, blob)
+    plain[field.name] = (blob, value)
+    return value
 
 
 # Compact UTF-8 JSON, one encoder and decoder for every field (json.dumps with options
@@ -147,14 +226,17 @@ def _field_keys(
 def _open(keys: envelope.FieldKeys, column: str, fmt: int, blob: bytes, place: bytes) -> Any:
     """A field's value from its blob (header already parsed), `place` = the row's part of
     the associated data."""
-    plaintext = envelope.open_sealed(
-        keys.aead(column, fmt), blob, envelope.column_aad(keys.table, column) + place
-    )
+    try:
+        aead = keys.aead(column, fmt)
+    except ValueError:  # no key for this column in the blob's format: not its ciphertext
+        raise envelope.DecryptionError("ciphertext did not authenticate") from None
+    plaintext = envelope.open_sealed(aead, blob, envelope.column_aad(keys.table, column) + place)
     return _JSON_DECODER.decode(plaintext.decode("utf-8"))
 
 
 def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
-    """Decrypt `blob` as the value of `instance`'s field `column`."""
+    """Decrypt `blob` as the content of `instance`'s ciphertext column `column` (a shared
+    column's is the JSON object of its fields)."""
     crypto = crypto_of(session)
     fmt, version = envelope.parse_header(blob)
     case_id, place = _place_of(instance)
@@ -169,9 +251,10 @@ def decrypt_value(session: Session | None, instance: Any, column: str, blob: byt
 
 def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
     """Decrypt several fields of one record now (reading them then hits the instance's
-    plaintext cache): the session's crypto context, the record's field keys for each key
-    version and its part of the associated data are looked up once per record, not per
-    field. Fields already decrypted, pending or null are skipped."""
+    plaintext cache): the session's crypto context, the record's column keys for each key
+    version and its part of the associated data are looked up once per record, and a
+    shared column once however many of its fields are named. Fields already decrypted,
+    pending or null are skipped."""
     state = instance.__dict__
     plain = state.get(_PLAIN)
     if plain is None:
@@ -185,10 +268,16 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
         return lambda: crypto_of(session).case_key(session, case_id, version)  # type: ignore[arg-type]
 
     names = tuple(names)
+    columns = {fields[name].column for name in names}
     by_version: dict[int, envelope.FieldKeys] = {}
     for name in names:
-        blob = getattr(instance, fields[name].column_attr)
-        if blob is None or name in pending:
+        if name in pending:
+            continue
+        field = fields[name]
+        blob = getattr(instance, field.column_attr)
+        if blob is None:
+            if field.legacy_attr is not None:
+                _legacy_value(instance, field, plain)
             continue
         cached = plain.get(name)
         if cached is not None and cached[0] is blob:
@@ -197,43 +286,86 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
         keys = by_version.get(version)
         if keys is None:
             keys = by_version[version] = _field_keys(
-                instance, case_id, version, data_key_of(version), names
+                instance, case_id, version, data_key_of(version), columns
             )
-        plain[name] = (blob, _open(keys, name, fmt, blob, place))
+        _remember(instance, field.column, blob, _open(keys, field.column, fmt, blob, place), plain)
 
 
 def _seal_fields(
     keys: KeyService, instance: Any, values: dict[str, Any], version: int
 ) -> dict[str, bytes]:
-    """Encrypt several fields of one record under data-key `version`: the field keys, the
-    header and the row's part of the associated data are looked up once per record."""
+    """Encrypt several ciphertext columns of one record ({column: its plaintext}) under
+    data-key `version`: the column keys, the header and the row's part of the associated
+    data are looked up once per record."""
     case_id, place = _place_of(instance)
     table = instance.__tablename__
     field_keys = _field_keys(instance, case_id, version, keys.case_key(case_id, version), values)
     header = envelope.header(version)
     return {
-        name: envelope.seal(
-            field_keys.aead(name),
+        column: envelope.seal(
+            field_keys.aead(column),
             header,
             _JSON.encode(value).encode("utf-8"),
-            envelope.column_aad(table, name) + place,
+            envelope.column_aad(table, column) + place,
         )
-        for name, value in values.items()
+        for column, value in values.items()
     }
+
+
+def _store(
+    keys: KeyService, instance: Any, values: dict[str, Any], version: int, legacy: set[str]
+) -> None:
+    """Seal `values` ({column: plaintext}) under data-key `version` into their columns,
+    cache the plaintext, and clear the per-field columns of the shared columns in `legacy`
+    (their values are in `values` now)."""
+    model = type(instance)
+    stored = model.__encrypted_columns__
+    fields = model.__encrypted_fields__
+    plain = instance.__dict__.setdefault(_PLAIN, {})
+    for column, blob in _seal_fields(keys, instance, values, version).items():
+        target = stored[column]
+        setattr(instance, target.attr, blob)
+        if not target.shared:
+            plain[column] = (blob, values[column])
+            continue
+        for name in target.members:
+            plain[name] = (blob, values[column][name])
+        if column in legacy:
+            for name in target.members:
+                attr = fields[name].legacy_attr
+                if getattr(instance, attr) is not None:
+                    setattr(instance, attr, None)
+
+
+def _stored_before_shared_columns(instance: Any, column: StoredColumn) -> bool:
+    """A stored record whose shared `column` is empty: its fields may be in their own
+    columns (stored before shared columns; or erased, and then those are empty too)."""
+    if not column.shared or getattr(instance, column.attr) is not None:
+        return False
+    return inspect(instance).has_identity
 
 
 def reencrypt(instance: Any, keys: KeyService, version: int) -> int:
-    """Re-encrypt every encrypted field of `instance` under data-key `version` (rotation)."""
-    fields = type(instance).__encrypted_fields__
-    values = {
-        name: getattr(instance, name)
-        for name, field in fields.items()
-        if getattr(instance, field.column_attr) is not None
-    }
-    plain = instance.__dict__.setdefault(_PLAIN, {})
-    for name, blob in _seal_fields(keys, instance, values, version).items():
-        setattr(instance, fields[name].column_attr, blob)
-        plain[name] = (blob, values[name])
+    """Re-encrypt every ciphertext column of `instance` under data-key `version` (rotation),
+    moving fields still in their own columns into their shared one; the number of columns
+    written. Columns with nothing stored (erased) stay empty."""
+    model = type(instance)
+    fields = model.__encrypted_fields__
+    values: dict[str, Any] = {}
+    legacy: set[str] = set()
+    for column, stored in model.__encrypted_columns__.items():
+        if not stored.shared:
+            if getattr(instance, stored.attr) is not None:
+                values[column] = getattr(instance, column)
+            continue
+        if _stored_before_shared_columns(instance, stored):
+            if all(getattr(instance, fields[n].legacy_attr) is None for n in stored.members):
+                continue  # nothing held
+            legacy.add(column)
+        elif getattr(instance, stored.attr) is None:
+            continue
+        values[column] = {name: getattr(instance, name) for name in stored.members}
+    _store(keys, instance, values, version, legacy)
     return len(values)
 
 
@@ -249,18 +381,30 @@ def _declare_unset(instance: Any) -> None:
 
 
 def _seal_pending(keys: KeyService, instance: Any) -> set[str] | None:
-    """Encrypt the fields written since the last seal under the record's current data key;
-    the names sealed, or None when nothing was pending."""
+    """Encrypt the fields written since the last seal under the record's current data key
+    (a shared column whole, its other fields read first); the names sealed, or None when
+    nothing was pending."""
     pending: set[str] | None = instance.__dict__.get(_PENDING)
     if not pending:
         return None
     version = instance.current_key_version(keys)
+    model = type(instance)
     plain = instance.__dict__[_PLAIN]
-    fields = type(instance).__encrypted_fields__
-    values = {name: plain[name][1] for name in sorted(pending)}
-    for name, blob in _seal_fields(keys, instance, values, version).items():
-        setattr(instance, fields[name].column_attr, blob)
-        plain[name] = (blob, values[name])
+    fields = model.__encrypted_fields__
+    values: dict[str, Any] = {}
+    legacy: set[str] = set()
+    for column in sorted({fields[name].column for name in pending}):
+        stored = model.__encrypted_columns__[column]
+        if not stored.shared:
+            values[column] = plain[column][1]
+            continue
+        if _stored_before_shared_columns(instance, stored):
+            legacy.add(column)
+        values[column] = {
+            name: plain[name][1] if name in pending else getattr(instance, name)
+            for name in stored.members
+        }
+    _store(keys, instance, values, version, legacy)
     changed = set(pending)
     pending.clear()
     return changed

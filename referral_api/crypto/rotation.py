@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
-from referral_api.crypto.fields import crypto_of, reencrypt
+from referral_api.crypto.fields import ciphertext_attrs, crypto_of, reencrypt
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
@@ -53,6 +53,7 @@ class KeyStatus:
     case_keys_by_version: dict[int, int]
     cases_by_key_version: dict[int, int]
     ciphertexts_by_key_version: dict[int, int]
+    ciphertexts_by_format: dict[int, int]
 
 
 def key_status(session: Session) -> KeyStatus:
@@ -65,21 +66,24 @@ def key_status(session: Session) -> KeyStatus:
         rows = session.execute(select(column, func.count()).select_from(model).group_by(column))
         return {key: count for key, count in rows if key is not None}
 
-    # Every ciphertext names its data-key version in header bytes 3..6 (1-based); counted
-    # in the database for every encrypted column, so "nothing left on the old version" is
-    # a fact about all the data, not a sample of it.
+    # Every ciphertext names its format in header byte 1 and its data-key version in bytes
+    # 3..6 (1-based); counted in the database for every ciphertext column, so "nothing left
+    # on the old version" (or in per-field columns, formats 1-3) is a fact about all the
+    # data, not a sample of it.
     cipher_versions: dict[int, int] = {}
+    cipher_formats: dict[int, int] = {}
     for model in (Case, CaseNote):
-        for encrypted in model.__encrypted_fields__.values():
-            column = getattr(model, encrypted.column_attr)
+        for attr in ciphertext_attrs(model):
+            column = getattr(model, attr)
             rows = session.execute(
-                select(func.substr(column, 3, 4), func.count())
+                select(func.substr(column, 1, 1), func.substr(column, 3, 4), func.count())
                 .where(column.is_not(None))
-                .group_by(text("1"))
+                .group_by(text("1"), text("2"))
             )
-            for header, count in rows:
+            for fmt, header, count in rows:
                 version = int.from_bytes(bytes(header), "big")
                 cipher_versions[version] = cipher_versions.get(version, 0) + count
+                cipher_formats[bytes(fmt)[0]] = cipher_formats.get(bytes(fmt)[0], 0) + count
     return KeyStatus(
         root={
             "provider": described.provider,
@@ -93,6 +97,7 @@ def key_status(session: Session) -> KeyStatus:
         case_keys_by_version=grouped(CaseKey.version, CaseKey),
         cases_by_key_version=grouped(Case.key_version, Case),
         ciphertexts_by_key_version=cipher_versions,
+        ciphertexts_by_format=cipher_formats,
     )
 
 

@@ -89,6 +89,10 @@ def _security_measures(
                     "one per table and column: a record's key schedule derived from its case "
                     "data key by HKDF-Expand-SHA256 (RFC 5869)"
                 ),
+                "ciphertexts": (
+                    "a case: one per data category (its fields as one JSON object); "
+                    "other records: one per encrypted field"
+                ),
                 "associated_data": "header, table, column, row id, case id",
                 "key_hierarchy": "root key → organisation key → case data key",
                 "root_key_provider": provider,

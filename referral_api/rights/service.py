@@ -21,7 +21,7 @@ from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
 from referral_api.cases.layout import project
 from referral_api.cases.models import Case, CaseNote, CaseSearchIndex, CaseStatus
-from referral_api.crypto.fields import EncryptedRecord, crypto_of
+from referral_api.crypto.fields import EncryptedRecord, ciphertext_attrs, crypto_of
 from referral_api.crypto.models import CaseKey
 from referral_api.db import Base
 from referral_api.exceptions import (
@@ -240,8 +240,8 @@ def erase_case(
     cleared = 0
     for model in models:
         owner = model.id if model is Case else model.case_id
-        for field in model.__encrypted_fields__.values():
-            column = getattr(model, field.column_attr)
+        for attr in ciphertext_attrs(model):
+            column = getattr(model, attr)
             cleared += (
                 session.scalar(
                     select(func.count())
@@ -327,7 +327,7 @@ def erase_case(
     session.flush()
 
     for model in models:
-        columns = [field.column_attr for field in model.__encrypted_fields__.values()]
+        columns = ciphertext_attrs(model)
         owner = model.id if model is Case else model.case_id
         session.execute(
             update(model)
