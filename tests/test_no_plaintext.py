@@ -739,3 +739,21 @@ def test_the_key_cache_holds_one_entry_per_case_not_per_field(app, client, heade
         naming = [k for k in entries if uuid.UUID(body["id"]) in k]
         assert naming == [("case", uuid.UUID(body["id"]), 1)]
     assert {k[0] for k in entries} <= {"org", "case", "index", "index-plan"}
+
+
+def test_a_category_plaintext_is_compact_utf8_json_of_its_fields(app, client, headers):
+    """The documented plaintext of a category column: the JSON object of its fields, UTF-8,
+    no spaces, non-ASCII as is (what any JSON library reading a backup must expect)."""
+    body = _create(client, headers, _canaries("J"))
+    case_id = uuid.UUID(body["id"])
+    with db.session_factory_for(app)() as session:
+        case = session.get(Case, case_id)
+        subkey = session.info["crypto"].keys(session).subkey(case_id, 1, "cases", "identity")
+        place = {"table": "cases", "column": "identity", "row_id": case_id, "case_id": case_id}
+        plaintext = envelope.decrypt(subkey, case.identity_ct, **place)
+        members = Case.__encrypted_columns__["identity"].members
+        expected = {name: getattr(case, name) for name in members}
+        session.rollback()
+    assert plaintext == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    assert list(json.loads(plaintext)) == list(members)
+    assert expected["given_name"] == body["identity"]["given_name"]

@@ -82,12 +82,12 @@ def project(case: Any, categories: frozenset[Category]) -> dict[str, Any]:
     Categories outside the set are neither decrypted nor present."""
     view: dict[str, Any] = {name: getattr(case, name) for name in METADATA_FIELDS}
     shown = [category for category in Category if category in categories]
-    decrypt_fields(
+    values = decrypt_fields(
         case, [attr for category in shown for attr in CATEGORY_FIELDS[category].values()]
     )
     for category in shown:
         view[category.value] = {
-            key: _normalise(attribute, getattr(case, attribute))
+            key: _normalise(attribute, values[attribute])
             for key, attribute in CATEGORY_FIELDS[category].items()
         }
     return view

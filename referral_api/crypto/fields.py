@@ -21,11 +21,12 @@ and write plaintext; ciphertext handling happens here and in a before-flush hook
 
 from __future__ import annotations
 
-import json
+import functools
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import orjson
 from sqlalchemy import LargeBinary, event, inspect
 from sqlalchemy.orm import Session, mapped_column, object_session
 from sqlalchemy.orm.attributes import flag_dirty
@@ -182,10 +183,10 @@ def _legacy_value(instance: Any, field: EncryptedField, plain: dict[str, Any]) -
     return value
 
 
-# Compact UTF-8 JSON, one encoder and decoder for every field (json.dumps with options
-# builds an encoder per call; json.loads re-checks its argument's type and encoding).
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_JSON_DECODER = json.JSONDecoder()
+# Plaintexts are compact UTF-8 JSON (no spaces, non-ASCII as is). orjson writes exactly that
+# (the same bytes as json.JSONEncoder(ensure_ascii=False, separators=(",", ":")) for these
+# values) and reads it 2-3 times faster, writes it ~10 times faster: one encode or decode
+# per category on every case written or read.
 
 
 def _place_of(instance: Any) -> tuple[uuid.UUID, bytes]:
@@ -231,7 +232,7 @@ def _open(keys: envelope.FieldKeys, column: str, fmt: int, blob: bytes, place: b
     except ValueError:  # no key for this column in the blob's format: not its ciphertext
         raise envelope.DecryptionError("ciphertext did not authenticate") from None
     plaintext = envelope.open_sealed(aead, blob, envelope.column_aad(keys.table, column) + place)
-    return _JSON_DECODER.decode(plaintext.decode("utf-8"))
+    return orjson.loads(plaintext)
 
 
 def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
@@ -249,46 +250,73 @@ def decrypt_value(session: Session | None, instance: Any, column: str, blob: byt
     return _open(keys, column, fmt, blob, place)
 
 
-def decrypt_fields(instance: Any, names: Iterable[str]) -> None:
-    """Decrypt several fields of one record now (reading them then hits the instance's
-    plaintext cache): the session's crypto context, the record's column keys for each key
-    version and its part of the associated data are looked up once per record, and a
-    shared column once however many of its fields are named. Fields already decrypted,
-    pending or null are skipped."""
+def _data_key_loader(
+    session: Session | None, case_id: uuid.UUID, version: int
+) -> Callable[[], bytes]:
+    return lambda: crypto_of(session).case_key(session, case_id, version)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=256)
+def _by_column(
+    model: type, names: tuple[str, ...]
+) -> tuple[tuple[tuple[StoredColumn, tuple[str, ...]], ...], tuple[str, ...]]:
+    """`names` grouped by the column holding them, in order, and those columns' names."""
+    fields: dict[str, EncryptedField] = model.__encrypted_fields__  # type: ignore[attr-defined]
+    stored: dict[str, StoredColumn] = model.__encrypted_columns__  # type: ignore[attr-defined]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(fields[name].column, []).append(name)
+    return tuple((stored[c], tuple(members)) for c, members in groups.items()), tuple(groups)
+
+
+def decrypt_fields(instance: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The values of several fields of one record ({name: value}), decrypted now and cached
+    on the instance (reading them again hits the cache): the session's crypto context, the
+    record's column keys for each key version and its part of the associated data are
+    looked up once per record, and each column once however many of its fields are named.
+    Pending fields give their unsealed value, fields with no ciphertext None."""
     state = instance.__dict__
     plain = state.get(_PLAIN)
     if plain is None:
         plain = state[_PLAIN] = {}
     pending = state.get(_PENDING, ())
-    fields = type(instance).__encrypted_fields__
-    session = object_session(instance)
-    case_id, place = _place_of(instance)
-
-    def data_key_of(version: int) -> Callable[[], bytes]:
-        return lambda: crypto_of(session).case_key(session, case_id, version)  # type: ignore[arg-type]
-
-    names = tuple(names)
-    columns = {fields[name].column for name in names}
+    model = type(instance)
+    groups, columns = _by_column(model, tuple(names))  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
     by_version: dict[int, envelope.FieldKeys] = {}
-    for name in names:
-        if name in pending:
-            continue
-        field = fields[name]
-        blob = getattr(instance, field.column_attr)
+    place: bytes | None = None
+    for stored, members in groups:
+        blob = getattr(instance, stored.attr)
         if blob is None:
-            if field.legacy_attr is not None:
-                _legacy_value(instance, field, plain)
+            for name in members:
+                if name in pending:
+                    values[name] = plain[name][1]
+                elif stored.shared:
+                    values[name] = _legacy_value(instance, model.__encrypted_fields__[name], plain)
+                else:
+                    values[name] = None
             continue
-        cached = plain.get(name)
-        if cached is not None and cached[0] is blob:
+        for name in members:
+            cached = plain.get(name)
+            if cached is None or (cached[0] is not blob and name not in pending):
+                break
+        else:  # every field named is cached for this blob, or pending
+            for name in members:
+                values[name] = plain[name][1]
             continue
+        if place is None:
+            case_id, place = _place_of(instance)
+            session = object_session(instance)
         fmt, version = envelope.parse_header(blob)
         keys = by_version.get(version)
         if keys is None:
             keys = by_version[version] = _field_keys(
-                instance, case_id, version, data_key_of(version), columns
+                instance, case_id, version, _data_key_loader(session, case_id, version), columns
             )
-        _remember(instance, field.column, blob, _open(keys, field.column, fmt, blob, place), plain)
+        _remember(instance, stored.name, blob, _open(keys, stored.name, fmt, blob, place), plain)
+        for name in members:
+            values[name] = plain[name][1]
+    return values
 
 
 def _seal_fields(
@@ -305,7 +333,7 @@ def _seal_fields(
         column: envelope.seal(
             field_keys.aead(column),
             header,
-            _JSON.encode(value).encode("utf-8"),
+            orjson.dumps(value),
             envelope.column_aad(table, column) + place,
         )
         for column, value in values.items()
