@@ -262,3 +262,27 @@ def test_a_request_reads_its_key_versions_with_its_actor(app: Any, factory: Any)
     assert len(reads) == 2  # one per request: its actor's query
     # Both are the actor's query: no request asks for the key versions on its own.
     assert all("FROM auth_sessions" in s or "JOIN auth_sessions" in s for s in reads)
+
+
+def test_the_one_case_statement_stays_within_psycopgs_conversion_cache() -> None:
+    """psycopg caches a statement's conversion only under 50 parameters and 4,096 bytes of
+    SQL, and dumps array parameters element by element in Python: the one-case INSERT keeps
+    under both limits, and its only arrays are the entries' field, key version and value
+    (the case's ciphertexts travel as one bytea parameter each, its id and organisation
+    once)."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
+    from sqlalchemy.dialects import postgresql
+
+    from referral_api.cases.models import Case, _insert_one_case
+
+    compiled = _insert_one_case().compile(dialect=postgresql.dialect(paramstyle="pyformat"))
+    sql = str(compiled)
+    assert len(compiled.params) < MAX_CACHED_STATEMENT_PARAMS
+    assert len(sql.encode()) < MAX_CACHED_STATEMENT_LENGTH
+    arrays = {
+        name
+        for name in compiled.params
+        if f"%({name})s::" in sql and "[]" in sql.split(f"%({name})s::", 1)[1].split(" ", 1)[0]
+    }
+    assert arrays == {"entry_fields", "entry_key_versions", "entry_values"}
+    assert {f"case_{column}" for column in Case.__encrypted_columns__} <= set(compiled.params)

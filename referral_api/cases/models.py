@@ -21,7 +21,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Uuid,
     bindparam,
@@ -29,7 +28,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    literal_column,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -337,15 +335,22 @@ def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | N
             }
         )
     connection = session.connection()
-    if connection.dialect.name == "postgresql" and len(cases) == 1:
+    one = cases[0]
+    if (
+        connection.dialect.name == "postgresql"
+        and len(cases) == 1
+        and all(e["case_id"] == one.id and e["org_id"] == one.org_id for e in index_rows)
+    ):
         connection.execute(
             _insert_one_case(),
             {
-                **_prefixed("case", case_rows[0], _ciphertext_columns()),
-                "case_ciphertexts": [case_rows[0][name] for name in _ciphertext_columns()],
+                **_prefixed("case", case_rows[0]),
                 **_prefixed("key", key_rows[0]),
                 **_prefixed("history", history_rows[0]),
-                **_index_arrays(index_rows),
+                **{
+                    f"entry_{column}s": [entry[column] for entry in index_rows]
+                    for column in _ENTRY_COLUMNS
+                },
             },
         )
         return
@@ -354,11 +359,6 @@ def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | N
     connection.execute(insert(CaseStatusChange.__table__), history_rows)
     if index_rows:
         _insert_index_entries(connection, index_rows)
-
-
-@functools.cache
-def _ciphertext_columns() -> tuple[str, ...]:
-    return tuple(Case.__encrypted_columns__)
 
 
 def _prefixed(prefix: str, row: dict[str, Any], leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -375,22 +375,36 @@ def _parameters(table: Any, prefix: str, only: Any = None) -> dict[str, Any]:
     }
 
 
+# A case's own blind-index entries: the case's id and organisation are its parameters.
+_ENTRY_COLUMNS = ("field", "key_version", "value")
+
+
 @functools.cache
 def _insert_one_case() -> Any:
     """PostgreSQL: a case, its data key, its first status-history row and its blind-index
-    entries in one statement (data-modifying CTEs), built once. The case's ciphertexts
-    travel as one bytea[] parameter: with fewer than 50 parameters psycopg caches the
-    statement's conversion (with one per column it parsed the text again every time)."""
-    ciphertexts = (
-        select(bindparam("case_ciphertexts", type_=ARRAY(LargeBinary)).label("ciphertexts"))
-        .subquery("sealed")
-        .c.ciphertexts
-    )
+    entries in one statement (data-modifying CTEs), built once. Its parameters stay under
+    psycopg's limits for caching the statement's conversion (50 parameters, 4,096 bytes of
+    SQL; past them it parses the SQL again every time), and array parameters are few: psycopg
+    dumps an array element by element in Python (where one bytea, uuid or text parameter is
+    dumped in C), so the entries share the case's id and organisation parameters and only
+    their field, key version and value travel as arrays."""
     case_values = _parameters(Case.__table__, "case", {c for c, _, _ in _case_columns()})
-    for position, column in enumerate(_ciphertext_columns(), start=1):  # SQL counts from 1
-        case_values[column] = ciphertexts[literal_column(str(position))]
+    entries = (
+        func.unnest(
+            *(
+                bindparam(f"entry_{column}s", type_=ARRAY(type_))
+                for column, type_ in zip(_ENTRY_COLUMNS, (String, Integer, BigInteger), strict=True)
+            )
+        )
+        .table_valued(*_ENTRY_COLUMNS)
+        .render_derived(name="entries")
+    )
+    new_entries = insert(CaseSearchIndex).from_select(
+        _INDEX_COLUMNS,
+        select(case_values["org_id"], case_values["id"], *entries.c),
+    )
     new_case = insert(Case.__table__).from_select(list(case_values), select(*case_values.values()))
-    return _insert_from_arrays().add_cte(
+    return new_entries.add_cte(
         new_case.cte("new_case"),
         insert(CaseKey.__table__).values(_parameters(CaseKey.__table__, "key")).cte("new_key"),
         insert(CaseStatusChange.__table__)

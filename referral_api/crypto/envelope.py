@@ -212,6 +212,16 @@ def field_aead(data_key: bytes, table: str, column: str, fmt: int = CURRENT_FORM
     return AESGCM(field_subkey(data_key, table, column, fmt))
 
 
+@functools.lru_cache(maxsize=256)
+def _slots_needed(table: str, columns: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """(format, how many of the table's slots cover `columns`) for formats 3 and 4."""
+    needed = []
+    for fmt, tables in _SLOTS.items():
+        slots = tables.get(table, {})
+        needed.append((fmt, max((slots.get(c, -1) + 1 for c in columns), default=0)))
+    return tuple(needed)
+
+
 class FieldKeys:
     """The column keys of one record under one data key, from its key schedule (formats 3
     and 4), derived when first needed: up to the highest slot of the columns announced by
@@ -231,11 +241,10 @@ class FieldKeys:
         columns = tuple(columns)
         if not columns:
             return
-        for fmt, tables in _SLOTS.items():
-            slots = tables.get(self.table, {})
-            wanted = max((slots.get(c, -1) + 1 for c in columns), default=0)
-            if wanted > self._planned.get(fmt, 0):
-                self._planned[fmt] = wanted
+        planned = self._planned
+        for fmt, wanted in _slots_needed(self.table, columns):
+            if wanted > planned.get(fmt, 0):
+                planned[fmt] = wanted
 
     def aead(self, column: str, fmt: int = CURRENT_FORMAT) -> AESGCM:
         if fmt not in _SCHEDULE_INFO:

@@ -35,8 +35,9 @@ from referral_api.access.categories import Category
 from referral_api.crypto import envelope
 from referral_api.crypto.keys import CryptoContext, KeyService
 
-_PLAIN = "_ra_plaintext"
-_PENDING = "_ra_pending"
+_PLAIN = "_ra_plaintext"  # {column: (its blob, its plaintext)}: a shared column's is a dict
+_PENDING = "_ra_pending"  # {field: value written, not yet sealed}
+_LEGACY = "_ra_plaintext_per_field"  # {field: (blob, value)} from a per-field column
 _PLACE = "_ra_place"
 _KEYS = "_ra_keys"
 # The per-field columns of fields now stored in a shared column: one deferred group, loaded
@@ -134,53 +135,38 @@ class EncryptedField:
         if instance is None:
             return self
         state = instance.__dict__
+        pending = state.get(_PENDING)
+        if pending and self.name in pending:
+            return pending[self.name]
+        blob = getattr(instance, self.column_attr)
+        if blob is None:
+            return None if self.legacy_attr is None else _legacy_value(instance, self)
         plain = state.get(_PLAIN)
         if plain is None:
             plain = state[_PLAIN] = {}
-        elif self.name in state.get(_PENDING, ()):
-            return plain[self.name][1]
-        blob = getattr(instance, self.column_attr)
-        if blob is None:
-            return None if self.legacy_attr is None else _legacy_value(instance, self, plain)
-        cached = plain.get(self.name)
-        if cached is not None and cached[0] is blob:
-            return cached[1]
-        value = decrypt_value(object_session(instance), instance, self.column, blob)
-        _remember(instance, self.column, blob, value, plain)
-        return plain[self.name][1]
+        cached = plain.get(self.column)
+        if cached is None or cached[0] is not blob:
+            value = decrypt_value(object_session(instance), instance, self.column, blob)
+            cached = plain[self.column] = (blob, value)
+        return cached[1] if self.stored_in is None else cached[1].get(self.name)
 
     def __set__(self, instance: Any, value: Any) -> None:
-        state = instance.__dict__
-        state.setdefault(_PLAIN, {})[self.name] = (None, value)
-        state.setdefault(_PENDING, set()).add(self.name)
+        instance.__dict__.setdefault(_PENDING, {})[self.name] = value
         if object_session(instance) is not None:
             flag_dirty(instance)
 
 
-def _remember(instance: Any, column: str, blob: bytes, value: Any, plain: dict[str, Any]) -> None:
-    """Cache the plaintext of `column`'s fields, keyed by the blob they came from (a pending
-    field keeps its unsealed value)."""
-    stored = type(instance).__encrypted_columns__[column]
-    if not stored.shared:
-        plain[column] = (blob, value)
-        return
-    pending = instance.__dict__.get(_PENDING, ())
-    for name in stored.members:
-        if name not in pending:
-            plain[name] = (blob, value.get(name))
-
-
-def _legacy_value(instance: Any, field: EncryptedField, plain: dict[str, Any]) -> Any:
+def _legacy_value(instance: Any, field: EncryptedField) -> Any:
     """A field of a record stored before its shared column, from its own column."""
     blob = getattr(instance, field.legacy_attr)  # type: ignore[arg-type]
     if blob is None:
         return None
-    cached = plain.get(field.name)
-    if cached is not None and cached[0] is blob:
-        return cached[1]
-    value = decrypt_value(object_session(instance), instance, field.name, blob)
-    plain[field.name] = (blob, value)
-    return value
+    memo = instance.__dict__.setdefault(_LEGACY, {})
+    cached = memo.get(field.name)
+    if cached is None or cached[0] is not blob:
+        value = decrypt_value(object_session(instance), instance, field.name, blob)
+        cached = memo[field.name] = (blob, value)
+    return cached[1]
 
 
 # Plaintexts are compact UTF-8 JSON (no spaces, non-ASCII as is). orjson writes exactly that
@@ -279,7 +265,7 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> dict[str, Any]:
     plain = state.get(_PLAIN)
     if plain is None:
         plain = state[_PLAIN] = {}
-    pending = state.get(_PENDING, ())
+    pending = state.get(_PENDING) or {}
     model = type(instance)
     groups, columns = _by_column(model, tuple(names))  # type: ignore[arg-type]
     values: dict[str, Any] = {}
@@ -290,32 +276,31 @@ def decrypt_fields(instance: Any, names: Iterable[str]) -> dict[str, Any]:
         if blob is None:
             for name in members:
                 if name in pending:
-                    values[name] = plain[name][1]
+                    values[name] = pending[name]
                 elif stored.shared:
-                    values[name] = _legacy_value(instance, model.__encrypted_fields__[name], plain)
+                    values[name] = _legacy_value(instance, model.__encrypted_fields__[name])
                 else:
                     values[name] = None
             continue
-        for name in members:
-            cached = plain.get(name)
-            if cached is None or (cached[0] is not blob and name not in pending):
-                break
-        else:  # every field named is cached for this blob, or pending
+        cached = plain.get(stored.name)
+        if cached is None or cached[0] is not blob:
+            if place is None:
+                case_id, place = _place_of(instance)
+                session = object_session(instance)
+            fmt, version = envelope.parse_header(blob)
+            keys = by_version.get(version)
+            if keys is None:
+                keys = by_version[version] = _field_keys(
+                    instance, case_id, version, _data_key_loader(session, case_id, version), columns
+                )
+            cached = plain[stored.name] = (blob, _open(keys, stored.name, fmt, blob, place))
+        content = cached[1]
+        if stored.shared:
             for name in members:
-                values[name] = plain[name][1]
-            continue
-        if place is None:
-            case_id, place = _place_of(instance)
-            session = object_session(instance)
-        fmt, version = envelope.parse_header(blob)
-        keys = by_version.get(version)
-        if keys is None:
-            keys = by_version[version] = _field_keys(
-                instance, case_id, version, _data_key_loader(session, case_id, version), columns
-            )
-        _remember(instance, stored.name, blob, _open(keys, stored.name, fmt, blob, place), plain)
-        for name in members:
-            values[name] = plain[name][1]
+                values[name] = pending[name] if name in pending else content.get(name)
+        else:
+            name = members[0]
+            values[name] = pending.get(name, content)
     return values
 
 
@@ -353,11 +338,7 @@ def _store(
     for column, blob in _seal_fields(keys, instance, values, version).items():
         target = stored[column]
         setattr(instance, target.attr, blob)
-        if not target.shared:
-            plain[column] = (blob, values[column])
-            continue
-        for name in target.members:
-            plain[name] = (blob, values[column][name])
+        plain[column] = (blob, values[column])
         if column in legacy:
             for name in target.members:
                 attr = fields[name].legacy_attr
@@ -399,37 +380,32 @@ def reencrypt(instance: Any, keys: KeyService, version: int) -> int:
 
 def _declare_unset(instance: Any) -> None:
     """A record not yet stored: every declared field gets a ciphertext, null or not."""
-    state = instance.__dict__
-    given = state.setdefault(_PLAIN, {})
-    unset = state.setdefault(_PENDING, set())
+    pending = instance.__dict__.setdefault(_PENDING, {})
     for name in type(instance).__encrypted_fields__:
-        if name not in unset:
-            given[name] = (None, None)
-            unset.add(name)
+        pending.setdefault(name, None)
 
 
 def _seal_pending(keys: KeyService, instance: Any) -> set[str] | None:
     """Encrypt the fields written since the last seal under the record's current data key
     (a shared column whole, its other fields read first); the names sealed, or None when
     nothing was pending."""
-    pending: set[str] | None = instance.__dict__.get(_PENDING)
+    pending: dict[str, Any] | None = instance.__dict__.get(_PENDING)
     if not pending:
         return None
     version = instance.current_key_version(keys)
     model = type(instance)
-    plain = instance.__dict__[_PLAIN]
     fields = model.__encrypted_fields__
     values: dict[str, Any] = {}
     legacy: set[str] = set()
     for column in sorted({fields[name].column for name in pending}):
         stored = model.__encrypted_columns__[column]
         if not stored.shared:
-            values[column] = plain[column][1]
+            values[column] = pending[column]
             continue
         if _stored_before_shared_columns(instance, stored):
             legacy.add(column)
         values[column] = {
-            name: plain[name][1] if name in pending else getattr(instance, name)
+            name: pending[name] if name in pending else getattr(instance, name)
             for name in stored.members
         }
     _store(keys, instance, values, version, legacy)
