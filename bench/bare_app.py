@@ -7,9 +7,10 @@ policy, no audit chain and no request logging.
 - GET  /api/v1/cases?name=…      indexed lookup (lower-cased full name), newest first, ≤ 50
 - GET  /api/v1/cases?limit=50    a page of 50, newest first
 
-Its tables (`bare_cases`, `bare_audit_events`) mirror `cases` and `audit_events` column for
-column, with the same indexes (plus the name index the lookup needs), and hold the same
-synthetic people in plaintext. Serve it with
+Its tables (`bare_cases`, `bare_audit_events`) mirror `cases` and `audit_events`, with the
+same indexes (plus the name index the lookup needs), and hold the same synthetic people in
+plaintext, one column per personal field (as `cases` held one ciphertext per field before
+ciphertext format 4; it now holds one per data category). Serve it with
 `gunicorn --chdir bench 'bare_app:create_app()'` (BARE_DATABASE_URL names the database);
 `python bench/bare_app.py seed --count N` creates and fills its tables.
 """

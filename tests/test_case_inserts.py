@@ -264,25 +264,86 @@ def test_a_request_reads_its_key_versions_with_its_actor(app: Any, factory: Any)
     assert all("FROM auth_sessions" in s or "JOIN auth_sessions" in s for s in reads)
 
 
-def test_the_one_case_statement_stays_within_psycopgs_conversion_cache() -> None:
+@pytest.mark.parametrize("with_audit_row", [False, True])
+def test_the_one_case_statement_stays_within_psycopgs_conversion_cache(
+    with_audit_row: bool,
+) -> None:
     """psycopg caches a statement's conversion only under 50 parameters and 4,096 bytes of
     SQL, and dumps array parameters element by element in Python: the one-case INSERT keeps
     under both limits, and its only arrays are the entries' field, key version and value
     (the case's ciphertexts travel as one bytea parameter each, its id and organisation
-    once)."""
+    once, its audit row as one JSON parameter)."""
     from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
     from sqlalchemy.dialects import postgresql
 
     from referral_api.cases.models import Case, _insert_one_case
 
-    compiled = _insert_one_case().compile(dialect=postgresql.dialect(paramstyle="pyformat"))
+    statement = _insert_one_case(with_audit_row)
+    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="pyformat"))
     sql = str(compiled)
     assert len(compiled.params) < MAX_CACHED_STATEMENT_PARAMS
     assert len(sql.encode()) < MAX_CACHED_STATEMENT_LENGTH
     arrays = {
-        name
-        for name in compiled.params
-        if f"%({name})s::" in sql and "[]" in sql.split(f"%({name})s::", 1)[1].split(" ", 1)[0]
+        name for name in compiled.params if "[]" in sql.split(f"%({name})s", 1)[1].split(" ", 1)[0]
     }
     assert arrays == {"entry_fields", "entry_key_versions", "entry_values"}
     assert {f"case_{column}" for column in Case.__encrypted_columns__} <= set(compiled.params)
+    assert ("audit_row" in compiled.params) is with_audit_row
+    assert ("INSERT INTO audit_events" in sql) is with_audit_row
+
+
+def test_post_writes_the_case_and_its_audit_row_together(
+    app: Any, client: Any, auth_headers: Any
+) -> None:
+    """POST /cases writes its audit row with the case: in the same statement on PostgreSQL
+    (no INSERT of its own), by the unit's separate INSERT elsewhere; the row is what
+    `audit.record` writes for a creation, and the chain seals and verifies over it."""
+    from referral_api.audit import service as audit
+    from referral_api.audit.models import AuditEvent
+    from referral_api.extensions import db
+
+    headers = auth_headers(Role.CASEWORKER)
+    warm = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
+    assert warm.status_code == 201
+    engine = db.engine_for(app)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        created = client.post(
+            "/api/v1/cases",
+            json={"case_type": "gbv", "identity": {"given_name": "Olena"}},
+            headers=headers,
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert created.status_code == 201, created.get_json()
+    case_id = uuid.UUID(created.get_json()["id"])
+    audit_inserts = [s for s in statements if "INSERT INTO audit_events" in s]
+    assert len(audit_inserts) == 1
+    if engine.dialect.name == "postgresql":
+        assert "INSERT INTO cases " in audit_inserts[0]
+    else:
+        assert audit_inserts[0].startswith("INSERT INTO audit_events")
+
+    with db.session_factory_for(app)() as session:
+        (row,) = session.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)).all()
+        assert (row.action, row.resource_type, row.resource_id, row.decision) == (
+            "case:create",
+            "case",
+            str(case_id),
+            "allow",
+        )
+        assert row.categories == "identity" and row.actor_type == "user"
+        assert row.actor_id is not None and row.actor_org_id is not None
+        assert row.request_id and row.occurred_at is not None and row.seq is None
+    with db.session_factory_for(app)() as session:
+        while audit.seal_pending(session):
+            session.commit()
+        session.commit()
+    with db.session_factory_for(app)() as session:
+        result = audit.verify_chain(session)
+        assert result.ok and result.unsealed == 0, result

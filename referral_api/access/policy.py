@@ -9,6 +9,7 @@ Rules, in order:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -52,12 +53,27 @@ _PLATFORM_WIDE = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=128)
+def _declared_shapes(cls: type) -> frozenset[type]:
+    """The resource protocols whose attributes `cls` itself declares (a model's columns),
+    which every instance therefore has."""
+    shapes = (CaseRecord, ReferralRecord, OrgOwned)
+    return frozenset(s for s in shapes if all(hasattr(cls, a) for a in s.__annotations__))
+
+
+def _is(resource: Any, shape: type) -> bool:
+    """isinstance(resource, shape) for a runtime-checkable Protocol: answered once per class
+    when the class declares the attributes (a case, on every case request: isinstance
+    inspects the protocol on every call, ~10 µs); otherwise asked of the instance."""
+    return shape in _declared_shapes(type(resource)) or isinstance(resource, shape)  # type: ignore[arg-type]
+
+
 def _resource_org_id(resource: Any) -> uuid.UUID | None:
     from referral_api.auth.models import Organisation
 
     if isinstance(resource, Organisation):
         return resource.id
-    if isinstance(resource, OrgOwned):
+    if _is(resource, OrgOwned):
         return resource.org_id  # type: ignore[no-any-return]
     return None
 
@@ -69,9 +85,9 @@ def decide(actor: Actor, action: Permission, resource: Any = None) -> Decision:
         return Decision(False, "permission not granted to role")
     if resource is None:
         return Decision(True, "permission granted")
-    if isinstance(resource, CaseRecord):
+    if _is(resource, CaseRecord):
         return _decide_case(actor, action, resource)
-    if isinstance(resource, ReferralRecord):
+    if _is(resource, ReferralRecord):
         return _decide_referral(actor, action, resource)
 
     target_org = _resource_org_id(resource)

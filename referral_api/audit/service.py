@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CursorResult,
     Integer,
     String,
+    Text,
     bindparam,
     func,
     insert,
+    literal_column,
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -101,6 +106,48 @@ def _row(
         "request_id": actor.request_id,
         "details": json.dumps(details, sort_keys=True, default=str) if details else None,
     }
+
+
+def row(actor: Actor, action: str, **fields: Any) -> dict[str, Any]:
+    """An audit row's column values, for a caller that inserts it with its own statement
+    (`insert_from_json`) and then calls `mark_written`; `record` writes one itself."""
+    return _row(actor, action, **fields)
+
+
+def mark_written(session: Session) -> None:
+    """Tell the request's sealer that this session wrote audit rows."""
+    session.info[ROWS_WRITTEN] = True
+
+
+_JSON_COLUMNS = tuple(
+    c.key
+    for c in AuditEvent.__table__.c
+    if c.key not in ("id", "seq", "prev_hash", "hash", "sealed_at")
+)
+
+
+def insert_from_json(parameter: str) -> Any:
+    """PostgreSQL: an INSERT of one audit row given as a JSON object (`row_json`) in the
+    text parameter `parameter`, typed by the table itself (json_populate_record): to be a
+    CTE of a statement that writes a record and its audit row at once, one parameter
+    where the row has 17 columns."""
+    source = func.json_populate_record(
+        literal_column("NULL::audit_events"), sql_cast(bindparam(parameter, type_=Text), JSON)
+    ).table_valued(*_JSON_COLUMNS)
+    return insert(AuditEvent.__table__).from_select(
+        _JSON_COLUMNS, select(*(source.c[c] for c in _JSON_COLUMNS))
+    )
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert rows from `row` (then `mark_written`)."""
+    session.execute(_INSERT, rows)
+
+
+def row_json(values: dict[str, Any]) -> str:
+    """The JSON object of a row from `row` (uuids and timestamps as text, microseconds
+    kept), the parameter of `insert_from_json`."""
+    return orjson.dumps(values).decode("utf-8")
 
 
 def record(session: Session, actor: Actor, action: str, **fields: Any) -> None:

@@ -294,19 +294,26 @@ def _case_row(case: Case) -> dict[str, Any]:
     return row
 
 
-def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | None) -> None:
+def insert_cases(
+    session: Session,
+    cases: list[Case],
+    *,
+    actor_id: uuid.UUID | None,
+    audit_row: dict[str, Any] | None = None,
+) -> None:
     """Insert new cases with Core, not the unit of work: for each case a new data key (its
     first version), every declared field encrypted under it (null ones too), its
     blind-index entries under every index-key version written and its first status-history
-    row (by `actor_id`). On PostgreSQL one case is one statement (the four inserts as
-    data-modifying CTEs: foreign keys are checked at its end); otherwise one INSERT per
-    table for the batch, cases first.
+    row (by `actor_id`), and `audit_row` (from `audit.row`) if given. On PostgreSQL one case
+    is one statement (the inserts as data-modifying CTEs: foreign keys are checked at its
+    end); otherwise one INSERT per table for the batch, cases first.
 
     The unit of work does the same through the before-flush hook (a `Case` added to a
     session still gets it), but builds, tracks and flushes a `Case` and a `CaseKey` object
     and sends four statements: a `POST /cases` cost 3.1 to 3.5 ms of CPU that way, 2.5 to 2.8 ms
     this way (bench/README.md). The instances stay transient (outside the session), their
     plaintext cached for the response."""
+    from referral_api.audit import service as audit
     from referral_api.cases.search import written_index_entries
     from referral_api.crypto.fields import crypto_of, seal_new
 
@@ -341,24 +348,28 @@ def insert_cases(session: Session, cases: list[Case], *, actor_id: uuid.UUID | N
         and len(cases) == 1
         and all(e["case_id"] == one.id and e["org_id"] == one.org_id for e in index_rows)
     ):
-        connection.execute(
-            _insert_one_case(),
-            {
-                **_prefixed("case", case_rows[0]),
-                **_prefixed("key", key_rows[0]),
-                **_prefixed("history", history_rows[0]),
-                **{
-                    f"entry_{column}s": [entry[column] for entry in index_rows]
-                    for column in _ENTRY_COLUMNS
-                },
+        parameters = {
+            **_prefixed("case", case_rows[0]),
+            **_prefixed("key", key_rows[0]),
+            **_prefixed("history", history_rows[0]),
+            **{
+                f"entry_{column}s": [entry[column] for entry in index_rows]
+                for column in _ENTRY_COLUMNS
             },
-        )
-        return
-    connection.execute(insert(Case.__table__), case_rows)
-    connection.execute(insert(CaseKey.__table__), key_rows)
-    connection.execute(insert(CaseStatusChange.__table__), history_rows)
-    if index_rows:
-        _insert_index_entries(connection, index_rows)
+        }
+        if audit_row is not None:
+            parameters["audit_row"] = audit.row_json(audit_row)
+        connection.execute(_insert_one_case(audit_row is not None), parameters)
+    else:
+        connection.execute(insert(Case.__table__), case_rows)
+        connection.execute(insert(CaseKey.__table__), key_rows)
+        connection.execute(insert(CaseStatusChange.__table__), history_rows)
+        if index_rows:
+            _insert_index_entries(connection, index_rows)
+        if audit_row is not None:
+            audit.insert_rows(session, [audit_row])
+    if audit_row is not None:
+        audit.mark_written(session)
 
 
 def _prefixed(prefix: str, row: dict[str, Any], leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -380,14 +391,15 @@ _ENTRY_COLUMNS = ("field", "key_version", "value")
 
 
 @functools.cache
-def _insert_one_case() -> Any:
+def _insert_one_case(with_audit_row: bool) -> Any:
     """PostgreSQL: a case, its data key, its first status-history row and its blind-index
     entries in one statement (data-modifying CTEs), built once. Its parameters stay under
     psycopg's limits for caching the statement's conversion (50 parameters, 4,096 bytes of
     SQL; past them it parses the SQL again every time), and array parameters are few: psycopg
     dumps an array element by element in Python (where one bytea, uuid or text parameter is
     dumped in C), so the entries share the case's id and organisation parameters and only
-    their field, key version and value travel as arrays."""
+    their field, key version and value travel as arrays. `with_audit_row`: the audit row of
+    the creation too, as one JSON parameter (its 17 columns would pass the 50)."""
     case_values = _parameters(Case.__table__, "case", {c for c, _, _ in _case_columns()})
     entries = (
         func.unnest(
@@ -404,13 +416,18 @@ def _insert_one_case() -> Any:
         select(case_values["org_id"], case_values["id"], *entries.c),
     )
     new_case = insert(Case.__table__).from_select(list(case_values), select(*case_values.values()))
-    return new_entries.add_cte(
+    ctes = [
         new_case.cte("new_case"),
         insert(CaseKey.__table__).values(_parameters(CaseKey.__table__, "key")).cte("new_key"),
         insert(CaseStatusChange.__table__)
         .values(_parameters(CaseStatusChange.__table__, "history"))
         .cte("new_history"),
-    )
+    ]
+    if with_audit_row:
+        from referral_api.audit.service import insert_from_json
+
+        ctes.append(insert_from_json("audit_row").cte("new_audit"))
+    return new_entries.add_cte(*ctes)
 
 
 @event.listens_for(Session, "after_soft_rollback")

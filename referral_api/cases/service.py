@@ -239,6 +239,16 @@ def _record_status_change(
     )
 
 
+def _case_audit(case: Case, categories: frozenset[Category] | set[Category]) -> dict[str, Any]:
+    """The audit fields of an action on `case` disclosing or changing `categories`."""
+    return {
+        "resource_type": "case",
+        "resource_id": case.id,
+        "case_id": case.id,
+        "categories": [c.value for c in categories],
+    }
+
+
 def _audit_case(
     session: Any,
     actor: Actor,
@@ -247,16 +257,7 @@ def _audit_case(
     categories: frozenset[Category] | set[Category],
     **extra: Any,
 ) -> None:
-    audit.record(
-        session,
-        actor,
-        str(action),
-        resource_type="case",
-        resource_id=case.id,
-        case_id=case.id,
-        categories=[c.value for c in categories],
-        **extra,
-    )
+    audit.record(session, actor, str(action), **_case_audit(case, categories), **extra)
 
 
 def _apply_categories(
@@ -326,8 +327,13 @@ def create_case(session: Any, actor: Actor, data: dict[str, Any]) -> CaseView:
     _check_assignee(session, actor, actor.org_id, data.get("assignee_id"))
     case.assignee_id = data.get("assignee_id")
     touched = _apply_categories(case, data, allowed, Permission.CASE_CREATE)
-    insert_cases(session, [case], actor_id=actor.id)
-    _audit_case(session, actor, Permission.CASE_CREATE, case, touched)
+    # The creation's audit row goes in with the case (one statement on PostgreSQL).
+    insert_cases(
+        session,
+        [case],
+        actor_id=actor.id,
+        audit_row=audit.row(actor, str(Permission.CASE_CREATE), **_case_audit(case, touched)),
+    )
     return CaseView(case, allowed)
 
 
