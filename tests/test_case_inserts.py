@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from referral_api.access.roles import OrgType, Role
@@ -347,3 +347,53 @@ def test_post_writes_the_case_and_its_audit_row_together(
     with db.session_factory_for(app)() as session:
         result = audit.verify_chain(session)
         assert result.ok and result.unsealed == 0, result
+
+
+def test_a_case_code_already_taken_is_drawn_again(
+    app: Any, client: Any, auth_headers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Case codes are random: a new case whose code is taken is created again, whole, under
+    a new code (nothing of the failed attempt stays); a failure of another kind is not
+    retried."""
+    from referral_api.audit.models import AuditEvent
+    from referral_api.cases import service
+    from referral_api.cases.models import Case
+    from referral_api.extensions import db
+
+    headers = auth_headers(Role.CASEWORKER)
+    first = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
+    assert first.status_code == 201
+    taken = first.get_json()["case_code"]
+    codes = iter([taken, taken, "THB-NEWC-ODE2"])
+    monkeypatch.setattr(service, "new_case_code", lambda _type: next(codes))
+    second = client.post(
+        "/api/v1/cases",
+        json={"case_type": "thb", "identity": {"given_name": "Olena"}},
+        headers=headers,
+    )
+    assert second.status_code == 201, second.get_json()
+    assert second.get_json()["case_code"] == "THB-NEWC-ODE2"
+    assert second.get_json()["identity"]["given_name"] == "Olena"
+    with db.session_factory_for(app)() as session:
+        assert sorted(session.scalars(select(Case.case_code))) == sorted([taken, "THB-NEWC-ODE2"])
+        created = session.scalars(
+            select(AuditEvent.case_id).where(AuditEvent.action == "case:create")
+        ).all()
+        assert sorted(map(str, created)) == sorted(
+            [first.get_json()["id"], second.get_json()["id"]]
+        )
+        from referral_api.cases.models import CaseSearchIndex
+
+        index_cases = set(session.scalars(select(CaseSearchIndex.case_id)))
+        assert index_cases <= {
+            uuid.UUID(first.get_json()["id"]),
+            uuid.UUID(second.get_json()["id"]),
+        }
+
+    # Always taken: after three draws the request fails, and nothing is stored.
+    monkeypatch.setattr(service, "new_case_code", lambda _type: taken)
+    failed = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
+    assert failed.status_code == 500
+    assert failed.headers["Content-Type"].startswith("application/problem+json")
+    with db.session_factory_for(app)() as session:
+        assert session.scalar(select(func.count()).select_from(Case)) == 2

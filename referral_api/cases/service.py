@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
 from referral_api.access.actor import Actor, ActorKind
@@ -71,6 +72,13 @@ _TRANSITIONS: dict[tuple[CaseStatus, CaseStatus], tuple[Permission, frozenset[st
 def new_case_code(case_type: str) -> str:
     body = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
     return f"{case_type.upper()}-{body[:4]}-{body[4:]}"
+
+
+def case_code_taken(error: IntegrityError) -> bool:
+    """Whether an insert failed on the uniqueness of the case code (PostgreSQL names the
+    constraint, SQLite the column)."""
+    message = str(error.orig)
+    return "uq_cases_case_code" in message or "cases.case_code" in message
 
 
 @dataclass(frozen=True, slots=True)
