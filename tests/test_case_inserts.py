@@ -5,7 +5,9 @@ failed insert leaves nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,6 +37,21 @@ def rows(app: Any, statement: Any) -> list[tuple[Any, ...]]:
         statement = text(statement)
     with db.engine_for(app).connect() as connection:
         return [tuple(row) for row in connection.execute(statement)]
+
+
+@contextlib.contextmanager
+def captured_statements(engine: Any) -> Iterator[list[str]]:
+    """The SQL statements `engine` executes inside the block, whitespace collapsed."""
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
 
 
 def build(org_id: uuid.UUID, code: str) -> Any:
@@ -156,21 +173,15 @@ def test_one_case_is_one_statement_on_postgresql(app: Any, org_id: uuid.UUID) ->
     from referral_api.extensions import db
 
     engine = db.engine_for(app)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
     with db.session_factory_for(app)() as session:
         insert_cases(session, [build(org_id, "THB-WARM-AAAA")], actor_id=None)  # org keys
         session.commit()
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        with db.session_factory_for(app)() as session:
-            insert_cases(session, [build(org_id, "THB-ONEA-AAAA")], actor_id=None)
-            session.commit()
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
+    with (
+        captured_statements(engine) as statements,
+        db.session_factory_for(app)() as session,
+    ):
+        insert_cases(session, [build(org_id, "THB-ONEA-AAAA")], actor_id=None)
+        session.commit()
     statements = [s for s in statements if not s.upper().startswith(("BEGIN", "COMMIT"))]
     versions, *writes = statements
     assert versions.startswith("SELECT") and "org_key_version" in versions
@@ -245,17 +256,9 @@ def test_a_request_reads_its_key_versions_with_its_actor(app: Any, factory: Any)
     body = {"case_type": "thb", "identity": {"given_name": "Olena", "family_name": "Kovalenko"}}
     assert client.post("/api/v1/cases", json=body, headers=headers).status_code == 201
     engine = db.engine_for(app)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with captured_statements(engine) as statements:
         created = client.post("/api/v1/cases", json=body, headers=headers)
         found = client.get("/api/v1/cases", query_string={"name": "Olena"}, headers=headers)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert created.status_code == 201 and found.status_code == 200
     assert len(found.get_json()) == 2
     reads = [s for s in statements if "FROM org_keys" in s or "FROM index_keys" in s]
@@ -306,20 +309,12 @@ def test_post_writes_the_case_and_its_audit_row_together(
     warm = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
     assert warm.status_code == 201
     engine = db.engine_for(app)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with captured_statements(engine) as statements:
         created = client.post(
             "/api/v1/cases",
             json={"case_type": "gbv", "identity": {"given_name": "Olena"}},
             headers=headers,
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert created.status_code == 201, created.get_json()
     case_id = uuid.UUID(created.get_json()["id"])
     audit_inserts = [s for s in statements if "INSERT INTO audit_events" in s]
