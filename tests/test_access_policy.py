@@ -397,3 +397,45 @@ def test_report_scope_own_organisation_unless_platform_officer():
             assert not decision and org is None, (role, requested)
     # The system (CLI jobs) reports on what it is asked.
     assert decide_report_scope(Actor.system(), reports, OTHER_ORG)[1] == OTHER_ORG
+
+
+def test_resource_shapes_remembered_per_class_answer_as_isinstance_does(monkeypatch):
+    """`_is` answers like isinstance against the resource protocols: from the class for a
+    model that declares the attributes (without asking the protocol again), from the
+    instance otherwise (an object carrying them itself, or lacking them)."""
+    from types import SimpleNamespace
+
+    import referral_api.models  # noqa: F401 (registers the models)
+    from referral_api.access import policy
+    from referral_api.cases.models import Case
+    from referral_api.referrals.models import Referral
+
+    shapes = (policy.CaseRecord, policy.ReferralRecord, policy.OrgOwned)
+    resources = [
+        Case(),
+        Referral(),
+        SimpleNamespace(case_code="THB-AAAA-AAAA", org_id=uuid.uuid4()),
+        SimpleNamespace(from_org_id=uuid.uuid4(), to_org_id=uuid.uuid4()),
+        SimpleNamespace(org_id=uuid.uuid4()),
+        SimpleNamespace(),
+    ]
+    expected = {
+        (i, shape): isinstance(resource, shape)
+        for i, resource in enumerate(resources)
+        for shape in shapes
+    }
+    asked: list[Any] = []
+    real_isinstance = isinstance
+
+    def counting(obj: Any, cls: Any) -> bool:
+        asked.append(type(obj))
+        return real_isinstance(obj, cls)
+
+    monkeypatch.setattr(policy, "isinstance", counting, raising=False)
+    for (i, shape), answer in expected.items():
+        assert policy._is(resources[i], shape) is answer, (i, shape)
+    assert expected[(0, policy.CaseRecord)] and expected[(1, policy.ReferralRecord)]
+    # A case is never asked whether it is a case record: its class declared it.
+    asked.clear()
+    policy._is(Case(), policy.CaseRecord)
+    assert asked == []

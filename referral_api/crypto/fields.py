@@ -224,15 +224,10 @@ def _open(keys: envelope.FieldKeys, column: str, fmt: int, blob: bytes, place: b
 def decrypt_value(session: Session | None, instance: Any, column: str, blob: bytes) -> Any:
     """Decrypt `blob` as the content of `instance`'s ciphertext column `column` (a shared
     column's is the JSON object of its fields)."""
-    crypto = crypto_of(session)
+    crypto_of(session)  # a session without a crypto context fails here, not later
     fmt, version = envelope.parse_header(blob)
     case_id, place = _place_of(instance)
-    keys = _field_keys(
-        instance,
-        case_id,
-        version,
-        lambda: crypto.case_key(session, case_id, version),  # type: ignore[arg-type]
-    )
+    keys = _field_keys(instance, case_id, version, _data_key_loader(session, case_id, version))
     return _open(keys, column, fmt, blob, place)
 
 
