@@ -949,3 +949,51 @@ def test_canonical_form_and_chain_hash_are_pinned():
         service.chain_hash(service.GENESIS_HASH, event, 7)
         == "26dfc83ae20f4e8c23704a5c5e8a0ec113666eebb63b7c370948379150c3e762"
     )
+
+
+def test_a_page_of_rows_is_stored_as_rows_recorded_one_by_one_would_be(app: Any) -> None:
+    # record_many writes a page in one statement on PostgreSQL (a JSON array of rows) and
+    # with an executemany elsewhere: every column must come out as record() writes it,
+    # non-ASCII, quotes, nulls, timestamps with microseconds and details included.
+    from referral_api.access.actor import Actor, ActorKind
+
+    actor = Actor(
+        kind=ActorKind.USER,
+        id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        org_type=OrgType.NGO,
+        role=Role.CASEWORKER,
+        acting_officer='Officer "Ö\u0308" 7',
+        request_id=f"page-{uuid.uuid4()}",
+    )
+    entries = [
+        {
+            "resource_id": uuid.uuid4(),
+            "case_id": uuid.uuid4(),
+            "categories": ["identity", "contact"][: 1 + i % 2],
+            "reason": None if i % 2 else "naïve \\ reason",
+            "details": {"via": "search", "n": i, "ünï": "\u0645"},
+        }
+        for i in range(5)
+    ]
+    with _db().session_factory_for(app)() as s:
+        service.record_many(
+            s, actor, "case:read", resource_type="case", rows=entries, none_shown={}
+        )
+        for entry in entries:
+            service.record(s, actor, "case:read", resource_type="case", **entry)
+        s.commit()
+    rows = audit_rows(app, AuditEvent.request_id == actor.request_id)
+    assert len(rows) == 10
+    columns = [c for c in service._CANONICAL_FIELDS if c not in ("id", "occurred_at")]
+
+    def stored(row: AuditEvent) -> tuple[Any, ...]:
+        return tuple(getattr(row, c) for c in columns)
+
+    paged, one_by_one = rows[:5], rows[5:]
+    assert sorted(map(stored, paged), key=repr) == sorted(map(stored, one_by_one), key=repr)
+    assert {r.case_id for r in paged} == {e["case_id"] for e in entries}
+    for row in paged:
+        assert row.occurred_at.tzinfo is not None
+        assert row.seq is None and row.hash is None  # unsealed, like any new row
+    assert json.loads(paged[0].details)["ünï"] == "\u0645"

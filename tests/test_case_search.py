@@ -736,3 +736,40 @@ def test_a_list_loads_only_the_ciphertexts_it_shows_or_rechecks(
     columns = {part.strip().removeprefix("cases.") for part in select_list.split(",")}
     assert loaded <= columns, columns
     assert not (not_loaded & columns), columns
+
+
+def test_a_name_is_matched_as_the_terms_it_is_indexed_under_would_match() -> None:
+    # The re-check after decryption normalises only as many names as it needs; it must
+    # answer exactly as membership in the case's indexed name terms.
+    from types import SimpleNamespace
+
+    from referral_api.cases.search import _name_matches, _name_terms
+    from referral_api.crypto.blind_index import normalise_name
+
+    people = [
+        SimpleNamespace(given_name="Olena", family_name="Kovalenko", aliases=["Lena K", "Оля"]),
+        SimpleNamespace(given_name="Mária", family_name=None, aliases=None),
+        SimpleNamespace(given_name=None, family_name="Müller", aliases=["", "Mueller-Schmidt"]),
+        SimpleNamespace(given_name="---", family_name="'", aliases=["Jean-Luc"]),
+        SimpleNamespace(given_name="", family_name="", aliases=[]),
+    ]
+    queries = [
+        "Olena",
+        "olena kovalenko",
+        "Kovalenko Olena",
+        "lena k",
+        "ОЛЯ",
+        "maria",
+        "",
+        "Muller",
+        "mueller schmidt",
+        "Mária Müller",
+        "jean luc",
+        "---",
+        "x",
+    ]
+    for person in people:
+        for query in queries:
+            term = normalise_name(query)
+            expected = term in _name_terms(person, "GB")  # type: ignore[arg-type]
+            assert _name_matches(person, term) is expected, (person, query)  # type: ignore[arg-type]

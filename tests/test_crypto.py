@@ -767,6 +767,65 @@ def test_normalised_names_have_no_marks_punctuation_or_case():
     assert normalise_name("  Jean-Luc  O'Brien-Müller ") == "jean luc obrien muller"
 
 
+def _normalise_name_as_first_written(value: str) -> str:
+    """normalise_name as it was first written, a Python test per character: every index
+    entry stored is keyed by its output, so a faster version must give the same string
+    for every input (a different one would make stored cases unfindable)."""
+    import re
+    import unicodedata
+
+    arabic = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي"})
+    text = unicodedata.normalize("NFKC", value).translate(arabic)
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    text = text.translate(str.maketrans("", "", "'’ʼ`"))
+    text = "".join(ch if ch.isalnum() else " " for ch in text)
+    text = re.sub(r"([aou])e", r"\1", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_normalise_name_gives_what_it_first_gave_for_any_text():
+    import random
+
+    from referral_api.crypto import blind_index
+
+    rng = random.Random(20261129)  # noqa: S311 (test inputs, not secrets)
+    ranges = [
+        (0x20, 0x7E),  # ASCII
+        (0xA0, 0x24F),  # Latin-1, Latin Extended
+        (0x300, 0x36F),  # combining marks
+        (0x370, 0x3FF),  # Greek
+        (0x400, 0x52F),  # Cyrillic
+        (0x600, 0x6FF),  # Arabic, harakat, Arabic-Indic digits
+        (0x900, 0x97F),  # Devanagari
+        (0x1E00, 0x1EFF),  # Latin Extended Additional
+        (0x2000, 0x206F),  # spaces, quotes, punctuation
+        (0x3040, 0x30FF),  # kana
+        (0x4E00, 0x4E80),  # CJK
+        (0xFB50, 0xFDFF),  # Arabic presentation forms
+        (0xFF00, 0xFFEF),  # fullwidth
+        (0x1F300, 0x1F6FF),  # emoji
+    ]
+    alphabet = "'’ʼ` -\t\n" + "aeiouAEIOU" + "ÄÖÜäöüß"
+    samples = ["", " ", "ǅ", "ﬁ", "İ", "ẞ", "Ǆemal", "Å", "ﷺ", "ﾊﾟ"]
+    for _ in range(4000):
+        parts = []
+        for _ in range(rng.randrange(1, 14)):
+            if rng.random() < 0.4:
+                parts.append(rng.choice(alphabet))
+            else:
+                low, high = rng.choice(ranges)
+                parts.append(chr(rng.randint(low, high)))
+        samples.append("".join(parts))
+    for text in samples:
+        assert normalise_name(text) == _normalise_name_as_first_written(text), ascii(text)
+    # Past the remembered characters, translation is still right (just not remembered).
+    table = blind_index._WORD_CHARACTERS
+    remembered = len(table)
+    assert 0 < remembered <= blind_index._REMEMBERED
+    assert table[ord("A")] == ord("A") and table[ord("-")] == " " and table[ord("'")] is None
+
+
 @pytest.mark.parametrize(
     ("national", "international", "region"),
     [

@@ -196,7 +196,24 @@ def matches(case: Case, field: str, term: str, phone_region: str) -> bool:
     """Exact comparison after decryption: removes truncation false positives. Only the
     fields the searched index is built from are decrypted (in one pass)."""
     decrypt_fields(case, SOURCE_FIELDS[field])
+    if field == "name":
+        return _name_matches(case, term)
     return term in _TERMS[field](case, phone_region)
+
+
+def _name_matches(case: Case, term: str) -> bool:
+    """`term in _name_terms(case)`, normalising only as many of the case's names as it
+    takes to decide (a full name is decided by the given and family names, before any
+    alias)."""
+    if not term:
+        return False  # no name normalises to nothing
+    given = normalise_name(case.given_name) if case.given_name else ""
+    if term == given:
+        return True
+    family = normalise_name(case.family_name) if case.family_name else ""
+    if term == family or (given and family and term == f"{given} {family}"):
+        return True
+    return any(normalise_name(alias) == term for alias in case.aliases or [] if alias)
 
 
 def normalised_query(params: dict[str, Any], phone_region: str) -> Iterable[tuple[str, str]]:

@@ -21,6 +21,7 @@ import hmac
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -28,15 +29,44 @@ import phonenumbers
 _SPACES = re.compile(r"\s+")
 _ARABIC_FOLDS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي"})
 _UMLAUT_DIGRAPHS = re.compile(r"([aou])e")
-_APOSTROPHES = str.maketrans("", "", "'’ʼ`")
+_APOSTROPHES = frozenset("'’ʼ`")
+
+
+class _CharacterTable(dict[int, int | str | None]):
+    """A `str.translate` table that decides each character the first time it is met (by
+    `rule`: the character itself, its replacement, or None to drop it) and remembers the
+    answer, for up to `_REMEMBERED` characters (names use a few hundred; input made of
+    many more is still translated right, just not remembered): one C-level pass per string
+    where a Python test per character was needed. What is remembered are properties of
+    Unicode characters, never anyone's data."""
+
+    def __init__(self, rule: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self._rule = rule
+
+    def __missing__(self, code: int) -> int | str | None:
+        result = self._rule(chr(code))
+        value: int | str | None = code if result == chr(code) else result
+        if len(self) < _REMEMBERED:
+            self[code] = value
+        return value
+
+
+_REMEMBERED = 20_000
+
+
+# Combining marks (accents, diacritics, harakat) dropped after NFKD.
+_DROP_COMBINING = _CharacterTable(lambda ch: None if unicodedata.combining(ch) else ch)
+# After case folding: apostrophes dropped, anything not a letter or digit a space.
+_WORD_CHARACTERS = _CharacterTable(
+    lambda ch: None if ch in _APOSTROPHES else ch if ch.isalnum() else " "
+)
 
 
 def normalise_name(value: str) -> str:
     text = unicodedata.normalize("NFKC", value).translate(_ARABIC_FOLDS)
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
-    text = text.translate(_APOSTROPHES)
-    text = "".join(ch if ch.isalnum() else " " for ch in text)
+    text = unicodedata.normalize("NFKD", text).translate(_DROP_COMBINING).casefold()
+    text = text.translate(_WORD_CHARACTERS)
     text = _UMLAUT_DIGRAPHS.sub(r"\1", text)
     return _SPACES.sub(" ", text).strip()
 
