@@ -19,11 +19,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from referral_api.crypto.keyring import LocalKeyring
     from referral_api.errors import register_error_handlers
     from referral_api.extensions import api, db, init_hasher, jwt
+    from referral_api.jsonio import OrjsonProvider
     from referral_api.jwt_errors import register_jwt_callbacks
     from referral_api.observability import configure_logging, init_request_hooks
     from referral_api.settings import load_settings
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.json = OrjsonProvider(app)
     os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     app.config.update(load_settings(app.instance_path, config))
     configure_logging(app)

@@ -24,6 +24,7 @@ from flask import g, request
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
+from referral_api import jsonio
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
 from referral_api.errors import PROBLEM_MIMETYPE, ProblemSchema, problem_from_http_exception
@@ -126,6 +127,9 @@ def _denial_entry(permission: Permission, view_args: dict[str, Any]) -> dict[str
 
 
 class Blueprint(flask_smorest.Blueprint):
+    # Request bodies parsed by orjson (as the stdlib would parse them; `jsonio`).
+    ARGUMENTS_PARSER = jsonio.Parser()
+
     def arguments(self, schema: Any, **kwargs: Any) -> Callable[[F], F]:
         """flask-smorest's `arguments`, with one schema instance per view for its lifetime.
 

@@ -1,0 +1,96 @@
+"""JSON in and out of HTTP through orjson, answering as Flask's and webargs' stdlib JSON does.
+
+Every response body is serialised once and every request body parsed once; the stdlib does
+both in Python-heavy code (a case's response is a few kilobytes of nested objects). orjson
+(already the field-plaintext codec, `crypto.fields`) does them in compiled code. What a
+client receives is the same JSON value, keys sorted as before; the bytes differ only in
+that non-ASCII text is sent as UTF-8 (RFC 8259's encoding for JSON) instead of \\u escapes.
+
+Anything orjson treats differently from the stdlib is handed to the stdlib, so behaviour at
+the edges is unchanged: values orjson cannot serialise (integers past 64 bits, non-string
+keys, types only Flask's `default` knows; datetimes go to it too, as Flask writes them in
+HTTP-date form) and text orjson reads otherwise (integers past 64 bits, which it makes
+floats), rejects while the stdlib accepts (NaN, lone surrogates) or rejects with another
+error than the stdlib's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+from flask.json.provider import DefaultJSONProvider
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.sansio.response import Response
+
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+# orjson reads an integer past 64 bits as a float (the stdlib: an exact int). A run of 19
+# digits anywhere (in a number, or in a string, where it is harmless) sends the text to
+# the stdlib.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+
+
+def loads(data: str | bytes) -> Any:
+    """`json.loads(data)`, in compiled code where orjson reads the text alike (the stdlib
+    decides everything else, from `data` itself: a byte-order mark, UTF-16, ...)."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return json.loads(data)
+    else:
+        text = data
+    if _LONG_DIGITS.search(text):
+        return json.loads(data)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Flask's JSON provider with orjson for compact output and for parsing."""
+
+    ensure_ascii = False
+
+    def _compact(self, obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj, default=self.default, option=_OPTIONS)
+        except TypeError:  # orjson.JSONEncodeError included
+            return self.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if kwargs:
+            return super().dumps(obj, **kwargs)
+        return self._compact(obj).decode("utf-8")
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if kwargs:
+            return super().loads(s, **kwargs)
+        return loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)  # indented, for people reading it
+        body = self._compact(self._prepare_response_obj(args, kwargs))
+        response_class: Any = self._app.response_class  # typed for str bodies only
+        return response_class(body + b"\n", mimetype=self.mimetype)  # type: ignore[no-any-return]
+
+
+class Parser(FlaskParser):
+    """webargs' Flask parser reading JSON bodies through `loads`."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        if not is_json_request(req):
+            return core.missing
+        data = req.get_data(cache=True)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return core.parse_json(data)  # the stdlib's error, as before
+        return loads(text)
