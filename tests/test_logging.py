@@ -229,3 +229,41 @@ def test_json_formatter_keeps_the_exception_chain_without_messages():
     assert "builtins.KeyError" in entry["traceback"]
     assert entry["traceback"].endswith("builtins.ValueError")
     assert CANARY not in json.dumps(entry)
+
+
+def test_json_formatter_writes_extras_as_the_stdlib_default_str_did():
+    import dataclasses
+    import enum
+    import logging
+    import uuid
+    from datetime import UTC, datetime
+
+    from referral_api.observability import JsonFormatter
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    @dataclasses.dataclass
+    class Thing:
+        n: int
+
+    extras = {
+        "actor_id": uuid.UUID("11111111-2222-3333-4444-555555555555"),
+        "at": datetime(2026, 11, 29, 8, tzinfo=UTC),
+        "colour": Colour.RED,
+        "thing": Thing(3),
+        "huge": 2**70,
+        "text": "Müller \u2028",
+    }
+    record = logging.LogRecord("referral_api.access", logging.INFO, "f.py", 1, "request", (), None)
+    record.__dict__.update(extras)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["actor_id"] == "11111111-2222-3333-4444-555555555555"
+    assert line["at"] == "2026-11-29 08:00:00+00:00"  # str(datetime), as default=str wrote it
+    assert line["colour"] == "red"
+    assert line["thing"].endswith("Thing(n=3)")
+    assert line["huge"] == 2**70
+    assert line["text"] == "Müller \u2028"
+    assert line["level"] == "INFO" and line["msg"] == "request"
+    del record.huge  # without it, orjson writes the line
+    assert json.loads(JsonFormatter().format(record))["thing"].endswith("Thing(n=3)")
