@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import marshmallow as ma
 from flask import request
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, bindparam, or_
 from sqlalchemy.orm import Session
 
 from referral_api.exceptions import ValidationFailed
@@ -71,6 +71,45 @@ def paginate(
         stmt = stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
     ordered = stmt.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
     rows: list[Any] = list(session.execute(ordered) if whole_rows else session.scalars(ordered))
+    return _page(rows, created_col, id_col, limit, whole_rows)
+
+
+# `paginate` for a statement built once (its values as parameters): `after_cursor` and
+# `newest_first` shape it, `page_parameters` binds a request's cursor and limit.
+def after_cursor(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
+    created = bindparam("cursor_created", type_=created_col.type)
+    row_id = bindparam("cursor_id", type_=id_col.type)
+    return stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
+
+
+def newest_first(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
+    return stmt.order_by(created_col.desc(), id_col.desc()).limit(bindparam("page_rows"))
+
+
+def page_parameters(cursor: str | None, limit: int) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"page_rows": limit + 1}
+    if cursor:
+        parameters["cursor_created"], parameters["cursor_id"] = decode_cursor(cursor)
+    return parameters
+
+
+def fetch_page(
+    session: Session,
+    stmt: Select[Any],
+    parameters: dict[str, Any],
+    *,
+    created_col: Any,
+    id_col: Any,
+    limit: int,
+    whole_rows: bool = False,
+) -> Page:
+    """A page of a statement shaped by `newest_first` (and `after_cursor` for a cursor)."""
+    result = session.execute(stmt, parameters)
+    rows: list[Any] = list(result if whole_rows else result.scalars())
+    return _page(rows, created_col, id_col, limit, whole_rows)
+
+
+def _page(rows: list[Any], created_col: Any, id_col: Any, limit: int, whole_rows: bool) -> Page:
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

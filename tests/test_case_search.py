@@ -286,6 +286,27 @@ def test_search_never_returns_another_organisations_case(
     assert search(client, other.headers, name="Svitlana") == [only_theirs]
 
 
+def test_one_statement_per_query_shape_serves_every_organisation(
+    client: Any, factory: Any, team: Team
+) -> None:
+    # A list or search query is built once per shape, its organisation and terms bound as
+    # parameters: the second organisation's request reuses the statement and still sees
+    # only its own case.
+    from referral_api.cases.service import _list_statement
+
+    mine = new_case(client, team.headers, **person("Olena", "Kovalenko"))
+    other = Team(factory)
+    theirs = new_case(client, other.headers, **person("Olena", "Kovalenko"))
+    assert search(client, team.headers, name="Olena Kovalenko") == [mine]
+    before = _list_statement.cache_info()
+    assert search(client, other.headers, name="Olena Kovalenko") == [theirs]
+    assert search(client, team.headers, name="Kovalenko") == [mine]
+    after = _list_statement.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+    listed = client.get(f"{API}/cases?status=open", headers=other.headers)
+    assert [c["id"] for c in listed.get_json()] == [theirs]
+
+
 # ---- false positives ----------------------------------------------------------------------
 
 

@@ -164,17 +164,28 @@ def list_categories(actor: Actor) -> frozenset[Category]:
     return categories_for_role(actor.role)
 
 
-def scope_cases(
-    actor: Actor, action: Permission, stmt: Select[Any], org_column: Any
-) -> Select[Any]:
-    """List queries over cases, scoped in SQL."""
+@dataclass(frozen=True, slots=True)
+class CaseScope:
+    """Which cases a list query may return: every case (`org_id` unused), or one
+    organisation's. List queries bind `org_id` in their SQL: nothing is filtered after
+    loading."""
+
+    limited: bool
+    org_id: uuid.UUID | None = None
+
+
+_EVERY_CASE = CaseScope(limited=False)
+
+
+def case_list_scope(actor: Actor, action: Permission) -> CaseScope:
+    """The scope of the actor's list queries over cases; Forbidden when it may not list."""
     if actor.kind is ActorKind.SYSTEM:
-        return stmt
+        return _EVERY_CASE
     if not actor.can(action):
         raise Forbidden("Your role does not allow this action.")
     if actor.role is Role.DPO and actor.is_platform and action in _PLATFORM_DPO_CASE_ACTIONS:
-        return stmt
-    return stmt.where(org_column == actor.org_id)
+        return _EVERY_CASE
+    return CaseScope(limited=True, org_id=actor.org_id)
 
 
 def scope_referrals(

@@ -11,11 +11,12 @@ Sex, nationality and other low-cardinality attributes are never indexed.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from referral_api.crypto.blind_index import (
@@ -173,23 +174,57 @@ def write_index_entries(
     return len(entries)
 
 
-def candidate_case_ids(
+def candidate_value(
     session: Session, crypto: CryptoContext, org_id: uuid.UUID, field: str, term: str
-) -> Select[Any]:
-    """A subquery of case ids whose index entry matches (false positives included)."""
-    from referral_api.cases.models import CaseSearchIndex
-
+) -> tuple[int, int]:
+    """(index-key version, blind-index value) an organisation's search for `term` in index
+    `field` looks up: the active key version's."""
     keys = crypto.keys(session)
     version = keys.index_versions(org_id, for_query=True)[-1]
     value = blind_index(
         keys.index_key(org_id, version), field, term, keys.index_plan(org_id, version)[field]
     )
+    return version, value
+
+
+@functools.cache
+def candidate_ids_statement(prefix: str) -> Select[Any]:
+    """Case ids whose index entry matches (false positives included), built once: its
+    parameters are `{prefix}org_id`, `{prefix}field`, `{prefix}version` and
+    `{prefix}value` (`candidate_parameters`)."""
+    from referral_api.cases.models import CaseSearchIndex
+
     return select(CaseSearchIndex.case_id).where(
-        CaseSearchIndex.org_id == org_id,
-        CaseSearchIndex.field == field,
-        CaseSearchIndex.key_version == version,
-        CaseSearchIndex.value == value,
+        CaseSearchIndex.org_id == bindparam(f"{prefix}org_id"),
+        CaseSearchIndex.field == bindparam(f"{prefix}field"),
+        CaseSearchIndex.key_version == bindparam(f"{prefix}version"),
+        CaseSearchIndex.value == bindparam(f"{prefix}value"),
     )
+
+
+def candidate_parameters(
+    prefix: str,
+    session: Session,
+    crypto: CryptoContext,
+    org_id: uuid.UUID,
+    field: str,
+    term: str,
+) -> dict[str, Any]:
+    version, value = candidate_value(session, crypto, org_id, field, term)
+    return {
+        f"{prefix}org_id": org_id,
+        f"{prefix}field": field,
+        f"{prefix}version": version,
+        f"{prefix}value": value,
+    }
+
+
+def candidate_case_ids(
+    session: Session, crypto: CryptoContext, org_id: uuid.UUID, field: str, term: str
+) -> Select[Any]:
+    """A subquery of case ids whose index entry matches (false positives included)."""
+    parameters = candidate_parameters("", session, crypto, org_id, field, term)
+    return candidate_ids_statement("").params(parameters)
 
 
 def matches(case: Case, field: str, term: str, phone_region: str) -> bool:
