@@ -312,14 +312,13 @@ def test_one_statement_per_query_shape_serves_every_organisation(
 
 def candidates(app: Any, org_id: uuid.UUID, field: str, term: str) -> set[uuid.UUID]:
     """Cases whose stored index value equals the query's (what the database alone yields)."""
-    from referral_api.cases.search import candidate_case_ids
+    from referral_api.cases.search import candidate_ids_statement, candidate_parameters
     from referral_api.crypto.fields import crypto_of
     from referral_api.extensions import db
 
     with db.session_factory_for(app)() as session:
-        found = set(
-            session.scalars(candidate_case_ids(session, crypto_of(session), org_id, field, term))
-        )
+        parameters = candidate_parameters("", session, crypto_of(session), org_id, field, term)
+        found = set(session.scalars(candidate_ids_statement(""), parameters))
         session.rollback()
     return found
 

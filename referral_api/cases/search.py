@@ -174,19 +174,6 @@ def write_index_entries(
     return len(entries)
 
 
-def candidate_value(
-    session: Session, crypto: CryptoContext, org_id: uuid.UUID, field: str, term: str
-) -> tuple[int, int]:
-    """(index-key version, blind-index value) an organisation's search for `term` in index
-    `field` looks up: the active key version's."""
-    keys = crypto.keys(session)
-    version = keys.index_versions(org_id, for_query=True)[-1]
-    value = blind_index(
-        keys.index_key(org_id, version), field, term, keys.index_plan(org_id, version)[field]
-    )
-    return version, value
-
-
 @functools.cache
 def candidate_ids_statement(prefix: str) -> Select[Any]:
     """Case ids whose index entry matches (false positives included), built once: its
@@ -210,21 +197,19 @@ def candidate_parameters(
     field: str,
     term: str,
 ) -> dict[str, Any]:
-    version, value = candidate_value(session, crypto, org_id, field, term)
+    """The parameters of `candidate_ids_statement(prefix)` for an organisation's search for
+    `term` in index `field`: its blind-index value under the active key version."""
+    keys = crypto.keys(session)
+    version = keys.index_versions(org_id, for_query=True)[-1]
+    value = blind_index(
+        keys.index_key(org_id, version), field, term, keys.index_plan(org_id, version)[field]
+    )
     return {
         f"{prefix}org_id": org_id,
         f"{prefix}field": field,
         f"{prefix}version": version,
         f"{prefix}value": value,
     }
-
-
-def candidate_case_ids(
-    session: Session, crypto: CryptoContext, org_id: uuid.UUID, field: str, term: str
-) -> Select[Any]:
-    """A subquery of case ids whose index entry matches (false positives included)."""
-    parameters = candidate_parameters("", session, crypto, org_id, field, term)
-    return candidate_ids_statement("").params(parameters)
 
 
 def matches(case: Case, field: str, term: str, phone_region: str) -> bool:

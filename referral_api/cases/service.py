@@ -467,16 +467,17 @@ def _list_statement(
     limited: bool,
     filters: tuple[str, ...],
     updated_since: bool,
-    searched: tuple[str, ...],
+    searches: int,
     loaded: frozenset[str],
     decrypting: bool,
     after: bool,
 ) -> Select[Any]:
-    """A list or search query of one shape (which filters, searched indexes, ciphertexts
-    loaded, cursor or not), built once with its values as parameters: building it and its
-    cache key for every request was a sixth of a name search's CPU. Parameters:
+    """A list or search query of one shape (which filters, how many blind-index lookups,
+    which ciphertexts loaded, cursor or not), built once with its values as parameters:
+    building it and its cache key for every request was a sixth of a name search's CPU.
+    Parameters:
     `scope_org_id` when `limited` (the policy's `CaseScope`), `filter_<name>`,
-    `updated_since`, `term<i>_…` per searched index (`search.candidate_parameters`) and
+    `updated_since`, `term<i>_…` per lookup (`search.candidate_parameters`) and
     pagination's (`page_parameters`)."""
     stmt: Select[Any] = select(Case)
     if limited:
@@ -487,7 +488,7 @@ def _list_statement(
         stmt = stmt.where(getattr(Case, name) == bindparam(f"filter_{name}"))
     if updated_since:
         stmt = stmt.where(Case.updated_at >= bindparam("updated_since"))
-    for i, _ in enumerate(searched):
+    for i in range(searches):
         stmt = stmt.where(Case.id.in_(search.candidate_ids_statement(f"term{i}_")))
     # Only the ciphertexts the page shows or the search re-checks are loaded; touching any
     # other encrypted column of these cases raises instead of loading it case by case.
@@ -551,7 +552,7 @@ def list_cases(
         scope.limited,
         filters,
         params.get("updated_since") is not None,
-        tuple(field for field, _ in terms),
+        len(terms),
         frozenset(loaded),
         decrypting,
         bool(params.get("cursor")),
