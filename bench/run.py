@@ -390,17 +390,20 @@ class Sealer:
 
 
 def settle(timeout: float = 20.0, quiet_cores: float = 0.2) -> float:
-    """Before each measured run, of either app: a CHECKPOINT of the bench database and a
-    sync, then a wait (at most `timeout` s) until the machine is quiet. A run otherwise
-    inherits the previous one's dirty buffers and writeback (a page of 50 writes 50 audit
-    rows, and sealing rewrites each): POST rounds run right after list rounds measured
-    460-620 req/s for one build as that work drained. The seconds it took."""
+    """Before each measured run, of either app: a VACUUM and a CHECKPOINT of the bench
+    database and a sync, then a wait (at most `timeout` s) until the machine is quiet. A run
+    otherwise inherits the previous ones' dead rows (sealing rewrites every audit row, and
+    autovacuum, which would clear them in production, is off on these machines: one build's
+    POST fell from 455 to 297 req/s over three A/B rounds) and their dirty buffers and
+    writeback (POST rounds right after list rounds measured 460-620 req/s for one build as
+    that work drained). The seconds it took."""
     from sqlalchemy import create_engine, text
 
     started = time.perf_counter()
     engine = create_engine(common.db_url(), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
+            connection.execute(text("VACUUM"))
             connection.execute(text("CHECKPOINT"))
     finally:
         engine.dispose()
