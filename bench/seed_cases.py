@@ -65,30 +65,21 @@ def seed_range(app: Any, org_id: Any, start: int, stop: int) -> int:
     """Insert cases [start, stop) in one committed transaction, FLUSH_EVERY cases per
     `insert_cases` call (the application's own path for new cases: one INSERT per table
     for each batch, the blind-index entries in one statement)."""
-    from sqlalchemy.exc import IntegrityError
-
     from referral_api.cases.models import insert_cases
-    from referral_api.cases.service import case_code_taken
+    from referral_api.cases.service import committed_under_free_codes
     from referral_api.extensions import db
 
-    for attempt in range(3):
-        with app.app_context(), db.session_factory_for(app)() as session:
-            try:
-                for first in range(start, stop, FLUSH_EVERY):
-                    last = min(first + FLUSH_EVERY, stop)
-                    insert_cases(
-                        session, [build_case(i, org_id) for i in range(first, last)], actor_id=None
-                    )
-                session.commit()
-            except IntegrityError as error:
-                # A random case code already taken (40 bits: ~0.5 % of 100,000-case seeds
-                # meet one): the range again, under new codes.
-                session.rollback()
-                if attempt == 2 or not case_code_taken(error):
-                    raise
-                continue
-        return stop - start
-    raise AssertionError("unreachable")
+    def insert_range() -> None:
+        for first in range(start, stop, FLUSH_EVERY):
+            last = min(first + FLUSH_EVERY, stop)
+            insert_cases(
+                session, [build_case(i, org_id) for i in range(first, last)], actor_id=None
+            )
+
+    # A random case code already taken: the whole range again, under new codes.
+    with app.app_context(), db.session_factory_for(app)() as session:
+        committed_under_free_codes(session, insert_range)
+    return stop - start
 
 
 def _init_worker(org_id: Any) -> None:

@@ -66,16 +66,23 @@ def paginate(
 ) -> Page:
     """Newest first; the cursor is the (created_at, id) of the last row returned. Items are
     the statement's first column, or with `whole_rows` its rows (the entity first)."""
+    parameters = page_parameters(cursor, limit)
     if cursor:
-        created, row_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
-    ordered = stmt.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
-    rows: list[Any] = list(session.execute(ordered) if whole_rows else session.scalars(ordered))
-    return _page(rows, created_col, id_col, limit, whole_rows)
+        stmt = after_cursor(stmt, created_col, id_col)
+    return fetch_page(
+        session,
+        newest_first(stmt, created_col, id_col),
+        parameters,
+        created_col=created_col,
+        id_col=id_col,
+        limit=limit,
+        whole_rows=whole_rows,
+    )
 
 
-# `paginate` for a statement built once (its values as parameters): `after_cursor` and
-# `newest_first` shape it, `page_parameters` binds a request's cursor and limit.
+# The pieces of `paginate`, for a statement built once (its values as parameters):
+# `after_cursor` and `newest_first` shape it, `page_parameters` binds a request's cursor and
+# limit, `fetch_page` runs it.
 def after_cursor(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
     created = bindparam("cursor_created", type_=created_col.type)
     row_id = bindparam("cursor_id", type_=id_col.type)
@@ -106,10 +113,6 @@ def fetch_page(
     """A page of a statement shaped by `newest_first` (and `after_cursor` for a cursor)."""
     result = session.execute(stmt, parameters)
     rows: list[Any] = list(result if whole_rows else result.scalars())
-    return _page(rows, created_col, id_col, limit, whole_rows)
-
-
-def _page(rows: list[Any], created_col: Any, id_col: Any, limit: int, whole_rows: bool) -> Page:
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

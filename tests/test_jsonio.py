@@ -118,3 +118,26 @@ def test_the_api_reads_and_answers_through_orjson(app: Any, client: Any) -> None
     )
     assert bad.status_code in (400, 422)
     assert bad.mimetype == "application/problem+json"
+
+
+def test_request_bodies_of_every_view_go_through_the_parser_as_webargs_read_them() -> None:
+    from flask import request
+    from webargs import core
+
+    from referral_api.jsonio import Parser
+    from referral_api.smorest import Blueprint
+
+    assert isinstance(Blueprint.ARGUMENTS_PARSER, Parser)
+    parser, app = Parser(), Flask(__name__)
+    body = b'{"n": 1180591620717411303425, "name": "\\u00d6z"}'  # 2**70 + 1: no float holds it
+    with app.test_request_context(data=body, content_type="application/json"):
+        assert parser._raw_load_json(request) == {"n": 2**70 + 1, "name": "Öz"}
+    invalid_utf8 = app.test_request_context(data=b'{"a": "\xff"}', content_type="application/json")
+    with invalid_utf8, pytest.raises(json.JSONDecodeError):  # webargs: "Invalid JSON body."
+        parser._raw_load_json(request)
+    empty = app.test_request_context(data=b"", content_type="application/json")
+    with empty, pytest.raises(json.JSONDecodeError) as error:
+        parser._raw_load_json(request)
+    assert error.value.doc == ""  # webargs reads an empty body as no body
+    with app.test_request_context(data=b"a=1", content_type="text/plain"):
+        assert parser._raw_load_json(request) is core.missing

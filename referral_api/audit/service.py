@@ -126,12 +126,10 @@ _JSON_COLUMNS = tuple(
 )
 
 
-def insert_from_json(parameter: str) -> Any:
-    """PostgreSQL: an INSERT of one audit row given as a JSON object (`row_json`) in the
-    text parameter `parameter`, typed by the table itself (json_populate_record): to be a
-    CTE of a statement that writes a record and its audit row at once, one parameter
-    where the row has 17 columns."""
-    source = func.json_populate_record(
+def _insert_json(function: Any, parameter: str) -> Any:
+    """An INSERT of the audit rows that `function` (json_populate_record or _recordset)
+    makes, typed by the table itself, of the JSON in the text parameter `parameter`."""
+    source = function(
         literal_column("NULL::audit_events"), sql_cast(bindparam(parameter, type_=Text), JSON)
     ).table_valued(*_JSON_COLUMNS)
     return insert(AuditEvent.__table__).from_select(
@@ -139,16 +137,18 @@ def insert_from_json(parameter: str) -> Any:
     )
 
 
-# PostgreSQL: many audit rows as one JSON array in one text parameter, typed by the table
-# (json_populate_recordset, as `insert_from_json`), built once: psycopg's executemany of a
-# single-row INSERT sends a statement per row and dumps each row's 17 parameters in
-# Python, a tenth of an exact-name search's CPU for its page of results (bench/README.md).
-_JSON_ROWS = func.json_populate_recordset(
-    literal_column("NULL::audit_events"), sql_cast(bindparam("rows", type_=Text), JSON)
-).table_valued(*_JSON_COLUMNS)
-_INSERT_JSON_ROWS = insert(AuditEvent.__table__).from_select(
-    _JSON_COLUMNS, select(*(_JSON_ROWS.c[c] for c in _JSON_COLUMNS))
-)
+def insert_from_json(parameter: str) -> Any:
+    """PostgreSQL: an INSERT of one audit row given as a JSON object (`row_json`) in the
+    text parameter `parameter`: to be a CTE of a statement that writes a record and its
+    audit row at once, one parameter where the row has 17 columns."""
+    return _insert_json(func.json_populate_record, parameter)
+
+
+# PostgreSQL: many audit rows as one JSON array (`row_json` of a list) in one parameter,
+# built once: psycopg's executemany of a single-row INSERT sends a statement per row and
+# dumps each row's 17 parameters in Python, a tenth of an exact-name search's CPU for its
+# page of results (bench/README.md).
+_INSERT_JSON_ROWS = _insert_json(func.json_populate_recordset, "rows")
 
 
 def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -156,9 +156,9 @@ def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     session.connection().execute(_INSERT, rows)
 
 
-def row_json(values: dict[str, Any]) -> str:
-    """The JSON object of a row from `row` (uuids and timestamps as text, microseconds
-    kept), the parameter of `insert_from_json`."""
+def row_json(values: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """The JSON of a row from `row`, or of a list of them (uuids and timestamps as text,
+    microseconds kept): the parameter of `insert_from_json` or `_INSERT_JSON_ROWS`."""
     return orjson.dumps(values).decode("utf-8")
 
 
@@ -198,7 +198,7 @@ def record_many(
     values = [_row(actor, action, resource_type=resource_type, **entry) for entry in rows]
     connection = session.connection()
     if len(values) > 1 and connection.dialect.name == "postgresql":
-        connection.execute(_INSERT_JSON_ROWS, {"rows": orjson.dumps(values).decode("utf-8")})
+        connection.execute(_INSERT_JSON_ROWS, {"rows": row_json(values)})
     else:
         connection.execute(_INSERT, values)
     session.info[ROWS_WRITTEN] = True

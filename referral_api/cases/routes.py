@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from referral_api.access.permissions import Permission
 from referral_api.cases import service
 from referral_api.cases.schemas import (
@@ -56,22 +54,11 @@ def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
 @blp.response(201, CaseSchema, headers=_ETAG)
 def create_case(data: dict[str, Any]) -> Any:
     """Open a case for the caller's organisation"""
-    for attempt in range(_CODE_ATTEMPTS):
-        try:
-            view = service.create_case(db.session, current_actor(), data)
-            db.session.commit()
-        except IntegrityError as error:
-            # Case codes are random (40 bits): one may already be taken. The transaction
-            # is rolled back whole and the case created again under a new code.
-            db.session.rollback()
-            if attempt + 1 == _CODE_ATTEMPTS or not service.case_code_taken(error):
-                raise
-            continue
-        return _respond(view, 201)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-_CODE_ATTEMPTS = 3
+    # Case codes are random: one already taken is drawn again (the case created whole anew).
+    view = service.committed_under_free_codes(
+        db.session, lambda: service.create_case(db.session, current_actor(), data)
+    )
+    return _respond(view, 201)
 
 
 @blp.route("/cases", methods=["GET"])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -58,6 +58,8 @@ from referral_api.pagination import (
     page_parameters,
 )
 
+T = TypeVar("T")
+
 # Case codes: prefix, then 8 characters from an alphabet without look-alikes (I, O, 0, 1).
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 _ASSIGNABLE_ROLES = frozenset({Role.CASEWORKER, Role.SUPERVISOR, Role.POLICE_OFFICER})
@@ -85,6 +87,27 @@ def case_code_taken(error: IntegrityError) -> bool:
     constraint, SQLite the column)."""
     message = str(error.orig)
     return "uq_cases_case_code" in message or "cases.case_code" in message
+
+
+CODE_ATTEMPTS = 3
+
+
+def committed_under_free_codes(session: Any, create: Callable[[], T]) -> T:
+    """`create()` (which draws new case codes) and a commit; when a code drawn was already
+    taken (40 random bits: rare, but ~0.5 % of 100,000-case seeds meet one), the
+    transaction is rolled back whole and `create()` run again, up to CODE_ATTEMPTS times.
+    Any other failure is not retried."""
+    for attempt in range(CODE_ATTEMPTS):
+        try:
+            created = create()
+            session.commit()
+        except IntegrityError as error:
+            session.rollback()
+            if attempt + 1 == CODE_ATTEMPTS or not case_code_taken(error):
+                raise
+            continue
+        return created
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
