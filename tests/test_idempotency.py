@@ -138,6 +138,34 @@ def test_replay_of_a_transition_and_a_message(app: Any, client: Any, factory: An
     assert count(app, ReferralMessage) == 1
 
 
+def test_a_taken_case_code_at_intake_is_drawn_again_and_the_claim_kept(
+    app: Any, client: Any, police: Police, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intake's case is created inside the transaction that holds the idempotency claim: a
+    case code already taken is drawn again there (a savepoint), and the intake is stored
+    once, whole, and replayable; a code taken on every draw fails the request and stores
+    nothing at all."""
+    from referral_api.cases import service as case_service
+
+    first = ok(_intake(client, police.headers, police.intake(), key="intake-first-0001"), 201)
+    taken = first["case_code"]
+    codes = iter([taken, "THB-NEWC-ODE3"])
+    monkeypatch.setattr(case_service, "new_case_code", lambda _type: next(codes))
+    body = police.intake()
+    second = _intake(client, police.headers, body)
+    ok(second, 201)
+    assert second.get_json()["case_code"] == "THB-NEWC-ODE3"
+    assert _counts(app) == (2, 2, 2, 2, 2)
+    again = _intake(client, police.headers, body)
+    assert (again.status_code, again.get_data()) == (201, second.get_data())
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+    monkeypatch.setattr(case_service, "new_case_code", lambda _type: taken)
+    failed = _intake(client, police.headers, police.intake(), key="intake-third-0003")
+    assert_problem(failed, 500)
+    assert _counts(app) == (2, 2, 2, 2, 2)
+
+
 def test_same_key_with_another_body_or_endpoint_is_422(
     app: Any, client: Any, police: Police
 ) -> None:

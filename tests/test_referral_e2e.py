@@ -20,10 +20,12 @@ from referral_support import (
     API,
     CANARY,
     MESSAGE_CANARY,
+    World,
     assert_no_leak,
     canary_case,
     category_keys,
     consent_body,
+    count,
     keys_of,
     move,
     ok,
@@ -240,3 +242,28 @@ def _row(event: AuditEvent) -> dict[str, Any]:
 
 def json_text(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+def test_a_case_opened_from_a_referral_under_a_taken_code_is_drawn_again(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+) -> None:
+    """The receiver's case is created inside the request's transaction (with the referral's
+    link and its audit rows): a case code already taken is drawn again there, and the case
+    is opened once, linked, with the shared categories."""
+    from referral_api.cases import service as case_service
+    from referral_api.cases.models import Case
+
+    world = World(factory, client)
+    referral_id = world.refer()["id"]
+    receiver = world.h["receiver"]
+    for step in ("received", "accepted"):
+        ok(move(client, receiver, referral_id, step))
+    taken = ok(client.get(f"{API}/cases/{world.case_id}", headers=world.h["sender"]))["case_code"]
+    codes = iter([taken, "THB-NEWC-ODE4"])
+    monkeypatch.setattr(case_service, "new_case_code", lambda _type: next(codes))
+    before = count(app, Case)
+    opened = ok(client.post(f"{API}/referrals/{referral_id}/case", headers=receiver), 201)
+    assert count(app, Case) == before + 1
+    view = ok(client.get(f"{API}/cases/{opened['receiver_case_id']}", headers=receiver))
+    assert view["case_code"] == "THB-NEWC-ODE4"
+    assert view["identity"]["given_name"]

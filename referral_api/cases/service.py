@@ -92,22 +92,45 @@ def case_code_taken(error: IntegrityError) -> bool:
 CODE_ATTEMPTS = 3
 
 
+def _under_free_codes(attempt: Callable[[], T]) -> T:
+    """`attempt()` again, up to CODE_ATTEMPTS times, while it fails on a taken case code
+    (40 random bits: rare, but ~0.5 % of 100,000-case seeds meet one). Any other failure,
+    and the last one, is raised. `attempt` undoes its own work when it fails."""
+    for number in range(1, CODE_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except IntegrityError as error:
+            if number == CODE_ATTEMPTS or not case_code_taken(error):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def committed_under_free_codes(session: Any, create: Callable[[], T]) -> T:
     """`create()` (which draws new case codes) and a commit; when a code drawn was already
-    taken (40 random bits: rare, but ~0.5 % of 100,000-case seeds meet one), the
-    transaction is rolled back whole and `create()` run again, up to CODE_ATTEMPTS times.
-    Any other failure is not retried."""
-    for attempt in range(CODE_ATTEMPTS):
+    taken, the transaction is rolled back whole and `create()` run again. For a request
+    whose transaction holds nothing else yet (POST /cases, the bench seeder)."""
+
+    def attempt() -> T:
         try:
             created = create()
             session.commit()
-        except IntegrityError as error:
+        except IntegrityError:
             session.rollback()
-            if attempt + 1 == CODE_ATTEMPTS or not case_code_taken(error):
-                raise
-            continue
+            raise
         return created
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return _under_free_codes(attempt)
+
+
+def created_under_free_codes(session: Any, create: Callable[[], T]) -> T:
+    """`create()` inside a savepoint, run again when a code it drew was already taken: the
+    rest of the caller's transaction (an idempotency claim, a consent, a referral) stays."""
+
+    def attempt() -> T:
+        with session.begin_nested():
+            return create()
+
+    return _under_free_codes(attempt)
 
 
 @dataclass(frozen=True, slots=True)

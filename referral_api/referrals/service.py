@@ -833,7 +833,7 @@ def open_case_from_referral(session: Session, actor: Actor, referral_id: uuid.UU
         "nrm_stage": source.nrm_stage,
     }
     data.update(packet["data"])
-    view = cases.create_case(session, actor, data)
+    view = cases.created_under_free_codes(session, lambda: cases.create_case(session, actor, data))
     referral.receiver_case_id = view.case.id
     session.flush()
     _audit(
@@ -914,7 +914,10 @@ def intake(session: Session, actor: Actor, data: dict[str, Any]) -> IntakeResult
     """A police system hands a presumed victim over in one call: case, consent, referral."""
     if actor.kind is not ActorKind.CLIENT and actor.role is not Role.POLICE_OFFICER:
         raise Forbidden("Intake is for police systems and officers.")
-    view = cases.create_case(session, actor, data["case"])
+    # A case code already taken is drawn again without losing the idempotency claim.
+    view = cases.created_under_free_codes(
+        session, lambda: cases.create_case(session, actor, data["case"])
+    )
     consent = consent_service.record_consent(session, actor, view.case.id, data["consent"])
     referral = create_referral(session, actor, view.case.id, {**data["referral"], "send": True})
     return IntakeResult(view.case, consent.id, referral)
