@@ -735,6 +735,28 @@ def test_a_cursor_is_checked(world: DpoWorld) -> None:
     world.report("processing-without-basis", "a_dpo", 422, cursor=forged)
 
 
+def test_an_export_checks_its_cursor_before_the_first_byte(world: DpoWorld, app: Any) -> None:
+    """A CSV export streams its rows after the response has started, when an error could
+    only cut it short: a bad cursor is refused first, as a 422 problem, and nothing is
+    recorded as exported."""
+    forged = keyset.encode_cursor("disclosures", ["2026-01-01", "not-an-id"])
+    for name, params in LISTS.items():
+        for cursor in ("bm90IGEgY3Vyc29y", forged, ", "):
+            response = world.client.get(
+                f"{API}/dpo/reports/{name}",
+                query_string={**params, "cursor": cursor},
+                headers={**world.h["a_dpo"], "Accept": "text/csv"},
+            )
+            problem = assert_problem(response, 422)
+            assert "cursor" in str(problem["errors"]), (name, problem)
+    with db.session_factory_for(app)() as s:
+        reports = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "dpo:report")
+        ).all()
+        s.rollback()
+    assert not [d for d in reports if json.loads(d).get("export")]
+
+
 # ---- the record of processing -------------------------------------------------------------
 
 

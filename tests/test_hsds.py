@@ -236,11 +236,23 @@ def test_an_empty_directory_is_a_valid_empty_page(client, headers, hsds):
 
 
 def test_list_parameters_are_validated(client, headers):
-    for query in ("page=0", "per_page=0", "per_page=101", "organization_id=x", "page=a"):
+    # A page past 10**6 would put the offset beyond the database's 64-bit integers.
+    for query in (
+        "page=0",
+        "per_page=0",
+        "per_page=101",
+        "organization_id=x",
+        "page=a",
+        "page=1000001",
+        f"page={10**25}",
+    ):
         assert_problem(client.get(f"{API}/hsds/services?{query}", headers=headers), 422)
         if not query.startswith("organization_id"):
             response = client.get(f"{API}/hsds/organizations?{query}", headers=headers)
             assert_problem(response, 422)
+    for listing in ("services", "organizations"):
+        last = client.get(f"{API}/hsds/{listing}?page=1000000", headers=headers)
+        assert last.status_code == 200 and last.get_json()["contents"] == []
 
 
 # ---- one service, fully nested ------------------------------------------------------------

@@ -129,8 +129,12 @@ def _uuid(**kw: Any) -> ma.fields.String:
     return ma.fields.String(metadata={"format": "uuid", **kw.pop("metadata", {})}, **kw)
 
 
+# Past this page the offset (page times per_page) would overflow the database's 64-bit integers.
+MAX_PAGE_NUMBER = 1_000_000
+
+
 class HsdsPageArgsSchema(ma.Schema):
-    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE_NUMBER))
     per_page = ma.fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
 
 

@@ -139,7 +139,13 @@ def stream(
     order: Sequence[SortKey],
     cursor: str | None,
 ) -> Iterator[dict[str, Any]]:
-    """Every row after `cursor`, in the same order as the pages, fetched in batches."""
+    """Every row after `cursor`, in the same order as the pages, fetched in batches when
+    iterated. The cursor is checked now (422), before an export's first byte is sent: once
+    the response has started, an error can only cut it short."""
     stmt = _ordered(report, base, order, cursor).execution_options(yield_per=EXPORT_BATCH)
-    for row in session.execute(stmt).mappings():
-        yield dict(row)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for row in session.execute(stmt).mappings():
+            yield dict(row)
+
+    return rows()

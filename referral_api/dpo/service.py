@@ -242,10 +242,16 @@ def _exported(
     cursor: str | None,
     shape: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> Iterator[dict[str, Any]]:
-    """Every row, read when the export is written (in a transaction of its own)."""
-    _tune(session)
-    for row in keyset.stream(session, name, base, order, cursor):
-        yield shape(row)
+    """Every row, read when the export is written (in a transaction of its own); the
+    cursor is checked now, before the response starts."""
+    rows = keyset.stream(session, name, base, order, cursor)
+
+    def shaped() -> Iterator[dict[str, Any]]:
+        _tune(session)
+        for row in rows:
+            yield shape(row)
+
+    return shaped()
 
 
 def _listing(
