@@ -27,7 +27,8 @@ from referral_api.crypto.fields import EncryptedField
 from referral_api.db import Base, UTCDateTime, new_id, utcnow
 from referral_api.exceptions import Conflict, ValidationFailed
 
-_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+# Also the documented pattern of the header (OpenAPI): keep it to what ECMA 262 reads too.
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 
 class IdempotencyRecord(Base):
@@ -65,7 +66,7 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _KEY.match(key):
+    if not KEY_PATTERN.match(key):
         raise ValidationFailed(
             {"Idempotency-Key": ["8 to 128 characters: letters, digits and . _ : -"]},
             location="headers",

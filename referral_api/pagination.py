@@ -41,16 +41,21 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def invalid_cursor() -> ValidationFailed:
+    """The 422 for a `cursor` query parameter the server did not issue."""
+    return ValidationFailed({"cursor": ["Not a valid cursor."]}, location="query")
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at, parsed_id = datetime.fromisoformat(created), uuid.UUID(row_id)
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None
+        raise invalid_cursor() from None
     # Cursors are client-supplied: a naive timestamp would fail only when bound (a 500).
     if created_at.tzinfo is None:
-        raise ValidationFailed({"cursor": ["Not a valid cursor."]})
+        raise invalid_cursor()
     return created_at, parsed_id
 
 

@@ -200,13 +200,15 @@ class Blueprint(flask_smorest.Blueprint):
             session.commit()
             return response
 
+        from referral_api.idempotency import KEY_PATTERN
+
         documented = self.doc(
             parameters=[
                 {
                     "in": "header",
                     "name": "Idempotency-Key",
                     "required": False,
-                    "schema": {"type": "string", "minLength": 8, "maxLength": 128},
+                    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
                     "description": "Retry safely: the same key and body replay the first "
                     "response; the same key with another body is refused (422).",
                 }

@@ -858,12 +858,38 @@ def test_list_rejects_bad_arguments(client: Any, team: Team) -> None:
         "assignee_id": {"assignee_id": "me"},
         "naive updated_since": {"updated_since": "2026-01-01T00:00:00"},
     }
-    assert_each(
-        bad,
-        lambda query: assert_problem(
+
+    def refused_in_the_query(query: dict[str, Any]) -> None:
+        # Each named under the query string, where it was sent (the cursor too).
+        problem = assert_problem(
             client.get(f"{API}/cases", query_string=query, headers=team.cw), 422
-        ),
-    )
+        )
+        assert list(problem["errors"]) == ["query"], problem
+        assert list(problem["errors"]["query"]) == list(query), problem
+
+    assert_each(bad, refused_in_the_query)
+
+
+def test_every_cursor_is_refused_as_a_query_parameter(
+    client: Any, factory: Any, team: Team
+) -> None:
+    case_id = create(client, team.cw).get_json()["id"]
+    dpo = factory.headers(factory.user(Role.DPO, team.org_id))
+    admin = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    listings = {
+        "/cases": team.cw,
+        f"/cases/{case_id}/access-log": team.cw,
+        "/referrals": team.cw,
+        "/notifications": team.cw,
+        "/services": team.cw,
+        "/dpo/reports/disclosures": dpo,
+        "/orgs": admin,
+    }
+    for path, headers in listings.items():
+        response = client.get(f"{API}{path}", query_string={"cursor": "garbage"}, headers=headers)
+        assert response.status_code == 422, path
+        problem = assert_problem(response, 422)
+        assert problem["errors"] == {"query": {"cursor": ["Not a valid cursor."]}}, path
 
 
 def test_list_filters(client: Any, factory: Any, team: Team) -> None:

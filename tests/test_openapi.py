@@ -50,3 +50,33 @@ def test_interactive_docs_are_served_without_a_cdn(client):
     asset = client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
     assert asset.status_code == 200
     assert len(asset.get_data()) > 100_000
+
+
+def test_documented_patterns_are_the_ones_enforced(client, auth_headers):
+    """What an integrator validates against before sending (the document's patterns) is what
+    the server checks: a value the pattern accepts is accepted, one it refuses is refused."""
+    import re
+    import uuid
+
+    from referral_api.access.roles import Role
+
+    spec = client.get("/api/v1/openapi.json").get_json()
+    intake = spec["paths"]["/api/v1/intake"]["post"]["parameters"]
+    (key,) = [p for p in intake if p["name"] == "Idempotency-Key"]
+    key_pattern = re.compile(key["schema"]["pattern"])
+    incident = spec["components"]["schemas"]["Incident"]["properties"]["incident_date"]
+    date_pattern = re.compile(incident["pattern"])
+
+    headers = auth_headers(Role.CASEWORKER)
+    for value in ("2019", "2019-07", "2019-07-31", "2019-7", "2019-13", "19", "2019-07-32"):
+        body = {"case_type": "thb", "incident": {"incident_date": value}}
+        response = client.post("/api/v1/cases", json=body, headers=headers)
+        assert (response.status_code == 201) == bool(date_pattern.match(value)), value
+    # An idempotent operation: the key is checked before the referral is looked up (404).
+    url = f"/api/v1/referrals/{uuid.uuid4()}/messages"
+    for value in ("intake-0001", "a" * 8, "x" * 128, "short", "x" * 129, "has space 123"):
+        response = client.post(
+            url, json={"body": "hello"}, headers={**headers, "Idempotency-Key": value}
+        )
+        expected = 404 if key_pattern.match(value) else 422
+        assert response.status_code == expected, (value, response.status_code)

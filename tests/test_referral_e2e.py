@@ -267,3 +267,24 @@ def test_a_case_opened_from_a_referral_under_a_taken_code_is_drawn_again(
     view = ok(client.get(f"{API}/cases/{opened['receiver_case_id']}", headers=receiver))
     assert view["case_code"] == "THB-NEWC-ODE4"
     assert view["identity"]["given_name"]
+
+
+def test_notifications_page_with_a_cursor(client: Any, factory: Any) -> None:
+    """The notification list is cursor-paginated like every other list: newest first,
+    `Link: rel="next"` while more remain, every notification once."""
+    world = World(factory, client)
+    for _ in range(3):
+        world.refer()
+    receiver = world.h["receiver"]
+    everything = ok(client.get(f"{API}/notifications", headers=receiver))
+    assert len(everything) == 3
+    assert [n["created_at"] for n in everything] == sorted(
+        (n["created_at"] for n in everything), reverse=True
+    )
+    first = client.get(f"{API}/notifications", query_string={"limit": 2}, headers=receiver)
+    assert [n["id"] for n in ok(first)] == [n["id"] for n in everything[:2]]
+    link = first.headers["Link"]
+    url = link[link.index("<") + 1 : link.index(">")]
+    second = client.get(url, headers=receiver)
+    assert [n["id"] for n in ok(second)] == [everything[2]["id"]]
+    assert "Link" not in second.headers

@@ -50,6 +50,11 @@ class IsoDateString(ma.fields.Date):
 class PartialDate(ma.fields.String):
     """YYYY, YYYY-MM or YYYY-MM-DD (incident dates are often only roughly known)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Documented as the pattern it is checked against (a JSON Schema pattern too).
+        metadata = {"pattern": _PARTIAL_DATE.pattern, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if not _PARTIAL_DATE.match(text):

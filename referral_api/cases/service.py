@@ -54,6 +54,7 @@ from referral_api.pagination import (
     Page,
     after_cursor,
     fetch_page,
+    invalid_cursor,
     newest_first,
     page_parameters,
 )
@@ -732,7 +733,7 @@ def _audit_page(session: Any, stmt: Select[Any], cursor: str | None, limit: int)
         try:
             before = int(cursor)
         except ValueError:
-            raise ValidationFailed({"cursor": ["Not a valid cursor."]}) from None
+            raise invalid_cursor() from None
         stmt = stmt.where(AuditEvent.id < before)
     rows = list(session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1)))
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None

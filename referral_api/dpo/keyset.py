@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from referral_api.exceptions import ValidationFailed
+from referral_api.pagination import invalid_cursor
 
 # Rows fetched per round trip when a report is exported whole (server-side cursor on
 # PostgreSQL, so memory stays flat however many rows there are).
@@ -81,7 +81,7 @@ def decode_cursor(report: str, cursor: str, kinds: Sequence[str]) -> list[Any]:
             raise ValueError("cursor of another report")
         return [_untag(item) for item in document["k"]]
     except (ValueError, TypeError, KeyError, IndexError, binascii.Error, json.JSONDecodeError):
-        raise ValidationFailed({"cursor": ["Not a valid cursor."]}, location="query") from None
+        raise invalid_cursor() from None
 
 
 def after(columns: Sequence[Any], order: Sequence[SortKey], values: Sequence[Any]) -> Any:

@@ -201,8 +201,14 @@ def open_case(referral_id: uuid.UUID) -> Any:
 @blp.arguments(NotificationQueryArgsSchema, location="query")
 @blp.response(200, NotificationSchema(many=True))
 def list_notifications(args: dict[str, Any]) -> Any:
-    """Your organisation's referral events (unread by default)"""
-    return service.list_notifications(db.session, current_actor(), args["unread"], args["limit"])
+    """Your organisation's referral events (unread by default), newest first
+
+    Follow `Link: rel="next"` for more.
+    """
+    page = service.list_notifications(
+        db.session, current_actor(), args["unread"], args["cursor"], args["limit"]
+    )
+    return page.items, 200, link_header(page, args["limit"])
 
 
 @blp.route("/notifications/<uuid:notification_id>/read", methods=["POST"])

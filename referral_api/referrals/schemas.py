@@ -123,7 +123,7 @@ class NotificationSchema(ma.Schema):
     read_at = ma.fields.AwareDateTime(allow_none=True)
 
 
-class NotificationQueryArgsSchema(ma.Schema):
+class NotificationQueryArgsSchema(PageArgsSchema):
     unread = ma.fields.Boolean(load_default=True)
     limit = ma.fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
 

@@ -783,13 +783,19 @@ def list_messages(session: Session, actor: Actor, referral_id: uuid.UUID) -> lis
 
 
 def list_notifications(
-    session: Session, actor: Actor, unread_only: bool, limit: int
-) -> list[Notification]:
+    session: Session, actor: Actor, unread_only: bool, cursor: str | None, limit: int
+) -> Page:
+    """Newest first, a page at a time (the cursor from the previous page's `Link`)."""
     stmt = select(Notification).where(Notification.org_id == actor.org_id)
     if unread_only:
         stmt = stmt.where(Notification.read_at.is_(None))
-    return list(
-        session.scalars(stmt.order_by(Notification.created_at.desc(), Notification.id).limit(limit))
+    return paginate(
+        session,
+        stmt,
+        created_col=Notification.created_at,
+        id_col=Notification.id,
+        cursor=cursor,
+        limit=limit,
     )
 
 
