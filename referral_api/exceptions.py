@@ -75,6 +75,22 @@ class ValidationFailed(ReferralApiError):
             errors={location: nest_field_paths(errors)},
         )
 
+    def within(self, part: str) -> ValidationFailed:
+        """The same refusal for a body that holds the checked object under `part` (police
+        intake's `case`, `consent` and `referral`): the body's field paths gain the prefix,
+        so the client reads them as it reads a schema's errors for that body."""
+        errors = self.extra["errors"]
+        moved = ValidationFailed({}, self.detail)
+        moved.extra = {
+            **self.extra,
+            "errors": {
+                location: {part: fields} if location == "json" else fields
+                for location, fields in errors.items()
+            },
+        }
+        moved.audit = self.audit
+        return moved
+
 
 def nest_field_paths(errors: Mapping[str, list[str]]) -> dict[str, Any]:
     """Dotted paths (`provisions.0.valid_until`) in the nested shape the schemas report, so a

@@ -166,6 +166,30 @@ def test_a_taken_case_code_at_intake_is_drawn_again_and_the_claim_kept(
     assert _counts(app) == (2, 2, 2, 2, 2)
 
 
+def test_a_refused_part_of_an_intake_is_named_inside_that_part(
+    app: Any, client: Any, police: Police
+) -> None:
+    """Police intake carries a case, a consent and a referral: a rule one of them breaks is
+    reported at that part's path of the intake body (as the schema's own errors are), and
+    nothing of the intake is stored."""
+    refusals = {}
+    body = police.intake()
+    body["case"]["assignee_id"] = str(uuid.uuid4())
+    refusals["case"] = (body, "assignee_id")
+    body = police.intake()
+    body["consent"]["provisions"][0]["recipient_org_type"] = "legal_aid"  # and an org id
+    refusals["consent"] = (body, "provisions")
+    body = police.intake()
+    body["referral"]["to_org_id"] = str(uuid.uuid4())
+    refusals["referral"] = (body, "to_org_id")
+    for number, (part, (body, field)) in enumerate(refusals.items()):
+        response = _intake(client, police.headers, body, key=f"intake-refused-{number:04d}")
+        errors = assert_problem(response, 422)["errors"]
+        assert list(errors) == ["json"] and list(errors["json"]) == [part], errors
+        assert field in errors["json"][part], errors
+    assert _counts(app) == (0, 0, 0, 0, 0)
+
+
 def test_same_key_with_another_body_or_endpoint_is_422(
     app: Any, client: Any, police: Police
 ) -> None:

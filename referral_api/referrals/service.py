@@ -7,6 +7,8 @@ No Flask; (session, actor, …); never commits; audits every access and change.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -921,9 +923,21 @@ def intake(session: Session, actor: Actor, data: dict[str, Any]) -> IntakeResult
     if actor.kind is not ActorKind.CLIENT and actor.role is not Role.POLICE_OFFICER:
         raise Forbidden("Intake is for police systems and officers.")
     # A case code already taken is drawn again without losing the idempotency claim.
-    view = cases.created_under_free_codes(
-        session, lambda: cases.create_case(session, actor, data["case"])
-    )
-    consent = consent_service.record_consent(session, actor, view.case.id, data["consent"])
-    referral = create_referral(session, actor, view.case.id, {**data["referral"], "send": True})
+    with _part_of_intake("case"):
+        view = cases.created_under_free_codes(
+            session, lambda: cases.create_case(session, actor, data["case"])
+        )
+    with _part_of_intake("consent"):
+        consent = consent_service.record_consent(session, actor, view.case.id, data["consent"])
+    with _part_of_intake("referral"):
+        referral = create_referral(session, actor, view.case.id, {**data["referral"], "send": True})
     return IntakeResult(view.case, consent.id, referral)
+
+
+@contextmanager
+def _part_of_intake(part: str) -> Iterator[None]:
+    """A refusal of one part names its fields inside that part of the intake body."""
+    try:
+        yield
+    except ValidationFailed as error:
+        raise error.within(part) from None
