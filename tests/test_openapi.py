@@ -1,8 +1,13 @@
 """The committed OpenAPI document matches the live app, and documents the contract."""
 
 import json
+import re
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from referral_api.directory.service import LANGUAGE_TAG_PATTERN, normalise_language_tag
 from referral_api.openapi import spec_json
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
@@ -55,7 +60,6 @@ def test_interactive_docs_are_served_without_a_cdn(client):
 def test_documented_patterns_are_the_ones_enforced(client, auth_headers):
     """What an integrator validates against before sending (the document's patterns) is what
     the server checks: a value the pattern accepts is accepted, one it refuses is refused."""
-    import re
     import uuid
 
     from referral_api.access.roles import Role
@@ -80,3 +84,26 @@ def test_documented_patterns_are_the_ones_enforced(client, auth_headers):
         )
         expected = 404 if key_pattern.match(value) else 422
         assert response.status_code == expected, (value, response.status_code)
+
+
+@given(st.from_regex(LANGUAGE_TAG_PATTERN, fullmatch=True))
+def test_a_language_tag_of_the_documented_pattern_is_accepted(tag):
+    assert normalise_language_tag(tag).lower() == tag.lower()
+
+
+@given(st.text(alphabet="abcdeLMNZ0129-_ ", max_size=20))
+def test_a_language_tag_outside_the_documented_pattern_is_refused(text):
+    documented = re.fullmatch(LANGUAGE_TAG_PATTERN[1:-1], text.strip()) is not None
+    try:
+        normalise_language_tag(text)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == documented
+
+
+def test_the_language_tag_pattern_is_documented(client):
+    spec = client.get("/api/v1/openapi.json").get_json()
+    services = spec["paths"]["/api/v1/services"]["get"]["parameters"]
+    (language,) = [p for p in services if p["name"] == "language"]
+    assert language["schema"]["pattern"] == LANGUAGE_TAG_PATTERN

@@ -10,6 +10,7 @@ from marshmallow import validate
 
 from referral_api.directory.models import ServiceStatus, ServiceType
 from referral_api.directory.service import (
+    LANGUAGE_TAG_PATTERN,
     MAX_LANGUAGES,
     normalise_language_tag,
     normalise_professional_contact,
@@ -28,6 +29,10 @@ def _text(max_length: int) -> list[Callable[[Any], Any]]:
 
 class LanguageTag(ma.fields.String):
     """A BCP 47 language tag, loaded in canonical case (`pt-br` → `pt-BR`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"pattern": LANGUAGE_TAG_PATTERN, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)

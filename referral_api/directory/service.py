@@ -32,12 +32,14 @@ MAX_LANGUAGES = 20
 # A well-formed subset of BCP 47 (RFC 5646): language, optional script, region and variants.
 # Extensions and private-use subtags are refused: nobody searches by them.
 _LANGUAGE_TAG = re.compile(
-    r"(?P<language>[a-z]{2,3})"
-    r"(?:-(?P<script>[a-z]{4}))?"
-    r"(?:-(?P<region>[a-z]{2}|[0-9]{3}))?"
-    r"(?P<variants>(?:-(?:[a-z0-9]{5,8}|[0-9][a-z0-9]{3}))*)",
-    re.IGNORECASE,
+    r"(?P<language>[A-Za-z]{2,3})"
+    r"(?:-(?P<script>[A-Za-z]{4}))?"
+    r"(?:-(?P<region>[A-Za-z]{2}|[0-9]{3}))?"
+    r"(?P<variants>(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*)"
 )
+# The same as the documented pattern of a language tag (OpenAPI, an ECMA 262 regex: no named
+# groups), anchored; the server also accepts it with surrounding spaces.
+LANGUAGE_TAG_PATTERN = "^" + re.sub(r"\(\?P<\w+>", "(", _LANGUAGE_TAG.pattern) + "$"
 _EMAIL = re.compile(r"[^@\s,;<>()\[\]\"]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,63}", re.IGNORECASE)
 _PHONE = re.compile(r"\+[0-9 ()./-]{6,30}")
 
