@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
+from marshmallow import ValidationError
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.sansio.response import Response
+
+from referral_api.exceptions import nest_field_paths
 
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -82,8 +86,43 @@ class OrjsonProvider(DefaultJSONProvider):
         return response_class(body + b"\n", mimetype=self.mimetype)  # type: ignore[no-any-return]
 
 
+NUL_MESSAGE = "Text must not contain the NUL character (U+0000)."
+
+
+def _nul_paths(value: Any, path: str = "") -> Iterator[str]:
+    """Dotted paths of the strings (and keys) in `value` that hold U+0000."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path or "_schema"
+    elif isinstance(value, Mapping):
+        for key in value:
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                yield here
+            yield from _nul_paths(value[key], here)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}.{index}" if path else str(index))
+
+
 class Parser(FlaskParser):
-    """webargs' Flask parser reading JSON bodies through `loads`."""
+    """webargs' Flask parser reading JSON bodies through `loads`, refusing text with U+0000.
+
+    PostgreSQL cannot store U+0000 in text (a plaintext column would answer with an error, a
+    500), and no name, code or note needs it: any request value holding it is a 422, on
+    every database alike. JSON carries it only escaped, so a body without the escape
+    `\\u0000` is not walked.
+    """
+
+    def pre_load(self, location_data: Any, *, schema: Any, req: Any, location: str) -> Any:
+        if location == "json" and b"\\u0000" not in req.get_data(cache=True):
+            return location_data
+        if location not in ("json", "json_or_form", "form", "query", "querystring"):
+            return location_data
+        paths = sorted(set(_nul_paths(location_data)))
+        if paths:
+            raise ValidationError(nest_field_paths({path: [NUL_MESSAGE] for path in paths}))
+        return location_data
 
     def _raw_load_json(self, req: Any) -> Any:
         if not is_json_request(req):

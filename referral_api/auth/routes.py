@@ -149,7 +149,7 @@ def _basic_client_credentials() -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         raise _basic_failure("Malformed Basic credentials.") from None
     client_id, sep, secret = decoded.partition(":")
-    if not sep:
+    if not sep or "\x00" in decoded:  # U+0000: no client id or secret has it
         raise _basic_failure("Malformed Basic credentials.")
     return client_id, secret
 

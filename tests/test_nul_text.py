@@ -1,0 +1,101 @@
+"""U+0000 in request text: a 422 on every database, never a 500 from PostgreSQL.
+
+PostgreSQL's text cannot hold U+0000, so a plaintext column (an organisation's name, a
+service's description, a client id looked up) answered with a database error. The request
+parser refuses the character in any JSON, form or query value (and key) before a schema or
+a service sees it; HTTP Basic credentials holding it are malformed.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from conftest import assert_problem
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.auth.models import Organisation
+from referral_api.directory.models import Service
+from referral_api.jsonio import NUL_MESSAGE
+
+API = "/api/v1"
+
+
+def _count(app: Any, model: Any) -> int:
+    from sqlalchemy import func, select
+
+    from referral_api.extensions import db
+
+    with db.session_factory_for(app)() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_nul_in_any_request_text_is_a_422_naming_the_field(
+    app: Any, client: Any, factory: Any
+) -> None:
+    org = factory.org(OrgType.NGO)
+    admin = factory.headers(factory.user(Role.ORG_ADMIN, org))
+    platform = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    caseworker = factory.headers(factory.user(Role.CASEWORKER, org))
+    organisations, services = _count(app, Organisation), _count(app, Service)
+    service = {
+        "name": "Legal advice",
+        "description": "Free legal advice\x00",
+        "service_type": "legal",
+        "languages": ["uk", "e\x00n"],
+        "area_served": "Kyiv",
+        "professional_contact": "+380501234567",
+    }
+    refused = {
+        ("json", ("name",)): client.post(
+            f"{API}/orgs", json={"name": "Shelter\x00", "org_type": "ngo"}, headers=platform
+        ),
+        ("json", ("description", "languages.1")): client.post(
+            f"{API}/orgs/{org}/services", json=service, headers=admin
+        ),
+        ("json", ("identity.given_name",)): client.post(
+            f"{API}/cases",
+            json={"case_type": "thb", "identity": {"given_name": "O\x00lena"}},
+            headers=caseworker,
+        ),
+        ("query", ("area",)): client.get(
+            f"{API}/services", query_string={"area": "Ky\x00iv"}, headers=caseworker
+        ),
+        ("json_or_form", ("client_id",)): client.post(
+            f"{API}/auth/token",
+            json={"grant_type": "client_credentials", "client_id": "a\x00", "client_secret": "b"},
+        ),
+        ("json_or_form", ("client_secret",)): client.post(
+            f"{API}/auth/token",
+            data={"grant_type": "client_credentials", "client_id": "a", "client_secret": "\x00"},
+        ),
+    }
+    for (location, fields), response in refused.items():
+        errors = assert_problem(response, 422)["errors"]
+        assert list(errors) == [location], errors
+        for field in fields:
+            node = errors[location]
+            for part in field.split("."):
+                node = node[part]
+            assert node == [NUL_MESSAGE], (field, errors)
+    assert (_count(app, Organisation), _count(app, Service)) == (organisations, services)
+
+    # Escaped, the six characters \u0000 are ordinary text.
+    response = client.post(
+        f"{API}/cases",
+        json={"case_type": "thb", "identity": {"given_name": "O\\u0000lena"}},
+        headers=caseworker,
+    )
+    assert response.status_code == 201
+    assert response.get_json()["identity"]["given_name"] == "O\\u0000lena"
+
+
+def test_nul_in_basic_client_credentials_is_malformed(client: Any) -> None:
+    credentials = base64.b64encode(b"client\x00:secret").decode()
+    response = client.post(
+        f"{API}/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {credentials}"},
+    )
+    problem = assert_problem(response, 401)
+    assert problem["detail"] == "Malformed Basic credentials."
