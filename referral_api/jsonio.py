@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -49,12 +49,17 @@ def loads(data: str | bytes) -> Any:
             return json.loads(data)
     else:
         text = data
-    if _LONG_DIGITS.search(text):
-        return json.loads(data)
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+        if _LONG_DIGITS.search(text):
+            return json.loads(data)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
+    except RecursionError:
+        # Nested past the stdlib's recursion limit (orjson stops at 1,024 levels): not a body
+        # anyone sends, answered as the malformed JSON it is rather than as a crash.
+        raise json.JSONDecodeError("Nested too deeply", text, 0) from None
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -87,41 +92,66 @@ class OrjsonProvider(DefaultJSONProvider):
 
 
 NUL_MESSAGE = "Text must not contain the NUL character (U+0000)."
+SURROGATE_MESSAGE = "Text must be valid Unicode (an unpaired surrogate was sent)."
+# Escapes that can put U+0000 or an unpaired surrogate (U+D800-U+DFFF) in a JSON string.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def _nul_paths(value: Any, path: str = "") -> Iterator[str]:
-    """Dotted paths of the strings (and keys) in `value` that hold U+0000."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            yield path or "_schema"
-    elif isinstance(value, Mapping):
-        for key in value:
-            here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                yield here
-            yield from _nul_paths(value[key], here)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _nul_paths(item, f"{path}.{index}" if path else str(index))
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_MESSAGE
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATE_MESSAGE
+    return None
+
+
+def _text_problems(value: Any) -> dict[str, list[str]]:
+    """{dotted path: [message]} for the strings and keys in `value` holding U+0000 or an
+    unpaired surrogate (walked with a stack: a body may nest deeper than Python recurses)."""
+    problems: dict[str, list[str]] = {}
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            message = _text_problem(item)
+            if message:
+                problems[path or "_schema"] = [message]
+        elif isinstance(item, Mapping):
+            for key in item:
+                here = f"{path}.{key}" if path else str(key)
+                message = _text_problem(key) if isinstance(key, str) else None
+                if message:
+                    problems[here] = [message]
+                else:
+                    stack.append((here, item[key]))
+        elif isinstance(item, list | tuple):
+            for index, element in enumerate(item):
+                stack.append((f"{path}.{index}" if path else str(index), element))
+    return problems
 
 
 class Parser(FlaskParser):
-    """webargs' Flask parser reading JSON bodies through `loads`, refusing text with U+0000.
+    """webargs' Flask parser reading JSON bodies through `loads`, refusing text that cannot
+    be stored as sent.
 
-    PostgreSQL cannot store U+0000 in text (a plaintext column would answer with an error, a
-    500), and no name, code or note needs it: any request value holding it is a 422, on
-    every database alike. JSON carries it only escaped, so a body without the escape
-    `\\u0000` is not walked.
+    PostgreSQL's text cannot hold U+0000, and an unpaired surrogate (JSON can escape one,
+    `\\ud800`) is no Unicode text at all: neither can be encoded as UTF-8, encrypted or
+    stored (a plaintext column answered with a database error, a 500), and no name, code or
+    note needs them. Any request value or key holding one is a 422 naming the field, on
+    every database alike. JSON carries them only escaped, so a body without such an escape
+    is not walked.
     """
 
     def pre_load(self, location_data: Any, *, schema: Any, req: Any, location: str) -> Any:
-        if location == "json" and b"\\u0000" not in req.get_data(cache=True):
+        if location == "json" and not _SUSPECT_ESCAPE.search(req.get_data(cache=True)):
             return location_data
         if location not in ("json", "json_or_form", "form", "query", "querystring"):
             return location_data
-        paths = sorted(set(_nul_paths(location_data)))
-        if paths:
-            raise ValidationError(nest_field_paths({path: [NUL_MESSAGE] for path in paths}))
+        problems = _text_problems(location_data)
+        if problems:
+            raise ValidationError(nest_field_paths(problems))
         return location_data
 
     def _raw_load_json(self, req: Any) -> Any:

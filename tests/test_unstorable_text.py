@@ -1,9 +1,11 @@
-"""U+0000 in request text: a 422 on every database, never a 500 from PostgreSQL.
+"""Text that cannot be stored as sent: a 422 on every database, never a 500.
 
 PostgreSQL's text cannot hold U+0000, so a plaintext column (an organisation's name, a
-service's description, a client id looked up) answered with a database error. The request
-parser refuses the character in any JSON, form or query value (and key) before a schema or
-a service sees it; HTTP Basic credentials holding it are malformed.
+service's description, a client id looked up) answered with a database error; an unpaired
+surrogate (JSON can escape one) is not Unicode text, and failed the encryption of a case or
+the encoding of a plaintext column. The request parser refuses both in any JSON, form or
+query value (and key) before a schema or a service sees them; HTTP Basic credentials holding
+U+0000 are malformed; a body nested past what a parser recurses is malformed JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from conftest import assert_problem
 from referral_api.access.roles import OrgType, Role
 from referral_api.auth.models import Organisation
 from referral_api.directory.models import Service
-from referral_api.jsonio import NUL_MESSAGE
+from referral_api.jsonio import NUL_MESSAGE, SURROGATE_MESSAGE
 
 API = "/api/v1"
 
@@ -99,3 +101,51 @@ def test_nul_in_basic_client_credentials_is_malformed(client: Any) -> None:
     )
     problem = assert_problem(response, 401)
     assert problem["detail"] == "Malformed Basic credentials."
+
+
+def test_an_unpaired_surrogate_is_a_422_and_a_pair_is_text(
+    app: Any, client: Any, factory: Any
+) -> None:
+    org = factory.org(OrgType.NGO)
+    caseworker = factory.headers(factory.user(Role.CASEWORKER, org))
+    platform = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    json_headers = {"Content-Type": "application/json"}
+    organisations = _count(app, Organisation)
+    refused = {
+        ("name",): client.post(
+            f"{API}/orgs",
+            data='{"name": "Shelter \\ud800", "org_type": "ngo"}',
+            headers={**platform, **json_headers},
+        ),
+        ("identity", "given_name"): client.post(
+            f"{API}/cases",
+            data='{"case_type": "thb", "identity": {"given_name": "O\\udc00lena"}}',
+            headers={**caseworker, **json_headers},
+        ),
+    }
+    for path, response in refused.items():
+        node = assert_problem(response, 422)["errors"]["json"]
+        for part in path:
+            node = node[part]
+        assert node == [SURROGATE_MESSAGE], path
+    assert _count(app, Organisation) == organisations
+    paired = client.post(
+        f"{API}/cases",
+        data='{"case_type": "thb", "identity": {"given_name": "Olena \\ud83c\\udf3b"}}',
+        headers={**caseworker, **json_headers},
+    )
+    assert paired.status_code == 201
+    assert paired.get_json()["identity"]["given_name"] == "Olena \U0001f33b"
+
+
+def test_a_body_nested_past_the_parsers_is_malformed_json(client: Any, factory: Any) -> None:
+    caseworker = factory.headers(factory.user(Role.CASEWORKER))
+    for body in ("[" * 100_000 + "]" * 100_000, '{"identity": ' + "[" * 5000 + "]" * 5000 + "}"):
+        response = client.post(
+            f"{API}/cases",
+            data=body,
+            headers={**caseworker, "Content-Type": "application/json"},
+        )
+        problem = assert_problem(response, 400)
+        # As any malformed JSON body (test_errors): a 400 problem, nothing echoed.
+        assert "errors" not in problem, problem
