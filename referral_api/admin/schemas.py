@@ -10,6 +10,7 @@ from marshmallow import validate
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.pagination import PageArgsSchema
+from referral_api.schema_fields import AwareDateTime
 
 
 def _not_blank(value: str) -> None:
@@ -26,8 +27,8 @@ class OrganisationSchema(ma.Schema):
     name = ma.fields.String()
     org_type = ma.fields.Enum(OrgType, by_value=True)
     active = ma.fields.Boolean()
-    created_at = ma.fields.AwareDateTime(dump_only=True)
-    updated_at = ma.fields.AwareDateTime(dump_only=True)
+    created_at = AwareDateTime(dump_only=True)
+    updated_at = AwareDateTime(dump_only=True)
 
 
 class OrganisationCreateSchema(ma.Schema):
@@ -51,8 +52,8 @@ class UserSchema(ma.Schema):
     display_name = ma.fields.String()
     role = ma.fields.Enum(Role, by_value=True)
     active = ma.fields.Boolean()
-    created_at = ma.fields.AwareDateTime(dump_only=True)
-    updated_at = ma.fields.AwareDateTime(dump_only=True)
+    created_at = AwareDateTime(dump_only=True)
+    updated_at = AwareDateTime(dump_only=True)
 
 
 class UserCreateSchema(ma.Schema):
@@ -78,8 +79,8 @@ class ApiClientSchema(ma.Schema):
     client_id = ma.fields.String(dump_only=True)
     role = ma.fields.Enum(Role, by_value=True)
     active = ma.fields.Boolean()
-    created_at = ma.fields.AwareDateTime(dump_only=True)
-    updated_at = ma.fields.AwareDateTime(dump_only=True)
+    created_at = AwareDateTime(dump_only=True)
+    updated_at = AwareDateTime(dump_only=True)
 
 
 class ApiClientCreatedSchema(ApiClientSchema):

@@ -26,6 +26,7 @@ from referral_api.cases.codes import (
 from referral_api.cases.models import CaseStatus, CaseType, NrmStage, RiskLevel
 from referral_api.fastdump import CompiledDumpSchema
 from referral_api.pagination import PageArgsSchema
+from referral_api.schema_fields import AwareDateTime
 
 _TEXT = validate.Length(max=200)
 _LONG_TEXT = validate.Length(max=20_000)
@@ -195,9 +196,9 @@ class CaseSchema(CompiledDumpSchema, _CategoryFields):
     org_id = ma.fields.UUID()
     assignee_id = ma.fields.UUID(allow_none=True)
     nrm_stage = ma.fields.Enum(NrmStage, by_value=True)
-    created_at = ma.fields.AwareDateTime()
-    updated_at = ma.fields.AwareDateTime()
-    closed_at = ma.fields.AwareDateTime(allow_none=True)
+    created_at = AwareDateTime()
+    updated_at = AwareDateTime()
+    closed_at = AwareDateTime(allow_none=True)
     restricted = ma.fields.Boolean()
 
 
@@ -206,7 +207,7 @@ class CaseQueryArgsSchema(PageArgsSchema):
     case_type = ma.fields.Enum(CaseType, by_value=True)
     risk_level = ma.fields.Enum(RiskLevel, by_value=True)
     assignee_id = ma.fields.UUID()
-    updated_since = ma.fields.AwareDateTime()
+    updated_since = AwareDateTime()
     # Exact search through blind indexes (never logged; see docs/search.md).
     name = ma.fields.String(validate=validate.Length(min=1, max=200))
     family_name = ma.fields.String(validate=validate.Length(min=1, max=200))
@@ -253,11 +254,11 @@ class NoteSchema(ma.Schema):
     author_id = ma.fields.UUID(allow_none=True)
     category = ma.fields.Enum(Category, by_value=True)
     text = ma.fields.String()
-    created_at = ma.fields.AwareDateTime()
+    created_at = AwareDateTime()
 
 
 class AccessLogEntrySchema(ma.Schema):
-    occurred_at = ma.fields.AwareDateTime()
+    occurred_at = AwareDateTime()
     actor_type = ma.fields.String()
     actor_id = ma.fields.UUID(allow_none=True)
     actor_role = ma.fields.String(allow_none=True)

@@ -19,6 +19,7 @@ from referral_api.consent.vocabulary import (
     GuardianRelation,
     Purpose,
 )
+from referral_api.schema_fields import AwareDateTime
 
 _LANGUAGE = validate.Regexp(
     r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Use a BCP 47 language tag, e.g. uk or pt-BR."
@@ -39,8 +40,8 @@ class ProvisionCreateSchema(ma.Schema):
         required=True,
         validate=validate.Length(min=1, error="Name at least one data category."),
     )
-    valid_from = ma.fields.AwareDateTime(allow_none=True)
-    valid_until = ma.fields.AwareDateTime(allow_none=True)
+    valid_from = AwareDateTime(allow_none=True)
+    valid_until = AwareDateTime(allow_none=True)
 
     @ma.validates_schema
     def _window(self, data: dict[str, Any], **_: Any) -> None:
@@ -86,8 +87,8 @@ class ProvisionSchema(ma.Schema):
     recipient_org_id = ma.fields.UUID(allow_none=True)
     recipient_org_type = ma.fields.Enum(OrgType, by_value=True, allow_none=True)
     categories = ma.fields.Method("_categories")
-    valid_from = ma.fields.AwareDateTime()
-    valid_until = ma.fields.AwareDateTime(allow_none=True)
+    valid_from = AwareDateTime()
+    valid_until = AwareDateTime(allow_none=True)
 
     def _categories(self, provision: Any) -> list[str]:
         return [c for c in provision.categories.split(",") if c]
@@ -96,10 +97,10 @@ class ProvisionSchema(ma.Schema):
 class ConsentEventSchema(ma.Schema):
     id = ma.fields.UUID()
     event_type = ma.fields.Enum(EventType, by_value=True)
-    occurred_at = ma.fields.AwareDateTime()
+    occurred_at = AwareDateTime()
     actor_id = ma.fields.UUID(allow_none=True)
     actor_org_id = ma.fields.UUID(allow_none=True)
-    valid_until = ma.fields.AwareDateTime(allow_none=True)
+    valid_until = AwareDateTime(allow_none=True)
     effects = ma.fields.Raw(
         allow_none=True, metadata={"description": "What the event caused (ids)"}
     )
@@ -124,7 +125,7 @@ class ConsentSchema(ma.Schema):
     legal_basis = ma.fields.Dict()
     evidence_sha256 = ma.fields.String(allow_none=True)
     evidence_media_type = ma.fields.String(allow_none=True)
-    created_at = ma.fields.AwareDateTime()
+    created_at = AwareDateTime()
     provisions = ma.fields.List(ma.fields.Nested(ProvisionSchema))
     events = ma.fields.List(ma.fields.Nested(ConsentEventSchema))
 
@@ -142,7 +143,7 @@ class ReasonRequiredSchema(ma.Schema):
 
 
 class RenewSchema(ma.Schema):
-    valid_until = ma.fields.AwareDateTime(
+    valid_until = AwareDateTime(
         required=True, allow_none=True, metadata={"description": "New end of every provision"}
     )
 
@@ -153,7 +154,7 @@ class ConsentCheckSchema(ma.Schema):
     categories = ma.fields.List(
         ma.fields.Enum(Category, by_value=True), required=True, validate=validate.Length(min=1)
     )
-    at = ma.fields.AwareDateTime(allow_none=True)
+    at = AwareDateTime(allow_none=True)
 
 
 class ConsentCheckResultSchema(ma.Schema):
@@ -162,7 +163,7 @@ class ConsentCheckResultSchema(ma.Schema):
         keys=ma.fields.String(), values=ma.fields.List(ma.fields.UUID())
     )
     denied = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
-    valid_until = ma.fields.AwareDateTime(allow_none=True)
+    valid_until = AwareDateTime(allow_none=True)
 
 
 class ReceiptSchema(ma.Schema):

@@ -16,6 +16,7 @@ from referral_api.directory.service import (
     normalise_professional_contact,
 )
 from referral_api.pagination import MAX_PAGE_SIZE, PageArgsSchema
+from referral_api.schema_fields import AwareDateTime
 
 
 def _not_blank(value: str) -> None:
@@ -75,8 +76,8 @@ class ServiceSchema(ma.Schema):
     professional_contact = ma.fields.String(metadata=_CONTACT_DOC)
     accepting_referrals = ma.fields.Boolean()
     status = ma.fields.Enum(ServiceStatus, by_value=True)
-    created_at = ma.fields.AwareDateTime(dump_only=True)
-    updated_at = ma.fields.AwareDateTime(dump_only=True)
+    created_at = AwareDateTime(dump_only=True)
+    updated_at = AwareDateTime(dump_only=True)
 
 
 class ServiceCreateSchema(ma.Schema):
@@ -145,7 +146,7 @@ class HsdsPageArgsSchema(ma.Schema):
 
 class HsdsServiceQueryArgsSchema(HsdsPageArgsSchema):
     organization_id = ma.fields.UUID()
-    modified_after = ma.fields.AwareDateTime(
+    modified_after = AwareDateTime(
         metadata={"description": "Only services changed at or after this time"}
     )
 

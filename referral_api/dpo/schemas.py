@@ -16,12 +16,13 @@ from referral_api.access.roles import OrgType
 from referral_api.consent.vocabulary import Purpose
 from referral_api.dpo.service import QUALITY_ISSUES
 from referral_api.pagination import PageArgsSchema
+from referral_api.schema_fields import AwareDateTime
 
 _UUID: dict[str, Any] = {"allow_none": True}
 
 
-def _time(**kw: Any) -> ma.fields.AwareDateTime:
-    return ma.fields.AwareDateTime(allow_none=True, **kw)
+def _time(**kw: Any) -> AwareDateTime:
+    return AwareDateTime(allow_none=True, **kw)
 
 
 def _codes() -> ma.fields.List:
@@ -38,12 +39,12 @@ class ReportFilterArgsSchema(ma.Schema):
     purpose = ma.fields.Enum(Purpose, by_value=True)
     recipient_org_id = ma.fields.UUID()
     recipient_org_type = ma.fields.Enum(OrgType, by_value=True)
-    from_ = ma.fields.AwareDateTime(
+    from_ = AwareDateTime(
         data_key="from",
         default_timezone=UTC,
         metadata={"description": "Start of the date range (inclusive); UTC if no offset"},
     )
-    to = ma.fields.AwareDateTime(
+    to = AwareDateTime(
         default_timezone=UTC,
         metadata={"description": "End of the date range (exclusive); UTC if no offset"},
     )
@@ -297,7 +298,7 @@ class _MeasureSchema(ma.Schema):
 class RopaSchema(ma.Schema):
     """Generated from the code and configuration in force."""
 
-    generated_at = ma.fields.AwareDateTime()
+    generated_at = AwareDateTime()
     controller = ma.fields.Nested(_ControllerSchema, allow_none=True)
     scope = ma.fields.String(metadata={"description": "`organisation` or `platform`"})
     data_subjects = ma.fields.List(ma.fields.Nested(_SubjectSchema))

@@ -13,6 +13,7 @@ from referral_api.consent.schemas import ConsentCreateSchema
 from referral_api.consent.vocabulary import Purpose
 from referral_api.pagination import PageArgsSchema
 from referral_api.referrals.vocabulary import Outcome, OverrideReason, ReferralStatus, Urgency
+from referral_api.schema_fields import AwareDateTime
 
 
 class ReferralCreateSchema(ma.Schema):
@@ -59,17 +60,17 @@ class ReferralSchema(ma.Schema):
     outcome = ma.fields.Enum(Outcome, by_value=True, allow_none=True)
     message = ma.fields.String(allow_none=True)
     override_reason = ma.fields.Enum(OverrideReason, by_value=True, allow_none=True)
-    override_approved_at = ma.fields.AwareDateTime(allow_none=True)
-    created_at = ma.fields.AwareDateTime()
-    updated_at = ma.fields.AwareDateTime()
-    sent_at = ma.fields.AwareDateTime(allow_none=True)
+    override_approved_at = AwareDateTime(allow_none=True)
+    created_at = AwareDateTime()
+    updated_at = AwareDateTime()
+    sent_at = AwareDateTime(allow_none=True)
     version = ma.fields.Integer()
 
 
 class ReferralQueryArgsSchema(PageArgsSchema):
     box = ma.fields.String(validate=validate.OneOf(["incoming", "outgoing"]))
     status = ma.fields.Enum(ReferralStatus, by_value=True)
-    updated_since = ma.fields.AwareDateTime()
+    updated_since = AwareDateTime()
     case_id = ma.fields.UUID(metadata={"description": "Outgoing referrals of one of your cases"})
 
 
@@ -95,7 +96,7 @@ class PacketSchema(ma.Schema):
     referral_id = ma.fields.UUID()
     purpose = ma.fields.Enum(Purpose, by_value=True)
     categories = ma.fields.List(ma.fields.String())
-    valid_until = ma.fields.AwareDateTime(allow_none=True)
+    valid_until = AwareDateTime(allow_none=True)
     data = ma.fields.Dict(
         metadata={"description": "The shared categories only, shaped like a case's categories"}
     )
@@ -111,7 +112,7 @@ class MessageSchema(ma.Schema):
     author_id = ma.fields.UUID(allow_none=True)
     author_org_id = ma.fields.UUID()
     body = ma.fields.String()
-    created_at = ma.fields.AwareDateTime()
+    created_at = AwareDateTime()
 
 
 class NotificationSchema(ma.Schema):
@@ -119,8 +120,8 @@ class NotificationSchema(ma.Schema):
     referral_id = ma.fields.UUID()
     event = ma.fields.String()
     status = ma.fields.String(allow_none=True)
-    created_at = ma.fields.AwareDateTime()
-    read_at = ma.fields.AwareDateTime(allow_none=True)
+    created_at = AwareDateTime()
+    read_at = AwareDateTime(allow_none=True)
 
 
 class NotificationQueryArgsSchema(PageArgsSchema):

@@ -4,6 +4,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from referral_api.rights.models import ErasureBasis, ErasureStatus
+from referral_api.schema_fields import AwareDateTime
 
 
 class ExportCreateSchema(ma.Schema):
@@ -13,8 +14,8 @@ class ExportCreateSchema(ma.Schema):
 class ExportSchema(ma.Schema):
     id = ma.fields.UUID()
     case_id = ma.fields.UUID()
-    created_at = ma.fields.AwareDateTime()
-    expires_at = ma.fields.AwareDateTime()
+    created_at = AwareDateTime()
+    expires_at = AwareDateTime()
     download = ma.fields.String(metadata={"description": "Download once, before expires_at"})
 
 
@@ -29,9 +30,9 @@ class ErasureRequestSchema(ma.Schema):
     basis = ma.fields.Enum(ErasureBasis, by_value=True)
     status = ma.fields.Enum(ErasureStatus, by_value=True)
     requested_by = ma.fields.UUID(allow_none=True)
-    requested_at = ma.fields.AwareDateTime()
+    requested_at = AwareDateTime()
     decided_by = ma.fields.UUID(allow_none=True)
-    decided_at = ma.fields.AwareDateTime(allow_none=True)
+    decided_at = AwareDateTime(allow_none=True)
 
 
 class ErasureQueryArgsSchema(ma.Schema):
@@ -46,7 +47,7 @@ class TombstoneSchema(ma.Schema):
     basis = ma.fields.Enum(ErasureBasis, by_value=True)
     requested_by = ma.fields.UUID(allow_none=True)
     approved_by = ma.fields.UUID(allow_none=True)
-    erased_at = ma.fields.AwareDateTime()
+    erased_at = AwareDateTime()
     data_keys_destroyed = ma.fields.Integer()
     ciphertexts_cleared = ma.fields.Integer()
     index_entries_deleted = ma.fields.Integer()
@@ -62,8 +63,8 @@ class LegalHoldSchema(ma.Schema):
 class LegalHoldStateSchema(ma.Schema):
     case_id = ma.fields.UUID()
     hold = ma.fields.Boolean()
-    placed_at = ma.fields.AwareDateTime(allow_none=True)
-    lifted_at = ma.fields.AwareDateTime(allow_none=True)
+    placed_at = AwareDateTime(allow_none=True)
+    lifted_at = AwareDateTime(allow_none=True)
 
 
 class RestrictionSchema(ma.Schema):
@@ -79,6 +80,6 @@ class RetentionDueSchema(ma.Schema):
     case_id = ma.fields.UUID()
     org_id = ma.fields.UUID()
     case_type = ma.fields.String()
-    closed_at = ma.fields.AwareDateTime()
-    due_at = ma.fields.AwareDateTime()
+    closed_at = AwareDateTime()
+    due_at = AwareDateTime()
     legal_hold = ma.fields.Boolean()
