@@ -25,7 +25,8 @@ run: $(VENV)/.installed
 	$(BIN)/referral-api db upgrade
 	$(BIN)/referral-api seed-demo
 	@# No gunicorn access log: it would print query strings, which carry search terms.
-	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) 'referral_api:create_app()'
+	$(BIN)/gunicorn -c python:referral_api.gunicorn_config --workers $(WORKERS) --bind $(HOST):$(PORT) \
+		'referral_api:create_app()'
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

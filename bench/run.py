@@ -141,6 +141,9 @@ class Server:
         ]
         if name == "bare":
             argv += ["--chdir", str(common.BENCH_DIR)]
+        elif (cwd / "referral_api" / "gunicorn_config.py").exists():
+            # The deployment's settings (docs/operations.md), in builds that ship them.
+            argv += ["-c", "python:referral_api.gunicorn_config"]
         argv.append(target)
         self.log_file = self.log_path.open("w")
         self.process = subprocess.Popen(
