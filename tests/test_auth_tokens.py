@@ -160,9 +160,18 @@ def test_missing_authorization_header(client, tokens):
 
 def test_non_bearer_scheme_is_rejected_even_with_a_valid_token(client, tokens):
     token = tokens["access_token"]
-    for scheme in ("Basic", "Token", "JWT", "bearer", "MAC"):
+    for scheme in ("Basic", "Token", "JWT", "Bearerx", "MAC"):
         response = client.get(ME, headers={"Authorization": f"{scheme} {token}"})
         assert_unauthorized(response, token, case=scheme)
+
+
+def test_the_bearer_scheme_is_case_insensitive(client, tokens):
+    """RFC 9110 §11.1 (and RFC 6750's ABNF): `bearer`, `BEARER` name the same scheme; a
+    client library that lower-cases it is not refused."""
+    token = tokens["access_token"]
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        response = client.get(ME, headers={"Authorization": f"{scheme} {token}"})
+        assert response.status_code == 200, (scheme, response.get_data(as_text=True))
 
 
 def test_token_without_scheme_is_rejected(client, tokens):

@@ -78,6 +78,18 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = VerifiedTokens(
         leeway=_seconds(app.config.get("JWT_DECODE_LEEWAY", 0))
     )
+    app.before_request(_canonical_bearer_scheme)
+
+
+def _canonical_bearer_scheme() -> None:
+    """`Authorization: bearer …` (any case) as `Bearer …`: an authentication scheme is
+    case-insensitive (RFC 9110 §11.1), and flask-jwt-extended compares it exactly."""
+    header = request.environ.get("HTTP_AUTHORIZATION")
+    if not header:
+        return
+    scheme, space, rest = header.partition(" ")
+    if space and scheme != "Bearer" and scheme.lower() == "bearer":
+        request.environ["HTTP_AUTHORIZATION"] = f"Bearer {rest}"
 
 
 def _seconds(leeway: Any) -> float:
