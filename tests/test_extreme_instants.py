@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import assert_problem
+from referral_support import consent_body, create_case, provision
 
 from referral_api.access.roles import OrgType, Role
 
@@ -21,22 +22,10 @@ EDGES = ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999+00:00")
 
 
 def _consent(valid_until: str) -> dict[str, Any]:
-    return {
-        "grantor": "person",
-        "collection_method": "written",
-        "language": "uk",
-        "notice_version": "2026-01",
-        "jurisdiction": "UA",
-        "legal_basis": {"article6": "a"},
-        "provisions": [
-            {
-                "purpose": "legal_assistance",
-                "recipient_org_type": "legal_aid",
-                "categories": ["identity"],
-                "valid_until": valid_until,
-            }
-        ],
-    }
+    legal_aid = provision(
+        "legal_assistance", ["identity"], org_type="legal_aid", valid_until=valid_until
+    )
+    return consent_body(legal_aid)
 
 
 def test_instants_outside_the_utc_calendar_are_refused_where_they_are_sent(
@@ -45,9 +34,7 @@ def test_instants_outside_the_utc_calendar_are_refused_where_they_are_sent(
     org = factory.org(OrgType.NGO)
     caseworker = factory.headers(factory.user(Role.CASEWORKER, org))
     dpo = factory.headers(factory.user(Role.DPO, org))
-    case_id = client.post(f"{API}/cases", json={"case_type": "thb"}, headers=caseworker).get_json()[
-        "id"
-    ]
+    case_id = create_case(client, caseworker, {"case_type": "thb"})
 
     def requests(value: str) -> dict[tuple[str, str, tuple[str, ...]], Any]:
         return {
@@ -64,7 +51,9 @@ def test_instants_outside_the_utc_calendar_are_refused_where_they_are_sent(
                 f"{API}/hsds/services", query_string={"modified_after": value}, headers=caseworker
             ),
             ("consent", "json", ("provisions", "0", "valid_until")): client.post(
-                f"{API}/cases/{case_id}/consents", json=_consent(value), headers=caseworker
+                f"{API}/cases/{case_id}/consents",
+                json=_consent(value),
+                headers=caseworker,
             ),
         }
 

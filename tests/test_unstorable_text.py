@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
 from conftest import assert_problem
+from referral_support import count
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.auth.models import Organisation
@@ -23,23 +25,24 @@ from referral_api.jsonio import NUL_MESSAGE, SURROGATE_MESSAGE
 API = "/api/v1"
 
 
-def _count(app: Any, model: Any) -> int:
-    from sqlalchemy import func, select
-
-    from referral_api.extensions import db
-
-    with db.session_factory_for(app)() as session:
-        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+@pytest.fixture
+def people(factory: Any) -> dict[str, Any]:
+    """Headers of an NGO's administrator and caseworker, and of a platform administrator."""
+    org = factory.org(OrgType.NGO)
+    return {
+        "org": org,
+        "admin": factory.headers(factory.user(Role.ORG_ADMIN, org)),
+        "caseworker": factory.headers(factory.user(Role.CASEWORKER, org)),
+        "platform": factory.headers(factory.user(Role.PLATFORM_ADMIN)),
+    }
 
 
 def test_nul_in_any_request_text_is_a_422_naming_the_field(
-    app: Any, client: Any, factory: Any
+    app: Any, client: Any, people: dict[str, Any]
 ) -> None:
-    org = factory.org(OrgType.NGO)
-    admin = factory.headers(factory.user(Role.ORG_ADMIN, org))
-    platform = factory.headers(factory.user(Role.PLATFORM_ADMIN))
-    caseworker = factory.headers(factory.user(Role.CASEWORKER, org))
-    organisations, services = _count(app, Organisation), _count(app, Service)
+    org, admin = people["org"], people["admin"]
+    platform, caseworker = people["platform"], people["caseworker"]
+    organisations, services = count(app, Organisation), count(app, Service)
     service = {
         "name": "Legal advice",
         "description": "Free legal advice\x00",
@@ -80,7 +83,7 @@ def test_nul_in_any_request_text_is_a_422_naming_the_field(
             for part in field.split("."):
                 node = node[part]
             assert node == [NUL_MESSAGE], (field, errors)
-    assert (_count(app, Organisation), _count(app, Service)) == (organisations, services)
+    assert (count(app, Organisation), count(app, Service)) == (organisations, services)
 
     # Escaped, the six characters \u0000 are ordinary text.
     response = client.post(
@@ -104,13 +107,11 @@ def test_nul_in_basic_client_credentials_is_malformed(client: Any) -> None:
 
 
 def test_an_unpaired_surrogate_is_a_422_and_a_pair_is_text(
-    app: Any, client: Any, factory: Any
+    app: Any, client: Any, people: dict[str, Any]
 ) -> None:
-    org = factory.org(OrgType.NGO)
-    caseworker = factory.headers(factory.user(Role.CASEWORKER, org))
-    platform = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    platform, caseworker = people["platform"], people["caseworker"]
     json_headers = {"Content-Type": "application/json"}
-    organisations = _count(app, Organisation)
+    organisations = count(app, Organisation)
     refused = {
         ("name",): client.post(
             f"{API}/orgs",
@@ -128,7 +129,7 @@ def test_an_unpaired_surrogate_is_a_422_and_a_pair_is_text(
         for part in path:
             node = node[part]
         assert node == [SURROGATE_MESSAGE], path
-    assert _count(app, Organisation) == organisations
+    assert count(app, Organisation) == organisations
     paired = client.post(
         f"{API}/cases",
         data='{"case_type": "thb", "identity": {"given_name": "Olena \\ud83c\\udf3b"}}',

@@ -4,7 +4,6 @@ and what a viewer receives is decided before dumping (layout.project), never ins
 from __future__ import annotations
 
 import enum
-import re
 from datetime import date
 from typing import Any
 
@@ -34,7 +33,12 @@ _COUNTRY = validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code,
 _LANGUAGE = validate.Regexp(
     r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Use a BCP 47 language tag, e.g. uk or pt-BR."
 )
-_PARTIAL_DATE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$")
+# YYYY, YYYY-MM or YYYY-MM-DD (incident dates are often only roughly known); a validator, so
+# the OpenAPI document states the pattern it is checked against.
+_PARTIAL_DATE = validate.Regexp(
+    r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$",
+    error="Use YYYY, YYYY-MM or YYYY-MM-DD.",
+)
 
 
 class IsoDateString(ma.fields.Date):
@@ -46,21 +50,6 @@ class IsoDateString(ma.fields.Date):
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
         return value if value is None or isinstance(value, str) else value.isoformat()
-
-
-class PartialDate(ma.fields.String):
-    """YYYY, YYYY-MM or YYYY-MM-DD (incident dates are often only roughly known)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        # Documented as the pattern it is checked against (a JSON Schema pattern too).
-        metadata = {"pattern": _PARTIAL_DATE.pattern, **kwargs.pop("metadata", {})}
-        super().__init__(metadata=metadata, **kwargs)
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        if not _PARTIAL_DATE.match(text):
-            raise ma.ValidationError("Use YYYY, YYYY-MM or YYYY-MM-DD.")
-        return text
 
 
 class Code(ma.fields.Enum):
@@ -118,7 +107,7 @@ class IncidentSchema(ma.Schema):
     exploitation_types = ma.fields.List(Code(ExploitationType))
     means_of_control = ma.fields.List(Code(MeansOfControl))
     recruiter_relation = Code(RecruiterRelation, allow_none=True)
-    incident_date = PartialDate(allow_none=True)
+    incident_date = ma.fields.String(validate=_PARTIAL_DATE, allow_none=True)
     incident_place = ma.fields.String(validate=validate.Length(max=500), allow_none=True)
     narrative = ma.fields.String(validate=_LONG_TEXT, allow_none=True)
 
