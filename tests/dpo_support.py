@@ -35,6 +35,7 @@ from referral_api.access.roles import OrgType, Role
 NOTICE = "2026-01"
 WITHDRAWAL_CANARY = "CANARY-WITHDRAWAL-7Q3X"
 OVERRIDE_CANARY = "CANARY-OVERRIDE-7Q3X"
+SIGN_IN_CANARY = "canary-sign-in-7q3x@example.org"
 # Personal values of canary_case() that carry no category canary.
 PERSONAL_VALUES = (
     "Olena",
@@ -46,6 +47,7 @@ PERSONAL_VALUES = (
     MESSAGE_CANARY,
     WITHDRAWAL_CANARY,
     OVERRIDE_CANARY,
+    SIGN_IN_CANARY,
     *CANARY.values(),
 )
 
@@ -68,6 +70,7 @@ class DpoWorld:
             "PLAT": factory.org(OrgType.PLATFORM),
         }
         self.user: dict[str, uuid.UUID] = {}
+        self.email: dict[str, str] = {}
         self.h: dict[str, dict[str, str]] = {}
         for name, role, org in (
             ("a", Role.CASEWORKER, "A"),
@@ -82,6 +85,7 @@ class DpoWorld:
         ):
             principal = factory.user(role, self.org[org])
             self.user[name] = principal.id
+            self.email[name] = principal.email
             self.h[name] = factory.headers(principal)
         self.case: dict[str, str] = {}
         self.consent: dict[str, str] = {}
@@ -247,6 +251,17 @@ class DpoWorld:
             by="b",
         )
         self._refer("RB", "caseB", "L", ["identity", "legal"], "legal_assistance")
+        # Refused sign-ins: two on A's caseworker, one on B's, one on no account at all
+        # (sign-in-failures: A's DPO sees two, B's one, the platform's four).
+        for who in ("a", "a", "b"):
+            self._sign_in(self.email[who], "not the password")
+        self._sign_in(SIGN_IN_CANARY, "not the password")
+
+    def _sign_in(self, email: str, password: str) -> None:
+        response = self.client.post(
+            f"{API}/auth/login", json={"email": email, "password": password}
+        )
+        assert response.status_code == 401, response.get_data(as_text=True)
 
     # ---- the database, briefly ------------------------------------------------------------
 

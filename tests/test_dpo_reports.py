@@ -56,6 +56,7 @@ LISTS = {
     "overrides": {},
     "disclosures": {},
     "erasures": {},
+    "sign-in-failures": {},
     "quality": {},
 }
 
@@ -797,6 +798,13 @@ def test_record_of_processing_is_generated_from_code_and_configuration(
         sorted(app.extensions["referral_api.crypto"].index_bits.items())
     )
     assert "hash_chained_audit" in measures
+    assert measures["sign_in_throttling"]["parameters"] == {
+        "max_failures_per_account": app.config["LOGIN_MAX_FAILURES_PER_ACCOUNT"],
+        "max_failures_per_address": app.config["LOGIN_MAX_FAILURES_PER_ADDRESS"],
+        "failure_window_seconds": app.config["LOGIN_FAILURE_WINDOW_SECONDS"],
+        "lockout_seconds": app.config["LOGIN_LOCKOUT_SECONDS"],
+        "refused_sign_ins_audited": True,
+    }
     assert {r["role"] for r in ropa["roles"]} == {r.value for r in Role}
     dpo = next(r for r in ropa["roles"] if r["role"] == "dpo")
     assert dpo["content_categories"] == []

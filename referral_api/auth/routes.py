@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_jwt_extended import (
     create_access_token,
     create_refresh_token,
@@ -82,6 +82,7 @@ def login(credentials: dict[str, str]) -> dict[str, Any]:
             policy=_throttle_policy(),
             refresh_lifetime=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
             now=datetime.now(UTC),
+            request_id=g.get("request_id"),
         )
     except AuthenticationFailed as error:
         _commit_then_raise(error)
@@ -113,6 +114,7 @@ def refresh() -> dict[str, Any]:
             session_id=session_id,
             refresh_lifetime=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
             now=datetime.now(UTC),
+            request_id=g.get("request_id"),
         )
     except AuthenticationFailed as error:
         _commit_then_raise(error)
@@ -181,6 +183,7 @@ def client_token(grant: dict[str, str]) -> dict[str, Any]:
             policy=_throttle_policy(),
             token_lifetime=current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
             now=datetime.now(UTC),
+            request_id=g.get("request_id"),
         )
     except AuthenticationFailed as error:
         if basic:

@@ -3,6 +3,12 @@
 No Flask here: callers pass the session, the hasher and the clock. Functions never commit;
 where a failure must still be recorded (a failed login, a detected token replay), the
 caller commits before answering.
+
+Refused sign-ins and a replayed refresh token are security events: each writes an audit row
+(`record_refusal`) in the transaction that counts the failure, for the data-protection
+officer's `sign-in-failures` report. The row names the account tried when there is one and
+its organisation; never the e-mail address or client id typed, the password, or the
+caller's address (the request id leads to the access log).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -19,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
+from referral_api.audit import service as audit
 from referral_api.auth.models import (
     ApiClient,
     AuthSession,
@@ -32,6 +39,25 @@ from referral_api.crypto.keys import remember_stored_versions, stored_versions_c
 from referral_api.exceptions import AuthenticationFailed, TooManyAttempts
 
 INVALID_CREDENTIALS = "Invalid credentials."
+
+# Audit actions of the security events (docs/audit.md).
+SIGN_IN = "auth:sign-in"
+CLIENT_SIGN_IN = "auth:client-token"
+REFRESH = "auth:refresh"
+SECURITY_EVENT_ACTIONS = (SIGN_IN, CLIENT_SIGN_IN, REFRESH)
+# Why a sign-in was refused (the audit row's reason; the caller always gets the same 401).
+UNKNOWN_ACCOUNT = "unknown-account"
+WRONG_SECRET = "wrong-secret"  # noqa: S105 - a reason code (password or client secret)
+ACCOUNT_INACTIVE = "account-inactive"
+ORGANISATION_INACTIVE = "organisation-inactive"
+REFRESH_TOKEN_REUSE = "refresh-token-reuse"  # noqa: S105 - a reason code
+REFUSAL_REASONS = (
+    UNKNOWN_ACCOUNT,
+    WRONG_SECRET,
+    ACCOUNT_INACTIVE,
+    ORGANISATION_INACTIVE,
+    REFRESH_TOKEN_REUSE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +94,9 @@ def _check_not_locked(session: Session, keys: list[str], now: datetime) -> None:
 
 def _record_failure(
     session: Session, key: str, limit: int, policy: ThrottlePolicy, now: datetime
-) -> None:
-    """Count one failure atomically (an upsert), locking the key once it reaches the limit."""
+) -> bool:
+    """Count one failure atomically (an upsert), locking the key once it reaches the limit.
+    True when this failure locked it."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = LoginThrottle.__table__
@@ -83,12 +110,78 @@ def _record_failure(
         },
     )
     session.execute(stmt)
-    session.execute(
+    locked = session.execute(
         update(LoginThrottle)
         .where(LoginThrottle.key == key, LoginThrottle.failures >= limit)
         .values(locked_until=now + policy.lockout)
         .execution_options(synchronize_session=False)
     )
+    return cast(CursorResult[Any], locked).rowcount == 1
+
+
+def _record_failures(
+    session: Session,
+    policy: ThrottlePolicy,
+    now: datetime,
+    *,
+    account_key: str,
+    address_key: str,
+) -> dict[str, Any] | None:
+    """Count a failed sign-in against the account name tried and the caller's address; the
+    audit details of the locks it started, if any."""
+    locked = [
+        name
+        for name, key, limit in (
+            ("account", account_key, policy.max_failures_per_account),
+            ("address", address_key, policy.max_failures_per_address),
+        )
+        if _record_failure(session, key, limit, policy, now)
+    ]
+    if not locked:
+        return None
+    return {"locked": locked, "lockout_seconds": int(policy.lockout.total_seconds())}
+
+
+def record_refusal(
+    session: Session,
+    action: str,
+    *,
+    reason: str,
+    account: User | ApiClient | None,
+    request_id: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """The audit row of a refused sign-in or a replayed refresh token, in the caller's
+    transaction. The actor is anonymous (whoever tried is not known); the row names the
+    account tried (resource `user` or `client`, none when no account has that name) and,
+    in the actor's organisation column, that account's organisation, so that the
+    organisation's data-protection officer sees attempts on its accounts."""
+    resource_type = "client" if action == CLIENT_SIGN_IN else "user"
+    values = audit.row(
+        replace(Actor.anonymous(), request_id=request_id),
+        action,
+        resource_type=resource_type,
+        resource_id=account.id if account is not None else None,
+        decision=audit.DENY,
+        reason=reason,
+        details=details,
+    )
+    values["actor_org_id"] = account.org_id if account is not None else None
+    audit.insert_rows(session, [values])
+    audit.mark_written(session)
+
+
+def _refusal_reason(account: User | ApiClient | None, secret_ok: bool) -> str | None:
+    """Why these credentials do not sign in (None: they do)."""
+    if account is None:
+        return UNKNOWN_ACCOUNT
+    if not secret_ok:
+        return WRONG_SECRET
+    if not account.active:
+        return ACCOUNT_INACTIVE
+    if not account.organisation.active:
+        return ORGANISATION_INACTIVE
+    return None
 
 
 def _clear_failures(session: Session, key: str) -> None:
@@ -154,11 +247,13 @@ def login(
     policy: ThrottlePolicy,
     refresh_lifetime: timedelta,
     now: datetime,
+    request_id: str | None = None,
 ) -> IssuedSession:
     """Check e-mail and password; on success open a session with a first refresh token.
 
     Unknown e-mail, wrong password, inactive user and inactive organisation all raise the
-    same AuthenticationFailed after the same Argon2 work.
+    same AuthenticationFailed after the same Argon2 work; the audit row (`record_refusal`)
+    says which it was.
     """
     email = email.strip().lower()
     account_key = _throttle_key("acct", email)
@@ -167,9 +262,19 @@ def login(
 
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
     password_ok = hasher.verify(user.password_hash if user else None, password)
-    if not (password_ok and user and user.active and user.organisation.active):
-        _record_failure(session, account_key, policy.max_failures_per_account, policy, now)
-        _record_failure(session, address_key, policy.max_failures_per_address, policy, now)
+    reason = _refusal_reason(user, password_ok)
+    if reason is not None or user is None:
+        locks = _record_failures(
+            session, policy, now, account_key=account_key, address_key=address_key
+        )
+        record_refusal(
+            session,
+            SIGN_IN,
+            reason=reason or UNKNOWN_ACCOUNT,
+            account=user,
+            request_id=request_id,
+            details=locks,
+        )
         raise AuthenticationFailed(INVALID_CREDENTIALS)
 
     _clear_failures(session, account_key)
@@ -187,8 +292,10 @@ def rotate_refresh_token(
     session_id: uuid.UUID,
     refresh_lifetime: timedelta,
     now: datetime,
+    request_id: str | None = None,
 ) -> IssuedSession:
-    """Exchange a refresh token once. A replayed token revokes its whole family."""
+    """Exchange a refresh token once. A replayed token revokes its whole family (and is
+    audited: someone else may hold a copy of the token)."""
     token = session.get(RefreshToken, jti)
     auth_session = session.get(AuthSession, session_id)
     if token is None or auth_session is None or token.session_id != auth_session.id:
@@ -204,6 +311,14 @@ def rotate_refresh_token(
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         revoke_session(session, auth_session.id, reason="refresh_token_reuse", now=now)
+        record_refusal(
+            session,
+            REFRESH,
+            reason=REFRESH_TOKEN_REUSE,
+            account=session.get(User, auth_session.user_id) if auth_session.user_id else None,
+            request_id=request_id,
+            details={"session_id": str(auth_session.id)},
+        )
         raise AuthenticationFailed("The refresh token was already used; the session is revoked.")
     user = session.get(User, auth_session.user_id) if auth_session.user_id else None
     if user is None or not user.active or not user.organisation.active:
@@ -242,7 +357,9 @@ def client_credentials(
     policy: ThrottlePolicy,
     token_lifetime: timedelta,
     now: datetime,
+    request_id: str | None = None,
 ) -> IssuedSession:
+    """The client credentials grant: the same throttling and audit as `login`."""
     client_key = _throttle_key("client", client_id)
     address_key = _throttle_key("addr", address)
     _check_not_locked(session, [client_key, address_key], now)
@@ -250,9 +367,19 @@ def client_credentials(
         select(ApiClient).where(ApiClient.client_id == client_id)
     ).one_or_none()
     secret_ok = hasher.verify(client.secret_hash if client else None, client_secret)
-    if not (secret_ok and client and client.active and client.organisation.active):
-        _record_failure(session, client_key, policy.max_failures_per_account, policy, now)
-        _record_failure(session, address_key, policy.max_failures_per_address, policy, now)
+    reason = _refusal_reason(client, secret_ok)
+    if reason is not None or client is None:
+        locks = _record_failures(
+            session, policy, now, account_key=client_key, address_key=address_key
+        )
+        record_refusal(
+            session,
+            CLIENT_SIGN_IN,
+            reason=reason or UNKNOWN_ACCOUNT,
+            account=client,
+            request_id=request_id,
+            details=locks,
+        )
         raise AuthenticationFailed(INVALID_CREDENTIALS)
     _clear_failures(session, client_key)
     auth_session = _new_session(session, now, token_lifetime, client=client)

@@ -121,6 +121,20 @@ def _security_measures(
                 "password_hash": "Argon2id",
             },
         },
+        {
+            "code": "sign_in_throttling",
+            "description": (
+                "Failed sign-ins counted per account name and per address (hashed), locked "
+                "past a limit; each refused sign-in audited without the name typed"
+            ),
+            "parameters": {
+                "max_failures_per_account": config.get("LOGIN_MAX_FAILURES_PER_ACCOUNT"),
+                "max_failures_per_address": config.get("LOGIN_MAX_FAILURES_PER_ADDRESS"),
+                "failure_window_seconds": config.get("LOGIN_FAILURE_WINDOW_SECONDS"),
+                "lockout_seconds": config.get("LOGIN_LOCKOUT_SECONDS"),
+                "refused_sign_ins_audited": True,
+            },
+        },
     ]
 
 

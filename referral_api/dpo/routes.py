@@ -30,6 +30,7 @@ from referral_api.dpo.schemas import (
     ReportFilterArgsSchema,
     ReportPageArgsSchema,
     RopaSchema,
+    SignInFailureRowSchema,
 )
 from referral_api.extensions import db
 from referral_api.pagination import Page, link_header
@@ -179,6 +180,16 @@ def access_log(args: dict[str, Any]) -> Any:
 def erasures(args: dict[str, Any]) -> Any:
     """The erasure register: tombstones with proof of what was destroyed"""
     return _report(service.erasures, args)
+
+
+@blp.route("/dpo/reports/sign-in-failures", methods=["GET"])
+@blp.requires(Permission.DPO_REPORTS)
+@blp.arguments(ReportPageArgsSchema, location="query")
+@blp.response(200, SignInFailureRowSchema(many=True))
+@_csv_doc
+def sign_in_failures(args: dict[str, Any]) -> Any:
+    """Refused sign-ins and replayed refresh tokens on the organisation's accounts"""
+    return _report(service.sign_in_failures, args)
 
 
 @blp.route("/dpo/reports/quality", methods=["GET"])

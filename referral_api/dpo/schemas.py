@@ -13,6 +13,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from referral_api.access.roles import OrgType
+from referral_api.auth.service import REFUSAL_REASONS
 from referral_api.consent.vocabulary import Purpose
 from referral_api.dpo.service import QUALITY_ISSUES
 from referral_api.pagination import PageArgsSchema
@@ -200,6 +201,26 @@ class ErasureRowSchema(ma.Schema):
     key_digest = ma.fields.String(allow_none=True)
 
 
+class SignInFailureRowSchema(ma.Schema):
+    audit_id = ma.fields.Integer()
+    occurred_at = _time()
+    action = ma.fields.String(
+        metadata={"description": "`auth:sign-in`, `auth:client-token` or `auth:refresh`"}
+    )
+    account_type = ma.fields.String(metadata={"description": "`user` or `client`"})
+    account_id = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "The account tried; null when no account has the name"},
+    )
+    org_id = ma.fields.UUID(**_UUID)
+    reason = ma.fields.String(metadata={"description": ", ".join(REFUSAL_REASONS)})
+    locked = ma.fields.List(
+        ma.fields.String(),
+        metadata={"description": "Locks this failure started: `account`, `address`"},
+    )
+    request_id = ma.fields.String(allow_none=True)
+
+
 class QualityRowSchema(ma.Schema):
     consent_id = ma.fields.UUID()
     case_id = ma.fields.UUID()
@@ -222,6 +243,7 @@ ROW_SCHEMAS: dict[str, type[ma.Schema]] = {
     "disclosures": DisclosureRowSchema,
     "access-log": AccessLogRowSchema,
     "erasures": ErasureRowSchema,
+    "sign-in-failures": SignInFailureRowSchema,
     "quality": QualityRowSchema,
 }
 

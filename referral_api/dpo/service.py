@@ -12,6 +12,7 @@ id, which would link the person's other referrals.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from referral_api.access.roles import OrgType
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
+from referral_api.auth.service import SECURITY_EVENT_ACTIONS
 from referral_api.cases.models import Case
 from referral_api.consent.decision import ConsentView, EventView, ProvisionView, decide_disclosure
 from referral_api.consent.models import (
@@ -1113,6 +1115,56 @@ def erasures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     return _listing(session, name, ERASURES_COLUMNS, base, order, filters, lambda row: row)
 
 
+# ---- sign-in-failures ---------------------------------------------------------------------
+
+SIGN_IN_FAILURES_COLUMNS = (
+    "audit_id",
+    "occurred_at",
+    "action",
+    "account_type",
+    "account_id",
+    "org_id",
+    "reason",
+    "locked",
+    "request_id",
+)
+
+
+def sign_in_failures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
+    """Refused sign-ins (password or client credentials) and replayed refresh tokens on the
+    organisation's accounts, from the audit log: when, which account, why (unknown account,
+    wrong secret, inactive account or organisation, token reuse), which locks the failure
+    started, the request id. Attempts on no account at all have no organisation: only a
+    data-protection officer of the platform sees them. Newest first; date range: occurred."""
+    name = "sign-in-failures"
+    scope = report_scope(actor, name, filters)
+    _audit(session, actor, name, filters)
+    a = _AUDIT
+    base = select(
+        a.c.id.label("audit_id"),
+        a.c.occurred_at,
+        a.c.action,
+        a.c.resource_type.label("account_type"),
+        a.c.resource_id.label("account_id"),
+        a.c.actor_org_id.label("org_id"),
+        a.c.reason,
+        a.c.details.label("locked"),
+        a.c.request_id,
+    ).where(
+        a.c.action.in_(SECURITY_EVENT_ACTIONS),
+        a.c.decision == audit.DENY,
+        scope.owns(a.c.actor_org_id),
+        *_in_range(a.c.occurred_at, filters),
+    )
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        details = json.loads(row["locked"]) if row["locked"] else {}
+        return {**row, "locked": list(details.get("locked", ()))}
+
+    order = [SortKey("audit_id", "i", True)]
+    return _listing(session, name, SIGN_IN_FAILURES_COLUMNS, base, order, filters, shape)
+
+
 # ---- quality ------------------------------------------------------------------------------
 
 QUALITY_COLUMNS = (
@@ -1188,5 +1240,6 @@ REPORTS: dict[str, tuple[str, ...]] = {
     "disclosures": DISCLOSURES_COLUMNS,
     "access-log": ACCESS_LOG_COLUMNS,
     "erasures": ERASURES_COLUMNS,
+    "sign-in-failures": SIGN_IN_FAILURES_COLUMNS,
     "quality": QUALITY_COLUMNS,
 }
