@@ -3,8 +3,11 @@
 Schemathesis draws requests from the document itself: valid ones (positive) and ones that
 break it (negative: wrong types, missing fields, out-of-range values, odd strings), with the
 bearer token of a user of each role below, and against a real case half of the time (a
-random id the other half). Whatever arrives, the answer is never a server error, and every
-refusal is an RFC 9457 problem (`application/problem+json`). What it found when first run:
+random id the other half). Whatever arrives, the answer is never a server error, every
+refusal is an RFC 9457 problem (`application/problem+json`), and every answer is what the
+document says it is: its content type, its declared headers and its body's schema
+(schemathesis' conformance checks; the status is always documented, since every operation
+declares a `default` problem response). What it found when first run:
 a page number past 64 bits in the HSDS listings (a 500 from the database), and a malformed
 cursor on a DPO report's CSV export (refused only after the download had started).
 """
@@ -17,6 +20,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import (
+    FailureGroup,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+)
 from schemathesis.generation import GenerationMode
 
 from referral_api.access.roles import Role
@@ -28,6 +37,7 @@ LEFT_OUT = (f"{API}/auth/",)
 # A case worker (case and referral work), a DPO (reports, rights) and a police officer
 # (intake, the police ceiling): between them every operation is reached past the role check.
 ROLES = (Role.CASEWORKER, Role.DPO, Role.POLICE_OFFICER)
+CONFORMANCE = [content_type_conformance, response_headers_conformance, response_schema_conformance]
 
 
 def _explore(strategy: Any, check: Any) -> None:
@@ -78,12 +88,14 @@ def test_generated_requests_are_answered_without_server_errors(
         if case.method.upper() in ("PATCH", "POST"):
             case.headers.setdefault("If-Match", etag)
         response = case.call()
+        asked = f"{case.method} {operation.path} {case.path_parameters or ''} {case.query or ''}"
         problem = "application/problem+json" in _content_type(response)
         if response.status_code >= 500 or (response.status_code >= 400 and not problem):
-            failures.append(
-                f"{case.method} {operation.path} {case.path_parameters or ''} "
-                f"{case.query or ''} -> {response.status_code} {response.text[:200]}"
-            )
+            failures.append(f"{asked} -> {response.status_code} {response.text[:200]}")
+        try:
+            case.validate_response(response, checks=CONFORMANCE)
+        except FailureGroup as group:
+            failures.append(f"{asked} -> {response.status_code}: {str(group)[:600]}")
 
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 60
