@@ -5,26 +5,32 @@ backfills and retires the old index key while search keeps working."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from rights_support import API, as_bytes, new_token, ok
+from rights_support import World as RightsWorld
 from sqlalchemy import func, select
 
 from referral_api.access.roles import Role
 from referral_api.audit.models import AuditEvent
 from referral_api.cases.models import Case, CaseNote, CaseSearchIndex
 from referral_api.crypto import envelope, rotation
+from referral_api.crypto.fields import ciphertext_attrs, encrypted_models
 from referral_api.crypto.keyring import KeyUnavailable, LocalKeyring
 from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
 from referral_api.extensions import db
+from referral_api.rights.models import LegalHold
 
 CASES = "/api/v1/cases"
 
@@ -807,6 +813,301 @@ def test_sweep_failing_mid_batch_rolls_back_and_rerun_completes(
     _assert_everything_decrypts(app, client, world)
 
 
+# ---- everything under a case's data key ---------------------------------------------------
+
+
+@dataclass
+class RichCase:
+    """A case with a row in every table encrypted under its data key, and how to read each
+    back through the API."""
+
+    id: str
+    token: str
+    referral: str  # sent with an Idempotency-Key, accepted with a note, messages both ways
+    idempotent: tuple[dict[str, Any], dict[str, str]]  # the keyed request: (body, headers)
+    override: str  # a draft on a vital-interests override, with its note
+    export: str
+
+
+def _rich_case(people: RightsWorld) -> RichCase:
+    """A case with a note, consent with evidence, a consent withdrawn with a reason, a
+    referral (message; an Idempotency-Key, so a stored response) accepted with a transition
+    note and a message each way, a draft on an override with its note, a lifted legal hold
+    with its reason and a subject export: every field of every encrypted model carries a
+    ciphertext of this case, most of them its token."""
+    client = people.client
+    token = new_token("rotate")
+    case_id = people.case(token)
+    people.note(case_id, "health", f"note {token}")
+    shared = ["identity", "legal"]
+    evidence = base64.b64encode(f"%PDF-1.4 {token}".encode()).decode()
+    people.consent(
+        case_id,
+        people.receiver_org,
+        shared,
+        evidence={"media_type": "application/pdf", "content_base64": evidence},
+    )
+    withdrawn = people.consent(case_id, people.outsider_org, ["needs"])["id"]
+    ok(
+        client.post(
+            f"{API}/consents/{withdrawn}/withdraw",
+            json={"reason": f"changed mind {token}"},
+            headers=people.h["worker"],
+        )
+    )
+    body = {
+        "to_org_id": str(people.receiver_org),
+        "purpose": "legal_assistance",
+        "categories": shared,
+        "message": f"Please help {token}",
+        "send": True,
+    }
+    keyed = {**people.h["worker"], "Idempotency-Key": f"rotate-{uuid.uuid4().hex}"}
+    referral = ok(client.post(f"{API}/cases/{case_id}/referrals", json=body, headers=keyed), 201)
+    people.move(referral["id"], "received")
+    people.move(referral["id"], "accepted", note=f"we take it {token}")
+    for by in ("receiver", "worker"):
+        ok(
+            client.post(
+                f"{API}/referrals/{referral['id']}/messages",
+                json={"body": f"message from {by} {token}"},
+                headers=people.h[by],
+            ),
+            201,
+        )
+    override = ok(
+        client.post(
+            f"{API}/cases/{case_id}/referrals",
+            json={
+                **body,
+                "categories": ["health"],
+                "send": False,
+                "override_reason": "vital_interests",
+                "override_note": f"Imminent danger {token}",
+            },
+            headers=people.h["worker"],
+        ),
+        201,
+    )["id"]
+    ok(people.hold(case_id, True, reason=f"court order {token}"))
+    ok(people.hold(case_id, False))
+    export = ok(
+        client.post(
+            f"{API}/cases/{case_id}/export",
+            json={"reason": f"subject request {token}"},
+            headers=people.h["sup"],
+        ),
+        201,
+    )["id"]
+    return RichCase(case_id, token, referral["id"], (body, keyed), override, export)
+
+
+@pytest.fixture
+def people(app: Any, factory: Any, client: Any) -> RightsWorld:
+    return RightsWorld(app, factory, client)
+
+
+def _plaintexts(app: Any) -> dict[tuple[str, str, str], Any]:
+    """Every encrypted field of every record of every encrypted model, decrypted through
+    the ORM with every key unwrapped afresh: (table, row id, field) → value."""
+    _clear_key_cache(app)
+    values: dict[tuple[str, str, str], Any] = {}
+    with db.session_factory_for(app)() as session:
+        for model in encrypted_models():
+            for record in session.scalars(select(model)):
+                for name in model.__encrypted_fields__:
+                    place = (model.__tablename__, str(record.crypto_row_id()), name)
+                    values[place] = getattr(record, name)
+        session.rollback()
+    return values
+
+
+def _headers(app: Any) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """(format, algorithm, key version) from the header bytes of every ciphertext held by
+    an encrypted model, read without the ORM: (table, row id, column) → header."""
+    found: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    with db.session_factory_for(app)() as session:
+        for model in encrypted_models():
+            table = model.__table__
+            (row_id,) = table.primary_key.columns
+            for attr in ciphertext_attrs(model):
+                column = table.c[getattr(model, attr).property.columns[0].name]
+                for key, value in session.execute(
+                    select(row_id, column).where(column.is_not(None))
+                ):
+                    blob = as_bytes(value)
+                    assert blob is not None
+                    header = (blob[0], blob[1], int.from_bytes(blob[2:6], "big"))
+                    found[(table.name, str(key), column.name)] = header
+        session.rollback()
+    return found
+
+
+def _assert_rich_case_reads(app: Any, client: Any, people: RightsWorld, rich: RichCase) -> None:
+    """What each party reads of the case through the API is still there, keys unwrapped
+    afresh."""
+    _clear_key_cache(app)
+    h, token = people.h, rich.token
+    case = ok(client.get(f"{API}/cases/{rich.id}", headers=h["worker"]))
+    assert case["identity"]["given_name"] == f"Olena{token}"
+    notes = ok(client.get(f"{API}/cases/{rich.id}/notes", headers=h["worker"]))
+    assert [n["text"] for n in notes] == [f"note {token}"]
+    for by in ("worker", "receiver"):  # the sender's read once answered 500
+        referral = ok(client.get(f"{API}/referrals/{rich.referral}", headers=h[by]))
+        assert referral["message"] == f"Please help {token}", by
+        thread = ok(client.get(f"{API}/referrals/{rich.referral}/messages", headers=h[by]))
+        assert {m["body"] for m in thread} == {
+            f"message from receiver {token}",
+            f"message from worker {token}",
+        }
+    # The override note is shown by no endpoint: `_plaintexts` reads it through the ORM.
+    override = ok(client.get(f"{API}/referrals/{rich.override}", headers=h["worker"]))
+    assert override["message"] == f"Please help {token}"
+    body, keyed = rich.idempotent
+    replay = client.post(f"{API}/cases/{rich.id}/referrals", json=body, headers=keyed)
+    assert replay.status_code == 201, replay.get_data(as_text=True)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json()["id"] == rich.referral
+    assert replay.get_json()["message"] == f"Please help {token}"
+
+
+def test_rotate_case_keys_reencrypts_every_record_under_the_case_key(app, client, runner, people):
+    """Not only the case and its notes: consents and their events, referrals, their
+    history and messages, legal holds, exports and stored responses are encrypted under the
+    case's data key too, and its old versions are deleted. Each record still decrypts
+    (through the ORM and the API), every ciphertext names the new key version, and
+    `keys status` counts every one of them."""
+    rich = [_rich_case(people), _rich_case(people)]
+    before = _plaintexts(app)
+    # The arrangement holds a ciphertext in every encrypted model, so none goes unchecked.
+    held = {table for table, _, _ in _headers(app)}
+    assert held == {model.__tablename__ for model in encrypted_models()}
+    assert len(held) >= 10
+    for table in held - {"idempotent_responses"}:
+        values = json.dumps([v for (t, _, _), v in before.items() if t == table])
+        if table == "consent_records":  # the evidence file, base64
+            values = json.dumps(
+                [
+                    base64.b64decode(v).decode()
+                    for (t, _, _), v in before.items()
+                    if t == table and v
+                ]
+            )
+        assert rich[0].token in values, table
+    assert before[("referrals", rich[0].override, "override_note")] == (
+        f"Imminent danger {rich[0].token}"
+    )
+    headers = _headers(app)
+    assert set(headers.values()) == {(envelope.FORMAT_V4, envelope.ALG_AES_256_GCM, 1)}
+    data = _status(runner)
+    assert data["ciphertexts_by_key_version"] == {"1": len(headers)}
+    assert data["ciphertexts_by_format"] == {"4": len(headers)}
+
+    result = _invoke(runner, "rotate-case-keys")
+    assert result.exit_code == 0, result.output
+    assert "2 cases re-encrypted under new data keys" in result.output
+
+    assert _plaintexts(app) == before
+    after = _headers(app)
+    assert after.keys() == headers.keys()
+    assert set(after.values()) == {(envelope.FORMAT_V4, envelope.ALG_AES_256_GCM, 2)}
+    assert sorted(_scalars(app, select(CaseKey.version))) == [2, 2]
+    data = _status(runner)
+    assert data["case_keys_by_version"] == {"2": 2}
+    assert data["ciphertexts_by_key_version"] == {"2": len(after)}
+    assert data["ciphertexts_by_format"] == {"4": len(after)}
+    for case in rich:
+        _assert_rich_case_reads(app, client, people, case)
+        # The export, downloaded once, after the rotation.
+        download = client.get(f"{API}/exports/{case.export}/download", headers=people.h["sup"])
+        assert download.status_code == 200, download.get_data(as_text=True)
+        assert case.token in download.get_data(as_text=True)
+
+
+def test_interrupted_sweep_leaves_every_record_readable_and_rerun_completes(
+    app, client, runner, people
+):
+    """Stopped after one batch of one case: the rotated case's records are all under its new
+    key, the others' under their old one, and every record reads; run again, the sweep
+    finishes the others without loss."""
+    rich = [_rich_case(people) for _ in range(3)]
+    before = _plaintexts(app)
+    factory = db.session_factory_for(app)
+    done = rotation.rotate_case_keys(
+        factory, started_at=_open_job(app), batch_size=1, stop_after_batches=1
+    )
+    assert done == 1
+    versions = _versions_by_case(app)
+    (rotated,) = (case_id for case_id, version in versions.items() if version == 2)
+    case_of = _case_of_ciphertexts(app)
+    headers = _headers(app)
+    for place, (_, _, version) in headers.items():
+        assert version == (2 if case_of[place] == rotated else 1), place
+    assert _status(runner)["ciphertexts_by_key_version"] == dict(
+        Counter(str(version) for _, _, version in headers.values())
+    )
+    assert _plaintexts(app) == before
+    for case in rich:
+        _assert_rich_case_reads(app, client, people, case)
+
+    result = _invoke(runner, "rotate-case-keys", "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    assert "2 cases re-encrypted" in result.output
+    assert set(_versions_by_case(app).values()) == {2}
+    assert {version for _, _, version in _headers(app).values()} == {2}
+    assert _status(runner)["ciphertexts_by_key_version"] == {"2": len(headers)}
+    assert _plaintexts(app) == before
+    for case in rich:
+        _assert_rich_case_reads(app, client, people, case)
+
+
+def test_sweep_reads_each_table_once_per_batch_not_once_per_case(app, people):
+    """The records of a batch's cases are loaded with one (locking) query per encrypted
+    table, however many cases the batch holds."""
+    from sqlalchemy import event
+
+    for _ in range(3):
+        _rich_case(people)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = db.engine_for(app)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        done = rotation.rotate_case_keys(
+            db.session_factory_for(app), started_at=_open_job(app), batch_size=3
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert done == 3
+    for model in encrypted_models():
+        if model is Case:
+            continue
+        reads = [
+            s
+            for s in statements
+            if s.lstrip().upper().startswith("SELECT")
+            and re.search(rf"\bFROM {model.__tablename__}\b", s)
+        ]
+        assert len(reads) == 1, (model.__tablename__, reads)
+
+
+def _case_of_ciphertexts(app: Any) -> dict[tuple[str, str, str], str]:
+    """The case each ciphertext of `_headers` belongs to."""
+    owners: dict[tuple[str, str, str], str] = {}
+    with db.session_factory_for(app)() as session:
+        for model in encrypted_models():
+            for record in session.scalars(select(model)):
+                for attr in ciphertext_attrs(model):
+                    name = getattr(model, attr).property.columns[0].name
+                    place = (model.__tablename__, str(record.crypto_row_id()), name)
+                    owners[place] = str(record.crypto_case_id())
+        session.rollback()
+    return owners
+
+
 # ---- blind-index keys ---------------------------------------------------------------------
 
 
@@ -903,6 +1204,30 @@ def test_index_rotation_dual_writes_until_backfill_completes(app, client, world)
     _assert_search_finds_every_case(app, client, world)
 
 
+def test_index_backfill_ends_when_cases_have_nothing_to_index(app, client, world):
+    """Cases with no name, birth date, phone or document (only `case_type` is required) get
+    no entry: the backfill passes them once instead of selecting them again forever."""
+    bare = [
+        ok(client.post(CASES, json={"case_type": "gbv"}, headers=world.headers["A"]), 201)["id"]
+        for _ in range(5)
+    ]
+    factory = db.session_factory_for(app)
+    with factory() as session:
+        rotation.start_index_rotation(session)
+        session.commit()
+    done: list[int] = []
+    finished = threading.Thread(
+        target=lambda: done.append(rotation.backfill_index(factory, batch_size=2)), daemon=True
+    )
+    finished.start()
+    finished.join(timeout=30)
+    assert done, "the backfill did not end"
+    assert done == [len(world.cases) + len(bare)]
+    assert _index_states(app) == {1: {"retired"}, 2: {"active"}}
+    assert not set(bare) & set(_index_versions_by_case(app))
+    _assert_search_finds_every_case(app, client, world)
+
+
 def test_rotate_org_keys_rewraps_data_keys_under_new_material_and_drops_old_versions(
     app, client, runner, world
 ):
@@ -943,3 +1268,47 @@ def test_rotate_org_keys_rewraps_data_keys_under_new_material_and_drops_old_vers
     assert "keys:rotate-org-keys" in set(
         _scalars(app, select(AuditEvent.action).where(AuditEvent.actor_type == "system"))
     )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL (SQLite runs one writer at a time)",
+)
+def test_a_record_written_during_a_sweep_goes_under_the_new_key(app, client, factory, monkeypatch):
+    """A legal hold placed while the sweep holds its case (re-encrypted, old key deleted, not
+    yet committed) waits for it and its reason is encrypted under the new key, not the
+    deleted one. (A note or a referral message also changes the case or referral row the
+    sweep rewrote, so its request is refused with 412 and writes nothing.)"""
+    from referral_api.crypto.keys import KeyCache
+
+    world = RightsWorld(app, factory, client)
+    token = new_token("race")
+    case_id = world.case(token)
+    during: dict[str, Any] = {}
+    discard = KeyCache.discard_case
+
+    def place_a_hold() -> None:
+        try:
+            during["hold"] = ok(world.hold(case_id, True, reason=f"during the sweep {token}"))
+        except BaseException as error:  # noqa: BLE001 - reported by the test's thread
+            during["error"] = error
+
+    def sweep_holding_the_case(cache: Any, swept: uuid.UUID) -> None:
+        if "thread" not in during:
+            during["thread"] = threading.Thread(target=place_a_hold)
+            during["thread"].start()
+            during["thread"].join(timeout=1.0)
+            during["waited"] = during["thread"].is_alive()
+        discard(cache, swept)
+
+    monkeypatch.setattr(KeyCache, "discard_case", sweep_holding_the_case)
+    assert rotation.rotate_case_keys(db.session_factory_for(app), started_at=datetime.now(UTC))
+    during["thread"].join(timeout=10)
+    assert "error" not in during, during.get("error")
+    assert during["waited"], "the hold did not wait for the sweep's transaction"
+    _clear_key_cache(app)
+    with db.session_factory_for(app)() as session:
+        [hold] = session.scalars(select(LegalHold).where(LegalHold.case_id == uuid.UUID(case_id)))
+        assert envelope.key_version_of(as_bytes(hold.reason_ct)) == 2
+        assert hold.reason == f"during the sweep {token}"
+        session.rollback()

@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from referral_api.access.categories import Category
@@ -171,9 +172,26 @@ class CaseNote(EncryptedRecord, Base):
         return self.case_id
 
     def current_key_version(self, keys: KeyService) -> int:
-        case = keys.session.get(Case, self.case_id)
-        assert case is not None and case.key_version is not None  # noqa: S101
-        return case.key_version
+        return case_key_version(keys.session, self.case_id)
+
+
+def case_key_version(session: Session, case_id: uuid.UUID) -> int:
+    """The data-key version a new ciphertext of the case's records goes under. For a case
+    already stored, read now with a key-share lock on its row (PostgreSQL; SQLite runs one
+    writer at a time): a case-key sweep holds the row FOR UPDATE while it re-encrypts and
+    deletes the old version, so a writer waits for it and then sees the new version, and
+    never commits a ciphertext under a key that is gone. Other writers of the case (key
+    share is taken by every foreign-key check and is compatible with updates of non-key
+    columns) are not held up."""
+    case = session.get(Case, case_id)
+    assert case is not None and case.key_version is not None  # noqa: S101
+    if sa_inspect(case).pending:
+        return case.key_version  # created in this transaction: no one else can see it
+    version = session.execute(
+        select(Case.key_version).where(Case.id == case_id).with_for_update(key_share=True)
+    ).scalar_one()
+    assert version is not None  # noqa: S101
+    return int(version)
 
 
 class CaseStatusChange(Base):

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from referral_api.access.categories import Category
 from referral_api.access.roles import OrgType
-from referral_api.cases.models import Case
+from referral_api.cases.models import case_key_version
 from referral_api.consent.vocabulary import (
     Article6Basis,
     Article9Condition,
@@ -37,9 +37,7 @@ class _CaseKeyed(EncryptedRecord):
         return self.case_id
 
     def current_key_version(self, keys: KeyService) -> int:
-        case = keys.session.get(Case, self.case_id)
-        assert case is not None and case.key_version is not None  # noqa: S101
-        return case.key_version
+        return case_key_version(keys.session, self.case_id)
 
 
 class ConsentRecord(_CaseKeyed, Base):

@@ -95,7 +95,7 @@ def destroy_root(version: int) -> None:
 @keys_group.command("rotate-case-keys")
 @click.option("--batch-size", default=200, show_default=True)
 def rotate_case_keys(batch_size: int) -> None:
-    """Give every case a new data key and re-encrypt its fields and notes (resumable)."""
+    """Give every case a new data key and re-encrypt everything under its old one (resumable)."""
     from sqlalchemy import func, select
 
     factory = _factory()

@@ -90,6 +90,19 @@ class EncryptedRecord:
         """Hook: e.g. refresh blind indexes of the changed fields."""
 
 
+def encrypted_models() -> tuple[type[Any], ...]:
+    """Every mapped model with encrypted fields, in table-name order (a stable lock order).
+
+    Whatever covers "everything encrypted under a case's key" (key rotation, `keys status`,
+    erasure) enumerates these rather than a list of its own: a model it forgot would keep
+    ciphertexts under a key that is then deleted, or outlive an erasure."""
+    import referral_api.models  # noqa: F401 - every model module, so the registry is complete
+    from referral_api.db import Base
+
+    found = [m.class_ for m in Base.registry.mappers if issubclass(m.class_, EncryptedRecord)]
+    return tuple(sorted(found, key=lambda model: str(model.__tablename__)))
+
+
 def ciphertext_attrs(model: type) -> tuple[str, ...]:
     """The ORM attributes of every ciphertext column of `model`: its stored columns and the
     per-field columns kept from before shared ones (counting and clearing what is held)."""

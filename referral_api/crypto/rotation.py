@@ -3,8 +3,9 @@ where it stopped when run again; every ciphertext and wrapped key names its vers
 progress is observable with `referral-api keys status`.
 
 - Root rotation: new root version, then re-wrap organisation and index keys (fast, online).
-- Case-key rotation: per case, a new data key; every field and note re-encrypted; the old
-  data key deleted in the same transaction.
+- Case-key rotation: per case, a new data key; every ciphertext under the case's key (its
+  fields, notes, consents, referrals, messages, holds, exports, stored responses…)
+  re-encrypted; the old data key deleted in the same transaction.
 - Index-key rotation: new index-key version per organisation written alongside the old one
   (dual-write), backfilled from decrypted values, then switched over; old entries deleted.
 """
@@ -34,9 +35,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, lazyload, sessionmaker
 
-from referral_api.crypto.fields import ciphertext_attrs, crypto_of, reencrypt
+from referral_api.crypto.envelope import DecryptionError
+from referral_api.crypto.fields import ciphertext_attrs, crypto_of, encrypted_models, reencrypt
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
@@ -57,7 +59,7 @@ class KeyStatus:
 
 
 def key_status(session: Session) -> KeyStatus:
-    from referral_api.cases.models import Case, CaseNote
+    from referral_api.cases.models import Case
 
     provider = crypto_of(session).provider
     described = provider.describe()
@@ -67,12 +69,12 @@ def key_status(session: Session) -> KeyStatus:
         return {key: count for key, count in rows if key is not None}
 
     # Every ciphertext names its format in header byte 1 and its data-key version in bytes
-    # 3..6 (1-based); counted in the database for every ciphertext column, so "nothing left
-    # on the old version" (or in per-field columns, formats 1-3) is a fact about all the
-    # data, not a sample of it.
+    # 3..6 (1-based); counted in the database for every ciphertext column of every encrypted
+    # model, so "nothing left on the old version" (or in per-field columns, formats 1-3) is
+    # a fact about all the data, not a sample of it.
     cipher_versions: dict[int, int] = {}
     cipher_formats: dict[int, int] = {}
-    for model in (Case, CaseNote):
+    for model in encrypted_models():
         for attr in ciphertext_attrs(model):
             column = getattr(model, attr)
             rows = session.execute(
@@ -380,13 +382,21 @@ def rotate_case_keys(
     progress: Progress | None = None,
     stop_after_batches: int | None = None,
 ) -> int:
-    """Re-encrypt every case whose data key predates `started_at` under a fresh key.
+    """Re-encrypt every case whose data key predates `started_at` under a fresh key: every
+    record of every encrypted model that belongs to the case (`encrypted_models`), since
+    the older key versions are deleted with it and whatever stays under them is lost.
 
     Resumable: a case done in an earlier run has a newer key and is skipped. Each batch is
     one transaction, so an interruption loses at most the batch in flight (rolled back).
+    The records of a batch's cases are loaded with one query per model, not per case.
     """
-    from referral_api.cases.models import Case, CaseNote
+    from referral_api.cases.models import Case
 
+    # Everything else encrypted under a case's key names the case in `case_id`.
+    dependents = [model for model in encrypted_models() if model is not Case]
+    for model in dependents:
+        if not hasattr(model, "case_id"):
+            raise TypeError(f"{model.__name__}: an encrypted model without case_id")
     done = 0
     batches = 0
     while stop_after_batches is None or batches < stop_after_batches:
@@ -399,18 +409,32 @@ def rotate_case_keys(
             if not ids:
                 break
             keys = crypto_of(session).keys(session)
-            cases = session.scalars(select(Case).where(Case.id.in_(ids)).with_for_update()).all()
+            cases = session.scalars(
+                select(Case).where(Case.id.in_(ids)).order_by(Case.id).with_for_update()
+            ).all()
+            records: dict[uuid.UUID, list[Any]] = {case.id: [case] for case in cases}
+            for model in dependents:
+                # Locked too: what is decrypted here is written back re-encrypted, so a
+                # change committed in between would be overwritten with the old value.
+                # Relationships are not loaded: only the record's own columns are rewritten.
+                case_id = model.case_id
+                for record in session.scalars(
+                    select(model)
+                    .where(case_id.in_(list(records)))
+                    .order_by(case_id, *model.__mapper__.primary_key)
+                    .options(lazyload("*"))
+                    .with_for_update(of=model)
+                ):
+                    records[record.case_id].append(record)
             for case in cases:
                 old = case.key_version
                 assert old is not None  # noqa: S101 - filtered above
                 new = old + 1
-                notes = session.scalars(select(CaseNote).where(CaseNote.case_id == case.id)).all()
                 # Decrypt everything under the old key before it goes.
-                for record in (case, *notes):
-                    for name in type(record).__encrypted_fields__:  # type: ignore[attr-defined]
-                        getattr(record, name)
+                for record in records[case.id]:
+                    _decrypt_all(record)
                 keys.create_case_key(case.id, case.org_id, version=new)
-                for record in (case, *notes):
+                for record in records[case.id]:
                     reencrypt(record, keys, new)
                 case.key_version = new
                 session.flush()
@@ -424,6 +448,20 @@ def rotate_case_keys(
         if progress:
             progress(len(ids))
     return done
+
+
+def _decrypt_all(record: Any) -> None:
+    """Read every encrypted field of `record` (the plaintext stays cached on it). One that
+    does not decrypt stops the sweep before its case's old key is deleted, naming the
+    record (no plaintext, no key material); nothing of the batch has been written."""
+    try:
+        for name in type(record).__encrypted_fields__:
+            getattr(record, name)
+    except (KeyUnavailable, DecryptionError):
+        raise KeyUnavailable(
+            f"{record.__tablename__} {record.crypto_row_id()} of case "
+            f"{record.crypto_case_id()} did not decrypt; nothing in this batch was written"
+        ) from None
 
 
 # ---- blind-index keys ---------------------------------------------------------------------
@@ -453,7 +491,13 @@ def backfill_index(
     factory: sessionmaker[Session], *, batch_size: int = 500, progress: Progress | None = None
 ) -> int:
     """Write entries for every backfilling version, then switch it to active and retire the
-    old version (deleting its entries). Resumable."""
+    old version (deleting its entries). Resumable.
+
+    One pass over the organisation's cases in id order (keyset), each batch read FOR SHARE:
+    a case without any indexed value gets no entry and is not read again (selecting "cases
+    with no entry yet" until none is left never ended with a batch of such cases), and an
+    erasure of a case in the batch waits for the batch, then deletes its new entries with
+    the rest (a case erased before is skipped)."""
     from referral_api.cases.models import Case, CaseSearchIndex
     from referral_api.cases.search import write_index_entries
 
@@ -463,10 +507,11 @@ def backfill_index(
             select(IndexKey.org_id, IndexKey.version).where(IndexKey.state == "backfilling")
         ).all()
     for org_id, version in targets:
+        after: uuid.UUID | None = None
         while True:
             with factory() as session:
                 crypto = crypto_of(session)
-                missing = (
+                batch = (
                     select(Case)
                     .where(
                         Case.org_id == org_id, Case.erased.is_(False), Case.key_version.is_not(None)
@@ -479,11 +524,16 @@ def backfill_index(
                     )
                     .order_by(Case.id)
                     .limit(batch_size)
+                    .with_for_update(read=True)
                 )
-                cases = session.scalars(missing).all()
+                if after is not None:
+                    batch = batch.where(Case.id > after)
+                cases = session.scalars(batch).all()
                 for case in cases:
                     write_index_entries(session, crypto, case, version)
                 session.commit()
+                if cases:
+                    after = cases[-1].id
             filled += len(cases)
             if progress:
                 progress(len(cases))
