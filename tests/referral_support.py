@@ -247,7 +247,10 @@ def count(app: Any, model: Any, *where: Any) -> int:
 
 def set_status(app: Any, referral_id: str, status: str) -> None:
     """Arrange: put a referral straight into a status (the move under test is then made
-    over HTTP)."""
+    over HTTP). Any status but a draft is that of a referral that was sent (`sent_at` set),
+    as over HTTP: whether the receiver may know it exists depends on that alone."""
+    from datetime import UTC, datetime
+
     from referral_api.extensions import db
     from referral_api.referrals.models import Referral
     from referral_api.referrals.vocabulary import ReferralStatus
@@ -256,6 +259,10 @@ def set_status(app: Any, referral_id: str, status: str) -> None:
         referral = s.get(Referral, uuid.UUID(referral_id))
         assert referral is not None
         referral.status = ReferralStatus(status)
+        if referral.status is ReferralStatus.DRAFT:
+            referral.sent_at = None
+        elif referral.sent_at is None:
+            referral.sent_at = datetime.now(UTC)
         s.commit()
 
 

@@ -68,6 +68,7 @@ from referral_api.dpo.derived_state import (
 from referral_api.dpo.keyset import SortKey
 from referral_api.exceptions import Conflict, Forbidden, NotFound
 from referral_api.referrals.models import Disclosure, Referral
+from referral_api.referrals.service import SENT
 from referral_api.referrals.vocabulary import LIVE_STATUSES
 
 REPORT_ACTION = "dpo:report"
@@ -847,12 +848,18 @@ def _override_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def overrides(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     """Every referral that asked for a legal-basis override: reason code, who asked, who
-    approved and when, and the DPO's review. Newest first; date range: referral created."""
+    approved and when, and the DPO's review. Newest first; date range: referral created.
+    The receiving organisation sees only the referrals sent to it: one never sent does not
+    exist for it."""
     name = "overrides"
     scope = report_scope(actor, name, filters)
     _audit(session, actor, name, filters)
     r = _REFERRALS
-    where = [scope.party(r.c.from_org_id, r.c.to_org_id), *_in_range(r.c.created_at, filters)]
+    where = [
+        scope.party(r.c.from_org_id, r.c.to_org_id),
+        or_(scope.owns(r.c.from_org_id), SENT),
+        *_in_range(r.c.created_at, filters),
+    ]
     if filters.get("purpose") is not None:
         where.append(r.c.purpose == filters["purpose"])
     if filters.get("recipient_org_id") is not None:
@@ -870,13 +877,15 @@ def overrides(session: Session, actor: Actor, filters: dict[str, Any]) -> Report
 
 def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[str, Any]:
     """The DPO records that they reviewed an override, once. The sending organisation's DPO
-    (or the platform's) reviews it; anyone else outside the referral gets 404."""
+    (or the platform's) reviews it; anyone else outside the referral gets 404 — so does the
+    receiving organisation's DPO for a referral never sent (it does not exist for them); for
+    a sent one they get 403."""
     scope = report_scope(actor, "overrides", {})
     r = _REFERRALS
     found = session.execute(
-        select(r.c.case_id, r.c.from_org_id, r.c.to_org_id, r.c.override_reason).where(
-            r.c.id == referral_id
-        )
+        select(
+            r.c.case_id, r.c.from_org_id, r.c.to_org_id, r.c.override_reason, SENT.label("sent")
+        ).where(r.c.id == referral_id)
     ).one_or_none()
     refusal = {
         "action": REVIEW_ACTION,
@@ -889,6 +898,7 @@ def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> d
         found is None
         or found.override_reason is None
         or scope.org_id not in (None, found.from_org_id, found.to_org_id)
+        or (scope.org_id not in (None, found.from_org_id) and not found.sent)
     ):
         error: NotFound | Forbidden = NotFound()
         error.audit = {**refusal, "reason": "no override in scope"}

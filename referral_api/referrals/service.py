@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
@@ -33,6 +33,7 @@ from referral_api.consent.hooks import on_withdrawal
 from referral_api.exceptions import (
     Conflict,
     Forbidden,
+    Gone,
     NotFound,
     ProcessingRestricted,
     ReferralApiError,
@@ -83,6 +84,17 @@ def now() -> datetime:
 
 # ---- access -------------------------------------------------------------------------------
 
+# "Sent" is one thing everywhere: the referral went out (draft → requested set `sent_at`,
+# which nothing clears). A referral never sent does not exist for its receiver, whatever its
+# status: a draft cancelled or entered in error was never sent either. Reads (one referral,
+# lists, the DPO's reports) and notifications all ask this, never the status.
+SENT: ColumnElement[bool] = Referral.sent_at.is_not(None)
+
+
+def was_sent(referral: Referral) -> bool:
+    """`SENT` for a loaded referral."""
+    return referral.sent_at is not None
+
 
 def authorize(
     session: Session, actor: Actor, action: Permission, referral_id: uuid.UUID
@@ -95,9 +107,10 @@ def authorize(
         else Decision(False, "no such referral", conceal=True)
     )
     receiver = decision.allowed and decision.details.get("party") == "receiver"
-    if referral is not None and receiver and referral.status is S.DRAFT:
-        # A draft has not been sent: the receiver does not know it exists.
-        decision = Decision(False, "draft not sent", conceal=True)
+    if referral is not None and receiver and not was_sent(referral):
+        # Never sent (a draft, or one dropped before sending): the receiver does not know it
+        # exists.
+        decision = Decision(False, "referral never sent", conceal=True)
     if referral is None or not decision.allowed:
         error: NotFound | Forbidden = (
             NotFound() if decision.conceal else Forbidden("Your role does not allow this action.")
@@ -300,22 +313,51 @@ def _check_service(session: Session, service_id: uuid.UUID, org_id: uuid.UUID) -
         raise ValidationFailed({"service_id": ["This service is not accepting referrals."]})
 
 
-def _require_processable(session: Session, referral: Referral, action: str) -> None:
-    """GDPR Art. 18: nothing is processed about a restricted case (refusal audited)."""
+def _case_restricted(session: Session, referral: Referral) -> bool:
+    """Whether processing of the referral's case is restricted (GDPR Art. 18). (An erased
+    case's referral holds nothing personal any more: its message was cleared.)"""
     case = session.get(Case, referral.case_id)
-    if case is not None and (case.restricted or case.erased):
+    return case is not None and case.restricted
+
+
+def _require_processable(
+    session: Session,
+    referral: Referral,
+    action: str,
+    *,
+    stopping: bool = False,
+    reading: bool = False,
+) -> None:
+    """Nothing is processed about a restricted case (GDPR Art. 18: 403), except `stopping`
+    its referral with a reason code; nothing at all about an erased one (Art. 17: 410, as
+    the case itself answers — its keys are destroyed, so not even an empty encrypted history
+    note could be written). Refusals are audited, ids and codes only."""
+    case = session.get(Case, referral.case_id)
+    error: Gone | ProcessingRestricted
+    if case is None:
+        return
+    if case.erased:
+        error = Gone("This case was erased.")
+        why = "case erased"
+    elif case.restricted and not stopping:
         error = ProcessingRestricted(
-            "Processing of this case is restricted (GDPR Art. 18): nothing can be sent or added."
+            "Processing of this case is restricted (GDPR Art. 18): it is stored but not used."
+            if reading
+            else "Processing of this case is restricted (GDPR Art. 18): nothing can be sent "
+            "or added."
         )
-        error.audit = {
-            "action": action,
-            "resource_type": "referral",
-            "resource_id": str(referral.id),
-            "case_id": referral.case_id,
-            "decision": audit.DENY,
-            "reason": "processing restricted",
-        }
-        raise error
+        why = "processing restricted"
+    else:
+        return
+    error.audit = {
+        "action": action,
+        "resource_type": "referral",
+        "resource_id": str(referral.id),
+        "case_id": referral.case_id,
+        "decision": audit.DENY,
+        "reason": why,
+    }
+    raise error
 
 
 def _history(
@@ -386,11 +428,11 @@ def transition(
             f"not the {allowed} of the referral"[:64],
         )
     # After the party check: a caller who may not make this move learns nothing about the
-    # case's restriction. Stopping a referral is always possible, with its reason code;
-    # anything else is processing — so is adding a note or a business status to the stop.
-    stopping = to in (S.CANCELLED, S.ENTERED_IN_ERROR)
-    if not stopping or note is not None or business_status is not None:
-        _require_processable(session, referral, f"referral:{to.value}")
+    # case's restriction. Stopping a referral of a restricted case is possible, with its
+    # reason code; anything else is processing — so is adding a note or a business status
+    # to the stop. Nothing at all is written about an erased case (410).
+    stopping = to in (S.CANCELLED, S.ENTERED_IN_ERROR) and note is None and business_status is None
+    _require_processable(session, referral, f"referral:{to.value}", stopping=stopping)
     if to in REASON_REQUIRED and not reason:
         raise ValidationFailed({"reason": ["A reason is required for this move."]})
     # Reasons are codes: they are stored and audited in plaintext and shown to the other
@@ -456,8 +498,10 @@ def _move(
         decision = _gate(session, referral)
     if to is S.RECEIVED or (to is S.ACCEPTED and referral.status is S.REQUESTED):
         _acknowledge(session, referral, at)
-    # A draft never sent does not exist for the receiver: dropping it tells only the sender.
-    unsent = referral.status is S.DRAFT and to is not S.REQUESTED
+    # A referral never sent does not exist for the receiver: a move of one (dropping a
+    # draft, or marking it entered in error, at any time) tells only the sender. A send set
+    # `sent_at` above.
+    unsent = not was_sent(referral)
     session.add(_history(referral, actor, referral.status, to, reason, note))
     referral.status = to
     referral.status_reason = reason
@@ -555,7 +599,9 @@ def referral_view(
 ) -> dict[str, Any]:
     """The sender sees its referral in full; the receiver sees the referral's own metadata,
     plus the message only while the packet is live. Neither sees the person's other
-    referrals. A DPO (metadata roles) never sees the message."""
+    referrals. A DPO (metadata roles) never sees the message. While the case is restricted
+    (GDPR Art. 18) the sender too sees the metadata only — enough to manage (stop) the
+    referral, nothing personal."""
     view: dict[str, Any] = {
         name: getattr(referral, name)
         for name in (
@@ -581,7 +627,7 @@ def referral_view(
     content = actor.can(Permission.CASE_READ)
     if party is Party.SENDER:
         view["case_id"] = referral.case_id
-        if content:
+        if content and not _case_restricted(session, referral):
             view["message"] = referral.message
     elif content and packet_live(session, referral)[0]:
         view["message"] = referral.message
@@ -670,7 +716,7 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         select(Referral),
         from_org=Referral.from_org_id,
         to_org=Referral.to_org_id,
-        sent=Referral.status != S.DRAFT,
+        sent=SENT,
     )
     box = params.get("box")
     if box == "incoming":
@@ -693,6 +739,12 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         cursor=params.get("cursor"),
         limit=params["limit"],
     )
+    if actor.can(Permission.CASE_READ):
+        # The sender's rows carry the message only while its case is not restricted: those
+        # cases, loaded in one query (the views then find them in the session).
+        own = {r.case_id for r in page.items if r.from_org_id == actor.org_id}
+        if own:
+            session.scalars(select(Case).where(Case.id.in_(sorted(own)))).all()
     # One row per referral shown, as for a single read: the list carries each one's message.
     audit.record_many(
         session,
@@ -749,6 +801,10 @@ def add_message(
     referral, party = authorize(session, actor, Permission.REFERRAL_TRANSITION, referral_id)
     _require_thread_access(session, actor, referral, party)
     _require_processable(session, referral, "referral:message")
+    if not was_sent(referral) and referral.status is not S.DRAFT:
+        # Dropped before it was sent: it never reaches anyone, so a message would be personal
+        # data kept for no one. (A draft's notes go with it when it is sent.)
+        raise Conflict("This referral was never sent and no longer can be: it has no thread.")
     message = ReferralMessage(
         id=uuid.uuid4(),
         referral_id=referral.id,
@@ -761,7 +817,7 @@ def add_message(
     referral.updated_at = now()
     session.flush()
     other = referral.to_org_id if party is Party.SENDER else referral.from_org_id
-    if referral.status is not S.DRAFT:  # an unsent draft does not exist for the receiver
+    if was_sent(referral):  # a draft not sent yet does not exist for the receiver
         _notify(session, referral, "referral:message", parties=(other,))
     _audit(session, actor, "referral:message", referral, details={"message_id": str(message.id)})
     return message
@@ -770,6 +826,11 @@ def add_message(
 def list_messages(session: Session, actor: Actor, referral_id: uuid.UUID) -> list[ReferralMessage]:
     referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
     _require_thread_access(session, actor, referral, party)
+    if party is Party.SENDER:
+        # The thread is the case's personal data: while the case is restricted the sender
+        # reads it no more than the case itself (403; erased: 410). The receiver's packet is
+        # not live then: it already got 404 above.
+        _require_processable(session, referral, "referral:messages-read", reading=True)
     messages = list(
         session.scalars(
             select(ReferralMessage)
