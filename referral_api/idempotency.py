@@ -1,9 +1,16 @@
 """Idempotency-Key handling for POSTs (police systems retry on network failure).
 
-Same key + same body + same endpoint → the stored response, replayed (with
-`Idempotent-Replayed: true`), and nothing done twice. Same key + another body or endpoint →
-422. Keys are scoped per authenticated client (principal). The record is inserted before
-the work and committed with it: a concurrent twin blocks on the unique key, then replays.
+Same key + same body + same endpoint → nothing done twice, and the first response's status
+with `Idempotent-Replayed: true`. Same key + another body or endpoint → 422. Keys are scoped
+per authenticated client (principal). The record is inserted before the work and committed
+with it: a concurrent twin blocks on the unique key, then replays.
+
+What a replay answers: for an endpoint that names a `current` view (`Blueprint.idempotent`),
+the current state of what the first request made, read through the policy and audited as a
+GET of it is — never the stored body, which may hold personal data the policy no longer
+shows (the case restricted, the consent withdrawn, the packet closed). The stored body is
+replayed as it is only where it holds ids and codes (police intake). Once the case is
+erased, a replay answers 410.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flask import Response, request
+from flask import Response, make_response, request
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -25,10 +33,16 @@ from referral_api.access.categories import Category
 from referral_api.consent.models import _CaseKeyed
 from referral_api.crypto.fields import EncryptedField
 from referral_api.db import Base, UTCDateTime, new_id, utcnow
-from referral_api.exceptions import Conflict, ValidationFailed
+from referral_api.exceptions import Conflict, Gone, ValidationFailed
 
 # Also the documented pattern of the header (OpenAPI): keep it to what ECMA 262 reads too.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+# `body_sha256` of a record whose case was erased: the digest of a request body (a message's
+# text, a whole intake) could confirm a guessed copy, so erasure overwrites it with this.
+ERASED = "erased"
+# Renders the current view of what a first request made, from its stored response body (as
+# JSON) and the view's arguments: a Flask response, or what a view returns.
+CurrentView = Callable[[dict[str, Any], dict[str, Any]], Any]
 
 
 class IdempotencyRecord(Base):
@@ -90,8 +104,17 @@ def find(session: Session, actor: Actor, key: str) -> IdempotencyRecord | None:
     ).one_or_none()
 
 
-def replay(session: Session, record: IdempotencyRecord) -> Response:
+def replay(
+    session: Session,
+    record: IdempotencyRecord,
+    current: CurrentView | None = None,
+    view_args: dict[str, Any] | None = None,
+) -> Response:
+    """The answer to a repeated request (module docstring): `current`'s view of what the first
+    request made, with its status; without `current`, the stored response."""
     endpoint, body_hash = _fingerprint()
+    if record.endpoint == endpoint and record.body_sha256 == ERASED:
+        raise Gone("The case this request concerned was erased.")
     if record.endpoint != endpoint or record.body_sha256 != body_hash:
         raise ValidationFailed(
             {"Idempotency-Key": ["This key was used for another request; use a new key."]},
@@ -100,10 +123,14 @@ def replay(session: Session, record: IdempotencyRecord) -> Response:
     stored = session.get(IdempotentResponse, record.id)
     if stored is None or record.status_code is None:
         raise Conflict("A request with this Idempotency-Key is still being processed.")
-    response = Response(stored.body, status=record.status_code, mimetype="application/json")
+    if current is not None:
+        response = make_response(current(json.loads(stored.body), view_args or {}))
+        response.status_code = record.status_code
+    else:
+        response = Response(stored.body, status=record.status_code, mimetype="application/json")
+        if stored.etag:
+            response.headers["ETag"] = stored.etag
     response.headers["Idempotent-Replayed"] = "true"
-    if stored.etag:
-        response.headers["ETag"] = stored.etag
     return response
 
 

@@ -162,10 +162,14 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
-    def idempotent(self, func: F) -> F:
+    def idempotent(self, func: F | None = None, *, current: Any = None) -> Any:
         """Honour `Idempotency-Key` on a POST (see referral_api.idempotency). The wrapped
         view flushes but does not commit: this wrapper commits the work together with the
-        stored response."""
+        stored response. `current(first_body, view_args)`: what a replay answers, the
+        current view of what the first request made (`idempotency.CurrentView`); without
+        it the stored response is replayed, only for responses of ids and codes."""
+        if func is None:
+            return lambda view: self.idempotent(view, current=current)
 
         @wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -182,17 +186,19 @@ class Blueprint(flask_smorest.Blueprint):
                 return response
             actor = current_actor()
             existing = idempotency.find(session, actor, key)
+            if existing is None:
+                try:
+                    record = idempotency.claim(session, actor, key)
+                except IntegrityError:
+                    # A concurrent twin committed first (we waited on its key): replay it.
+                    session.rollback()
+                    existing = idempotency.find(session, actor, key)
+                    if existing is None:
+                        raise
             if existing is not None:
-                return idempotency.replay(session, existing)
-            try:
-                record = idempotency.claim(session, actor, key)
-            except IntegrityError:
-                # A concurrent twin committed first (we waited on its key): replay it.
-                session.rollback()
-                existing = idempotency.find(session, actor, key)
-                if existing is None:
-                    raise
-                return idempotency.replay(session, existing)
+                replayed = idempotency.replay(session, existing, current, kwargs)
+                session.commit()  # the current view's audit row
+                return replayed
             response = func(*args, **kwargs)
             if response.status_code < 300:
                 case_id = idempotency.case_of_response(session, response, kwargs)
@@ -209,8 +215,11 @@ class Blueprint(flask_smorest.Blueprint):
                     "name": "Idempotency-Key",
                     "required": False,
                     "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
-                    "description": "Retry safely: the same key and body replay the first "
-                    "response; the same key with another body is refused (422).",
+                    "description": "Retry safely: the same key and body do nothing twice "
+                    "and answer with the first response's status (`Idempotent-Replayed: "
+                    "true`) and what it made as it is now (police intake: the first body); "
+                    "410 once the case is erased; the same key with another body is "
+                    "refused (422).",
                 }
             ]
         )(wrapper)

@@ -252,6 +252,9 @@ def authorize(
 _ALLOWED_WHILE_RESTRICTED = frozenset(
     {
         Permission.CASE_RESTRICT,
+        # Art. 7(3): consent can be withdrawn at any time; a withdrawal only stops processing
+        # (its dependent referrals are cancelled now, not when the restriction is lifted).
+        Permission.CONSENT_WITHDRAW,
         Permission.CASE_LEGAL_HOLD,
         Permission.CASE_ERASURE_REQUEST,
         Permission.ERASURE_APPROVE,

@@ -7,7 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flask import jsonify
+
 from referral_api.access.permissions import Permission
+from referral_api.exceptions import NotFound
 from referral_api.extensions import db
 from referral_api.pagination import link_header
 from referral_api.referrals import service
@@ -36,9 +39,25 @@ def _respond(referral: Any, party: service.Party, status: int = 200) -> Any:
     return body, status, {"ETag": etag_for("referral", referral.id, referral.version)}
 
 
+def _current_referral(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the referral the first request answered with, as it is now and
+    as GET /referrals/{id} shows it to this caller (policy, audit row, ETag)."""
+    return get_referral(referral_id=uuid.UUID(first["id"]))
+
+
+def _current_message(first: dict[str, Any], view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the message the first request added, read through the thread's
+    access rules now (refused once the thread is closed to this caller)."""
+    messages = service.list_messages(db.session, current_actor(), view_args["referral_id"])
+    message = next((m for m in messages if str(m.id) == first["id"]), None)
+    if message is None:
+        raise NotFound()
+    return jsonify(MessageSchema().dump(_message_view(message)))
+
+
 @blp.route("/cases/<uuid:case_id>/referrals", methods=["POST"])
 @blp.requires(Permission.REFERRAL_CREATE)
-@blp.idempotent
+@blp.idempotent(current=_current_referral)
 @blp.arguments(ReferralCreateSchema)
 @blp.response(201, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -82,13 +101,14 @@ def get_referral(referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/transitions", methods=["POST"])
 @blp.requires(Permission.REFERRAL_TRANSITION)
-@blp.idempotent
+@blp.idempotent(current=_current_referral)
 @blp.arguments(TransitionSchema)
 @blp.response(200, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 @blp.alt_response(428, response="PRECONDITION_REQUIRED")
+@blp.alt_response(410, response="GONE")
 def transition(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
     """Move a referral along its status machine (If-Match required)
 
@@ -117,7 +137,7 @@ def transition(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/override-approval", methods=["POST"])
 @blp.requires(Permission.REFERRAL_APPROVE_OVERRIDE)
-@blp.idempotent
+@blp.idempotent(current=_current_referral)
 @blp.response(200, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
@@ -153,6 +173,7 @@ def packet(referral_id: uuid.UUID) -> Any:
 @blp.requires(Permission.REFERRAL_READ)
 @blp.response(200, MessageSchema(many=True))
 @blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(410, response="GONE")
 def list_messages(referral_id: uuid.UUID) -> Any:
     """Messages between sender and receiver about this referral"""
     messages = service.list_messages(db.session, current_actor(), referral_id)
@@ -163,10 +184,12 @@ def list_messages(referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/messages", methods=["POST"])
 @blp.requires(Permission.REFERRAL_TRANSITION)
-@blp.idempotent
+@blp.idempotent(current=_current_message)
 @blp.arguments(MessageCreateSchema)
 @blp.response(201, MessageSchema)
 @blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(410, response="GONE")
 def add_message(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
     """Send a message to the other party (encrypted at rest)"""
     message = service.add_message(db.session, current_actor(), referral_id, data["body"])
@@ -184,7 +207,7 @@ def _message_view(message: Any) -> dict[str, Any]:
 
 @blp.route("/referrals/<uuid:referral_id>/case", methods=["POST"])
 @blp.requires(Permission.CASE_CREATE)
-@blp.idempotent
+@blp.idempotent(current=_current_referral)
 @blp.response(201, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
@@ -231,7 +254,8 @@ def mark_read(notification_id: uuid.UUID) -> Any:
 def intake(data: dict[str, Any]) -> Any:
     """Police intake: case, consent and referral of a presumed victim in one idempotent call
 
-    Send `Idempotency-Key` and retry freely: a replay answers the first response.
+    Send `Idempotency-Key` and retry freely: a replay answers the first response (ids and
+    codes only).
     """
     result = service.intake(db.session, current_actor(), data)
     return {

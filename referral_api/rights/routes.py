@@ -97,7 +97,18 @@ def list_erasures(args: dict[str, Any]) -> Any:
     stmt = select(ErasureRequest).where(ErasureRequest.status == args["status"])
     if actor.org_type is not OrgType.PLATFORM:
         stmt = stmt.where(ErasureRequest.org_id == actor.org_id)
-    return list(db.session.scalars(stmt.order_by(ErasureRequest.requested_at)))
+    requests = list(db.session.scalars(stmt.order_by(ErasureRequest.requested_at)))
+    # Like a case list: a row per request shown, on its case's access log.
+    service.audit.record_many(
+        db.session,
+        actor,
+        "erasure:list",
+        resource_type="erasure_request",
+        rows=[{"resource_id": r.id, "case_id": r.case_id} for r in requests],
+        none_shown={"status": args["status"].value, "shown": 0},
+    )
+    db.session.commit()
+    return requests
 
 
 @blp.route("/erasures/<uuid:request_id>/approve", methods=["POST"])

@@ -21,9 +21,8 @@ from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
 from referral_api.cases.layout import project
 from referral_api.cases.models import Case, CaseNote, CaseSearchIndex, CaseStatus
-from referral_api.crypto.fields import EncryptedRecord, ciphertext_attrs, crypto_of
+from referral_api.crypto.fields import ciphertext_attrs, crypto_of, encrypted_models
 from referral_api.crypto.models import CaseKey
-from referral_api.db import Base
 from referral_api.exceptions import (
     Conflict,
     Forbidden,
@@ -198,14 +197,6 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
     )
 
 
-def _encrypted_models() -> list[type[Any]]:
-    return [
-        mapper.class_
-        for mapper in Base.registry.mappers
-        if issubclass(mapper.class_, EncryptedRecord)
-    ]
-
-
 def erase_case(
     session: Session,
     actor: Actor,
@@ -219,7 +210,8 @@ def erase_case(
     every ciphertext column, delete blind-index entries and derived copies, cancel open
     referrals, keep a tombstone without personal data, audit it."""
     from referral_api.consent.models import ConsentRecord
-    from referral_api.idempotency import IdempotentResponse
+    from referral_api.idempotency import ERASED as IDEMPOTENCY_ERASED
+    from referral_api.idempotency import IdempotencyRecord, IdempotentResponse
     from referral_api.referrals.models import (
         Disclosure,
         Notification,
@@ -235,7 +227,7 @@ def erase_case(
     wrapped = sorted(session.scalars(select(CaseKey.wrapped_key).where(CaseKey.case_id == case.id)))
     key_digest = hashlib.sha256(b"".join(wrapped)).hexdigest()
 
-    models = _encrypted_models()
+    models = encrypted_models()
     # What is destroyed is what was held: counted before anything below adds rows.
     cleared = 0
     for model in models:
@@ -352,6 +344,14 @@ def erase_case(
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
+    # The keys stay (a retry must not do the work again: it answers 410), not the digest of
+    # each request's body, which could confirm a guessed copy of a message or an intake.
+    session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.case_id == case.id)
+        .values(body_sha256=IDEMPOTENCY_ERASED)
+        .execution_options(synchronize_session=False)
+    )
     session.execute(delete(SubjectExport).where(SubjectExport.case_id == case.id))
     index_deleted = session.execute(
         delete(CaseSearchIndex).where(CaseSearchIndex.case_id == case.id)
