@@ -6,6 +6,7 @@ export holds nothing of any other case or organisation."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -49,18 +50,34 @@ class Scenario:
             world.note(self.case_id, category, f"{category} note {self.token}"): category
             for category in ("health", "psychosocial", "needs")
         }
-        self.consent = world.consent(self.case_id, world.receiver_org, ["identity", "legal"])
+        self.form = base64.b64encode(f"signed form {self.token}".encode()).decode()
+        self.consent = world.consent(
+            self.case_id,
+            world.receiver_org,
+            ["identity", "legal"],
+            evidence={"media_type": "application/pdf", "content_base64": self.form},
+        )
         withdrawn = world.consent(self.case_id, world.outsider_org, ["needs"])
         self.withdrawn = ok(
             world.client.post(
-                f"{API}/consents/{withdrawn['id']}/withdraw", json={}, headers=world.h["worker"]
+                f"{API}/consents/{withdrawn['id']}/withdraw",
+                json={"reason": f"withdrawal {self.token}"},
+                headers=world.h["worker"],
             )
         )
         self.referral = world.refer(
             self.case_id, ["identity", "legal"], send=True, message=f"Please {self.token}"
         )["id"]
         ok(world.client.get(f"{API}/referrals/{self.referral}/packet", headers=world.h["receiver"]))
-        world.move(self.referral, "accepted")
+        world.move(self.referral, "accepted", note=f"transition {self.token}")
+        ok(
+            world.client.post(
+                f"{API}/referrals/{self.referral}/messages",
+                json={"body": f"thread {self.token}"},
+                headers=world.h["receiver"],
+            ),
+            201,
+        )
         self.receiver_case = ok(
             world.client.post(f"{API}/referrals/{self.referral}/case", headers=world.h["receiver"]),
             201,
@@ -146,9 +163,12 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
     assert [e["event_type"] for e in given["events"]] == ["given"]
     assert given["provisions"][0]["recipient_org_id"] == str(world.receiver_org)
     assert sorted(given["provisions"][0]["categories"]) == ["identity", "legal"]
-    assert [e["event_type"] for e in consents[scenario.withdrawn["id"]]["events"]] == [
-        "given",
-        "withdrawn",
+    assert given["evidence"] == {"media_type": "application/pdf", "content_base64": scenario.form}
+    assert [
+        (e["event_type"], e["reason"]) for e in consents[scenario.withdrawn["id"]]["events"]
+    ] == [
+        ("given", None),
+        ("withdrawn", f"withdrawal {scenario.token}"),
     ]
     # Referrals, and who received what, when.
     referrals = {r["id"]: r for r in document["referrals"]}
@@ -157,6 +177,13 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
     assert (sent["to_org_id"], sent["status"]) == (str(world.receiver_org), "accepted")
     assert sorted(sent["categories"]) == ["identity", "legal"]
     assert sent["message"] == f"Please {scenario.token}" and sent["sent_at"]
+    assert [(h["to_status"], h["note"]) for h in sent["history"]][-1] == (
+        "accepted",
+        f"transition {scenario.token}",
+    )
+    assert [(m["from_org_id"], m["body"]) for m in sent["messages"]] == [
+        (str(world.receiver_org), f"thread {scenario.token}")
+    ]
     assert referrals[scenario.draft]["status"] == "draft"
     [disclosure] = document["disclosures"]
     assert disclosure["to_org_id"] == str(world.receiver_org)

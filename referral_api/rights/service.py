@@ -422,10 +422,17 @@ def _iso(value: Any) -> Any:
 
 
 def build_export(session: Session, case: Case) -> dict[str, Any]:
-    """Everything held about the person: case fields, notes, consents with events,
-    referrals and disclosures (who received what, when), and the access log."""
+    """Everything held about the person: case fields, notes, consents with their signed form
+    (evidence) and events (with the reasons given), referrals with the override
+    justification, their history (with notes) and their message threads, disclosures (who
+    received what, when), and the access log."""
     from referral_api.consent.models import ConsentRecord
-    from referral_api.referrals.models import Disclosure, Referral
+    from referral_api.referrals.models import (
+        Disclosure,
+        Referral,
+        ReferralMessage,
+        ReferralTransition,
+    )
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
@@ -444,6 +451,20 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
     consents = session.scalars(select(ConsentRecord).where(ConsentRecord.case_id == case.id)).all()
     referrals = session.scalars(select(Referral).where(Referral.case_id == case.id)).all()
     disclosures = session.scalars(select(Disclosure).where(Disclosure.case_id == case.id)).all()
+    history: dict[uuid.UUID, list[ReferralTransition]] = {}
+    for t in session.scalars(
+        select(ReferralTransition)
+        .where(ReferralTransition.case_id == case.id)
+        .order_by(ReferralTransition.created_at, ReferralTransition.id)
+    ):
+        history.setdefault(t.referral_id, []).append(t)
+    threads: dict[uuid.UUID, list[ReferralMessage]] = {}
+    for m in session.scalars(
+        select(ReferralMessage)
+        .where(ReferralMessage.case_id == case.id)
+        .order_by(ReferralMessage.created_at, ReferralMessage.id)
+    ):
+        threads.setdefault(m.referral_id, []).append(m)
     accesses = session.scalars(
         select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
     ).all()
@@ -474,8 +495,18 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                         }
                         for p in c.provisions
                     ],
+                    "evidence": (
+                        {"media_type": c.evidence_media_type, "content_base64": c.evidence}
+                        if c.evidence
+                        else None
+                    ),
                     "events": [
-                        {"event_type": e.event_type, "occurred_at": e.occurred_at} for e in c.events
+                        {
+                            "event_type": e.event_type,
+                            "occurred_at": e.occurred_at,
+                            "reason": e.reason,
+                        }
+                        for e in c.events
                     ],
                 }
                 for c in consents
@@ -490,6 +521,23 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                     "created_at": r.created_at,
                     "sent_at": r.sent_at,
                     "message": r.message,
+                    "override_reason": r.override_reason,
+                    "override_note": r.override_note,
+                    "history": [
+                        {
+                            "from_status": t.from_status,
+                            "to_status": t.to_status,
+                            "reason": t.reason,
+                            "at": t.created_at,
+                            "by_org_id": t.actor_org_id,
+                            "note": t.note,
+                        }
+                        for t in history.get(r.id, [])
+                    ],
+                    "messages": [
+                        {"from_org_id": m.author_org_id, "at": m.created_at, "body": m.body}
+                        for m in threads.get(r.id, [])
+                    ],
                 }
                 for r in referrals
             ],
