@@ -1039,6 +1039,9 @@ def test_interrupted_sweep_leaves_every_record_readable_and_rerun_completes(
     assert done == 1
     versions = _versions_by_case(app)
     (rotated,) = (case_id for case_id, version in versions.items() if version == 2)
+    # Each case's re-encryption is on its access log, committed with it (and only then).
+    swept = select(AuditEvent.case_id).where(AuditEvent.action == "keys:rotate-case-key")
+    assert [str(c) for c in _scalars(app, swept)] == [str(rotated)]
     case_of = _case_of_ciphertexts(app)
     headers = _headers(app)
     for place, (_, _, version) in headers.items():
@@ -1054,6 +1057,7 @@ def test_interrupted_sweep_leaves_every_record_readable_and_rerun_completes(
     assert result.exit_code == 0, result.output
     assert "2 cases re-encrypted" in result.output
     assert set(_versions_by_case(app).values()) == {2}
+    assert sorted(str(c) for c in _scalars(app, swept)) == sorted(versions)
     assert {version for _, _, version in _headers(app).values()} == {2}
     assert _status(runner)["ciphertexts_by_key_version"] == {"2": len(headers)}
     assert _plaintexts(app) == before
@@ -1223,6 +1227,8 @@ def test_index_backfill_ends_when_cases_have_nothing_to_index(app, client, world
     finished.join(timeout=30)
     assert done, "the backfill did not end"
     assert done == [len(world.cases) + len(bare)]
+    backfilled = select(AuditEvent.case_id).where(AuditEvent.action == "keys:index-backfill")
+    assert len(_scalars(app, backfilled)) == len(world.cases) + len(bare)
     assert _index_states(app) == {1: {"retired"}, 2: {"active"}}
     assert not set(bare) & set(_index_versions_by_case(app))
     _assert_search_finds_every_case(app, client, world)

@@ -37,6 +37,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
+from referral_api.access.actor import Actor
+from referral_api.audit import service as audit
 from referral_api.crypto.envelope import DecryptionError
 from referral_api.crypto.fields import ciphertext_attrs, crypto_of, encrypted_models, reencrypt
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
@@ -413,6 +415,7 @@ def rotate_case_keys(
                 select(Case).where(Case.id.in_(ids)).order_by(Case.id).with_for_update()
             ).all()
             records: dict[uuid.UUID, list[Any]] = {case.id: [case] for case in cases}
+            rewritten: list[dict[str, Any]] = []
             for model in dependents:
                 # Locked too: what is decrypted here is written back re-encrypted, so a
                 # change committed in between would be overwritten with the old value.
@@ -442,6 +445,22 @@ def rotate_case_keys(
                     delete(CaseKey).where(CaseKey.case_id == case.id, CaseKey.version < new)
                 )
                 keys.cache.discard_case(case.id)
+                rewritten.append(
+                    {
+                        "resource_id": case.id,
+                        "case_id": case.id,
+                        "details": {"key_version": new, "records": len(records[case.id])},
+                    }
+                )
+            # Each case's re-encryption on its access log, committed with it.
+            audit.record_many(
+                session,
+                Actor.system(),
+                "keys:rotate-case-key",
+                resource_type="case",
+                rows=rewritten,
+                none_shown={},
+            )
             session.commit()
         done += len(ids)
         batches += 1
@@ -531,6 +550,22 @@ def backfill_index(
                 cases = session.scalars(batch).all()
                 for case in cases:
                     write_index_entries(session, crypto, case, version)
+                if cases:
+                    audit.record_many(
+                        session,
+                        Actor.system(),
+                        "keys:index-backfill",
+                        resource_type="case",
+                        rows=[
+                            {
+                                "resource_id": c.id,
+                                "case_id": c.id,
+                                "details": {"key_version": version},
+                            }
+                            for c in cases
+                        ],
+                        none_shown={},
+                    )
                 session.commit()
                 if cases:
                     after = cases[-1].id
