@@ -278,3 +278,54 @@ def test_a_move_of_an_erased_cases_referral_is_410_and_writes_nothing(
 def _transitions(app: Any, referral_id: str) -> list[tuple[Any, ...]]:
     found = rows(app, ReferralTransition, ReferralTransition.referral_id == uuid.UUID(referral_id))
     return sorted((row.id, row.to_status) for row in found)
+
+
+def test_a_withdrawal_says_which_referrals_go_on_under_an_approved_override(
+    app: Any, client: Any, world: World
+) -> None:
+    """Sent on the person's consent with an override approved as well: withdrawing the
+    consent leaves the referral live on the override (its basis from then on), and the
+    withdrawal's effects and the audit log say so instead of saying nothing."""
+    from referral_support import etag
+
+    from referral_api.referrals.models import Disclosure
+
+    referral = world.refer(by="sender_sup", send=False, override_reason="vital_interests")["id"]
+    ok(
+        client.post(
+            f"{API}/referrals/{referral}/override-approval",
+            headers={
+                **world.h["sender_sup2"],
+                "If-Match": etag(client, world.h["sender"], referral),
+            },
+        )
+    )
+    ok(
+        client.post(
+            f"{API}/referrals/{referral}/transitions",
+            json={"to": "requested"},
+            headers={**world.h["sender"], "If-Match": etag(client, world.h["sender"], referral)},
+        )
+    )
+    (disclosure,) = rows(app, Disclosure, Disclosure.referral_id == uuid.UUID(referral))
+    assert disclosure.basis_type == "consent"
+    assert world.consent is not None
+    withdrawn = ok(
+        client.post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+    )
+    assert withdrawn["events"][-1]["effects"] == [
+        {
+            "type": "referral",
+            "id": referral,
+            "to_org_id": str(world.receiver_org),
+            "status": "requested",
+            "continues_under": "override",
+            "override_reason": "vital_interests",
+        }
+    ]
+    [row] = rows(app, AuditEvent, AuditEvent.action == "referral:basis-override")
+    assert (row.resource_id, row.reason) == (referral, "vital_interests")
+    # The override is the basis now: the packet stays, its reads name the override.
+    ok(client.get(f"{API}/referrals/{referral}/packet", headers=world.h["receiver"]))

@@ -923,7 +923,10 @@ def cancel_referrals_without_consent(
     session: Session, actor: Actor, consent: Any, at: datetime
 ) -> list[dict[str, Any]]:
     """Consent withdrawn (or revoked, or entered in error): every live referral of the case
-    that consent no longer covers is cancelled now, by the system, in the same transaction."""
+    that consent no longer covers is cancelled now, by the system, in the same transaction.
+    One with an approved legal-basis override is not: the override is its basis from now
+    on (vital interests, child protection…), and the effects say so, so that whoever records
+    the withdrawal sees which disclosures go on and why (and can stop them)."""
     effects: list[dict[str, Any]] = []
     system = Actor.system()
     live = session.scalars(
@@ -932,10 +935,29 @@ def cancel_referrals_without_consent(
         )
     ).all()
     for referral in live:
-        if referral.override_approved:
-            continue
         decision = consent_decision(session, referral, at)
         if decision.permit:
+            continue
+        if referral.override_approved:
+            reason = referral.override_reason.value if referral.override_reason else None
+            _audit(
+                session,
+                system,
+                "referral:basis-override",
+                referral,
+                reason=reason,
+                details={"consent_id": str(consent.id), "by_actor": str(actor.id)},
+            )
+            effects.append(
+                {
+                    "type": "referral",
+                    "id": str(referral.id),
+                    "to_org_id": str(referral.to_org_id),
+                    "status": referral.status.value,
+                    "continues_under": "override",
+                    "override_reason": reason,
+                }
+            )
             continue
         session.add(_history(referral, system, referral.status, S.CANCELLED, "consent_withdrawn"))
         previous = referral.status
