@@ -440,3 +440,18 @@ def test_refused_reads_of_another_organisation_are_audited_as_denials(
         "AND case_id IS NOT NULL AND action = 'consent:read'",
     )
     assert denials == [("consent:read", "deny")]
+
+
+def test_a_probe_of_a_consent_id_that_does_not_exist_is_audited(
+    app: Any, client: Any, factory: Any
+) -> None:
+    world = build_world(client, factory, "caseworker")
+    tried = uuid.uuid4()
+    response = client.get(f"/api/v1/consents/{tried}", headers=world.headers)
+    assert_problem(response, 404)
+    denials = rows(
+        app,
+        "SELECT action, resource_type, resource_id, reason FROM audit_events "
+        "WHERE decision = 'deny'",
+    )
+    assert denials == [("consent:read", "consent", str(tried), "no such consent")]

@@ -258,10 +258,20 @@ def _audit(
 def load_consent(
     session: Session, actor: Actor, action: Permission, consent_id: uuid.UUID
 ) -> ConsentRecord:
-    """A consent by id, through its case's record scope (404 outside it)."""
+    """A consent by id, through its case's record scope (404 outside it). A probe of an id
+    that does not exist is recorded like one outside the scope."""
     consent = session.get(ConsentRecord, consent_id)
     if consent is None:
-        raise NotFound()
+        error = NotFound()
+        error.audit = {
+            "action": str(action),
+            "resource_type": "consent",
+            "resource_id": str(consent_id),
+            "case_id": None,
+            "decision": audit.DENY,
+            "reason": "no such consent",
+        }
+        raise error
     cases.authorize(session, actor, action, consent.case_id)
     return consent
 
