@@ -745,10 +745,10 @@ _VALID_POSTS = {
     "/orgs/{org}/users": {
         "email": "x@example.org",
         "display_name": "X",
-        "role": "caseworker",
+        "role": "org_admin",
         "password": NEW_PASSWORD,
     },
-    "/orgs/{org}/clients": {"name": "c", "role": "caseworker"},
+    "/orgs/{org}/clients": {"name": "c", "role": "dpo"},
     "/orgs": {"name": "Org", "org_type": "ngo"},
 }
 
@@ -839,7 +839,9 @@ def patch_targets(factory, db):
     boss = factory.user(Role.PLATFORM_ADMIN)
     org = factory.org(OrgType.NGO)
     user = factory.user(Role.CASEWORKER, org)
-    cid, _ = factory.client_credentials(Role.CASEWORKER, org)
+    # A role without case content: a platform administrator sets no secret of a client
+    # that reads cases in another organisation.
+    cid, _ = factory.client_credentials(Role.DPO, org)
     pk = client_pk(db, cid)
     return factory.headers(boss), {
         "org": (f"{API}/orgs/{org}", {"name": "Renamed org"}, Organisation, org),
@@ -1656,3 +1658,54 @@ def test_admin_responses_are_not_cached(client, factory):
     boss = factory.user(Role.PLATFORM_ADMIN)
     response = client.get(f"{API}/orgs/{boss.org_id}/users", headers=factory.headers(boss))
     assert "no-store" in response.headers.get("Cache-Control", "")
+
+
+# ---- a platform administrator gives itself no way into case content ----------------------
+
+
+def test_a_platform_admin_sets_up_no_content_account_in_another_organisation(client, factory, db):
+    """DESIGN.md §4: a platform administrator never sees case content. It could otherwise
+    create (or take over) a caseworker of a shelter, sign in as it and read the cases: it
+    appoints the organisation's administrator and DPO, who manage the staff."""
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    shelter = factory.org(OrgType.SHELTER)
+    caseworker = factory.user(Role.CASEWORKER, shelter)
+    cid, _ = factory.client_credentials(Role.CASEWORKER, shelter)
+    pk = client_pk(db, cid)
+    before = snapshot(db)
+
+    def post(path: str, body: dict) -> Any:
+        return client.post(f"{API}{path}", json=body, headers=boss)
+
+    def etag(url: str) -> str:
+        return client.get(url, headers=boss).headers["ETag"]
+
+    for role in ("caseworker", "supervisor"):
+        body = {"email": f"{role}@example.org", "display_name": "X", "role": role}
+        assert_problem(post(f"/orgs/{shelter}/users", body | {"password": NEW_PASSWORD}), 403)
+        assert_problem(post(f"/orgs/{shelter}/clients", {"name": "c", "role": role}), 403)
+    user_url, client_url = f"{API}/users/{caseworker.id}", f"{API}/clients/{pk}"
+    taken_over = client.patch(
+        user_url, json={"password": NEW_PASSWORD}, headers={**boss, "If-Match": etag(user_url)}
+    )
+    assert_problem(taken_over, 403)
+    secret = client.post(f"{client_url}/secret", headers={**boss, "If-Match": etag(client_url)})
+    assert_problem(secret, 403)
+    assert snapshot(db) == before
+    assert factory.login(caseworker)  # the caseworker's own password still works
+
+    # What it may do: appoint the administrator and the DPO, and take access away.
+    for role in ("org_admin", "dpo"):
+        body = {"email": f"{role}@example.org", "display_name": "X", "role": role}
+        assert post(f"/orgs/{shelter}/users", body | {"password": NEW_PASSWORD}).status_code == 201
+    off = client.patch(
+        user_url, json={"active": False}, headers={**boss, "If-Match": etag(user_url)}
+    )
+    assert off.status_code == 200, off.get_json()
+    # The organisation's own administrator sets up its staff.
+    admin = factory.headers(factory.user(Role.ORG_ADMIN, shelter))
+    body = {"email": "new@example.org", "display_name": "N", "role": "caseworker"}
+    staff = client.post(
+        f"{API}/orgs/{shelter}/users", json=body | {"password": NEW_PASSWORD}, headers=admin
+    )
+    assert staff.status_code == 201, staff.get_json()

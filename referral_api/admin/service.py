@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
 from referral_api.access.policy import require, scope_to_org
-from referral_api.access.roles import OrgType, Role, role_allowed_in_org
+from referral_api.access.roles import OrgType, Role, permissions_for, role_allowed_in_org
 from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
 from referral_api.auth.passwords import CredentialHasher
@@ -143,6 +143,28 @@ def update_organisation(
 # ---- roles --------------------------------------------------------------------------------
 
 
+def _reaches_case_content(role: Role | None) -> bool:
+    return Permission.CASE_READ in permissions_for(role)
+
+
+def _check_credentials_outside_platform(actor: Actor, org_id: uuid.UUID, role: Role | None) -> None:
+    """A platform administrator sees no case content (DESIGN.md §4), so it may not hand
+    itself a way in: outside the platform organisation it neither grants a role that reads
+    case content nor sets the password or secret of an account that has one. It appoints
+    the organisation's administrator (and DPO), who manages its staff; deactivating an
+    account (which only takes access away) stays open to it."""
+    if (
+        actor.role is Role.PLATFORM_ADMIN
+        and actor.kind is not ActorKind.SYSTEM
+        and org_id != actor.org_id
+        and _reaches_case_content(role)
+    ):
+        raise Forbidden(
+            "A platform administrator does not set up accounts that read case content in "
+            "another organisation; its administrator does."
+        )
+
+
 def _check_role_grant(actor: Actor, org: Organisation, role: Role) -> None:
     if not role_allowed_in_org(role, org.org_type):
         raise ValidationFailed(
@@ -159,6 +181,7 @@ def _check_role_grant(actor: Actor, org: Organisation, role: Role) -> None:
         and actor.kind is not ActorKind.SYSTEM
     ):
         raise Forbidden("Only a platform administrator can grant that role.")
+    _check_credentials_outside_platform(actor, org.id, role)
 
 
 # ---- users --------------------------------------------------------------------------------
@@ -227,6 +250,7 @@ def update_user(
     if "display_name" in changes:
         user.display_name = changes["display_name"].strip()
     if "password" in changes:
+        _check_credentials_outside_platform(actor, user.org_id, changes.get("role", user.role))
         user.password_hash = hasher.hash(changes["password"])
     if "active" in changes:
         user.active = changes["active"]
@@ -332,6 +356,7 @@ def rotate_client_secret(
     session: Session, actor: Actor, hasher: CredentialHasher, client: ApiClient
 ) -> ClientWithSecret:
     require(actor, Permission.CLIENT_MANAGE, client)
+    _check_credentials_outside_platform(actor, client.org_id, client.role)
     secret = _new_secret()
     client.secret_hash = hasher.hash(secret)
     # Tokens obtained with the old secret stop working at once.
