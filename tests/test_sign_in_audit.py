@@ -21,6 +21,7 @@ from referral_api.audit import service as audit_service
 from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import ApiClient, Organisation, User
 from referral_api.auth.service import SECURITY_EVENT_ACTIONS
+from referral_api.dpo.service import SIGN_IN_FAILURES_COLUMNS
 
 API = "/api/v1"
 ACCOUNT_LIMIT = 3
@@ -259,17 +260,7 @@ def test_the_report_is_scoped_to_the_officers_organisation(client: Any, factory:
         (str(a.id), str(org_a), "wrong-secret")
     ] * 2
     assert rows[0]["audit_id"] > rows[1]["audit_id"]  # newest first
-    assert set(rows[0]) == {
-        "audit_id",
-        "occurred_at",
-        "action",
-        "account_type",
-        "account_id",
-        "org_id",
-        "reason",
-        "locked",
-        "request_id",
-    }
+    assert set(rows[0]) == set(SIGN_IN_FAILURES_COLUMNS)
     assert rows[0]["action"] == "auth:sign-in" and rows[0]["account_type"] == "user"
     assert rows[0]["locked"] == [] and rows[0]["request_id"]
 

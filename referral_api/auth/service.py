@@ -171,6 +171,31 @@ def record_refusal(
     audit.mark_written(session)
 
 
+def _refused(
+    session: Session,
+    action: str,
+    reason: str | None,
+    account: User | ApiClient | None,
+    policy: ThrottlePolicy,
+    now: datetime,
+    keys: tuple[str, str],
+    request_id: str | None,
+) -> AuthenticationFailed:
+    """A refused sign-in: counted against the name tried and the address (`keys`), audited,
+    and the one answer every refusal gets."""
+    account_key, address_key = keys
+    locks = _record_failures(session, policy, now, account_key=account_key, address_key=address_key)
+    record_refusal(
+        session,
+        action,
+        reason=reason or UNKNOWN_ACCOUNT,
+        account=account,
+        request_id=request_id,
+        details=locks,
+    )
+    return AuthenticationFailed(INVALID_CREDENTIALS)
+
+
 def _refusal_reason(account: User | ApiClient | None, secret_ok: bool) -> str | None:
     """Why these credentials do not sign in (None: they do)."""
     if account is None:
@@ -264,18 +289,9 @@ def login(
     password_ok = hasher.verify(user.password_hash if user else None, password)
     reason = _refusal_reason(user, password_ok)
     if reason is not None or user is None:
-        locks = _record_failures(
-            session, policy, now, account_key=account_key, address_key=address_key
+        raise _refused(
+            session, SIGN_IN, reason, user, policy, now, (account_key, address_key), request_id
         )
-        record_refusal(
-            session,
-            SIGN_IN,
-            reason=reason or UNKNOWN_ACCOUNT,
-            account=user,
-            request_id=request_id,
-            details=locks,
-        )
-        raise AuthenticationFailed(INVALID_CREDENTIALS)
 
     _clear_failures(session, account_key)
     if hasher.needs_rehash(user.password_hash):
@@ -369,18 +385,16 @@ def client_credentials(
     secret_ok = hasher.verify(client.secret_hash if client else None, client_secret)
     reason = _refusal_reason(client, secret_ok)
     if reason is not None or client is None:
-        locks = _record_failures(
-            session, policy, now, account_key=client_key, address_key=address_key
-        )
-        record_refusal(
+        raise _refused(
             session,
             CLIENT_SIGN_IN,
-            reason=reason or UNKNOWN_ACCOUNT,
-            account=client,
-            request_id=request_id,
-            details=locks,
+            reason,
+            client,
+            policy,
+            now,
+            (client_key, address_key),
+            request_id,
         )
-        raise AuthenticationFailed(INVALID_CREDENTIALS)
     _clear_failures(session, client_key)
     auth_session = _new_session(session, now, token_lifetime, client=client)
     return IssuedSession(

@@ -127,11 +127,9 @@ def authorize(
     return referral, Party(decision.details["party"])
 
 
-def _refused(action: str, referral: Referral, message: str, reason: str) -> Forbidden:
-    """A refusal decided here, after the route's permission check: on the record like any
-    other denied attempt (ids and codes only)."""
-    error = Forbidden(message)
-    error.audit = {
+def _denial(action: str, referral: Referral, reason: str) -> dict[str, Any]:
+    """The audit entry of a refusal about `referral` (ids and codes only)."""
+    return {
         "action": action,
         "resource_type": "referral",
         "resource_id": str(referral.id),
@@ -139,6 +137,13 @@ def _refused(action: str, referral: Referral, message: str, reason: str) -> Forb
         "decision": audit.DENY,
         "reason": reason,
     }
+
+
+def _refused(action: str, referral: Referral, message: str, reason: str) -> Forbidden:
+    """A refusal decided here, after the route's permission check: on the record like any
+    other denied attempt (ids and codes only)."""
+    error = Forbidden(message)
+    error.audit = _denial(action, referral, reason)
     return error
 
 
@@ -349,14 +354,7 @@ def _require_processable(
         why = "processing restricted"
     else:
         return
-    error.audit = {
-        "action": action,
-        "resource_type": "referral",
-        "resource_id": str(referral.id),
-        "case_id": referral.case_id,
-        "decision": audit.DENY,
-        "reason": why,
-    }
+    error.audit = _denial(action, referral, why)
     raise error
 
 
@@ -658,14 +656,7 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
         else:
             why = "consent or case no longer allows it"
         error = NotFound()
-        error.audit = {
-            "action": "referral:packet",
-            "resource_type": "referral",
-            "resource_id": str(referral.id),
-            "case_id": referral.case_id,
-            "decision": audit.DENY,
-            "reason": why,
-        }
+        error.audit = _denial("referral:packet", referral, why)
         raise error
     case = session.get(Case, referral.case_id)
     assert case is not None  # noqa: S101
@@ -784,14 +775,7 @@ def _require_thread_access(
         )
     if party is Party.RECEIVER and not packet_live(session, referral)[0]:
         error = NotFound()
-        error.audit = {
-            "action": "referral:message",
-            "resource_type": "referral",
-            "resource_id": str(referral.id),
-            "case_id": referral.case_id,
-            "decision": audit.DENY,
-            "reason": "referral no longer live",
-        }
+        error.audit = _denial("referral:message", referral, "referral no longer live")
         raise error
 
 
