@@ -38,7 +38,9 @@ from referral_api.exceptions import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_OFFICER_PATTERN = re.compile(r"^[\w .@/-]{1,128}$")
+# Up to 128 letters, digits, spaces and . @ / - _; not starting or ending with a space (so
+# never blank: a blank officer would be recorded as if one were named).
+_OFFICER_PATTERN = re.compile(r"[\w.@/-](?:[\w .@/-]{0,126}[\w.@/-])?")
 
 
 class UndeclaredPermissionError(RuntimeError):
@@ -98,9 +100,14 @@ def authenticate_request() -> Actor:
         raise AuthenticationFailed("The session is no longer valid. Log in again.")
     officer = request.headers.get("X-Acting-Officer")
     if officer is not None and actor.kind is ActorKind.CLIENT:
-        if not _OFFICER_PATTERN.match(officer):
+        if not _OFFICER_PATTERN.fullmatch(officer):
             raise ValidationFailed(
-                {"X-Acting-Officer": ["Up to 128 letters, digits, spaces and . @ / - _"]},
+                {
+                    "X-Acting-Officer": [
+                        "Up to 128 letters, digits, spaces and . @ / - _, not starting or "
+                        "ending with a space"
+                    ]
+                },
                 location="headers",
             )
         actor = replace(actor, acting_officer=officer)

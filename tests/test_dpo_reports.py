@@ -1144,3 +1144,28 @@ def test_sql_prefilter_never_hides_an_uncovered_referral(
     assert 0 < len(expected) < sum(1 for r in referrals if r["status"] in live)
     assert any(judged), "no candidate needed the exact check to be cleared"
     assert len(judged) < sum(1 for r in referrals if r["status"] in live)
+
+
+def test_a_receivers_dpo_cannot_link_one_persons_disclosures(client: Any, factory: Any) -> None:
+    """The receiver's DPO sees no case id; nor the consent provision ids a disclosure was
+    made on, which name one person's consent just as well (two people, each referred twice:
+    four rows, and nothing tells whose they are). The sender's DPO sees both."""
+    from referral_support import provision, record_consent, refer
+
+    sender, receiver = factory.org(OrgType.NGO), factory.org(OrgType.LEGAL_AID)
+    worker = factory.headers(factory.user(Role.CASEWORKER, sender))
+    for _ in range(2):
+        case_id = create_case(client, worker)
+        record_consent(
+            client, worker, case_id, provision("legal_assistance", ["legal"], org_id=receiver)
+        )
+        for _ in range(2):
+            assert refer(client, worker, case_id, receiver, ["legal"]).status_code == 201
+    for role_org, hidden in ((receiver, True), (sender, False)):
+        dpo = factory.headers(factory.user(Role.DPO, role_org))
+        rows = client.get(f"{API}/dpo/reports/disclosures", headers=dpo).get_json()
+        assert len(rows) == 4 and {r["basis_type"] for r in rows} == {"consent"}
+        if hidden:
+            assert {(r["case_id"], r["basis"]) for r in rows} == {(None, None)}
+        else:
+            assert len({r["basis"] for r in rows}) == 2 and all(r["case_id"] for r in rows)

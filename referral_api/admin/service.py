@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,11 @@ from referral_api.access.roles import OrgType, Role, permissions_for, role_allow
 from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
 from referral_api.auth.passwords import CredentialHasher
-from referral_api.auth.service import revoke_sessions_of_client, revoke_sessions_of_user
+from referral_api.auth.service import (
+    revoke_sessions_of_client,
+    revoke_sessions_of_organisation,
+    revoke_sessions_of_user,
+)
 from referral_api.crypto.fields import crypto_of
 from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 
@@ -124,10 +128,29 @@ def update_organisation(
     require(actor, Permission.ORG_MANAGE, org)
     if "active" in changes and not changes["active"] and org.id == actor.org_id:
         raise Forbidden("You cannot deactivate your own organisation.")
+    deactivated = org.active and changes.get("active") is False
+    status_changed = "active" in changes and changes["active"] != org.active
     for field in ("name", "active"):
         if field in changes:
             setattr(org, field, changes[field].strip() if field == "name" else changes[field])
     _flush_unique(session, "An organisation with this name already exists.")
+    if deactivated:
+        # Every login of its users and clients ends now, as a user's or client's own
+        # deactivation ends theirs: reactivating the organisation later brings none back.
+        revoke_sessions_of_organisation(
+            session, org.id, reason="organisation_deactivated", now=datetime.now(UTC)
+        )
+    if status_changed:
+        # Its services' published status follows it (HSDS): an incremental pull
+        # (`modified_after`) must see them change.
+        from referral_api.directory.models import Service
+
+        session.execute(
+            update(Service)
+            .where(Service.org_id == org.id)
+            .values(updated_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
     _audit(
         session,
         actor,

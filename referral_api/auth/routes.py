@@ -143,11 +143,11 @@ def _basic_failure(detail: str) -> AuthenticationFailed:
 
 
 def _basic_client_credentials() -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Basic "):
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":  # the scheme is case-insensitive (RFC 9110 §11.1)
         return None
     try:
-        decoded = base64.b64decode(header[6:], validate=True).decode("utf-8")
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise _basic_failure("Malformed Basic credentials.") from None
     client_id, sep, secret = decoded.partition(":")

@@ -318,6 +318,12 @@ def rotate_refresh_token(
         raise AuthenticationFailed("The refresh token is not valid.")
     if auth_session.revoked_at is not None or auth_session.expires_at <= now:
         raise AuthenticationFailed("The session has ended. Log in again.")
+    # The account is checked before the token is spent: a refresh refused while the user or
+    # organisation is inactive must not burn the token (presented again after a
+    # reactivation, it would read as a replay: a false token-theft event).
+    user = session.get(User, auth_session.user_id) if auth_session.user_id else None
+    if user is None or not user.active or not user.organisation.active:
+        raise AuthenticationFailed("The session has ended. Log in again.")
     # Conditional update: of two concurrent exchanges of one token, exactly one wins.
     claimed = session.execute(
         update(RefreshToken)
@@ -331,14 +337,11 @@ def rotate_refresh_token(
             session,
             REFRESH,
             reason=REFRESH_TOKEN_REUSE,
-            account=session.get(User, auth_session.user_id) if auth_session.user_id else None,
+            account=user,
             request_id=request_id,
             details={"session_id": str(auth_session.id)},
         )
         raise AuthenticationFailed("The refresh token was already used; the session is revoked.")
-    user = session.get(User, auth_session.user_id) if auth_session.user_id else None
-    if user is None or not user.active or not user.organisation.active:
-        raise AuthenticationFailed("The session has ended. Log in again.")
     new_jti = _new_refresh_token(session, auth_session, now, auth_session.expires_at - now)
     return IssuedSession(subject=f"user:{user.id}", session_id=auth_session.id, refresh_jti=new_jti)
 
@@ -474,6 +477,24 @@ def load_actor(
         org_type=org_type,
         role=role,
         session_id=session_id,
+    )
+
+
+def revoke_sessions_of_organisation(
+    session: Session, org_id: uuid.UUID, *, reason: str, now: datetime
+) -> None:
+    """Every open session of the organisation's users and API clients, in one statement."""
+    session.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.revoked_at.is_(None),
+            or_(
+                AuthSession.user_id.in_(select(User.id).where(User.org_id == org_id)),
+                AuthSession.client_id.in_(select(ApiClient.id).where(ApiClient.org_id == org_id)),
+            ),
+        )
+        .values(revoked_at=now, revoked_reason=reason)
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -120,11 +120,17 @@ class Scope:
             return literal(True)
         return or_(from_column == self.org_id, to_column == self.org_id)
 
-    def sender_case_id(self, from_column: Any, case_column: Any) -> Any:
-        """The case id when the scope holds the sending organisation, else null."""
+    def sender_case_id(self, from_column: Any, case_column: Any, *, unless: Any = None) -> Any:
+        """The value of `case_column` (a case id, or anything naming the person's case) when
+        the scope holds the sending organisation (or `unless` holds), else null."""
         if self.org_id is None:
             return case_column
-        return case((from_column == self.org_id, case_column), else_=null())
+        shown = (
+            from_column == self.org_id
+            if unless is None
+            else or_(from_column == self.org_id, unless)
+        )
+        return case((shown, case_column), else_=null())
 
 
 def report_scope(actor: Actor, report: str, filters: dict[str, Any]) -> Scope:
@@ -981,7 +987,12 @@ def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Repo
             d.c.purpose,
             d.c.categories,
             d.c.basis_type,
-            d.c.basis,
+            # Consent provision ids belong to one person's consent: like the case id, they
+            # would let the receiver link that person's referrals. An override's reason code
+            # names no one.
+            scope.sender_case_id(
+                d.c.from_org_id, d.c.basis, unless=d.c.basis_type != "consent"
+            ).label("basis"),
             d.c.disclosed_by,
             d.c.disclosed_at,
             d.c.acknowledged_at,

@@ -1,0 +1,134 @@
+"""An organisation's deactivation ends its logins for good, and is published to directory
+consumers; credentials arrive in the forms the standards allow and the acting officer is
+never blank.
+
+- Deactivating an organisation revokes every session of its users and API clients, as a
+  user's or client's own deactivation does: reactivating it brings no old token back.
+- A refresh refused while the organisation is inactive does not spend the refresh token, so
+  it is never mistaken for a replay (a false `refresh-token-reuse` security event).
+- Its services' HSDS `last_modified` moves with it: an incremental pull sees them go.
+- `Authorization: basic …` is HTTP Basic (schemes are case-insensitive); a blank
+  `X-Acting-Officer` is refused rather than recorded as if an officer were named.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from conftest import assert_problem
+from sqlalchemy import select
+from test_directory import add_service
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.audit.models import AuditEvent
+from referral_api.auth.models import AuthSession, Organisation
+from referral_api.extensions import db
+from referral_api.smorest import etag_for
+
+API = "/api/v1"
+
+
+def set_active(app: Any, client: Any, boss: dict[str, str], org_id: Any, active: bool) -> None:
+    with db.session_factory_for(app)() as s:
+        org = s.get(Organisation, org_id)
+        etag = etag_for("org", org.id, org.version)
+    response = client.patch(
+        f"{API}/orgs/{org_id}", json={"active": active}, headers={**boss, "If-Match": etag}
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_reactivating_an_organisation_brings_back_no_login(app: Any, client: Any, factory: Any):
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    org = factory.org(OrgType.POLICE)
+    tokens = factory.login(factory.user(Role.POLICE_OFFICER, org))
+    client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+    machine = client.post(
+        f"{API}/auth/token",
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    ).get_json()["access_token"]
+    assert client.get(f"{API}/me", headers=bearer(machine)).status_code == 200
+
+    set_active(app, client, boss, org, False)
+    set_active(app, client, boss, org, True)
+    for token in (tokens["access_token"], machine):
+        assert_problem(client.get(f"{API}/me", headers=bearer(token)), 401)
+    assert_problem(client.post(f"{API}/auth/refresh", headers=bearer(tokens["refresh_token"])), 401)
+    with db.session_factory_for(app)() as s:
+        reasons = list(s.scalars(select(AuthSession.revoked_reason)))
+    # The login and the client's token; not the administrator's own session.
+    assert sorted(reasons, key=str) == [
+        None,
+        "organisation_deactivated",
+        "organisation_deactivated",
+    ]
+
+
+def test_a_refresh_refused_while_inactive_is_not_taken_for_a_replay(
+    app: Any, client: Any, factory: Any
+):
+    org = factory.org(OrgType.NGO)
+    tokens = factory.login(factory.user(Role.CASEWORKER, org))
+    with db.session_factory_for(app)() as s:
+        # The organisation is switched off behind the API's back: its sessions stay open.
+        s.get(Organisation, org).active = False
+        s.commit()
+    refresh = bearer(tokens["refresh_token"])
+    assert_problem(client.post(f"{API}/auth/refresh", headers=refresh), 401)
+    with db.session_factory_for(app)() as s:
+        s.get(Organisation, org).active = True
+        s.commit()
+    assert client.post(f"{API}/auth/refresh", headers=refresh).status_code == 200
+    with db.session_factory_for(app)() as s:
+        events = s.scalars(select(AuditEvent.reason).where(AuditEvent.action == "auth:refresh"))
+        assert list(events) == []
+
+
+def test_an_incremental_directory_pull_sees_a_deactivated_organisations_services(
+    app: Any, client: Any, factory: Any
+):
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    reader = factory.headers(factory.user(Role.CASEWORKER))
+    shelter = factory.org(OrgType.SHELTER)
+    service = str(add_service(db.session_factory_for(app), shelter))
+    synced = datetime.now(UTC)
+    time.sleep(0.01)
+    set_active(app, client, boss, shelter, False)
+    changed = client.get(
+        f"{API}/hsds/services", query_string={"modified_after": synced.isoformat()}, headers=reader
+    ).get_json()["contents"]
+    assert [(s["id"], s["status"]) for s in changed] == [(service, "inactive")]
+
+
+def test_the_basic_scheme_is_case_insensitive(client: Any, factory: Any):
+    org = factory.org(OrgType.POLICE)
+    client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+    credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    for scheme in ("basic", "BASIC"):
+        response = client.post(
+            f"{API}/auth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": f"{scheme} {credentials}"},
+        )
+        assert response.status_code == 200, (scheme, response.get_json())
+
+
+def test_a_blank_acting_officer_is_refused(client: Any, factory: Any):
+    org = factory.org(OrgType.POLICE)
+    client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+    token = client.post(
+        f"{API}/auth/token",
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    ).get_json()["access_token"]
+    for blank in (" ", "   ", " badge-1", "badge-1 "):
+        response = client.get(f"{API}/me", headers={**bearer(token), "X-Acting-Officer": blank})
+        assert assert_problem(response, 422)["errors"]["headers"]["X-Acting-Officer"]
+    named = client.get(f"{API}/me", headers={**bearer(token), "X-Acting-Officer": "badge 4711"})
+    assert named.status_code == 200 and named.get_json()["acting_officer"] == "badge 4711"
