@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,10 +53,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at, parsed_id = datetime.fromisoformat(created), uuid.UUID(row_id)
     except (ValueError, TypeError, json.JSONDecodeError):
         raise invalid_cursor() from None
-    # Cursors are client-supplied: a naive timestamp would fail only when bound (a 500).
+    # Cursors are client-supplied: a naive timestamp, or one whose UTC time falls outside
+    # years 1-9999 (`0001-01-01T00:00:00+14:00`), would fail only when bound (a 500).
     if created_at.tzinfo is None:
         raise invalid_cursor()
+    try:
+        created_at.astimezone(UTC)
+    except OverflowError:
+        raise invalid_cursor() from None
     return created_at, parsed_id
+
+
+# The largest id a BIGINT column holds: a cursor past it would fail only when bound.
+MAX_ROW_ID = 2**63 - 1
+
+
+def decode_id_cursor(cursor: str) -> int:
+    """A cursor that is a row id (newest-first pages of audit rows)."""
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 19):
+        raise invalid_cursor()
+    if not 0 < int(cursor) <= MAX_ROW_ID:
+        raise invalid_cursor()
+    return int(cursor)
 
 
 def paginate(

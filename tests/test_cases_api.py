@@ -522,6 +522,60 @@ def test_concurrent_patches_with_the_same_etag_exactly_one_wins(
     assert updates[0][0] == 1
 
 
+def test_notes_added_at_the_same_time_are_all_kept(app: Any, client: Any, team: Team) -> None:
+    """A note is not a conditional request: four at once all get 201 and are stored (each
+    used to bump the case's version with a check of the version read: 412 and a lost note
+    for the losers on PostgreSQL). The case's ETag still moves on, once per note."""
+    created = create(client, team.cw)
+    case_id, etag = created.get_json()["id"], created.headers["ETag"]
+    barrier = threading.Barrier(4)
+    results: dict[int, int] = {}
+
+    def add(number: int) -> None:
+        own_client = app.test_client()
+        barrier.wait()
+        response = own_client.post(
+            case_url(case_id, "/notes"),
+            json={"category": "needs", "text": f"note {number}"},
+            headers=team.cw,
+        )
+        results[number] = response.status_code
+
+    threads = [threading.Thread(target=add, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == dict.fromkeys(range(4), 201)
+    assert rows(app, "SELECT COUNT(*) FROM case_notes")[0][0] == 4
+    assert rows(app, "SELECT version FROM cases")[0][0] == 5
+    stale = client.patch(
+        case_url(case_id), json={"risk_level": "low"}, headers=with_etag(team.cw, etag)
+    )
+    assert_problem(stale, 412)
+
+
+def test_cursors_the_server_could_not_have_issued_are_refused(client: Any, team: Team) -> None:
+    """A page cursor is read back from the client: an id past the column's range or an
+    instant whose UTC time falls outside years 1-9999 is a 422, not a 500 when bound."""
+    import base64
+
+    case_id = create(client, team.cw).get_json()["id"]
+    for cursor in ("9" * 30, "9" * 5000, "0", "-1", "١٢"):
+        response = client.get(
+            case_url(case_id, "/access-log"), query_string={"cursor": cursor}, headers=team.cw
+        )
+        assert assert_problem(response, 422)["errors"] == {
+            "query": {"cursor": ["Not a valid cursor."]}
+        }
+    for instant in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        raw = json.dumps([instant, str(uuid.uuid4())]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        for path in ("/cases", "/referrals", "/notifications"):
+            response = client.get(f"{API}{path}", query_string={"cursor": cursor}, headers=team.cw)
+            assert_problem(response, 422)
+
+
 # ---- status machine -----------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, insert, select
+from sqlalchemy import Select, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
@@ -53,8 +53,8 @@ from referral_api.exceptions import (
 from referral_api.pagination import (
     Page,
     after_cursor,
+    decode_id_cursor,
     fetch_page,
-    invalid_cursor,
     newest_first,
     page_parameters,
 )
@@ -692,12 +692,26 @@ def add_note(
     )
     note.text = text
     session.add(note)
-    case.updated_at = datetime.now(UTC)
     session.flush()
+    _touch(session, case)
     _audit_case(
         session, actor, Permission.CASE_NOTE, case, {category}, details={"note_id": str(note.id)}
     )
     return note
+
+
+def _touch(session: Any, case: Case) -> None:
+    """The case changed through a record attached to it (a note): its `updated_at` and
+    version move on in one UPDATE that does not compare the version read, so notes added at
+    the same time all succeed (the row lock orders them; nothing about the case itself was
+    decided on what was read), while an open PATCH of the case still gets 412."""
+    session.execute(
+        update(Case)
+        .where(Case.id == case.id)
+        .values(updated_at=datetime.now(UTC), version=Case.version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(case, ["updated_at", "version"])
 
 
 def list_notes(session: Any, actor: Actor, case: Case, decision: Decision) -> list[CaseNote]:
@@ -733,11 +747,7 @@ def access_log(session: Any, actor: Actor, case: Case, cursor: str | None, limit
 
 def _audit_page(session: Any, stmt: Select[Any], cursor: str | None, limit: int) -> Page:
     if cursor:
-        try:
-            before = int(cursor)
-        except ValueError:
-            raise invalid_cursor() from None
-        stmt = stmt.where(AuditEvent.id < before)
+        stmt = stmt.where(AuditEvent.id < decode_id_cursor(cursor))
     rows = list(session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1)))
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     return Page(rows[:limit], next_cursor)
