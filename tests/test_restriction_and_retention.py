@@ -11,6 +11,7 @@ skipping legal holds.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -491,3 +492,54 @@ def test_a_referral_of_a_restricted_case_can_be_stopped_but_nothing_added(app, c
     stopped = ok(stop())
     assert stopped["status"] == "cancelled"
     assert stopped["business_status"] == before["business_status"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL (SQLite runs one writer at a time)",
+)
+def test_a_legal_hold_placed_while_retention_erases_waits_and_finds_the_case_erased(
+    app, client, world, runner, monkeypatch
+):
+    """Retention erases a due case while a supervisor places a legal hold on it: one of the
+    two goes first and the other sees it — never an erased case with a hold in force."""
+    import threading
+
+    from referral_api.rights import service as rights_service
+    from referral_api.rights.models import LegalHold
+
+    case_id = world.case(new_token("held-meanwhile"))
+    world.close(case_id)
+    with db.session_factory_for(app)() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id == uuid.UUID(case_id))
+            .values(closed_at=datetime.now(UTC) - timedelta(days=40))
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+    during: dict[str, Any] = {}
+    checked = rights_service.active_hold
+
+    def hold_placed_during_the_check(session: Any, cid: Any) -> Any:
+        if str(cid) == case_id and "thread" not in during:
+
+            def place() -> None:
+                during["hold"] = world.hold(case_id, True, reason="criminal proceedings")
+
+            during["thread"] = threading.Thread(target=place)
+            during["thread"].start()
+            during["thread"].join(timeout=1.0)
+            during["waited"] = during["thread"].is_alive()
+        return checked(session, cid)
+
+    monkeypatch.setattr(rights_service, "active_hold", hold_placed_during_the_check)
+    result = runner.invoke(args=["retention", "run", "--apply"])
+    during["thread"].join(timeout=10)
+    assert result.exit_code == 0, result.output
+    assert during["waited"], "the hold did not wait for the erasure"
+    assert_problem(during["hold"], 410)
+    with db.session_factory_for(app)() as s:
+        case = s.get(Case, uuid.UUID(case_id))
+        holds = s.scalars(select(LegalHold).where(LegalHold.case_id == case.id)).all()
+        assert case.erased and holds == []

@@ -65,9 +65,11 @@ def run(apply_: bool) -> None:
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
         for row in bar:
             with factory() as session:
-                case = session.get(Case, row.case_id)
+                case = session.get(Case, row.case_id, with_for_update=True)
                 # The list is a snapshot: a case erased, reopened or closed anew since is
                 # left alone (a reopened case is in use again; a re-closed one not yet due).
+                # Read FOR UPDATE: a reopening or a legal hold at this moment waits for the
+                # erasure, or the erasure sees it.
                 if (
                     case is None
                     or case.erased

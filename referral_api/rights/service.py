@@ -69,6 +69,14 @@ def _audit(session: Session, actor: Actor, action: str, case_id: uuid.UUID, **ex
 # ---- legal hold ---------------------------------------------------------------------------
 
 
+def _lock_case(session: Session, case: Case) -> None:
+    """The case row, read again FOR UPDATE: placing a legal hold and erasing (retention's
+    included) both take it first, so one waits for the other and then sees what it did —
+    never an erasure of a case held at the same moment (PostgreSQL; SQLite runs one writer
+    at a time)."""
+    session.refresh(case, with_for_update=True)
+
+
 def active_hold(session: Session, case_id: uuid.UUID) -> LegalHold | None:
     return session.scalars(
         select(LegalHold).where(LegalHold.case_id == case_id, LegalHold.lifted_at.is_(None))
@@ -79,6 +87,9 @@ def set_legal_hold(
     session: Session, actor: Actor, case_id: uuid.UUID, hold: bool, reason: str | None
 ) -> LegalHold | None:
     case = _case_for(session, actor, Permission.CASE_LEGAL_HOLD, case_id)
+    _lock_case(session, case)
+    if case.erased:
+        raise Gone("This case was erased.")
     current = active_hold(session, case.id)
     if hold:
         if current is not None:
@@ -184,6 +195,9 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
             "approver is the requester",
             {"request_id": str(request.id)},
         )
+    _lock_case(session, case)
+    if case.erased:
+        raise Gone("This case was erased.")
     if active_hold(session, case.id) is not None:
         raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
     request.status, request.decided_by, request.decided_at = ErasureStatus.EXECUTED, actor.id, now()
@@ -220,6 +234,9 @@ def erase_case(
     )
     from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
 
+    _lock_case(session, case)
+    if case.erased:
+        raise Gone("This case was erased.")
     if active_hold(session, case.id) is not None:
         raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
     at = now()
