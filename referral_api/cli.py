@@ -23,9 +23,16 @@ from referral_api.exceptions import ReferralApiError
 
 
 def _factory() -> Flask:
+    """The app, or one `error:` line when the configuration is refused (a key file others
+    can read, a missing secret…): not a traceback ending in the message."""
     from referral_api import create_app
+    from referral_api.exceptions import ConfigurationError
 
-    return create_app()
+    try:
+        return create_app()
+    except ConfigurationError as error:
+        click.echo(f"error: {error.detail}", err=True)
+        sys.exit(1)
 
 
 @click.group(
@@ -72,10 +79,23 @@ db_group = AppGroup("db", help="Database schema.")
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations (works from any directory: migrations ship in the package)."""
-    from referral_api.migrate import upgrade
+    from alembic.util import CommandError
 
-    upgrade(current_app.config["DATABASE_URL"], revision)
-    click.echo(f"database at {revision}", err=True)
+    from referral_api.extensions import db
+    from referral_api.migrate import current_revision, head_revision, upgrade
+
+    try:
+        upgrade(current_app.config["DATABASE_URL"], revision)
+    except CommandError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    # The revision reached: asking for an older one than the database is at changes nothing.
+    engine = db.engine_for(current_app)
+    engine.dispose()
+    reached = current_revision(engine)
+    click.echo(
+        f"database at {reached}" + (" (head)" if reached == head_revision() else ""), err=True
+    )
 
 
 @click.command("create-org")

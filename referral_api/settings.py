@@ -21,14 +21,20 @@ log = logging.getLogger(__name__)
 ENVIRONMENTS = ("development", "production", "testing")
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer setting, at least `minimum`: every count, size, period and lifetime is
+    positive unless zero means something (no cache, no delay, no proxy). A retention period
+    of 0 or -1 days would make every closed case due at once."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ConfigurationError(f"{name} must be an integer") from exc
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}")
+    return value
 
 
 def _read_or_create_secret(path: Path) -> str:
@@ -124,7 +130,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # Encryption and search.
         "PHONE_REGION": os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper(),
         "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
-        "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300),
+        "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300, minimum=0),
         # Retention after closure, per case type (days); `referral-api retention run`.
         "RETENTION_POLICY": {
             "thb": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_THB", 5 * 365)},
@@ -140,7 +146,8 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # Each worker's sealing thread chains new audit rows this long after a request
         # wrote them, and in any case every AUDIT_SEAL_INTERVAL_SECONDS (0: no thread; each
         # audited response seals after it is sent).
-        "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100) / 1000,
+        "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100, minimum=0)
+        / 1000,
         "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
         # `thread`: each worker seals (above); `external`: workers never seal, a separate
         # `referral-api audit seal --follow` process does (docs/audit.md).
@@ -150,9 +157,12 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "AUDIT_SEALING_LAG_ALERT_SECONDS": _env_int("REFERRAL_API_AUDIT_SEALING_ALERT_SECONDS", 60),
         # A pooled database connection idle this long is pinged before use (0: before every
         # use); see db.make_engine.
-        "DB_PING_AFTER_IDLE_SECONDS": _env_int("REFERRAL_API_DB_PING_AFTER_IDLE_MS", 1000) / 1000,
+        "DB_PING_AFTER_IDLE_SECONDS": _env_int(
+            "REFERRAL_API_DB_PING_AFTER_IDLE_MS", 1000, minimum=0
+        )
+        / 1000,
         # Number of proxies in front of the app whose X-Forwarded-For may be trusted.
-        "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0),
+        "TRUSTED_PROXY_COUNT": _env_int("REFERRAL_API_TRUSTED_PROXIES", 0, minimum=0),
         # flask-smorest / OpenAPI
         "API_TITLE": "referral_api",
         "API_VERSION": "v1",

@@ -388,7 +388,7 @@ def test_installed_console_script_upgrades_from_any_directory(tmp_path):
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "database at head" in completed.stderr
+    assert "(head)" in completed.stderr
     engine = create_engine(f"sqlite:///{database}")
     try:
         with engine.connect() as connection:

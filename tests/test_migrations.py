@@ -58,3 +58,32 @@ def test_0012_downgrade_refuses_to_drop_category_columns_holding_data(app, clien
         engine.dispose()
         upgrade(url)
     assert current_revision(engine) == head_revision()
+
+
+def test_downgrades_refuse_to_drop_tables_holding_records(app, client, factory):
+    """Once a case is erased its category columns are empty (0012 lets go), but dropping the
+    subject-rights tables would destroy the tombstone that proves the erasure, and dropping
+    0002's the audit trail: those downgrades refuse while the tables hold rows."""
+    import pytest
+    from alembic import command
+    from rights_support import World, new_token, ok
+    from sqlalchemy import text
+
+    from referral_api.migrate import alembic_config, upgrade
+
+    world = World(app, factory, client)
+    ok(world.approve(world.request_erasure(world.case(new_token("downgrade")))))
+    url = app.config["DATABASE_URL"]
+    engine = db.engine_for(app)
+    engine.dispose()
+    try:
+        for target in ("0005", "base"):
+            with pytest.raises(RuntimeError, match="erasure_tombstones \\(1\\)"):
+                command.downgrade(alembic_config(url), target)
+        with engine.connect() as connection:
+            for table in ("erasure_tombstones", "erasure_requests", "audit_events"):
+                assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+    finally:
+        engine.dispose()
+        upgrade(url)
+    assert current_revision(engine) == head_revision()

@@ -113,7 +113,7 @@ def create_organisation(
     session: Session, actor: Actor, *, name: str, org_type: OrgType
 ) -> Organisation:
     require(actor, Permission.ORG_MANAGE)
-    org = Organisation(id=uuid.uuid4(), name=name.strip(), org_type=org_type)
+    org = Organisation(id=uuid.uuid4(), name=_name(name), org_type=org_type)
     session.add(org)
     _flush_unique(session, "An organisation with this name already exists.")
     # Every organisation gets its own key-encryption and blind-index keys at birth.
@@ -164,6 +164,15 @@ def update_organisation(
 
 
 # ---- roles --------------------------------------------------------------------------------
+
+
+def _name(name: str) -> str:
+    """A name as the API's schemas take it (1-200 characters, not blank), for callers that
+    bypass them (the CLI)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ValidationFailed({"name": ["1 to 200 characters, not blank."]})
+    return name
 
 
 def _reaches_case_content(role: Role | None) -> bool:
@@ -324,7 +333,7 @@ def create_client(
     client = ApiClient(
         id=uuid.uuid4(),
         org_id=org.id,
-        name=name.strip(),
+        name=_name(name),
         client_id=f"rac_{secrets.token_hex(12)}",
         secret_hash=hasher.hash(secret),
         role=role,

@@ -247,13 +247,23 @@ def _lock_head(session: Session) -> tuple[int, str] | None:
         return head.last_seq, head.last_hash
     if session.execute(_READ_HEAD).one_or_none() is not None:
         return None  # locked by another sealer: SKIP LOCKED saw no row
+    # No head yet: the chain starts, or goes on from its last sealed row when the head row
+    # was lost (the table holding it is not append-only): starting again at seq 0 would
+    # collide with the sealed rows, and verify would stop at an error instead of a row.
+    last = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash)
+        .where(AuditEvent.seq.is_not(None))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    ).one_or_none()
+    last_seq, last_hash = (last.seq, last.hash) if last is not None else (0, GENESIS_HASH)
     try:
         with session.begin_nested():
-            session.add(AuditChainHead(id=1, last_seq=0, last_hash=GENESIS_HASH))
+            session.add(AuditChainHead(id=1, last_seq=last_seq, last_hash=last_hash))
             session.flush()
     except IntegrityError:
         return None  # created concurrently; the next seal will use it
-    return 0, GENESIS_HASH
+    return last_seq, last_hash
 
 
 def seal_pending(session: Session, batch_size: int = 500) -> int:

@@ -59,7 +59,11 @@ def status(as_json: bool) -> None:
     )
     for label in list(data)[1:]:
         values = data[label]
-        shown = ", ".join(f"v{k}: {v}" for k, v in sorted(values.items())) or "none"
+        # Versions (and formats) are numbers, shown as v1…; index-key states are words.
+        shown = ", ".join(
+            f"v{k}: {v}" if isinstance(k, int) else f"{k}: {v}" for k, v in sorted(values.items())
+        )
+        shown = shown or "none"
         click.echo(f"{label.replace('_', ' ')}: {shown}")
 
 
@@ -93,7 +97,7 @@ def destroy_root(version: int) -> None:
 
 
 @keys_group.command("rotate-case-keys")
-@click.option("--batch-size", default=200, show_default=True)
+@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(min=1))
 def rotate_case_keys(batch_size: int) -> None:
     """Give every case a new data key and re-encrypt everything under its old one (resumable)."""
     from sqlalchemy import func, select
@@ -119,7 +123,7 @@ def rotate_case_keys(batch_size: int) -> None:
 
 
 @keys_group.command("rotate-index")
-@click.option("--batch-size", default=500, show_default=True)
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
 def rotate_index(batch_size: int) -> None:
     """New blind-index key per organisation: dual-write, backfill, switch (resumable)."""
     factory = _factory()
@@ -133,7 +137,7 @@ def rotate_index(batch_size: int) -> None:
 
 
 @keys_group.command("rotate-org-keys")
-@click.option("--batch-size", default=1000, show_default=True)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
 def rotate_org_keys(batch_size: int) -> None:
     """New organisation keys; re-wrap every data key; delete the old versions (resumable).
 

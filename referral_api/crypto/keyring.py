@@ -259,8 +259,10 @@ class LocalKeyring(_VersionedAesGcmKeyring):
             keys = {int(v): base64.b64decode(k) for v, k in document["keys"].items()}
             current = int(document["current"])
             destroyed = {int(v) for v in document.get("destroyed", [])}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigurationError("The keyring file is malformed.") from exc
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Not chained: the parse error quotes the value it choked on, which can be key
+            # material in a hand-edited file.
+            raise ConfigurationError("The keyring file is malformed.") from None
         if current not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
             raise ConfigurationError("The keyring file is malformed.")
         return cls(file, keys, current, destroyed)

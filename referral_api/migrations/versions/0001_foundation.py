@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -173,6 +175,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding(
+        "refresh_tokens",
+        "auth_sessions",
+        "users",
+        "api_clients",
+        "organisations",
+        "login_throttle",
+    )
     with op.batch_alter_table("refresh_tokens", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_refresh_tokens_session_id"))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -373,6 +375,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding(
+        "case_status_changes",
+        "case_search_index",
+        "case_notes",
+        "case_keys",
+        "cases",
+        "org_keys",
+        "key_rotation_jobs",
+        "index_keys",
+        "audit_events",
+        "audit_chain_head",
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events")
         op.execute("DROP TRIGGER IF EXISTS audit_events_guard ON audit_events")

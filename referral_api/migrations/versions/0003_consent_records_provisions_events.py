@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -235,6 +237,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding("consent_provisions", "consent_events", "consent_records")
     with op.batch_alter_table("consent_provisions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_consent_provisions_consent_id"))
         batch_op.drop_index("ix_consent_provisions_case_purpose")

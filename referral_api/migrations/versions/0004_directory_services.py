@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -77,6 +79,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding("directory_services")
     with op.batch_alter_table("directory_services", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_directory_services_service_type"))
         batch_op.drop_index(batch_op.f("ix_directory_services_org_id"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -347,6 +349,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding(
+        "referral_transitions",
+        "referral_messages",
+        "notifications",
+        "idempotent_responses",
+        "disclosures",
+        "referrals",
+        "idempotency_records",
+    )
     with op.batch_alter_table("referral_transitions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_referral_transitions_referral_id"))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from referral_api.migrations.guards import refuse_if_holding
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -138,6 +140,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_if_holding("subject_exports", "legal_holds", "erasure_requests", "erasure_tombstones")
     with op.batch_alter_table("subject_exports", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_subject_exports_case_id"))
 

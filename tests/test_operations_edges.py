@@ -1,0 +1,160 @@
+"""Operations that went wrong on inputs an operator can give: a hand-edited key file, a zero
+batch size, a lost chain head, a blank name, a non-positive setting, an unusable
+configuration at the command line. Each is refused clearly and changes nothing (or, for the
+chain head, the chain goes on from its last sealed row).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from referral_api.access.actor import Actor
+from referral_api.audit import service as audit_service
+from referral_api.auth.models import ApiClient, Organisation
+from referral_api.crypto.keyring import LocalKeyring
+from referral_api.crypto.models import IndexKey, OrgKey, RotationJob
+from referral_api.exceptions import ConfigurationError
+from referral_api.extensions import db
+from referral_api.settings import load_settings
+
+KEY = base64.b64encode(b"\x11" * 32).decode()
+
+
+def _key_file(path: Path, document: Any) -> str:
+    path.write_text(json.dumps(document), encoding="utf-8")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "keys", [[KEY], None, "abc", 5, {KEY: "1"}], ids=["list", "null", "text", "number", "swapped"]
+)
+def test_a_malformed_key_file_is_a_configuration_error_without_its_contents(tmp_path, keys):
+    path = _key_file(tmp_path / "keyring.json", {"format": 1, "current": 1, "keys": keys})
+    with pytest.raises(ConfigurationError, match="malformed") as raised:
+        LocalKeyring.load(path, create_if_missing=False)
+    # Nothing chained: a parse error would quote the value, here a key.
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_readiness_says_the_key_file_is_unusable(app, client, tmp_path):
+    app.config["KEYRING_PATH"] = _key_file(
+        tmp_path / "keyring.json", {"format": 1, "current": 1, "keys": [KEY]}
+    )
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["keyring"] == "unavailable"
+
+
+@pytest.mark.parametrize("command", ["rotate-case-keys", "rotate-index", "rotate-org-keys"])
+def test_a_batch_size_below_one_is_refused_before_anything_changes(runner, session, command):
+    assert runner.invoke(args=["create-org", "--name", "Batch NGO", "--type", "ngo"]).exit_code == 0
+
+    def state() -> tuple[int, int, int]:
+        try:
+            return (
+                session.scalar(select(func.count()).select_from(OrgKey)),
+                session.scalar(select(func.count()).select_from(IndexKey)),
+                session.scalar(select(func.count()).select_from(RotationJob)),
+            )
+        finally:
+            session.rollback()
+
+    before = state()
+    for size in ("0", "-1"):
+        result = runner.invoke(args=["keys", command, "--batch-size", size])
+        assert result.exit_code == 2 and "--batch-size" in result.output
+    assert state() == before
+
+
+def test_keys_status_names_index_key_states_as_states(runner):
+    assert (
+        runner.invoke(args=["create-org", "--name", "Status NGO", "--type", "ngo"]).exit_code == 0
+    )
+    output = runner.invoke(args=["keys", "status"]).output
+    line = next(x for x in output.splitlines() if x.startswith("index keys by state"))
+    assert line == "index keys by state: active: 1"
+
+
+def test_the_chain_goes_on_from_its_last_sealed_row_when_its_head_is_lost(app, runner):
+    factory = db.session_factory_for(app)
+
+    def record(count: int) -> None:
+        with factory() as s:
+            for _ in range(count):
+                audit_service.record(s, Actor.system(), "test:row", resource_type="test")
+            s.commit()
+
+    record(3)
+    audit_service.seal_all(factory)
+    with db.engine_for(app).begin() as connection:
+        connection.execute(text("DELETE FROM audit_chain_head"))
+    record(2)
+    result = runner.invoke(args=["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    with factory() as s:
+        assert audit_service.verify_chain(s).ok
+        seqs = s.scalars(text("SELECT seq FROM audit_events ORDER BY id")).all()
+    assert seqs == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_the_command_line_refuses_names_the_api_refuses(runner, factory, session, name):
+    org = factory.org(name="Names NGO")
+    created_org = runner.invoke(args=["create-org", "--name", name, "--type", "ngo"])
+    created_client = runner.invoke(
+        args=["create-client", "--name", name, "--org", str(org), "--role", "caseworker"]
+    )
+    for result in (created_org, created_client):
+        assert result.exit_code == 1 and "name: 1 to 200 characters" in result.output
+    try:
+        assert session.scalar(select(func.count()).select_from(Organisation)) == 1
+        assert session.scalar(select(func.count()).select_from(ApiClient)) == 0
+    finally:
+        session.rollback()
+
+
+@pytest.mark.parametrize("days", ["0", "-1"])
+def test_a_retention_period_below_one_day_is_refused(monkeypatch, tmp_path, days):
+    monkeypatch.setenv("REFERRAL_API_RETENTION_DAYS_THB", days)
+    with pytest.raises(ConfigurationError, match="REFERRAL_API_RETENTION_DAYS_THB"):
+        load_settings(str(tmp_path))
+
+
+def test_upgrading_to_an_older_revision_says_where_the_database_is(runner):
+    from referral_api.migrate import head_revision
+
+    result = runner.invoke(args=["db", "upgrade", "--revision", "0005"])
+    assert result.exit_code == 0
+    assert f"database at {head_revision()} (head)" in result.output
+    bogus = runner.invoke(args=["db", "upgrade", "--revision", "bogus"])
+    assert bogus.exit_code == 1 and bogus.output.startswith("error: ")
+
+
+def test_an_unusable_configuration_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    keyring = _key_file(tmp_path / "keyring.json", {"format": 1, "current": 1, "keys": {"1": KEY}})
+    os.chmod(keyring, 0o644)
+    env = {
+        **os.environ,
+        "REFERRAL_API_ENV": "production",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "REFERRAL_API_JWT_SECRET": "a" * 40,
+        "REFERRAL_API_KEYRING": keyring,
+    }
+    script = Path(sys.executable).parent / "referral-api"
+    completed = subprocess.run(
+        [str(script), "keys", "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    assert "error: The keyring file must not be readable by group or others" in completed.stderr
