@@ -166,6 +166,48 @@ def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_pa
         looping.extensions[hooks.SEALER].stop(timeout=30)
 
 
+def test_the_background_sealer_outlives_an_unexpected_error(
+    app, database_url, keyring_path, session, monkeypatch
+):
+    """An error that is not the database's (a bug, a row it cannot read) is logged and the
+    thread goes on: a dead sealer thread would leave every later row unsealed."""
+    looping = create_app(
+        conftest.test_config(database_url, keyring_path, AUDIT_SEAL_INTERVAL_SECONDS=0.2)
+    )
+    real, calls = hooks.seal_batch, []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not a database error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hooks, "seal_batch", fails_once)
+    orphan = AuditEvent(
+        occurred_at=datetime.now(UTC),
+        actor_type="system",
+        action="probe:orphan",
+        resource_type="probe",
+        decision="allow",
+    )
+    session.add(orphan)
+    session.commit()
+    orphan_id = orphan.id
+    session.close()
+    assert looping.test_client().get("/health").status_code == 200  # starts the loop
+
+    def sealed() -> bool:
+        seq = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == orphan_id)).one()
+        session.rollback()
+        return seq is not None
+
+    try:
+        _wait_for(sealed, "the background loop to seal after its failed round")
+    finally:
+        looping.extensions[hooks.SEALER].stop(timeout=30)
+    assert len(calls) >= 2
+
+
 def test_no_background_loop_when_disabled(app):
     assert hooks.SEALER not in app.extensions
 

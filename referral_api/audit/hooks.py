@@ -68,6 +68,9 @@ def _seal(app: Flask, max_rounds: int) -> _Round:
         # Never fails a request: unsealed rows are picked up by the next seal or verify.
         log.warning("audit sealing deferred", exc_info=True)
         return _Round(total, False, failed=True)
+    except Exception:  # a sealer thread that died would never seal again: log, go on
+        log.error("audit sealing failed", exc_info=True)
+        return _Round(total, False, failed=True)
     return _Round(total, False)
 
 
