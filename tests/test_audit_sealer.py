@@ -136,11 +136,8 @@ def test_a_burst_of_requests_is_sealed_in_one_round(
         assert service.verify_chain(s).ok
 
 
-def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_path, session):
-    # Rows no request announced (e.g. of a worker that died) wait for the periodic round.
-    looping = create_app(
-        conftest.test_config(database_url, keyring_path, AUDIT_SEAL_INTERVAL_SECONDS=0.2)
-    )
+def _orphan_row(session: Any) -> int:
+    """An unsealed row no request announced (e.g. of a worker that died); its id."""
     orphan = AuditEvent(
         occurred_at=datetime.now(UTC),
         actor_type="system",
@@ -152,13 +149,26 @@ def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_pa
     session.commit()
     orphan_id = orphan.id
     session.close()
+    return orphan_id
+
+
+def _is_sealed(session: Any, row_id: int) -> bool:
+    seq = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == row_id)).one()
+    session.rollback()
+    return seq is not None
+
+
+def test_background_sealer_seals_rows_left_pending(app, database_url, keyring_path, session):
+    # Rows no request announced (e.g. of a worker that died) wait for the periodic round.
+    looping = create_app(
+        conftest.test_config(database_url, keyring_path, AUDIT_SEAL_INTERVAL_SECONDS=0.2)
+    )
+    orphan_id = _orphan_row(session)
 
     assert looping.test_client().get("/health").status_code == 200  # starts the loop
 
     def sealed() -> bool:
-        seq = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == orphan_id)).one()
-        session.rollback()
-        return seq is not None
+        return _is_sealed(session, orphan_id)
 
     try:
         _wait_for(sealed, "the background loop to seal the pending row")
@@ -183,23 +193,11 @@ def test_the_background_sealer_outlives_an_unexpected_error(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hooks, "seal_batch", fails_once)
-    orphan = AuditEvent(
-        occurred_at=datetime.now(UTC),
-        actor_type="system",
-        action="probe:orphan",
-        resource_type="probe",
-        decision="allow",
-    )
-    session.add(orphan)
-    session.commit()
-    orphan_id = orphan.id
-    session.close()
+    orphan_id = _orphan_row(session)
     assert looping.test_client().get("/health").status_code == 200  # starts the loop
 
     def sealed() -> bool:
-        seq = session.scalars(select(AuditEvent.seq).where(AuditEvent.id == orphan_id)).one()
-        session.rollback()
-        return seq is not None
+        return _is_sealed(session, orphan_id)
 
     try:
         _wait_for(sealed, "the background loop to seal after its failed round")
