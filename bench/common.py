@@ -127,9 +127,10 @@ def app_env(database: str = DB_NAME, keyring: str = "keyring.json") -> dict[str,
         "DATABASE_URL": db_url(database),
         "REFERRAL_API_JWT_SECRET": _secret_file("jwt-secret"),
         "REFERRAL_API_KEYRING": str(keyring_path(keyring)),
-        # Password hashing cost does not matter here (one login per run); keep it cheap.
-        "REFERRAL_API_ARGON2_TIME_COST": "1",
-        "REFERRAL_API_ARGON2_MEMORY_KIB": "8192",
+        # Password hashing cost does not matter here (one login per run): the cheapest
+        # production accepts.
+        "REFERRAL_API_ARGON2_TIME_COST": "2",
+        "REFERRAL_API_ARGON2_MEMORY_KIB": str(19 * 1024),
         "REFERRAL_API_ARGON2_PARALLELISM": "1",
     }
 

@@ -318,8 +318,8 @@ def _scratch_app(url: str, folder: Path) -> Any:
             "DATABASE_URL": url,
             "JWT_SECRET_KEY": secrets.token_urlsafe(48),
             "KEYRING_PATH": str(keyring),
-            "ARGON2_TIME_COST": 1,
-            "ARGON2_MEMORY_COST": 8192,
+            "ARGON2_TIME_COST": 2,
+            "ARGON2_MEMORY_COST": 19 * 1024,
             "ARGON2_PARALLELISM": 1,
         }
     )

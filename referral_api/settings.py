@@ -184,7 +184,32 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "JSON_SORT_KEYS": False,
     }
     config.update(overrides)
+    if env == "production":
+        _refuse_weak_production_settings(config)
     return config
+
+
+# OWASP's floor for Argon2id (19 MiB, two passes): below it a stolen password hash is cheap
+# to guess against. The defaults are RFC 9106's second recommended option (64 MiB, three).
+MIN_ARGON2_MEMORY_KIB = 19 * 1024
+MIN_ARGON2_TIME_COST = 2
+
+
+def _refuse_weak_production_settings(config: dict[str, Any]) -> None:
+    """Settings that work but weaken what production must hold: cheap password hashes, and
+    any web origin reading the API's answers (personal data) from a signed-in browser."""
+    if config["ARGON2_MEMORY_COST"] < MIN_ARGON2_MEMORY_KIB:
+        raise ConfigurationError(
+            f"REFERRAL_API_ARGON2_MEMORY_KIB must be at least {MIN_ARGON2_MEMORY_KIB} in production"
+        )
+    if config["ARGON2_TIME_COST"] < MIN_ARGON2_TIME_COST:
+        raise ConfigurationError(
+            f"REFERRAL_API_ARGON2_TIME_COST must be at least {MIN_ARGON2_TIME_COST} in production"
+        )
+    if "*" in config["CORS_ORIGINS"]:
+        raise ConfigurationError(
+            "REFERRAL_API_CORS_ORIGINS must name the web front end's origins in production, not *"
+        )
 
 
 def normalise_database_url(url: str) -> str:

@@ -97,6 +97,21 @@ def test_production_refuses_a_short_secret(production_env):
     assert _start().config["JWT_SECRET_KEY"] == "s" * 32
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("REFERRAL_API_ARGON2_MEMORY_KIB", "8", "REFERRAL_API_ARGON2_MEMORY_KIB"),
+        ("REFERRAL_API_ARGON2_TIME_COST", "1", "REFERRAL_API_ARGON2_TIME_COST"),
+        ("REFERRAL_API_CORS_ORIGINS", "https://app.example.org, *", "not *"),
+    ],
+)
+def test_production_refuses_settings_that_weaken_it(production_env, variable, value, message):
+    production_env.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert message in raised.value.detail
+
+
 def test_production_refuses_a_missing_keyring_file_and_creates_none(production_env, tmp_path):
     missing = tmp_path / "absent" / "keyring.json"
     production_env.setenv("REFERRAL_API_KEYRING", str(missing))
