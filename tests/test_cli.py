@@ -330,6 +330,8 @@ def production_config(app_config, keyring_path):
     LocalKeyring.load(keyring_path, create_if_missing=True)
     app_config["ENV_NAME"] = "production"
     app_config["KEYRING_CREATE_IF_MISSING"] = False
+    # The cheapest password hashing production accepts (the suite's own is cheaper).
+    app_config["ARGON2_TIME_COST"], app_config["ARGON2_MEMORY_COST"] = 2, 19 * 1024
     return app_config
 
 
