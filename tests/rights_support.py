@@ -208,6 +208,12 @@ class World:
         )
         return ok(response)
 
+    def message(self, referral_id: str, body: str, by: str = "receiver") -> Any:
+        response = self.client.post(
+            f"{API}/referrals/{referral_id}/messages", json={"body": body}, headers=self.h[by]
+        )
+        return ok(response, 201)
+
     def case_etag(self, case_id: str, by: str = "worker") -> str:
         response = self.client.get(f"{API}/cases/{case_id}", headers=self.h[by])
         assert response.status_code == 200, response.get_data(as_text=True)

@@ -173,14 +173,7 @@ def test_the_sender_reads_nothing_personal_of_a_restricted_cases_referral(
     case_id = world.case(token)
     world.consent(case_id, world.receiver_org, ["identity", "legal"])
     rid = world.refer(case_id, ["identity", "legal"], send=True, message=f"msg {token}")["id"]
-    ok(
-        client.post(
-            f"{API}/referrals/{rid}/messages",
-            json={"body": f"thread {token}"},
-            headers=world.h["receiver"],
-        ),
-        201,
-    )
+    world.message(rid, f"thread {token}")
     ok(
         client.post(
             f"{API}/cases/{case_id}/restriction", json={"restricted": True}, headers=world.h["sup"]

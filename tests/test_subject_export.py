@@ -70,14 +70,7 @@ class Scenario:
         )["id"]
         ok(world.client.get(f"{API}/referrals/{self.referral}/packet", headers=world.h["receiver"]))
         world.move(self.referral, "accepted", note=f"transition {self.token}")
-        ok(
-            world.client.post(
-                f"{API}/referrals/{self.referral}/messages",
-                json={"body": f"thread {self.token}"},
-                headers=world.h["receiver"],
-            ),
-            201,
-        )
+        world.message(self.referral, f"thread {self.token}")
         self.receiver_case = ok(
             world.client.post(f"{API}/referrals/{self.referral}/case", headers=world.h["receiver"]),
             201,

@@ -157,8 +157,14 @@ def record_refusal(
     in the actor's organisation column, that account's organisation, so that the
     organisation's data-protection officer sees attempts on its accounts."""
     resource_type = "client" if action == CLIENT_SIGN_IN else "user"
+    # Anonymous, but counted against the organisation of the account named.
+    claimed = replace(
+        Actor.anonymous(),
+        org_id=account.org_id if account is not None else None,
+        request_id=request_id,
+    )
     values = audit.row(
-        replace(Actor.anonymous(), request_id=request_id),
+        claimed,
         action,
         resource_type=resource_type,
         resource_id=account.id if account is not None else None,
@@ -166,7 +172,6 @@ def record_refusal(
         reason=reason,
         details=details,
     )
-    values["actor_org_id"] = account.org_id if account is not None else None
     audit.insert_rows(session, [values])
     audit.mark_written(session)
 

@@ -9,13 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Response, current_app
-from sqlalchemy import select
 
 from referral_api.access.permissions import Permission
-from referral_api.access.roles import OrgType
 from referral_api.extensions import db
 from referral_api.rights import service
-from referral_api.rights.models import ErasureRequest
 from referral_api.rights.schemas import (
     ErasureCreateSchema,
     ErasureQueryArgsSchema,
@@ -93,20 +90,7 @@ def request_erasure(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 @blp.response(200, ErasureRequestSchema(many=True))
 def list_erasures(args: dict[str, Any]) -> Any:
     """Erasure requests of the cases your organisation controls (pending by default)"""
-    actor = current_actor()
-    stmt = select(ErasureRequest).where(ErasureRequest.status == args["status"])
-    if actor.org_type is not OrgType.PLATFORM:
-        stmt = stmt.where(ErasureRequest.org_id == actor.org_id)
-    requests = list(db.session.scalars(stmt.order_by(ErasureRequest.requested_at)))
-    # Like a case list: a row per request shown, on its case's access log.
-    service.audit.record_many(
-        db.session,
-        actor,
-        "erasure:list",
-        resource_type="erasure_request",
-        rows=[{"resource_id": r.id, "case_id": r.case_id} for r in requests],
-        none_shown={"status": args["status"].value, "shown": 0},
-    )
+    requests = service.erasure_requests(db.session, current_actor(), args["status"])
     db.session.commit()
     return requests
 
@@ -170,7 +154,7 @@ def restriction(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 def retention_due() -> Any:
     """Closed cases past their retention period (legal holds flagged)"""
     actor = current_actor()
-    org = None if actor.org_type is OrgType.PLATFORM else actor.org_id
+    org = service.organisations_in_scope(actor, Permission.DPO_REPORTS)
     rows = service.retention_due(db.session, current_app.config["RETENTION_POLICY"], org_id=org)
     service.audit.record(
         db.session, actor, "dpo:report", resource_type="report", details={"report": "retention-due"}

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import ALL_CATEGORIES
 from referral_api.access.permissions import Permission
+from referral_api.access.policy import decide_report_scope
 from referral_api.access.roles import Role
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
@@ -155,6 +156,34 @@ def request_erasure(
         details={"request_id": str(request.id), "basis": basis.value},
     )
     return request
+
+
+def organisations_in_scope(actor: Actor, action: Permission) -> uuid.UUID | None:
+    """Whose records a subject-rights list reads, as the policy decides: the actor's
+    organisation, or every one (None) for the platform organisation's officers."""
+    decision, org_id = decide_report_scope(actor, action, None)
+    if not decision.allowed:
+        raise Forbidden("Your role does not allow this action.")
+    return org_id
+
+
+def erasure_requests(session: Session, actor: Actor, status: ErasureStatus) -> list[ErasureRequest]:
+    """The erasure requests in `status` of the organisations in scope, oldest first. Like a
+    case list, each request shown is an audit row on its case's access log."""
+    org_id = organisations_in_scope(actor, Permission.ERASURE_APPROVE)
+    stmt = select(ErasureRequest).where(ErasureRequest.status == status)
+    if org_id is not None:
+        stmt = stmt.where(ErasureRequest.org_id == org_id)
+    requests = list(session.scalars(stmt.order_by(ErasureRequest.requested_at)))
+    audit.record_many(
+        session,
+        actor,
+        "erasure:list",
+        resource_type="erasure_request",
+        rows=[{"resource_id": r.id, "case_id": r.case_id} for r in requests],
+        none_shown={"status": status.value, "shown": 0},
+    )
+    return requests
 
 
 def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> ErasureTombstone:
@@ -468,20 +497,18 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
     consents = session.scalars(select(ConsentRecord).where(ConsentRecord.case_id == case.id)).all()
     referrals = session.scalars(select(Referral).where(Referral.case_id == case.id)).all()
     disclosures = session.scalars(select(Disclosure).where(Disclosure.case_id == case.id)).all()
-    history: dict[uuid.UUID, list[ReferralTransition]] = {}
-    for t in session.scalars(
-        select(ReferralTransition)
-        .where(ReferralTransition.case_id == case.id)
-        .order_by(ReferralTransition.created_at, ReferralTransition.id)
-    ):
-        history.setdefault(t.referral_id, []).append(t)
-    threads: dict[uuid.UUID, list[ReferralMessage]] = {}
-    for m in session.scalars(
-        select(ReferralMessage)
-        .where(ReferralMessage.case_id == case.id)
-        .order_by(ReferralMessage.created_at, ReferralMessage.id)
-    ):
-        threads.setdefault(m.referral_id, []).append(m)
+
+    def per_referral(model: Any) -> dict[uuid.UUID, list[Any]]:
+        """The case's records of `model` (history, thread) by referral, oldest first."""
+        grouped: dict[uuid.UUID, list[Any]] = {}
+        for record in session.scalars(
+            select(model).where(model.case_id == case.id).order_by(model.created_at, model.id)
+        ):
+            grouped.setdefault(record.referral_id, []).append(record)
+        return grouped
+
+    history = per_referral(ReferralTransition)
+    threads = per_referral(ReferralMessage)
     accesses = session.scalars(
         select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
     ).all()
