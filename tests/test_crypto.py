@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from referral_api.crypto import envelope
+from referral_api.crypto import keyring as keyring_module
 from referral_api.crypto import keys as keys_module
 from referral_api.crypto.blind_index import (
     MAX_BITS,
@@ -526,6 +527,28 @@ def test_local_keyring_created_with_mode_0600_and_a_warning(tmp_path, caplog):
     assert document["keys"]["1"] not in caplog.text
     assert keyring.describe().current_version == 1
     assert keyring.describe().provider == "local-file"
+
+
+def test_local_keyring_created_by_another_process_first_is_kept(tmp_path, monkeypatch):
+    """Two first starts at once: the one that takes the lock second must load the keyring
+    the first wrote, not replace it (the data wrapped under the first would be lost)."""
+    path = tmp_path / "keyring.json"
+    real_flock = keyring_module.fcntl.flock
+    theirs: list[LocalKeyring] = []
+
+    def other_process_wins_the_race(fd, operation):
+        if not theirs:  # between our exists() and our lock, another process creates it
+            monkeypatch.setattr(keyring_module.fcntl, "flock", real_flock)
+            theirs.append(LocalKeyring.load(path, create_if_missing=True))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(keyring_module.fcntl, "flock", other_process_wins_the_race)
+    ours = LocalKeyring.load(path, create_if_missing=True)
+    assert theirs, "the race was not staged"
+    wrapped = theirs[0].wrap(b"k" * 32, b"org-key:a")
+    assert ours.unwrap(wrapped, b"org-key:a") == b"k" * 32
+    on_disk = LocalKeyring.load(path, create_if_missing=False)
+    assert on_disk.unwrap(wrapped, b"org-key:a") == b"k" * 32
 
 
 def test_local_keyring_missing_file_refused_without_create(tmp_path):

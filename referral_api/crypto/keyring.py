@@ -148,6 +148,18 @@ class InMemoryKeyring(_VersionedAesGcmKeyring):
         return cls({1: AESGCM.generate_key(bit_length=256)}, current=1, destroyed=set())
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path`'s companion lock file, across processes (flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
+
+
 class LocalKeyring(_VersionedAesGcmKeyring):
     provider_name = "local-file"
 
@@ -201,15 +213,10 @@ class LocalKeyring(_VersionedAesGcmKeyring):
         """Serialise read-modify-write of the file across processes: a rotation from a
         stale view would otherwise overwrite another process's new root version (and with
         it every key wrapped under that version)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _file_lock(self.path):
             if self.path.exists():
                 self._reload()
             yield
-        finally:
-            os.close(lock)  # releases the lock
 
     def rotate(self) -> int:
         with self._exclusive():
@@ -241,14 +248,9 @@ class LocalKeyring(_VersionedAesGcmKeyring):
         if not file.exists():
             if not create_if_missing:
                 raise ConfigurationError("The keyring file does not exist.")
-            keyring = cls(file, {1: AESGCM.generate_key(bit_length=256)}, 1, set())
-            keyring._persist()
-            log.warning(
-                "DEVELOPMENT ONLY: created a new root keyring at %s. Data encrypted under it "
-                "is lost if this file is lost. Use a managed key store in production.",
-                file,
-            )
-            return keyring
+            created = cls._create(file)
+            if created is not None:
+                return created
         mode = stat.S_IMODE(file.stat().st_mode)
         if mode & 0o077:
             raise ConfigurationError(
@@ -266,6 +268,24 @@ class LocalKeyring(_VersionedAesGcmKeyring):
         if current not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
             raise ConfigurationError("The keyring file is malformed.")
         return cls(file, keys, current, destroyed)
+
+    @classmethod
+    def _create(cls, file: Path) -> LocalKeyring | None:
+        """A new keyring at `file`, or None when another process created one first (seen
+        under the lock): two first starts at once (workers, `make run`'s migrate and serve)
+        would otherwise each write a root key, and the data wrapped under the one replaced
+        would be lost."""
+        with _file_lock(file):
+            if file.exists():
+                return None
+            keyring = cls(file, {1: AESGCM.generate_key(bit_length=256)}, 1, set())
+            keyring._persist()
+        log.warning(
+            "DEVELOPMENT ONLY: created a new root keyring at %s. Data encrypted under it "
+            "is lost if this file is lost. Use a managed key store in production.",
+            file,
+        )
+        return keyring
 
     def _persist(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
