@@ -42,6 +42,18 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 def loads(data: str | bytes) -> Any:
     """`json.loads(data)`, in compiled code where orjson reads the text alike (the stdlib
     decides everything else, from `data` itself: a byte-order mark, UTF-16, ...)."""
+    try:
+        return _loads(data)
+    except RecursionError:
+        # Nested past the stdlib's recursion limit (orjson stops at 1,024 levels), in any
+        # encoding: not a body anyone sends, answered as the malformed JSON it is rather
+        # than as a crash. The document must not be empty: webargs reads an error on an
+        # empty one as "no body".
+        document = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        raise json.JSONDecodeError("Nested too deeply", document, 0) from None
+
+
+def _loads(data: str | bytes) -> Any:
     if isinstance(data, bytes | bytearray):
         try:
             text = data.decode("utf-8")
@@ -49,17 +61,12 @@ def loads(data: str | bytes) -> Any:
             return json.loads(data)
     else:
         text = data
+    if _LONG_DIGITS.search(text):
+        return json.loads(data)
     try:
-        if _LONG_DIGITS.search(text):
-            return json.loads(data)
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return json.loads(data)
-    except RecursionError:
-        # Nested past the stdlib's recursion limit (orjson stops at 1,024 levels): not a body
-        # anyone sends, answered as the malformed JSON it is rather than as a crash.
-        raise json.JSONDecodeError("Nested too deeply", text, 0) from None
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 class OrjsonProvider(DefaultJSONProvider):

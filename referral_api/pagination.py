@@ -46,12 +46,28 @@ def invalid_cursor() -> ValidationFailed:
     return ValidationFailed({"cursor": ["Not a valid cursor."]}, location="query")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def cursor_document(cursor: str) -> Any:
+    """The JSON inside a cursor, or the 422. A cursor is the client's to forge: anything
+    that is not base64 of JSON, or JSON nested past the parser's recursion limit, is
+    refused here rather than failing later."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        created_at, parsed_id = datetime.fromisoformat(created), uuid.UUID(row_id)
-    except (ValueError, TypeError, json.JSONDecodeError):
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError, RecursionError):  # binascii.Error and JSON's are ValueErrors
+        raise invalid_cursor() from None
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    document = cursor_document(cursor)
+    if not (
+        isinstance(document, list)
+        and len(document) == 2
+        and all(isinstance(part, str) for part in document)
+    ):
+        raise invalid_cursor()
+    try:
+        created_at, parsed_id = datetime.fromisoformat(document[0]), uuid.UUID(document[1])
+    except ValueError:
         raise invalid_cursor() from None
     # Cursors are client-supplied: a naive timestamp, or one whose UTC time falls outside
     # years 1-9999 (`0001-01-01T00:00:00+14:00`), would fail only when bound (a 500).

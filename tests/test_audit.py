@@ -146,13 +146,16 @@ def test_create_read_update_write_one_row_each_with_actor_resource_and_request_i
     )
     assert patched.status_code == 200, patched.get_json()
     row = one_row_of(app, patched)
+    # The answer shows the whole case: the row names every category shown, and which
+    # of them were written.
     assert (row.action, row.categories, row.case_id) == (
         "case:update",
-        "contact",
+        ALL_CATEGORIES,
         uuid.UUID(case_id),
     )
+    assert details(row) == {"changed": ["contact"]}
 
-    # A metadata-only change touches no category.
+    # A metadata-only change writes no category, and shows them all.
     risk = client.patch(
         f"/api/v1/cases/{case_id}",
         json={"risk_level": "high"},
@@ -160,7 +163,11 @@ def test_create_read_update_write_one_row_each_with_actor_resource_and_request_i
     )
     assert risk.status_code == 200
     row = one_row_of(app, risk)
-    assert (row.action, row.categories) == ("case:update", None)
+    assert (row.action, row.categories, details(row)) == (
+        "case:update",
+        ALL_CATEGORIES,
+        {"changed": []},
+    )
 
 
 def test_status_assign_notes_and_access_log_are_audited(
@@ -182,6 +189,7 @@ def test_status_assign_notes_and_access_log_are_audited(
     row = one_row_of(app, activated)
     assert (row.action, row.case_id, row.reason) == ("case:update", case_uuid, "support_started")
     assert details(row) == {"to": "active"}
+    assert row.categories == ALL_CATEGORIES  # the answer shows the case
 
     closed = client.post(
         f"/api/v1/cases/{case_id}/status",
@@ -191,6 +199,7 @@ def test_status_assign_notes_and_access_log_are_audited(
     assert closed.status_code == 200
     row = one_row_of(app, closed)
     assert (row.action, row.reason, details(row)) == ("case:close", "duplicate", {"to": "closed"})
+    assert row.categories == ALL_CATEGORIES
 
     assigned = client.post(
         f"/api/v1/cases/{case_id}/assign",
@@ -201,6 +210,7 @@ def test_status_assign_notes_and_access_log_are_audited(
     row = one_row_of(app, assigned)
     assert (row.action, row.actor_id, row.case_id) == ("case:assign", supervisor.id, case_uuid)
     assert details(row) == {"assignee_id": str(worker.id)}
+    assert row.categories == ALL_CATEGORIES
 
     note = client.post(
         f"/api/v1/cases/{case_id}/notes",

@@ -420,7 +420,7 @@ def test_police_officer_sees_every_category_of_its_own_case(client: Any, factory
         )
         assert note.status_code == 201, note.get_json()
     notes = client.get(f"{API}/cases/{created.get_json()['id']}/notes", headers=author)
-    assert [n["category"] for n in notes.get_json()] == ["health", "psychosocial"]
+    assert [n["category"] for n in notes.get_json()] == ["psychosocial", "health"]  # newest first
 
 
 def test_a_bad_token_is_401_everywhere(client: Any, factory: Any) -> None:

@@ -576,6 +576,44 @@ def test_cursors_the_server_could_not_have_issued_are_refused(client: Any, team:
             assert_problem(response, 422)
 
 
+def _forged(value: Any) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def test_forged_cursors_of_any_shape_are_422_on_every_list(client: Any, factory: Any) -> None:
+    """A cursor is base64 of JSON the client can forge: JSON nested past the parser's
+    recursion limit, or parts of other types than the server writes, are the same 422 as
+    any other cursor it did not issue (they were 500s: RecursionError, AttributeError)."""
+    import base64
+
+    team = Team(factory)
+    admin = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    dpo = factory.headers(factory.user(Role.DPO, team.org_id))
+    deep = base64.urlsafe_b64encode(("[" * 5000 + "]" * 5000).encode()).decode()
+    forged = [deep, _forged({"a": 1}), _forged("text"), _forged(["only one"])]
+    forged += [_forged(["2020-01-01T00:00:00+00:00", bad]) for bad in (5, ["a"], {"a": 1}, True)]
+    forged += [_forged([bad, str(uuid.uuid4())]) for bad in (5, None, ["2020-01-01"])]
+    lists = [
+        ("/cases", team.cw),
+        ("/referrals", team.cw),
+        ("/notifications", team.cw),
+        ("/services", team.cw),
+        ("/orgs", admin),
+        ("/dpo/reports/disclosures", dpo),
+        ("/dpo/reports/overrides", dpo),
+        ("/dpo/reports/consents-expiring", dpo),
+    ]
+    for cursor in forged:
+        for path, headers in lists:
+            response = client.get(f"{API}{path}", query_string={"cursor": cursor}, headers=headers)
+            assert response.status_code == 422, (path, cursor[:40], response.get_json())
+            assert assert_problem(response, 422)["errors"] == {
+                "query": {"cursor": ["Not a valid cursor."]}
+            }
+
+
 # ---- status machine -----------------------------------------------------------------------
 
 
@@ -737,7 +775,9 @@ def test_police_supervisor_may_assign_a_police_officer(client: Any, factory: Any
 # ---- notes --------------------------------------------------------------------------------
 
 
-def test_notes_are_listed_in_order_and_encrypted_at_rest(app: Any, client: Any, team: Team) -> None:
+def test_notes_are_listed_newest_first_and_encrypted_at_rest(
+    app: Any, client: Any, team: Team
+) -> None:
     case_id = create(client, team.cw).get_json()["id"]
     other_case = create(client, team.cw).get_json()["id"]
     texts = [
@@ -768,8 +808,9 @@ def test_notes_are_listed_in_order_and_encrypted_at_rest(app: Any, client: Any, 
     listed = client.get(case_url(case_id, "/notes"), headers=team.sup)
     assert listed.status_code == 200
     assert listed.headers["Cache-Control"] == "no-store"
-    assert [(n["category"], n["text"]) for n in listed.get_json()] == texts
-    assert [n["id"] for n in listed.get_json()] == [n["id"] for n in posted]
+    assert [(n["category"], n["text"]) for n in listed.get_json()] == texts[::-1]
+    assert [n["id"] for n in listed.get_json()] == [n["id"] for n in posted][::-1]
+    assert "Link" not in listed.headers
 
     stored = rows(app, "SELECT text FROM case_notes")
     assert len(stored) == 4
@@ -777,6 +818,51 @@ def test_notes_are_listed_in_order_and_encrypted_at_rest(app: Any, client: Any, 
         raw = bytes(blob)
         assert all(t.encode() not in raw for _, t in texts)
         assert b"Another person" not in raw
+
+
+def test_a_long_timeline_comes_in_capped_pages_each_audited(
+    app: Any, client: Any, team: Team
+) -> None:
+    """The timeline grows with the case: it is paged like every list (newest first, at most
+    100 per page, `Link: rel="next"`), and each page's audit row counts what it showed."""
+    case_id = create(client, team.cw).get_json()["id"]
+    posted = []
+    for number in range(45):
+        category = "health" if number % 3 == 0 else "needs"
+        response = client.post(
+            case_url(case_id, "/notes"),
+            json={"category": category, "text": f"Note {number}"},
+            headers=team.cw,
+        )
+        assert response.status_code == 201
+        posted.append(response.get_json()["id"])
+    assert_problem(
+        client.get(case_url(case_id, "/notes"), query_string={"limit": 101}, headers=team.cw), 422
+    )
+
+    pages, url = [], case_url(case_id, "/notes") + "?limit=20"
+    while url is not None:
+        response = client.get(url, headers=team.cw)
+        assert response.status_code == 200, response.get_json()
+        pages.append(response)
+        url = next_link(response)
+    assert [len(page.get_json()) for page in pages] == [20, 20, 5]
+    assert [n["id"] for page in pages for n in page.get_json()] == posted[::-1]
+
+    audited = [
+        rows(
+            app,
+            "SELECT action, details, categories FROM audit_events WHERE request_id = :request",
+            request=page.headers["X-Request-ID"],
+        )
+        for page in pages
+    ]
+    assert [[(a, json.loads(d)["notes"]) for a, d, _ in r] for r in audited] == [
+        [("case:read", 20)],
+        [("case:read", 20)],
+        [("case:read", 5)],
+    ]
+    assert all(set(r[0][2].split(",")) == {"health", "needs"} for r in audited)
 
 
 def test_invalid_note_is_422(app: Any, client: Any, team: Team) -> None:

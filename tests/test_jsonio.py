@@ -111,6 +111,19 @@ def test_malformed_bodies_raise_the_stdlib_error(text: str) -> None:
         loads(text)
 
 
+_DEEP = "[" * 100_000 + "]" * 100_000  # past orjson's 1,024 levels and the stdlib's recursion
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_DEEP, _DEEP.encode(), _DEEP.encode("utf-16"), _DEEP.replace("[", "[1", 1) + "0" * 19],
+    ids=["text", "utf-8", "utf-16", "long digits"],
+)
+def test_bodies_nested_too_deeply_are_malformed_json_in_every_encoding(data: Any) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        loads(data)
+
+
 def test_the_api_reads_and_answers_through_orjson(app: Any, client: Any) -> None:
     assert isinstance(app.json, OrjsonProvider)
     bad = client.post(

@@ -147,16 +147,18 @@ def assign_case(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 
 @blp.route("/cases/<uuid:case_id>/notes", methods=["GET"])
 @blp.requires(Permission.CASE_READ)
+@blp.arguments(PageArgsSchema, location="query")
 @blp.response(200, NoteSchema(many=True))
 @blp.alt_response(404, response="NOT_FOUND")
-def list_notes(case_id: uuid.UUID) -> Any:
-    """The case timeline: notes in the categories your role may see"""
+def list_notes(args: dict[str, Any], case_id: uuid.UUID) -> Any:
+    """The case timeline, newest first: notes in the categories your role may see (cursor
+    pages; `Link: rel="next"` while more remain)"""
     actor = current_actor()
     case, decision = service.authorize(db.session, actor, Permission.CASE_READ, case_id)
-    notes = service.list_notes(db.session, actor, case, decision)
-    body = [_note_view(note) for note in notes]
+    page = service.list_notes(db.session, actor, case, decision, args["cursor"], args["limit"])
+    body = [_note_view(note) for note in page.items]
     db.session.commit()
-    return body
+    return body, 200, link_header(page, args["limit"])
 
 
 @blp.route("/cases/<uuid:case_id>/notes", methods=["POST"])

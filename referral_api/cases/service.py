@@ -57,6 +57,7 @@ from referral_api.pagination import (
     fetch_page,
     newest_first,
     page_parameters,
+    paginate,
 )
 
 T = TypeVar("T")
@@ -424,7 +425,14 @@ def update_case(
     touched = _apply_categories(case, changes, categories, Permission.CASE_UPDATE)
     case.updated_at = datetime.now(UTC)
     session.flush()
-    _audit_case(session, actor, Permission.CASE_UPDATE, case, touched)
+    _audit_case(
+        session,
+        actor,
+        Permission.CASE_UPDATE,
+        case,
+        categories,  # the answer shows them all, not only those written
+        details={"changed": sorted(c.value for c in touched)},
+    )
     return CaseView(case, categories)
 
 
@@ -456,8 +464,11 @@ def change_status(
     case.closed_at = datetime.now(UTC) if to is CaseStatus.CLOSED else None
     case.updated_at = datetime.now(UTC)
     session.flush()
-    _audit_case(session, actor, permission, case, set(), reason=reason, details={"to": to.value})
-    return CaseView(case, visible_categories(decision))
+    categories = visible_categories(decision)
+    _audit_case(
+        session, actor, permission, case, categories, reason=reason, details={"to": to.value}
+    )
+    return CaseView(case, categories)
 
 
 def assign(
@@ -474,15 +485,16 @@ def assign(
     case.assignee_id = assignee_id
     case.updated_at = datetime.now(UTC)
     session.flush()
+    categories = visible_categories(decision)
     _audit_case(
         session,
         actor,
         Permission.CASE_ASSIGN,
         case,
-        set(),
+        categories,  # the answer shows the case
         details={"assignee_id": str(assignee_id)},
     )
-    return CaseView(case, visible_categories(decision))
+    return CaseView(case, categories)
 
 
 # ---- lists and search ---------------------------------------------------------------------
@@ -714,24 +726,30 @@ def _touch(session: Any, case: Case) -> None:
     session.expire(case, ["updated_at", "version"])
 
 
-def list_notes(session: Any, actor: Actor, case: Case, decision: Decision) -> list[CaseNote]:
+def list_notes(
+    session: Any, actor: Actor, case: Case, decision: Decision, cursor: str | None, limit: int
+) -> Page:
+    """A page of the case's timeline, newest first, in the categories the role may see."""
     categories = visible_categories(decision)
-    notes = list(
-        session.scalars(
-            select(CaseNote)
-            .where(CaseNote.case_id == case.id, CaseNote.category.in_(sorted(categories)))
-            .order_by(CaseNote.created_at, CaseNote.id)
-        )
+    page = paginate(
+        session,
+        select(CaseNote).where(
+            CaseNote.case_id == case.id, CaseNote.category.in_(sorted(categories))
+        ),
+        created_col=CaseNote.created_at,
+        id_col=CaseNote.id,
+        cursor=cursor,
+        limit=limit,
     )
     _audit_case(
         session,
         actor,
         Permission.CASE_READ,
         case,
-        {n.category for n in notes},
-        details={"notes": len(notes)},
+        {n.category for n in page.items},
+        details={"notes": len(page.items)},
     )
-    return notes
+    return page
 
 
 # ---- access log ---------------------------------------------------------------------------

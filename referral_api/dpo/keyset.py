@@ -8,7 +8,6 @@ position: the report's scope and filters are applied again on every page.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from referral_api.pagination import invalid_cursor
+from referral_api.pagination import cursor_document, invalid_cursor
 
 # Rows fetched per round trip when a report is exported whole (server-side cursor on
 # PostgreSQL, so memory stays flat however many rows there are).
@@ -74,13 +73,12 @@ def encode_cursor(report: str, values: Sequence[Any]) -> str:
 def decode_cursor(report: str, cursor: str, kinds: Sequence[str]) -> list[Any]:
     """The sort key in a cursor; 422 when it is malformed, belongs to another report or holds
     other types than the report sorts by."""
+    document = cursor_document(cursor)
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        document = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if document["r"] != report or [item[0] for item in document["k"]] != list(kinds):
             raise ValueError("cursor of another report")
         return [_untag(item) for item in document["k"]]
-    except (ValueError, TypeError, KeyError, IndexError, binascii.Error, json.JSONDecodeError):
+    except (ValueError, TypeError, KeyError, IndexError):
         raise invalid_cursor() from None
 
 
