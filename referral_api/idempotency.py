@@ -36,7 +36,7 @@ from referral_api.db import Base, UTCDateTime, new_id, utcnow
 from referral_api.exceptions import Conflict, Gone, ValidationFailed
 
 # Also the documented pattern of the header (OpenAPI): keep it to what ECMA 262 reads too.
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")  # anchored for OpenAPI; checked by fullmatch
 # `body_sha256` of a record whose case was erased: the digest of a request body (a message's
 # text, a whole intake) could confirm a guessed copy, so erasure overwrites it with this.
 ERASED = "erased"
@@ -80,7 +80,7 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not KEY_PATTERN.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         raise ValidationFailed(
             {"Idempotency-Key": ["8 to 128 characters: letters, digits and . _ : -"]},
             location="headers",

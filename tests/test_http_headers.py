@@ -105,6 +105,13 @@ def test_invalid_request_id_is_replaced(client, request_id):
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
 
 
+def test_a_request_id_with_a_trailing_line_break_is_replaced(client):
+    """`$` matches before a final newline: the check must match the whole value, or a
+    line break reaches the response header (and the log line)."""
+    response = client.get("/health", environ_overrides={"HTTP_X_REQUEST_ID": "abcdef12\n"})
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
 def test_request_id_is_generated_per_request(client):
     first = client.get("/health").headers["X-Request-ID"]
     second = client.get("/health").headers["X-Request-ID"]

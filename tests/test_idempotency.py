@@ -250,6 +250,17 @@ def test_a_malformed_key_is_422(app: Any, client: Any, police: Police, key: str)
     assert count(app, Case) == 0
 
 
+def test_a_key_with_a_trailing_line_break_is_422(app: Any, client: Any, police: Police) -> None:
+    response = client.post(
+        f"{API}/intake",
+        json=police.intake(),
+        headers=police.headers,
+        environ_overrides={"HTTP_IDEMPOTENCY_KEY": "intake-key-0001\n"},
+    )
+    assert "Idempotency-Key" in str(assert_problem(response, 422)["errors"])
+    assert count(app, Case) == 0
+
+
 def test_concurrent_twins_create_one_set_of_rows(app: Any, police: Police) -> None:
     body = police.intake()
     barrier = threading.Barrier(2)
