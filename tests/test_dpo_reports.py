@@ -5,6 +5,7 @@ organisation, no personal field anywhere, and the SQL consent state held to the 
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import uuid
@@ -750,6 +751,46 @@ def test_an_export_checks_its_cursor_before_the_first_byte(world: DpoWorld, app:
             )
             problem = assert_problem(response, 422)
             assert "cursor" in str(problem["errors"]), (name, problem)
+    with db.session_factory_for(app)() as s:
+        reports = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "dpo:report")
+        ).all()
+        s.rollback()
+    assert not [d for d in reports if json.loads(d).get("export")]
+
+
+def _forged(report: str, *items: list[Any]) -> str:
+    raw = json.dumps({"r": report, "k": list(items)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def test_a_forged_cursor_that_parses_but_cannot_be_bound_is_refused_first(
+    world: DpoWorld, app: Any
+) -> None:
+    """Values of the report's own kinds that no row could hold (an id that is not text, an
+    instant outside UTC's years 1-9999, an integer past BIGINT) are 422s, in JSON and before
+    a CSV export's first byte: they were 500s, or an export cut short after its audit row."""
+    an_id = str(uuid.uuid4())
+    forged = [
+        ("disclosures", {}, _forged("disclosures", ["d", "2026-01-01T00:00:00+00:00"], ["u", 123])),
+        (
+            "disclosures",
+            {},
+            _forged("disclosures", ["d", "0001-01-01T00:00:00+14:00"], ["u", an_id]),
+        ),
+        ("overrides", {}, _forged("overrides", ["d", "9999-12-31T23:59:59-14:00"], ["u", an_id])),
+        ("sign-in-failures", {}, _forged("sign-in-failures", ["i", 2**70])),
+        ("access-log", {"case_id": world.case["case4"]}, _forged("access-log", ["i", -(2**64)])),
+    ]
+    for name, params, cursor in forged:
+        for accept in ("application/json", "text/csv"):
+            response = world.client.get(
+                f"{API}/dpo/reports/{name}",
+                query_string={**params, "cursor": cursor},
+                headers={**world.h["a_dpo"], "Accept": accept},
+            )
+            problem = assert_problem(response, 422)
+            assert problem["errors"] == {"query": {"cursor": ["Not a valid cursor."]}}, name
     with db.session_factory_for(app)() as s:
         reports = s.scalars(
             select(AuditEvent.details).where(AuditEvent.action == "dpo:report")

@@ -12,13 +12,13 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from referral_api.pagination import cursor_document, invalid_cursor
+from referral_api.pagination import MAX_ROW_ID, cursor_document, invalid_cursor
 
 # Rows fetched per round trip when a report is exported whole (server-side cursor on
 # PostgreSQL, so memory stays flat however many rows there are).
@@ -48,19 +48,30 @@ def _tag(value: Any) -> list[Any]:
 
 
 def _untag(item: Any) -> Any:
+    """A sort-key value from its tagged form; ValueError for anything the server could not
+    have written: the cursor is the client's to forge, and a value that parses but cannot be
+    bound (an instant outside UTC's years 1-9999, an integer past BIGINT) would fail only in
+    the query, after a CSV export has started."""
     kind, value = item
-    if kind == "d":
+    if kind == "d" and isinstance(value, str):
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             raise ValueError("naive timestamp")
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("instant outside UTC's calendar") from None
         return parsed
-    if kind == "u":
+    if kind == "u" and isinstance(value, str):
         return uuid.UUID(value)
     if kind == "b" and isinstance(value, bool):
         return value
     if kind == "i" and isinstance(value, int) and not isinstance(value, bool):
+        if not -MAX_ROW_ID - 1 <= value <= MAX_ROW_ID:
+            raise ValueError("integer past BIGINT")
         return value
-    if kind == "s" and isinstance(value, str):
+    if kind == "s" and isinstance(value, str) and "\x00" not in value:
+        value.encode("utf-8")  # an unpaired surrogate: UnicodeEncodeError, a ValueError
         return value
     raise ValueError("bad cursor value")
 
