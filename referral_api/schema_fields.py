@@ -22,3 +22,24 @@ class AwareDateTime(ma.fields.AwareDateTime):
         except OverflowError:
             raise self.make_error("out_of_range") from None
         return moment
+
+
+class Pattern(ma.validate.Regexp):
+    """marshmallow's Regexp checked against the whole value. Its `re.match` of an anchored
+    pattern lets a final line break through (`$` matches before one: "UA\n" passed
+    `^[A-Z]{2}$` and was stored); the OpenAPI document still states the anchored pattern,
+    which JSON Schema reads as a whole-value match."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
+# A BCP 47 language tag (`uk`, `pt-BR`, `sr-Latn-RS`), at most 35 characters (RFC 5646 §4.4.1).
+LANGUAGE_TAG = [
+    Pattern(
+        r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Use a BCP 47 language tag, e.g. uk or pt-BR."
+    ),
+    ma.validate.Length(max=35),
+]

@@ -238,6 +238,11 @@ def test_case_codes_are_random_not_sequential(client: Any, team: Team) -> None:
 
 BAD_CREATE = {
     "unknown top-level field": ({"favourite_colour": "red"}, ["favourite_colour"]),
+    # `$` matches before a final line break: the patterns are checked on the whole value.
+    "nationality with a line break": ({"identity": {"nationality": "UA\n"}}, ["identity"]),
+    "language with a line break": ({"identity": {"languages": ["uk\n"]}}, ["identity"]),
+    "language tag past 35": ({"identity": {"languages": ["uk" + "-abcdefgh" * 4]}}, ["identity"]),
+    "partial date with a line break": ({"incident": {"incident_date": "2024-05\n"}}, ["incident"]),
     "unknown identity field": (
         {"identity": {"given_name": "A", "middle_name": "B"}},
         ["identity", "middle_name"],

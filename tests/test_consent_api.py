@@ -371,6 +371,11 @@ _PAST = now() - timedelta(days=10)
 
 # (name, body changes given the team, a field whose errors must be reported)
 INVALID: list[tuple[str, Any, str]] = [
+    # A final line break passed the anchored patterns (`$` matches before one) and was stored.
+    ("language-with-line-break", lambda t: {"language": "uk\n"}, "language"),
+    ("jurisdiction-with-line-break", lambda t: {"jurisdiction": "UA\n"}, "jurisdiction"),
+    # A well-formed tag longer than its column: a 500 on PostgreSQL.
+    ("language-longer-than-stored", lambda t: {"language": "uk-abcdefgh-abcdefgh"}, "language"),
     (
         "provision-without-categories",
         lambda t: {"provisions": [_provision(t, categories=[])]},

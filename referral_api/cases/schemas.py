@@ -25,17 +25,14 @@ from referral_api.cases.codes import (
 from referral_api.cases.models import CaseStatus, CaseType, NrmStage, RiskLevel
 from referral_api.fastdump import CompiledDumpSchema
 from referral_api.pagination import PageArgsSchema
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Pattern
 
 _TEXT = validate.Length(max=200)
 _LONG_TEXT = validate.Length(max=20_000)
-_COUNTRY = validate.Regexp(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code, e.g. UA.")
-_LANGUAGE = validate.Regexp(
-    r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Use a BCP 47 language tag, e.g. uk or pt-BR."
-)
+_COUNTRY = Pattern(r"^[A-Z]{2}$", error="Use an ISO 3166-1 alpha-2 code, e.g. UA.")
 # YYYY, YYYY-MM or YYYY-MM-DD (incident dates are often only roughly known); a validator, so
 # the OpenAPI document states the pattern it is checked against.
-_PARTIAL_DATE = validate.Regexp(
+_PARTIAL_DATE = Pattern(
     r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$",
     error="Use YYYY, YYYY-MM or YYYY-MM-DD.",
 )
@@ -86,7 +83,7 @@ class IdentitySchema(ma.Schema):
     sex = Code(Sex, allow_none=True)
     nationality = ma.fields.String(validate=_COUNTRY, allow_none=True)
     languages = ma.fields.List(
-        ma.fields.String(validate=_LANGUAGE), validate=validate.Length(max=20)
+        ma.fields.String(validate=LANGUAGE_TAG), validate=validate.Length(max=20)
     )
     documents = ma.fields.List(ma.fields.Nested(DocumentSchema), validate=validate.Length(max=20))
 

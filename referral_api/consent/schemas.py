@@ -19,11 +19,10 @@ from referral_api.consent.vocabulary import (
     GuardianRelation,
     Purpose,
 )
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Pattern
 
-_LANGUAGE = validate.Regexp(
-    r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", error="Use a BCP 47 language tag, e.g. uk or pt-BR."
-)
+# The tag is stored in a column of 16 characters (enough for `sr-Latn-RS`, `de-CH-1996`).
+_LANGUAGE = [*LANGUAGE_TAG, validate.Length(max=16)]
 
 
 class LegalBasisSchema(ma.Schema):
@@ -70,7 +69,7 @@ class ConsentCreateSchema(ma.Schema):
     language = ma.fields.String(required=True, validate=_LANGUAGE)
     notice_version = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
     jurisdiction = ma.fields.String(
-        required=True, validate=validate.Regexp(r"^[A-Z]{2}$", error="ISO 3166-1 alpha-2, e.g. UA.")
+        required=True, validate=Pattern(r"^[A-Z]{2}$", error="ISO 3166-1 alpha-2, e.g. UA.")
     )
     legal_basis = ma.fields.Nested(LegalBasisSchema, required=True)
     evidence = ma.fields.Nested(EvidenceSchema, allow_none=True)

@@ -13,7 +13,7 @@ from referral_api.consent.schemas import ConsentCreateSchema
 from referral_api.consent.vocabulary import Purpose
 from referral_api.pagination import PageArgsSchema
 from referral_api.referrals.vocabulary import Outcome, OverrideReason, ReferralStatus, Urgency
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import AwareDateTime, Pattern
 
 
 class ReferralCreateSchema(ma.Schema):
@@ -82,7 +82,7 @@ class TransitionSchema(ma.Schema):
     # shown to the sender, so a code, never free text (which may name a person or a place).
     business_status = ma.fields.String(
         allow_none=True,
-        validate=validate.Regexp(
+        validate=Pattern(
             r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
             error="Use a short code (letters, digits, _ . : -, at most 64, no spaces); "
             "write free text in the note.",
