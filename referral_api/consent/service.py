@@ -299,6 +299,21 @@ def read_consent(session: Session, actor: Actor, consent_id: uuid.UUID) -> Conse
 # ---- lifecycle ----------------------------------------------------------------------------
 
 
+def _load_to_change(
+    session: Session, actor: Actor, permission: Permission, consent_id: uuid.UUID
+) -> ConsentRecord:
+    """A consent about to get a lifecycle event, locked (FOR UPDATE) and its events read
+    under the lock, then checked to be still open: two withdrawals at once would otherwise
+    each see it open and each close it (two closing events, two sets of effects)."""
+    consent = load_consent(session, actor, permission, consent_id)
+    session.execute(
+        select(ConsentRecord.id).where(ConsentRecord.id == consent_id).with_for_update()
+    )
+    session.expire(consent, ["events"])
+    _require_not_terminal(consent)
+    return consent
+
+
 def _require_not_terminal(consent: ConsentRecord) -> None:
     if any(e.event_type in TERMINAL_EVENTS for e in consent.events):
         state = state_of(consent)
@@ -312,8 +327,7 @@ def withdraw(
 ) -> ConsentRecord:
     """One call, no justification needed, effective at once: every dependent disclosure stops
     in this transaction (see consent.hooks) and the effects are listed."""
-    consent = load_consent(session, actor, Permission.CONSENT_WITHDRAW, consent_id)
-    _require_not_terminal(consent)
+    consent = _load_to_change(session, actor, Permission.CONSENT_WITHDRAW, consent_id)
     at = now()
     event = _add_event(session, actor, consent, EventType.WITHDRAWN, at, reason=reason)
     session.flush()
@@ -329,8 +343,7 @@ def withdraw(
 def renew(
     session: Session, actor: Actor, consent_id: uuid.UUID, valid_until: datetime | None
 ) -> ConsentRecord:
-    consent = load_consent(session, actor, Permission.CONSENT_RECORD, consent_id)
-    _require_not_terminal(consent)
+    consent = _load_to_change(session, actor, Permission.CONSENT_RECORD, consent_id)
     at = now()
     if valid_until is not None and valid_until <= at:
         raise ValidationFailed({"valid_until": ["Must be in the future."]})
@@ -351,8 +364,7 @@ def _close(
     event_type: EventType,
     reason: str,
 ) -> ConsentRecord:
-    consent = load_consent(session, actor, permission, consent_id)
-    _require_not_terminal(consent)
+    consent = _load_to_change(session, actor, permission, consent_id)
     at = now()
     event = _add_event(session, actor, consent, event_type, at, reason=reason)
     session.flush()

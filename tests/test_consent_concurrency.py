@@ -1,0 +1,76 @@
+"""Consent lifecycle changes at the same moment (PostgreSQL: SQLite runs one writer at a time)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pytest
+from referral_support import API, consent_body, create_case, ok, provision
+from sqlalchemy import text
+
+from referral_api.access.roles import OrgType, Role
+from referral_api.extensions import db
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL (SQLite runs one writer at a time)",
+)
+
+
+def _close(
+    app: Any,
+    barrier: threading.Barrier,
+    statuses: list[int],
+    consent: str,
+    action: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    client = app.test_client()
+    barrier.wait()
+    response = client.post(f"{API}/consents/{consent}/{action}", json=payload, headers=headers)
+    statuses.append(response.status_code)
+
+
+def test_simultaneous_closings_of_one_consent_record_one_event(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Four withdrawals (or a withdrawal racing a revocation) of one consent: one closes it,
+    the others find it closed (409); one closing event, one set of effects. Each saw it open
+    and each closed it, until the consent was locked before its events were read."""
+    org = factory.org(OrgType.NGO)
+    legal = factory.org(OrgType.LEGAL_AID)
+    workers = [factory.headers(factory.user(Role.CASEWORKER, org)) for _ in range(3)]
+    supervisor = factory.headers(factory.user(Role.SUPERVISOR, org))
+    case_id = create_case(client, workers[0], {"case_type": "thb"})
+    outcomes = []
+    for _round in range(3):
+        body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
+        consent = ok(
+            client.post(f"{API}/cases/{case_id}/consents", json=body, headers=workers[0]), 201
+        )["id"]
+        calls = [("withdraw", {}, h) for h in workers]
+        calls.append(("revoke", {"reason": "obtained under pressure"}, supervisor))
+        barrier = threading.Barrier(len(calls))
+        statuses: list[int] = []
+        threads = [
+            threading.Thread(target=_close, args=(app, barrier, statuses, consent, *call))
+            for call in calls
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        outcomes.append(sorted(statuses))
+        with db.engine_for(app).connect() as connection:
+            closing = connection.execute(
+                text(
+                    "SELECT COUNT(*) FROM consent_events WHERE consent_id = :id "
+                    "AND event_type IN ('withdrawn', 'revoked')"
+                ),
+                {"id": consent},
+            ).scalar_one()
+        assert closing == 1, (closing, statuses)
+    assert outcomes == [[200, 409, 409, 409]] * 3
