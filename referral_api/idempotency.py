@@ -162,9 +162,10 @@ def store(
 
 
 def case_of_response(
-    session: Session, response: Response, view_args: dict[str, Any]
+    session: Session, response: Response, view_args: dict[str, Any], case_field: str = "case_id"
 ) -> uuid.UUID | None:
-    """The case a response belongs to (its key encrypts the stored response)."""
+    """The case a response belongs to (its key encrypts the stored response): the view's
+    `case_id`, a referral's case, or the body's `case_field` (`id` for a case created)."""
     if isinstance(view_args.get("case_id"), uuid.UUID):
         return view_args["case_id"]  # type: ignore[no-any-return]
     referral_id = view_args.get("referral_id")
@@ -177,7 +178,7 @@ def case_of_response(
         body = json.loads(response.get_data(as_text=True))
     except ValueError:
         return None
-    raw = body.get("case_id") if isinstance(body, dict) else None
+    raw = body.get(case_field) if isinstance(body, dict) else None
     return uuid.UUID(raw) if raw else None
 
 

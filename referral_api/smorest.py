@@ -169,14 +169,17 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
-    def idempotent(self, func: F | None = None, *, current: Any = None) -> Any:
+    def idempotent(
+        self, func: F | None = None, *, current: Any = None, case_field: str = "case_id"
+    ) -> Any:
         """Honour `Idempotency-Key` on a POST (see referral_api.idempotency). The wrapped
         view flushes but does not commit: this wrapper commits the work together with the
         stored response. `current(first_body, view_args)`: what a replay answers, the
         current view of what the first request made (`idempotency.CurrentView`); without
-        it the stored response is replayed, only for responses of ids and codes."""
+        it the stored response is replayed, only for responses of ids and codes.
+        `case_field`: the response's field naming its case, when the URL names none."""
         if func is None:
-            return lambda view: self.idempotent(view, current=current)
+            return lambda view: self.idempotent(view, current=current, case_field=case_field)
 
         @wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -208,7 +211,7 @@ class Blueprint(flask_smorest.Blueprint):
                 return replayed
             response = func(*args, **kwargs)
             if response.status_code < 300:
-                case_id = idempotency.case_of_response(session, response, kwargs)
+                case_id = idempotency.case_of_response(session, response, kwargs, case_field)
                 idempotency.store(session, record, response, case_id)
             session.commit()
             return response

@@ -370,3 +370,116 @@ def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) ->
         headers={**world.h["sender"], "Idempotency-Key": "keyed-referral-0001"},
     )
     assert replay.get_data() == keyed.get_data()
+
+
+# ---- the case, note and consent POSTs -----------------------------------------------------
+
+
+def _keyed(client: Any, url: str, headers: dict[str, str], body: Any, key: str) -> Any:
+    return client.post(url, json=body, headers={**headers, "Idempotency-Key": key})
+
+
+def _actions(app: Any, response: Any) -> list[str]:
+    from sqlalchemy import select
+
+    from referral_api.audit.models import AuditEvent
+    from referral_api.extensions import db
+
+    with db.session_factory_for(app)() as s:
+        actions = s.scalars(
+            select(AuditEvent.action).where(
+                AuditEvent.request_id == response.headers["X-Request-ID"]
+            )
+        ).all()
+        s.rollback()
+    return list(actions)
+
+
+def test_a_retried_case_creation_makes_one_case_and_answers_it_as_it_is_now(
+    app: Any, client: Any, police: Police, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /cases with a key: the retry creates nothing, answers 201 with the case as a GET
+    shows it now (its new ETag after a change, audited as a read); another body is 422. A
+    case code already taken is drawn again inside the key's transaction (a savepoint)."""
+    from referral_api.cases import service as case_service
+
+    url, body = f"{API}/cases", canary_case()
+    first = _keyed(client, url, police.headers, body, "case-create-0001")
+    created = ok(first, 201)
+    assert _actions(app, first) == ["case:create"]
+    changed = client.patch(
+        f"{url}/{created['id']}",
+        json={"risk_level": "low"},
+        headers={**police.headers, "If-Match": first.headers["ETag"]},
+    )
+    ok(changed)
+    again = _keyed(client, url, police.headers, body, "case-create-0001")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == created["id"]
+    assert again.get_json()["risk_level"] == "low"
+    assert again.headers["ETag"] == changed.headers["ETag"]
+    assert _actions(app, again) == ["case:read"]
+    assert count(app, Case) == 1
+    other = _keyed(
+        client, url, police.headers, {**body, "risk_level": "medium"}, "case-create-0001"
+    )
+    assert "Idempotency-Key" in str(assert_problem(other, 422)["errors"])
+
+    codes = iter([created["case_code"], "THB-NEWC-ODE4"])
+    monkeypatch.setattr(case_service, "new_case_code", lambda _type: next(codes))
+    second = ok(_keyed(client, url, police.headers, body, "case-create-0002"), 201)
+    assert second["case_code"] == "THB-NEWC-ODE4"
+    assert count(app, Case) == 2 and count(app, IdempotencyRecord) == 2
+    replayed = _keyed(client, url, police.headers, body, "case-create-0002")
+    assert replayed.get_json()["id"] == second["id"]
+    monkeypatch.undo()
+    # Without a key, every POST is a case of its own, as before.
+    ok(client.post(url, json=body, headers=police.headers), 201)
+    assert count(app, Case) == 3
+
+
+def test_a_retried_note_is_added_once(app: Any, client: Any, police: Police) -> None:
+    case_id = ok(client.post(f"{API}/cases", json=canary_case(), headers=police.headers), 201)["id"]
+    url = f"{API}/cases/{case_id}/notes"
+    body = {"category": "needs", "text": "Asked for winter clothes"}
+    first = ok(_keyed(client, url, police.headers, body, "note-0001"), 201)
+    again = _keyed(client, url, police.headers, body, "note-0001")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first
+    assert _actions(app, again) == ["case:read"]
+    assert [n["id"] for n in ok(client.get(url, headers=police.headers))] == [first["id"]]
+
+
+def test_a_retried_consent_is_recorded_once_and_its_withdrawal_stops_sharing(
+    app: Any, client: Any, police: Police
+) -> None:
+    """The retry of a consent POST made a second, hidden consent: withdrawing the one the
+    system was told about left the other permitting disclosure. Now the retry answers the
+    one consent as it is (withdrawn, after the withdrawal), and a retried withdrawal
+    answers it again instead of 409."""
+    case_id = ok(client.post(f"{API}/cases", json=canary_case(), headers=police.headers), 201)["id"]
+    body = consent_body(provision("psychosocial_support", ["identity"], org_id=police.ngo_org))
+    url = f"{API}/cases/{case_id}/consents"
+    first = ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)
+    assert ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)["id"] == first["id"]
+    assert count(app, ConsentRecord) == 1
+
+    withdraw = f"{API}/consents/{first['id']}/withdraw"
+    withdrawn = ok(_keyed(client, withdraw, police.headers, {}, "withdraw-0001"))
+    assert withdrawn["state"] == "withdrawn"
+    retried = _keyed(client, withdraw, police.headers, {}, "withdraw-0001")
+    assert retried.status_code == 200 and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.get_json()["state"] == "withdrawn"
+    assert [e["event_type"] for e in retried.get_json()["events"]].count("withdrawn") == 1
+    replayed = ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)
+    assert replayed["state"] == "withdrawn"
+    check = client.post(
+        f"{API}/cases/{case_id}/consent-check",
+        json={
+            "recipient_org_id": str(police.ngo_org),
+            "purpose": "psychosocial_support",
+            "categories": ["identity"],
+        },
+        headers=police.headers,
+    )
+    assert ok(check)["permit"] is False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flask import jsonify
+
 from referral_api.access.permissions import Permission
 from referral_api.cases import service
 from referral_api.cases.schemas import (
@@ -20,6 +22,7 @@ from referral_api.cases.schemas import (
     StatusChangeSchema,
 )
 from referral_api.extensions import db
+from referral_api.idempotency import idempotency_key
 from referral_api.pagination import PageArgsSchema, link_header
 from referral_api.smorest import Blueprint, current_actor, etag_for, require_if_match
 
@@ -48,16 +51,31 @@ def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
     return case, decision
 
 
+def _current_case(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the case the first request created, as GET /cases/{id} shows it
+    to this caller now (policy, audit row, ETag)."""
+    return get_case(case_id=uuid.UUID(first["id"]))
+
+
 @blp.route("/cases", methods=["POST"])
 @blp.requires(Permission.CASE_CREATE)
+@blp.idempotent(current=_current_case, case_field="id")
 @blp.arguments(CaseCreateSchema)
 @blp.response(201, CaseSchema, headers=_ETAG)
 def create_case(data: dict[str, Any]) -> Any:
     """Open a case for the caller's organisation"""
-    # Case codes are random: one already taken is drawn again (the case created whole anew).
-    view = service.committed_under_free_codes(
-        db.session, lambda: service.create_case(db.session, current_actor(), data)
-    )
+    actor = current_actor()
+
+    def create() -> service.CaseView:
+        return service.create_case(db.session, actor, data)
+
+    # Case codes are random: one already taken is drawn again (the case created whole
+    # anew). With an Idempotency-Key the key's claim is in the transaction already: the
+    # case is made in a savepoint, and the idempotency wrapper commits both.
+    if idempotency_key() is None:
+        view = service.committed_under_free_codes(db.session, create)
+    else:
+        view = service.created_under_free_codes(db.session, create)
     return _respond(view, 201)
 
 
@@ -161,8 +179,18 @@ def list_notes(args: dict[str, Any], case_id: uuid.UUID) -> Any:
     return body, 200, link_header(page, args["limit"])
 
 
+def _current_note(first: dict[str, Any], view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the note the first request added, read through the case's access
+    rules now (audited as a read of it)."""
+    note = service.read_note(
+        db.session, current_actor(), view_args["case_id"], uuid.UUID(first["id"])
+    )
+    return jsonify(NoteSchema().dump(_note_view(note)))
+
+
 @blp.route("/cases/<uuid:case_id>/notes", methods=["POST"])
 @blp.requires(Permission.CASE_NOTE)
+@blp.idempotent(current=_current_note)
 @blp.arguments(NoteCreateSchema)
 @blp.response(201, NoteSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -171,9 +199,7 @@ def add_note(data: dict[str, Any], case_id: uuid.UUID) -> Any:
     actor = current_actor()
     case, decision = service.authorize(db.session, actor, Permission.CASE_NOTE, case_id)
     note = service.add_note(db.session, actor, case, decision, data["category"], data["text"])
-    body = _note_view(note)
-    db.session.commit()
-    return body, 201
+    return _note_view(note), 201
 
 
 @blp.route("/cases/<uuid:case_id>/access-log", methods=["GET"])

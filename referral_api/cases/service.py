@@ -712,6 +712,35 @@ def add_note(
     return note
 
 
+def read_note(session: Any, actor: Actor, case_id: uuid.UUID, note_id: uuid.UUID) -> CaseNote:
+    """One note of a case, through the case's record scope and the categories the role may
+    see (404 otherwise), audited as a read of it."""
+    case, decision = authorize(session, actor, Permission.CASE_READ, case_id)
+    note = session.get(CaseNote, note_id)
+    if note is None or note.case_id != case.id or note.category not in visible_categories(decision):
+        error = NotFound()
+        error.audit = {
+            "action": str(Permission.CASE_READ),
+            "resource_type": "case_note",
+            "resource_id": str(note_id),
+            "case_id": case.id,
+            "decision": audit.DENY,
+            "reason": "no such note"
+            if note is None or note.case_id != case.id
+            else "category not visible to role",
+        }
+        raise error
+    _audit_case(
+        session,
+        actor,
+        Permission.CASE_READ,
+        case,
+        {note.category},
+        details={"notes": 1, "note_id": str(note.id)},
+    )
+    return note
+
+
 def _touch(session: Any, case: Case) -> None:
     """The case changed through a record attached to it (a note): its `updated_at` and
     version move on in one UPDATE that does not compare the version read, so notes added at

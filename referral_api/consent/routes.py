@@ -73,17 +73,22 @@ def _dump(consent: ConsentRecord) -> dict[str, Any]:
     }
 
 
+def _current_consent(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the consent the first request recorded or changed, as GET
+    /consents/{id} shows it now (a retried withdrawal answers the withdrawn consent)."""
+    return get_consent(consent_id=uuid.UUID(first["id"]))
+
+
 @blp.route("/cases/<uuid:case_id>/consents", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
+@blp.idempotent(current=_current_consent)
 @blp.arguments(ConsentCreateSchema)
 @blp.response(201, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def record_consent(data: dict[str, Any], case_id: uuid.UUID) -> Any:
     """Record a consent ceremony and its provisions"""
     consent = service.record_consent(db.session, current_actor(), case_id, data)
-    body = _dump(consent)
-    db.session.commit()
-    return body, 201
+    return _dump(consent), 201
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["GET"])
@@ -112,6 +117,7 @@ def get_consent(consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/withdraw", methods=["POST"])
 @blp.requires(Permission.CONSENT_WITHDRAW)
+@blp.idempotent(current=_current_consent)
 @blp.arguments(WithdrawSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -123,13 +129,12 @@ def withdraw(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
     effects.
     """
     consent = service.withdraw(db.session, current_actor(), consent_id, data.get("reason"))
-    body = _dump(consent)
-    db.session.commit()
-    return body
+    return _dump(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/renew", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
+@blp.idempotent(current=_current_consent)
 @blp.arguments(RenewSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -137,13 +142,12 @@ def withdraw(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 def renew(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
     """Renew a consent until a new date (or open-ended)"""
     consent = service.renew(db.session, current_actor(), consent_id, data["valid_until"])
-    body = _dump(consent)
-    db.session.commit()
-    return body
+    return _dump(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/revoke", methods=["POST"])
 @blp.requires(Permission.CONSENT_REVOKE)
+@blp.idempotent(current=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -151,13 +155,12 @@ def renew(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 def revoke(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
     """Revoke a consent as controller (supervisor; reason required)"""
     consent = service.revoke(db.session, current_actor(), consent_id, data["reason"])
-    body = _dump(consent)
-    db.session.commit()
-    return body
+    return _dump(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/entered-in-error", methods=["POST"])
 @blp.requires(Permission.CONSENT_ENTERED_IN_ERROR)
+@blp.idempotent(current=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -165,9 +168,7 @@ def revoke(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 def entered_in_error(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
     """Mark a consent as entered in error (supervisor; reason required)"""
     consent = service.mark_entered_in_error(db.session, current_actor(), consent_id, data["reason"])
-    body = _dump(consent)
-    db.session.commit()
-    return body
+    return _dump(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/receipt", methods=["GET"])
