@@ -192,7 +192,8 @@ class Blueprint(flask_smorest.Blueprint):
             key = idempotency.idempotency_key()
             if key is None:
                 response = func(*args, **kwargs)
-                session.commit()
+                if session.in_transaction():  # not when the view committed (POST /cases)
+                    session.commit()
                 return response
             actor = current_actor()
             existing = idempotency.find(session, actor, key)
