@@ -261,3 +261,39 @@ def test_sealing_never_blocks_a_request_or_a_verification(
     with _db().session_factory_for(app)() as s:
         assert s.scalars(select(AuditEvent).where(AuditEvent.seq.is_(None))).all() == []
         assert service.verify_chain(s).ok
+
+
+def test_verify_while_workers_keep_sealing_reports_no_tampering(app: Any) -> None:
+    """In production sealers extend the chain all the time. Verify reads the rows in several
+    statements and read the head last, which could be ahead of them: "chain head does not
+    match (rows removed at the end)" for an untouched chain, naming an innocent row. It now
+    reads the head first (found by a reviewer's probe)."""
+    factory = _db().session_factory_for(app)
+
+    def record(count: int) -> None:
+        with factory() as s:
+            for _ in range(count):
+                service.record(s, Actor.system(), "test:row", resource_type="test")
+            s.commit()
+
+    record(50)
+    service.seal_all(factory)
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            record(1)
+            service.seal_all(factory)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        results = []
+        for _ in range(30):
+            with factory() as s:
+                results.append(service.verify_chain(s, batch_size=10))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert [r for r in results if not r.ok] == []
+    assert results[-1].checked > 50

@@ -96,13 +96,24 @@ def test_the_chain_goes_on_from_its_last_sealed_row_when_its_head_is_lost(app, r
     audit_service.seal_all(factory)
     with db.engine_for(app).begin() as connection:
         connection.execute(text("DELETE FROM audit_chain_head"))
+    # Until sealing rebuilds it, verify cannot tell rows removed at the end from a chain
+    # that ends there: it says so.
+    with factory() as s:
+        missing = audit_service.verify_chain(s)
+    assert (missing.ok, missing.problem) == (False, "chain head missing (rows removed at the end?)")
     record(2)
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 0, result.output
     with factory() as s:
-        assert audit_service.verify_chain(s).ok
-        seqs = s.scalars(text("SELECT seq FROM audit_events ORDER BY id")).all()
-    assert seqs == [1, 2, 3, 4, 5]
+        verified = audit_service.verify_chain(s)
+        rows = s.execute(text("SELECT id, seq, action FROM audit_events ORDER BY id")).all()
+    # The rebuild is recorded in the chain, and verify points at it ever after: rows removed
+    # from the end before the head was lost could not be detected.
+    rebuilt = [r for r in rows if r.action == "audit:chain-head-rebuilt"]
+    assert len(rebuilt) == 1 and verified.ok
+    assert verified.head_rebuilt_at == (rebuilt[0].id,)
+    assert "the chain head was lost and rebuilt (row id" in result.output
+    assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201])

@@ -60,6 +60,12 @@ def verify() -> None:
         result = service.verify_chain(session)
     if result.ok:
         click.echo(f"audit chain ok: {result.checked} rows verified, {result.unsealed} pending")
+        for row_id in result.head_rebuilt_at:
+            click.echo(
+                f"warning: the chain head was lost and rebuilt (row id {row_id}): rows removed "
+                "from the end before it could not be detected",
+                err=True,
+            )
         return
     click.echo(
         f"audit chain BROKEN at row id {result.first_bad_id} (seq {result.first_bad_seq}): "

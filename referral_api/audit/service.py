@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ from referral_api.audit.models import AuditChainHead, AuditEvent
 GENESIS_HASH = "0" * 64
 ALLOW = "allow"
 DENY = "deny"
+
+log = logging.getLogger(__name__)
+# The action of the row that records a lost chain head rebuilt by sealing (`_lock_head`).
+HEAD_REBUILT = "audit:chain-head-rebuilt"
 
 _CANONICAL_FIELDS = (
     "id",
@@ -263,6 +268,19 @@ def _lock_head(session: Session) -> tuple[int, str] | None:
             session.flush()
     except IntegrityError:
         return None  # created concurrently; the next seal will use it
+    if last is not None:
+        # The head was lost: rows removed from the end before now cannot be detected any
+        # more. That is itself recorded, in the chain (sealed in this batch), for the DPO.
+        log.error("audit chain head was missing; rebuilt from its last sealed row %s", last_seq)
+        record(
+            session,
+            Actor.system(),
+            HEAD_REBUILT,
+            resource_type="audit_chain",
+            decision=DENY,
+            reason="chain head missing",
+            details={"resumed_after_seq": last_seq},
+        )
     return last_seq, last_hash
 
 
@@ -385,14 +403,24 @@ class VerifyResult:
     first_bad_id: int | None = None
     first_bad_seq: int | None = None
     problem: str | None = None
+    # Ids of the `audit:chain-head-rebuilt` rows met: the head was lost there, so rows
+    # removed from the end before each could not be detected (the chain after it holds).
+    head_rebuilt_at: tuple[int, ...] = ()
 
 
 def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
-    """Recompute the chain from the first row; name the first row that does not match."""
+    """Recompute the chain from the first row; name the first row that does not match.
+
+    The chain head is read first: sealers go on extending the chain while the rows are read
+    (in several statements), and a head read last could be ahead of them (a false "rows
+    removed at the end"). Rows sealed after it are checked too, against the chain only."""
+    head = session.execute(_READ_HEAD).one_or_none()
     prev_hash = GENESIS_HASH
     expected_seq = 1
     checked = 0
     last_id: int | None = None
+    at_head: str | None = None  # the hash of the row at the head's seq, once reached
+    rebuilt: list[int] = []
     while True:
         stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None)).order_by(AuditEvent.seq)
         if checked:
@@ -409,14 +437,23 @@ def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
                 return VerifyResult(
                     False, checked, 0, event.id, event.seq, "hash mismatch (row altered)"
                 )
+            if event.action == HEAD_REBUILT:
+                rebuilt.append(event.id)
             prev_hash = event.hash
+            if head is not None and expected_seq == head.last_seq:
+                at_head = event.hash
             expected_seq += 1
             checked += 1
             last_id = event.id
         if len(rows) < batch_size:
             break
-    head = session.get(AuditChainHead, 1)
-    if head is not None and (head.last_seq != checked or head.last_hash != prev_hash):
+    if head is None and checked:
+        # Sealing rebuilds a lost head (recording it, `_lock_head`); until then rows
+        # removed at the end could not be told from a chain that ends there.
+        return VerifyResult(
+            False, checked, 0, last_id, checked, "chain head missing (rows removed at the end?)"
+        )
+    if head is not None and head.last_seq and at_head != head.last_hash:
         return VerifyResult(
             False,
             checked,
@@ -429,4 +466,4 @@ def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
         session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
         or 0
     )
-    return VerifyResult(True, checked, int(unsealed))
+    return VerifyResult(True, checked, int(unsealed), head_rebuilt_at=tuple(rebuilt))
