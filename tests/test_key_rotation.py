@@ -315,7 +315,7 @@ def test_destroying_the_current_or_an_unknown_root_version_is_refused(app, clien
         assert result.exit_code == 1, result.output
         # A clear refusal, not a crash.
         assert isinstance(result.exception, SystemExit), result.exception
-        assert "Error:" in result.output
+        assert result.output.startswith("error: ")
     assert "current" in _invoke(runner, "destroy-root", "3", "--yes").output
     status = _keyring(app).describe()
     assert (status.current_version, status.versions, status.destroyed) == (3, (1, 2, 3), ())

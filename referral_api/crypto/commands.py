@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,6 +24,33 @@ def _factory() -> Any:
     from referral_api.extensions import db
 
     return db.session_factory_for(current_app)
+
+
+def _one_error_line(command: Callable[..., None]) -> Callable[..., None]:
+    """A key that will not unwrap, a record that will not decrypt, or a refusal: exit 1 with
+    one `error:` line on stderr (docs/cli.md), not a traceback. The messages name versions,
+    tables and ids, never key material. What the command did before stays done: every
+    rotation is resumable, and its batches are all or nothing."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from referral_api.crypto.envelope import DecryptionError
+        from referral_api.crypto.keyring import KeyUnavailable
+        from referral_api.exceptions import ReferralApiError
+
+        try:
+            command(*args, **kwargs)
+        except ReferralApiError as error:
+            _fail(error.detail)
+        except (KeyUnavailable, DecryptionError) as error:
+            _fail(f"{error}; fix the key or the record, then run the command again")
+
+    return run
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 def _audit(action: str, details: dict[str, Any]) -> None:
@@ -69,6 +99,7 @@ def status(as_json: bool) -> None:
 
 @keys_group.command("rotate-root")
 @click.option("--resume", is_flag=True, help="Finish re-wrapping without a new root version")
+@_one_error_line
 def rotate_root(resume: bool) -> None:
     """New root key version; re-wrap every organisation and index key (online, resumable)."""
     started = time.perf_counter()
@@ -83,21 +114,18 @@ def rotate_root(resume: bool) -> None:
 @keys_group.command("destroy-root")
 @click.argument("version", type=int)
 @click.confirmation_option(prompt="Destroy this root key version for ever?")
+@_one_error_line
 def destroy_root(version: int) -> None:
     """Destroy an old root key version (refused while any key is wrapped under it)."""
-    from referral_api.exceptions import ReferralApiError
-
     with _factory()() as session:
-        try:
-            rotation.destroy_root_version(session, version)
-        except ReferralApiError as error:
-            raise click.ClickException(error.detail) from None
+        rotation.destroy_root_version(session, version)
     _audit("keys:destroy-root", {"root_version": version})
     click.echo(f"root key v{version} destroyed")
 
 
 @keys_group.command("rotate-case-keys")
 @click.option("--batch-size", default=200, show_default=True, type=click.IntRange(min=1))
+@_one_error_line
 def rotate_case_keys(batch_size: int) -> None:
     """Give every case a new data key and re-encrypt everything under its old one (resumable)."""
     from sqlalchemy import func, select
@@ -124,6 +152,7 @@ def rotate_case_keys(batch_size: int) -> None:
 
 @keys_group.command("rotate-index")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@_one_error_line
 def rotate_index(batch_size: int) -> None:
     """New blind-index key per organisation: dual-write, backfill, switch (resumable)."""
     factory = _factory()
@@ -138,6 +167,7 @@ def rotate_index(batch_size: int) -> None:
 
 @keys_group.command("rotate-org-keys")
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
+@_one_error_line
 def rotate_org_keys(batch_size: int) -> None:
     """New organisation keys; re-wrap every data key; delete the old versions (resumable).
 
