@@ -74,3 +74,55 @@ def test_simultaneous_closings_of_one_consent_record_one_event(
             ).scalar_one()
         assert closing == 1, (closing, statuses)
     assert outcomes == [[200, 409, 409, 409]] * 3
+
+
+def test_a_send_and_a_withdrawal_at_once_leave_no_live_referral_on_the_withdrawn_consent(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A withdrawal committed between a send's consent check and the send's commit found no
+    live referral to stop, and the referral went out on a withdrawn consent (found by a
+    reviewer's probe). The send now holds the case's consents (FOR SHARE) from its check to
+    its commit: the withdrawal waits, then stops the referral it sent."""
+    from referral_support import World, etag
+
+    from referral_api.consent import service as consent_service
+    from referral_api.referrals import service as referral_service
+
+    world = World(factory, client)
+    assert world.consent is not None
+    referral_id = world.refer(send=False)["id"]
+    tag = etag(client, world.h["sender"], referral_id)
+    decide = consent_service.decide_for_case
+    withdrawal: list[Any] = []
+    threads: list[threading.Thread] = []
+
+    def withdraw() -> None:
+        response = app.test_client().post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+        withdrawal.append(response)
+
+    def decide_while_a_withdrawal_comes_in(*args: Any, **kwargs: Any) -> Any:
+        decision = decide(*args, **kwargs)  # permits: the consent is still active
+        if not threads:
+            threads.append(threading.Thread(target=withdraw))
+            threads[0].start()
+            threads[0].join(timeout=1.5)
+            assert threads[0].is_alive(), "the withdrawal did not wait for the send"
+        return decision
+
+    monkeypatch.setattr(
+        referral_service.consent_service, "decide_for_case", decide_while_a_withdrawal_comes_in
+    )
+    sent = client.post(
+        f"{API}/referrals/{referral_id}/transitions",
+        json={"to": "requested"},
+        headers={**world.h["sender"], "If-Match": tag},
+    )
+    threads[0].join(timeout=60)
+    assert ok(sent)["status"] == "requested"
+    (withdrawn,) = withdrawal
+    effects = ok(withdrawn)["events"][-1]["effects"]
+    assert [(e["type"], e["id"]) for e in effects] == [("referral", referral_id)], effects
+    final = ok(client.get(f"{API}/referrals/{referral_id}", headers=world.h["sender"]))
+    assert (final["status"], final["status_reason"]) == ("cancelled", "consent_withdrawn")

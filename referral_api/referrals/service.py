@@ -20,7 +20,7 @@ from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import Category, ceiling_for
 from referral_api.access.permissions import Permission
 from referral_api.access.policy import Decision, decide, scope_referrals
-from referral_api.access.roles import Role
+from referral_api.access.roles import OrgType, Role
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
@@ -30,6 +30,7 @@ from referral_api.cases.models import Case
 from referral_api.consent import service as consent_service
 from referral_api.consent.decision import DisclosureDecision
 from referral_api.consent.hooks import on_withdrawal
+from referral_api.consent.models import ConsentRecord
 from referral_api.exceptions import (
     Conflict,
     Forbidden,
@@ -224,9 +225,30 @@ def _legal_basis(basis_type: str, basis: str) -> tuple[str, dict[str, str]]:
     return f"{basis_type}:{basis.count(',') + 1} provisions (see details)", {"basis": basis}
 
 
+def _hold_consents(session: Session, case_id: uuid.UUID) -> None:
+    """Hold the case's consents against lifecycle changes until this transaction ends (FOR
+    SHARE; a withdrawal takes FOR UPDATE, consent.service._load_to_change), and read their
+    events afresh. A withdrawal committed between a send's consent check and its commit
+    found no live referral to stop and the send went out on the withdrawn consent; now the
+    withdrawal waits and then stops what was sent, or commits first and the send sees it.
+    Before anything of this transaction is flushed: the consent, then the referral row, in
+    the order a withdrawal takes them."""
+    with session.no_autoflush:
+        session.execute(
+            select(ConsentRecord.id)
+            .where(ConsentRecord.case_id == case_id)
+            .with_for_update(read=True)
+        )
+    for held in list(session.identity_map.values()):
+        if isinstance(held, ConsentRecord) and held.case_id == case_id:
+            session.expire(held, ["events"])
+
+
 def _gate(session: Session, referral: Referral) -> DisclosureDecision:
     """Permit every shared category, or stop with the missing ones (409). An approved
-    override stands in for consent, but never lifts an organisation-type ceiling."""
+    override stands in for consent, but never lifts an organisation-type ceiling. The
+    case's consents are held until the transaction ends (`_hold_consents`)."""
+    _hold_consents(session, referral.case_id)
     decision = consent_decision(session, referral)
     if decision.permit:
         return decision
@@ -262,6 +284,11 @@ def create_referral(
     to_org = session.get(Organisation, data["to_org_id"])
     if to_org is None or not to_org.active:
         raise ValidationFailed({"to_org_id": ["No such active organisation."]})
+    if to_org.org_type is OrgType.PLATFORM:
+        # It runs the service and handles no cases: no role there reads case content.
+        raise ValidationFailed(
+            {"to_org_id": ["The platform's organisation receives no referrals."]}
+        )
     if to_org.id == case.org_id:
         raise ValidationFailed({"to_org_id": ["A referral goes to another organisation."]})
     categories = frozenset(data["categories"])
@@ -451,6 +478,10 @@ def transition(
     if outcome is not None and to is not S.COMPLETED:
         raise ValidationFailed({"outcome": ["Only a completed referral has an outcome."]})
     if business_status is not None:
+        if Party.RECEIVER not in parties:
+            raise ValidationFailed(
+                {"business_status": ["Only the receiving organisation sets its workflow status."]}
+            )
         referral.business_status = business_status
     if outcome is not None:
         referral.outcome = outcome
@@ -471,6 +502,8 @@ def _move(
     details: dict[str, Any] = {"from": referral.status.value, "to": to.value}
     if to is S.REQUESTED:
         _require_processable(session, referral, "referral:send")
+        if not _recipient(session, referral).active:
+            raise Conflict("The receiving organisation is no longer active; refer elsewhere.")
         decision = _gate(session, referral)
         basis_type, basis = _basis(referral, decision)
         session.add(
@@ -555,6 +588,7 @@ def approve_override(session: Session, actor: Actor, referral: Referral, party: 
             "The override must be approved by another person than who asked for it.",
             "approver is the requester",
         )
+    _require_processable(session, referral, "referral:approve-override")
     referral.override_approved_by = actor.id
     referral.override_approved_at = now()
     referral.updated_at = referral.override_approved_at
@@ -789,6 +823,13 @@ def add_message(
         # Dropped before it was sent: it never reaches anyone, so a message would be personal
         # data kept for no one. (A draft's notes go with it when it is sent.)
         raise Conflict("This referral was never sent and no longer can be: it has no thread.")
+    if party is Party.SENDER and was_sent(referral) and not packet_live(session, referral)[0]:
+        # Likewise once the receiver's access has ended (closed, or its consent withdrawn):
+        # it could never read the message, but would be told one came.
+        raise Conflict(
+            "The receiving organisation can no longer read this thread (the referral is "
+            "closed or its consent withdrawn); write in the case's notes instead."
+        )
     message = ReferralMessage(
         id=uuid.uuid4(),
         referral_id=referral.id,

@@ -1,0 +1,144 @@
+"""Referral guards found missing by a reviewer's probes: who may set what, to whom a referral
+may go, and what a closed or restricted referral still takes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from conftest import assert_problem
+from referral_support import (
+    API,
+    MESSAGE_CANARY,
+    World,
+    count,
+    etag,
+    move,
+    ok,
+    provision,
+    record_consent,
+    rows,
+    walk,
+)
+
+from referral_api.access.roles import OrgType
+from referral_api.referrals.models import Disclosure, Notification, Referral, ReferralMessage
+
+
+@pytest.fixture
+def world(factory: Any, client: Any) -> World:
+    return World(factory, client)
+
+
+def _get(client: Any, world: World, rid: str, who: str = "sender") -> dict[str, Any]:
+    return ok(client.get(f"{API}/referrals/{rid}", headers=world.h[who]))  # type: ignore[no-any-return]
+
+
+def test_the_sender_cannot_overwrite_the_receivers_business_status(
+    client: Any, world: World
+) -> None:
+    rid = world.refer()["id"]
+    walk(client, world.h["receiver"], rid, "accepted")
+    ok(move(client, world.h["receiver"], rid, "in_progress", business_status="intake-2"))
+    # The sender cancels and overwrites the receiver's own workflow label.
+    response = move(
+        client,
+        world.h["sender"],
+        rid,
+        "cancelled",
+        reason="no_longer_needed",
+        business_status="sender-label",
+    )
+    problem = assert_problem(response, 422)
+    assert "business_status" in str(problem["errors"])
+    after = _get(client, world, rid, "receiver")
+    assert (after["business_status"], after["status"]) == ("intake-2", "in_progress")
+
+
+def test_a_draft_is_not_sent_to_an_organisation_deactivated_since(
+    app: Any, client: Any, world: World
+) -> None:
+    from referral_api.auth.models import Organisation
+    from referral_api.extensions import db
+
+    rid = world.refer(send=False)["id"]
+    with db.session_factory_for(app)() as s:
+        org = s.get(Organisation, world.receiver_org)
+        org.active = False
+        s.commit()
+    response = move(client, world.h["sender"], rid, "requested")
+    assert "no longer active" in assert_problem(response, 409)["detail"]
+    assert _get(client, world, rid)["status"] == "draft"
+    assert count(app, Disclosure, Disclosure.referral_id == uuid.UUID(rid)) == 0
+
+
+def test_an_override_is_not_approved_on_a_restricted_case(
+    app: Any, client: Any, factory: Any
+) -> None:
+    world = World(factory, client, consent=False)
+    rid = world.refer(by="sender", send=False, override_reason="vital_interests")["id"]
+    ok(
+        client.post(
+            f"{API}/cases/{world.case_id}/restriction",
+            json={"restricted": True},
+            headers=world.h["sender_sup"],
+        )
+    )
+    response = client.post(
+        f"{API}/referrals/{rid}/override-approval",
+        headers={**world.h["sender_sup"], "If-Match": etag(client, world.h["sender"], rid)},
+    )
+    assert_problem(response, 403)
+    (ref,) = rows(app, Referral, Referral.id == uuid.UUID(rid))
+    assert ref.override_approved_at is None
+
+
+def test_the_platform_organisation_receives_no_referrals(
+    app: Any, client: Any, world: World, factory: Any
+) -> None:
+    platform = factory.org(OrgType.PLATFORM)
+    record_consent(
+        client,
+        world.h["sender"],
+        world.case_id,
+        provision(world.purpose, ["identity"], org_id=platform),
+    )
+    response = client.post(
+        f"{API}/cases/{world.case_id}/referrals",
+        json={
+            "to_org_id": str(platform),
+            "purpose": world.purpose,
+            "categories": ["identity"],
+            "send": True,
+        },
+        headers=world.h["sender"],
+    )
+    assert "to_org_id" in str(assert_problem(response, 422)["errors"])
+    assert count(app, Disclosure, Disclosure.to_org_id == platform) == 0
+
+
+def test_no_message_goes_to_a_thread_the_receiver_can_no_longer_read(
+    app: Any, client: Any, world: World
+) -> None:
+    assert world.consent is not None
+    rid = world.refer()["id"]
+    ok(
+        client.post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+    )
+    before = count(app, Notification, Notification.org_id == world.receiver_org)
+    response = client.post(
+        f"{API}/referrals/{rid}/messages",
+        json={"body": f"Where is she now? {MESSAGE_CANARY}"},
+        headers=world.h["sender"],
+    )
+    # The receiver could never read it (its access ended), yet it was stored and announced.
+    stored = count(app, ReferralMessage, ReferralMessage.referral_id == uuid.UUID(rid))
+    after = count(app, Notification, Notification.org_id == world.receiver_org)
+    assert response.status_code == 409 and stored == 0 and after == before, (
+        response.status_code,
+        stored,
+        after - before,
+    )
