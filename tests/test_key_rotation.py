@@ -1135,7 +1135,7 @@ def _index_states(app: Any) -> dict[int, set[str]]:
     return states
 
 
-def test_rotate_index_keeps_search_working_and_retires_the_old_key(app, client, runner, world):
+def test_rotate_index_keeps_search_working_and_deletes_the_old_key(app, client, runner, world):
     _assert_search_finds_every_case(app, client, world)
     entries_before = len(_scalars(app, select(CaseSearchIndex.id)))
 
@@ -1143,7 +1143,9 @@ def test_rotate_index_keeps_search_working_and_retires_the_old_key(app, client, 
     assert result.exit_code == 0, result.output
     assert "2 organisations on a new index key; 5 cases indexed" in result.output
 
-    assert _index_states(app) == {1: {"retired"}, 2: {"active"}}
+    # The old key goes with its index rows: kept, a backup's index rows of an erased person
+    # could still confirm a guessed name.
+    assert _index_states(app) == {2: {"active"}}
     assert set(map(frozenset, _index_versions_by_case(app).values())) == {frozenset({2})}
     assert len(_index_versions_by_case(app)) == 5
     assert _scalars(
@@ -1151,12 +1153,12 @@ def test_rotate_index_keeps_search_working_and_retires_the_old_key(app, client, 
         select(func.count()).select_from(CaseSearchIndex).where(CaseSearchIndex.key_version == 1),
     ) == [0]
     assert len(_scalars(app, select(CaseSearchIndex.id))) == entries_before
-    assert _status(runner)["index_keys_by_state"] == {"retired": 2, "active": 2}
+    assert _status(runner)["index_keys_by_state"] == {"active": 2}
     _assert_search_finds_every_case(app, client, world, every_field=True)
 
-    # And again: a second rotation retires version 2 the same way.
+    # And again: a second rotation deletes version 2 the same way.
     assert _invoke(runner, "rotate-index").exit_code == 0
-    assert _index_states(app) == {1: {"retired"}, 2: {"retired"}, 3: {"active"}}
+    assert _index_states(app) == {3: {"active"}}
     assert set(map(frozenset, _index_versions_by_case(app).values())) == {frozenset({3})}
     _assert_search_finds_every_case(app, client, world)
 
@@ -1201,7 +1203,7 @@ def test_index_rotation_dual_writes_until_backfill_completes(app, client, world)
 
     filled = rotation.backfill_index(factory, batch_size=2)
     assert filled == len(world.cases)  # the dual-written case needed no backfill
-    assert _index_states(app) == {1: {"retired"}, 2: {"active"}}
+    assert _index_states(app) == {2: {"active"}}
     assert set(map(frozenset, _index_versions_by_case(app).values())) == {frozenset({2})}
     assert _search(client, world, "A", name=renamed) == [new.id]
     assert _search(client, world, "A", name=payload["identity"]["given_name"]) == []
@@ -1229,7 +1231,7 @@ def test_index_backfill_ends_when_cases_have_nothing_to_index(app, client, world
     assert done == [len(world.cases) + len(bare)]
     backfilled = select(AuditEvent.case_id).where(AuditEvent.action == "keys:index-backfill")
     assert len(_scalars(app, backfilled)) == len(world.cases) + len(bare)
-    assert _index_states(app) == {1: {"retired"}, 2: {"active"}}
+    assert _index_states(app) == {2: {"active"}}
     assert not set(bare) & set(_index_versions_by_case(app))
     _assert_search_finds_every_case(app, client, world)
 

@@ -40,8 +40,10 @@ class CaseKey(Base):
 class IndexKey(Base):
     """Per-organisation blind-index key, wrapped by the root key.
 
-    state: `active` (written and queried), `backfilling` (written, not yet queried),
-    `retired` (neither; its index rows are deleted).
+    state: `active` (written and queried), `backfilling` (written, not yet queried);
+    `retired` only inside the transaction that switches to the backfilled version, which
+    deletes the retired key with its index rows (left from before that: deleted by the
+    next switch).
     """
 
     __tablename__ = "index_keys"

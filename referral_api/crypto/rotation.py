@@ -593,6 +593,12 @@ def backfill_index(
                     CaseSearchIndex.org_id == org_id, CaseSearchIndex.key_version.in_(retired)
                 )
             )
+            # And the retired keys themselves: nothing is indexed under them any more, and
+            # kept (re-wrapped by every root rotation) they would let a backup's index rows
+            # of an erased person still confirm a guessed name.
+            session.execute(
+                delete(IndexKey).where(IndexKey.org_id == org_id, IndexKey.state == "retired")
+            )
             session.commit()
     return filled
 
