@@ -791,17 +791,25 @@ def test_normalised_names_have_no_marks_punctuation_or_case():
 
 
 def _normalise_name_as_first_written(value: str) -> str:
-    """normalise_name as it was first written, a Python test per character: every index
-    entry stored is keyed by its output, so a faster version must give the same string
-    for every input (a different one would make stored cases unfindable)."""
+    """normalise_name of rules 2 (blind_index.RULES) written plainly, a Python test per
+    character: every index entry stored is keyed by its output, so a faster version must
+    give the same string for every input (a different one would make stored cases
+    unfindable). A change of the rules changes this and RULES together (rules 1: without
+    the Persian folds, the tatweel and the format characters)."""
     import re
     import unicodedata
 
-    arabic = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي"})
+    from referral_api.crypto.blind_index import RULES
+
+    assert RULES == 2
+    arabic = str.maketrans(
+        {"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي", "ی": "ي", "ک": "ك", "ـ": None}
+    )
     text = unicodedata.normalize("NFKC", value).translate(arabic)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
     text = text.translate(str.maketrans("", "", "'’ʼ`"))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
     text = "".join(ch if ch.isalnum() else " " for ch in text)
     text = re.sub(r"([aou])e", r"\1", text)
     return re.sub(r"\s+", " ", text).strip()

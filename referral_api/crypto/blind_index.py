@@ -4,15 +4,25 @@ Search = compute the index value → candidate rows → decrypt → compare norm
 truncation collisions (false positives) never reach the caller. Index keys are per
 organisation and versioned: the same value has unrelated index values in two organisations.
 
-Normalisation rules (documented for users in docs/search.md):
+Normalisation rules (documented for users in docs/search.md), version `RULES`:
 - names: Unicode NFKD; combining marks (accents, diacritics, Arabic harakat) removed;
   case-folded (ß → ss); German umlaut spellings folded (ae → a, oe → o, ue → u, so Müller,
-  MULLER and Mueller match); Arabic alef forms → ا, taa marbuta → ه, alef maksura → ي;
-  Cyrillic ё → е, й → и; punctuation, apostrophes and hyphens removed; whitespace collapsed.
-- phones: parsed with libphonenumber and formatted E.164 (national forms use the
-  deployment's default region); unparseable input falls back to digits only.
-- document numbers: upper-case ASCII letters and digits only.
+  MULLER and Mueller match); Arabic alef forms → ا, taa marbuta → ه, alef maksura and
+  Persian yeh → ي, Persian keheh → ك, tatweel removed; Cyrillic ё → е, й → и; invisible
+  format characters (soft hyphen, zero-width space and joiners) removed; punctuation,
+  apostrophes and hyphens removed; whitespace collapsed.
+- phones: the number at the start of the text (a note after it, "(sister)", is not part of
+  it), parsed with libphonenumber and formatted E.164 (national forms use the deployment's
+  default region); unparseable input falls back to digits only.
+- document numbers: letters and digits of any script, upper-cased; digits of any script as
+  ASCII digits; Cyrillic letters that look like Latin ones (А В Е К М Н О Р С Т У Х) as those.
 - dates: ISO 8601 `YYYY-MM-DD`.
+
+Rules 1 (before 2026-11-30) kept only ASCII letters and digits of a document number, read a
+phone's trailing words as digits (a vanity number), and kept tatweel, Persian yeh and keheh
+and format characters: entries stored under them differ for such values until
+`referral-api keys rotate-index` recomputes them (each index key records the rules its
+entries were computed under; `keys status` counts them).
 """
 
 from __future__ import annotations
@@ -26,8 +36,23 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+# The version of these rules; each index key records the one its entries were made under.
+RULES = 2
+
 _SPACES = re.compile(r"\s+")
-_ARABIC_FOLDS = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي"})
+_ARABIC_FOLDS = str.maketrans(
+    {
+        "أ": "ا",
+        "إ": "ا",
+        "آ": "ا",
+        "ٱ": "ا",
+        "ة": "ه",
+        "ى": "ي",
+        "ی": "ي",  # Persian yeh (U+06CC)
+        "ک": "ك",  # Persian keheh (U+06A9)
+        "ـ": None,  # tatweel: typographic elongation
+    }
+)
 _UMLAUT_DIGRAPHS = re.compile(r"([aou])e")
 _APOSTROPHES = frozenset("'’ʼ`")
 
@@ -57,9 +82,16 @@ _REMEMBERED = 20_000
 
 # Combining marks (accents, diacritics, harakat) dropped after NFKD.
 _DROP_COMBINING = _CharacterTable(lambda ch: None if unicodedata.combining(ch) else ch)
-# After case folding: apostrophes dropped, anything not a letter or digit a space.
+# After case folding: apostrophes and invisible format characters (soft hyphen, zero-width
+# space and joiners: Unicode category Cf) dropped, anything not a letter or digit a space.
 _WORD_CHARACTERS = _CharacterTable(
-    lambda ch: None if ch in _APOSTROPHES else ch if ch.isalnum() else " "
+    lambda ch: (
+        None
+        if ch in _APOSTROPHES or unicodedata.category(ch) == "Cf"
+        else ch
+        if ch.isalnum()
+        else " "
+    )
 )
 
 
@@ -71,7 +103,15 @@ def normalise_name(value: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+# The number at the start of a phone field: from its first digit or "+" to its last digit
+# before anything else ("+380 50 123 45 67 (sister)" → "+380 50 123 45 67").
+_LEADING_NUMBER = re.compile(r"\(?[+\d][\d\s().\-/]*\d")
+
+
 def normalise_phone(value: str, default_region: str) -> str:
+    leading = _LEADING_NUMBER.search(value)
+    if leading is not None:
+        value = leading.group()
     try:
         number = phonenumbers.parse(value, default_region.upper())
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -80,8 +120,20 @@ def normalise_phone(value: str, default_region: str) -> str:
         return f"+{digits}" if value.strip().startswith("+") else digits
 
 
+# Cyrillic capitals that look like Latin ones: a series typed either way is the same one.
+_DOCUMENT_HOMOGLYPHS = str.maketrans("АВЕКМНОРСТУХ", "ABEKMHOPCTYX")
+
+
+def _document_character(ch: str) -> str:
+    digit = unicodedata.decimal(ch, None)
+    if digit is not None:
+        return str(digit)
+    return ch if ch.isalpha() else ""
+
+
 def normalise_document(value: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "", unicodedata.normalize("NFKC", value).upper())
+    text = unicodedata.normalize("NFKC", value).upper().translate(_DOCUMENT_HOMOGLYPHS)
+    return "".join(_document_character(ch) for ch in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,8 @@ def status(as_json: bool) -> None:
         "ciphertexts_by_key_version": result.ciphertexts_by_key_version,
         # formats 1-3: a case's fields still in their own columns (docs/key-management.md)
         "ciphertexts_by_format": result.ciphertexts_by_format,
+        # blind_index.RULES: keys on older rules need `rotate-index` (docs/search.md)
+        "index_keys_by_rules": result.index_keys_by_rules,
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))

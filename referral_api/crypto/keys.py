@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from referral_api.crypto.blind_index import RULES
 from referral_api.crypto.envelope import field_subkey
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey
@@ -422,7 +423,8 @@ class KeyService:
             org_id=org_id,
             version=version,
             state=state,
-            plan=json.dumps(plan, sort_keys=True),
+            # The normalisation rules its entries are computed under, for `keys status`.
+            plan=json.dumps({**plan, "rules": RULES}, sort_keys=True),
             root_version=self.provider.current_version(),
             wrapped_key=self.provider.wrap(key, _index_key_aad(org_id, version)),
         )

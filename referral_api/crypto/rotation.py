@@ -12,7 +12,9 @@ progress is observable with `referral-api keys status`.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +60,13 @@ class KeyStatus:
     cases_by_key_version: dict[int, int]
     ciphertexts_by_key_version: dict[int, int]
     ciphertexts_by_format: dict[int, int]
+    # Index keys by the normalisation rules their entries were computed under (blind_index
+    # .RULES; keys made before rules were recorded: 1). Older rules: run rotate-index.
+    index_keys_by_rules: dict[int, int]
+
+
+def _index_rules(plan: str) -> int:
+    return int(json.loads(plan).get("rules", 1))
 
 
 def key_status(session: Session) -> KeyStatus:
@@ -102,6 +111,9 @@ def key_status(session: Session) -> KeyStatus:
         cases_by_key_version=grouped(Case.key_version, Case),
         ciphertexts_by_key_version=cipher_versions,
         ciphertexts_by_format=cipher_formats,
+        index_keys_by_rules=dict(
+            Counter(_index_rules(plan) for plan in session.scalars(select(IndexKey.plan)))
+        ),
     )
 
 
