@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, abort, current_app, g, request
 from webargs.core import is_json
 
 from referral_api.errors import problem_response
@@ -113,6 +113,26 @@ def _body_locations() -> set[str]:
     return {p.get("in") for p in parameters} & _BODY_LOCATIONS
 
 
+def _refuse_an_ignored_body() -> None:
+    """A view that reads no body would ignore one and act: `POST /erasures/{id}/approve`
+    with `{"approve": false}` erased the case. Only an empty JSON object passes (clients
+    send `{}` with every POST); anything else is a 415 (not JSON) or a 422."""
+    from referral_api.exceptions import ValidationFailed
+    from referral_api.jsonio import loads
+
+    if not is_json(request.mimetype):
+        abort(problem_response(415))
+    try:
+        empty = loads(request.get_data(cache=True)) == {}
+    except ValueError:
+        empty = False
+    if not empty:
+        raise ValidationFailed(
+            {"_schema": ["This endpoint takes no request body; send none (or {})."]},
+            location="json",
+        )
+
+
 def init_request_hooks(app: Flask) -> None:
     @app.before_request
     def assign_request_id() -> None:
@@ -127,6 +147,8 @@ def init_request_hooks(app: Flask) -> None:
         if not _has_body():
             return None
         accepted = _body_locations()
+        if not accepted and request.url_rule is not None:
+            _refuse_an_ignored_body()
         if not accepted or is_json(request.mimetype):
             return None
         if request.mimetype == "application/x-www-form-urlencoded" and accepted & {

@@ -43,3 +43,15 @@ LANGUAGE_TAG = [
     ),
     ma.validate.Length(max=35),
 ]
+
+
+class Boolean(ma.fields.Boolean):
+    """A JSON body's boolean: `true` or `false` only. marshmallow's also reads "yes", "0",
+    1 and their kin, so `{"send": "true"}` sent a referral and `{"restricted": "yes"}`
+    restricted a case where the schema (and openapi.json) says boolean. Query strings,
+    where every value is text, keep marshmallow's own."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value

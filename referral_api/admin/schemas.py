@@ -10,7 +10,7 @@ from marshmallow import validate
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.pagination import PageArgsSchema
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import AwareDateTime, Boolean
 
 
 def _not_blank(value: str) -> None:
@@ -26,7 +26,7 @@ class OrganisationSchema(ma.Schema):
     id = ma.fields.UUID(dump_only=True)
     name = ma.fields.String()
     org_type = ma.fields.Enum(OrgType, by_value=True)
-    active = ma.fields.Boolean()
+    active = Boolean()
     created_at = AwareDateTime(dump_only=True)
     updated_at = AwareDateTime(dump_only=True)
 
@@ -38,7 +38,7 @@ class OrganisationCreateSchema(ma.Schema):
 
 class OrganisationUpdateSchema(ma.Schema):
     name = ma.fields.String(validate=_NAME)
-    active = ma.fields.Boolean()
+    active = Boolean()
 
 
 class OrganisationQueryArgsSchema(PageArgsSchema):
@@ -51,7 +51,7 @@ class UserSchema(ma.Schema):
     email = ma.fields.String()
     display_name = ma.fields.String()
     role = ma.fields.Enum(Role, by_value=True)
-    active = ma.fields.Boolean()
+    active = Boolean()
     created_at = AwareDateTime(dump_only=True)
     updated_at = AwareDateTime(dump_only=True)
 
@@ -68,7 +68,7 @@ class UserCreateSchema(ma.Schema):
 class UserUpdateSchema(ma.Schema):
     display_name = ma.fields.String(validate=_NAME)
     role = ma.fields.Enum(Role, by_value=True)
-    active = ma.fields.Boolean()
+    active = Boolean()
     password = ma.fields.String(load_only=True, validate=validate.Length(min=12, max=1024))
 
 
@@ -78,7 +78,7 @@ class ApiClientSchema(ma.Schema):
     name = ma.fields.String()
     client_id = ma.fields.String(dump_only=True)
     role = ma.fields.Enum(Role, by_value=True)
-    active = ma.fields.Boolean()
+    active = Boolean()
     created_at = AwareDateTime(dump_only=True)
     updated_at = AwareDateTime(dump_only=True)
 
@@ -97,4 +97,4 @@ class ApiClientCreateSchema(ma.Schema):
 class ApiClientUpdateSchema(ma.Schema):
     name = ma.fields.String(validate=_NAME)
     role = ma.fields.Enum(Role, by_value=True)
-    active = ma.fields.Boolean()
+    active = Boolean()

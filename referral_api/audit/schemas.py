@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from referral_api.schema_fields import Boolean
+
 
 class VerifyResultSchema(ma.Schema):
-    ok = ma.fields.Boolean()
+    ok = Boolean()
     checked = ma.fields.Integer(metadata={"description": "Sealed rows recomputed"})
     unsealed = ma.fields.Integer(metadata={"description": "Rows not yet chained"})
     first_bad_id = ma.fields.Integer(allow_none=True)

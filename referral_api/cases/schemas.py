@@ -25,7 +25,7 @@ from referral_api.cases.codes import (
 from referral_api.cases.models import CaseStatus, CaseType, NrmStage, RiskLevel
 from referral_api.fastdump import CompiledDumpSchema
 from referral_api.pagination import PageArgsSchema
-from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Pattern
+from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Boolean, Pattern
 
 _TEXT = validate.Length(max=200)
 _LONG_TEXT = validate.Length(max=20_000)
@@ -96,7 +96,7 @@ class ContactSchema(ma.Schema):
 
 class LocationSchema(ma.Schema):
     address = ma.fields.String(validate=validate.Length(max=500), allow_none=True)
-    is_shelter = ma.fields.Boolean(allow_none=True)
+    is_shelter = Boolean(allow_none=True)
 
 
 class IncidentSchema(ma.Schema):
@@ -185,7 +185,7 @@ class CaseSchema(CompiledDumpSchema, _CategoryFields):
     created_at = AwareDateTime()
     updated_at = AwareDateTime()
     closed_at = AwareDateTime(allow_none=True)
-    restricted = ma.fields.Boolean()
+    restricted = Boolean()
 
 
 class CaseQueryArgsSchema(PageArgsSchema):

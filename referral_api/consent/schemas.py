@@ -19,7 +19,7 @@ from referral_api.consent.vocabulary import (
     GuardianRelation,
     Purpose,
 )
-from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Pattern
+from referral_api.schema_fields import LANGUAGE_TAG, AwareDateTime, Boolean, Pattern
 
 # The tag is stored in a column of 16 characters (enough for `sr-Latn-RS`, `de-CH-1996`).
 _LANGUAGE = [*LANGUAGE_TAG, validate.Length(max=16)]
@@ -64,7 +64,7 @@ class EvidenceSchema(ma.Schema):
 class ConsentCreateSchema(ma.Schema):
     grantor = ma.fields.Enum(Grantor, by_value=True, required=True)
     guardian_relation = ma.fields.Enum(GuardianRelation, by_value=True, allow_none=True)
-    is_minor = ma.fields.Boolean(load_default=False)
+    is_minor = Boolean(load_default=False)
     collection_method = ma.fields.Enum(CollectionMethod, by_value=True, required=True)
     language = ma.fields.String(required=True, validate=_LANGUAGE)
     notice_version = ma.fields.String(required=True, validate=validate.Length(min=1, max=32))
@@ -114,7 +114,7 @@ class ConsentSchema(ma.Schema):
     state = ma.fields.Enum(ConsentState, by_value=True, allow_none=True)
     grantor = ma.fields.Enum(Grantor, by_value=True)
     guardian_relation = ma.fields.Enum(GuardianRelation, by_value=True, allow_none=True)
-    is_minor = ma.fields.Boolean()
+    is_minor = Boolean()
     captured_by_id = ma.fields.UUID(allow_none=True)
     captured_by_org_id = ma.fields.UUID()
     collection_method = ma.fields.Enum(CollectionMethod, by_value=True)
@@ -157,7 +157,7 @@ class ConsentCheckSchema(ma.Schema):
 
 
 class ConsentCheckResultSchema(ma.Schema):
-    permit = ma.fields.Boolean()
+    permit = Boolean()
     provisions_used = ma.fields.Dict(
         keys=ma.fields.String(), values=ma.fields.List(ma.fields.UUID())
     )

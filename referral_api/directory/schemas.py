@@ -16,7 +16,7 @@ from referral_api.directory.service import (
     normalise_professional_contact,
 )
 from referral_api.pagination import MAX_PAGE_SIZE, PageArgsSchema
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import AwareDateTime, Boolean
 
 
 def _not_blank(value: str) -> None:
@@ -74,7 +74,7 @@ class ServiceSchema(ma.Schema):
     eligibility_notes = ma.fields.String(allow_none=True)
     area_served = ma.fields.String(metadata=_AREA_DOC)
     professional_contact = ma.fields.String(metadata=_CONTACT_DOC)
-    accepting_referrals = ma.fields.Boolean()
+    accepting_referrals = Boolean()
     status = ma.fields.Enum(ServiceStatus, by_value=True)
     created_at = AwareDateTime(dump_only=True)
     updated_at = AwareDateTime(dump_only=True)
@@ -90,7 +90,7 @@ class ServiceCreateSchema(ma.Schema):
     eligibility_notes = ma.fields.String(allow_none=True, validate=validate.Length(max=4000))
     area_served = ma.fields.String(required=True, validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(required=True, metadata=_CONTACT_DOC)
-    accepting_referrals = ma.fields.Boolean()
+    accepting_referrals = Boolean()
     status = ma.fields.Enum(ServiceStatus, by_value=True)
 
 
@@ -104,7 +104,7 @@ class ServiceUpdateSchema(ma.Schema):
     eligibility_notes = ma.fields.String(allow_none=True, validate=validate.Length(max=4000))
     area_served = ma.fields.String(validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(metadata=_CONTACT_DOC)
-    accepting_referrals = ma.fields.Boolean()
+    accepting_referrals = Boolean()
     status = ma.fields.Enum(ServiceStatus, by_value=True)
 
 
@@ -117,7 +117,7 @@ class ServiceQueryArgsSchema(PageArgsSchema):
         validate=validate.Length(min=1, max=200),
         metadata={"description": "Case-insensitive part of the area served"},
     )
-    accepting_referrals = ma.fields.Boolean()
+    accepting_referrals = ma.fields.Boolean()  # a query string: text
     org_id = ma.fields.UUID()
     status = ma.fields.Enum(
         ServiceStatus,
@@ -156,9 +156,9 @@ class HsdsPageSchema(ma.Schema):
     total_pages = ma.fields.Integer()
     page_number = ma.fields.Integer()
     size = ma.fields.Integer(metadata={"description": "Number of entities in this page"})
-    first_page = ma.fields.Boolean()
-    last_page = ma.fields.Boolean()
-    empty = ma.fields.Boolean()
+    first_page = Boolean()
+    last_page = Boolean()
+    empty = Boolean()
 
 
 class HsdsOrganizationSchema(ma.Schema):

@@ -17,7 +17,7 @@ from referral_api.auth.service import REFUSAL_REASONS
 from referral_api.consent.vocabulary import Purpose
 from referral_api.dpo.service import QUALITY_ISSUES
 from referral_api.pagination import PageArgsSchema
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import AwareDateTime, Boolean
 
 _UUID: dict[str, Any] = {"allow_none": True}
 
@@ -112,7 +112,7 @@ class ConsentExpiringRowSchema(ma.Schema):
     categories = _codes()
     valid_from = _time()
     effective_until = _time()
-    renewed = ma.fields.Boolean()
+    renewed = Boolean()
 
 
 class ProcessingRowSchema(ma.Schema):
@@ -227,12 +227,12 @@ class QualityRowSchema(ma.Schema):
     org_id = ma.fields.UUID()
     created_at = _time()
     grantor = ma.fields.String()
-    is_minor = ma.fields.Boolean()
+    is_minor = Boolean()
     collection_method = ma.fields.String()
     notice_version = ma.fields.String()
-    no_evidence = ma.fields.Boolean()
-    minor_without_guardian = ma.fields.Boolean()
-    unknown_notice_version = ma.fields.Boolean()
+    no_evidence = Boolean()
+    minor_without_guardian = Boolean()
+    unknown_notice_version = Boolean()
 
 
 ROW_SCHEMAS: dict[str, type[ma.Schema]] = {
@@ -269,10 +269,10 @@ class _SubjectSchema(ma.Schema):
 
 class _CategorySchema(ma.Schema):
     code = ma.fields.String()
-    special_category = ma.fields.Boolean(metadata={"description": "GDPR Art. 9"})
+    special_category = Boolean(metadata={"description": "GDPR Art. 9"})
     # `fields` would shadow Schema.fields.
     field_names = ma.fields.List(ma.fields.String(), data_key="fields", attribute="fields")
-    encrypted = ma.fields.Boolean()
+    encrypted = Boolean()
 
 
 class _RecipientSchema(ma.Schema):
@@ -300,7 +300,7 @@ class _RetentionRuleSchema(ma.Schema):
 
 
 class _RetentionSchema(ma.Schema):
-    configured = ma.fields.Boolean()
+    configured = Boolean()
     rules = ma.fields.List(ma.fields.Nested(_RetentionRuleSchema))
     note = ma.fields.String(allow_none=True)
 

@@ -13,7 +13,7 @@ from referral_api.consent.schemas import ConsentCreateSchema
 from referral_api.consent.vocabulary import Purpose
 from referral_api.pagination import PageArgsSchema
 from referral_api.referrals.vocabulary import Outcome, OverrideReason, ReferralStatus, Urgency
-from referral_api.schema_fields import AwareDateTime, Pattern
+from referral_api.schema_fields import AwareDateTime, Boolean, Pattern
 
 
 class ReferralCreateSchema(ma.Schema):
@@ -32,9 +32,7 @@ class ReferralCreateSchema(ma.Schema):
         metadata={"description": "Share without covering consent: needs a supervisor's approval"},
     )
     override_note = ma.fields.String(allow_none=True, validate=validate.Length(max=2000))
-    send = ma.fields.Boolean(
-        load_default=False, metadata={"description": "Send at once (draft → requested)"}
-    )
+    send = Boolean(load_default=False, metadata={"description": "Send at once (draft → requested)"})
 
     @ma.validates_schema
     def _override(self, data: dict[str, Any], **_: Any) -> None:

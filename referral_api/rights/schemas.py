@@ -4,7 +4,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from referral_api.rights.models import ErasureBasis, ErasureStatus
-from referral_api.schema_fields import AwareDateTime
+from referral_api.schema_fields import AwareDateTime, Boolean
 
 
 class ExportCreateSchema(ma.Schema):
@@ -56,24 +56,24 @@ class TombstoneSchema(ma.Schema):
 
 
 class LegalHoldSchema(ma.Schema):
-    hold = ma.fields.Boolean(required=True)
+    hold = Boolean(required=True)
     reason = ma.fields.String(allow_none=True, validate=validate.Length(max=2000))
 
 
 class LegalHoldStateSchema(ma.Schema):
     case_id = ma.fields.UUID()
-    hold = ma.fields.Boolean()
+    hold = Boolean()
     placed_at = AwareDateTime(allow_none=True)
     lifted_at = AwareDateTime(allow_none=True)
 
 
 class RestrictionSchema(ma.Schema):
-    restricted = ma.fields.Boolean(required=True)
+    restricted = Boolean(required=True)
 
 
 class RestrictionStateSchema(ma.Schema):
     case_id = ma.fields.UUID()
-    restricted = ma.fields.Boolean()
+    restricted = Boolean()
 
 
 class RetentionDueSchema(ma.Schema):
@@ -82,4 +82,4 @@ class RetentionDueSchema(ma.Schema):
     case_type = ma.fields.String()
     closed_at = AwareDateTime()
     due_at = AwareDateTime()
-    legal_hold = ma.fields.Boolean()
+    legal_hold = Boolean()
