@@ -737,6 +737,16 @@ def test_a_cursor_is_checked(world: DpoWorld) -> None:
     world.report("processing-without-basis", "a_dpo", 422, cursor=forged)
 
 
+def _exports_recorded(app: Any) -> list[str]:
+    """The details of every `dpo:report` audit row that recorded an export."""
+    with db.session_factory_for(app)() as s:
+        reports = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "dpo:report")
+        ).all()
+        s.rollback()
+    return [d for d in reports if json.loads(d).get("export")]
+
+
 def test_an_export_checks_its_cursor_before_the_first_byte(world: DpoWorld, app: Any) -> None:
     """A CSV export streams its rows after the response has started, when an error could
     only cut it short: a bad cursor is refused first, as a 422 problem, and nothing is
@@ -751,12 +761,7 @@ def test_an_export_checks_its_cursor_before_the_first_byte(world: DpoWorld, app:
             )
             problem = assert_problem(response, 422)
             assert "cursor" in str(problem["errors"]), (name, problem)
-    with db.session_factory_for(app)() as s:
-        reports = s.scalars(
-            select(AuditEvent.details).where(AuditEvent.action == "dpo:report")
-        ).all()
-        s.rollback()
-    assert not [d for d in reports if json.loads(d).get("export")]
+    assert not _exports_recorded(app)
 
 
 def _forged(report: str, *items: list[Any]) -> str:
@@ -791,12 +796,7 @@ def test_a_forged_cursor_that_parses_but_cannot_be_bound_is_refused_first(
             )
             problem = assert_problem(response, 422)
             assert problem["errors"] == {"query": {"cursor": ["Not a valid cursor."]}}, name
-    with db.session_factory_for(app)() as s:
-        reports = s.scalars(
-            select(AuditEvent.details).where(AuditEvent.action == "dpo:report")
-        ).all()
-        s.rollback()
-    assert not [d for d in reports if json.loads(d).get("export")]
+    assert not _exports_recorded(app)
 
 
 # ---- the record of processing -------------------------------------------------------------
