@@ -38,6 +38,7 @@ from referral_api.crypto.fields import EncryptedField, EncryptedRecord
 from referral_api.crypto.keys import CryptoContext, KeyService
 from referral_api.crypto.models import CaseKey
 from referral_api.db import Base, UTCDateTime, new_id, utcnow, value_enum
+from referral_api.exceptions import Gone
 
 C = Category
 
@@ -182,15 +183,22 @@ def case_key_version(session: Session, case_id: uuid.UUID) -> int:
     deletes the old version, so a writer waits for it and then sees the new version, and
     never commits a ciphertext under a key that is gone. Other writers of the case (key
     share is taken by every foreign-key check and is compatible with updates of non-key
-    columns) are not held up."""
+    columns) are not held up. (SQLAlchemy renders `key_share=True` alone as FOR NO KEY
+    UPDATE: encrypted writes of one case take turns on its row, which is also what orders
+    two withdrawals of different consents of the case.)
+
+    A case erased meanwhile (its erasure committed while this writer waited on the row)
+    has no key any more: 410, as for a case already erased when the request began."""
     case = session.get(Case, case_id)
-    assert case is not None and case.key_version is not None  # noqa: S101
+    assert case is not None  # noqa: S101 - the record's foreign key
     if sa_inspect(case).pending:
+        assert case.key_version is not None  # noqa: S101 - set when the case is made
         return case.key_version  # created in this transaction: no one else can see it
     version = session.execute(
         select(Case.key_version).where(Case.id == case_id).with_for_update(key_share=True)
     ).scalar_one()
-    assert version is not None  # noqa: S101
+    if version is None:
+        raise Gone("This case was erased.")
     return int(version)
 
 
