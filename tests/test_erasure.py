@@ -633,6 +633,11 @@ def test_a_legal_hold_blocks_erasure_until_lifted(app, client, world):
     refused = world.approve(request_id)
     problem = assert_problem(refused, 409)
     assert problem["type"].endswith("/problems/legal-hold"), problem
+    # A refused erasure is on the record like any other refusal (it wrote nothing before).
+    assert world.sql(
+        "SELECT action, decision, reason FROM audit_events WHERE request_id = :r",
+        r=refused.headers["X-Request-ID"],
+    ) == [("case:erase-approve", "deny", "legal hold")]
     # Nothing was destroyed, the request is still pending, the case still reads.
     assert (
         world.sql(

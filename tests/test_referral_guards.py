@@ -142,3 +142,34 @@ def test_no_message_goes_to_a_thread_the_receiver_can_no_longer_read(
         stored,
         after - before,
     )
+
+
+def test_a_disclosure_the_consent_gate_refuses_is_on_the_record(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """A send refused for want of consent (409) wrote no audit row: a denied disclosure, the
+    kind a DPO most needs to see, left no trace (found in a review of the docs against the
+    code). Now a `deny` row names the action, the reason and the categories refused."""
+    from referral_api.audit.models import AuditEvent
+
+    world = World(factory, client, consent=False)
+    refused = client.post(
+        f"{API}/cases/{world.case_id}/referrals",
+        json={
+            "to_org_id": str(world.receiver_org),
+            "purpose": world.purpose,
+            "categories": world.shared,
+            "send": True,
+        },
+        headers=world.h["sender"],
+    )
+    assert_problem(refused, 409)
+    (row,) = rows(app, AuditEvent, AuditEvent.request_id == refused.headers["X-Request-ID"])
+    assert (row.action, row.decision, row.reason) == (
+        "referral:send",
+        "deny",
+        "consent does not cover",
+    )
+    assert row.categories == ",".join(sorted(world.shared))
+    assert row.case_id == uuid.UUID(world.case_id)
+    assert count(app, Referral) == 0  # the draft made on the way went with the refusal

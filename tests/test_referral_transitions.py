@@ -371,8 +371,11 @@ def test_override_needs_another_supervisors_approval(app: Any, client: Any, fact
     assert approval.actor_id == world.ids["sender_sup2"]
     assert approval.legal_basis == "override:vital_interests"
     assert "dpo_review" in (approval.details or "")
-    (send,) = [e for e in audit if e.action == "referral:send"]
+    (send,) = [e for e in audit if e.action == "referral:send" and e.decision == "allow"]
     assert send.legal_basis == "override:vital_interests"
+    # The send refused before the approval is on the record too, with why.
+    refused = [e.reason for e in audit if e.action == "referral:send" and e.decision == "deny"]
+    assert refused == ["override not approved"]
     # The receiver's packet stands on the approved override.
     packet = client.get(f"{API}/referrals/{referral_id}/packet", headers=world.h["receiver"])
     assert sorted(ok(packet)["data"]) == world.shared

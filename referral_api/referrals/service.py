@@ -244,33 +244,42 @@ def _hold_consents(session: Session, case_id: uuid.UUID) -> None:
             session.expire(held, ["events"])
 
 
-def _gate(session: Session, referral: Referral) -> DisclosureDecision:
+def _gate(session: Session, referral: Referral, action: str) -> DisclosureDecision:
     """Permit every shared category, or stop with the missing ones (409). An approved
     override stands in for consent, but never lifts an organisation-type ceiling. The
-    case's consents are held until the transaction ends (`_hold_consents`)."""
+    case's consents are held until the transaction ends (`_hold_consents`). A refusal is a
+    denied disclosure: on the record (`action`, the categories refused, codes only)."""
     _hold_consents(session, referral.case_id)
     decision = consent_decision(session, referral)
     if decision.permit:
         return decision
     ceiling = ceiling_for(_recipient(session, referral).org_type)
     over_ceiling = sorted(c.value for c in referral.category_set - ceiling)
+    error: ConsentRequired | OverrideApprovalRequired
     if over_ceiling:
-        raise ConsentRequired(
+        error = ConsentRequired(
             "These categories can never be shared with this organisation.",
             missing_categories=over_ceiling,
             denied={c.value: why for c, why in decision.denied.items()},
         )
-    if referral.override_reason is not None:
+        refused, reason = over_ceiling, "over the organisation-type ceiling"
+    elif referral.override_reason is not None:
         if referral.override_approved:
             return decision
-        raise OverrideApprovalRequired(
+        error = OverrideApprovalRequired(
             "A supervisor must approve the override before this referral is sent."
         )
-    raise ConsentRequired(
-        "The person's consent does not cover every category for this recipient and purpose.",
-        missing_categories=sorted(c.value for c in decision.denied),
-        denied={c.value: why for c, why in decision.denied.items()},
-    )
+        refused, reason = sorted(c.value for c in decision.denied), "override not approved"
+    else:
+        refused = sorted(c.value for c in decision.denied)
+        error = ConsentRequired(
+            "The person's consent does not cover every category for this recipient and purpose.",
+            missing_categories=refused,
+            denied={c.value: why for c, why in decision.denied.items()},
+        )
+        reason = "consent does not cover"
+    error.audit = {**_denial(action, referral, reason), "categories": refused}
+    raise error
 
 
 # ---- creation -----------------------------------------------------------------------------
@@ -504,7 +513,7 @@ def _move(
         _require_processable(session, referral, "referral:send")
         if not _recipient(session, referral).active:
             raise Conflict("The receiving organisation is no longer active; refer elsewhere.")
-        decision = _gate(session, referral)
+        decision = _gate(session, referral, "referral:send")
         basis_type, basis = _basis(referral, decision)
         session.add(
             Disclosure(
@@ -526,7 +535,7 @@ def _move(
         details.update({"disclosure": basis_type, "basis": basis, "legal_basis": legal_basis})
     elif to is S.ACCEPTED:
         # Consent is checked again when the receiver takes the referral on.
-        decision = _gate(session, referral)
+        decision = _gate(session, referral, "referral:accepted")
     if to is S.RECEIVED or (to is S.ACCEPTED and referral.status is S.REQUESTED):
         _acknowledge(session, referral, at)
     # A referral never sent does not exist for the receiver: a move of one (dropping a

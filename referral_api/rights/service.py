@@ -228,7 +228,13 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
     if case.erased:
         raise Gone("This case was erased.")
     if active_hold(session, case.id) is not None:
-        raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
+        raise _denied(
+            LegalHoldActive("A legal hold is in place: the case cannot be erased."),
+            "case:erase-approve",
+            case.id,
+            "legal hold",
+            {"request_id": str(request.id)},
+        )
     request.status, request.decided_by, request.decided_at = ErasureStatus.EXECUTED, actor.id, now()
     return erase_case(
         session,
