@@ -148,7 +148,8 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         # audited response seals after it is sent).
         "AUDIT_SEAL_DELAY_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_DELAY_MS", 100, minimum=0)
         / 1000,
-        "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5),
+        # 0: no sealing thread, each audited response seals its own rows (docs/audit.md).
+        "AUDIT_SEAL_INTERVAL_SECONDS": _env_int("REFERRAL_API_AUDIT_SEAL_SECONDS", 5, minimum=0),
         # `thread`: each worker seals (above); `external`: workers never seal, a separate
         # `referral-api audit seal --follow` process does (docs/audit.md).
         "AUDIT_SEALER": _choice("REFERRAL_API_AUDIT_SEALER", AUDIT_SEALERS, "thread"),

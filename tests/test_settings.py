@@ -155,6 +155,21 @@ def test_non_integer_setting_is_refused(clean_env, tmp_path):
     assert "REFERRAL_API_MAX_BODY_BYTES" in raised.value.detail
 
 
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("REFERRAL_API_AUDIT_SEAL_SECONDS", "AUDIT_SEAL_INTERVAL_SECONDS"),
+        ("REFERRAL_API_KEY_CACHE_SECONDS", "KEY_CACHE_SECONDS"),
+        ("REFERRAL_API_TRUSTED_PROXIES", "TRUSTED_PROXY_COUNT"),
+    ],
+)
+def test_settings_where_zero_means_something_take_zero(clean_env, tmp_path, variable, setting):
+    """0 is documented for these (no sealing thread: each response seals its own rows; no
+    key cache; no proxy): it must not be refused like a 0 that means nothing."""
+    clean_env.setenv(variable, "0")
+    assert load_settings(str(tmp_path))[setting] == 0
+
+
 # ---- development defaults -----------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
         if delay_ms is not None
         else max(float(current_app.config.get("AUDIT_SEAL_DELAY_SECONDS", 0.1)), 0.01)
     )
-    click.echo(f"sealing audit rows every {delay * 1000:.0f} ms until stopped")
+    click.echo(f"sealing audit rows every {delay * 1000:.0f} ms until stopped", err=True)
     sealed = follow_chain(current_app._get_current_object(), delay, rounds)  # type: ignore[attr-defined]
     click.echo(f"{sealed} rows sealed")
 

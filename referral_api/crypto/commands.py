@@ -105,7 +105,9 @@ def status(as_json: bool) -> None:
 def rotate_root(resume: bool) -> None:
     """New root key version; re-wrap every organisation and index key (online, resumable)."""
     started = time.perf_counter()
-    with click.progressbar(length=0, label="re-wrapping keys", show_pos=True) as bar:
+    with click.progressbar(
+        length=0, label="re-wrapping keys", show_pos=True, file=sys.stderr
+    ) as bar:
         version, total = rotation.rotate_root(_factory(), resume=resume, progress=bar.update)
     seconds = time.perf_counter() - started
     _audit("keys:rotate-root", {"root_version": version, "rewrapped": total})
@@ -143,7 +145,9 @@ def rotate_case_keys(batch_size: int) -> None:
         )
         session.commit()
         job_id = job.id
-    with click.progressbar(length=pending or 0, label="re-encrypting cases", show_pos=True) as bar:
+    with click.progressbar(
+        length=pending or 0, label="re-encrypting cases", show_pos=True, file=sys.stderr
+    ) as bar:
         done = rotation.rotate_case_keys(
             factory, started_at=started_at, batch_size=batch_size, progress=bar.update
         )
@@ -161,7 +165,9 @@ def rotate_index(batch_size: int) -> None:
     with factory() as session:
         created = rotation.start_index_rotation(session)
         session.commit()
-    with click.progressbar(length=0, label="backfilling index", show_pos=True) as bar:
+    with click.progressbar(
+        length=0, label="backfilling index", show_pos=True, file=sys.stderr
+    ) as bar:
         filled = rotation.backfill_index(factory, batch_size=batch_size, progress=bar.update)
     _audit("keys:rotate-index", {"organisations": created, "cases": filled})
     click.echo(f"{created} organisations on a new index key; {filled} cases indexed")
@@ -183,7 +189,9 @@ def rotate_org_keys(batch_size: int) -> None:
     factory = _factory()
     with factory() as session:
         total = session.scalar(select(func.count()).select_from(CaseKey)) or 0
-    with click.progressbar(length=total, label="re-wrapping data keys", show_pos=True) as bar:
+    with click.progressbar(
+        length=total, label="re-wrapping data keys", show_pos=True, file=sys.stderr
+    ) as bar:
         orgs, rewrapped = rotation.rotate_org_keys(
             factory, batch_size=batch_size, progress=bar.update
         )
