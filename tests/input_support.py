@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from referral_support import canary_case, consent_body, provision
+
 from referral_api.access.roles import OrgType, Role
 
 API = "/api/v1"
@@ -80,8 +82,6 @@ class World:
         ):
             self.p[name] = factory.user(role, org)
             self.h[name] = factory.headers(self.p[name])
-        from tests.referral_support import canary_case, consent_body, provision
-
         self.canary_case, self.consent_body, self.provision = canary_case, consent_body, provision
         c = client
         self.case = ok(c.post(f"{API}/cases", json=canary_case(), headers=self.h["worker"]), 201)[
