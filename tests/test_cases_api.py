@@ -442,6 +442,38 @@ def test_patch_with_current_etag_succeeds_and_a_stale_one_is_412(
     assert rows(app, "SELECT risk_level, version FROM cases")[0] == ("critical", 2)
 
 
+def test_a_patch_that_changes_nothing_keeps_the_version(app: Any, client: Any, team: Team) -> None:
+    """Setting what is already there (a retry, `{}`, the same name) writes nothing: the
+    version and ETag stay, so no other client's If-Match goes stale; the answer still shows
+    the case, so it is still audited, as a change of nothing. A real change moves it."""
+    created = create(client, team.cw)
+    case_id, etag = created.get_json()["id"], created.headers["ETag"]
+    body = created.get_json()
+    for same in (
+        {},
+        {"risk_level": body["risk_level"]},
+        {"identity": {"given_name": body["identity"]["given_name"]}},
+        {"contact": body["contact"], "risk_level": body["risk_level"]},
+    ):
+        response = client.patch(case_url(case_id), json=same, headers=with_etag(team.cw, etag))
+        assert response.status_code == 200, response.get_json()
+        assert response.headers["ETag"] == etag, same
+        assert response.get_json() == body
+    assert rows(app, "SELECT version FROM cases")[0][0] == 1
+    audited = rows(app, "SELECT details FROM audit_events WHERE action = 'case:update' ORDER BY id")
+    assert [json.loads(d) for (d,) in audited] == [{"changed": []}] * 4
+
+    changed = client.patch(
+        case_url(case_id),
+        json={"identity": {"given_name": "Olha"}, "contact": body["contact"]},
+        headers=with_etag(team.cw, etag),
+    )
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert rows(app, "SELECT version FROM cases")[0][0] == 2
+    last = rows(app, "SELECT details FROM audit_events WHERE action = 'case:update' ORDER BY id")
+    assert json.loads(last[-1][0]) == {"changed": ["identity"]}
+
+
 def test_partial_category_update_keeps_the_other_fields(client: Any, team: Team) -> None:
     created = create(client, team.cw)
     url = case_url(created.get_json()["id"])

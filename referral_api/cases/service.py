@@ -326,8 +326,16 @@ def _audit_case(
 
 
 def _apply_categories(
-    case: Case, data: dict[str, Any], allowed: frozenset[Category], action: Permission
+    case: Case,
+    data: dict[str, Any],
+    allowed: frozenset[Category],
+    action: Permission,
+    *,
+    only_changed: bool = False,
 ) -> set[Category]:
+    """Set the category fields in `data` (refusing a category the role may not write) and
+    return the categories written; `only_changed`: leave a field that already holds the
+    value alone (a PATCH that changes nothing writes nothing)."""
     touched: set[Category] = set()
     for category in Category:
         values = data.get(category.value)
@@ -343,8 +351,11 @@ def _apply_categories(
                 [category],
             )
         for key, value in values.items():
-            setattr(case, CATEGORY_FIELDS[category][key], value)
-        touched.add(category)
+            attribute = CATEGORY_FIELDS[category][key]
+            if only_changed and getattr(case, attribute) == value:
+                continue
+            setattr(case, attribute, value)
+            touched.add(category)
     return touched
 
 
@@ -419,11 +430,18 @@ def update_case(
     session: Any, actor: Actor, case: Case, decision: Decision, changes: dict[str, Any]
 ) -> CaseView:
     categories = visible_categories(decision)
+    moved = False
     for field in ("risk_level", "nrm_stage"):
-        if field in changes:
+        if field in changes and getattr(case, field) != changes[field]:
             setattr(case, field, changes[field])
-    touched = _apply_categories(case, changes, categories, Permission.CASE_UPDATE)
-    case.updated_at = datetime.now(UTC)
+            moved = True
+    touched = _apply_categories(
+        case, changes, categories, Permission.CASE_UPDATE, only_changed=True
+    )
+    if moved or touched:
+        # Only a real change moves the version (and the ETag): a PATCH that sets what is
+        # already there (a retry, `{}`) does not make every other client's If-Match stale.
+        case.updated_at = datetime.now(UTC)
     session.flush()
     _audit_case(
         session,
