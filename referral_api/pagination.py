@@ -66,18 +66,24 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     ):
         raise invalid_cursor()
     try:
-        created_at, parsed_id = datetime.fromisoformat(document[0]), uuid.UUID(document[1])
+        return cursor_instant(document[0]), uuid.UUID(document[1])
     except ValueError:
         raise invalid_cursor() from None
-    # Cursors are client-supplied: a naive timestamp, or one whose UTC time falls outside
-    # years 1-9999 (`0001-01-01T00:00:00+14:00`), would fail only when bound (a 500).
-    if created_at.tzinfo is None:
-        raise invalid_cursor()
+
+
+def cursor_instant(text: str) -> datetime:
+    """An instant read from a cursor; ValueError for one the server cannot have written: a
+    naive timestamp, or one whose UTC time falls outside years 1-9999
+    (`0001-01-01T00:00:00+14:00`), would fail only when bound (a 500, or a CSV export cut
+    short)."""
+    instant = datetime.fromisoformat(text)
+    if instant.tzinfo is None:
+        raise ValueError("naive timestamp")
     try:
-        created_at.astimezone(UTC)
+        instant.astimezone(UTC)
     except OverflowError:
-        raise invalid_cursor() from None
-    return created_at, parsed_id
+        raise ValueError("instant outside UTC's calendar") from None
+    return instant
 
 
 # The largest id a BIGINT column holds: a cursor past it would fail only when bound.

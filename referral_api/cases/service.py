@@ -736,16 +736,17 @@ def read_note(session: Any, actor: Actor, case_id: uuid.UUID, note_id: uuid.UUID
     case, decision = authorize(session, actor, Permission.CASE_READ, case_id)
     note = session.get(CaseNote, note_id)
     if note is None or note.case_id != case.id or note.category not in visible_categories(decision):
+        missing = note is None or note.case_id != case.id
         error = NotFound()
         error.audit = {
-            "action": str(Permission.CASE_READ),
+            **_denial(
+                actor,
+                Permission.CASE_READ,
+                case,
+                "no such note" if missing else "category not visible to role",
+            ),
             "resource_type": "case_note",
             "resource_id": str(note_id),
-            "case_id": case.id,
-            "decision": audit.DENY,
-            "reason": "no such note"
-            if note is None or note.case_id != case.id
-            else "category not visible to role",
         }
         raise error
     _audit_case(

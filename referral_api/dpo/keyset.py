@@ -12,13 +12,13 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from referral_api.pagination import MAX_ROW_ID, cursor_document, invalid_cursor
+from referral_api.pagination import MAX_ROW_ID, cursor_document, cursor_instant, invalid_cursor
 
 # Rows fetched per round trip when a report is exported whole (server-side cursor on
 # PostgreSQL, so memory stays flat however many rows there are).
@@ -54,14 +54,7 @@ def _untag(item: Any) -> Any:
     the query, after a CSV export has started."""
     kind, value = item
     if kind == "d" and isinstance(value, str):
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        try:
-            parsed.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("instant outside UTC's calendar") from None
-        return parsed
+        return cursor_instant(value)
     if kind == "u" and isinstance(value, str):
         return uuid.UUID(value)
     if kind == "b" and isinstance(value, bool):
