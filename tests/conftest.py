@@ -243,6 +243,17 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def write_audit_rows(session_factory: Any, count: int) -> None:
+    """`count` unsealed audit rows of the system actor, committed (for the chain's tests)."""
+    from referral_api.access.actor import Actor
+    from referral_api.audit import service
+
+    with session_factory() as s:
+        for _ in range(count):
+            service.record(s, Actor.system(), "test:row", resource_type="test")
+        s.commit()
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand: monkeypatch it over the `monotonic` a
     module reads, then advance `now`."""

@@ -214,6 +214,14 @@ class World:
         assert r.status_code == 200, r.get_data(as_text=True)
         return r.headers["ETag"]  # type: ignore[no-any-return]
 
+    def json_headers(self, who: str, etag_of: tuple[str, str] | None) -> dict[str, str]:
+        """`who`'s headers for a JSON request, with the If-Match of `etag_of` (path
+        template, reader) when the endpoint takes one."""
+        headers = {**self.h[who], "Content-Type": "application/json"}
+        if etag_of:
+            headers["If-Match"] = self.etag(self.fill(etag_of[0]), etag_of[1])
+        return headers
+
     @staticmethod
     def service_body() -> dict[str, Any]:
         return {

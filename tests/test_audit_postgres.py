@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import write_audit_rows
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -270,19 +271,13 @@ def test_verify_while_workers_keep_sealing_reports_no_tampering(app: Any) -> Non
     reads the head first (found by a reviewer's probe)."""
     factory = _db().session_factory_for(app)
 
-    def record(count: int) -> None:
-        with factory() as s:
-            for _ in range(count):
-                service.record(s, Actor.system(), "test:row", resource_type="test")
-            s.commit()
-
-    record(50)
+    write_audit_rows(factory, 50)
     service.seal_all(factory)
     stop = threading.Event()
 
     def worker() -> None:
         while not stop.is_set():
-            record(1)
+            write_audit_rows(factory, 1)
             service.seal_all(factory)
 
     thread = threading.Thread(target=worker)

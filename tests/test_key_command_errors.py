@@ -1,5 +1,6 @@
-"""`referral-api keys …` over a key that will not unwrap or a record that will not decrypt:
-one `error:` line and exit 1 (docs/cli.md), not a traceback (found by a reviewer's probe)."""
+"""The command line's output contract (docs/cli.md): `referral-api keys …` over a key that
+will not unwrap or a record that will not decrypt ends with one `error:` line and exit 1,
+not a traceback (found by a reviewer's probe); progress and notices go to stderr."""
 
 from __future__ import annotations
 
@@ -71,3 +72,32 @@ def test_rotate_case_keys_over_a_record_that_does_not_decrypt_is_one_error_line(
     app.extensions["referral_api.crypto"].cache.clear()
     result = runner.invoke(args=["keys", "rotate-case-keys"])
     _one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("command", "label"),
+    [
+        ("rotate-root", "re-wrapping keys"),
+        ("rotate-case-keys", "re-encrypting cases"),
+        ("rotate-index", "backfilling index"),
+        ("rotate-org-keys", "re-wrapping data keys"),
+    ],
+)
+def test_progress_goes_to_stderr_and_stdout_keeps_the_result_line(
+    client, factory, runner, command, label
+):
+    """docs/cli.md: scripts read stdout, so progress and notices go to stderr (the bars
+    wrote their labels to stdout)."""
+    _case(client, factory)
+    result = runner.invoke(args=["keys", command])
+    assert result.exit_code == 0, result.output
+    assert label in result.stderr
+    assert label not in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
+
+
+def test_the_sealer_announces_itself_on_stderr(runner):
+    result = runner.invoke(args=["audit", "seal", "--follow", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "until stopped" in result.stderr and "until stopped" not in result.stdout
+    assert result.stdout.strip().endswith("rows sealed")

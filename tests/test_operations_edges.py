@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write_audit_rows
 from sqlalchemy import func, select, text
 
-from referral_api.access.actor import Actor
 from referral_api.audit import service as audit_service
 from referral_api.auth.models import ApiClient, Organisation
 from referral_api.crypto.keyring import LocalKeyring
@@ -86,13 +86,7 @@ def test_keys_status_names_index_key_states_as_states(runner):
 def test_the_chain_goes_on_from_its_last_sealed_row_when_its_head_is_lost(app, runner):
     factory = db.session_factory_for(app)
 
-    def record(count: int) -> None:
-        with factory() as s:
-            for _ in range(count):
-                audit_service.record(s, Actor.system(), "test:row", resource_type="test")
-            s.commit()
-
-    record(3)
+    write_audit_rows(factory, 3)
     audit_service.seal_all(factory)
     with db.engine_for(app).begin() as connection:
         connection.execute(text("DELETE FROM audit_chain_head"))
@@ -101,7 +95,7 @@ def test_the_chain_goes_on_from_its_last_sealed_row_when_its_head_is_lost(app, r
     with factory() as s:
         missing = audit_service.verify_chain(s)
     assert (missing.ok, missing.problem) == (False, "chain head missing (rows removed at the end?)")
-    record(2)
+    write_audit_rows(factory, 2)
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 0, result.output
     with factory() as s:

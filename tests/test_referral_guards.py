@@ -18,6 +18,7 @@ from referral_support import (
     ok,
     provision,
     record_consent,
+    refer,
     rows,
     walk,
 )
@@ -153,15 +154,13 @@ def test_a_disclosure_the_consent_gate_refuses_is_on_the_record(
     from referral_api.audit.models import AuditEvent
 
     world = World(factory, client, consent=False)
-    refused = client.post(
-        f"{API}/cases/{world.case_id}/referrals",
-        json={
-            "to_org_id": str(world.receiver_org),
-            "purpose": world.purpose,
-            "categories": world.shared,
-            "send": True,
-        },
-        headers=world.h["sender"],
+    refused = refer(
+        client,
+        world.h["sender"],
+        world.case_id,
+        world.receiver_org,
+        world.shared,
+        purpose=world.purpose,
     )
     assert_problem(refused, 409)
     (row,) = rows(app, AuditEvent, AuditEvent.request_id == refused.headers["X-Request-ID"])

@@ -55,9 +55,6 @@ def test_body_on_bodyless_endpoint_is_refused(
 ) -> None:
     template, who, etag_of = NO_BODY[name]
     w = World(app, client, factory)
-    headers = dict(w.h[who])
-    if etag_of:
-        headers["If-Match"] = w.etag(w.fill(etag_of[0]), etag_of[1])
     # A client that believes the endpoint takes options (here: "do not do it").
     _assert_refused_and_unchanged(
         app,
@@ -65,7 +62,7 @@ def test_body_on_bodyless_endpoint_is_refused(
         "POST",
         API + w.fill(template),
         data=json.dumps({"approve": False, "dry_run": True}),
-        headers={**headers, "Content-Type": "application/json"},
+        headers=w.json_headers(who, etag_of),
     )
 
 
@@ -163,16 +160,13 @@ def test_non_boolean_for_boolean_field_is_refused(
             **w.consent_body(w.provision("shelter", ["identity"], org_id=w.recv)),
             "is_minor": 0,
         }
-    headers = dict(w.h[who])
-    if etag_of:
-        headers["If-Match"] = w.etag(w.fill(etag_of[0]), etag_of[1])
     _assert_refused_and_unchanged(
         app,
         client,
         method,
         API + w.fill(template),
         data=w.fill(json.dumps(body)),
-        headers={**headers, "Content-Type": "application/json"},
+        headers=w.json_headers(who, etag_of),
     )
 
 
@@ -193,12 +187,11 @@ def test_empty_json_body_on_patch_is_refused(
 ) -> None:
     template, who, etag_of = EMPTY[name]
     w = World(app, client, factory)
-    headers = {**w.h[who], "If-Match": w.etag(w.fill(etag_of[0]), etag_of[1])}
     _assert_refused_and_unchanged(
         app,
         client,
         "PATCH",
         API + w.fill(template),
         data=b"",
-        headers={**headers, "Content-Type": "application/json"},
+        headers=w.json_headers(who, etag_of),
     )
