@@ -133,11 +133,20 @@ class PreconditionFailed(ReferralApiError):
 
 
 class Gone(ReferralApiError):
-    """The case was erased (crypto-shredded): answered to those who could see it."""
+    """The case was erased (crypto-shredded): answered to those who could see it.
+    `case_id`: the erased case, when the code raising it knows no more of the request (a
+    write that found the case's keys gone): the route's permission check audits it."""
 
     status = 410
     title = "Gone"
     problem_type = "/problems/erased"
+    case_id: Any = None
+
+    @classmethod
+    def case_erased(cls, case_id: Any) -> Gone:
+        gone = cls("This case was erased.")
+        gone.case_id = case_id
+        return gone
 
 
 class ProcessingRestricted(ReferralApiError):

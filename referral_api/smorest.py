@@ -31,6 +31,7 @@ from referral_api.errors import PROBLEM_MIMETYPE, ProblemSchema, problem_from_ht
 from referral_api.exceptions import (
     AuthenticationFailed,
     Forbidden,
+    Gone,
     PreconditionFailed,
     PreconditionRequired,
     ValidationFailed,
@@ -133,6 +134,20 @@ def _denial_entry(permission: Permission, view_args: dict[str, Any]) -> dict[str
     }
 
 
+def _erased_entry(
+    permission: Permission, view_args: dict[str, Any], case_id: uuid.UUID
+) -> dict[str, Any]:
+    """What a write refused because its case was erased meanwhile records: the case, as
+    a request refused for an erased case at its start does."""
+    return {
+        **_denial_entry(permission, view_args),
+        "resource_type": "case",
+        "resource_id": str(case_id),
+        "case_id": case_id,
+        "reason": "case erased",
+    }
+
+
 class Blueprint(flask_smorest.Blueprint):
     # Request bodies parsed by orjson (as the stdlib would parse them; `jsonio`).
     ARGUMENTS_PARSER = jsonio.Parser()
@@ -159,7 +174,15 @@ class Blueprint(flask_smorest.Blueprint):
                     denied = Forbidden("Your role does not allow this action.")
                     denied.audit = _denial_entry(permission, kwargs)
                     raise denied
-                return func(*args, **kwargs)
+                try:
+                    return func(*args, **kwargs)
+                except Gone as gone:
+                    if gone.audit is None and gone.case_id is not None:
+                        # A write that found the case erased under it (it waited on the
+                        # case's row while the erasure committed): refused like a request
+                        # that began after the erasure, and on the record like it.
+                        gone.audit = _erased_entry(permission, kwargs, gone.case_id)
+                    raise
 
             wrapper.__required_permission__ = permission  # type: ignore[attr-defined]
             documented = self.doc(security=[{"bearerAuth": []}])(wrapper)

@@ -1,7 +1,8 @@
 """Writes racing an erasure approval, which holds the case row FOR UPDATE: a note or consent
 that passed its checks before the erasure and waited on the row to seal its ciphertext found
 no key afterwards, an AssertionError and a 500 (found by a reviewer's race probes). It is a
-410, as for a case already erased, and nothing of it is stored."""
+410, as for a case already erased, and nothing of it is stored; the refusal is on the
+record like one at the request's start (a `deny` row, reason `case erased`)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,16 @@ def _erase_while(
         return real(session, cid)
 
     monkeypatch.setattr(rights_service, "active_hold", hold_check_while_a_write_comes_in)
+    before = world.sql("SELECT COALESCE(MAX(id), 0) FROM audit_events")[0][0]
     approved = world.approve(request_id, by="dpo")
     during["thread"].join(timeout=30)
     assert "error" not in during, during.get("error")
+    during["denials"] = world.sql(
+        "SELECT action, resource_type, resource_id, actor_id FROM audit_events"
+        " WHERE id > :before AND case_id = :c AND decision = 'deny' AND reason = 'case erased'",
+        before=before,
+        c=case_id,
+    )
     return approved, during
 
 
@@ -72,8 +80,9 @@ def test_a_note_racing_an_erasure_is_a_410(
     response = during["response"]
     # Nothing half-written (the failed request was rolled back) ...
     assert world.sql("SELECT COUNT(*) FROM case_notes WHERE case_id = :c", c=case_id) == [(0,)]
-    # ... and the answer is the case's: gone.
+    # ... and the answer is the case's: gone, and audited.
     assert assert_problem(response, 410)["type"] == "/problems/erased"
+    assert during["denials"] == [("case:note", "case", case_id, world.ids["worker"])]
 
 
 def test_a_consent_racing_an_erasure_is_a_410(
@@ -97,3 +106,4 @@ def test_a_consent_racing_an_erasure_is_a_410(
     response = during["response"]
     assert world.sql("SELECT COUNT(*) FROM consent_records WHERE case_id = :c", c=case_id) == [(0,)]
     assert assert_problem(response, 410)["type"] == "/problems/erased"
+    assert during["denials"] == [("consent:record", "case", case_id, world.ids["worker"])]

@@ -198,7 +198,7 @@ def case_key_version(session: Session, case_id: uuid.UUID) -> int:
         select(Case.key_version).where(Case.id == case_id).with_for_update(key_share=True)
     ).scalar_one()
     if version is None:
-        raise Gone("This case was erased.")
+        raise Gone.case_erased(case_id)
     return int(version)
 
 

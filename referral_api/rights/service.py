@@ -89,8 +89,8 @@ def set_legal_hold(
 ) -> LegalHold | None:
     case = _case_for(session, actor, Permission.CASE_LEGAL_HOLD, case_id)
     _lock_case(session, case)
-    if case.erased:
-        raise Gone("This case was erased.")
+    if case.erased:  # erased since it was authorised (we waited on its row)
+        raise Gone.case_erased(case.id)
     current = active_hold(session, case.id)
     if hold:
         if current is not None:
@@ -225,8 +225,8 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
             {"request_id": str(request.id)},
         )
     _lock_case(session, case)
-    if case.erased:
-        raise Gone("This case was erased.")
+    if case.erased:  # erased since it was authorised (we waited on its row)
+        raise Gone.case_erased(case.id)
     if active_hold(session, case.id) is not None:
         raise _denied(
             LegalHoldActive("A legal hold is in place: the case cannot be erased."),
@@ -270,8 +270,8 @@ def erase_case(
     from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
 
     _lock_case(session, case)
-    if case.erased:
-        raise Gone("This case was erased.")
+    if case.erased:  # erased since it was authorised (we waited on its row)
+        raise Gone.case_erased(case.id)
     if active_hold(session, case.id) is not None:
         raise LegalHoldActive("A legal hold is in place: the case cannot be erased.")
     at = now()
