@@ -314,7 +314,9 @@ def _scratch_app(url: str, folder: Path) -> Any:
     LocalKeyring.load(keyring, create_if_missing=True)
     app = create_app(
         {
-            "ENV_NAME": "production",
+            # Production runs on PostgreSQL only; the SQLite scratch database is served in
+            # development mode (the same request path: the modes differ in start-up checks).
+            "ENV_NAME": "production" if url.startswith("postgresql") else "development",
             "DATABASE_URL": url,
             "JWT_SECRET_KEY": secrets.token_urlsafe(48),
             "KEYRING_PATH": str(keyring),

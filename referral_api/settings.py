@@ -197,8 +197,16 @@ MIN_ARGON2_TIME_COST = 2
 
 
 def _refuse_weak_production_settings(config: dict[str, Any]) -> None:
-    """Settings that work but weaken what production must hold: cheap password hashes, and
-    any web origin reading the API's answers (personal data) from a signed-in browser."""
+    """Settings that work but weaken what production must hold: a database that cannot
+    refuse changes to the audit log, cheap password hashes, and any web origin reading the
+    API's answers (personal data) from a signed-in browser."""
+    if not str(config["DATABASE_URL"]).startswith("postgresql"):
+        # SQLite serves development and the test suite: it has no roles or grants, and the
+        # application's own connection could rewrite audit rows and then the chain's head.
+        raise ConfigurationError(
+            "DATABASE_URL must be a PostgreSQL database in production: only there does the "
+            "database itself refuse changes to audit rows"
+        )
     if config["ARGON2_MEMORY_COST"] < MIN_ARGON2_MEMORY_KIB:
         raise ConfigurationError(
             f"REFERRAL_API_ARGON2_MEMORY_KIB must be at least {MIN_ARGON2_MEMORY_KIB} in production"

@@ -325,18 +325,27 @@ def test_seed_demo_does_nothing_when_an_organisation_exists(runner, factory, ses
     assert (_count(session, Organisation), _count(session, User)) == (1, 0)
 
 
-@pytest.fixture
-def production_config(app_config, keyring_path):
+def test_seed_demo_is_refused_in_production(app_config, keyring_path, session):
+    from referral_api import create_app
+
     LocalKeyring.load(keyring_path, create_if_missing=True)
-    app_config["ENV_NAME"] = "production"
-    app_config["KEYRING_CREATE_IF_MISSING"] = False
-    # The cheapest password hashing production accepts (the suite's own is cheaper).
-    app_config["ARGON2_TIME_COST"], app_config["ARGON2_MEMORY_COST"] = 2, 19 * 1024
-    return app_config
-
-
-def test_seed_demo_is_refused_in_production(production_config, runner, session):
-    result = runner.invoke(args=["seed-demo"])
+    production = create_app(
+        {
+            **app_config,
+            "ENV_NAME": "production",
+            "TESTING": False,
+            # Production runs on PostgreSQL only: the suite's own on the PostgreSQL run, one
+            # never dialled on the SQLite run (the refusal comes before any connection).
+            "DATABASE_URL": app_config["DATABASE_URL"]
+            if app_config["DATABASE_URL"].startswith("postgresql")
+            else "postgresql://nobody@127.0.0.1:1/never-connected",
+            "KEYRING_CREATE_IF_MISSING": False,
+            # The cheapest password hashing production accepts (the suite's own is cheaper).
+            "ARGON2_TIME_COST": 2,
+            "ARGON2_MEMORY_COST": 19 * 1024,
+        }
+    )
+    result = production.test_cli_runner().invoke(args=["seed-demo"])
     assert result.exit_code != 0
     assert "production" in result.output
     assert _count(session, Organisation) == 0

@@ -152,7 +152,8 @@ def test_an_unusable_configuration_is_one_error_line(tmp_path):
     env = {
         **os.environ,
         "REFERRAL_API_ENV": "production",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        # Never dialled: the keyring is refused first.
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/never-connected",
         "REFERRAL_API_JWT_SECRET": "a" * 40,
         "REFERRAL_API_KEYRING": keyring,
     }

@@ -17,6 +17,9 @@ from referral_api.extensions import db
 from referral_api.settings import load_settings, normalise_database_url
 
 GOOD_SECRET = "production-secret-" + "z" * 32
+# Production runs on PostgreSQL only; starting the app connects to no database, so the
+# SQLite run of the suite checks production's settings against an address never dialled.
+UNUSED_POSTGRES_URL = "postgresql://nobody@127.0.0.1:1/never-connected"
 ENV_VARS = (
     "DATABASE_URL",
     "REFERRAL_API_ENV",
@@ -43,10 +46,15 @@ def production_keyring(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def production_env(clean_env, database_url, production_keyring) -> pytest.MonkeyPatch:
+def production_database_url(database_url: str) -> str:
+    return database_url if database_url.startswith("postgresql") else UNUSED_POSTGRES_URL
+
+
+@pytest.fixture
+def production_env(clean_env, production_database_url, production_keyring) -> pytest.MonkeyPatch:
     """A complete production environment; each test removes or spoils one part."""
     clean_env.setenv("REFERRAL_API_ENV", "production")
-    clean_env.setenv("DATABASE_URL", database_url)
+    clean_env.setenv("DATABASE_URL", production_database_url)
     clean_env.setenv("REFERRAL_API_KEYRING", production_keyring)
     clean_env.setenv("REFERRAL_API_JWT_SECRET", GOOD_SECRET)
     return clean_env
@@ -112,6 +120,18 @@ def test_production_refuses_settings_that_weaken_it(production_env, variable, va
     assert message in raised.value.detail
 
 
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/referral_api.db", "sqlite://"])
+def test_production_refuses_sqlite(production_env, tmp_path, url):
+    # No database-enforced append-only audit log there (no trigger, no grants).
+    production_env.setenv("DATABASE_URL", url.format(tmp=tmp_path))
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert "PostgreSQL" in raised.value.detail
+    assert "DATABASE_URL" in raised.value.detail
+    production_env.setenv("REFERRAL_API_ENV", "development")
+    assert _start().config["DATABASE_URL"] == url.format(tmp=tmp_path)
+
+
 def test_production_refuses_a_missing_keyring_file_and_creates_none(production_env, tmp_path):
     missing = tmp_path / "absent" / "keyring.json"
     production_env.setenv("REFERRAL_API_KEYRING", str(missing))
@@ -128,11 +148,13 @@ def test_production_refuses_a_keyring_readable_by_others(production_env, product
     assert "600" in raised.value.detail
 
 
-def test_production_through_config_overrides(clean_env, database_url, production_keyring):
+def test_production_through_config_overrides(
+    clean_env, production_database_url, production_keyring
+):
     # create_app(config) is checked exactly as the environment is.
     config = {
         "ENV_NAME": "production",
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": production_database_url,
         "KEYRING_PATH": production_keyring,
     }
     with pytest.raises(ConfigurationError):
