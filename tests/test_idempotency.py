@@ -30,7 +30,7 @@ from referral_support import (
     refer,
 )
 
-from referral_api.access.roles import OrgType, Role
+from referral_api.access.roles import OrgType, Role, permissions_for
 from referral_api.cases.models import Case
 from referral_api.consent.models import ConsentRecord
 from referral_api.idempotency import IdempotencyRecord, IdempotentResponse
@@ -448,6 +448,49 @@ def test_a_retried_note_is_added_once(app: Any, client: Any, police: Police) -> 
     assert again.get_json() == first
     assert _actions(app, again) == ["case:read"]
     assert [n["id"] for n in ok(client.get(url, headers=police.headers))] == [first["id"]]
+
+
+def test_a_note_replay_shows_no_note_of_another_case_and_no_missing_one(
+    app: Any, client: Any, police: Police
+) -> None:
+    """A replay answers the note its first request added through `read_note`, which takes
+    the note id from the stored response and the case from the URL: a note of another case,
+    or none at all, is a 404 on the record (deny, `no such note`), never the note."""
+    from referral_api.access.actor import Actor, ActorKind
+    from referral_api.cases import service as case_service
+    from referral_api.exceptions import NotFound
+    from referral_api.extensions import db
+
+    first, second = (
+        ok(client.post(f"{API}/cases", json=canary_case(), headers=police.headers), 201)["id"]
+        for _ in range(2)
+    )
+    body = {"category": "needs", "text": "Asked for winter clothes"}
+    note = ok(client.post(f"{API}/cases/{first}/notes", json=body, headers=police.headers), 201)
+    actor = Actor(
+        kind=ActorKind.CLIENT,
+        id=uuid.uuid4(),
+        org_id=police.org_id,
+        org_type=OrgType.POLICE,
+        role=Role.POLICE_OFFICER,
+        permissions=permissions_for(Role.POLICE_OFFICER),
+    )
+    with app.test_request_context():
+        shown = case_service.read_note(db.session, actor, uuid.UUID(first), uuid.UUID(note["id"]))
+        assert shown.text == body["text"]
+        db.session.rollback()
+        for case_id, note_id in ((second, note["id"]), (first, str(uuid.uuid4()))):
+            with pytest.raises(NotFound) as refused:
+                case_service.read_note(db.session, actor, uuid.UUID(case_id), uuid.UUID(note_id))
+            assert refused.value.audit == {
+                "action": "case:read",
+                "resource_type": "case_note",
+                "resource_id": note_id,
+                "case_id": uuid.UUID(case_id),
+                "decision": "deny",
+                "reason": "no such note",
+            }
+            db.session.rollback()
 
 
 def test_a_retried_consent_is_recorded_once_and_its_withdrawal_stops_sharing(
