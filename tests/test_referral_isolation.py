@@ -313,6 +313,21 @@ def test_notifications_are_the_organisations_own(app: Any, client: Any, world: W
     assert all(n["read_at"] is None for n in events("outsider"))
 
 
+def test_a_dpo_lists_notifications_but_does_not_mark_them_read(
+    app: Any, client: Any, world: World, factory: Any
+) -> None:
+    # The outbox is the referral workers': an oversight role reading it must not clear an
+    # event from their unread list.
+    world.refer()
+    dpo = factory.headers(factory.user(Role.DPO, world.receiver_org))
+    listed = ok(client.get(f"{API}/notifications", headers=dpo))
+    assert [n["event"] for n in listed] == ["referral:requested"]
+    refused = client.post(f"{API}/notifications/{listed[0]['id']}/read", headers=dpo)
+    assert assert_problem(refused, 403)
+    unread = ok(client.get(f"{API}/notifications", headers=world.h["receiver"]))
+    assert [(n["id"], n["read_at"]) for n in unread] == [(listed[0]["id"], None)]
+
+
 def test_a_dpo_sees_referral_metadata_without_the_message(
     app: Any, client: Any, world: World, factory: Any
 ) -> None:

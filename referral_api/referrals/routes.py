@@ -235,11 +235,16 @@ def list_notifications(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/notifications/<uuid:notification_id>/read", methods=["POST"])
-@blp.requires(Permission.REFERRAL_READ)
+@blp.requires(Permission.REFERRAL_TRANSITION)
 @blp.response(200, NotificationSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def mark_read(notification_id: uuid.UUID) -> Any:
-    """Mark a notification read"""
+    """Mark a notification read, for your whole organisation
+
+    The organisation's referral workers share its notifications: one of them marking one
+    read marks it read for all. A role that only oversees referrals (a DPO) lists them but
+    cannot mark them read, so its reading never hides an event from those who act on it.
+    """
     notification = service.mark_notification_read(db.session, current_actor(), notification_id)
     db.session.commit()
     return notification
