@@ -1,8 +1,9 @@
 """Subject access and portability (GDPR Art. 15/20; issue 6): the owning organisation's
 supervisor exports everything held about the person — case fields in every category, notes,
-consents with their events, referrals and disclosures, and the access log — as one JSON
-document, kept encrypted, downloadable once, by the requester only, before it expires. The
-export holds nothing of any other case or organisation."""
+consents with their terms and events, referrals and disclosures, legal holds, erasure
+requests and the access log — as one JSON document, kept encrypted, downloadable once, by
+the requester only, before it expires. The export holds nothing of any other case or
+organisation."""
 
 from __future__ import annotations
 
@@ -209,6 +210,65 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
         id=uuid_param(app, body["id"]),
     )
     assert after[0][0] is None and after[0][1] is not None
+
+
+def test_export_holds_consent_terms_legal_holds_and_erasure_requests(
+    app: Any, client: Any, world: World
+) -> None:
+    """What the person's consent rests on (grantor, legal basis, notice, jurisdiction), the
+    legal holds kept on their record (with the reasons given) and the erasure requests made
+    are held about them too: Art. 15 gives them all."""
+    token = new_token("holds")
+    case_id = world.case(token)
+    consent = world.consent(case_id, world.receiver_org, ["identity"])
+    ok(world.hold(case_id, True, reason=f"first hold {token}"))
+    ok(world.hold(case_id, False))
+    ok(world.hold(case_id, True, reason=f"second hold {token}"))
+    world.close(case_id)
+    world.request_erasure(case_id)
+    created = ok(
+        client.post(
+            f"{API}/cases/{case_id}/export", json={"reason": "sar"}, headers=world.h["sup"]
+        ),
+        201,
+    )
+    document = ok(client.get(created["download"], headers=world.h["sup"]))
+
+    [terms] = [c for c in document["consents"] if c["id"] == consent["id"]]
+    assert {
+        key: terms[key]
+        for key in (
+            "grantor",
+            "guardian_relation",
+            "is_minor",
+            "notice_version",
+            "jurisdiction",
+            "article6",
+            "article9",
+            "recorded_by_org_id",
+        )
+    } == {
+        "grantor": "person",
+        "guardian_relation": None,
+        "is_minor": False,
+        "notice_version": "2026-01",
+        "jurisdiction": "UA",
+        "article6": "a",
+        "article9": "a",
+        "recorded_by_org_id": str(world.org),
+    }
+    holds = document["legal_holds"]
+    assert [(h["reason"], h["lifted_at"] is None) for h in holds] == [
+        (f"first hold {token}", False),
+        (f"second hold {token}", True),
+    ]
+    assert {h["org_id"] for h in holds} == {str(world.org)}
+    [erasure] = document["erasure_requests"]
+    assert (erasure["basis"], erasure["status"], erasure["decided_at"]) == (
+        "consent_withdrawn",
+        "pending",
+        None,
+    )
 
 
 def test_export_and_download_are_audited(app, client, world, scenario):

@@ -474,10 +474,11 @@ def _iso(value: Any) -> Any:
 
 
 def build_export(session: Session, case: Case) -> dict[str, Any]:
-    """Everything held about the person: case fields, notes, consents with their signed form
-    (evidence) and events (with the reasons given), referrals with the override
-    justification, their history (with notes) and their message threads, disclosures (who
-    received what, when), and the access log."""
+    """Everything held about the person: case fields, notes, consents with their terms
+    (grantor, legal basis, notice, jurisdiction), signed form (evidence) and events (with the
+    reasons given), referrals with the override justification, their history (with notes)
+    and their message threads, disclosures (who received what, when), legal holds (with
+    their reasons), erasure requests, and the access log."""
     from referral_api.consent.models import ConsentRecord
     from referral_api.referrals.models import (
         Disclosure,
@@ -503,6 +504,14 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
     consents = session.scalars(select(ConsentRecord).where(ConsentRecord.case_id == case.id)).all()
     referrals = session.scalars(select(Referral).where(Referral.case_id == case.id)).all()
     disclosures = session.scalars(select(Disclosure).where(Disclosure.case_id == case.id)).all()
+    holds = session.scalars(
+        select(LegalHold).where(LegalHold.case_id == case.id).order_by(LegalHold.placed_at)
+    ).all()
+    erasures = session.scalars(
+        select(ErasureRequest)
+        .where(ErasureRequest.case_id == case.id)
+        .order_by(ErasureRequest.requested_at)
+    ).all()
 
     def per_referral(model: Any) -> dict[uuid.UUID, list[Any]]:
         """The case's records of `model` (history, thread) by referral, oldest first."""
@@ -531,8 +540,15 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                 {
                     "id": c.id,
                     "grantor": c.grantor,
+                    "guardian_relation": c.guardian_relation,
+                    "is_minor": c.is_minor,
                     "collection_method": c.collection_method,
                     "language": c.language,
+                    "notice_version": c.notice_version,
+                    "jurisdiction": c.jurisdiction,
+                    "article6": c.article6,
+                    "article9": c.article9,
+                    "recorded_by_org_id": c.captured_by_org_id,
                     "created_at": c.created_at,
                     "provisions": [
                         {
@@ -601,6 +617,24 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                     "acknowledged_at": d.acknowledged_at,
                 }
                 for d in disclosures
+            ],
+            "legal_holds": [
+                {
+                    "org_id": h.org_id,
+                    "placed_at": h.placed_at,
+                    "lifted_at": h.lifted_at,
+                    "reason": h.reason,
+                }
+                for h in holds
+            ],
+            "erasure_requests": [
+                {
+                    "basis": e.basis,
+                    "status": e.status,
+                    "requested_at": e.requested_at,
+                    "decided_at": e.decided_at,
+                }
+                for e in erasures
             ],
             "access_log": [
                 {
