@@ -150,8 +150,18 @@ class Gone(ReferralApiError):
 
 
 class ProcessingRestricted(ReferralApiError):
-    """GDPR Art. 18: the case is stored but may not be processed."""
+    """GDPR Art. 18: the case is stored but may not be processed. `case_id` as for Gone: a
+    write that found the case restricted under it."""
 
     status = 403
     title = "Processing restricted"
     problem_type = "/problems/processing-restricted"
+    case_id: Any = None
+
+    @classmethod
+    def case_restricted(cls, case_id: Any) -> ProcessingRestricted:
+        restricted = cls(
+            "Processing of this case is restricted (GDPR Art. 18): it is stored but not used."
+        )
+        restricted.case_id = case_id
+        return restricted

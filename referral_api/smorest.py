@@ -34,6 +34,7 @@ from referral_api.exceptions import (
     Gone,
     PreconditionFailed,
     PreconditionRequired,
+    ProcessingRestricted,
     ValidationFailed,
 )
 
@@ -134,17 +135,17 @@ def _denial_entry(permission: Permission, view_args: dict[str, Any]) -> dict[str
     }
 
 
-def _erased_entry(
-    permission: Permission, view_args: dict[str, Any], case_id: uuid.UUID
+def _case_refusal_entry(
+    permission: Permission, view_args: dict[str, Any], refused: Gone | ProcessingRestricted
 ) -> dict[str, Any]:
-    """What a write refused because its case was erased meanwhile records: the case, as
-    a request refused for an erased case at its start does."""
+    """What a write refused because its case was erased or restricted meanwhile records: the
+    case, as a request refused for such a case at its start does."""
     return {
         **_denial_entry(permission, view_args),
         "resource_type": "case",
-        "resource_id": str(case_id),
-        "case_id": case_id,
-        "reason": "case erased",
+        "resource_id": str(refused.case_id),
+        "case_id": refused.case_id,
+        "reason": "case erased" if isinstance(refused, Gone) else "processing restricted",
     }
 
 
@@ -176,12 +177,12 @@ class Blueprint(flask_smorest.Blueprint):
                     raise denied
                 try:
                     return func(*args, **kwargs)
-                except Gone as gone:
-                    if gone.audit is None and gone.case_id is not None:
-                        # A write that found the case erased under it (it waited on the
-                        # case's row while the erasure committed): refused like a request
-                        # that began after the erasure, and on the record like it.
-                        gone.audit = _erased_entry(permission, kwargs, gone.case_id)
+                except (Gone, ProcessingRestricted) as refused:
+                    if refused.audit is None and refused.case_id is not None:
+                        # A write that found the case erased or restricted under it (it
+                        # waited on the case's row while that committed): refused like a
+                        # request that began after it, and on the record like it.
+                        refused.audit = _case_refusal_entry(permission, kwargs, refused)
                     raise
 
             wrapper.__required_permission__ = permission  # type: ignore[attr-defined]

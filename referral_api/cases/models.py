@@ -38,7 +38,7 @@ from referral_api.crypto.fields import EncryptedField, EncryptedRecord
 from referral_api.crypto.keys import CryptoContext, KeyService
 from referral_api.crypto.models import CaseKey
 from referral_api.db import Base, UTCDateTime, new_id, utcnow, value_enum
-from referral_api.exceptions import Gone
+from referral_api.exceptions import Gone, ProcessingRestricted
 
 C = Category
 
@@ -176,6 +176,34 @@ class CaseNote(EncryptedRecord, Base):
         return case_key_version(keys.session, self.case_id)
 
 
+# Cases this transaction's work must find processable (GDPR Art. 18) when it writes, and
+# those it acts on in a way a restriction allows (withdrawing consent, stopping a referral,
+# holds, erasure, export): see `case_key_version`. Forgotten at the end of the transaction.
+_MUST_BE_PROCESSABLE = "_ra_must_be_processable"
+_ALLOWED_RESTRICTED = "_ra_allowed_while_restricted"
+
+
+def must_be_processable(session: Session, case_id: uuid.UUID, allowed: bool = False) -> None:
+    """Record that the work just authorised on the case needs it unrestricted (or, with
+    `allowed`, is allowed while restricted)."""
+    session.info.setdefault(_ALLOWED_RESTRICTED if allowed else _MUST_BE_PROCESSABLE, set()).add(
+        case_id
+    )
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_processable(session: Session) -> None:
+    session.info.pop(_MUST_BE_PROCESSABLE, None)
+    session.info.pop(_ALLOWED_RESTRICTED, None)
+
+
+def _refused_as_restricted(session: Session, case_id: uuid.UUID) -> bool:
+    return case_id in session.info.get(_MUST_BE_PROCESSABLE, ()) and case_id not in (
+        session.info.get(_ALLOWED_RESTRICTED, ())
+    )
+
+
 def case_key_version(session: Session, case_id: uuid.UUID) -> int:
     """The data-key version a new ciphertext of the case's records goes under. For a case
     already stored, read now with a key-share lock on its row (PostgreSQL; SQLite runs one
@@ -188,17 +216,24 @@ def case_key_version(session: Session, case_id: uuid.UUID) -> int:
     two withdrawals of different consents of the case.)
 
     A case erased meanwhile (its erasure committed while this writer waited on the row)
-    has no key any more: 410, as for a case already erased when the request began."""
+    has no key any more: 410, as for a case already erased when the request began. One
+    restricted meanwhile (GDPR Art. 18; the restriction is an update of the row, so it
+    commits either before this lock or after this writer) refuses work authorised as
+    needing it processable (`must_be_processable`): 403, as for a case already restricted."""
     case = session.get(Case, case_id)
     assert case is not None  # noqa: S101 - the record's foreign key
     if sa_inspect(case).pending:
         assert case.key_version is not None  # noqa: S101 - set when the case is made
         return case.key_version  # created in this transaction: no one else can see it
-    version = session.execute(
-        select(Case.key_version).where(Case.id == case_id).with_for_update(key_share=True)
-    ).scalar_one()
+    version, restricted = session.execute(
+        select(Case.key_version, Case.restricted)
+        .where(Case.id == case_id)
+        .with_for_update(key_share=True)
+    ).one()
     if version is None:
         raise Gone.case_erased(case_id)
+    if restricted and _refused_as_restricted(session, case_id):
+        raise ProcessingRestricted.case_restricted(case_id)
     return int(version)
 
 

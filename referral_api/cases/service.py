@@ -38,6 +38,7 @@ from referral_api.cases.models import (
     CaseStatus,
     CaseStatusChange,
     insert_cases,
+    must_be_processable,
 )
 from referral_api.crypto.fields import crypto_of
 from referral_api.crypto.keys import remember_wrapped_case_key
@@ -240,12 +241,16 @@ def authorize(
         gone = Gone("This case was erased.")
         gone.audit = _denial(actor, action, case, "case erased")
         raise gone
-    if case.restricted and action not in _ALLOWED_WHILE_RESTRICTED:
+    allowed_restricted = action in _ALLOWED_WHILE_RESTRICTED
+    if case.restricted and not allowed_restricted:
         restricted = ProcessingRestricted(
             "Processing of this case is restricted (GDPR Art. 18): it is stored but not used."
         )
         restricted.audit = _denial(actor, action, case, "processing restricted")
         raise restricted
+    # Checked again when the work writes under the case's lock (a restriction may commit in
+    # between): `case_key_version`.
+    must_be_processable(session, case.id, allowed=allowed_restricted)
     return case, decision
 
 

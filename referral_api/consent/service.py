@@ -436,10 +436,15 @@ def expire_due(
     count = 0
     stmt = select(ConsentRecord).order_by(ConsentRecord.created_at, ConsentRecord.id)
     for consent in session.scalars(stmt).yield_per(batch_size):
-        view = view_of(consent)
-        if not is_expired_at(view, at):
+        if not _due_to_expire(consent, at):
             continue
-        if consent.events and consent.events[-1].event_type is EventType.EXPIRED:
+        # Locked and read again, as a withdrawal or renewal locks it (`_load_to_change`): a
+        # renewal that committed since the batch read it is seen, not overtaken.
+        session.execute(
+            select(ConsentRecord.id).where(ConsentRecord.id == consent.id).with_for_update()
+        )
+        session.expire(consent, ["events", "provisions"])
+        if not _due_to_expire(consent, at):
             continue
         _add_event(session, actor, consent, EventType.EXPIRED, at)
         audit.record(
@@ -453,6 +458,12 @@ def expire_due(
         count += 1
     session.flush()
     return count
+
+
+def _due_to_expire(consent: ConsentRecord, at: datetime) -> bool:
+    if not is_expired_at(view_of(consent), at):
+        return False
+    return not (consent.events and consent.events[-1].event_type is EventType.EXPIRED)
 
 
 def case_of(session: Session, consent: ConsentRecord) -> Case:

@@ -26,7 +26,7 @@ from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
 from referral_api.cases import service as cases
 from referral_api.cases.layout import CATEGORY_FIELDS
-from referral_api.cases.models import Case
+from referral_api.cases.models import Case, must_be_processable
 from referral_api.consent import service as consent_service
 from referral_api.consent.decision import DisclosureDecision
 from referral_api.consent.hooks import on_withdrawal
@@ -326,6 +326,10 @@ def create_referral(
         override_reason=data.get("override_reason"),
         override_requested_by=actor.id if data.get("override_reason") else None,
     )
+    if data.get("send", False):
+        # The send's consent hold comes first, before this transaction locks the case's
+        # row (its first encrypted write): a withdrawal takes them in that order.
+        _hold_consents(session, case.id)
     referral.message = data.get("message")
     referral.override_note = data.get("override_note")
     session.add(referral)
@@ -377,6 +381,9 @@ def _require_processable(
     error: Gone | ProcessingRestricted
     if case is None:
         return
+    if not reading:
+        # Checked again when the work writes under the case's lock: `case_key_version`.
+        must_be_processable(session, case.id, allowed=stopping)
     if case.erased:
         error = Gone("This case was erased.")
         why = "case erased"
@@ -963,10 +970,14 @@ def cancel_referrals_without_consent(
     the withdrawal sees which disclosures go on and why (and can stop them)."""
     effects: list[dict[str, Any]] = []
     system = Actor.system()
+    # Locked and read again: a referral another transaction changes meanwhile (the receiver
+    # opening its case from it) is then seen as it committed, not failed as a stale write.
     live = session.scalars(
-        select(Referral).where(
-            Referral.case_id == consent.case_id, Referral.status.in_(sorted(LIVE_STATUSES))
-        )
+        select(Referral)
+        .where(Referral.case_id == consent.case_id, Referral.status.in_(sorted(LIVE_STATUSES)))
+        .order_by(Referral.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     for referral in live:
         decision = consent_decision(session, referral, at)

@@ -301,10 +301,14 @@ def erase_case(
     cancelled = 0
     told: set[tuple[uuid.UUID, uuid.UUID]] = set()
     for referral in session.scalars(
-        select(Referral).where(
-            Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES))
-        )
-    ):
+        select(Referral)
+        .where(Referral.case_id == case.id, Referral.status.in_(sorted(OPEN_STATUSES)))
+        .order_by(Referral.id)
+        # Locked and read again: one changed meanwhile (the receiver opening its case from
+        # it) is seen as it committed, not failed as a stale write.
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all():
         previous = referral.status
         transition = ReferralTransition(
             id=uuid.uuid4(),

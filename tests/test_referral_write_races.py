@@ -1,0 +1,327 @@
+"""Referral, note and consent writes racing each other (PostgreSQL; found by a reviewer's
+race probes, each failing on the code before its fix):
+
+- a withdrawal or an erasure approval racing the receiver opening its case from the
+  referral failed its versioned UPDATE of the referral (412 to a call that sent no ETag),
+  and nothing was withdrawn or erased: the referrals are now locked and read again;
+- a send or a note racing a restriction (GDPR Art. 18) checked `restricted` at its start
+  only and committed after it: the write re-checks it under the case row's lock;
+- a create-and-send took the case row before the consents, a withdrawal the other way
+  round: a deadlock (503); the send's consent hold now comes first."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from referral_support import API, World, etag, ok, walk
+from sqlalchemy import text
+
+from referral_api.extensions import db
+from referral_api.referrals import service as referral_service
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL",
+)
+
+
+def sql(app: Any, query: str, **params: Any) -> list[Any]:
+    with db.engine_for(app).connect() as connection:
+        return list(connection.execute(text(query), params))
+
+
+def run_during(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Any,
+    name: str,
+    when: Callable[..., bool],
+    racer: Callable[[], Any],
+    *,
+    before: bool = False,
+) -> dict[str, Any]:
+    """When owner.name is first called with arguments `when` accepts, start `racer` in a
+    thread and give it 1.5 s (it should block on our locks), then go on. The racer starts
+    after the real call returns, or before it with `before`."""
+    real = getattr(owner, name)
+    during: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            during["response"] = racer()
+        except BaseException as error:  # noqa: BLE001
+            during["error"] = error
+
+    def race(*args: Any, **kwargs: Any) -> None:
+        if "thread" not in during and when(*args, **kwargs):
+            during["thread"] = threading.Thread(target=run, daemon=True)
+            during["thread"].start()
+            during["thread"].join(timeout=1.5)
+            during["waited"] = during["thread"].is_alive()
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            race(*args, **kwargs)
+        result = real(*args, **kwargs)
+        if not before:
+            race(*args, **kwargs)
+        return result
+
+    monkeypatch.setattr(owner, name, patched)
+    return during
+
+
+def test_withdrawal_racing_a_receivers_plain_transition_still_withdraws(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver marks the referral received (a move that takes no consent lock) while
+    the person withdraws consent. The withdrawal is 'one call, effective at once': it must
+    succeed and cancel the referral, not fail with 412 stale-etag (the caller of a withdrawal
+    sent no ETag at all)."""
+    world = World(factory, client)
+    assert world.consent is not None
+    referral_id = world.refer()["id"]
+
+    def withdraw() -> Any:
+        return app.test_client().post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "_audit",
+        lambda _s, _a, action, *_r, **_k: action == "referral:received",
+        withdraw,
+    )
+    moved = client.post(
+        f"{API}/referrals/{referral_id}/transitions",
+        json={"to": "received"},
+        headers={**world.h["receiver"], "If-Match": etag(client, world.h["receiver"], referral_id)},
+    )
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert ok(moved)["status"] == "received"
+    withdrawn = during["response"]
+    assert withdrawn.status_code == 200, (withdrawn.status_code, withdrawn.get_data(as_text=True))
+    final = ok(client.get(f"{API}/referrals/{referral_id}", headers=world.h["sender"]))
+    assert (final["status"], final["status_reason"]) == ("cancelled", "consent_withdrawn")
+
+
+def _restrict(app: Any, case_id: str, headers: dict[str, str]) -> Any:
+    return app.test_client().post(
+        f"{API}/cases/{case_id}/restriction", json={"restricted": True}, headers=headers
+    )
+
+
+def test_a_send_racing_a_restriction_does_not_go_out_on_the_restricted_case(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor restricts processing (Art. 18: 'nothing can be sent') while a caseworker
+    sends a draft referral. The send checked `restricted` at its start and never again: the
+    restriction commits in between, the send commits after it, and a disclosure of the
+    restricted case is recorded (referral 'requested', a disclosures row)."""
+    world = World(factory, client)
+    referral_id = world.refer(send=False)["id"]
+    tag = etag(client, world.h["sender"], referral_id)
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "consent_decision",
+        lambda *_a, **_k: True,
+        lambda: _restrict(app, world.case_id, world.h["sender_sup"]),
+    )
+    sent = client.post(
+        f"{API}/referrals/{referral_id}/transitions",
+        json={"to": "requested"},
+        headers={**world.h["sender"], "If-Match": tag},
+    )
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert ok(during["response"])["restricted"] is True
+    restricted = sql(app, "SELECT restricted FROM cases WHERE id = :c", c=world.case_id)
+    assert restricted == [(True,)]
+    disclosures = sql(app, "SELECT COUNT(*) FROM disclosures WHERE referral_id = :r", r=referral_id)
+    status = sql(app, "SELECT status FROM referrals WHERE id = :r", r=referral_id)
+    # The send is refused (403 processing-restricted); nothing is disclosed about a
+    # restricted case.
+    assert (sent.status_code, status, disclosures) == (403, [("draft",)], [(0,)]), (
+        sent.status_code,
+        status,
+        disclosures,
+    )
+
+
+def test_a_note_racing_a_restriction_is_not_added_to_the_restricted_case(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same check-then-act for a case note: authorised while the case was not restricted,
+    committed after the restriction."""
+    from referral_api.cases import service as case_service
+
+    world = World(factory, client)
+    during = run_during(
+        monkeypatch,
+        case_service,
+        "authorize",
+        lambda _s, _a, action, _c: str(action) == "case:note",
+        lambda: _restrict(app, world.case_id, world.h["sender_sup"]),
+    )
+    note = client.post(
+        f"{API}/cases/{world.case_id}/notes",
+        json={"category": "needs", "text": "added under restriction"},
+        headers=world.h["sender"],
+    )
+    during["thread"].join(timeout=60)
+    assert ok(during["response"])["restricted"] is True
+    notes = sql(app, "SELECT COUNT(*) FROM case_notes WHERE case_id = :c", c=world.case_id)
+    assert (note.status_code, notes) == (403, [(0,)]), (note.status_code, notes)
+    assert note.get_json()["type"] == "/problems/processing-restricted"
+    # On the record like a refusal at the request's start.
+    denials = sql(
+        app,
+        "SELECT action, resource_type FROM audit_events WHERE case_id = :c"
+        " AND decision = 'deny' AND reason = 'processing restricted'",
+        c=world.case_id,
+    )
+    assert [tuple(row) for row in denials] == [("case:note", "case")]
+
+
+def _accepted_referral(client: Any, world: World) -> str:
+    referral_id = world.refer()["id"]
+    walk(client, world.h["receiver"], referral_id, "received", "accepted")
+    return referral_id
+
+
+def _open_case(client: Any, world: World, referral_id: str) -> Any:
+    return client.post(f"{API}/referrals/{referral_id}/case", headers=world.h["receiver"])
+
+
+def test_withdrawal_racing_the_receiver_opening_its_case_still_withdraws(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver opens its own case from an accepted referral (POST /referrals/{id}/case,
+    which updates the referral row without touching the case row) while the person
+    withdraws consent. The withdrawal read the referral before the open-case committed,
+    waited on its row, and then failed its versioned UPDATE: 412 stale-etag for a call
+    that sent no ETag, and the consent is NOT withdrawn."""
+    world = World(factory, client)
+    assert world.consent is not None
+    referral_id = _accepted_referral(client, world)
+
+    def withdraw() -> Any:
+        return app.test_client().post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "_audit",
+        lambda _s, _a, action, *_r, **_k: action == "referral:open-case",
+        withdraw,
+    )
+    opened = _open_case(client, world, referral_id)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert opened.status_code == 201, opened.get_data(as_text=True)
+    assert during["waited"], "the withdrawal did not wait for the open-case"
+    withdrawn = during["response"]
+    events = sql(
+        app,
+        "SELECT event_type FROM consent_events WHERE consent_id = :c ORDER BY occurred_at",
+        c=world.consent["id"],
+    )
+    status = sql(app, "SELECT status, status_reason FROM referrals WHERE id = :r", r=referral_id)
+    assert (withdrawn.status_code, events[-1], status) == (
+        200,
+        ("withdrawn",),
+        [("cancelled", "consent_withdrawn")],
+    ), (withdrawn.status_code, withdrawn.get_data(as_text=True), events, status)
+
+
+def test_erasure_approval_racing_the_receiver_opening_its_case_still_erases(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same race against an erasure approval (which cancels open referrals with versioned
+    UPDATEs after locking the case row, a lock the open-case never takes)."""
+    world = World(factory, client)
+    referral_id = _accepted_referral(client, world)
+    request_id = ok(
+        client.post(
+            f"{API}/cases/{world.case_id}/erasure",
+            json={"basis": "consent_withdrawn"},
+            headers=world.h["sender_sup"],
+        ),
+        201,
+    )["id"]
+    dpo = world.h["sender_dpo"]
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "_audit",
+        lambda _s, _a, action, *_r, **_k: action == "referral:open-case",
+        lambda: app.test_client().post(f"{API}/erasures/{request_id}/approve", headers=dpo),
+    )
+    opened = _open_case(client, world, referral_id)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert opened.status_code == 201, opened.get_data(as_text=True)
+    approved = during["response"]
+    erased = sql(app, "SELECT erased FROM cases WHERE id = :c", c=world.case_id)
+    assert (approved.status_code, erased) == (200, [(True,)]), (
+        approved.status_code,
+        approved.get_data(as_text=True),
+        erased,
+        during.get("waited"),
+    )
+
+
+def test_create_and_send_racing_a_withdrawal_does_not_deadlock(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /cases/{id}/referrals with send: true flushes the referral and its history row
+    (which locks the case row: case_key_version) before its consent gate takes the case's
+    consents FOR SHARE; a withdrawal takes the consent FOR UPDATE and then the case row.
+    Opposite lock orders: PostgreSQL kills one of them (deadlock, 503). Either order of
+    the two would be fine; a 503 (possibly on the withdrawal) is not."""
+    world = World(factory, client)
+    assert world.consent is not None
+
+    def withdraw() -> Any:
+        return app.test_client().post(
+            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
+        )
+
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "_audit",
+        lambda _s, _a, action, *_r, **_k: action == "referral:create",
+        withdraw,
+    )
+    sent = world.client.post(
+        f"{API}/cases/{world.case_id}/referrals",
+        json={
+            "to_org_id": str(world.receiver_org),
+            "purpose": world.purpose,
+            "categories": world.shared,
+            "send": True,
+        },
+        headers=world.h["sender"],
+    )
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert during["waited"], "the withdrawal did not wait on the case row"
+    withdrawn = during["response"]
+    statuses = (sent.status_code, withdrawn.status_code)
+    assert statuses == (201, 200), (
+        statuses,
+        sent.get_data(as_text=True),
+        withdrawn.get_data(as_text=True),
+    )
+    final = ok(client.get(f"{API}/referrals/{sent.get_json()['id']}", headers=world.h["sender"]))
+    assert (final["status"], final["status_reason"]) == ("cancelled", "consent_withdrawn")
