@@ -35,9 +35,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, lazyload, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from referral_api.access.actor import Actor
 from referral_api.audit import service as audit
@@ -115,6 +117,51 @@ def key_status(session: Session) -> KeyStatus:
             Counter(_index_rules(plan) for plan in session.scalars(select(IndexKey.plan)))
         ),
     )
+
+
+# Re-encrypted rows to store, by table and the columns rewritten: {(table, columns): [params]}.
+_WriteBacks = dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]]
+
+
+def _write_back(record: Any, pending: _WriteBacks) -> None:
+    """Queue a record's re-encrypted columns (and a case's new key version) for an UPDATE of
+    them alone (`_store_write_backs`), and mark them stored. A re-encryption changes nothing
+    anyone sees: the row's version, which is its ETag, and its `updated_at` stay, so no
+    client's If-Match goes stale and no `updated_since` poll finds every case changed (a
+    flush of the unit of work would move both). The rows are held FOR UPDATE by the sweep."""
+    state = sa_inspect(record)
+    mapper = state.mapper
+    columns = mapper.column_attrs
+    changed = {
+        columns[key].columns[0].name: (key, getattr(record, key))
+        for key in state.committed_state  # the attributes set since the row was loaded
+        if key in columns and state.attrs[key].history.added
+    }
+    if not changed:
+        return
+    for column in mapper.local_table.c:
+        if column.onupdate is not None and column.name not in changed:
+            # Written as it is: an UPDATE would otherwise set it (`updated_at`).
+            key = mapper.get_property_by_column(column).key
+            changed[column.name] = (key, getattr(record, key))
+    params = {f"v_{name}": value for name, (_key, value) in changed.items()}
+    for column in mapper.primary_key:
+        params[f"k_{column.name}"] = getattr(record, mapper.get_property_by_column(column).key)
+    pending.setdefault((mapper.local_table, tuple(sorted(changed))), []).append(params)
+    for key, value in changed.values():
+        set_committed_value(record, key, value)
+
+
+def _store_write_backs(session: Session, pending: _WriteBacks) -> None:
+    """The rows queued by `_write_back`: one executemany per table and set of columns."""
+    for (table, columns), rows in pending.items():
+        statement = (
+            update(table)
+            .where(*(c == bindparam(f"k_{c.name}") for c in table.primary_key.columns))
+            .values({name: bindparam(f"v_{name}") for name in columns})
+        )
+        session.connection().execute(statement, rows)
+    pending.clear()
 
 
 # ---- root ---------------------------------------------------------------------------------
@@ -428,6 +475,7 @@ def rotate_case_keys(
             ).all()
             records: dict[uuid.UUID, list[Any]] = {case.id: [case] for case in cases}
             rewritten: list[dict[str, Any]] = []
+            written: _WriteBacks = {}
             for model in dependents:
                 # Locked too: what is decrypted here is written back re-encrypted, so a
                 # change committed in between would be overwritten with the old value.
@@ -449,9 +497,13 @@ def rotate_case_keys(
                 for record in records[case.id]:
                     _decrypt_all(record)
                 keys.create_case_key(case.id, case.org_id, version=new)
-                for record in records[case.id]:
-                    reencrypt(record, keys, new)
-                case.key_version = new
+                # Not flushed by the unit of work (see _write_back): no autoflush between.
+                with session.no_autoflush:
+                    for record in records[case.id]:
+                        reencrypt(record, keys, new)
+                    case.key_version = new
+                    for record in records[case.id]:
+                        _write_back(record, written)
                 session.flush()
                 session.execute(
                     delete(CaseKey).where(CaseKey.case_id == case.id, CaseKey.version < new)
@@ -464,6 +516,7 @@ def rotate_case_keys(
                         "details": {"key_version": new, "records": len(records[case.id])},
                     }
                 )
+            _store_write_backs(session, written)
             # Each case's re-encryption on its access log, committed with it.
             audit.record_many(
                 session,
