@@ -91,7 +91,8 @@ MAX_ROW_ID = 2**63 - 1
 
 
 def decode_id_cursor(cursor: str) -> int:
-    """A cursor that is a row id (newest-first pages of audit rows)."""
+    """A cursor that is a positive integer: a row id (the DPO reports' newest-first pages of
+    audit rows) or a position (a case's access log)."""
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 19):
         raise invalid_cursor()
     if not 0 < int(cursor) <= MAX_ROW_ID:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -19,18 +20,16 @@ from typing import Any
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+# A plain decimal number (a signed count or amount) is left as it is; anything else that
+# begins like a formula is not, however a number parser would read it (`-inf`, `+nan`,
+# `-1_0`, `-1e5`).
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
 def _text(value: str) -> str:
-    if value.startswith(_FORMULA_START) and not _is_number(value):
+    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 # By exact type: an export writes millions of cells, and a dict lookup beats a chain of

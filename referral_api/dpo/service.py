@@ -194,6 +194,18 @@ def _audit(
     )
 
 
+def _case_in_scope(session: Session, scope: Scope, filters: dict[str, Any]) -> uuid.UUID | None:
+    """The case a `case_id` filter names, when the report may read it (the organisation
+    controls it, or a platform DPO asks): the report's audit row is then on that case's
+    access log. Another organisation's case id reads nothing of it, so the row must not
+    show an access there (the id stays in the row's details, as typed)."""
+    case_id = filters.get("case_id")
+    if case_id is None or scope.org_id is None:
+        return case_id  # type: ignore[no-any-return]
+    owner = session.scalar(select(_CASES.c.org_id).where(_CASES.c.id == case_id))
+    return case_id if owner == scope.org_id else None
+
+
 # ---- shared pieces ------------------------------------------------------------------------
 
 # PostgreSQL settings for the report transaction only (set_config(…, is_local)): JIT
@@ -963,7 +975,7 @@ def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Repo
     organisation's own cases. Newest first; date range: disclosed."""
     name = "disclosures"
     scope = report_scope(actor, name, filters)
-    _audit(session, actor, name, filters, case_id=filters.get("case_id"))
+    _audit(session, actor, name, filters, case_id=_case_in_scope(session, scope, filters))
     d, o = _DISCLOSURES, _ORGS
     where = [scope.party(d.c.from_org_id, d.c.to_org_id), *_in_range(d.c.disclosed_at, filters)]
     if filters.get("case_id") is not None:
