@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 
+API = "/api/v1"
+
 # Headers that legitimately differ between any two requests.
 _VOLATILE = {"x-request-id", "date"}
 
@@ -33,6 +35,26 @@ def observed(response: Any) -> dict[str, Any]:
         # Content-Length compared net of the request id carried in `instance`.
         "length": len(json.dumps(body, sort_keys=True)) if body is not None else 0,
     }
+
+
+def send(client: Any, method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
+    """The response, with `audit_rows_written` set: how many audit rows the request added
+    (what /audit/verify's `checked` count would show a DPO)."""
+    kwargs: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        kwargs["json"] = body
+    before = last_audit_id(client.application)
+    response = client.open(f"{API}{path}", method=method, **kwargs)
+    response.audit_rows_written = last_audit_id(client.application) - before
+    return response
+
+
+def indistinguishable(real: Any, fake: Any) -> bool:
+    """The same answer, and as many audit rows written, for both requests."""
+    return bool(
+        observed(real) == observed(fake)
+        and getattr(real, "audit_rows_written", 0) == getattr(fake, "audit_rows_written", 0)
+    )
 
 
 def diff(a: Any, b: Any) -> str:
