@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from oracle_support import audit_rows, diff, fresh, last_audit_id, observed
 from referral_support import API, World, consent_body, move, ok, provision
+from test_audit import ACCESS_LOG_KEYS
 
 from referral_api.access.roles import Role
 
@@ -161,17 +162,7 @@ def test_case_access_log_shows_only_who_org_when_action_of_others(
     ok(client.post(f"{API}/referrals/{rid}/case", headers=world.h["receiver"]), 201)
     client.get(f"{API}/cases/{world.case_id}", headers=world.h["outsider"])
     log = ok(client.get(f"{API}/cases/{world.case_id}/access-log", headers=world.h["sender"]))
-    assert set().union(*(e.keys() for e in log)) == {
-        "occurred_at",
-        "actor_type",
-        "actor_id",
-        "actor_role",
-        "actor_org_id",
-        "acting_officer",
-        "action",
-        "categories",
-        "decision",
-    }
+    assert set().union(*(e.keys() for e in log)) == ACCESS_LOG_KEYS
     foreign = [e for e in log if e["actor_org_id"] != str(world.sender_org)]
     assert foreign
     receiver_case = ok(client.get(f"{API}/referrals/{rid}", headers=world.h["receiver"]))[

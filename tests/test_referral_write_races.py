@@ -85,10 +85,7 @@ def test_withdrawal_racing_a_receivers_plain_transition_still_withdraws(
     assert world.consent is not None
     referral_id = world.refer()["id"]
 
-    def withdraw() -> Any:
-        return app.test_client().post(
-            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
-        )
+    withdraw = _withdrawal(app, world)
 
     during = run_during(
         monkeypatch,
@@ -109,6 +106,15 @@ def test_withdrawal_racing_a_receivers_plain_transition_still_withdraws(
     assert withdrawn.status_code == 200, (withdrawn.status_code, withdrawn.get_data(as_text=True))
     final = ok(client.get(f"{API}/referrals/{referral_id}", headers=world.h["sender"]))
     assert (final["status"], final["status_reason"]) == ("cancelled", "consent_withdrawn")
+
+
+def _withdrawal(app: Any, world: World) -> Callable[[], Any]:
+    """The person withdrawing the world's consent, as a request of its own (for a thread)."""
+    assert world.consent is not None
+    consent_id = world.consent["id"]
+    return lambda: app.test_client().post(
+        f"{API}/consents/{consent_id}/withdraw", json={}, headers=world.h["sender"]
+    )
 
 
 def _restrict(app: Any, case_id: str, headers: dict[str, str]) -> Any:
@@ -212,10 +218,7 @@ def test_withdrawal_racing_the_receiver_opening_its_case_still_withdraws(
     assert world.consent is not None
     referral_id = _accepted_referral(client, world)
 
-    def withdraw() -> Any:
-        return app.test_client().post(
-            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
-        )
+    withdraw = _withdrawal(app, world)
 
     during = run_during(
         monkeypatch,
@@ -291,10 +294,7 @@ def test_create_and_send_racing_a_withdrawal_does_not_deadlock(
     world = World(factory, client)
     assert world.consent is not None
 
-    def withdraw() -> Any:
-        return app.test_client().post(
-            f"{API}/consents/{world.consent['id']}/withdraw", json={}, headers=world.h["sender"]
-        )
+    withdraw = _withdrawal(app, world)
 
     during = run_during(
         monkeypatch,
