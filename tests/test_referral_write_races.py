@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from referral_support import API, World, etag, ok, walk
+from referral_support import API, World, etag, ok, refer, walk
 from sqlalchemy import text
 
 from referral_api.extensions import db
@@ -325,3 +325,104 @@ def test_create_and_send_racing_a_withdrawal_does_not_deadlock(
     )
     final = ok(client.get(f"{API}/referrals/{sent.get_json()['id']}", headers=world.h["sender"]))
     assert (final["status"], final["status_reason"]) == ("cancelled", "consent_withdrawn")
+
+
+def test_an_override_approval_racing_a_restriction_approves_nothing(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approving sharing without consent is processing of the case, but writes nothing
+    under its key: it re-checks the case under the row's lock itself (recheck_case), and is
+    refused like one that began after the restriction (403, a deny row on the referral)."""
+    world = World(factory, client, consent=False)
+    draft = refer(
+        client,
+        world.h["sender"],
+        world.case_id,
+        world.receiver_org,
+        world.shared,
+        send=False,
+        override_reason="vital_interests",
+    )
+    assert draft.status_code == 201, draft.get_data(as_text=True)
+    referral_id = draft.get_json()["id"]
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "_require_processable",
+        lambda _s, _r, action, **_k: action == "referral:approve-override",
+        lambda: _restrict(app, world.case_id, world.h["sender_sup2"]),
+    )
+    approved = client.post(
+        f"{API}/referrals/{referral_id}/override-approval",
+        headers={**world.h["sender_sup"], "If-Match": draft.headers["ETag"]},
+    )
+    during["thread"].join(timeout=60)
+    assert ok(during["response"])["restricted"] is True
+    stored = sql(
+        app, "SELECT override_approved_by IS NOT NULL FROM referrals WHERE id = :r", r=referral_id
+    )
+    assert (approved.status_code, [tuple(r) for r in stored]) == (403, [(False,)])
+    denials = sql(
+        app,
+        "SELECT action, resource_type, resource_id FROM audit_events WHERE case_id = :c"
+        " AND decision = 'deny' AND reason = 'processing restricted'",
+        c=world.case_id,
+    )
+    assert [tuple(r) for r in denials] == [("referral:approve-override", "referral", referral_id)]
+
+
+def test_opening_a_case_from_a_referral_holds_the_senders_case_against_a_restriction(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver copies the packet into a case of its own. The sender's case row is held
+    from before the packet is read until the copy commits: a restriction asked for in
+    between waits and comes after the copy, never between the check and the copy."""
+    world = World(factory, client)
+    referral_id = world.refer()["id"]
+    walk(client, world.h["receiver"], referral_id, "received", "accepted")
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "read_packet",
+        lambda *_a, **_k: True,
+        lambda: _restrict(app, world.case_id, world.h["sender_sup"]),
+    )
+    opened = client.post(f"{API}/referrals/{referral_id}/case", headers=world.h["receiver"])
+    during["thread"].join(timeout=60)
+    assert opened.status_code == 201, opened.get_data(as_text=True)
+    assert during["waited"], "the restriction did not wait for the copy"
+    assert ok(during["response"])["restricted"] is True
+
+
+def test_a_send_refused_by_a_racing_restriction_is_audited_like_one_refused_at_its_start(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(factory, client)
+    referral_id = world.refer(send=False)["id"]
+
+    def send() -> Any:
+        return client.post(
+            f"{API}/referrals/{referral_id}/transitions",
+            json={"to": "requested"},
+            headers={**world.h["sender"], "If-Match": etag(client, world.h["sender"], referral_id)},
+        )
+
+    during = run_during(
+        monkeypatch,
+        referral_service,
+        "consent_decision",
+        lambda *_a, **_k: True,
+        lambda: _restrict(app, world.case_id, world.h["sender_sup"]),
+    )
+    assert send().status_code == 403  # met the restriction under the case's lock
+    during["thread"].join(timeout=60)
+    monkeypatch.undo()
+    assert send().status_code == 403  # refused at its start
+    denials = sql(
+        app,
+        "SELECT action, resource_type, resource_id, reason FROM audit_events"
+        " WHERE case_id = :c AND decision = 'deny' ORDER BY id",
+        c=world.case_id,
+    )
+    row = ("referral:requested", "referral", referral_id, "processing restricted")
+    assert [tuple(r) for r in denials] == [row, row]

@@ -15,6 +15,8 @@ from rights_support import uuid_param
 from sqlalchemy import text
 
 from referral_api.crypto import rotation
+from referral_api.crypto.envelope import key_version_of
+from referral_api.crypto.fields import crypto_of
 from referral_api.extensions import db
 
 needs_postgres = pytest.mark.skipif(
@@ -80,7 +82,9 @@ def test_a_patch_racing_a_rotation_sweep_is_stored_under_the_new_key(
 ) -> None:
     """A PATCH has read the case (key version 1) when a sweep re-encrypts it and deletes
     version 1: the PATCH waits for the sweep, seals under version 2 and succeeds (the sweep
-    changed nothing the client saw); the other categories keep the sweep's ciphertexts."""
+    changed nothing the client saw); the other categories keep the sweep's ciphertexts.
+    (With the row's version left alone, the PATCH once sealed under the version it had
+    loaded, now deleted: a 200, then a case no worker could read.)"""
     from referral_api.cases import service as case_service
 
     world = World(factory, client)
@@ -105,6 +109,17 @@ def test_a_patch_racing_a_rotation_sweep_is_stored_under_the_new_key(
     )
     assert during.get("swept") == 1
     assert patched.status_code == 200, patched.get_data(as_text=True)
+    # Sealed under the case's new key, not the deleted one it was read under: with no copy
+    # of the old key left in memory (another worker, or this one after the cache's TTL) the
+    # case still reads.
+    with db.engine_for(app).connect() as connection:
+        key_version, contact = connection.execute(
+            text("SELECT key_version, contact FROM cases WHERE id = :c"),
+            {"c": uuid_param(app, world.case_id)},
+        ).one()
+    assert (key_version, key_version_of(bytes(contact))) == (2, 2)
+    with app.app_context():
+        crypto_of(db.session).cache.clear()
     body = ok(client.get(f"{API}/cases/{world.case_id}", headers=world.h["sender"]))
     assert body["contact"]["safe_contact_notes"] == "changed"
     assert body["identity"] == before["identity"]

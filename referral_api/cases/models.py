@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 
 from referral_api.access.categories import Category
 from referral_api.crypto.fields import EncryptedField, EncryptedRecord
@@ -146,7 +147,17 @@ class Case(EncryptedRecord, Base):
         if self.key_version is None:
             keys.create_case_key(self.id, self.org_id, version=1)
             self.key_version = 1
-        return self.key_version
+            return 1
+        if not sa_inspect(self).persistent:
+            return self.key_version  # being made (insert_cases): no one else can see it
+        # Read again under the row's lock, not the version loaded with the case: a key
+        # sweep may have moved the case to a new key (and deleted the old one) since, and
+        # it leaves the row's `version` alone, so nothing else would stop a write under
+        # the deleted key.
+        version = case_key_version(keys.session, self.id)
+        if version != self.key_version:
+            set_committed_value(self, "key_version", version)
+        return version
 
     def after_encrypt(self, session: Session, crypto: CryptoContext, changed: set[str]) -> None:
         from referral_api.cases.search import INDEXED_SOURCE_FIELDS, refresh_blind_index
@@ -196,6 +207,14 @@ def must_be_processable(session: Session, case_id: uuid.UUID, allowed: bool = Fa
 def _forget_processable(session: Session) -> None:
     session.info.pop(_MUST_BE_PROCESSABLE, None)
     session.info.pop(_ALLOWED_RESTRICTED, None)
+
+
+def recheck_case(session: Session, case_id: uuid.UUID) -> None:
+    """For work on a stored case that seals nothing under its key (and so never reaches
+    `case_key_version` by itself): the same re-check under the case row's lock — 410 when it
+    was erased meanwhile, 403 when restricted (the work needs it processable)."""
+    must_be_processable(session, case_id)
+    case_key_version(session, case_id)
 
 
 def _refused_as_restricted(session: Session, case_id: uuid.UUID) -> bool:

@@ -44,7 +44,7 @@ from referral_api.consent.vocabulary import (
     Grantor,
     Purpose,
 )
-from referral_api.exceptions import Conflict, NotFound, ValidationFailed
+from referral_api.exceptions import Conflict, Gone, NotFound, ValidationFailed
 
 # GDPR Art. 9 special categories among ours: health, and what psychosocial notes and GBV
 # incident details reveal (health, sex life). Sharing them needs an Art. 9(2) condition.
@@ -434,19 +434,31 @@ def expire_due(
     already expired (or closed) consent gets nothing."""
     at = at or now()
     count = 0
-    stmt = select(ConsentRecord).order_by(ConsentRecord.created_at, ConsentRecord.id)
+    # An erased case's consents keep their terms (the record of what was agreed) but
+    # nothing can be written under the case's destroyed keys: they are left as they are.
+    stmt = (
+        select(ConsentRecord)
+        .join(Case, Case.id == ConsentRecord.case_id)
+        .where(Case.erased.is_(False))
+        .order_by(ConsentRecord.created_at, ConsentRecord.id)
+    )
     for consent in session.scalars(stmt).yield_per(batch_size):
         if not _due_to_expire(consent, at):
             continue
-        # Locked and read again, as a withdrawal or renewal locks it (`_load_to_change`): a
-        # renewal that committed since the batch read it is seen, not overtaken.
-        session.execute(
-            select(ConsentRecord.id).where(ConsentRecord.id == consent.id).with_for_update()
-        )
-        session.expire(consent, ["events", "provisions"])
-        if not _due_to_expire(consent, at):
-            continue
-        _add_event(session, actor, consent, EventType.EXPIRED, at)
+        try:
+            with session.begin_nested():
+                # Locked and read again, as a withdrawal or renewal locks it
+                # (`_load_to_change`): a renewal committed since the batch read it is seen.
+                session.execute(
+                    select(ConsentRecord.id).where(ConsentRecord.id == consent.id).with_for_update()
+                )
+                session.expire(consent, ["events", "provisions"])
+                if not _due_to_expire(consent, at):
+                    continue
+                _add_event(session, actor, consent, EventType.EXPIRED, at)
+                session.flush()
+        except Gone:
+            continue  # its case was erased since the batch read it
         audit.record(
             session,
             actor,

@@ -26,7 +26,7 @@ from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import Organisation
 from referral_api.cases import service as cases
 from referral_api.cases.layout import CATEGORY_FIELDS
-from referral_api.cases.models import Case, must_be_processable
+from referral_api.cases.models import Case, must_be_processable, recheck_case
 from referral_api.consent import service as consent_service
 from referral_api.consent.decision import DisclosureDecision
 from referral_api.consent.hooks import on_withdrawal
@@ -365,6 +365,20 @@ def _case_restricted(session: Session, referral: Referral) -> bool:
     return case is not None and case.restricted
 
 
+@contextmanager
+def _refused_on_the_referral(referral: Referral, action: str) -> Iterator[None]:
+    """A write that finds the referral's case erased or restricted under it (re-checked
+    under the case row's lock, `case_key_version`) is refused as one at its start is, and
+    audited the same way: on the referral."""
+    try:
+        yield
+    except (Gone, ProcessingRestricted) as refused:
+        if refused.audit is None:
+            why = "case erased" if isinstance(refused, Gone) else "processing restricted"
+            refused.audit = _denial(action, referral, why)
+        raise
+
+
 def _require_processable(
     session: Session,
     referral: Referral,
@@ -553,7 +567,8 @@ def _move(
     referral.status = to
     referral.status_reason = reason
     referral.updated_at = at
-    session.flush()
+    with _refused_on_the_referral(referral, f"referral:{to.value}"):
+        session.flush()
     _notify(
         session,
         referral,
@@ -605,6 +620,8 @@ def approve_override(session: Session, actor: Actor, referral: Referral, party: 
             "approver is the requester",
         )
     _require_processable(session, referral, "referral:approve-override")
+    with _refused_on_the_referral(referral, "referral:approve-override"):
+        recheck_case(session, referral.case_id)
     referral.override_approved_by = actor.id
     referral.override_approved_at = now()
     referral.updated_at = referral.override_approved_at
@@ -856,7 +873,8 @@ def add_message(
     message.body = body
     session.add(message)
     referral.updated_at = now()
-    session.flush()
+    with _refused_on_the_referral(referral, "referral:message"):
+        session.flush()
     other = referral.to_org_id if party is Party.SENDER else referral.from_org_id
     if was_sent(referral):  # a draft not sent yet does not exist for the receiver
         _notify(session, referral, "referral:message", parties=(other,))
@@ -934,6 +952,10 @@ def open_case_from_referral(session: Session, actor: Actor, referral_id: uuid.UU
         )
     if referral.status not in (S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD):
         raise Conflict("Accept the referral first.")
+    # The sender's case held (its row's lock) before the packet is read and copied: a
+    # restriction or erasure then either committed before, and the packet is gone, or waits.
+    with _refused_on_the_referral(referral, "referral:open-case"):
+        recheck_case(session, referral.case_id)
     packet = read_packet(session, actor, referral_id)
     source = session.get(Case, referral.case_id)
     assert source is not None  # noqa: S101
