@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +13,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import marshmallow as ma
-from flask import request
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import current_app, request
 from sqlalchemy import Select, and_, bindparam, or_
 from sqlalchemy.orm import Session
 
@@ -90,9 +96,46 @@ def cursor_instant(text: str) -> datetime:
 MAX_ROW_ID = 2**63 - 1
 
 
+# Sealed cursors: a row id the caller must not read (audit ids are numbered across the
+# platform, so two of them would tell how much every other organisation did in between).
+# AES-GCM under a key derived from the token-signing secret, the cursor's purpose as
+# associated data; a new secret makes old cursors invalid (422), as it does old tokens.
+_SEALED_NONCE = 12
+
+
+@functools.lru_cache(maxsize=4)
+def _cursor_aead(secret: str) -> AESGCM:
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"referral_api sealed cursor v1"
+    ).derive(secret.encode())
+    return AESGCM(key)
+
+
+def seal_id_cursor(row_id: int, purpose: str) -> str:
+    nonce = os.urandom(_SEALED_NONCE)
+    sealed = _cursor_aead(current_app.config["JWT_SECRET_KEY"]).encrypt(
+        nonce, row_id.to_bytes(8, "big"), purpose.encode()
+    )
+    return base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+
+
+def open_id_cursor(cursor: str, purpose: str) -> int:
+    """The row id inside a cursor from `seal_id_cursor` for the same purpose, or the 422."""
+    try:
+        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode())
+        opened = _cursor_aead(current_app.config["JWT_SECRET_KEY"]).decrypt(
+            raw[:_SEALED_NONCE], raw[_SEALED_NONCE:], purpose.encode()
+        )
+    except (ValueError, InvalidTag):  # binascii.Error is a ValueError
+        raise invalid_cursor() from None
+    row_id = int.from_bytes(opened, "big")
+    if len(opened) != 8 or not 0 < row_id <= MAX_ROW_ID:
+        raise invalid_cursor()
+    return row_id
+
+
 def decode_id_cursor(cursor: str) -> int:
-    """A cursor that is a positive integer: a row id (the DPO reports' newest-first pages of
-    audit rows) or a position (a case's access log)."""
+    """A cursor that is a row id (the DPO reports' newest-first pages of audit rows)."""
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 19):
         raise invalid_cursor()
     if not 0 < int(cursor) <= MAX_ROW_ID:

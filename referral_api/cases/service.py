@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
@@ -54,11 +54,12 @@ from referral_api.exceptions import (
 from referral_api.pagination import (
     Page,
     after_cursor,
-    decode_id_cursor,
     fetch_page,
     newest_first,
+    open_id_cursor,
     page_parameters,
     paginate,
+    seal_id_cursor,
 )
 
 T = TypeVar("T")
@@ -816,29 +817,17 @@ def access_log(session: Any, actor: Actor, case: Case, cursor: str | None, limit
 
 
 def _case_audit_page(session: Any, case_id: uuid.UUID, cursor: str | None, limit: int) -> Page:
-    """A page of the case's audit rows, newest first. The cursor is a position among the
-    case's own rows counted from its oldest (how many come before the next page), not a
-    row id: ids are numbered across the platform, so two cursors a caller got a while
-    apart would tell it how much every other organisation did meanwhile. Rows are only
-    ever appended, so a position keeps naming the same row."""
-    of_case = select(AuditEvent).where(AuditEvent.case_id == case_id)
-    if cursor is None:
-        rows = list(session.scalars(of_case.order_by(AuditEvent.id.desc()).limit(limit + 1)))
-        if len(rows) <= limit:
-            return Page(rows, None)
-        rows = rows[:limit]
-        before = session.scalar(
-            select(func.count())
-            .select_from(AuditEvent)
-            .where(AuditEvent.case_id == case_id, AuditEvent.id < rows[-1].id)
-        )
-    else:
-        end = decode_id_cursor(cursor)
-        before = max(0, end - limit)
-        rows = list(
-            session.scalars(
-                of_case.order_by(AuditEvent.id.asc()).offset(before).limit(end - before)
-            )
-        )
-        rows.reverse()
-    return Page(rows, str(before) if before and rows else None)
+    """A page of the case's audit rows, newest first, from the row before the cursor's. The
+    cursor seals that row's id (`pagination.seal_id_cursor`): ids are numbered across the
+    platform, so two plain ones a caller got a while apart would tell it how much every
+    other organisation did meanwhile."""
+    stmt = select(AuditEvent).where(AuditEvent.case_id == case_id)
+    if cursor:
+        stmt = stmt.where(AuditEvent.id < open_id_cursor(cursor, _ACCESS_LOG_CURSOR))
+    rows = list(session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return Page(rows, None)
+    return Page(rows[:limit], seal_id_cursor(rows[limit - 1].id, _ACCESS_LOG_CURSOR))
+
+
+_ACCESS_LOG_CURSOR = "case access log"
