@@ -44,7 +44,7 @@ from referral_api.consent.vocabulary import (
     Grantor,
     Purpose,
 )
-from referral_api.exceptions import Conflict, Gone, NotFound, ValidationFailed
+from referral_api.exceptions import Conflict, NotFound, ValidationFailed
 
 # GDPR Art. 9 special categories among ours: health, and what psychosocial notes and GBV
 # incident details reveal (health, sex life). Sharing them needs an Art. 9(2) condition.
@@ -445,20 +445,8 @@ def expire_due(
     for consent in session.scalars(stmt).yield_per(batch_size):
         if not _due_to_expire(consent, at):
             continue
-        try:
-            with session.begin_nested():
-                # Locked and read again, as a withdrawal or renewal locks it
-                # (`_load_to_change`): a renewal committed since the batch read it is seen.
-                session.execute(
-                    select(ConsentRecord.id).where(ConsentRecord.id == consent.id).with_for_update()
-                )
-                session.expire(consent, ["events", "provisions"])
-                if not _due_to_expire(consent, at):
-                    continue
-                _add_event(session, actor, consent, EventType.EXPIRED, at)
-                session.flush()
-        except Gone:
-            continue  # its case was erased since the batch read it
+        if not _expire_one(session, actor, consent, at):
+            continue
         audit.record(
             session,
             actor,
@@ -470,6 +458,41 @@ def expire_due(
         count += 1
     session.flush()
     return count
+
+
+def _expire_one(session: Session, actor: Actor, consent: ConsentRecord, at: datetime) -> bool:
+    """Record `expired` for one consent, in a savepoint, if it is still due once its case
+    row and the consent are held (the order erasure takes them), each taken only if free:
+    an erasure, a withdrawal or a renewal holding either is left to finish, and the consent
+    to the next run (expiry is reporting only: an ended provision stops permitting at
+    once). Waiting instead could deadlock with a withdrawal, which takes the consent first.
+    Whether a consent was marked."""
+    nested = session.begin_nested()
+    try:
+        held = (
+            session.execute(
+                select(Case.id)
+                .where(Case.id == consent.case_id, Case.erased.is_(False))
+                .with_for_update(key_share=True, skip_locked=True)
+            ).first()
+            and session.execute(
+                select(ConsentRecord.id)
+                .where(ConsentRecord.id == consent.id)
+                .with_for_update(skip_locked=True)
+            ).first()
+        )
+        # Read again under the locks: a renewal committed since the batch read it is seen.
+        session.expire(consent, ["events", "provisions"])
+        if not held or not _due_to_expire(consent, at):
+            nested.rollback()
+            return False
+        _add_event(session, actor, consent, EventType.EXPIRED, at)
+        session.flush()
+    except BaseException:
+        nested.rollback()
+        raise
+    nested.commit()
+    return True
 
 
 def _due_to_expire(consent: ConsentRecord, at: datetime) -> bool:
