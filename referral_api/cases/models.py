@@ -239,16 +239,17 @@ def case_key_version(session: Session, case_id: uuid.UUID) -> int:
     restricted meanwhile (GDPR Art. 18; the restriction is an update of the row, so it
     commits either before this lock or after this writer) refuses work authorised as
     needing it processable (`must_be_processable`): 403, as for a case already restricted."""
-    case = session.get(Case, case_id)
-    assert case is not None  # noqa: S101 - the record's foreign key
-    if sa_inspect(case).pending:
-        assert case.key_version is not None  # noqa: S101 - set when the case is made
-        return case.key_version  # created in this transaction: no one else can see it
-    version, restricted = session.execute(
-        select(Case.key_version, Case.restricted)
-        .where(Case.id == case_id)
-        .with_for_update(key_share=True)
-    ).one()
+    with session.no_autoflush:  # asked while sealing: what is pending is being sealed
+        case = session.get(Case, case_id)
+        assert case is not None  # noqa: S101 - the record's foreign key
+        if sa_inspect(case).pending:
+            assert case.key_version is not None  # noqa: S101 - set when the case is made
+            return case.key_version  # created in this transaction: no one else can see it
+        version, restricted = session.execute(
+            select(Case.key_version, Case.restricted)
+            .where(Case.id == case_id)
+            .with_for_update(key_share=True)
+        ).one()
     if version is None:
         raise Gone.case_erased(case_id)
     if restricted and _refused_as_restricted(session, case_id):

@@ -821,13 +821,11 @@ def _case_audit_page(session: Any, case_id: uuid.UUID, cursor: str | None, limit
     cursor seals that row's id (`pagination.seal_id_cursor`): ids are numbered across the
     platform, so two plain ones a caller got a while apart would tell it how much every
     other organisation did meanwhile."""
+    purpose = f"case access log {case_id}"  # a cursor of one case's log is no other's
     stmt = select(AuditEvent).where(AuditEvent.case_id == case_id)
     if cursor:
-        stmt = stmt.where(AuditEvent.id < open_id_cursor(cursor, _ACCESS_LOG_CURSOR))
+        stmt = stmt.where(AuditEvent.id < open_id_cursor(cursor, purpose))
     rows = list(session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit + 1)))
     if len(rows) <= limit:
         return Page(rows, None)
-    return Page(rows[:limit], seal_id_cursor(rows[limit - 1].id, _ACCESS_LOG_CURSOR))
-
-
-_ACCESS_LOG_CURSOR = "case access log"
+    return Page(rows[:limit], seal_id_cursor(rows[limit - 1].id, purpose))
