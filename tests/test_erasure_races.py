@@ -107,3 +107,33 @@ def test_a_consent_racing_an_erasure_is_a_410(
     assert world.sql("SELECT COUNT(*) FROM consent_records WHERE case_id = :c", c=case_id) == [(0,)]
     assert assert_problem(response, 410)["type"] == "/problems/erased"
     assert during["denials"] == [("consent:record", "case", case_id, world.ids["worker"])]
+
+
+def test_a_withdrawal_racing_an_erasure_waits_for_it(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A withdrawal locks its consent and then the case row (writing its event); an erasure
+    locked the case row and then updated the case's consents: a deadlock, and PostgreSQL
+    killed one of them (503: the erasure not done, or the withdrawal refused). The erasure
+    now takes the consents first: the withdrawal waits, and then finds the case erased."""
+    world = RightsWorld(app, factory, client)
+    case_id = world.case(new_token("erase-withdraw"))
+    consent = world.consent(case_id, world.receiver_org, ["identity"])
+
+    def withdraw() -> Any:
+        return app.test_client().post(
+            f"{API}/consents/{consent['id']}/withdraw",
+            json={"reason": "changed my mind"},
+            headers=world.h["worker"],
+        )
+
+    approved, during = _erase_while(world, case_id, monkeypatch, withdraw)
+    assert approved.status_code == 200, approved.get_data(as_text=True)
+    assert during["waited"], "the withdrawal did not wait for the erasure"
+    assert assert_problem(during["response"], 410)["type"] == "/problems/erased"
+    events = world.sql(
+        "SELECT e.event_type FROM consent_events e JOIN consent_records c"
+        " ON c.id = e.consent_id WHERE c.case_id = :c ORDER BY e.occurred_at",
+        c=case_id,
+    )
+    assert [row[0] for row in events] == ["given"]

@@ -78,6 +78,23 @@ def _lock_case(session: Session, case: Case) -> None:
     session.refresh(case, with_for_update=True)
 
 
+def _lock_case_to_erase(session: Session, case: Case) -> None:
+    """An erasure's locks: the case's consents first (FOR UPDATE; the erasure clears their
+    ciphertexts), then the case row (`_lock_case`). Everything else that holds both takes
+    them in this order — a withdrawal (the consent, then the row when it writes its event),
+    a send (the consents FOR SHARE, then the row) — so a withdrawal in flight is waited for
+    or waits, never a deadlock in which PostgreSQL kills one of them."""
+    from referral_api.consent.models import ConsentRecord
+
+    session.execute(
+        select(ConsentRecord.id)
+        .where(ConsentRecord.case_id == case.id)
+        .order_by(ConsentRecord.id)
+        .with_for_update()
+    )
+    _lock_case(session, case)
+
+
 def active_hold(session: Session, case_id: uuid.UUID) -> LegalHold | None:
     return session.scalars(
         select(LegalHold).where(LegalHold.case_id == case_id, LegalHold.lifted_at.is_(None))
@@ -224,7 +241,7 @@ def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> Er
             "approver is the requester",
             {"request_id": str(request.id)},
         )
-    _lock_case(session, case)
+    _lock_case_to_erase(session, case)
     if case.erased:  # erased since it was authorised (we waited on its row)
         raise Gone.case_erased(case.id)
     if active_hold(session, case.id) is not None:
@@ -269,7 +286,7 @@ def erase_case(
     )
     from referral_api.referrals.vocabulary import OPEN_STATUSES, ReferralStatus
 
-    _lock_case(session, case)
+    _lock_case_to_erase(session, case)
     if case.erased:  # erased since it was authorised (we waited on its row)
         raise Gone.case_erased(case.id)
     if active_hold(session, case.id) is not None:
