@@ -1,8 +1,7 @@
 """`consent expire`: a renewal racing the batch (PostgreSQL) is not undone (the batch read
 the consent's events without a lock, and stamped `expired` after a renewal that committed
-meanwhile; it now locks each consent it expires and reads its events again); and a consent
-of an erased case is left alone (writing its event under the destroyed key failed the
-whole run, so nothing on the platform expired any more)."""
+meanwhile; it now locks each consent it expires and reads its events again). Erased cases:
+test_consent_expiry_vs_erasure."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from referral_support import API, World, ok
+from referral_support import API, World, consent_body, ok, provision
 
 from referral_api.access.actor import Actor
 from referral_api.consent import service as consent_service
@@ -22,13 +21,12 @@ from referral_api.consent.models import ConsentRecord
 from referral_api.consent.vocabulary import ConsentState
 from referral_api.extensions import db
 
-needs_postgres = pytest.mark.skipif(
+pytestmark = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith("postgres"),
     reason="two writers at once need PostgreSQL",
 )
 
 
-@needs_postgres
 def test_a_renewal_committed_while_consent_expire_runs_is_not_undone(
     app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,23 +40,9 @@ def test_a_renewal_committed_while_consent_expire_runs_is_not_undone(
     (it began just before the batch and committed while the batch was reading)."""
     world = World(factory, client)
     until = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-    body = {
-        "grantor": "person",
-        "collection_method": "written",
-        "language": "uk",
-        "notice_version": "2026-01",
-        "jurisdiction": "UA",
-        "legal_basis": {"article6": "a", "article9": "a"},
-        "provisions": [
-            {
-                "purpose": "legal_assistance",
-                "recipient_org_id": str(world.receiver_org),
-                "recipient_org_type": None,
-                "categories": ["identity"],
-                "valid_until": until,
-            }
-        ],
-    }
+    body = consent_body(
+        provision("legal_assistance", ["identity"], org_id=world.receiver_org, valid_until=until)
+    )
     consent_id = ok(
         client.post(f"{API}/cases/{world.case_id}/consents", json=body, headers=world.h["sender"]),
         201,
@@ -97,68 +81,3 @@ def test_a_renewal_committed_while_consent_expire_runs_is_not_undone(
         state = current_state(consent_service.view_of(consent), at + timedelta(seconds=1))
         session.rollback()
     assert state is ConsentState.ACTIVE, (state, events)
-
-
-def test_consent_expire_leaves_an_erased_cases_consent_alone(
-    app: Any, client: Any, factory: Any
-) -> None:
-    world = World(factory, client, consent=False)
-    until = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-    ok(
-        client.post(
-            f"{API}/cases/{world.case_id}/consents",
-            json=_consent_until(world, until),
-            headers=world.h["sender"],
-        ),
-        201,
-    )
-    live_case = ok(
-        client.post(f"{API}/cases", json={"case_type": "thb"}, headers=world.h["sender"]), 201
-    )
-    live = ok(
-        client.post(
-            f"{API}/cases/{live_case['id']}/consents",
-            json=_consent_until(world, until),
-            headers=world.h["sender"],
-        ),
-        201,
-    )
-    request_id = ok(
-        client.post(
-            f"{API}/cases/{world.case_id}/erasure",
-            json={"basis": "consent_withdrawn"},
-            headers=world.h["sender_sup"],
-        ),
-        201,
-    )["id"]
-    ok(client.post(f"{API}/erasures/{request_id}/approve", headers=world.h["sender_dpo"]))
-    at = datetime.now(UTC) + timedelta(hours=3)
-    with db.session_factory_for(app)() as session:
-        count = consent_service.expire_due(session, Actor.system(), at=at)
-        session.commit()
-    assert count == 1  # the live case's consent, not the erased one's
-    with db.session_factory_for(app)() as session:
-        consent = session.get(ConsentRecord, uuid.UUID(live["id"]))
-        assert consent is not None
-        assert [e.event_type.value for e in consent.events] == ["given", "expired"]
-        session.rollback()
-
-
-def _consent_until(world: World, until: str) -> dict[str, Any]:
-    return {
-        "grantor": "person",
-        "collection_method": "written",
-        "language": "uk",
-        "notice_version": "2026-01",
-        "jurisdiction": "UA",
-        "legal_basis": {"article6": "a", "article9": "a"},
-        "provisions": [
-            {
-                "purpose": "legal_assistance",
-                "recipient_org_id": str(world.receiver_org),
-                "recipient_org_type": None,
-                "categories": ["identity"],
-                "valid_until": until,
-            }
-        ],
-    }

@@ -1,7 +1,8 @@
-"""`consent expire` racing an erasure of a case whose consent is due (PostgreSQL). The run
-took the consent and then waited for the case row, the erasure the other way round: a
-deadlock that failed either the erasure (503) or the whole run. The run now takes the
-case row and the consent only when free, and leaves a busy one to the next run."""
+"""`consent expire` and erasure. An erased case's consent is left alone. Racing an erasure
+(PostgreSQL), the run took the consent and then waited for the case row, the erasure the
+other way round: a deadlock that failed either the erasure (503) or the whole run. The
+run now takes the case row and the consent only when free, and leaves a busy one to the
+next run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from referral_support import API, World, ok
+from referral_support import API, World, consent_body, ok, provision
 
 from referral_api.access.actor import Actor
 from referral_api.consent import service as consent_service
@@ -21,30 +22,16 @@ from referral_api.consent.models import ConsentRecord
 from referral_api.extensions import db
 from referral_api.rights import service as rights_service
 
-pytestmark = pytest.mark.skipif(
+needs_postgres = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith("postgres"),
     reason="two writers at once need PostgreSQL",
 )
 
 
-def _consent_until(world: World, until: str) -> dict[str, Any]:
-    return {
-        "grantor": "person",
-        "collection_method": "written",
-        "language": "uk",
-        "notice_version": "2026-01",
-        "jurisdiction": "UA",
-        "legal_basis": {"article6": "a", "article9": "a"},
-        "provisions": [
-            {
-                "purpose": "legal_assistance",
-                "recipient_org_id": str(world.receiver_org),
-                "recipient_org_type": None,
-                "categories": ["identity"],
-                "valid_until": until,
-            }
-        ],
-    }
+def _due_consent(world: World, until: str) -> dict[str, Any]:
+    return consent_body(
+        provision("legal_assistance", ["identity"], org_id=world.receiver_org, valid_until=until)
+    )
 
 
 def _setup(client: Any, world: World) -> tuple[str, str, str]:
@@ -52,7 +39,7 @@ def _setup(client: Any, world: World) -> tuple[str, str, str]:
     doomed = ok(
         client.post(
             f"{API}/cases/{world.case_id}/consents",
-            json=_consent_until(world, until),
+            json=_due_consent(world, until),
             headers=world.h["sender"],
         ),
         201,
@@ -63,7 +50,7 @@ def _setup(client: Any, world: World) -> tuple[str, str, str]:
     live = ok(
         client.post(
             f"{API}/cases/{live_case['id']}/consents",
-            json=_consent_until(world, until),
+            json=_due_consent(world, until),
             headers=world.h["sender"],
         ),
         201,
@@ -88,6 +75,23 @@ def _events(app: Any, consent_id: str) -> list[str]:
     return events
 
 
+def test_consent_expire_leaves_an_erased_cases_consent_alone(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Writing the erased case's `expired` event under its destroyed key failed the whole
+    run, so nothing on the platform expired any more: its consent is left alone."""
+    world = World(factory, client, consent=False)
+    _doomed, live, request_id = _setup(client, world)
+    ok(client.post(f"{API}/erasures/{request_id}/approve", headers=world.h["sender_dpo"]))
+    at = datetime.now(UTC) + timedelta(hours=3)
+    with db.session_factory_for(app)() as session:
+        count = consent_service.expire_due(session, Actor.system(), at=at)
+        session.commit()
+    assert count == 1  # the live case's consent, not the erased one's
+    assert _events(app, live) == ["given", "expired"]
+
+
+@needs_postgres
 def test_erasure_committed_between_batch_read_and_lock_is_passed_over(
     app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,6 +128,7 @@ def test_erasure_committed_between_batch_read_and_lock_is_passed_over(
     assert _events(app, doomed) == ["given"]
 
 
+@needs_postgres
 @pytest.mark.parametrize("pause", [1.5, 0.3])
 def test_an_erasure_in_flight_and_consent_expire_both_complete(
     app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch, pause: float
