@@ -806,6 +806,140 @@ def test_sealing_and_verifying_in_small_batches(app: Any, client: Any, factory: 
             assert outcome.problem is not None and "sequence gap" in outcome.problem
 
 
+# ---- anchors kept outside the database ----------------------------------------------------
+
+
+def _rehash_from(app: Any, chain: list[AuditEvent], index: int, categories: str) -> None:
+    """A superuser's rewrite the database alone cannot show: row `index` altered, it and
+    every later row re-hashed, and the chain head moved to match."""
+    prev_hash = chain[index].prev_hash
+    assert prev_hash is not None
+    chain[index].categories = categories
+    for event in chain[index:]:
+        assert event.seq is not None
+        event.prev_hash = prev_hash
+        event.hash = service.chain_hash(prev_hash, event, event.seq)
+        raw_sql(
+            app,
+            "UPDATE audit_events SET categories = :categories, prev_hash = :prev, hash = :hash "
+            "WHERE id = :id",
+            categories=event.categories,
+            prev=prev_hash,
+            hash=event.hash,
+            id=event.id,
+        )
+        prev_hash = event.hash
+    raw_sql(app, "UPDATE audit_chain_head SET last_hash = :hash WHERE id = 1", hash=prev_hash)
+
+
+def _cut_after(app: Any, chain: list[AuditEvent], keep: int) -> None:
+    """Sealed rows cut from the end after the chain's row `keep`, the chain head rewritten
+    to it."""
+    raw_sql(app, "DELETE FROM audit_events WHERE seq > :seq", seq=chain[keep - 1].seq)
+    raw_sql(
+        app,
+        "UPDATE audit_chain_head SET last_seq = :seq, last_hash = :hash WHERE id = 1",
+        seq=chain[keep - 1].seq,
+        hash=chain[keep - 1].hash,
+    )
+
+
+def test_verify_records_the_head_it_verified_in_the_anchor_file(
+    app: Any, runner: Any, chain: list[AuditEvent], tmp_path: Any
+) -> None:
+    anchor_file = tmp_path / "audit-anchors"
+    first = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    assert first.exit_code == 0, cli_output(first)
+    assert f"head: seq 5 hash {chain[-1].hash}" in first.output
+    assert "0 anchors checked" in first.output
+    lines = anchor_file.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"5 {chain[-1].hash} ")
+
+    # Unchanged chain: checked, nothing appended. A longer chain: its head is appended.
+    again = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    assert again.exit_code == 0, cli_output(again)
+    assert "1 anchors checked" in again.output
+    assert anchor_file.read_text().splitlines() == lines
+
+
+def test_anchors_show_rows_cut_from_the_end_with_the_head_rewritten(
+    app: Any, runner: Any, chain: list[AuditEvent], tmp_path: Any
+) -> None:
+    anchor_file = tmp_path / "audit-anchors"
+    assert runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)]).exit_code == 0
+    recorded = anchor_file.read_text()
+    _cut_after(app, chain, keep=3)
+
+    # The database alone cannot tell this chain from one that ends at row 3.
+    assert (verify(app).ok, verify(app).checked) == (True, 3)
+    result = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    assert result.exit_code == 1
+    output = cli_output(result)
+    assert "the anchored row seq 5 is missing (rows removed at the end)" in output
+    assert f"row id {chain[2].id} (seq 3)" in output
+    assert anchor_file.read_text() == recorded  # a failed verification records nothing
+
+
+@pytest.mark.parametrize(
+    "anchored", [1, 2, 4], ids=["anchor-before-the-rewrite", "at-it", "after-it"]
+)
+def test_anchors_show_a_chain_rehashed_from_some_row_on(
+    app: Any, runner: Any, chain: list[AuditEvent], tmp_path: Any, anchored: int
+) -> None:
+    anchor_file = tmp_path / "audit-anchors"
+    old = chain[anchored]
+    anchor_file.write_text(f"# kept elsewhere\n{old.seq} {old.hash} 2026-11-30T00:00:00Z\n")
+    _rehash_from(app, chain, 2, "health")
+
+    assert verify(app).ok  # consistent in itself
+    result = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    if anchored < 2:  # the anchored row is before the rewrite: still as it was
+        assert result.exit_code == 0, cli_output(result)
+        assert "1 anchors checked" in result.output
+        return
+    assert result.exit_code == 1
+    output = cli_output(result)
+    assert f"row id {old.id} (seq {old.seq})" in output
+    assert "hash differs from the anchor kept outside the database" in output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("5 abc\n", "line 1 of"),
+        ("0 " + "a" * 64 + "\n", "line 1 of"),
+        ("# note\n3 " + "A" * 64 + "\n", "line 2 of"),
+        ("3 " + "a" * 64 + "\n3 " + "b" * 64 + "\n", "line 2 of"),
+        ("3 " + "a" * 64 + " x y\n", "line 1 of"),
+    ],
+    ids=["short-hash", "seq-zero", "upper-case", "contradicting", "extra-field"],
+)
+def test_an_unreadable_anchor_file_is_refused_before_anything_is_done(
+    app: Any, runner: Any, client: Any, factory: Any, tmp_path: Any, content: str, message: str
+) -> None:
+    create_case(client, factory.headers(factory.user(Role.CASEWORKER)))
+    anchor_file = tmp_path / "audit-anchors"
+    anchor_file.write_text(content)
+    result = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    assert result.exit_code == 2
+    assert message in cli_output(result) and "--anchors" in cli_output(result)
+    assert anchor_file.read_text() == content
+    assert [row.seq for row in audit_rows(app)] == [None]  # not even sealed
+
+
+def test_an_anchor_appended_after_an_unterminated_line_stays_a_line_of_its_own(
+    runner: Any, chain: list[AuditEvent], tmp_path: Any
+) -> None:
+    anchor_file = tmp_path / "audit-anchors"
+    anchor_file.write_text(f"{chain[1].seq} {chain[1].hash}")  # no final line break
+    result = runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)])
+    assert result.exit_code == 0, cli_output(result)
+    lines = anchor_file.read_text().splitlines()
+    assert lines[0] == f"{chain[1].seq} {chain[1].hash}"
+    assert lines[1].startswith(f"5 {chain[-1].hash} ")
+    assert runner.invoke(args=["audit", "verify", "--anchors", str(anchor_file)]).exit_code == 0
+
+
 # ---- verify (HTTP) ------------------------------------------------------------------------
 
 
@@ -825,7 +959,8 @@ def test_verify_endpoint_for_dpo_and_platform_admin(
     row = one_row_of(app, clean)  # the verification itself is on the record
     assert (row.action, row.resource_type, row.decision) == ("audit:verify", "audit", "allow")
     assert (row.actor_id, row.actor_role, row.actor_org_id) == (user.id, role.value, user.org_id)
-    assert details(row) == {"checked": 5, "ok": True}
+    assert details(row) == {"checked": 5, "ok": True, "anchored": False}
+    assert (body["last_seq"], body["last_hash"]) == (5, chain[-1].hash)
 
     raw_sql(app, "UPDATE audit_events SET categories = 'legal' WHERE id = :id", id=chain[3].id)
     broken = client.get("/api/v1/audit/verify", headers=headers)
@@ -834,7 +969,57 @@ def test_verify_endpoint_for_dpo_and_platform_admin(
     assert body["ok"] is False
     assert (body["first_bad_id"], body["first_bad_seq"]) == (chain[3].id, chain[3].seq)
     assert "hash mismatch" in body["problem"]
-    assert details(one_row_of(app, broken)) == {"checked": 3, "ok": False}
+    assert details(one_row_of(app, broken)) == {"checked": 3, "ok": False, "anchored": False}
+    assert (body["last_seq"], body["last_hash"]) == (None, None)
+
+
+def test_verify_endpoint_checks_an_anchor_given_back(
+    app: Any, client: Any, factory: Any, chain: list[AuditEvent]
+) -> None:
+    headers = factory.headers(factory.user(Role.DPO))
+    first = client.get("/api/v1/audit/verify", headers=headers).get_json()
+    anchor = {"anchor_seq": first["last_seq"], "anchor_hash": first["last_hash"]}
+    assert first["last_seq"] == 5
+
+    held = client.get("/api/v1/audit/verify", query_string=anchor, headers=headers)
+    assert held.status_code == 200 and held.get_json()["ok"] is True
+    assert details(one_row_of(app, held))["anchored"] is True
+    # The chain grew by the verifications' own rows; the anchor is a row inside it now.
+    assert held.get_json()["last_seq"] == 6
+
+    _cut_after(app, chain, keep=3)
+    cut = client.get("/api/v1/audit/verify", query_string=anchor, headers=headers).get_json()
+    assert cut["ok"] is False
+    assert cut["problem"] == "the anchored row seq 5 is missing (rows removed at the end)"
+    assert details(audit_rows(app)[-1]) == {"checked": 4, "ok": False, "anchored": True}
+
+    # Plain verification cannot tell: the verifications' own rows are chained on after seq 3
+    # (as 4 and 5 now). The anchor still can: seq 5 is not the row it was.
+    assert client.get("/api/v1/audit/verify", headers=headers).get_json()["ok"] is True
+    refilled = client.get("/api/v1/audit/verify", query_string=anchor, headers=headers)
+    assert (refilled.get_json()["ok"], refilled.get_json()["first_bad_seq"]) == (False, 5)
+    assert refilled.get_json()["problem"].startswith("hash differs from the anchor")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"anchor_seq": 5},
+        {"anchor_hash": "a" * 64},
+        {"anchor_seq": 0, "anchor_hash": "a" * 64},
+        {"anchor_seq": 5, "anchor_hash": "A" * 64},
+        {"anchor_seq": 5, "anchor_hash": "a" * 64 + "\n"},
+        {"anchor_seq": "x", "anchor_hash": "a" * 64},
+    ],
+    ids=["seq-alone", "hash-alone", "seq-zero", "upper-case", "line-break", "not-a-number"],
+)
+def test_verify_endpoint_refuses_a_malformed_anchor(
+    app: Any, client: Any, factory: Any, chain: list[AuditEvent], query: dict[str, Any]
+) -> None:
+    headers = factory.headers(factory.user(Role.DPO))
+    response = client.get("/api/v1/audit/verify", query_string=query, headers=headers)
+    assert_problem(response, 422)
+    assert not [row for row in audit_rows(app) if row.action == "audit:verify"]
 
 
 def test_verify_endpoint_refuses_other_roles_and_anonymous(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from referral_api.audit import service
+from referral_api.audit import anchors, service
 
 # AppGroup: its commands push the application context themselves, so they also run from
 # `app.cli` (tests, embedding), where no FlaskGroup does it for them.
@@ -50,14 +51,26 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
 
 
 @audit_group.command("verify")
-def verify() -> None:
+@click.option(
+    "--anchors",
+    "anchor_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A file kept outside the database (docs/audit.md): the chain must still hold "
+    "every head recorded in it, and a passing verification appends the current head.",
+)
+def verify(anchor_file: Path | None) -> None:
     """Recompute the chain; exit 1 and name the first bad row if it does not match."""
     from referral_api.extensions import db
 
+    try:
+        recorded = anchors.read(anchor_file) if anchor_file is not None else {}
+    except anchors.AnchorFileError as error:
+        raise click.BadParameter(str(error), param_hint="--anchors") from error
     factory = db.session_factory_for(current_app)
     service.seal_all(factory)
     with factory() as session:
-        result = service.verify_chain(session)
+        result = service.verify_chain(session, anchors=recorded)
     if result.ok:
         click.echo(f"audit chain ok: {result.checked} rows verified, {result.unsealed} pending")
         for row_id in result.head_rebuilt_at:
@@ -66,6 +79,12 @@ def verify() -> None:
                 "from the end before it could not be detected",
                 err=True,
             )
+        if result.last_hash is not None:
+            click.echo(f"head: seq {result.checked} hash {result.last_hash}")
+            if anchor_file is not None and recorded.get(result.checked) != result.last_hash:
+                anchors.append(anchor_file, result.checked, result.last_hash)
+        if anchor_file is not None:
+            click.echo(f"{len(recorded)} anchors checked ({anchor_file})")
         return
     click.echo(
         f"audit chain BROKEN at row id {result.first_bad_id} (seq {result.first_bad_seq}): "

@@ -9,7 +9,7 @@ from flask import current_app
 
 from referral_api.access.permissions import Permission
 from referral_api.audit import service
-from referral_api.audit.schemas import VerifyResultSchema
+from referral_api.audit.schemas import VerifyArgsSchema, VerifyResultSchema
 from referral_api.extensions import db
 from referral_api.smorest import Blueprint, current_actor
 
@@ -18,25 +18,28 @@ blp = Blueprint("audit", __name__, url_prefix="/api/v1", description="Audit log"
 
 @blp.route("/audit/verify", methods=["GET"])
 @blp.requires(Permission.AUDIT_VERIFY)
+@blp.arguments(VerifyArgsSchema, location="query")
 @blp.response(200, VerifyResultSchema)
-def verify() -> Any:
+def verify(args: dict[str, Any]) -> Any:
     """Recompute the audit hash chain and name the first row that does not match
 
     Pending rows are sealed first. `ok: false` with `first_bad_id` points at the first
-    altered or missing row.
+    altered or missing row. With `anchor_seq`/`anchor_hash` (the `last_seq`/`last_hash` of
+    an earlier answer, kept outside the database), that row must still hold that hash.
     """
+    anchors = {args["anchor_seq"]: args["anchor_hash"]} if "anchor_seq" in args else None
     # End the transaction the authentication read opened before sealing in sessions of
     # its own: on SQLite every transaction holds the single write lock (BEGIN IMMEDIATE),
     # so the sealer would otherwise wait on this request until the busy timeout (500).
     db.session.commit()
     service.seal_all(db.session_factory_for(current_app))
-    result = service.verify_chain(db.session)
+    result = service.verify_chain(db.session, anchors=anchors)
     service.record(
         db.session,
         current_actor(),
         str(Permission.AUDIT_VERIFY),
         resource_type="audit",
-        details={"ok": result.ok, "checked": result.checked},
+        details={"ok": result.ok, "checked": result.checked, "anchored": anchors is not None},
     )
     db.session.commit()
     return asdict(result)

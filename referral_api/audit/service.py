@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -406,14 +406,25 @@ class VerifyResult:
     # Ids of the `audit:chain-head-rebuilt` rows met: the head was lost there, so rows
     # removed from the end before each could not be detected (the chain after it holds).
     head_rebuilt_at: tuple[int, ...] = ()
+    # The hash of the last row verified (seq `checked`): with `checked`, the anchor to keep
+    # outside the database. None when nothing is sealed or the chain is broken.
+    last_hash: str | None = None
 
 
-def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
+def verify_chain(
+    session: Session, batch_size: int = 5000, anchors: Mapping[int, str] | None = None
+) -> VerifyResult:
     """Recompute the chain from the first row; name the first row that does not match.
 
     The chain head is read first: sealers go on extending the chain while the rows are read
     (in several statements), and a head read last could be ahead of them (a false "rows
-    removed at the end"). Rows sealed after it are checked too, against the chain only."""
+    removed at the end"). Rows sealed after it are checked too, against the chain only.
+
+    `anchors` (seq → hash) are heads of earlier verifications kept outside the database:
+    the row at each seq must still exist with that hash. They catch what the database
+    alone cannot: rows cut from the end with the chain head rewritten to match, or the
+    chain re-hashed from some row on."""
+    anchors = anchors or {}
     head = session.execute(_READ_HEAD).one_or_none()
     prev_hash = GENESIS_HASH
     expected_seq = 1
@@ -436,6 +447,17 @@ def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
             ):
                 return VerifyResult(
                     False, checked, 0, event.id, event.seq, "hash mismatch (row altered)"
+                )
+            anchored = anchors.get(event.seq)
+            if anchored is not None and anchored != event.hash:
+                return VerifyResult(
+                    False,
+                    checked,
+                    0,
+                    event.id,
+                    event.seq,
+                    "hash differs from the anchor kept outside the database "
+                    "(the chain was rewritten up to this row)",
                 )
             if event.action == HEAD_REBUILT:
                 rebuilt.append(event.id)
@@ -462,8 +484,24 @@ def verify_chain(session: Session, batch_size: int = 5000) -> VerifyResult:
             checked,
             "chain head does not match (rows removed at the end)",
         )
+    beyond = [seq for seq in anchors if seq > checked]
+    if beyond:
+        return VerifyResult(
+            False,
+            checked,
+            0,
+            last_id,
+            checked,
+            f"the anchored row seq {max(beyond)} is missing (rows removed at the end)",
+        )
     unsealed = (
         session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
         or 0
     )
-    return VerifyResult(True, checked, int(unsealed), head_rebuilt_at=tuple(rebuilt))
+    return VerifyResult(
+        True,
+        checked,
+        int(unsealed),
+        head_rebuilt_at=tuple(rebuilt),
+        last_hash=prev_hash if checked else None,
+    )
