@@ -90,7 +90,16 @@ def _init_cors(app: Flask) -> None:
             "X-Acting-Officer",
             "X-Request-ID",
         ],
-        expose_headers=["ETag", "Link", "Retry-After", "Location", "X-Request-ID"],
+        # Idempotent-Replayed: a web front end retrying a POST must tell a replay from a
+        # first answer (and not act twice on it).
+        expose_headers=[
+            "ETag",
+            "Link",
+            "Retry-After",
+            "Location",
+            "X-Request-ID",
+            "Idempotent-Replayed",
+        ],
         methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         supports_credentials=False,
         max_age=600,

@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from conftest import assert_problem
 from sqlalchemy import select
 from test_directory import add_service
@@ -31,14 +32,18 @@ from referral_api.smorest import etag_for
 API = "/api/v1"
 
 
-def set_active(app: Any, client: Any, boss: dict[str, str], org_id: Any, active: bool) -> None:
+def patch_org(app: Any, client: Any, boss: dict[str, str], org_id: Any, **changes: Any) -> None:
     with db.session_factory_for(app)() as s:
         org = s.get(Organisation, org_id)
         etag = etag_for("org", org.id, org.version)
     response = client.patch(
-        f"{API}/orgs/{org_id}", json={"active": active}, headers={**boss, "If-Match": etag}
+        f"{API}/orgs/{org_id}", json=changes, headers={**boss, "If-Match": etag}
     )
     assert response.status_code == 200, response.get_json()
+
+
+def set_active(app: Any, client: Any, boss: dict[str, str], org_id: Any, active: bool) -> None:
+    patch_org(app, client, boss, org_id, active=active)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -91,20 +96,31 @@ def test_a_refresh_refused_while_inactive_is_not_taken_for_a_replay(
         assert list(events) == []
 
 
-def test_an_incremental_directory_pull_sees_a_deactivated_organisations_services(
-    app: Any, client: Any, factory: Any
+@pytest.mark.parametrize(
+    ("changes", "published"),
+    [
+        ({"active": False}, ("inactive", "Shelter of the test")),
+        # A service's document carries its organisation's name (`organization.name`).
+        ({"name": "Renamed shelter"}, ("active", "Renamed shelter")),
+    ],
+    ids=["deactivated", "renamed"],
+)
+def test_an_incremental_directory_pull_sees_an_organisations_change_in_its_services(
+    app: Any, client: Any, factory: Any, changes: dict[str, Any], published: tuple[str, str]
 ):
     boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
     reader = factory.headers(factory.user(Role.CASEWORKER))
-    shelter = factory.org(OrgType.SHELTER)
+    shelter = factory.org(OrgType.SHELTER, name="Shelter of the test")
     service = str(add_service(db.session_factory_for(app), shelter))
     synced = datetime.now(UTC)
     time.sleep(0.01)
-    set_active(app, client, boss, shelter, False)
+    patch_org(app, client, boss, shelter, **changes)
     changed = client.get(
         f"{API}/hsds/services", query_string={"modified_after": synced.isoformat()}, headers=reader
     ).get_json()["contents"]
-    assert [(s["id"], s["status"]) for s in changed] == [(service, "inactive")]
+    assert [(s["id"], s["status"]) for s in changed] == [(service, published[0])]
+    full = client.get(f"{API}/hsds/services/{service}", headers=reader).get_json()
+    assert full["organization"]["name"] == published[1]
 
 
 def test_the_basic_scheme_is_case_insensitive(client: Any, factory: Any):

@@ -391,6 +391,31 @@ INVALID_CREATE_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"professional_contact": "call the front desk"}, "professional_contact"),
     ({"professional_contact": "+44 20 7946 0101, 12 Shelter Road"}, "professional_contact"),
     ({"professional_contact": "not@an-address"}, "professional_contact"),
+    # A street address as an e-mail's local part, spelt with characters that look like
+    # spaces (Hangul filler, braille blank, zero-width space, halfwidth Hangul filler).
+    *(
+        (
+            {"professional_contact": blank.join(["Flat", "3", "Hidden", "Lane"]) + "@x.example"},
+            "professional_contact",
+        )
+        for blank in ("\u3164", "\u2800", "\u200b", "\uffa0")
+    ),
+    ({"professional_contact": "intake\u0001@shelter.example"}, "professional_contact"),
+    ({"professional_contact": "\u202eintake@shelter.example"}, "professional_contact"),
+    # Look-alike letters (long s, Kelvin sign) match [a-z] under IGNORECASE.
+    ({"professional_contact": "intake@\u017fhelter.example"}, "professional_contact"),
+    ({"professional_contact": "intake@shelter.\u212aiev"}, "professional_contact"),
+    ({"professional_contact": "x" * 65 + "@shelter.example"}, "professional_contact"),
+    # Over RFC 5646's 35 characters: together they overflowed the column (a 500 on
+    # PostgreSQL), and SQLite stored them.
+    ({"languages": ["en-" + "-".join(["abcdefgh"] * 120)]}, "languages"),
+    ({"languages": ["en-" + "-".join(["abcdefgh"] * 4)]}, "languages"),
+    # Map coordinates, in any free text published to every organisation.
+    ({"area_served": "49.8397, 24.0297"}, "area_served"),
+    ({"area_served": "49°50'23\"N 24°01'47\"E"}, "area_served"),
+    ({"description": "Find us at -33.86882 151.20929 after dark."}, "description"),
+    ({"eligibility_notes": "Meet at 50.4501;30.5234"}, "eligibility_notes"),
+    ({"name": "Shelter 49° 50′"}, "name"),
     ({"accepting_referrals": "perhaps"}, "accepting_referrals"),
     ({"status": "defunct"}, "status"),
     # Read-only and unknown fields: no mass assignment.
@@ -411,6 +436,30 @@ def test_create_rejects_invalid_bodies(client, db, admin):
         )
         assert field in field_errors(response), overrides
     assert count_services(db) == 0
+
+
+def test_ordinary_texts_and_contacts_are_not_taken_for_coordinates_or_addresses(client, db, admin):
+    org, headers, _ = admin
+    body = service_body(
+        description="Open 9.00–17.30, 24/7 hotline; ages 14-17 with 2 carers, 1.5 km radius.",
+        eligibility_notes="Survivors 18+ (ref. 2024.117, 12.5 % quota).",
+        area_served="Kyiv oblast; Lviv; District 5",
+        professional_contact="Intake.Team+THB@Legal-Aid.EXAMPLE",
+        languages=["sr-Latn-RS", "de-CH-1996"],
+    )
+    response = client.post(f"{API}/orgs/{org}/services", json=body, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["professional_contact"] == "Intake.Team+THB@legal-aid.example"
+    assert response.get_json()["languages"] == ["sr-Latn-RS", "de-CH-1996"]
+
+
+def test_a_language_search_past_a_tags_length_is_refused(client, auth_headers):
+    # ~1,200 subtags made one LIKE each: SQLite's expression tree overflowed (a 500).
+    for tag in ("en-" + "-".join(["abcde"] * 1200), "en-" + "-".join(["abcde"] * 6)):
+        response = client.get(
+            f"{API}/services", query_string={"language": tag}, headers=auth_headers(Role.CASEWORKER)
+        )
+        assert "language" in field_errors(response), tag[:20]
 
 
 def test_create_requires_the_core_fields(client, db, admin):

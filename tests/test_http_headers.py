@@ -162,7 +162,7 @@ def test_actual_request_from_allowed_origin_exposes_headers(cors_configured, cli
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
     exposed = _header_set(response.headers.get("Access-Control-Expose-Headers"))
-    assert {"etag", "x-request-id", "retry-after", "link"} <= exposed
+    assert {"etag", "x-request-id", "retry-after", "link", "idempotent-replayed"} <= exposed
 
 
 @pytest.mark.parametrize("origin", [OTHER_ORIGIN, "https://app.example.org.evil.net", "null"])

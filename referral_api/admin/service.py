@@ -129,7 +129,11 @@ def update_organisation(
     if "active" in changes and not changes["active"] and org.id == actor.org_id:
         raise Forbidden("You cannot deactivate your own organisation.")
     deactivated = org.active and changes.get("active") is False
-    status_changed = "active" in changes and changes["active"] != org.active
+    # Its services' HSDS documents carry its name and take their status from it: an
+    # incremental pull (`modified_after`) must see them change when either does.
+    published_changed = ("active" in changes and changes["active"] != org.active) or (
+        "name" in changes and changes["name"].strip() != org.name
+    )
     for field in ("name", "active"):
         if field in changes:
             setattr(org, field, changes[field].strip() if field == "name" else changes[field])
@@ -140,9 +144,7 @@ def update_organisation(
         revoke_sessions_of_organisation(
             session, org.id, reason="organisation_deactivated", now=datetime.now(UTC)
         )
-    if status_changed:
-        # Its services' published status follows it (HSDS): an incremental pull
-        # (`modified_after`) must see them change.
+    if published_changed:
         from referral_api.directory.models import Service
 
         session.execute(

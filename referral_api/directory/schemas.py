@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from marshmallow import validate
 from referral_api.directory.models import ServiceStatus, ServiceType
 from referral_api.directory.service import (
     LANGUAGE_TAG_PATTERN,
+    MAX_LANGUAGE_TAG,
     MAX_LANGUAGES,
     normalise_language_tag,
     normalise_professional_contact,
@@ -24,15 +26,36 @@ def _not_blank(value: str) -> None:
         raise ma.ValidationError("Must not be blank.")
 
 
+# Map coordinates precise to a street or a building (a pair of decimal degrees with three
+# or more decimals, or degrees-minutes): what a service's published text must never hold,
+# as a shelter's place would then be on every organisation's screen and in HSDS.
+_COORDINATES = re.compile(
+    r"[-+]?\d{1,3}\.\d{3,}\s*°?\s*[NSns]?\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"
+    r"|\d{1,3}\s*°\s*\d{1,2}\s*['\u2032]"
+)
+
+
+def _no_coordinates(value: str | None) -> None:
+    if value and _COORDINATES.search(value):
+        raise ma.ValidationError(
+            "Must not hold map coordinates: the directory is shown to every organisation. "
+            "Describe the area served instead."
+        )
+
+
 def _text(max_length: int) -> list[Callable[[Any], Any]]:
-    return [validate.Length(min=1, max=max_length), _not_blank]
+    return [validate.Length(min=1, max=max_length), _not_blank, _no_coordinates]
 
 
 class LanguageTag(ma.fields.String):
     """A BCP 47 language tag, loaded in canonical case (`pt-br` → `pt-BR`)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        metadata = {"pattern": LANGUAGE_TAG_PATTERN, **kwargs.pop("metadata", {})}
+        metadata = {
+            "pattern": LANGUAGE_TAG_PATTERN,
+            "maxLength": MAX_LANGUAGE_TAG,
+            **kwargs.pop("metadata", {}),
+        }
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -56,9 +79,12 @@ class ProfessionalContact(ma.fields.String):
 
 _LANGUAGE_COUNT = validate.Length(min=1, max=MAX_LANGUAGES)
 _LANGUAGES_DOC = {"description": "BCP 47 language tags the service is delivered in"}
-_AREA_DOC = {"description": "Regions served, separated by `;` (e.g. `Kyiv oblast; Lviv`)"}
+_AREA_DOC = {
+    "description": "Regions served, separated by `;` (e.g. `Kyiv oblast; Lviv`); never an "
+    "address, and map coordinates are refused"
+}
 _CONTACT_DOC = {
-    "description": "Intake channel for professionals: an e-mail address or an "
+    "description": "Intake channel for professionals: an e-mail address (ASCII) or an "
     "international phone number. Never a street address."
 }
 
@@ -87,7 +113,9 @@ class ServiceCreateSchema(ma.Schema):
     languages = ma.fields.List(
         LanguageTag(), required=True, validate=_LANGUAGE_COUNT, metadata=_LANGUAGES_DOC
     )
-    eligibility_notes = ma.fields.String(allow_none=True, validate=validate.Length(max=4000))
+    eligibility_notes = ma.fields.String(
+        allow_none=True, validate=[validate.Length(max=4000), _no_coordinates]
+    )
     area_served = ma.fields.String(required=True, validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(required=True, metadata=_CONTACT_DOC)
     accepting_referrals = Boolean()
@@ -101,7 +129,9 @@ class ServiceUpdateSchema(ma.Schema):
     description = ma.fields.String(validate=_text(4000))
     service_type = ma.fields.Enum(ServiceType, by_value=True)
     languages = ma.fields.List(LanguageTag(), validate=_LANGUAGE_COUNT, metadata=_LANGUAGES_DOC)
-    eligibility_notes = ma.fields.String(allow_none=True, validate=validate.Length(max=4000))
+    eligibility_notes = ma.fields.String(
+        allow_none=True, validate=[validate.Length(max=4000), _no_coordinates]
+    )
     area_served = ma.fields.String(validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(metadata=_CONTACT_DOC)
     accepting_referrals = Boolean()

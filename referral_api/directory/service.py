@@ -40,10 +40,22 @@ _LANGUAGE_TAG = re.compile(
 # The same as the documented pattern of a language tag (OpenAPI, an ECMA 262 regex: no named
 # groups), anchored; the server also accepts it with surrounding spaces.
 LANGUAGE_TAG_PATTERN = "^" + re.sub(r"\(\?P<\w+>", "(", _LANGUAGE_TAG.pattern) + "$"
-_EMAIL = re.compile(r"[^@\s,;<>()\[\]\"]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,63}", re.IGNORECASE)
+# An e-mail address in ASCII only (RFC 5322 dot-atom local part, a DNS name; an
+# internationalised domain in its xn-- form): anything wider let a street address through
+# as "local part" spelt with characters that look like spaces (U+3164, U+2800, U+200B…),
+# and look-alike letters (U+017F, U+212A) match `[a-z]` under IGNORECASE.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL = re.compile(
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)"
+    r"@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63})",
+    re.ASCII,
+)
+MAX_LANGUAGE_TAG = 35  # RFC 5646 §4.4.1: the length an implementation must keep
 _PHONE = re.compile(r"\+[0-9 ()./-]{6,30}")
 
-LANGUAGE_TAG_MESSAGE = "Not a BCP 47 language tag (e.g. uk, en-GB, sr-Latn)."
+LANGUAGE_TAG_MESSAGE = (
+    f"Not a BCP 47 language tag of at most {MAX_LANGUAGE_TAG} characters (e.g. uk, en-GB, sr-Latn)."
+)
 CONTACT_MESSAGE = (
     "Give the intake e-mail address or phone number for professionals, the phone number in "
     "international format (+…). Never a street address."
@@ -75,7 +87,8 @@ _REQUIRED_ON_CREATE = (
 
 def normalise_language_tag(tag: str) -> str:
     """Canonical case (`pt-br` → `pt-BR`, `SR-LATN` → `sr-Latn`); ValueError if malformed."""
-    match = _LANGUAGE_TAG.fullmatch(tag.strip())
+    tag = tag.strip()
+    match = _LANGUAGE_TAG.fullmatch(tag) if len(tag) <= MAX_LANGUAGE_TAG else None
     if match is None:
         raise ValueError(LANGUAGE_TAG_MESSAGE)
     parts = [match["language"].lower()]
@@ -110,10 +123,10 @@ def normalise_professional_contact(value: str) -> str:
     """
     value = value.strip()
     if "@" in value:
-        if len(value) > 254 or _EMAIL.fullmatch(value) is None:
+        address = _EMAIL.fullmatch(value)
+        if len(value) > 254 or address is None or len(address["local"]) > 64:
             raise ValueError(CONTACT_MESSAGE)
-        local, _, domain = value.rpartition("@")
-        return f"{local}@{domain.lower()}"
+        return f"{address['local']}@{address['domain'].lower()}"
     if _PHONE.fullmatch(value) is None:
         raise ValueError(CONTACT_MESSAGE)
     try:
