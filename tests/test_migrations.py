@@ -40,9 +40,10 @@ def test_0012_downgrade_refuses_to_drop_category_columns_holding_data(app, clien
     url = app.config["DATABASE_URL"]
     engine = db.engine_for(app)
     engine.dispose()
+    command.downgrade(alembic_config(url), "0012")  # the later revisions hold no data
     with pytest.raises(RuntimeError, match="1 case"):
         command.downgrade(alembic_config(url), "0011")
-    assert current_revision(engine) == head_revision()
+    assert current_revision(engine) == "0012"
     assert "identity" in {c["name"] for c in inspect(engine).get_columns("cases")}
 
     with engine.begin() as connection:

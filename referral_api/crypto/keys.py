@@ -35,10 +35,12 @@ from sqlalchemy import (
     cast,
     event,
     func,
+    insert,
     literal_column,
     or_,
     select,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -294,10 +296,14 @@ class KeyService:
     def _add_key_row(self, row: Any) -> bool:
         """Insert a new key row. Outside a flush, in a savepoint, so that losing a creation
         race to another transaction is harmless. Inside a flush (first use of an
-        organisation created without keys), the row simply joins that flush."""
+        organisation created without keys), it is inserted at once, ahead of that flush's
+        own rows: a data key references its organisation key (case_keys → org_keys), and
+        the unit of work orders rows by relationships, which these have none of."""
         # Session has no public "inside before_flush" flag.
         if self.session._flushing:
-            self.session.add(row)
+            table = type(row).__table__
+            values = {key: value for key, value in sa_inspect(row).dict.items() if key in table.c}
+            self.session.connection().execute(insert(table).values(**values))
             return True
         try:
             with self.session.begin_nested():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referral_api.db import Base, UTCDateTime, utcnow
@@ -28,6 +28,16 @@ class CaseKey(Base):
     version of a case's DEK makes its ciphertexts unreadable (crypto-shredding)."""
 
     __tablename__ = "case_keys"
+    # The organisation key a data key is wrapped under exists as long as the data key does:
+    # deleting an old organisation-key version waits for a data key being wrapped under it
+    # (the insert holds it) and then fails while one is (`rotation.rotate_org_keys`).
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["org_id", "org_key_version"],
+            ["org_keys.org_id", "org_keys.version"],
+            ondelete="RESTRICT",
+        ),
+    )
 
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)

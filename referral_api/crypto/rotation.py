@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -48,6 +49,7 @@ from referral_api.crypto.fields import ciphertext_attrs, crypto_of, encrypted_mo
 from referral_api.crypto.keyring import KeyProvider, KeyUnavailable
 from referral_api.crypto.keys import _index_key_aad, _org_key_aad
 from referral_api.crypto.models import CaseKey, IndexKey, OrgKey, RotationJob
+from referral_api.exceptions import Conflict
 
 Progress = Callable[[int], None]
 
@@ -452,6 +454,7 @@ def rotate_case_keys(
     The records of a batch's cases are loaded with one query per model, not per case.
     """
     from referral_api.cases.models import Case
+    from referral_api.consent.models import ConsentRecord
 
     # Everything else encrypted under a case's key names the case in `case_id`.
     dependents = [model for model in encrypted_models() if model is not Case]
@@ -470,29 +473,31 @@ def rotate_case_keys(
             if not ids:
                 break
             keys = crypto_of(session).keys(session)
+            # The cases' consents are locked before the case rows, the order an erasure, a
+            # withdrawal and a send take them in (rights.service._lock_case_to_erase): the
+            # other order deadlocked with an erasure in flight, and PostgreSQL killed one.
+            consents = _locked_records(session, ConsentRecord, ids)
+            # Checked again under the lock: a case erased since the ids were read has no
+            # key left to rotate (PostgreSQL re-evaluates these on the locked row).
             cases = session.scalars(
-                select(Case).where(Case.id.in_(ids)).order_by(Case.id).with_for_update()
+                select(Case)
+                .where(Case.id.in_(ids), Case.erased.is_(False), Case.key_version.is_not(None))
+                .order_by(Case.id)
+                .with_for_update()
             ).all()
             records: dict[uuid.UUID, list[Any]] = {case.id: [case] for case in cases}
             rewritten: list[dict[str, Any]] = []
             written: _WriteBacks = {}
             for model in dependents:
-                # Locked too: what is decrypted here is written back re-encrypted, so a
-                # change committed in between would be overwritten with the old value.
-                # Relationships are not loaded: only the record's own columns are rewritten.
-                case_id = model.case_id
-                for record in session.scalars(
-                    select(model)
-                    .where(case_id.in_(list(records)))
-                    .order_by(case_id, *model.__mapper__.primary_key)
-                    .options(lazyload("*"))
-                    .with_for_update(of=model)
+                for record in (
+                    consents
+                    if model is ConsentRecord
+                    else _locked_records(session, model, list(records))
                 ):
-                    records[record.case_id].append(record)
+                    if record.case_id in records:  # not of a case erased meanwhile
+                        records[record.case_id].append(record)
             for case in cases:
-                old = case.key_version
-                assert old is not None  # noqa: S101 - filtered above
-                new = old + 1
+                new = cast(int, case.key_version) + 1  # not None: filtered under the lock
                 # Decrypt everything under the old key before it goes.
                 for record in records[case.id]:
                     _decrypt_all(record)
@@ -527,11 +532,27 @@ def rotate_case_keys(
                 none_shown={},
             )
             session.commit()
-        done += len(ids)
+        done += len(cases)
         batches += 1
         if progress:
             progress(len(ids))
     return done
+
+
+def _locked_records(session: Session, model: Any, case_ids: list[uuid.UUID]) -> list[Any]:
+    """The cases' records of `model`, locked: what is decrypted is written back
+    re-encrypted, so a change committed in between would be overwritten with the old value.
+    Relationships are not loaded: only the record's own columns are rewritten."""
+    case_id = model.case_id
+    return list(
+        session.scalars(
+            select(model)
+            .where(case_id.in_(case_ids))
+            .order_by(case_id, *model.__mapper__.primary_key)
+            .options(lazyload("*"))
+            .with_for_update(of=model)
+        )
+    )
 
 
 def _decrypt_all(record: Any) -> None:
@@ -683,42 +704,34 @@ def finish_rotation_job(factory: sessionmaker[Session], job_id: int) -> None:
 # ---- organisation keys --------------------------------------------------------------------
 
 
-def rotate_org_keys(
-    factory: sessionmaker[Session], *, batch_size: int = 1000, progress: Progress | None = None
-) -> tuple[int, int]:
-    """Give every organisation new key material and re-wrap its data keys under it, then
-    delete the old organisation-key versions. Returns (organisations, data keys re-wrapped).
+# Passes of re-wrapping then deleting old versions: a data key committed under an old
+# version while the rotation ran (a request that read the version before the new one
+# existed) keeps that version alive, and the next pass re-wraps it.
+_ORG_KEY_PASSES = 3
 
-    Root rotation only re-wraps organisation keys (same material). After an erasure, a
-    restored backup's data keys could still be unwrapped with the live organisation key;
-    this rotation (followed by a root rotation and destroying the old root version) makes
-    every pre-rotation backup useless. Resumable: data keys already under the newest
-    version are skipped; old versions are deleted only once nothing refers to them.
-    """
+
+def _newest_org_keys() -> Any:
+    return (
+        select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
+        .group_by(OrgKey.org_id)
+        .subquery()
+    )
+
+
+def _rewrap_under_newest_org_keys(
+    factory: sessionmaker[Session], batch_size: int, progress: Progress | None
+) -> int:
+    """Re-wrap every data key not under its organisation's newest key; how many."""
     from referral_api.crypto.keys import _case_key_aad, unwrap_data_key, wrap_data_key
 
-    def newest_org_keys() -> Any:
-        return (
-            select(OrgKey.org_id, func.max(OrgKey.version).label("v"))
-            .group_by(OrgKey.org_id)
-            .subquery()
-        )
-
-    with factory() as session:
-        keys = crypto_of(session).keys(session)
-        newest = newest_org_keys()
-        orgs = session.execute(select(newest.c.org_id, newest.c.v)).all()
-        if _unfinished_job(session, "org-keys") is None:  # a new run, not a resumed one
-            for org_id, latest in orgs:
-                keys._create_org_key(org_id, version=latest + 1)
-        job_id = open_rotation_job(session, "org-keys").id
-        session.commit()
     rewrapped = 0
     while True:
         with factory() as session:
             keys = crypto_of(session).keys(session)
-            newest = newest_org_keys()
-            latest = dict(session.execute(select(newest.c.org_id, newest.c.v)).all())
+            newest = _newest_org_keys()
+            latest: dict[uuid.UUID, int] = dict(
+                session.execute(select(newest.c.org_id, newest.c.v)).all()
+            )
             rows = session.scalars(
                 select(CaseKey)
                 .join(newest, newest.c.org_id == CaseKey.org_id)
@@ -745,25 +758,65 @@ def rotate_org_keys(
         if progress:
             progress(len(rows))
         if len(rows) < batch_size:
-            break
+            return rewrapped
+
+
+def _delete_unused_org_keys(factory: sessionmaker[Session]) -> int:
+    """Delete the organisations' older key versions no data key references; how many
+    are left because one does. The database's reference (case_keys → org_keys) decides,
+    not a count read beforehand: a data key being inserted under a version holds it, so
+    the delete waits for that insert and then fails, in a savepoint of its own."""
+    left = 0
     with factory() as session:
-        latest_versions = newest_org_keys()
+        newest = _newest_org_keys()
         stale = session.execute(
             select(OrgKey.org_id, OrgKey.version)
-            .join(latest_versions, latest_versions.c.org_id == OrgKey.org_id)
-            .where(OrgKey.version < latest_versions.c.v)
+            .join(newest, newest.c.org_id == OrgKey.org_id)
+            .where(OrgKey.version < newest.c.v)
         ).all()
         for org_id, version in stale:
-            in_use = session.scalar(
-                select(func.count())
-                .select_from(CaseKey)
-                .where(CaseKey.org_id == org_id, CaseKey.org_key_version == version)
-            )
-            if not in_use:
-                session.execute(
-                    delete(OrgKey).where(OrgKey.org_id == org_id, OrgKey.version == version)
-                )
+            try:
+                with session.begin_nested():
+                    session.execute(
+                        delete(OrgKey).where(OrgKey.org_id == org_id, OrgKey.version == version)
+                    )
+            except IntegrityError:
+                left += 1
         session.commit()
+    return left
+
+
+def rotate_org_keys(
+    factory: sessionmaker[Session], *, batch_size: int = 1000, progress: Progress | None = None
+) -> tuple[int, int]:
+    """Give every organisation new key material and re-wrap its data keys under it, then
+    delete the old organisation-key versions. Returns (organisations, data keys re-wrapped).
+
+    Root rotation only re-wraps organisation keys (same material). After an erasure, a
+    restored backup's data keys could still be unwrapped with the live organisation key;
+    this rotation (followed by a root rotation and destroying the old root version) makes
+    every pre-rotation backup useless. Resumable: data keys already under the newest
+    version are skipped; old versions are deleted only once nothing refers to them.
+    """
+    with factory() as session:
+        keys = crypto_of(session).keys(session)
+        newest = _newest_org_keys()
+        orgs = session.execute(select(newest.c.org_id, newest.c.v)).all()
+        if _unfinished_job(session, "org-keys") is None:  # a new run, not a resumed one
+            for org_id, latest in orgs:
+                keys._create_org_key(org_id, version=latest + 1)
+        job_id = open_rotation_job(session, "org-keys").id
+        session.commit()
+    rewrapped = 0
+    for _ in range(_ORG_KEY_PASSES):
+        rewrapped += _rewrap_under_newest_org_keys(factory, batch_size, progress)
+        if not _delete_unused_org_keys(factory):
+            break
+    else:
+        raise Conflict(
+            "old organisation keys are still referenced by data keys written meanwhile; "
+            "run the command again to finish"
+        )
     finish_rotation_job(factory, job_id)
     crypto_cache_clear(factory)
     return len(orgs), rewrapped

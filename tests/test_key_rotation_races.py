@@ -1,0 +1,149 @@
+"""Key sweeps racing live writes (PostgreSQL: on SQLite every transaction begins IMMEDIATE,
+so a sweep cannot run while a request is open). Found by a reviewer's probes, each failing
+on the code before its fix:
+
+- `keys rotate-org-keys` deleted an old organisation-key version once it counted no data
+  key under it; a `POST /cases` in flight (its new data key wrapped under that version, not
+  yet committed) then committed a data key under a deleted key, and the case no longer
+  decrypted once the key cache forgot it. A data key now references its organisation key
+  (migration 0013): the delete waits for the insert, fails, and the rotation re-wraps again.
+- `keys rotate-case-keys` selected its batch's ids unlocked and then locked the cases: one
+  erased in between failed the sweep on an assertion (a traceback; the batch rolled back).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from race_support import run_during
+from rights_support import World, new_token, ok
+from sqlalchemy import select
+
+from referral_api.access.roles import Role
+from referral_api.cases import service as case_service
+from referral_api.cases.models import Case
+from referral_api.crypto import rotation
+from referral_api.crypto.models import CaseKey, OrgKey
+from referral_api.extensions import db
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL",
+)
+
+CASES = "/api/v1/cases"
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any], tmp_path: Any) -> dict[str, Any]:
+    app_config["KEYRING_PATH"] = str(tmp_path / "keyring.json")
+    return app_config
+
+
+def _rows(app: Any, statement: Any) -> list[Any]:
+    with db.session_factory_for(app)() as s:
+        return list(s.execute(statement).all())
+
+
+def test_a_case_created_while_rotate_org_keys_runs_stays_readable(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org = factory.org()
+    headers = factory.headers(factory.user(Role.CASEWORKER, org))
+    body = {"case_type": "thb", "identity": {"given_name": "First"}}
+    assert client.post(CASES, json=body, headers=headers).status_code == 201
+
+    # The rotation (another process in production) runs while the POST has inserted its
+    # data key, wrapped under version 1, and not yet committed.
+    during = run_during(
+        monkeypatch,
+        case_service,
+        "insert_cases",
+        lambda *_a, **_k: True,
+        lambda: rotation.rotate_org_keys(db.session_factory_for(app)),
+    )
+    created = client.post(
+        CASES, json={"case_type": "thb", "identity": {"given_name": "Racing"}}, headers=headers
+    )
+    assert created.status_code == 201, created.get_json()
+    during["thread"].join(timeout=60)
+    assert during["waited"], "the rotation did not wait for the insert"
+    assert "error" not in during, during.get("error")
+    assert during["response"] == (1, 2)  # a second pass re-wrapped the racing case's key
+
+    assert _rows(app, select(OrgKey.version).where(OrgKey.org_id == org)) == [(2,)]
+    assert {row.org_key_version for row in _rows(app, select(CaseKey.org_key_version))} == {2}
+    app.extensions["referral_api.crypto"].cache.clear()  # a worker's cache expires
+    read = client.get(f"{CASES}/{created.get_json()['id']}", headers=headers)
+    assert read.status_code == 200, read.get_data(as_text=True)
+    assert read.get_json()["identity"]["given_name"] == "Racing"
+
+
+def test_rotate_case_keys_skips_a_case_erased_after_its_batch_was_chosen(
+    app: Any, client: Any, factory: Any, runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(app, factory, client)
+    keep = world.case(new_token("keep"))
+    gone = world.case(new_token("gone"))
+    world.close(gone)
+    request_id = world.request_erasure(gone)
+
+    real_crypto_of = rotation.crypto_of
+    erased: dict[str, Any] = {}
+
+    def erase_first(session: Any) -> Any:
+        # Between the sweep's unlocked read of its batch's ids and its locks.
+        if not erased:
+            erased["response"] = ok(world.approve(request_id))
+        return real_crypto_of(session)
+
+    monkeypatch.setattr(rotation, "crypto_of", erase_first)
+    result = runner.invoke(args=["keys", "rotate-case-keys"])
+    monkeypatch.setattr(rotation, "crypto_of", real_crypto_of)
+    assert erased, "the erasure did not run"
+    assert result.exception is None, repr(result.exception)
+    assert result.exit_code == 0, result.output
+
+    versions = dict(_rows(app, select(Case.id, Case.key_version)))
+    assert versions[uuid.UUID(keep)] == 2
+    assert versions[uuid.UUID(gone)] is None
+    assert _rows(app, select(CaseKey.version).where(CaseKey.case_id == uuid.UUID(gone))) == []
+
+
+def test_rotate_case_keys_and_an_erasure_in_flight_do_not_deadlock(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure holds the case's consents and waits for the case row; the sweep's batch
+    takes the consents first too, so it waits for the erasure instead of taking the row and
+    then waiting for the consents (a deadlock PostgreSQL broke by killing one)."""
+    from referral_api.rights import service as rights_service
+
+    world = World(app, factory, client)
+    world.case(new_token("keep"))
+    gone = world.case(new_token("gone"))
+    world.consent(gone, world.receiver_org, ["identity"])
+    world.close(gone)
+    request_id = world.request_erasure(gone)
+
+    # The sweep starts once the erasure holds the consents, before it locks the case row.
+    during = run_during(
+        monkeypatch,
+        rights_service,
+        "_lock_case",
+        lambda *_a, **_k: True,
+        lambda: rotation.rotate_case_keys(
+            db.session_factory_for(app), started_at=datetime.now(UTC), batch_size=10
+        ),
+        before=True,
+    )
+    approved = world.approve(request_id)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert approved.status_code == 200, approved.get_data(as_text=True)
+    versions = dict(_rows(app, select(Case.id, Case.key_version)))
+    assert versions[uuid.UUID(gone)] is None
+    assert sorted(v for v in versions.values() if v is not None) == [2]
