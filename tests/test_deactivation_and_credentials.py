@@ -148,3 +148,110 @@ def test_a_blank_acting_officer_is_refused(client: Any, factory: Any):
         assert assert_problem(response, 422)["errors"]["headers"]["X-Acting-Officer"]
     named = client.get(f"{API}/me", headers={**bearer(token), "X-Acting-Officer": "badge 4711"})
     assert named.status_code == 200 and named.get_json()["acting_officer"] == "badge 4711"
+
+
+# ---- a sign-in racing a change of its credential (PostgreSQL) ------------------------------
+
+
+def _sign_in_racing(app: Any, monkeypatch: Any, sign_in: Any, change: Any) -> Any:
+    """Run `sign_in()` in a thread; once its credential has been verified (and before it
+    opens its session), run `change()` here to the end; return the sign-in's response."""
+    import threading
+
+    from referral_api.extensions import hasher
+
+    verified, release = threading.Event(), threading.Event()
+    real_verify = hasher.verify
+
+    def slow_verify(stored: Any, secret: str) -> bool:
+        result = real_verify(stored, secret)
+        if threading.current_thread().name == "sign-in":
+            verified.set()
+            release.wait(10)
+        return result
+
+    monkeypatch.setattr(hasher, "verify", slow_verify)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        with app.test_client() as other:
+            outcome["response"] = sign_in(other)
+
+    thread = threading.Thread(target=run, name="sign-in")
+    thread.start()
+    assert verified.wait(10)
+    change()
+    release.set()
+    thread.join(15)
+    return outcome["response"]
+
+
+needs_postgres = pytest.mark.skipif(
+    not __import__("os").environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="SQLite serialises the two transactions (BEGIN IMMEDIATE)",
+)
+
+
+@needs_postgres
+def test_a_token_grant_racing_its_secret_rotation_gives_no_working_token(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+):
+    from referral_api.auth.models import ApiClient
+
+    org = factory.org(OrgType.POLICE)
+    admin = factory.headers(factory.user(Role.ORG_ADMIN, org))
+    client_id, old_secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+    with db.session_factory_for(app)() as s:
+        pk = s.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id))
+
+    def rotate() -> None:
+        tag = client.get(f"{API}/clients/{pk}", headers=admin).headers["ETag"]
+        rotated = client.post(f"{API}/clients/{pk}/secret", headers={**admin, "If-Match": tag})
+        assert rotated.status_code == 200, rotated.get_json()
+
+    body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": old_secret}
+    granted = _sign_in_racing(
+        app, monkeypatch, lambda other: other.post(f"{API}/auth/token", json=body), rotate
+    )
+    assert_problem(granted, 401)
+    with db.session_factory_for(app)() as s:
+        live = s.scalars(
+            select(AuthSession.id).where(
+                AuthSession.client_id == pk, AuthSession.revoked_at.is_(None)
+            )
+        ).all()
+    assert live == []
+
+
+@needs_postgres
+def test_a_login_racing_a_password_change_opens_no_session(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+):
+    from referral_api.auth.models import User
+
+    org = factory.org(OrgType.NGO)
+    admin = factory.headers(factory.user(Role.ORG_ADMIN, org))
+    worker = factory.user(Role.CASEWORKER, org)
+
+    def change_password() -> None:
+        with db.session_factory_for(app)() as s:
+            version = s.get(User, worker.id).version
+        changed = client.patch(
+            f"{API}/users/{worker.id}",
+            json={"password": "a new long passphrase 42"},
+            headers={**admin, "If-Match": etag_for("user", worker.id, version)},
+        )
+        assert changed.status_code == 200, changed.get_json()
+
+    body = {"email": worker.email, "password": worker.password}
+    login = _sign_in_racing(
+        app, monkeypatch, lambda other: other.post(f"{API}/auth/login", json=body), change_password
+    )
+    assert_problem(login, 401)
+    with db.session_factory_for(app)() as s:
+        live = s.scalars(
+            select(AuthSession.id).where(
+                AuthSession.user_id == worker.id, AuthSession.revoked_at.is_(None)
+            )
+        ).all()
+    assert live == []

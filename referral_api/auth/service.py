@@ -291,7 +291,10 @@ def login(
     _check_not_locked(session, [account_key, address_key], now)
 
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
-    password_ok = hasher.verify(user.password_hash if user else None, password)
+    password_ok = hasher.verify(user.password_hash if user else None, password) and (
+        user is not None
+        and _credential_unchanged(session, User.password_hash, User.id, user.id, user.password_hash)
+    )
     reason = _refusal_reason(user, password_ok)
     if reason is not None or user is None:
         raise _refused(
@@ -390,7 +393,12 @@ def client_credentials(
     client = session.scalars(
         select(ApiClient).where(ApiClient.client_id == client_id)
     ).one_or_none()
-    secret_ok = hasher.verify(client.secret_hash if client else None, client_secret)
+    secret_ok = hasher.verify(client.secret_hash if client else None, client_secret) and (
+        client is not None
+        and _credential_unchanged(
+            session, ApiClient.secret_hash, ApiClient.id, client.id, client.secret_hash
+        )
+    )
     reason = _refusal_reason(client, secret_ok)
     if reason is not None or client is None:
         raise _refused(
@@ -408,6 +416,19 @@ def client_credentials(
     return IssuedSession(
         subject=f"client:{client.id}", session_id=auth_session.id, refresh_jti=None
     )
+
+
+def _credential_unchanged(
+    session: Session, column: Any, key: Any, principal_id: uuid.UUID, verified: str
+) -> bool:
+    """Whether the credential hash just verified is still the stored one, read again and
+    held (FOR SHARE) until this sign-in commits. A secret rotation or password change
+    committed during the (slow) verification refuses the sign-in; one not committed yet
+    waits for it and then revokes the session it opened. Without this, a sign-in with the
+    old secret racing its rotation kept a working token (the rotation revoked the sessions
+    it saw, and this one committed after)."""
+    current = session.scalar(select(column).where(key == principal_id).with_for_update(read=True))
+    return bool(current == verified)
 
 
 def _actor_statement(principal: type[User] | type[ApiClient]) -> Select[Any]:
