@@ -223,6 +223,96 @@ def test_a_replayed_refresh_token_is_audited_once(client: Any, session: Any, fac
     assert set(json.loads(row.details)) == {"session_id"}
 
 
+@pytest.mark.parametrize(
+    ("how", "reason", "revoked_reason"),
+    [
+        ("rotate", "session-revoked", "secret_rotated"),
+        ("deactivate-client", "session-revoked", "client_changed"),
+        ("deactivate-org", "session-revoked", "organisation_deactivated"),
+        ("org-off-behind-the-api", "organisation-inactive", None),
+    ],
+)
+def test_a_revoked_clients_token_still_used_is_audited_against_it(
+    client: Any, session: Any, factory: Any, how: str, reason: str, revoked_reason: str | None
+):
+    """A police system whose access was withdrawn keeps calling with its last token: each
+    call is refused (401) and on the record for its organisation's DPO."""
+    from referral_api.smorest import etag_for
+
+    org = factory.org(OrgType.POLICE)
+    admin = factory.headers(factory.user(Role.ORG_ADMIN, org))
+    client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+    body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+    token = client.post(f"{API}/auth/token", json=body).get_json()["access_token"]
+    police = {"Authorization": f"Bearer {token}", "X-Acting-Officer": "badge 9"}
+    try:
+        pk = session.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id))
+        org_version = session.get(Organisation, org).version
+    finally:
+        session.rollback()
+    tag = client.get(f"{API}/clients/{pk}", headers=admin).headers["ETag"]
+    if how == "rotate":
+        changed = client.post(f"{API}/clients/{pk}/secret", headers={**admin, "If-Match": tag})
+    elif how == "deactivate-client":
+        changed = client.patch(
+            f"{API}/clients/{pk}", json={"active": False}, headers={**admin, "If-Match": tag}
+        )
+    elif how == "deactivate-org":
+        boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+        changed = client.patch(
+            f"{API}/orgs/{org}",
+            json={"active": False},
+            headers={**boss, "If-Match": etag_for("org", org, org_version)},
+        )
+    else:
+        change(session, update(Organisation).where(Organisation.id == org).values(active=False))
+        changed = None
+    assert changed is None or changed.status_code == 200, changed.get_json()
+
+    refused = client.get(f"{API}/cases", headers=police)
+    assert_problem(refused, 401)
+    [row] = security_rows(session)
+    assert_row(
+        refused_row := row,
+        refused,
+        action="auth:token-refused",
+        resource_type="client",
+        resource_id=str(pk),
+        actor_org_id=org,
+        reason=reason,
+    )
+    expected = {"session_id"} | ({"revoked_reason"} if revoked_reason else set())
+    assert set(json.loads(refused_row.details)) == expected
+    if revoked_reason:
+        assert json.loads(refused_row.details)["revoked_reason"] == revoked_reason
+
+    # The organisation's own DPO may be switched off with it: the platform's reads it.
+    dpo = factory.headers(factory.user(Role.DPO, factory.org(OrgType.PLATFORM)))
+    report = client.get(f"{API}/dpo/reports/sign-in-failures", headers=dpo).get_json()
+    assert [(r["action"], r["account_id"], r["org_id"], r["reason"]) for r in report] == [
+        ("auth:token-refused", str(pk), str(org), reason)
+    ]
+
+
+def test_a_signed_out_users_token_still_used_is_audited(client: Any, session: Any, factory: Any):
+    user = factory.user(Role.CASEWORKER)
+    tokens = factory.login(user)
+    access = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.post(f"{API}/auth/logout", headers=access).status_code == 204
+    refused = client.get(f"{API}/me", headers=access)
+    assert_problem(refused, 401)
+    [row] = security_rows(session)
+    assert_row(
+        row,
+        refused,
+        action="auth:token-refused",
+        resource_type="user",
+        resource_id=str(user.id),
+        actor_org_id=user.org_id,
+        reason="session-revoked",
+    )
+
+
 def test_security_rows_are_chained_like_any_other(app: Any, client: Any, factory: Any):
     from referral_api.extensions import db
 

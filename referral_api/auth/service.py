@@ -44,19 +44,29 @@ INVALID_CREDENTIALS = "Invalid credentials."
 SIGN_IN = "auth:sign-in"
 CLIENT_SIGN_IN = "auth:client-token"
 REFRESH = "auth:refresh"
-SECURITY_EVENT_ACTIONS = (SIGN_IN, CLIENT_SIGN_IN, REFRESH)
+# A signed, unexpired access token whose session no longer opens (revoked, the account or
+# organisation switched off): a revoked client still trying is on the record.
+TOKEN_REFUSED = "auth:token-refused"  # noqa: S105 - an action name
+SECURITY_EVENT_ACTIONS = (SIGN_IN, CLIENT_SIGN_IN, REFRESH, TOKEN_REFUSED)
 # Why a sign-in was refused (the audit row's reason; the caller always gets the same 401).
 UNKNOWN_ACCOUNT = "unknown-account"
 WRONG_SECRET = "wrong-secret"  # noqa: S105 - a reason code (password or client secret)
 ACCOUNT_INACTIVE = "account-inactive"
 ORGANISATION_INACTIVE = "organisation-inactive"
 REFRESH_TOKEN_REUSE = "refresh-token-reuse"  # noqa: S105 - a reason code
+# Why a signed access token no longer opens its session (TOKEN_REFUSED; also the two above).
+UNKNOWN_SESSION = "unknown-session"
+SESSION_REVOKED = "session-revoked"
+SESSION_EXPIRED = "session-expired"
 REFUSAL_REASONS = (
     UNKNOWN_ACCOUNT,
     WRONG_SECRET,
     ACCOUNT_INACTIVE,
     ORGANISATION_INACTIVE,
     REFRESH_TOKEN_REUSE,
+    UNKNOWN_SESSION,
+    SESSION_REVOKED,
+    SESSION_EXPIRED,
 )
 
 
@@ -504,6 +514,50 @@ def load_actor(
         role=role,
         session_id=session_id,
     )
+
+
+def stale_token_refusal(
+    session: Session, *, subject: str, session_id: uuid.UUID, now: datetime
+) -> tuple[Actor, dict[str, Any]]:
+    """Why a token whose signature holds no longer opens its session (`load_actor` gave
+    None), as the refusal's audit entry and the actor to record it under: anonymous, as a
+    refused sign-in's, but counted against the account's organisation so that its DPO sees
+    a revoked client or user still trying (`record_refusal`)."""
+    kind, _, raw_id = subject.partition(":")
+    principal: User | ApiClient | None = None
+    try:
+        if kind == "user":
+            principal = session.get(User, uuid.UUID(raw_id))
+        elif kind == "client":
+            principal = session.get(ApiClient, uuid.UUID(raw_id))
+    except ValueError:
+        pass
+    auth = session.get(AuthSession, session_id)
+    owner = None if auth is None else (auth.user_id if kind == "user" else auth.client_id)
+    details: dict[str, Any] = {"session_id": str(session_id)}
+    if principal is None:
+        reason = UNKNOWN_ACCOUNT
+    elif auth is None or owner != principal.id:
+        reason = UNKNOWN_SESSION
+    elif auth.revoked_at is not None:
+        reason = SESSION_REVOKED
+        details["revoked_reason"] = auth.revoked_reason
+    elif auth.expires_at <= now:
+        reason = SESSION_EXPIRED
+    elif not principal.active:
+        reason = ACCOUNT_INACTIVE
+    else:
+        reason = ORGANISATION_INACTIVE
+    claimed = replace(Actor.anonymous(), org_id=principal.org_id if principal else None)
+    entry = {
+        "action": TOKEN_REFUSED,
+        "resource_type": "client" if kind == "client" else "user",
+        "resource_id": principal.id if principal is not None else None,
+        "decision": audit.DENY,
+        "reason": reason,
+        "details": details,
+    }
+    return claimed, entry
 
 
 def revoke_sessions_of_organisation(
