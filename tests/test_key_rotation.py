@@ -1236,6 +1236,76 @@ def test_index_backfill_ends_when_cases_have_nothing_to_index(app, client, world
     _assert_search_finds_every_case(app, client, world)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_rotate_index_rerun_after_an_interruption_resumes_it(app, client, runner, world):
+    """docs/key-management.md: a rerun continues the backfilling version. An organisation
+    the interrupted run had switched already was rotated a second time (a reviewer's
+    probe): a crash near the end of a long rotation redid nearly all of it."""
+    factory = db.session_factory_for(app)
+    with factory() as session:
+        assert rotation.start_index_rotation(session) == 2
+        session.commit()
+    calls: list[int] = []
+
+    def progress(count: int) -> None:
+        calls.append(count)
+        if len(calls) == 2:  # the first organisation switched, the second's first batch done
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        rotation.backfill_index(factory, batch_size=100, progress=progress)
+    with factory() as session:
+        states = session.execute(select(IndexKey.org_id, IndexKey.version, IndexKey.state)).all()
+        session.rollback()
+    by_org: dict[Any, list[tuple[int, str]]] = {}
+    for org_id, version, state in states:
+        by_org.setdefault(org_id, []).append((version, state))
+    assert sorted(map(sorted, by_org.values())) == [
+        [(1, "active"), (2, "backfilling")],
+        [(2, "active")],
+    ]
+
+    result = _invoke(runner, "rotate-index")
+    assert result.exit_code == 0, result.output
+    assert "0 organisations on a new index key" in result.output
+    assert _index_states(app) == {2: {"active"}}
+    _assert_search_finds_every_case(app, client, world)
+    # Finished: the next run is a new rotation.
+    assert _invoke(runner, "rotate-index").exit_code == 0
+    assert _index_states(app) == {3: {"active"}}
+
+
+def test_the_switch_indexes_again_a_case_a_stale_write_left_without_the_new_version(
+    app, client, world
+):
+    """A write that began before the backfilling version existed writes the old version
+    only, and a PATCH first deletes all of its case's entries, the backfilled ones too.
+    Committed between the backfill's pass and the switch, it left the case with no entry
+    under the new version: after the switch no search found it."""
+    factory = db.session_factory_for(app)
+    with factory() as session:
+        rotation.start_index_rotation(session)
+        session.commit()
+    target = uuid.UUID(world.cases[0].id)
+
+    def stale_write(_count: int) -> None:
+        # What such a PATCH leaves: its case's entries under the old version only.
+        with factory() as session:
+            session.execute(
+                CaseSearchIndex.__table__.delete().where(
+                    CaseSearchIndex.case_id == target, CaseSearchIndex.key_version == 2
+                )
+            )
+            session.commit()
+
+    rotation.backfill_index(factory, batch_size=100, progress=stale_write)
+    assert _index_versions_by_case(app)[str(target)] == {2}
+    _assert_search_finds_every_case(app, client, world)
+
+
 def test_rotate_org_keys_rewraps_data_keys_under_new_material_and_drops_old_versions(
     app, client, runner, world
 ):

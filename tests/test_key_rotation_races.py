@@ -8,7 +8,13 @@ on the code before its fix:
   decrypted once the key cache forgot it. A data key now references its organisation key
   (migration 0013): the delete waits for the insert, fails, and the rotation re-wraps again.
 - `keys rotate-case-keys` selected its batch's ids unlocked and then locked the cases: one
-  erased in between failed the sweep on an assertion (a traceback; the batch rolled back).
+  erased in between failed the sweep on an assertion (a traceback; the batch rolled back),
+  and its batch took the case rows before the consents, the reverse of an erasure (a
+  deadlock: the erasure got 503).
+- `keys rotate-index`: a PATCH whose request began before the new index version existed
+  wrote the old version only, after deleting its case's entries, the backfilled ones too:
+  once the switch deleted the old version, no search found the case. The backfill now
+  waits for transactions older than it before it starts.
 """
 
 from __future__ import annotations
@@ -147,3 +153,60 @@ def test_rotate_case_keys_and_an_erasure_in_flight_do_not_deadlock(
     versions = dict(_rows(app, select(Case.id, Case.key_version)))
     assert versions[uuid.UUID(gone)] is None
     assert sorted(v for v in versions.values() if v is not None) == [2]
+
+
+def test_a_patch_begun_before_rotate_index_leaves_its_case_searchable(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    headers = factory.headers(factory.user(Role.CASEWORKER))
+    body = {
+        "case_type": "thb",
+        "identity": {"given_name": "Oksana", "family_name": "Bondar"},
+        "contact": {"phone": "+380501112233"},
+    }
+    created = client.post(CASES, json=body, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    case_id = created.get_json()["id"]
+    etag = client.get(f"{CASES}/{case_id}", headers=headers).headers["ETag"]
+
+    sessions = db.session_factory_for(app)
+    backfill: dict[str, Any] = {}
+    real_update = case_service.update_case
+
+    def update_during_rotation(*args: Any, **kwargs: Any) -> Any:
+        # `referral-api keys rotate-index` starts while this request is in flight (it has
+        # read its organisation's index versions: the old one only) …
+        with sessions() as s:
+            assert rotation.start_index_rotation(s) >= 1
+            s.commit()
+        backfill["thread"] = threading.Thread(
+            target=lambda: backfill.setdefault("filled", rotation.backfill_index(sessions)),
+            daemon=True,
+        )
+        backfill["thread"].start()
+        time.sleep(1.0)  # … and would backfill and switch before the PATCH writes
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(case_service, "update_case", update_during_rotation)
+    patched = client.patch(
+        f"{CASES}/{case_id}",
+        json={"identity": {"given_name": "Oksanka"}},
+        headers={**headers, "If-Match": etag},
+    )
+    monkeypatch.setattr(case_service, "update_case", real_update)
+    assert patched.status_code == 200, patched.get_json()
+    backfill["thread"].join(timeout=60)
+    assert "filled" in backfill, "the backfill did not end"
+
+    app.extensions["referral_api.crypto"].cache.clear()
+
+    def search(**params: Any) -> list[str]:
+        response = client.get(CASES, query_string=params, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        return [c["id"] for c in response.get_json()]
+
+    assert search(name="Oksanka") == [case_id]
+    assert search(phone="+380501112233") == [case_id]

@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    or_,
     select,
     text,
     tuple_,
@@ -572,8 +573,16 @@ def _decrypt_all(record: Any) -> None:
 # ---- blind-index keys ---------------------------------------------------------------------
 
 
+_INDEX_JOB = "index-keys"
+
+
 def start_index_rotation(session: Session) -> int:
-    """Give every organisation a new `backfilling` index-key version (dual-write starts)."""
+    """Give every organisation a new `backfilling` index-key version (dual-write starts).
+    While a rotation is unfinished (interrupted), nothing is created: its backfill goes on,
+    and an organisation it has switched already is not rotated a second time."""
+    if _unfinished_job(session, _INDEX_JOB) is not None:
+        return 0
+    open_rotation_job(session, _INDEX_JOB)
     keys = crypto_of(session).keys(session)
     created = 0
     org_ids = session.scalars(select(OrgKey.org_id).distinct()).all()
@@ -611,6 +620,8 @@ def backfill_index(
         targets = session.execute(
             select(IndexKey.org_id, IndexKey.version).where(IndexKey.state == "backfilling")
         ).all()
+    if targets:
+        _wait_for_older_transactions(factory)
     for org_id, version in targets:
         after: uuid.UUID | None = None
         while True:
@@ -661,6 +672,25 @@ def backfill_index(
             if len(cases) < batch_size:
                 break
         with factory() as session:
+            # A write that began before the new version existed wrote the old versions only
+            # (a PATCH deleting the case's entries under the new one too): such a case has
+            # entries, none under the new version. Indexed again here, before the switch.
+            missed = session.scalars(
+                select(Case)
+                .where(Case.org_id == org_id, Case.erased.is_(False), Case.key_version.is_not(None))
+                .where(exists().where(CaseSearchIndex.case_id == Case.id))
+                .where(
+                    ~exists().where(
+                        CaseSearchIndex.case_id == Case.id, CaseSearchIndex.key_version == version
+                    )
+                )
+                .order_by(Case.id)
+                .with_for_update(read=True)
+            ).all()
+            crypto = crypto_of(session)
+            for case in missed:
+                write_index_entries(session, crypto, case, version)
+            filled += len(missed)
             session.execute(
                 update(IndexKey)
                 .where(IndexKey.org_id == org_id, IndexKey.state == "active")
@@ -674,9 +704,15 @@ def backfill_index(
             retired = select(IndexKey.version).where(
                 IndexKey.org_id == org_id, IndexKey.state == "retired"
             )
+            # Every older version's entries: the retired one's, and any a write still holding
+            # an older version list added after an earlier switch.
             session.execute(
                 delete(CaseSearchIndex).where(
-                    CaseSearchIndex.org_id == org_id, CaseSearchIndex.key_version.in_(retired)
+                    CaseSearchIndex.org_id == org_id,
+                    or_(
+                        CaseSearchIndex.key_version.in_(retired),
+                        CaseSearchIndex.key_version < version,
+                    ),
                 )
             )
             # And the retired keys themselves: nothing is indexed under them any more, and
@@ -686,7 +722,46 @@ def backfill_index(
                 delete(IndexKey).where(IndexKey.org_id == org_id, IndexKey.state == "retired")
             )
             session.commit()
+    with factory() as session:
+        job = _unfinished_job(session, _INDEX_JOB)
+        done = job.id if job is not None else None
+    if done is not None:
+        finish_rotation_job(factory, done)
     return filled
+
+
+# How long the backfill waits for transactions older than it (requests that read the index
+# versions before the new one existed) before it goes on regardless.
+OLDER_TRANSACTIONS_WAIT_SECONDS = 30.0
+
+
+def _wait_for_older_transactions(factory: sessionmaker[Session]) -> None:
+    """On PostgreSQL, wait until every transaction that began before now has ended: a
+    request that read its organisation's index versions before the backfilling one was
+    committed writes without it, and the backfill must not pass its case while it still
+    may. Requests are short; an idle-in-transaction session left open is waited for
+    `OLDER_TRANSACTIONS_WAIT_SECONDS` at most (the switch's catch-up covers what it
+    writes). SQLite runs one writer at a time: nothing is older."""
+    import time
+
+    with factory() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        started = session.scalar(text("SELECT clock_timestamp()"))
+        deadline = time.monotonic() + OLDER_TRANSACTIONS_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            session.rollback()
+            older = session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                    "AND xact_start < :started"
+                ),
+                {"started": started},
+            )
+            if not older:
+                return
+            time.sleep(0.05)
 
 
 def utcnow() -> datetime:
