@@ -432,12 +432,17 @@ def _credential_unchanged(
     session: Session, column: Any, key: Any, principal_id: uuid.UUID, verified: str
 ) -> bool:
     """Whether the credential hash just verified is still the stored one, read again and
-    held (FOR SHARE) until this sign-in commits. A secret rotation or password change
-    committed during the (slow) verification refuses the sign-in; one not committed yet
-    waits for it and then revokes the session it opened. Without this, a sign-in with the
-    old secret racing its rotation kept a working token (the rotation revoked the sessions
-    it saw, and this one committed after)."""
-    current = session.scalar(select(column).where(key == principal_id).with_for_update(read=True))
+    held (FOR NO KEY UPDATE) until this sign-in commits. A secret rotation or password
+    change committed during the (slow) verification refuses the sign-in; one not committed
+    yet waits for it and then revokes the session it opened. Without this, a sign-in with
+    the old secret racing its rotation kept a working token (the rotation revoked the
+    sessions it saw, and this one committed after). Exclusive, not FOR SHARE: two sign-ins
+    of one account that both re-hash the password would each wait for the other's share
+    lock (a deadlock); the lock is held only for the rest of the sign-in, after the hash
+    check, and does not hold back inserts that reference the account."""
+    current = session.scalar(
+        select(column).where(key == principal_id).with_for_update(key_share=True)
+    )
     return bool(current == verified)
 
 
