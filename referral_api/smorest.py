@@ -87,7 +87,7 @@ def current_actor() -> Actor:
 def authenticate_request() -> Actor:
     """Verify the bearer token and rebuild the actor from the database (never the token)."""
     from referral_api.auth.access_tokens import access_token_claims
-    from referral_api.auth.service import load_actor, stale_token_refusal
+    from referral_api.auth.service import STALE_TOKEN_RECORDS, load_actor, stale_token_refusal
     from referral_api.extensions import db
 
     claims = access_token_claims()
@@ -99,10 +99,11 @@ def authenticate_request() -> Actor:
     actor = load_actor(db.session, subject=subject, session_id=session_id, now=now)
     if actor is None:
         refused = AuthenticationFailed("The session is no longer valid. Log in again.")
-        # On the record (errors.handle_domain_error), under the account's organisation.
-        g.actor, refused.audit = stale_token_refusal(
-            db.session, subject=subject, session_id=session_id, now=now
-        )
+        if STALE_TOKEN_RECORDS.first(session_id):
+            # On the record (errors.handle_domain_error), under the account's organisation.
+            g.actor, refused.audit = stale_token_refusal(
+                db.session, subject=subject, session_id=session_id, now=now
+            )
         raise refused
     officer = request.headers.get("X-Acting-Officer")
     if officer is not None and actor.kind is ActorKind.CLIENT:

@@ -927,6 +927,19 @@ def test_an_unreadable_anchor_file_is_refused_before_anything_is_done(
     assert [row.seq for row in audit_rows(app)] == [None]  # not even sealed
 
 
+def test_an_anchor_file_in_a_missing_directory_is_refused_before_anything_is_done(
+    app: Any, runner: Any, client: Any, factory: Any, tmp_path: Any
+) -> None:
+    create_case(client, factory.headers(factory.user(Role.CASEWORKER)))
+    result = runner.invoke(
+        args=["audit", "verify", "--anchors", str(tmp_path / "no-such-dir" / "anchors")]
+    )
+    assert result.exit_code == 2, cli_output(result)
+    assert "is not a directory" in cli_output(result)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert [row.seq for row in audit_rows(app)] == [None]
+
+
 def test_an_anchor_appended_after_an_unterminated_line_stays_a_line_of_its_own(
     runner: Any, chain: list[AuditEvent], tmp_path: Any
 ) -> None:

@@ -255,3 +255,56 @@ def test_a_login_racing_a_password_change_opens_no_session(
             )
         ).all()
     assert live == []
+
+
+@needs_postgres
+def test_two_logins_of_an_account_both_re_hashing_its_password_both_succeed(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+):
+    """After the Argon2 settings change, an account's first login re-hashes its password.
+    Two logins at once (two tabs): the second waits for the first's lock on the account,
+    then finds a hash other than the one it verified: the same password re-hashed, not a
+    change, so it signs in too (it was refused as a wrong password, a false security
+    event counted towards the lockout). A reviewer's probe."""
+    import threading
+
+    from argon2 import PasswordHasher, Type
+    from sqlalchemy import update
+
+    from referral_api.auth import service as auth_service
+    from referral_api.auth.models import User
+
+    worker = factory.user(Role.CASEWORKER)
+    older = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1, type=Type.ID)
+    with db.session_factory_for(app)() as s:
+        s.execute(
+            update(User)
+            .where(User.id == worker.id)
+            .values(password_hash=older.hash(worker.password))
+        )
+        s.commit()
+    body = {"email": worker.email, "password": worker.password}
+    second: dict[str, Any] = {}
+    real = auth_service._credential_current
+
+    def run() -> None:
+        with app.test_client() as other:
+            second["response"] = other.post(f"{API}/auth/login", json=body)
+
+    thread = threading.Thread(target=run, name="second")
+
+    def first_holds_the_lock(*args: Any) -> bool:
+        current = real(*args)
+        if threading.current_thread() is not thread and not thread.is_alive():
+            thread.start()  # the second login, while the first holds the account's lock
+            thread.join(1.5)
+        return current
+
+    monkeypatch.setattr(auth_service, "_credential_current", first_holds_the_lock)
+    first = client.post(f"{API}/auth/login", json=body)
+    thread.join(15)
+    assert first.status_code == 200, first.get_json()
+    assert second["response"].status_code == 200, second["response"].get_json()
+    with db.session_factory_for(app)() as s:
+        refused = s.scalars(select(AuditEvent.reason).where(AuditEvent.decision == "deny")).all()
+    assert refused == []

@@ -416,6 +416,11 @@ INVALID_CREATE_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"description": "Find us at -33.86882 151.20929 after dark."}, "description"),
     ({"eligibility_notes": "Meet at 50.4501;30.5234"}, "eligibility_notes"),
     ({"name": "Shelter 49° 50′"}, "name"),
+    # Decimal commas, hemisphere letters and labels: as people write them.
+    ({"area_served": "50,4501, 30,5234"}, "area_served"),
+    ({"area_served": "N50.4501 E30.5234"}, "area_served"),
+    ({"description": "lat 50.4501 lon 30.5234"}, "description"),
+    ({"eligibility_notes": "50.4501N30.5234E"}, "eligibility_notes"),
     ({"accepting_referrals": "perhaps"}, "accepting_referrals"),
     ({"status": "defunct"}, "status"),
     # Read-only and unknown fields: no mass assignment.
@@ -441,7 +446,8 @@ def test_create_rejects_invalid_bodies(client, db, admin):
 def test_ordinary_texts_and_contacts_are_not_taken_for_coordinates_or_addresses(client, db, admin):
     org, headers, _ = admin
     body = service_body(
-        description="Open 9.00–17.30, 24/7 hotline; ages 14-17 with 2 carers, 1.5 km radius.",
+        description="Open 9.00–17.30, 24/7 hotline; ages 14-17 with 2 carers, 1.5 km radius. "
+        "Fees 1.500 - 2.000 UAH, up to 1,500 - 2,000 per year.",
         eligibility_notes="Survivors 18+ (ref. 2024.117, 12.5 % quota).",
         area_served="Kyiv oblast; Lviv; District 5",
         professional_contact="Intake.Team+THB@Legal-Aid.EXAMPLE",
@@ -451,6 +457,21 @@ def test_ordinary_texts_and_contacts_are_not_taken_for_coordinates_or_addresses(
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["professional_contact"] == "Intake.Team+THB@legal-aid.example"
     assert response.get_json()["languages"] == ["sr-Latn-RS", "de-CH-1996"]
+
+
+def test_long_blank_runs_in_free_text_are_screened_in_linear_time(client, db, admin):
+    """The first coordinate pattern backtracked as n⁴ over a run of blanks after a decimal
+    number: 200 spaces took seconds and 400 a minute, in every worker an org admin reached.
+    These bodies (each at its field's limit) finish like any other."""
+    org, headers, _ = admin
+    for blank in (" " * 3990, "\t \n" * 1300, " ," * 1990):
+        body = service_body(
+            description="1.0000" + blank + "x",
+            eligibility_notes="2.5" + blank[: 4000 - 4] + "y",
+            area_served="3.000" + blank[:490] + "z",
+        )
+        response = client.post(f"{API}/orgs/{org}/services", json=body, headers=headers)
+        assert response.status_code == 201, response.get_json()
 
 
 def test_a_language_search_past_a_tags_length_is_refused(client, auth_headers):

@@ -88,3 +88,52 @@ def test_downgrades_refuse_to_drop_tables_holding_records(app, client, factory):
         engine.dispose()
         upgrade(url)
     assert current_revision(engine) == head_revision()
+
+
+def test_0013_stops_on_data_keys_without_their_org_key_and_takes_the_restored_key(
+    app, client, auth_headers, runner
+):
+    """A data key wrapped under an organisation-key version that was deleted (what a
+    rotate-org-keys racing a POST /cases could leave before 0013): `keys status` names it,
+    the upgrade stops and changes nothing, and once the key row is restored from a backup
+    (docs/key-management.md) it goes through and the case decrypts."""
+    import json
+
+    import pytest
+    from alembic import command
+    from sqlalchemy import select, text
+
+    from referral_api.access.roles import Role
+    from referral_api.crypto.models import OrgKey
+    from referral_api.migrate import alembic_config, upgrade
+
+    headers = auth_headers(Role.CASEWORKER)
+    body = {"case_type": "thb", "identity": {"given_name": "Olena"}}
+    created = client.post("/api/v1/cases", json=body, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    url = app.config["DATABASE_URL"]
+    engine = db.engine_for(app)
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0012")
+    try:
+        with engine.begin() as connection:
+            backup = connection.execute(select(OrgKey.__table__)).one()._asdict()
+            connection.execute(OrgKey.__table__.insert().values({**backup, "version": 2}))
+            connection.execute(text("DELETE FROM org_keys WHERE version = 1"))
+        status = runner.invoke(args=["keys", "status", "--json"])
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.output)["case_keys_without_org_key"] == {str(backup["org_id"]): 1}
+        engine.dispose()
+        with pytest.raises(RuntimeError, match="1 case data keys"):
+            command.upgrade(alembic_config(url), "head")
+        assert current_revision(engine) == "0012"
+
+        with engine.begin() as connection:
+            connection.execute(OrgKey.__table__.insert().values(backup))  # from the backup
+        engine.dispose()
+    finally:
+        upgrade(url)
+    assert current_revision(engine) == head_revision()
+    app.extensions["referral_api.crypto"].cache.clear()
+    read = client.get(f"/api/v1/cases/{created.get_json()['id']}", headers=headers)
+    assert read.status_code == 200 and read.get_json()["identity"]["given_name"] == "Olena"

@@ -313,6 +313,26 @@ def test_a_signed_out_users_token_still_used_is_audited(client: Any, session: An
     )
 
 
+def test_a_token_retried_in_a_loop_is_recorded_once_a_minute(
+    client: Any, session: Any, factory: Any, monkeypatch: Any
+):
+    """Refused on every call, recorded once per login per minute (per worker process): a
+    client retrying on 401 for its token's remaining lifetime cannot fill the audit log."""
+    from referral_api.auth import service as auth_service
+
+    user = factory.user(Role.CASEWORKER)
+    access = {"Authorization": f"Bearer {factory.login(user)['access_token']}"}
+    assert client.post(f"{API}/auth/logout", headers=access).status_code == 204
+    for _ in range(40):
+        assert_problem(client.get(f"{API}/me", headers=access), 401)
+    assert len(security_rows(session)) == 1
+    # A minute later (the window passed), the next refusal is on the record again.
+    clock = auth_service.time.monotonic() + 61
+    monkeypatch.setattr(auth_service.time, "monotonic", lambda: clock)
+    assert_problem(client.get(f"{API}/me", headers=access), 401)
+    assert [row.reason for row in security_rows(session)] == ["session-revoked"] * 2
+
+
 def test_security_rows_are_chained_like_any_other(app: Any, client: Any, factory: Any):
     from referral_api.extensions import db
 

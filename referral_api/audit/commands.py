@@ -67,6 +67,8 @@ def verify(anchor_file: Path | None) -> None:
         recorded = anchors.read(anchor_file) if anchor_file is not None else {}
     except anchors.AnchorFileError as error:
         raise click.BadParameter(str(error), param_hint="--anchors") from error
+    if anchor_file is not None and not anchor_file.parent.is_dir():
+        raise click.BadParameter(f"{anchor_file.parent} is not a directory", param_hint="--anchors")
     factory = db.session_factory_for(current_app)
     service.seal_all(factory)
     with factory() as session:
@@ -82,7 +84,12 @@ def verify(anchor_file: Path | None) -> None:
         if result.last_hash is not None:
             click.echo(f"head: seq {result.checked} hash {result.last_hash}")
             if anchor_file is not None and recorded.get(result.checked) != result.last_hash:
-                anchors.append(anchor_file, result.checked, result.last_hash)
+                try:
+                    anchors.append(anchor_file, result.checked, result.last_hash)
+                except OSError as error:
+                    raise click.ClickException(
+                        f"the chain verified, but its head could not be recorded: {error}"
+                    ) from error
         if anchor_file is not None:
             click.echo(f"{len(recorded)} anchors checked ({anchor_file})")
         return

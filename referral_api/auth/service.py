@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -302,8 +305,7 @@ def login(
 
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
     password_ok = hasher.verify(user.password_hash if user else None, password) and (
-        user is not None
-        and _credential_unchanged(session, User.password_hash, User.id, user.id, user.password_hash)
+        user is not None and _credential_current(session, hasher, user, "password_hash", password)
     )
     reason = _refusal_reason(user, password_ok)
     if reason is not None or user is None:
@@ -405,9 +407,7 @@ def client_credentials(
     ).one_or_none()
     secret_ok = hasher.verify(client.secret_hash if client else None, client_secret) and (
         client is not None
-        and _credential_unchanged(
-            session, ApiClient.secret_hash, ApiClient.id, client.id, client.secret_hash
-        )
+        and _credential_current(session, hasher, client, "secret_hash", client_secret)
     )
     reason = _refusal_reason(client, secret_ok)
     if reason is not None or client is None:
@@ -428,22 +428,29 @@ def client_credentials(
     )
 
 
-def _credential_unchanged(
-    session: Session, column: Any, key: Any, principal_id: uuid.UUID, verified: str
+def _credential_current(
+    session: Session,
+    hasher: CredentialHasher,
+    principal: User | ApiClient,
+    attribute: str,
+    secret: str,
 ) -> bool:
-    """Whether the credential hash just verified is still the stored one, read again and
+    """Whether the secret just verified still matches the stored credential, read again and
     held (FOR NO KEY UPDATE) until this sign-in commits. A secret rotation or password
     change committed during the (slow) verification refuses the sign-in; one not committed
     yet waits for it and then revokes the session it opened. Without this, a sign-in with
     the old secret racing its rotation kept a working token (the rotation revoked the
-    sessions it saw, and this one committed after). Exclusive, not FOR SHARE: two sign-ins
-    of one account that both re-hash the password would each wait for the other's share
-    lock (a deadlock); the lock is held only for the rest of the sign-in, after the hash
-    check, and does not hold back inserts that reference the account."""
-    current = session.scalar(
-        select(column).where(key == principal_id).with_for_update(key_share=True)
-    )
-    return bool(current == verified)
+    sessions it saw, and this one committed after). A stored hash that changed is checked
+    again before refusing: another sign-in of the account may have re-hashed the same
+    password (new Argon2 settings). Exclusive, not FOR SHARE: two sign-ins that both
+    re-hash would each wait for the other's share lock (a deadlock); the lock is held only
+    for the rest of the sign-in, after the hash check, and does not hold back inserts that
+    reference the account. The account is read again whole, so that what this sign-in
+    writes to it (a re-hash) goes on from the row as it now is."""
+    verified = getattr(principal, attribute)
+    session.refresh(principal, with_for_update={"key_share": True, "of": type(principal)})
+    current = getattr(principal, attribute)
+    return bool(current == verified or hasher.verify(current, secret))
 
 
 def _actor_statement(principal: type[User] | type[ApiClient]) -> Select[Any]:
@@ -519,6 +526,35 @@ def load_actor(
         role=role,
         session_id=session_id,
     )
+
+
+class _RecentlyRecorded:
+    """Keys seen within the last `window` seconds, at most `capacity` of them (the oldest
+    forgotten first), in this process."""
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self.window, self.capacity = window, capacity
+        self._seen: OrderedDict[Any, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, key: Any) -> bool:
+        """True when `key` was not seen within the window (and remember it now)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen < self.window:
+                return False
+            self._seen[key] = now
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+            return True
+
+
+# A revoked token is refused on every call, but recorded once a minute per login and
+# worker process: a client retrying in a loop on 401 cannot fill the audit log (refused
+# sign-ins are bounded by their throttle; a token lives 15 minutes at most).
+STALE_TOKEN_RECORDS = _RecentlyRecorded(window=60.0, capacity=10_000)
 
 
 def stale_token_refusal(

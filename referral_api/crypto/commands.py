@@ -80,6 +80,8 @@ def status(as_json: bool) -> None:
         "ciphertexts_by_format": result.ciphertexts_by_format,
         # blind_index.RULES: keys on older rules need `rotate-index` (docs/search.md)
         "index_keys_by_rules": result.index_keys_by_rules,
+        # unreadable cases: docs/key-management.md, "Data keys without their organisation key"
+        "case_keys_without_org_key": result.case_keys_without_org_key,
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -68,6 +68,9 @@ class KeyStatus:
     # Index keys by the normalisation rules their entries were computed under (blind_index
     # .RULES; keys made before rules were recorded: 1). Older rules: run rotate-index.
     index_keys_by_rules: dict[int, int]
+    # Data keys wrapped under an organisation-key version that no longer exists, by
+    # organisation: their cases cannot be decrypted (docs/key-management.md, migration 0013).
+    case_keys_without_org_key: dict[str, int]
 
 
 def _index_rules(plan: str) -> int:
@@ -119,6 +122,18 @@ def key_status(session: Session) -> KeyStatus:
         index_keys_by_rules=dict(
             Counter(_index_rules(plan) for plan in session.scalars(select(IndexKey.plan)))
         ),
+        case_keys_without_org_key={
+            str(org_id): count
+            for org_id, count in session.execute(
+                select(CaseKey.org_id, func.count())
+                .where(
+                    ~exists().where(
+                        OrgKey.org_id == CaseKey.org_id, OrgKey.version == CaseKey.org_key_version
+                    )
+                )
+                .group_by(CaseKey.org_id)
+            )
+        },
     )
 
 
@@ -480,11 +495,14 @@ def rotate_case_keys(
             consents = _locked_records(session, ConsentRecord, ids)
             # Checked again under the lock: a case erased since the ids were read has no
             # key left to rotate (PostgreSQL re-evaluates these on the locked row).
+            # FOR NO KEY UPDATE: no key column changes, and a referral transition or a note
+            # inserting a row that references the case (a key-share lock) is not blocked —
+            # it holds its referral, which the batch locks next: FOR UPDATE deadlocked.
             cases = session.scalars(
                 select(Case)
                 .where(Case.id.in_(ids), Case.erased.is_(False), Case.key_version.is_not(None))
                 .order_by(Case.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             ).all()
             records: dict[uuid.UUID, list[Any]] = {case.id: [case] for case in cases}
             rewritten: list[dict[str, Any]] = []
@@ -740,8 +758,11 @@ def _wait_for_older_transactions(factory: sessionmaker[Session]) -> None:
     request that read its organisation's index versions before the backfilling one was
     committed writes without it, and the backfill must not pass its case while it still
     may. Requests are short; an idle-in-transaction session left open is waited for
-    `OLDER_TRANSACTIONS_WAIT_SECONDS` at most (the switch's catch-up covers what it
-    writes). SQLite runs one writer at a time: nothing is older."""
+    `OLDER_TRANSACTIONS_WAIT_SECONDS` at most: what it writes before the switch, the
+    switch's catch-up indexes again; a case it writes after the switch keeps old-version
+    entries only, unsearchable until its next edit or the next rotation. The database role
+    must see the other sessions' transactions (the application's own role, or
+    pg_read_all_stats). SQLite runs one writer at a time: nothing is older."""
     import time
 
     with factory() as session:

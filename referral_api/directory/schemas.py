@@ -26,17 +26,19 @@ def _not_blank(value: str) -> None:
         raise ma.ValidationError("Must not be blank.")
 
 
-# Map coordinates precise to a street or a building (a pair of decimal degrees with three
-# or more decimals, or degrees-minutes): what a service's published text must never hold,
-# as a shelter's place would then be on every organisation's screen and in HSDS.
-_COORDINATES = re.compile(
-    r"[-+]?\d{1,3}\.\d{3,}\s*°?\s*[NSns]?\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"
-    r"|\d{1,3}\s*°\s*\d{1,2}\s*['\u2032]"
-)
+# Map coordinates precise to a street or a building: what a service's published text must
+# never hold, as a shelter's place would then be on every organisation's screen and in HSDS.
+# Two decimal degrees with four or more decimals (~11 m; a decimal comma too, as most of
+# Europe writes them) at most 12 characters apart — a comma, `N`, ` lon ` —, or degrees and
+# minutes. Four decimals, not three: three-digit groups are thousands (`1.500 - 2.000`).
+# No quantifier here can match the same text two ways, so a long input (4,000 characters of
+# spaces and digits) costs linear time: the first version backtracked as n⁴ on blank runs.
+_DEGREES = r"(?<![\d.,])\d{1,3}[.,]\d{4,}"
+_COORDINATES = re.compile(rf"{_DEGREES}\D{{0,12}}?{_DEGREES}|\d{{1,3}} ?° ?\d{{1,2}} ?['\u2032]")
 
 
 def _no_coordinates(value: str | None) -> None:
-    if value and _COORDINATES.search(value):
+    if value and _COORDINATES.search(" ".join(value.split())):
         raise ma.ValidationError(
             "Must not hold map coordinates: the directory is shown to every organisation. "
             "Describe the area served instead."

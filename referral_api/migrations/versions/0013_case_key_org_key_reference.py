@@ -9,8 +9,10 @@ the delete waits for such an insert and then fails; the rotation leaves that ver
 re-wraps again (`referral_api/crypto/rotation.py`).
 
 An installation where a data key already references a missing organisation key cannot
-take this migration: those cases are unreadable already. `referral-api keys status` before
-upgrading, and docs/key-management.md, say how to find them.
+take this migration: those cases are unreadable already. The upgrade then stops before
+changing anything, naming how many; `referral-api keys status` lists them by organisation
+(`case_keys_without_org_key`) and docs/key-management.md ("Data keys without their
+organisation key") says how to recover them from a backup.
 
 Revision ID: 0013
 Revises: 0012
@@ -18,6 +20,7 @@ Revises: 0012
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
@@ -29,6 +32,22 @@ _NAME = "fk_case_keys_org_id_org_keys"
 
 
 def upgrade() -> None:
+    orphans = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM case_keys k WHERE NOT EXISTS (SELECT 1 FROM org_keys o "
+                "WHERE o.org_id = k.org_id AND o.version = k.org_key_version)"
+            )
+        )
+        .scalar()
+    )
+    if orphans:
+        raise RuntimeError(
+            f"{orphans} case data keys are wrapped under an organisation key that no longer "
+            "exists (their cases cannot be decrypted): see docs/key-management.md, 'Data keys "
+            "without their organisation key', then upgrade again. Nothing was changed."
+        )
     with op.batch_alter_table("case_keys", schema=None) as batch_op:
         batch_op.create_foreign_key(
             _NAME,
