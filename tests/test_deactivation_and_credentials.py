@@ -186,6 +186,12 @@ def _sign_in_racing(app: Any, monkeypatch: Any, sign_in: Any, change: Any) -> An
     return outcome["response"]
 
 
+def _open_sessions(app: Any, whose: Any) -> list[Any]:
+    with db.session_factory_for(app)() as s:
+        still_open = select(AuthSession.id).where(whose, AuthSession.revoked_at.is_(None))
+        return list(s.scalars(still_open))
+
+
 needs_postgres = pytest.mark.skipif(
     not __import__("os").environ.get("DATABASE_URL", "").startswith("postgres"),
     reason="SQLite serialises the two transactions (BEGIN IMMEDIATE)",
@@ -214,13 +220,7 @@ def test_a_token_grant_racing_its_secret_rotation_gives_no_working_token(
         app, monkeypatch, lambda other: other.post(f"{API}/auth/token", json=body), rotate
     )
     assert_problem(granted, 401)
-    with db.session_factory_for(app)() as s:
-        live = s.scalars(
-            select(AuthSession.id).where(
-                AuthSession.client_id == pk, AuthSession.revoked_at.is_(None)
-            )
-        ).all()
-    assert live == []
+    assert _open_sessions(app, AuthSession.client_id == pk) == []
 
 
 @needs_postgres
@@ -248,13 +248,7 @@ def test_a_login_racing_a_password_change_opens_no_session(
         app, monkeypatch, lambda other: other.post(f"{API}/auth/login", json=body), change_password
     )
     assert_problem(login, 401)
-    with db.session_factory_for(app)() as s:
-        live = s.scalars(
-            select(AuthSession.id).where(
-                AuthSession.user_id == worker.id, AuthSession.revoked_at.is_(None)
-            )
-        ).all()
-    assert live == []
+    assert _open_sessions(app, AuthSession.user_id == worker.id) == []
 
 
 @needs_postgres
