@@ -142,9 +142,18 @@ _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 _SQLITE_BUSY_OR_LOCKED = frozenset({5, 6})
 
 
+# A new data key wrapped under an organisation-key version that a concurrent
+# `keys rotate-org-keys` has just deleted (the reference of migration 0013): nothing was
+# stored, and a retry wraps it under the new version.
+_ROTATED_AWAY = ("23503", "fk_case_keys_org_id_org_keys")
+
+
 def _transaction_conflict(error: DBAPIError) -> bool:
     orig = error.orig
     if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return True
+    diag = getattr(orig, "diag", None)
+    if (getattr(orig, "sqlstate", None), getattr(diag, "constraint_name", None)) == _ROTATED_AWAY:
         return True
     code = getattr(orig, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _SQLITE_BUSY_OR_LOCKED

@@ -210,3 +210,53 @@ def test_a_patch_begun_before_rotate_index_leaves_its_case_searchable(
 
     assert search(name="Oksanka") == [case_id]
     assert search(phone="+380501112233") == [case_id]
+
+
+@pytest.mark.parametrize("worker_cache", ["forgot-the-old-key", "still-holds-it"])
+def test_a_case_whose_org_key_was_rotated_away_before_its_insert(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch, worker_cache: str
+) -> None:
+    """The request read its organisation's key version, then a whole rotate-org-keys ran
+    (the old version deleted, nothing referencing it yet) before the request wrapped and
+    inserted its data key. A worker that no longer holds the old key wraps under the new
+    one (201); one that still holds it (the rotation ran in another process) has the
+    insert refused by the reference: nothing stored, the retryable 503 of a concurrent
+    change (it was a 500), and the retry is stored under the new version."""
+    org = factory.org()
+    headers = factory.headers(factory.user(Role.CASEWORKER, org))
+    body = {"case_type": "thb", "identity": {"given_name": "First"}}
+    assert client.post(CASES, json=body, headers=headers).status_code == 201
+    cache = app.extensions["referral_api.crypto"].cache
+    old_key = cache.get(("org", org, 1))
+    assert old_key is not None
+
+    def rotate() -> Any:
+        rotated = rotation.rotate_org_keys(db.session_factory_for(app))
+        if worker_cache == "still-holds-it":
+            cache.put(("org", org, 1), old_key)
+        return rotated
+
+    during = run_during(
+        monkeypatch,
+        case_service,
+        "insert_cases",
+        lambda *_a, **_k: True,
+        rotate,
+        before=True,
+    )
+    body = {"case_type": "thb", "identity": {"given_name": "Late"}}
+    answered = client.post(CASES, json=body, headers=headers)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    monkeypatch.undo()
+    if worker_cache == "still-holds-it":
+        assert answered.status_code == 503, answered.get_data(as_text=True)
+        assert answered.get_json()["type"] == "/problems/transaction-conflict"
+        assert answered.headers["Retry-After"] == "1"
+        assert len(_rows(app, select(Case.id))) == 1
+        answered = client.post(CASES, json=body, headers=headers)
+    assert answered.status_code == 201, answered.get_json()
+    assert {row.org_key_version for row in _rows(app, select(CaseKey.org_key_version))} == {2}
+    cache.clear()
+    read = client.get(f"{CASES}/{answered.get_json()['id']}", headers=headers)
+    assert read.status_code == 200 and read.get_json()["identity"]["given_name"] == "Late"

@@ -338,7 +338,16 @@ class KeyService:
         that stores it wrapped under the organisation's current key: the caller inserts it."""
         data_key = os.urandom(DATA_KEY_BYTES)
         org_version = self.current_org_key_version(org_id)
-        kek = self.org_key(org_id, org_version)
+        try:
+            kek = self.org_key(org_id, org_version)
+        except KeyUnavailable:
+            # The version this transaction read first was rotated away since (a concurrent
+            # `keys rotate-org-keys` deleted it): wrap under the organisation's key as it
+            # is now. (Had the old key still been cached, the database's reference refuses
+            # the insert instead: a retryable 503, errors._ROTATED_AWAY.)
+            self._memo().clear()
+            org_version = self.current_org_key_version(org_id)
+            kek = self.org_key(org_id, org_version)
         self.cache.put(("case", case_id, version), data_key)
         return {
             "case_id": case_id,
