@@ -1278,8 +1278,9 @@ def test_rotate_index_rerun_after_an_interruption_resumes_it(app, client, runner
     assert _index_states(app) == {3: {"active"}}
 
 
+@pytest.mark.parametrize("org", ["A", "B"])  # one of them is switched first
 def test_the_switch_indexes_again_a_case_a_stale_write_left_without_the_new_version(
-    app, client, world
+    app, client, world, org
 ):
     """A write that began before the backfilling version existed writes the old version
     only, and a PATCH first deletes all of its case's entries, the backfilled ones too.
@@ -1289,19 +1290,26 @@ def test_the_switch_indexes_again_a_case_a_stale_write_left_without_the_new_vers
     with factory() as session:
         rotation.start_index_rotation(session)
         session.commit()
-    target = uuid.UUID(world.cases[0].id)
+    target = uuid.UUID(next(c.id for c in world.cases if c.org == org))
+    written: list[int] = []
 
     def stale_write(_count: int) -> None:
-        # What such a PATCH leaves: its case's entries under the old version only.
+        # Once, after the batch that backfilled the target (its organisation's, whichever
+        # comes first): what such a PATCH leaves, its entries under the old version only.
+        if written:
+            return
         with factory() as session:
-            session.execute(
+            deleted = session.execute(
                 CaseSearchIndex.__table__.delete().where(
                     CaseSearchIndex.case_id == target, CaseSearchIndex.key_version == 2
                 )
             )
             session.commit()
+        if deleted.rowcount:
+            written.append(deleted.rowcount)
 
     rotation.backfill_index(factory, batch_size=100, progress=stale_write)
+    assert written, "the stale write did not happen"
     assert _index_versions_by_case(app)[str(target)] == {2}
     _assert_search_finds_every_case(app, client, world)
 
