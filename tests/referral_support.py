@@ -345,3 +345,12 @@ def raw_bytes(app: Any, sql: str) -> bytes:
         bytes(v) if isinstance(v, bytes | bytearray | memoryview) else str(v).encode()
         for v in found
     )
+
+
+def request_erasure(client: Any, world: Any, basis: str = "consent_withdrawn") -> str:
+    """The sending organisation's supervisor asks for the world's case to be erased; the
+    request's id."""
+    response = client.post(
+        f"{API}/cases/{world.case_id}/erasure", json={"basis": basis}, headers=world.h["sender_sup"]
+    )
+    return ok(response, 201)["id"]  # type: ignore[no-any-return]

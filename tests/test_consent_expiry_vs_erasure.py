@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from referral_support import API, World, consent_body, ok, provision
+from referral_support import API, World, consent_body, ok, provision, request_erasure
 
 from referral_api.access.actor import Actor
 from referral_api.consent import service as consent_service
@@ -36,34 +36,21 @@ def _due_consent(world: World, until: str) -> dict[str, Any]:
 
 def _setup(client: Any, world: World) -> tuple[str, str, str]:
     until = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
-    doomed = ok(
-        client.post(
-            f"{API}/cases/{world.case_id}/consents",
+
+    def due_consent(case_id: str) -> str:
+        response = client.post(
+            f"{API}/cases/{case_id}/consents",
             json=_due_consent(world, until),
             headers=world.h["sender"],
-        ),
-        201,
-    )["id"]
+        )
+        return ok(response, 201)["id"]  # type: ignore[no-any-return]
+
+    doomed = due_consent(world.case_id)
     live_case = ok(
         client.post(f"{API}/cases", json={"case_type": "thb"}, headers=world.h["sender"]), 201
     )
-    live = ok(
-        client.post(
-            f"{API}/cases/{live_case['id']}/consents",
-            json=_due_consent(world, until),
-            headers=world.h["sender"],
-        ),
-        201,
-    )["id"]
-    request_id = ok(
-        client.post(
-            f"{API}/cases/{world.case_id}/erasure",
-            json={"basis": "consent_withdrawn"},
-            headers=world.h["sender_sup"],
-        ),
-        201,
-    )["id"]
-    return doomed, live, request_id
+    live = due_consent(live_case["id"])
+    return doomed, live, request_erasure(client, world)
 
 
 def _events(app: Any, consent_id: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from race_support import run_during
-from referral_support import API, World, etag, ok, refer, walk
+from referral_support import API, World, etag, ok, refer, request_erasure, walk
 from sqlalchemy import text
 
 from referral_api.extensions import db
@@ -213,14 +213,7 @@ def test_erasure_approval_racing_the_receiver_opening_its_case_still_erases(
     UPDATEs after locking the case row, a lock the open-case never takes)."""
     world = World(factory, client)
     referral_id = _accepted_referral(client, world)
-    request_id = ok(
-        client.post(
-            f"{API}/cases/{world.case_id}/erasure",
-            json={"basis": "consent_withdrawn"},
-            headers=world.h["sender_sup"],
-        ),
-        201,
-    )["id"]
+    request_id = request_erasure(client, world)
     dpo = world.h["sender_dpo"]
     during = run_during(
         monkeypatch,
