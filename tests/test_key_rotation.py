@@ -1310,6 +1310,11 @@ def test_the_switch_indexes_again_a_case_a_stale_write_left_without_the_new_vers
 
     rotation.backfill_index(factory, batch_size=100, progress=stale_write)
     assert written, "the stale write did not happen"
+    # Decrypted twice to be indexed (its batch, the switch's catch-up): twice on its log.
+    indexed = select(AuditEvent.id).where(
+        AuditEvent.action == "keys:index-backfill", AuditEvent.case_id == target
+    )
+    assert len(_scalars(app, indexed)) == 2
     assert _index_versions_by_case(app)[str(target)] == {2}
     _assert_search_finds_every_case(app, client, world)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -631,7 +631,6 @@ def backfill_index(
     erasure of a case in the batch waits for the batch, then deletes its new entries with
     the rest (a case erased before is skipped)."""
     from referral_api.cases.models import Case, CaseSearchIndex
-    from referral_api.cases.search import write_index_entries
 
     filled = 0
     with factory() as session:
@@ -663,24 +662,7 @@ def backfill_index(
                 if after is not None:
                     batch = batch.where(Case.id > after)
                 cases = session.scalars(batch).all()
-                for case in cases:
-                    write_index_entries(session, crypto, case, version)
-                if cases:
-                    audit.record_many(
-                        session,
-                        Actor.system(),
-                        "keys:index-backfill",
-                        resource_type="case",
-                        rows=[
-                            {
-                                "resource_id": c.id,
-                                "case_id": c.id,
-                                "details": {"key_version": version},
-                            }
-                            for c in cases
-                        ],
-                        none_shown={},
-                    )
+                _index_under(session, crypto, cases, version)
                 session.commit()
                 if cases:
                     after = cases[-1].id
@@ -705,9 +687,7 @@ def backfill_index(
                 .order_by(Case.id)
                 .with_for_update(read=True)
             ).all()
-            crypto = crypto_of(session)
-            for case in missed:
-                write_index_entries(session, crypto, case, version)
+            _index_under(session, crypto_of(session), missed, version)
             filled += len(missed)
             session.execute(
                 update(IndexKey)
@@ -746,6 +726,27 @@ def backfill_index(
     if done is not None:
         finish_rotation_job(factory, done)
     return filled
+
+
+def _index_under(session: Session, crypto: Any, cases: Sequence[Any], version: int) -> None:
+    """Write the cases' index entries under `version` (their identity decrypted to do it),
+    each on its access log (`keys:index-backfill`), in the caller's transaction."""
+    from referral_api.cases.search import write_index_entries
+
+    for case in cases:
+        write_index_entries(session, crypto, case, version)
+    if cases:
+        audit.record_many(
+            session,
+            Actor.system(),
+            "keys:index-backfill",
+            resource_type="case",
+            rows=[
+                {"resource_id": c.id, "case_id": c.id, "details": {"key_version": version}}
+                for c in cases
+            ],
+            none_shown={},
+        )
 
 
 # How long the backfill waits for transactions older than it (requests that read the index
