@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
+from referral_api.crypto.keys import KeyRemovedConcurrently
 from referral_api.exceptions import AuthenticationFailed, ReferralApiError, TooManyAttempts
 
 log = logging.getLogger("referral_api.errors")
@@ -186,6 +187,18 @@ def handle_database_error(error: DBAPIError) -> Response:
     )
 
 
+def handle_key_removed(error: Exception) -> Response:
+    # Rows read before a concurrent `keys rotate-*` or erasure removed the key version they
+    # are under (crypto.keys.KeyRemovedConcurrently): nothing is wrong with what is stored,
+    # and a retry reads the rows as they are now.
+    return _retry_later(
+        "/problems/transaction-conflict",
+        "A concurrent change got in the way and nothing was stored. Retry the request.",
+        "a key version was removed by a concurrent change: %s",
+        type(error).__name__,
+    )
+
+
 def _retry_later(problem_type: str, detail: str, logged: str, *args: str) -> Response:
     """A retryable 503 (Retry-After: 1), logged as a warning without a traceback: `logged`
     (a constant format, `args` its values) names the cause by exception class only (a
@@ -209,4 +222,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ReferralApiError, handle_domain_error)
     app.register_error_handler(StaleDataError, handle_stale_data)
     app.register_error_handler(DBAPIError, handle_database_error)
+    app.register_error_handler(KeyRemovedConcurrently, handle_key_removed)
     app.register_error_handler(Exception, handle_unexpected)

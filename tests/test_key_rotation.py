@@ -1403,3 +1403,47 @@ def test_a_record_written_during_a_sweep_goes_under_the_new_key(app, client, fac
         assert envelope.key_version_of(as_bytes(hold.reason_ct)) == 2
         assert hold.reason == f"during the sweep {token}"
         session.rollback()
+
+
+def test_a_key_version_removed_meanwhile_is_told_from_a_missing_one(app, client, factory):
+    """A request holding rows read before a rotation or an erasure removed the key version
+    they are under gets `KeyRemovedConcurrently` (errors.py: the retryable 503 of a
+    concurrent change); a key missing for no such reason stays a plain `KeyUnavailable`
+    (a fault: the 500 that logs it)."""
+    from sqlalchemy import delete, update
+
+    from referral_api.crypto.fields import crypto_of
+    from referral_api.crypto.keys import KeyRemovedConcurrently
+
+    headers = factory.headers(factory.user(Role.CASEWORKER))
+    ids = []
+    for name in ("Swept", "Erased"):
+        created = client.post(
+            CASES, json={"case_type": "gbv", "identity": {"given_name": name}}, headers=headers
+        )
+        assert created.status_code == 201, created.get_json()
+        ids.append(uuid.UUID(created.get_json()["id"]))
+    swept, erased = ids
+    sessions = db.session_factory_for(app)
+    rotation.rotate_case_keys(sessions, started_at=datetime.now(UTC))
+    with sessions() as s:  # the state an erasure leaves, as far as keys go
+        s.execute(delete(CaseKey).where(CaseKey.case_id == erased))
+        s.execute(update(Case).where(Case.id == erased).values(erased=True))
+        s.commit()
+
+    def case_key(case_id: uuid.UUID, version: int) -> None:
+        _clear_key_cache(app)
+        with sessions() as s:
+            crypto_of(s).case_key(s, case_id, version)
+
+    with pytest.raises(KeyRemovedConcurrently):
+        case_key(swept, 1)  # swept to version 2
+    with pytest.raises(KeyRemovedConcurrently):
+        case_key(erased, 2)
+    case_key(swept, 2)
+    with sessions() as s:
+        s.execute(delete(CaseKey).where(CaseKey.case_id == swept))
+        s.commit()
+    with pytest.raises(KeyUnavailable) as missing:
+        case_key(swept, 2)
+    assert not isinstance(missing.value, KeyRemovedConcurrently)

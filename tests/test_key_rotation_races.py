@@ -33,6 +33,7 @@ from referral_api.access.roles import Role
 from referral_api.cases import service as case_service
 from referral_api.cases.models import Case
 from referral_api.crypto import rotation
+from referral_api.crypto.keys import KeyService
 from referral_api.crypto.models import CaseKey, OrgKey
 from referral_api.extensions import db
 
@@ -260,3 +261,76 @@ def test_a_case_whose_org_key_was_rotated_away_before_its_insert(
     cache.clear()
     read = client.get(f"{CASES}/{answered.get_json()['id']}", headers=headers)
     assert read.status_code == 200 and read.get_json()["identity"]["given_name"] == "Late"
+
+
+def test_a_read_whose_org_key_is_rotated_away_meanwhile_still_decrypts(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request read the case with its data key wrapped under organisation-key version
+    1; a whole rotate-org-keys (another process) then re-wrapped it under version 2 and
+    deleted version 1 before the request unwrapped it, with the worker's key cache cold.
+    The data key is the same: the request reads its re-wrapped row and answers (it was a
+    500)."""
+    org = factory.org()
+    headers = factory.headers(factory.user(Role.CASEWORKER, org))
+    body = {"case_type": "thb", "identity": {"given_name": "Nadia"}}
+    created = client.post(CASES, json=body, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    cache = app.extensions["referral_api.crypto"].cache
+
+    def rotate() -> Any:
+        rotated = rotation.rotate_org_keys(db.session_factory_for(app))
+        cache.clear()
+        return rotated
+
+    cache.clear()
+    during = run_during(
+        monkeypatch, KeyService, "_unwrap_case_key", lambda *_a, **_k: True, rotate, before=True
+    )
+    read = client.get(f"{CASES}/{created.get_json()['id']}", headers=headers)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    assert read.status_code == 200, read.get_data(as_text=True)
+    assert read.get_json()["identity"]["given_name"] == "Nadia"
+    assert {row.version for row in _rows(app, select(OrgKey.version))} == {2}
+
+
+def test_a_search_whose_index_key_is_switched_away_meanwhile_is_a_retryable_503(
+    app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search read its organisation's index-key version (1), then a whole rotate-index
+    ran and deleted version 1 before the search loaded that key (a transaction older than
+    the backfill's wait for older ones, here none). The search cannot use the key it chose:
+    the retryable 503 of a concurrent change (it was a 500), nothing changed, and the retry
+    searches under version 2."""
+    org = factory.org()
+    headers = factory.headers(factory.user(Role.CASEWORKER, org))
+    body = {"case_type": "thb", "identity": {"given_name": "Halyna", "family_name": "Shevchuk"}}
+    created = client.post(CASES, json=body, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    cache = app.extensions["referral_api.crypto"].cache
+    sessions = db.session_factory_for(app)
+    monkeypatch.setattr(rotation, "OLDER_TRANSACTIONS_WAIT_SECONDS", 0)
+
+    def rotate() -> Any:
+        with sessions() as s:
+            rotation.start_index_rotation(s)
+            s.commit()
+        filled = rotation.backfill_index(sessions)
+        cache.clear()
+        return filled
+
+    cache.clear()
+    during = run_during(
+        monkeypatch, KeyService, "index_key", lambda *_a, **_k: True, rotate, before=True
+    )
+    searched = client.get(CASES, query_string={"name": "Halyna"}, headers=headers)
+    during["thread"].join(timeout=60)
+    assert "error" not in during, during.get("error")
+    monkeypatch.undo()
+    assert searched.status_code == 503, searched.get_data(as_text=True)
+    assert searched.get_json()["type"] == "/problems/transaction-conflict"
+    assert searched.headers["Retry-After"] == "1"
+    again = client.get(CASES, query_string={"name": "Halyna"}, headers=headers)
+    assert again.status_code == 200, again.get_json()
+    assert [c["id"] for c in again.get_json()] == [created.get_json()["id"]]

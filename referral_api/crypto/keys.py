@@ -86,6 +86,13 @@ def remember_wrapped_case_key(
 _NONCE = 12
 
 
+class KeyRemovedConcurrently(KeyUnavailable):
+    """A key version that rows this transaction read are under was removed since by a
+    concurrent `keys rotate-*` (a newer version exists) or an erasure (the case's keys are
+    gone with it). Nothing is wrong with what is stored: a retry reads the rows as they are
+    now (errors.py answers a retryable 503)."""
+
+
 class KeyCache:
     """A small thread-safe LRU with a time-to-live."""
 
@@ -324,7 +331,10 @@ class KeyService:
             return cached  # type: ignore[no-any-return]
         row = self.session.get(OrgKey, (org_id, version))
         if row is None:
-            raise KeyUnavailable("organisation key version is not available")
+            newest = self.session.scalar(
+                select(func.max(OrgKey.version)).where(OrgKey.org_id == org_id)
+            )
+            raise _missing("organisation key", newer=newest is not None and newest > version)
         key = self.provider.unwrap(row.wrapped_key, _org_key_aad(org_id, version))
         self.cache.put(("org", org_id, version), key)
         return key
@@ -373,10 +383,22 @@ class KeyService:
             return self._unwrap_case_key(case_id, version, *known)
         row = self.session.get(CaseKey, (case_id, version))
         if row is None:
-            raise KeyUnavailable("case key version is not available")
+            raise _missing("case key", newer=self._case_key_removed(case_id, version))
         return self._unwrap_case_key(
             case_id, version, row.org_id, row.org_key_version, row.wrapped_key
         )
+
+    def _case_key_removed(self, case_id: uuid.UUID, version: int) -> bool:
+        """Whether a case key version that is not stored was removed by a rotation (the
+        case has a newer one) or by the case's erasure."""
+        from referral_api.cases.models import Case
+
+        newest = self.session.scalar(
+            select(func.max(CaseKey.version)).where(CaseKey.case_id == case_id)
+        )
+        if newest is not None:
+            return bool(newest > version)
+        return bool(self.session.scalar(select(Case.erased).where(Case.id == case_id)))
 
     def _unwrap_case_key(
         self,
@@ -386,7 +408,21 @@ class KeyService:
         org_key_version: int,
         wrapped_key: bytes,
     ) -> bytes:
-        kek = self.org_key(org_id, org_key_version)
+        try:
+            kek = self.org_key(org_id, org_key_version)
+        except KeyRemovedConcurrently:
+            # `keys rotate-org-keys` re-wrapped this data key under a newer organisation key
+            # and deleted the old one since its row was read: the data key is the same, so
+            # what was read under it still decrypts. Its row as it is now:
+            now = self.session.execute(
+                select(CaseKey.org_key_version, CaseKey.wrapped_key).where(
+                    CaseKey.case_id == case_id, CaseKey.version == version
+                )
+            ).one_or_none()
+            if now is None or now.org_key_version == org_key_version:
+                raise
+            org_key_version, wrapped_key = now
+            kek = self.org_key(org_id, org_key_version)
         data_key = unwrap_data_key(
             kek, wrapped_key, _case_key_aad(case_id, version, org_key_version)
         )
@@ -424,10 +460,16 @@ class KeyService:
         if cached is None:
             row = self.session.get(IndexKey, (org_id, version))
             if row is None:
-                raise KeyUnavailable("index key version is not available")
+                raise self._index_key_missing(org_id, version)
             cached = {field: int(bits) for field, bits in json.loads(row.plan).items()}
             self.cache.put(("index-plan", org_id, version), cached)
         return cached  # type: ignore[no-any-return]
+
+    def _index_key_missing(self, org_id: uuid.UUID, version: int) -> KeyUnavailable:
+        newest = self.session.scalar(
+            select(func.max(IndexKey.version)).where(IndexKey.org_id == org_id)
+        )
+        return _missing("index key", newer=newest is not None and newest > version)
 
     def create_index_key(
         self, org_id: uuid.UUID, *, version: int, state: str, plan: dict[str, int]
@@ -454,7 +496,15 @@ class KeyService:
             return cached  # type: ignore[no-any-return]
         row = self.session.get(IndexKey, (org_id, version))
         if row is None:
-            raise KeyUnavailable("index key version is not available")
+            raise self._index_key_missing(org_id, version)
         key = self.provider.unwrap(row.wrapped_key, _index_key_aad(org_id, version))
         self.cache.put(("index", org_id, version), key)
         return key
+
+
+def _missing(kind: str, *, newer: bool) -> KeyUnavailable:
+    """The error for a key version not stored: removed since this transaction read what is
+    under it, or missing (a fault: `keys status` and the operations guide)."""
+    if newer:
+        return KeyRemovedConcurrently(f"{kind} version was removed by a concurrent change")
+    return KeyUnavailable(f"{kind} version is not available")
