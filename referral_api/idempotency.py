@@ -11,6 +11,11 @@ GET of it is — never the stored body, which may hold personal data the policy 
 shows (the case restricted, the consent withdrawn, the packet closed). The stored body is
 replayed as it is only where it holds ids and codes (police intake). Once the case is
 erased, a replay answers 410.
+
+A key is honoured for IDEMPOTENCY_KEY_TTL_SECONDS after its first use (default 7 days):
+past that, the key is free again and its record and stored response are deleted when it is
+reused, or by `referral-api retention run --apply` (`purge_expired`), so neither a stored
+response (encrypted personal data) nor the digest of a request body outlives its use.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Response, make_response, request
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid, select
+from flask import Response, current_app, make_response, request
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -96,12 +101,55 @@ def _fingerprint() -> tuple[str, str]:
     return f"{request.method} {request.path}", hashlib.sha256(request.get_data()).hexdigest()
 
 
+def ttl() -> timedelta:
+    return timedelta(seconds=current_app.config.get("IDEMPOTENCY_KEY_TTL_SECONDS", 7 * 86400))
+
+
 def find(session: Session, actor: Actor, key: str) -> IdempotencyRecord | None:
-    return session.scalars(
+    """The record of this client's key, if it is still honoured. An expired one is deleted
+    here, with its stored response, so the key can be claimed again in this transaction (a
+    concurrent twin doing the same waits on the delete, then on the new claim)."""
+    record = session.scalars(
         select(IdempotencyRecord).where(
             IdempotencyRecord.principal == _principal(actor), IdempotencyRecord.key == key
         )
     ).one_or_none()
+    if record is None or record.created_at > utcnow() - ttl():
+        return record
+    _delete_records(session, IdempotencyRecord.id == record.id)
+    session.expunge(record)
+    return None
+
+
+def purge_expired(session: Session, actor: Actor, now: datetime | None = None) -> int:
+    """Delete every record older than the keys' time to live and the responses stored with
+    them (`referral-api retention run --apply`); audited when it deletes anything."""
+    from referral_api.audit import service as audit
+
+    deleted = _delete_records(session, IdempotencyRecord.created_at <= (now or utcnow()) - ttl())
+    if deleted:
+        audit.record(
+            session,
+            actor,
+            "idempotency:purge",
+            resource_type="idempotency_record",
+            details={"deleted": deleted},
+        )
+    return deleted
+
+
+def _delete_records(session: Session, which: Any) -> int:
+    """Delete the records matching `which` and their stored responses; how many records."""
+    chosen = select(IdempotencyRecord.id).where(which)
+    session.execute(
+        delete(IdempotentResponse)
+        .where(IdempotentResponse.id.in_(chosen))
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(
+        delete(IdempotencyRecord).where(which).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def replay(

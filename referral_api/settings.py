@@ -137,6 +137,11 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
             "gbv": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_GBV", 5 * 365)},
         },
         "EXPORT_TTL_SECONDS": _env_int("REFERRAL_API_EXPORT_TTL_SECONDS", 24 * 3600),
+        # How long an Idempotency-Key is honoured; `retention run --apply` deletes older
+        # records and the responses stored with them.
+        "IDEMPOTENCY_KEY_TTL_SECONDS": _env_int(
+            "REFERRAL_API_IDEMPOTENCY_KEY_SECONDS", 7 * 24 * 3600, minimum=3600
+        ),
         # Consent notice versions in use (the DPO quality report flags any other).
         "KNOWN_NOTICE_VERSIONS": [
             v.strip()

@@ -259,7 +259,9 @@ class Blueprint(flask_smorest.Blueprint):
                     "and answer with the first response's status (`Idempotent-Replayed: "
                     "true`) and what it made as it is now (police intake: the first body); "
                     "410 once the case is erased; the same key with another body is "
-                    "refused (422).",
+                    "refused (422). A key is honoured for 7 days after its first use "
+                    "(the operator's REFERRAL_API_IDEMPOTENCY_KEY_SECONDS); past that it "
+                    "is a new request.",
                 }
             ]
         )(wrapper)

@@ -261,8 +261,16 @@ def test_a_key_with_a_trailing_line_break_is_422(app: Any, client: Any, police: 
     assert count(app, Case) == 0
 
 
-def test_concurrent_twins_create_one_set_of_rows(app: Any, police: Police) -> None:
+@pytest.mark.parametrize("key_was", ["new", "used-and-expired"])
+def test_concurrent_twins_create_one_set_of_rows(app: Any, police: Police, key_was: str) -> None:
+    """Two requests with one key at once make one set of rows; the other replays it. Also
+    with a key whose earlier use has expired: both delete the old record, one claims it."""
     body = police.intake()
+    before = (0, 0, 0, 0, 0)
+    if key_was == "used-and-expired":
+        ok(_intake(app.test_client(), police.headers, body, key="concurrent-twin-0001"), 201)
+        _age_records(app, app.config["IDEMPOTENCY_KEY_TTL_SECONDS"] + 1)
+        before = (1, 1, 1, 1, 0)
     barrier = threading.Barrier(2)
     results: list[Any] = [None, None]
 
@@ -281,7 +289,7 @@ def test_concurrent_twins_create_one_set_of_rows(app: Any, police: Police) -> No
     assert statuses == [201, 201], [r.get_data(as_text=True) for r in results]
     assert results[0].get_data() == results[1].get_data()
     assert sorted(r.headers.get("Idempotent-Replayed", "") for r in results) == ["", "true"]
-    assert _counts(app) == (1, 1, 1, 1, 1)
+    assert _counts(app) == tuple(n + 1 for n in before)
 
 
 def test_a_failed_request_stores_nothing_so_a_retry_can_succeed(
@@ -526,3 +534,97 @@ def test_a_retried_consent_is_recorded_once_and_its_withdrawal_stops_sharing(
         headers=police.headers,
     )
     assert ok(check)["permit"] is False
+
+
+# ---- keys expire --------------------------------------------------------------------------
+
+
+def _age_records(app: Any, seconds: int, *where: Any) -> None:
+    """Move the first use of the matching keys `seconds` into the past."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from referral_api.extensions import db
+
+    with db.session_factory_for(app)() as s:
+        for record in s.scalars(select(IdempotencyRecord).where(*where)):
+            record.created_at -= timedelta(seconds=seconds)
+        s.commit()
+
+
+def test_a_key_past_its_time_to_live_is_a_new_request(
+    app: Any, client: Any, police: Police
+) -> None:
+    """A key is honoured for IDEMPOTENCY_KEY_TTL_SECONDS: after that the same key (with the
+    same body or another) makes a new case, and the expired record and its stored response
+    (the first case's body, encrypted) are gone, replaced by the new use's."""
+    ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
+    url, body = f"{API}/cases", canary_case()
+    first = ok(_keyed(client, url, police.headers, body, "case-create-0001"), 201)
+    _age_records(app, ttl - 60)
+    replayed = _keyed(client, url, police.headers, body, "case-create-0001")
+    assert replayed.headers["Idempotent-Replayed"] == "true"  # still inside the window
+    assert replayed.get_json()["id"] == first["id"]
+
+    _age_records(app, 120)  # now past it
+    again = _keyed(client, url, police.headers, body, "case-create-0001")
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["id"] != first["id"]
+    assert count(app, Case) == 2
+    assert count(app, IdempotencyRecord) == 1 and count(app, IdempotentResponse) == 1
+    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(first["id"])) == 0
+    # The renewed key replays the new case, and refuses another body again.
+    assert (
+        _keyed(client, url, police.headers, body, "case-create-0001").get_json()["id"]
+        == (again.get_json()["id"])
+    )
+    other = _keyed(client, url, police.headers, {**body, "risk_level": "low"}, "case-create-0001")
+    assert "Idempotency-Key" in str(assert_problem(other, 422)["errors"])
+    assert count(app, Case) == 2
+
+
+def test_an_expired_key_reused_by_a_request_that_fails_keeps_its_record(
+    app: Any, client: Any, police: Police
+) -> None:
+    """Refused requests change nothing: the expired record is deleted only together with a
+    new use of its key that succeeds."""
+    ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
+    url, body = f"{API}/cases", canary_case()
+    ok(_keyed(client, url, police.headers, body, "case-create-0001"), 201)
+    _age_records(app, ttl + 60)
+    refused = _keyed(
+        client, url, police.headers, {**body, "case_type": "other"}, "case-create-0001"
+    )
+    assert_problem(refused, 422)
+    assert count(app, IdempotencyRecord) == 1 and count(app, IdempotentResponse) == 1
+
+
+def test_retention_apply_deletes_expired_keys_and_their_stored_responses(
+    app: Any, client: Any, police: Police, runner: Any
+) -> None:
+    from referral_api.audit.models import AuditEvent
+
+    ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
+    old = ok(_keyed(client, f"{API}/cases", police.headers, canary_case(), "old-key-0001"), 201)
+    ok(_keyed(client, f"{API}/intake", police.headers, police.intake(), "old-key-0002"), 201)
+    fresh = ok(_keyed(client, f"{API}/cases", police.headers, canary_case(), "new-key-0001"), 201)
+    _age_records(app, ttl + 1, IdempotencyRecord.key.like("old-key-%"))
+
+    listed = runner.invoke(args=["retention", "run"])
+    assert listed.exit_code == 0, listed.output
+    assert count(app, IdempotencyRecord) == 3  # listing changes nothing
+
+    applied = runner.invoke(args=["retention", "run", "--apply"])
+    assert applied.exit_code == 0, applied.output
+    assert "2 expired idempotency keys deleted" in applied.output
+    assert count(app, IdempotencyRecord, IdempotencyRecord.key.like("old-key-%")) == 0
+    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(old["id"])) == 0
+    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(fresh["id"])) == 1
+    assert count(app, IdempotencyRecord) == 1
+    assert count(app, AuditEvent, AuditEvent.action == "idempotency:purge") == 1
+    # The cases themselves stay.
+    assert count(app, Case) == 3
+    again = runner.invoke(args=["retention", "run", "--apply"])
+    assert "idempotency" not in again.output
+    assert count(app, AuditEvent, AuditEvent.action == "idempotency:purge") == 1

@@ -28,6 +28,7 @@ ENV_VARS = (
     "REFERRAL_API_CORS_ORIGINS",
     "REFERRAL_API_MAX_BODY_BYTES",
     "REFERRAL_API_ACCESS_TOKEN_SECONDS",
+    "REFERRAL_API_IDEMPOTENCY_KEY_SECONDS",
 )
 
 
@@ -190,6 +191,17 @@ def test_settings_where_zero_means_something_take_zero(clean_env, tmp_path, vari
     key cache; no proxy): it must not be refused like a 0 that means nothing."""
     clean_env.setenv(variable, "0")
     assert load_settings(str(tmp_path))[setting] == 0
+
+
+def test_an_idempotency_key_is_honoured_for_at_least_an_hour(clean_env, tmp_path):
+    """A shorter window would let a retry after an outage create a second case."""
+    assert load_settings(str(tmp_path))["IDEMPOTENCY_KEY_TTL_SECONDS"] == 7 * 24 * 3600
+    clean_env.setenv("REFERRAL_API_IDEMPOTENCY_KEY_SECONDS", "3600")
+    assert load_settings(str(tmp_path))["IDEMPOTENCY_KEY_TTL_SECONDS"] == 3600
+    clean_env.setenv("REFERRAL_API_IDEMPOTENCY_KEY_SECONDS", "60")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(str(tmp_path))
+    assert "REFERRAL_API_IDEMPOTENCY_KEY_SECONDS must be at least 3600" in raised.value.detail
 
 
 # ---- development defaults -----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`referral-api retention run [--apply]`: erase closed cases past their retention period,
-clear expired subject-access exports and delete spent sign-in failure counters."""
+clear expired subject-access exports, delete spent sign-in failure counters and expired
+idempotency keys with the responses stored for them."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ retention_group = AppGroup("retention", help="Retention schedule.")
 @click.option("--apply", "apply_", is_flag=True, help="Erase the due cases (default: list only)")
 def run(apply_: bool) -> None:
     """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
-    are skipped. --apply also clears expired exports and spent sign-in failure counters."""
+    are skipped. --apply also clears expired exports, spent sign-in failure counters and
+    expired idempotency keys (with their stored responses)."""
     from referral_api.access.actor import Actor
     from referral_api.auth.service import purge_stale_throttles
     from referral_api.cases.models import Case, CaseStatus
     from referral_api.extensions import db
+    from referral_api.idempotency import purge_expired as purge_idempotency_keys
     from referral_api.rights.models import ErasureBasis
     from referral_api.rights.service import (
         LegalHoldActive,
@@ -55,11 +58,14 @@ def run(apply_: bool) -> None:
             timedelta(seconds=current_app.config["LOGIN_FAILURE_WINDOW_SECONDS"]),
             datetime.now(UTC),
         )
+        keys = purge_idempotency_keys(session, Actor.system())
         session.commit()
     if purged:
         click.echo(f"{purged} expired subject-access exports cleared", err=True)
     if counters:
         click.echo(f"{counters} spent sign-in failure counters deleted", err=True)
+    if keys:
+        click.echo(f"{keys} expired idempotency keys deleted", err=True)
     erased, skipped = 0, len(held)
     left_alone = 0
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
