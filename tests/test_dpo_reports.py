@@ -1210,3 +1210,48 @@ def test_a_receivers_dpo_cannot_link_one_persons_disclosures(client: Any, factor
             assert {(r["case_id"], r["basis"]) for r in rows} == {(None, None)}
         else:
             assert len({r["basis"] for r in rows}) == 2 and all(r["case_id"] for r in rows)
+
+
+def test_an_override_is_reviewed_only_once_approved(app: Any, client: Any, factory: Any) -> None:
+    """A review recorded while the override was only asked for (a draft nobody approved)
+    kept the approval, and the disclosure it allowed, out of the DPO's `reviewed=false`
+    queue. Before the approval the review is refused (409) and nothing is recorded."""
+    from referral_support import World, move, ok
+
+    world = World(factory, client, consent=False)  # the send rests on the override alone
+    rid = world.refer(
+        send=False, override_reason="vital_interests", categories=["identity", "location"]
+    )["id"]
+    url = f"{API}/dpo/overrides/{rid}/review"
+    early = client.post(url, headers=world.h["sender_dpo"])
+    assert "not been approved" in assert_problem(early, 409)["detail"]
+    tag = client.get(f"{API}/referrals/{rid}", headers=world.h["sender_sup"]).headers["ETag"]
+    ok(
+        client.post(
+            f"{API}/referrals/{rid}/override-approval",
+            headers={**world.h["sender_sup"], "If-Match": tag},
+        )
+    )
+    ok(move(client, world.h["sender"], rid, "requested"))
+
+    def queue(reviewed: str) -> list[str]:
+        rows = ok(
+            client.get(
+                f"{API}/dpo/reports/overrides",
+                query_string={"reviewed": reviewed},
+                headers=world.h["sender_dpo"],
+            )
+        )
+        return [row["referral_id"] for row in rows]
+
+    assert queue("false") == [rid]
+    assert ok(client.post(url, headers=world.h["sender_dpo"]))["reviewed_at"] is not None
+    assert (queue("false"), queue("true")) == ([], [rid])
+    with db.session_factory_for(app)() as s:
+        reviews = s.scalars(
+            select(AuditEvent.decision).where(
+                AuditEvent.resource_id == rid, AuditEvent.action == "dpo:override-review"
+            )
+        ).all()
+        s.rollback()
+    assert reviews == ["allow"]

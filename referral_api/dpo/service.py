@@ -902,7 +902,12 @@ def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> d
     r = _REFERRALS
     found = session.execute(
         select(
-            r.c.case_id, r.c.from_org_id, r.c.to_org_id, r.c.override_reason, SENT.label("sent")
+            r.c.case_id,
+            r.c.from_org_id,
+            r.c.to_org_id,
+            r.c.override_reason,
+            r.c.override_approved_at,
+            SENT.label("sent"),
         ).where(r.c.id == referral_id)
     ).one_or_none()
     refusal = {
@@ -925,8 +930,13 @@ def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> d
         error = Forbidden("The sending organisation's data-protection officer reviews overrides.")
         error.audit = {**refusal, "reason": "not the sending organisation"}
         raise error
+    if found.override_approved_at is None:
+        # A review records that the officer saw an approved override and what it disclosed:
+        # one recorded before the approval would keep the approval out of the queue.
+        raise Conflict("This override has not been approved yet: review it once it is.")
     at = now()
-    # One conditional UPDATE: two officers reviewing at once cannot both succeed.
+    # One conditional UPDATE: two officers reviewing at once cannot both succeed (and the
+    # approval is final: it is never withdrawn).
     reviewed = session.execute(
         update(r)
         .where(r.c.id == referral_id, r.c.override_reviewed_at.is_(None))
