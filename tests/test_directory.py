@@ -421,6 +421,15 @@ INVALID_CREATE_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"area_served": "N50.4501 E30.5234"}, "area_served"),
     ({"description": "lat 50.4501 lon 30.5234"}, "description"),
     ({"eligibility_notes": "50.4501N30.5234E"}, "eligibility_notes"),
+    # As maps apps, geo: URIs and map links write them (a bare comma), long labels,
+    # decimal minutes, smart quotes and the ordinal sign typed for a degree.
+    ({"description": "50.4501,30.5234"}, "description"),
+    ({"description": "geo:50.4501,30.5234"}, "description"),
+    ({"description": "https://www.google.com/maps/@50.4501,30.5234,17z"}, "description"),
+    ({"eligibility_notes": "Latitude: 50.4501, Longitude: 30.5234"}, "eligibility_notes"),
+    ({"area_served": "N 50° 27.006' E 030° 31.404'"}, "area_served"),
+    ({"name": "Shelter 50°27’00”N 30°31’24”E"}, "name"),
+    ({"description": "50º27'00\"N 30º31'24\"E"}, "description"),
     ({"accepting_referrals": "perhaps"}, "accepting_referrals"),
     ({"status": "defunct"}, "status"),
     # Read-only and unknown fields: no mass assignment.
@@ -448,7 +457,8 @@ def test_ordinary_texts_and_contacts_are_not_taken_for_coordinates_or_addresses(
     body = service_body(
         description="Open 9.00–17.30, 24/7 hotline; ages 14-17 with 2 carers, 1.5 km radius. "
         "Fees 1.500 - 2.000 UAH, up to 1,500 - 2,000 per year.",
-        eligibility_notes="Survivors 18+ (ref. 2024.117, 12.5 % quota).",
+        eligibility_notes="Survivors 18+ (ref. 2024.117, 12.5 % quota). Call 044.1234.5678; "
+        "rooms at 20° in winter.",
         area_served="Kyiv oblast; Lviv; District 5",
         professional_contact="Intake.Team+THB@Legal-Aid.EXAMPLE",
         languages=["sr-Latn-RS", "de-CH-1996"],
