@@ -302,3 +302,63 @@ def test_two_logins_of_an_account_both_re_hashing_its_password_both_succeed(
     with db.session_factory_for(app)() as s:
         refused = s.scalars(select(AuditEvent.reason).where(AuditEvent.decision == "deny")).all()
     assert refused == []
+
+
+@needs_postgres
+@pytest.mark.parametrize("kind", ["login", "client token"])
+@pytest.mark.parametrize("deactivated", ["before the sign-in's lock", "while it holds it"])
+def test_a_sign_in_racing_its_organisations_deactivation_leaves_no_login(
+    app: Any, client: Any, factory: Any, monkeypatch: Any, kind: str, deactivated: str
+):
+    """A deactivation revokes the sessions it sees; a sign-in that had read its
+    organisation as active and had not committed its session yet kept a login that came
+    back with the reactivation (a reviewer's probe). The sign-in now re-reads its
+    organisation under a share lock: a deactivation committed first refuses it, one that
+    comes after waits for it and revokes its session."""
+    from race_support import run_during
+
+    from referral_api.auth import service as auth_service
+    from referral_api.auth.models import ApiClient
+
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    org = factory.org(OrgType.POLICE)
+    if kind == "login":
+        worker = factory.user(Role.POLICE_OFFICER, org)
+        url, body = f"{API}/auth/login", {"email": worker.email, "password": worker.password}
+        whose = AuthSession.user_id == worker.id
+    else:
+        client_id, secret = factory.client_credentials(Role.POLICE_OFFICER, org)
+        url = f"{API}/auth/token"
+        body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+        with db.session_factory_for(app)() as s:
+            whose = AuthSession.client_id == s.scalar(
+                select(ApiClient.id).where(ApiClient.client_id == client_id)
+            )
+
+    def deactivate() -> None:
+        with app.test_client() as other:
+            set_active(app, other, boss, org, False)
+
+    if deactivated == "before the sign-in's lock":
+        signed_in = _sign_in_racing(
+            app, monkeypatch, lambda other: other.post(url, json=body), deactivate
+        )
+        assert_problem(signed_in, 401)
+    else:
+        during = run_during(
+            monkeypatch, auth_service, "_credential_current", lambda *_a: True, deactivate
+        )
+        signed_in = client.post(url, json=body)
+        during["thread"].join(15)
+        assert during["waited"], "the deactivation did not wait for the sign-in"
+        assert "error" not in during, during.get("error")
+        assert signed_in.status_code == 200, signed_in.get_json()
+    monkeypatch.undo()
+    set_active(app, client, boss, org, True)
+    assert _open_sessions(app, whose) == []
+    if signed_in.status_code == 200:
+        tokens = signed_in.get_json()
+        assert_problem(client.get(f"{API}/me", headers=bearer(tokens["access_token"])), 401)
+        if "refresh_token" in tokens:
+            refreshed = client.post(f"{API}/auth/refresh", headers=bearer(tokens["refresh_token"]))
+            assert_problem(refreshed, 401)

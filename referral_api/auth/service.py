@@ -446,9 +446,15 @@ def _credential_current(
     re-hash would each wait for the other's share lock (a deadlock); the lock is held only
     for the rest of the sign-in, after the hash check, and does not hold back inserts that
     reference the account. The account is read again whole, so that what this sign-in
-    writes to it (a re-hash) goes on from the row as it now is."""
+    writes to it (a re-hash) goes on from the row as it now is.
+
+    Its organisation is read again too, held FOR SHARE: a deactivation of the organisation
+    committed meanwhile refuses the sign-in, and one not committed yet waits for it, then
+    revokes the session it opened (it revoked only those it saw, and reactivating the
+    organisation brought this one back)."""
     verified = getattr(principal, attribute)
     session.refresh(principal, with_for_update={"key_share": True, "of": type(principal)})
+    session.refresh(principal.organisation, with_for_update={"read": True})
     current = getattr(principal, attribute)
     return bool(current == verified or hasher.verify(current, secret))
 
