@@ -479,3 +479,87 @@ def test_a_lock_that_has_ended_is_purged_with_its_window(session, app):
     left = set(session.scalars(select(LoginThrottle.key)))
     session.rollback()
     assert left == {"acct:running", "acct:fresh"}
+
+
+# ---- guesses sent at once (PostgreSQL) -------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not __import__("os").environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="SQLite runs one sign-in at a time (BEGIN IMMEDIATE)",
+)
+@pytest.mark.parametrize("right_guess_among_them", [False, True])
+def test_guesses_sent_at_once_get_no_more_verdicts_than_the_limit(
+    app, factory, monkeypatch, right_guess_among_them
+):
+    """Every sign-in checked the lock before its slow verification and counted its failure
+    after it: eight guesses at once all passed one check, all were verified and answered as
+    wrong passwords (a reviewer's probe), and a right one among them signed in although
+    the account was locked meanwhile. Attempts on one account name now take their turn: at
+    most the limit are verified, the rest are refused locked, unverified."""
+    import contextlib
+    import threading
+
+    from referral_api.extensions import hasher
+
+    worker = factory.user(Role.CASEWORKER)
+    guesses = 8
+    barrier = threading.Barrier(guesses, timeout=2)
+    verified: list[str] = []
+    real_verify = hasher.verify
+
+    def verify_together(stored: Any, secret: str) -> bool:
+        verified.append(secret)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()  # as many in flight at once as will come
+        return real_verify(stored, secret)
+
+    monkeypatch.setattr(hasher, "verify", verify_together)
+    answers: dict[int, Any] = {}
+
+    def guess(number: int) -> None:
+        right = right_guess_among_them and number == guesses - 1
+        with app.test_client() as http:
+            answers[number] = attempt(
+                http, worker.email, TEST_PASSWORD if right else f"wrong guess {number}"
+            )
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(guesses)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    statuses = sorted(answer.status_code for answer in answers.values())
+    # Verified one at a time (in this order); the rest refused unverified.
+    assert statuses.count(429) == guesses - len(verified), statuses
+    for answer in answers.values():
+        if answer.status_code == 429:
+            assert_locked(answer)
+    if TEST_PASSWORD in verified:
+        # The right one signed in while fewer than the limit had failed; a sign-in starts
+        # the account's count again.
+        at = verified.index(TEST_PASSWORD)
+        assert at < ACCOUNT_LIMIT and len(verified) - at - 1 <= ACCOUNT_LIMIT, verified
+        assert answers[guesses - 1].status_code == 200
+    else:
+        assert len(verified) <= ACCOUNT_LIMIT, statuses
+        if right_guess_among_them:
+            assert_locked(answers[guesses - 1])
+
+
+def test_a_counter_at_zero_starts_its_window_at_the_next_failure(client, session, factory):
+    """A sign-in leaves the account's counter at 0 (it takes its turn on that row): the
+    window of the failures that follow starts at the first of them, not at the sign-in."""
+    worker = factory.user(Role.CASEWORKER)
+    assert attempt(client, worker.email, TEST_PASSWORD).status_code == 200
+    key = account_key(worker.email)
+    signed_in = datetime.now(UTC) - timedelta(seconds=WINDOW_SECONDS - 5)
+    change(
+        session,
+        update(LoginThrottle).where(LoginThrottle.key == key).values(window_started_at=signed_in),
+    )
+    assert throttle_row(session, key).failures == 0
+    before = datetime.now(UTC)
+    assert_problem(attempt(client, worker.email, "wrong password"), 401)
+    row = throttle_row(session, key)
+    assert row.failures == 1 and row.window_started_at >= before

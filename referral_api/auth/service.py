@@ -105,6 +105,26 @@ def _check_not_locked(session: Session, keys: list[str], now: datetime) -> None:
         raise TooManyAttempts(retry_after=int(max(waits)) + 1)
 
 
+def _hold_and_check(session: Session, held: str, keys: list[str], now: datetime) -> None:
+    """Take the sign-in attempts of one account name (`held`: its throttle key) one at a
+    time, then refuse if any of `keys` is locked. The account's counter row is created if
+    missing (no failure counted: `_record_failure` starts a new window on it) and locked
+    until this sign-in commits, so its verdict and its failure, if any, are counted before
+    the next attempt on the name is checked: guesses sent at once no longer all pass one
+    check made before any was counted (each worker verifying one past the limit, a right
+    guess among them signing in although the account was locked meanwhile)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = LoginThrottle.__table__
+    session.execute(
+        insert(table)
+        .values(key=held, failures=0, window_started_at=now, locked_until=None)
+        .on_conflict_do_nothing(index_elements=[table.c.key])
+    )
+    session.execute(select(table.c.key).where(table.c.key == held).with_for_update())
+    _check_not_locked(session, keys, now)
+
+
 def _record_failure(
     session: Session, key: str, limit: int, policy: ThrottlePolicy, now: datetime
 ) -> bool:
@@ -113,7 +133,8 @@ def _record_failure(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = LoginThrottle.__table__
-    window_expired = table.c.window_started_at < now - policy.window
+    # A counter at 0 (cleared by a sign-in, or made by `_hold_and_check`) starts a window.
+    window_expired = or_(table.c.window_started_at < now - policy.window, table.c.failures == 0)
     stmt = insert(table).values(key=key, failures=1, window_started_at=now, locked_until=None)
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.key],
@@ -301,7 +322,7 @@ def login(
     email = email.strip().lower()
     account_key = _throttle_key("acct", email)
     address_key = _throttle_key("addr", address)
-    _check_not_locked(session, [account_key, address_key], now)
+    _hold_and_check(session, account_key, [account_key, address_key], now)
 
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
     password_ok = hasher.verify(user.password_hash if user else None, password) and (
@@ -401,7 +422,7 @@ def client_credentials(
     """The client credentials grant: the same throttling and audit as `login`."""
     client_key = _throttle_key("client", client_id)
     address_key = _throttle_key("addr", address)
-    _check_not_locked(session, [client_key, address_key], now)
+    _hold_and_check(session, client_key, [client_key, address_key], now)
     client = session.scalars(
         select(ApiClient).where(ApiClient.client_id == client_id)
     ).one_or_none()
