@@ -12,7 +12,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import require, scope_to_org
+from referral_api.access.policy import decide, scope_to_org
 from referral_api.access.roles import OrgType, Role, permissions_for, role_allowed_in_org
 from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
@@ -38,6 +38,68 @@ from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFai
 class ClientWithSecret:
     client: ApiClient
     client_secret: str
+
+
+# ---- refusals -----------------------------------------------------------------------------
+# Every refusal is on the record (docs/audit.md): a refused password reset is an attempt to
+# reach case content. errors.handle_domain_error writes the entry in its own transaction;
+# the caller's answer is the plain 404 or 403, whatever the reason.
+
+_Record = Organisation | User | ApiClient
+_Refusal = TypeVar("_Refusal", bound=NotFound | Forbidden)
+
+_RESOURCE_TYPES: dict[type, str] = {
+    Organisation: "organisation",
+    User: "user",
+    ApiClient: "api_client",
+}
+# What an action without a record (creating an organisation) is about.
+_RESOURCE_OF_PERMISSION = {"org": "organisation", "user": "user", "client": "api_client"}
+_ROLE_REFUSED = "Your role does not allow this action."
+
+
+def _on_record(
+    error: _Refusal,
+    action: Permission,
+    resource_type: str,
+    resource_id: uuid.UUID | None,
+    reason: str,
+) -> _Refusal:
+    """`error`, carrying the deny row it leaves: ids and a reason, never a value the request
+    carried (a password, a name)."""
+    error.audit = {
+        "action": str(action),
+        "resource_type": resource_type,
+        "resource_id": str(resource_id) if resource_id is not None else None,
+        "decision": audit.DENY,
+        "reason": reason,
+    }
+    return error
+
+
+def _forbidden(message: str, action: Permission, target: _Record, reason: str) -> Forbidden:
+    return _on_record(Forbidden(message), action, _RESOURCE_TYPES[type(target)], target.id, reason)
+
+
+def _missing(action: Permission, model: type[_Record], tried_id: uuid.UUID) -> NotFound:
+    # A made-up id is answered, and recorded, like another organisation's record: neither
+    # the answer nor the number of rows written tells them apart.
+    resource_type = _RESOURCE_TYPES[model]
+    return _on_record(NotFound(), action, resource_type, tried_id, f"no such {resource_type}")
+
+
+def _require(actor: Actor, action: Permission, target: _Record | None = None) -> None:
+    """policy.decide, refusing on the record: 404 when the target is outside the actor's
+    scope (existence is not confirmed), 403 when the role lacks the permission."""
+    decision = decide(actor, action, target)
+    if decision.allowed:
+        return
+    error: NotFound | Forbidden = NotFound() if decision.conceal else Forbidden(_ROLE_REFUSED)
+    if target is None:
+        resource_type, resource_id = _RESOURCE_OF_PERMISSION[str(action).split(":")[0]], None
+    else:
+        resource_type, resource_id = _RESOURCE_TYPES[type(target)], target.id
+    raise _on_record(error, action, resource_type, resource_id, decision.reason)
 
 
 def _flush_unique(session: Session, message: str) -> None:
@@ -84,8 +146,8 @@ def get_organisation(
 ) -> Organisation:
     org = session.get(Organisation, org_id)
     if org is None:
-        raise NotFound()
-    require(actor, action, org)
+        raise _missing(action, Organisation, org_id)
+    _require(actor, action, org)
     return org
 
 
@@ -103,6 +165,7 @@ def find_organisation(session: Session, reference: str) -> Organisation:
 
 
 def list_organisations_query(actor: Actor, org_type: OrgType | None = None) -> Select[Any]:
+    _require(actor, Permission.ORG_READ)  # refused on the record, before scoping the query
     stmt = scope_to_org(actor, Permission.ORG_READ, select(Organisation), Organisation.id)
     if org_type is not None:
         stmt = stmt.where(Organisation.org_type == org_type)
@@ -112,7 +175,7 @@ def list_organisations_query(actor: Actor, org_type: OrgType | None = None) -> S
 def create_organisation(
     session: Session, actor: Actor, *, name: str, org_type: OrgType
 ) -> Organisation:
-    require(actor, Permission.ORG_MANAGE)
+    _require(actor, Permission.ORG_MANAGE)
     org = Organisation(id=uuid.uuid4(), name=_name(name), org_type=org_type)
     session.add(org)
     _flush_unique(session, "An organisation with this name already exists.")
@@ -125,9 +188,14 @@ def create_organisation(
 def update_organisation(
     session: Session, actor: Actor, org: Organisation, changes: dict[str, Any]
 ) -> Organisation:
-    require(actor, Permission.ORG_MANAGE, org)
+    _require(actor, Permission.ORG_MANAGE, org)
     if "active" in changes and not changes["active"] and org.id == actor.org_id:
-        raise Forbidden("You cannot deactivate your own organisation.")
+        raise _forbidden(
+            "You cannot deactivate your own organisation.",
+            Permission.ORG_MANAGE,
+            org,
+            "own organisation deactivated",
+        )
     deactivated = org.active and changes.get("active") is False
     # Its services' HSDS documents carry its name and take their status from it: an
     # incremental pull (`modified_after`) must see them change when either does.
@@ -181,7 +249,9 @@ def _reaches_case_content(role: Role | None) -> bool:
     return Permission.CASE_READ in permissions_for(role)
 
 
-def _check_credentials_outside_platform(actor: Actor, org_id: uuid.UUID, role: Role | None) -> None:
+def _check_credentials_outside_platform(
+    actor: Actor, action: Permission, target: _Record, org_id: uuid.UUID, role: Role | None
+) -> None:
     """A platform administrator sees no case content (DESIGN.md §4), so it may not hand
     itself a way in: outside the platform organisation it neither grants a role that reads
     case content nor sets the password or secret of an account that has one. It appoints
@@ -193,13 +263,20 @@ def _check_credentials_outside_platform(actor: Actor, org_id: uuid.UUID, role: R
         and org_id != actor.org_id
         and _reaches_case_content(role)
     ):
-        raise Forbidden(
+        raise _forbidden(
             "A platform administrator does not set up accounts that read case content in "
-            "another organisation; its administrator does."
+            "another organisation; its administrator does.",
+            action,
+            target,
+            "case-content account outside the platform organisation",
         )
 
 
-def _check_role_grant(actor: Actor, org: Organisation, role: Role) -> None:
+def _check_role_grant(
+    actor: Actor, action: Permission, target: _Record, org: Organisation, role: Role
+) -> None:
+    """May `actor` give `role` to an account in `org`? `target`: the account, or `org` when
+    it is being created (what a refusal records)."""
     if not role_allowed_in_org(role, org.org_type):
         raise ValidationFailed(
             {
@@ -214,8 +291,13 @@ def _check_role_grant(actor: Actor, org: Organisation, role: Role) -> None:
         and actor.role is not Role.PLATFORM_ADMIN
         and actor.kind is not ActorKind.SYSTEM
     ):
-        raise Forbidden("Only a platform administrator can grant that role.")
-    _check_credentials_outside_platform(actor, org.id, role)
+        raise _forbidden(
+            "Only a platform administrator can grant that role.",
+            action,
+            target,
+            "platform administrator role granted by another role",
+        )
+    _check_credentials_outside_platform(actor, action, target, org.id, role)
 
 
 # ---- users --------------------------------------------------------------------------------
@@ -224,13 +306,13 @@ def _check_role_grant(actor: Actor, org: Organisation, role: Role) -> None:
 def get_user(session: Session, actor: Actor, user_id: uuid.UUID, action: Permission) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound()
-    require(actor, action, user)
+        raise _missing(action, User, user_id)
+    _require(actor, action, user)
     return user
 
 
 def list_users_query(actor: Actor, org: Organisation) -> Select[Any]:
-    require(actor, Permission.USER_READ, org)
+    _require(actor, Permission.USER_READ, org)
     return select(User).where(User.org_id == org.id)
 
 
@@ -245,8 +327,8 @@ def create_user(
     role: Role,
     password: str,
 ) -> User:
-    require(actor, Permission.USER_MANAGE, org)
-    _check_role_grant(actor, org, role)
+    _require(actor, Permission.USER_MANAGE, org)
+    _check_role_grant(actor, Permission.USER_MANAGE, org, org, role)
     user = User(
         id=uuid.uuid4(),
         org_id=org.id,
@@ -272,19 +354,31 @@ def create_user(
 def update_user(
     session: Session, actor: Actor, hasher: CredentialHasher, user: User, changes: dict[str, Any]
 ) -> User:
-    require(actor, Permission.USER_MANAGE, user)
+    manage = Permission.USER_MANAGE
+    _require(actor, manage, user)
     is_self = actor.kind is ActorKind.USER and actor.id == user.id
     if is_self and ({"role", "active"} & changes.keys()):
-        raise Forbidden("You cannot change your own role or status.")
+        raise _forbidden(
+            "You cannot change your own role or status.",
+            manage,
+            user,
+            "own role or status",
+        )
     if user.role is Role.PLATFORM_ADMIN and actor.role is not Role.PLATFORM_ADMIN:
-        raise Forbidden("Only a platform administrator can change a platform administrator.")
+        raise _forbidden(
+            "Only a platform administrator can change a platform administrator.",
+            manage,
+            user,
+            "platform administrator changed by another role",
+        )
     if "role" in changes:
-        _check_role_grant(actor, user.organisation, changes["role"])
+        _check_role_grant(actor, manage, user, user.organisation, changes["role"])
         user.role = changes["role"]
     if "display_name" in changes:
         user.display_name = changes["display_name"].strip()
     if "password" in changes:
-        _check_credentials_outside_platform(actor, user.org_id, changes.get("role", user.role))
+        role = changes.get("role", user.role)
+        _check_credentials_outside_platform(actor, manage, user, user.org_id, role)
         user.password_hash = hasher.hash(changes["password"])
     if "active" in changes:
         user.active = changes["active"]
@@ -308,13 +402,13 @@ def get_client(
 ) -> ApiClient:
     client = session.get(ApiClient, client_pk)
     if client is None:
-        raise NotFound()
-    require(actor, action, client)
+        raise _missing(action, ApiClient, client_pk)
+    _require(actor, action, client)
     return client
 
 
 def list_clients_query(actor: Actor, org: Organisation) -> Select[Any]:
-    require(actor, Permission.CLIENT_READ, org)
+    _require(actor, Permission.CLIENT_READ, org)
     return select(ApiClient).where(ApiClient.org_id == org.id)
 
 
@@ -327,8 +421,8 @@ def create_client(
     name: str,
     role: Role,
 ) -> ClientWithSecret:
-    require(actor, Permission.CLIENT_MANAGE, org)
-    _check_role_grant(actor, org, role)
+    _require(actor, Permission.CLIENT_MANAGE, org)
+    _check_role_grant(actor, Permission.CLIENT_MANAGE, org, org, role)
     if role is Role.PLATFORM_ADMIN:
         raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
     secret = _new_secret()
@@ -354,14 +448,28 @@ def create_client(
     return ClientWithSecret(client, secret)
 
 
+def _require_other_client(actor: Actor, client: ApiClient) -> None:
+    """CLIENT_MANAGE on `client`, by anyone but the client itself: a machine client (an
+    `org_admin` one) neither changes its own role or status nor renews its own secret, as
+    no user changes their own role or status; a person administers it."""
+    _require(actor, Permission.CLIENT_MANAGE, client)
+    if actor.kind is ActorKind.CLIENT and actor.id == client.id:
+        raise _forbidden(
+            "A client cannot change itself.",
+            Permission.CLIENT_MANAGE,
+            client,
+            "client changing itself",
+        )
+
+
 def update_client(
     session: Session, actor: Actor, client: ApiClient, changes: dict[str, Any]
 ) -> ApiClient:
-    require(actor, Permission.CLIENT_MANAGE, client)
-    if actor.kind is ActorKind.CLIENT and actor.id == client.id:
-        raise Forbidden("A client cannot change itself.")
+    _require_other_client(actor, client)
     if "role" in changes:
-        _check_role_grant(actor, client.organisation, changes["role"])
+        _check_role_grant(
+            actor, Permission.CLIENT_MANAGE, client, client.organisation, changes["role"]
+        )
         if changes["role"] is Role.PLATFORM_ADMIN:
             raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
         client.role = changes["role"]
@@ -389,8 +497,10 @@ def update_client(
 def rotate_client_secret(
     session: Session, actor: Actor, hasher: CredentialHasher, client: ApiClient
 ) -> ClientWithSecret:
-    require(actor, Permission.CLIENT_MANAGE, client)
-    _check_credentials_outside_platform(actor, client.org_id, client.role)
+    _require_other_client(actor, client)
+    _check_credentials_outside_platform(
+        actor, Permission.CLIENT_MANAGE, client, client.org_id, client.role
+    )
     secret = _new_secret()
     client.secret_hash = hasher.hash(secret)
     # Tokens obtained with the old secret stop working at once.
