@@ -152,15 +152,18 @@ def paginate(
     cursor: str | None,
     limit: int,
     whole_rows: bool = False,
+    oldest_first: bool = False,
 ) -> Page:
-    """Newest first; the cursor is the (created_at, id) of the last row returned. Items are
-    the statement's first column, or with `whole_rows` its rows (the entity first)."""
+    """Newest first (or `oldest_first`); the cursor is the (created_at, id) of the last row
+    returned. Items are the statement's first column, or with `whole_rows` its rows (the
+    entity first)."""
     parameters = page_parameters(cursor, limit)
     if cursor:
-        stmt = after_cursor(stmt, created_col, id_col)
+        stmt = after_cursor(stmt, created_col, id_col, oldest_first=oldest_first)
+    ordered = (oldest_first_order if oldest_first else newest_first)(stmt, created_col, id_col)
     return fetch_page(
         session,
-        newest_first(stmt, created_col, id_col),
+        ordered,
         parameters,
         created_col=created_col,
         id_col=id_col,
@@ -172,14 +175,23 @@ def paginate(
 # The pieces of `paginate`, for a statement built once (its values as parameters):
 # `after_cursor` and `newest_first` shape it, `page_parameters` binds a request's cursor and
 # limit, `fetch_page` runs it.
-def after_cursor(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
+def after_cursor(
+    stmt: Select[Any], created_col: Any, id_col: Any, *, oldest_first: bool = False
+) -> Select[Any]:
     created = bindparam("cursor_created", type_=created_col.type)
     row_id = bindparam("cursor_id", type_=id_col.type)
+    if oldest_first:
+        later = or_(created_col > created, and_(created_col == created, id_col > row_id))
+        return stmt.where(later)
     return stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
 
 
 def newest_first(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
     return stmt.order_by(created_col.desc(), id_col.desc()).limit(bindparam("page_rows"))
+
+
+def oldest_first_order(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
+    return stmt.order_by(created_col, id_col).limit(bindparam("page_rows"))
 
 
 def page_parameters(cursor: str | None, limit: int) -> dict[str, Any]:
@@ -199,7 +211,8 @@ def fetch_page(
     limit: int,
     whole_rows: bool = False,
 ) -> Page:
-    """A page of a statement shaped by `newest_first` (and `after_cursor` for a cursor)."""
+    """A page of a statement shaped by `newest_first` or `oldest_first_order` (and
+    `after_cursor` for a cursor)."""
     result = session.execute(stmt, parameters)
     rows: list[Any] = list(result if whole_rows else result.scalars())
     next_cursor = None

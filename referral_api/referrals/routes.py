@@ -10,9 +10,8 @@ from typing import Any
 from flask import jsonify
 
 from referral_api.access.permissions import Permission
-from referral_api.exceptions import NotFound
 from referral_api.extensions import db
-from referral_api.pagination import link_header
+from referral_api.pagination import PageArgsSchema, link_header
 from referral_api.referrals import service
 from referral_api.referrals.schemas import (
     IntakeResultSchema,
@@ -48,10 +47,9 @@ def _current_referral(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
 def _current_message(first: dict[str, Any], view_args: dict[str, Any]) -> Any:
     """A replay's answer: the message the first request added, read through the thread's
     access rules now (refused once the thread is closed to this caller)."""
-    messages = service.list_messages(db.session, current_actor(), view_args["referral_id"])
-    message = next((m for m in messages if str(m.id) == first["id"]), None)
-    if message is None:
-        raise NotFound()
+    message = service.read_message(
+        db.session, current_actor(), view_args["referral_id"], uuid.UUID(first["id"])
+    )
     return jsonify(MessageSchema().dump(_message_view(message)))
 
 
@@ -171,15 +169,19 @@ def packet(referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/messages", methods=["GET"])
 @blp.requires(Permission.REFERRAL_READ)
+@blp.arguments(PageArgsSchema, location="query")
 @blp.response(200, MessageSchema(many=True))
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(410, response="GONE")
-def list_messages(referral_id: uuid.UUID) -> Any:
-    """Messages between sender and receiver about this referral"""
-    messages = service.list_messages(db.session, current_actor(), referral_id)
-    body = [_message_view(m) for m in messages]
+def list_messages(args: dict[str, Any], referral_id: uuid.UUID) -> Any:
+    """Messages between sender and receiver about this referral, oldest first (cursor
+    pages; `Link: rel="next"` while more remain)"""
+    page = service.list_messages(
+        db.session, current_actor(), referral_id, args["cursor"], args["limit"]
+    )
+    body = [_message_view(m) for m in page.items]
     db.session.commit()
-    return body
+    return body, 200, link_header(page, args["limit"])
 
 
 @blp.route("/referrals/<uuid:referral_id>/messages", methods=["POST"])

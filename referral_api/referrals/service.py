@@ -882,7 +882,9 @@ def add_message(
     return message
 
 
-def list_messages(session: Session, actor: Actor, referral_id: uuid.UUID) -> list[ReferralMessage]:
+def _open_thread(session: Session, actor: Actor, referral_id: uuid.UUID) -> Referral:
+    """The referral whose thread `actor` may read now, or the refusal (audited). Asked again
+    for every page: a cursor is only a position, never a grant."""
     referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
     _require_thread_access(session, actor, referral, party)
     if party is Party.SENDER:
@@ -890,15 +892,49 @@ def list_messages(session: Session, actor: Actor, referral_id: uuid.UUID) -> lis
         # reads it no more than the case itself (403; erased: 410). The receiver's packet is
         # not live then: it already got 404 above.
         _require_processable(session, referral, "referral:messages-read", reading=True)
-    messages = list(
-        session.scalars(
-            select(ReferralMessage)
-            .where(ReferralMessage.referral_id == referral.id)
-            .order_by(ReferralMessage.created_at, ReferralMessage.id)
-        )
+    return referral
+
+
+def list_messages(
+    session: Session, actor: Actor, referral_id: uuid.UUID, cursor: str | None, limit: int
+) -> Page:
+    """A page of the thread, oldest first by (created_at, id); the cursor is the last message
+    of the previous page. Audited as one read per page."""
+    referral = _open_thread(session, actor, referral_id)
+    page = paginate(
+        session,
+        select(ReferralMessage).where(ReferralMessage.referral_id == referral.id),
+        created_col=ReferralMessage.created_at,
+        id_col=ReferralMessage.id,
+        cursor=cursor,
+        limit=limit,
+        oldest_first=True,
     )
-    _audit(session, actor, "referral:messages-read", referral, details={"messages": len(messages)})
-    return messages
+    _audit(
+        session, actor, "referral:messages-read", referral, details={"messages": len(page.items)}
+    )
+    return page
+
+
+def read_message(
+    session: Session, actor: Actor, referral_id: uuid.UUID, message_id: uuid.UUID
+) -> ReferralMessage:
+    """One message of the thread, through the thread's access rules now (404 otherwise),
+    audited as a read of it."""
+    referral = _open_thread(session, actor, referral_id)
+    message = session.get(ReferralMessage, message_id)
+    if message is None or message.referral_id != referral.id:
+        error = NotFound()
+        error.audit = _denial("referral:messages-read", referral, "no such message")
+        raise error
+    _audit(
+        session,
+        actor,
+        "referral:messages-read",
+        referral,
+        details={"messages": 1, "message_id": str(message.id)},
+    )
+    return message
 
 
 # ---- notifications ------------------------------------------------------------------------
