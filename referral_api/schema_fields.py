@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,3 +56,37 @@ class Boolean(ma.fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+def not_blank(value: str) -> None:
+    """Names and texts are stored stripped: "   " would otherwise pass Length and be saved
+    as ""."""
+    if not value.strip():
+        raise ma.ValidationError("Must not be blank.")
+
+
+# Map coordinates precise to a street or a building: what a service's published text must
+# never hold, as a shelter's place would then be on every organisation's screen and in HSDS.
+# Two decimal degrees with four or more decimals (~11 m; a decimal comma too, as most of
+# Europe writes them) at most 24 characters apart — a bare comma as maps apps, `geo:` URIs
+# and map links write them, `N`, ` lon `, `, Longitude: ` —, or degrees and (decimal)
+# minutes, with the degree sign or the ordinal sign phones offer for it and any of the
+# apostrophes keyboards type. Four decimals, not three: three-digit groups are thousands
+# (`1.500 - 2.000`). No quantifier here can match the same text two ways, so a long input
+# (4,000 characters of spaces and digits) costs linear time: the first version backtracked
+# as n⁴ on blank runs.
+_DEGREES = r"\d{1,3}[.,]\d{4,}"
+_MINUTE_MARKS = "['\u2032\u2019\u00b4]"
+_COORDINATES = re.compile(
+    # The first number starts a number; the second may follow a comma straight away.
+    rf"(?<![\d.,]){_DEGREES}\D{{0,24}}?(?<![\d.]){_DEGREES}"
+    rf"|\d{{1,3}} ?[°º] ?\d{{1,2}}(?:[.,]\d+)? ?{_MINUTE_MARKS}"
+)
+
+
+def no_coordinates(value: str | None) -> None:
+    if value and _COORDINATES.search(" ".join(value.split())):
+        raise ma.ValidationError(
+            "Must not hold map coordinates: the directory is shown to every organisation. "
+            "Describe the area served instead."
+        )

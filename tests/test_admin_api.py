@@ -1544,6 +1544,27 @@ def test_platform_admin_creates_an_organisation(client, factory, db):
     assert read.get_json() == body and read.headers["ETag"] == response.headers["ETag"]
 
 
+def test_an_organisation_name_holds_no_map_coordinates(client, factory, db):
+    """Its name is published with its services (the directory, HSDS): the same screen as
+    the services' own texts, on creation and on renaming."""
+    boss = factory.user(Role.PLATFORM_ADMIN)
+    headers = factory.headers(boss)
+    org = factory.org(OrgType.SHELTER, name="Shelter One")
+    before = snapshot(db)
+    named = "Shelter 50.4501,30.5234"
+    created = client.post(
+        f"{API}/orgs", json={"name": named, "org_type": "shelter"}, headers=headers
+    )
+    assert "name" in assert_problem(created, 422)["errors"]["json"]
+    renamed = client.patch(
+        f"{API}/orgs/{org}",
+        json={"name": named},
+        headers={**headers, "If-Match": etag(db, Organisation, org)},
+    )
+    assert "name" in assert_problem(renamed, 422)["errors"]["json"]
+    assert snapshot(db) == before
+
+
 @pytest.mark.parametrize("name", ["Shelter One", "  Shelter One "])
 def test_duplicate_organisation_name_is_409(client, factory, db, name):
     boss = factory.user(Role.PLATFORM_ADMIN)

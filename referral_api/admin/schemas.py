@@ -10,16 +10,11 @@ from marshmallow import validate
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.pagination import PageArgsSchema
-from referral_api.schema_fields import AwareDateTime, Boolean
+from referral_api.schema_fields import AwareDateTime, Boolean, no_coordinates, not_blank
 
-
-def _not_blank(value: str) -> None:
-    # Names are stored stripped: "   " would otherwise pass Length and be saved as "".
-    if not value.strip():
-        raise ma.ValidationError("Must not be blank.")
-
-
-_NAME: list[Callable[[Any], Any]] = [validate.Length(min=1, max=200), _not_blank]
+_NAME: list[Callable[[Any], Any]] = [validate.Length(min=1, max=200), not_blank]
+# An organisation's name is published with its services (the directory, HSDS).
+_ORG_NAME = [*_NAME, no_coordinates]
 
 
 class OrganisationSchema(ma.Schema):
@@ -32,12 +27,12 @@ class OrganisationSchema(ma.Schema):
 
 
 class OrganisationCreateSchema(ma.Schema):
-    name = ma.fields.String(required=True, validate=_NAME)
+    name = ma.fields.String(required=True, validate=_ORG_NAME)
     org_type = ma.fields.Enum(OrgType, by_value=True, required=True)
 
 
 class OrganisationUpdateSchema(ma.Schema):
-    name = ma.fields.String(validate=_NAME)
+    name = ma.fields.String(validate=_ORG_NAME)
     active = Boolean()
 
 

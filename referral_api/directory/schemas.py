@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,43 +17,11 @@ from referral_api.directory.service import (
     normalise_professional_contact,
 )
 from referral_api.pagination import MAX_PAGE_SIZE, PageArgsSchema
-from referral_api.schema_fields import AwareDateTime, Boolean
-
-
-def _not_blank(value: str) -> None:
-    if not value.strip():
-        raise ma.ValidationError("Must not be blank.")
-
-
-# Map coordinates precise to a street or a building: what a service's published text must
-# never hold, as a shelter's place would then be on every organisation's screen and in HSDS.
-# Two decimal degrees with four or more decimals (~11 m; a decimal comma too, as most of
-# Europe writes them) at most 24 characters apart — a bare comma as maps apps, `geo:` URIs
-# and map links write them, `N`, ` lon `, `, Longitude: ` —, or degrees and (decimal)
-# minutes, with the degree sign or the ordinal sign phones offer for it and any of the
-# apostrophes keyboards type. Four decimals, not three: three-digit groups are thousands
-# (`1.500 - 2.000`). No quantifier here can match the same text two ways, so a long input
-# (4,000 characters of spaces and digits) costs linear time: the first version backtracked
-# as n⁴ on blank runs.
-_DEGREES = r"\d{1,3}[.,]\d{4,}"
-_MINUTE_MARKS = "['\u2032\u2019\u00b4]"
-_COORDINATES = re.compile(
-    # The first number starts a number; the second may follow a comma straight away.
-    rf"(?<![\d.,]){_DEGREES}\D{{0,24}}?(?<![\d.]){_DEGREES}"
-    rf"|\d{{1,3}} ?[°º] ?\d{{1,2}}(?:[.,]\d+)? ?{_MINUTE_MARKS}"
-)
-
-
-def _no_coordinates(value: str | None) -> None:
-    if value and _COORDINATES.search(" ".join(value.split())):
-        raise ma.ValidationError(
-            "Must not hold map coordinates: the directory is shown to every organisation. "
-            "Describe the area served instead."
-        )
+from referral_api.schema_fields import AwareDateTime, Boolean, no_coordinates, not_blank
 
 
 def _text(max_length: int) -> list[Callable[[Any], Any]]:
-    return [validate.Length(min=1, max=max_length), _not_blank, _no_coordinates]
+    return [validate.Length(min=1, max=max_length), not_blank, no_coordinates]
 
 
 class LanguageTag(ma.fields.String):
@@ -124,7 +91,7 @@ class ServiceCreateSchema(ma.Schema):
         LanguageTag(), required=True, validate=_LANGUAGE_COUNT, metadata=_LANGUAGES_DOC
     )
     eligibility_notes = ma.fields.String(
-        allow_none=True, validate=[validate.Length(max=4000), _no_coordinates]
+        allow_none=True, validate=[validate.Length(max=4000), no_coordinates]
     )
     area_served = ma.fields.String(required=True, validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(required=True, metadata=_CONTACT_DOC)
@@ -140,7 +107,7 @@ class ServiceUpdateSchema(ma.Schema):
     service_type = ma.fields.Enum(ServiceType, by_value=True)
     languages = ma.fields.List(LanguageTag(), validate=_LANGUAGE_COUNT, metadata=_LANGUAGES_DOC)
     eligibility_notes = ma.fields.String(
-        allow_none=True, validate=[validate.Length(max=4000), _no_coordinates]
+        allow_none=True, validate=[validate.Length(max=4000), no_coordinates]
     )
     area_served = ma.fields.String(validate=_text(500), metadata=_AREA_DOC)
     professional_contact = ProfessionalContact(metadata=_CONTACT_DOC)
