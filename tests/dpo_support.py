@@ -257,6 +257,13 @@ class DpoWorld:
             self._sign_in(self.email[who], "not the password")
         self._sign_in(SIGN_IN_CANARY, "not the password")
 
+    def erase(self, case: str) -> None:
+        """A's supervisor asks for the case's erasure and A's DPO approves it."""
+        request = self._post(
+            f"/cases/{self.case[case]}/erasure", "a_sup", {"basis": "consent_withdrawn"}, 201
+        )
+        self._post(f"/erasures/{request['id']}/approve", "a_dpo", {})
+
     def _sign_in(self, email: str, password: str) -> None:
         response = self.client.post(
             f"{API}/auth/login", json={"email": email, "password": password}
@@ -310,6 +317,12 @@ class DpoWorld:
         assert response.mimetype == "text/csv"
         reader = csv.DictReader(io.StringIO(response.get_data(as_text=True)))
         return list(reader.fieldnames or []), list(reader)
+
+
+def next_cursor(response: Any) -> str:
+    """The cursor in a page's `Link: rel=next`."""
+    link = response.headers["Link"]
+    return str(link[link.index("cursor=") + 7 :].split("&")[0].split(">")[0])
 
 
 def _sqlite_value(value: Any) -> Any:

@@ -26,6 +26,7 @@ REPORTS = (
     "access-log",
     "erasures",
     "quality",
+    "retention-due",
 )
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
-from dpo_support import NOTICE, DpoWorld, as_csv_cells, assert_no_personal_data, iso
+from dpo_support import (
+    NOTICE,
+    DpoWorld,
+    as_csv_cells,
+    assert_no_personal_data,
+    iso,
+    next_cursor,
+)
 from referral_support import API, create_case
 from sqlalchemy import select
 
@@ -59,6 +66,7 @@ LISTS = {
     "erasures": {},
     "sign-in-failures": {},
     "quality": {},
+    "retention-due": {},
 }
 
 
@@ -345,6 +353,26 @@ def test_consents_expiring_uses_the_latest_renewal(world: DpoWorld) -> None:
     world.report("consents-expiring", "a_dpo", 422, within_days=0)
 
 
+def test_consent_reports_leave_erased_cases_out(world: DpoWorld) -> None:
+    """An erasure writes no closing event: an erased person's consent would go on reading
+    active, in force and due for renewal, though nothing can be disclosed or renewed again
+    (the case answers 410) and there is no one left to ask. Left out as in `quality`."""
+    legal = str(world.org["L"])
+    world.erase("case1")  # C1: legal aid (open-ended) and the police (ends in ten days)
+    assert [r["consent_id"] for r in world.rows("consents-expiring", "a_dpo", within_days=14)] == [
+        world.consent["C2"]
+    ]
+    rows = _platform_summary(world)  # the platform's rows of A are A's own report's
+    assert rows[("A", "active", "legal_assistance", legal)] == (1, 2, 2)  # C9 alone
+    assert not [key for key in rows if key[2] == "law_enforcement_report"]
+    assert sum(consents for consents, _, _ in rows.values()) == 8  # 10 less C1's two rows
+    # With a date range the platform's report joins the consent records: the same.
+    dated = world.report(
+        "consent-summary", "plat_dpo", **{"from": iso(world.now - timedelta(days=1))}
+    ).get_json()
+    assert sum(r["consents"] for r in dated) == 8
+
+
 # ---- processing-without-basis -------------------------------------------------------------
 
 
@@ -533,15 +561,21 @@ def test_disclosures_per_case_and_per_recipient(world: DpoWorld) -> None:
 def test_access_log_lists_every_audit_row_of_the_case(world: DpoWorld, app: Any) -> None:
     case_id = world.case["case1"]
     with db.session_factory_for(app)() as s:
-        before = list(
-            s.scalars(select(AuditEvent.id).where(AuditEvent.case_id == uuid.UUID(case_id)))
-        )
+        before = s.execute(
+            select(AuditEvent.action, AuditEvent.resource_id, AuditEvent.actor_id)
+            .where(AuditEvent.case_id == uuid.UUID(case_id))
+            .order_by(AuditEvent.id.desc())
+        ).all()
         s.rollback()
     rows = world.rows("access-log", "a_dpo", case_id=case_id, limit=3)
-    # Newest first; the report's own reading is on the record first.
+    # Newest first; the report's own reading is on the record first, then every row of the
+    # case once, page after page (each page's own reading is newer than its cursor).
     assert rows[0]["action"] == "dpo:report"
     assert rows[0]["actor_id"] == str(world.user["a_dpo"])
-    assert sorted(r["audit_id"] for r in rows[1:]) == sorted(before)
+    assert [(r["action"], r["resource_id"], r["actor_id"]) for r in rows[1:]] == [
+        (action, resource_id, str(actor_id) if actor_id else None)
+        for action, resource_id, actor_id in before
+    ]
     actions = Counter(r["action"] for r in rows)
     assert actions["referral:send"] == 2
     assert actions["consent:record"] == 1
@@ -618,6 +652,54 @@ def test_quality_flags_record_keeping_faults(world: DpoWorld) -> None:
     world.report("quality", "a_dpo", 422, issue="spelling")
 
 
+# ---- retention-due ------------------------------------------------------------------------
+
+
+def _close(world: DpoWorld, case: str, days_ago: int) -> datetime:
+    closed_at = world.now - timedelta(days=days_ago)
+    world.sql(
+        "UPDATE cases SET status = 'closed', closed_at = :at WHERE id = :id",
+        at=closed_at,
+        id=uuid.UUID(world.case[case]),
+    )
+    return closed_at
+
+
+def test_retention_due_pages_and_exports_like_every_report(world: DpoWorld, app: Any) -> None:
+    app.config["RETENTION_POLICY"] = {"thb": {"closed": 30}, "gbv": {"closed": 30}}
+    closed = {
+        case: _close(world, case, days)
+        for case, days in (("case4", 100), ("caseB", 50), ("case6", 40), ("case7", 10))
+    }
+    world._post(
+        f"/cases/{world.case['case4']}/legal-hold",
+        "a_sup",
+        {"hold": True, "reason": "criminal proceedings"},
+    )
+    # Oldest closure first, a page at a time; case7 is not due yet.
+    rows = world.rows("retention-due", "a_dpo", limit=1)
+    assert [(r["case_id"], r["legal_hold"]) for r in rows] == [
+        (world.case["case4"], True),
+        (world.case["case6"], False),
+    ]
+    for row, case in zip(rows, ("case4", "case6"), strict=True):
+        assert (row["org_id"], row["case_type"]) == (str(world.org["A"]), "thb")
+        closed_at = datetime.fromisoformat(row["closed_at"])
+        assert abs(closed_at - closed[case]) < timedelta(seconds=1)
+        assert datetime.fromisoformat(row["due_at"]) - closed_at == timedelta(days=30)
+    header, csv_rows = world.csv_rows("retention-due", "a_dpo")
+    assert header == list(service.REPORTS["retention-due"])
+    assert csv_rows == [as_csv_cells(row) for row in rows]
+    assert world.report("retention-due", "a_dpo", format="csv").mimetype == "text/csv"
+    # The platform's officer sees every organisation's, or one's.
+    everyone = [r["case_id"] for r in world.rows("retention-due", "plat_dpo", limit=2)]
+    assert everyone == [world.case[c] for c in ("case4", "caseB", "case6")]
+    only_b = world.rows("retention-due", "plat_dpo", org_id=str(world.org["B"]))
+    assert [r["case_id"] for r in only_b] == [world.case["caseB"]]
+    assert world.rows("retention-due", "b_dpo") == only_b
+    world.report("retention-due", "a_dpo", 422, limit=0)
+
+
 # ---- JSON and CSV, scope, personal data, audit --------------------------------------------
 
 
@@ -635,11 +717,11 @@ def test_json_pages_and_csv_hold_the_same_rows_in_the_same_order(world: DpoWorld
             assert header == list(service.REPORTS[name]), name
             assert csv_rows == [as_csv_cells(row) for row in json_rows], (who, name)
     # The access log grows by one row per reading (each page's own): the CSV holds the
-    # JSON's rows after the readings made since.
+    # readings made since, then the JSON's rows.
     json_rows = world.rows("access-log", "a_dpo", case_id=world.case["case2"], limit=4)
     _, csv_rows = world.csv_rows("access-log", "a_dpo", case_id=world.case["case2"])
-    newest = json_rows[0]["audit_id"]
-    since = [row for row in csv_rows if int(row["audit_id"]) > newest]
+    since = csv_rows[: len(csv_rows) - len(json_rows)]
+    assert len(since) == 1 + (len(json_rows) - 1) // 4  # the later pages' and the export's
     assert {(row["action"], row["actor_id"]) for row in since} == {
         ("dpo:report", str(world.user["a_dpo"]))
     }
@@ -700,6 +782,22 @@ def test_an_organisations_dpo_cannot_ask_for_another_organisation(world: DpoWorl
     assert len(plat) == 4
 
 
+def test_an_org_id_naming_no_organisation_is_refused(world: DpoWorld) -> None:
+    """An empty report for a mistyped organisation would read as a clean one."""
+    made_up = str(uuid.uuid4())
+    calls = {**LISTS, "consent-summary": {}, "access-log": {"case_id": world.case["case1"]}}
+    for name, params in calls.items():
+        for fmt in ("json", "csv"):
+            response = world.report(name, "plat_dpo", 422, org_id=made_up, format=fmt, **params)
+            problem = assert_problem(response, 422)
+            assert problem["errors"] == {"query": {"org_id": ["No such organisation."]}}, name
+    # An organisation's officer is refused any other organisation, existing or not.
+    world.report("disclosures", "a_dpo", 403, org_id=made_up)
+    # A case id naming nothing is an empty answer on purpose (it is one of another
+    # organisation's cases as well).
+    assert world.rows("disclosures", "a_dpo", case_id=made_up) == []
+
+
 def test_every_report_call_is_audited(world: DpoWorld, app: Any) -> None:
     calls = {**LISTS, "consent-summary": {}, "access-log": {"case_id": world.case["case4"]}}
     for name, params in calls.items():
@@ -724,9 +822,7 @@ def test_every_report_call_is_audited(world: DpoWorld, app: Any) -> None:
 
 
 def test_a_cursor_is_checked(world: DpoWorld) -> None:
-    page = world.report("disclosures", "a_dpo", limit=2)
-    link = page.headers["Link"]
-    cursor = link[link.index("cursor=") + 7 :].split("&")[0].split(">")[0]
+    cursor = next_cursor(world.report("disclosures", "a_dpo", limit=2))
     world.report("disclosures", "a_dpo", cursor=cursor)
     # Another report's cursor, and garbage, are refused.
     world.report("overrides", "a_dpo", 422, cursor=cursor)
@@ -735,6 +831,47 @@ def test_a_cursor_is_checked(world: DpoWorld) -> None:
     forged = keyset.encode_cursor("disclosures", ["2026-01-01", "not-an-id"])
     world.report("disclosures", "a_dpo", 422, cursor=forged)
     world.report("processing-without-basis", "a_dpo", 422, cursor=forged)
+
+
+def test_audit_row_reports_neither_show_nor_page_by_the_platform_wide_audit_id(
+    world: DpoWorld,
+) -> None:
+    """access-log and sign-in-failures read the audit table, whose ids are numbered across
+    the platform: two of them read a while apart would tell an officer how many audited
+    actions every other organisation performed in between. No row holds one, and the cursor
+    seals the position (as the case's own access log does) for the report and its scope."""
+    log = {"case_id": world.case["case1"]}
+    for name, params in (("access-log", log), ("sign-in-failures", {})):
+        first = world.report(name, "a_dpo", limit=1, **params)
+        row = first.get_json()[0]
+        assert set(row) == set(service.REPORTS[name])
+        assert not [v for v in row.values() if isinstance(v, int) and not isinstance(v, bool)]
+        assert world.csv_rows(name, "a_dpo", **params)[0] == list(service.REPORTS[name])
+        cursor = next_cursor(first)
+        # Sealed afresh each time: two cursors of one position are not alike.
+        assert cursor != next_cursor(world.report(name, "a_dpo", limit=1, **params))
+        # Pages and export from it: every older row once, the same in JSON and CSV.
+        rest = world.rows(name, "a_dpo", cursor=cursor, limit=1, **params)
+        assert rest and row not in rest
+        _, exported = world.csv_rows(name, "a_dpo", cursor=cursor, **params)
+        assert exported == [as_csv_cells(r) for r in rest]
+        # Altered, or a plain id as the report's cursors were: refused.
+        for bad in (cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB"), "12"):
+            world.report(name, "a_dpo", 422, cursor=bad, **params)
+        world.report(name, "a_dpo", 422, cursor=keyset.encode_cursor(name, [10**6]), **params)
+    # A cursor serves the report and scope it was sealed for only: not another case's log,
+    # not the case's own access log (nor the reverse), not another officer's scope.
+    cursor = next_cursor(world.report("access-log", "a_dpo", limit=1, **log))
+    world.report("access-log", "a_dpo", 422, cursor=cursor, case_id=world.case["case2"])
+    own_log = f"{API}/cases/{world.case['case1']}/access-log"
+    response = world.client.get(own_log, query_string={"cursor": cursor}, headers=world.h["a_sup"])
+    assert_problem(response, 422)
+    response = world.client.get(own_log, query_string={"limit": 1}, headers=world.h["a_sup"])
+    world.report("access-log", "a_dpo", 422, cursor=next_cursor(response), **log)
+    cursor = next_cursor(world.report("sign-in-failures", "plat_dpo", limit=1))
+    world.report("sign-in-failures", "plat_dpo", cursor=cursor)
+    world.report("sign-in-failures", "a_dpo", 422, cursor=cursor)
+    world.report("sign-in-failures", "plat_dpo", 422, cursor=cursor, org_id=str(world.org["A"]))
 
 
 def _exports_recorded(app: Any) -> list[str]:

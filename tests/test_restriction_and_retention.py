@@ -192,7 +192,9 @@ def test_restriction_refuses_every_processing_and_records_each_refusal(app, clie
     # under restriction), exactly as recorded, and can verify the chain that holds them.
     report = access_log_report(world, case_id)
     reported = [r for r in report if r["reason"] == "processing restricted"]
-    assert [r["audit_id"] for r in reported] == sorted((d.id for d in denials), reverse=True)
+    assert [(r["action"], r["actor_id"], r["resource_id"]) for r in reported] == [
+        (d.action, str(d.actor_id), d.resource_id) for d in reversed(denials)
+    ]
     assert {(r["decision"], r["actor_role"]) for r in reported} == {
         ("deny", "caseworker"),
         ("deny", "supervisor"),

@@ -1,8 +1,10 @@
 """Keyset pagination over a report's labelled columns, in any mix of directions.
 
 The cursor is opaque (base64 of JSON): the report's name and the sort key of the last row
-returned, each value tagged with its type so it binds back exactly. A cursor is only ever a
-position: the report's scope and filters are applied again on every page.
+returned, each value tagged with its type so it binds back exactly. A report ordered by a
+row id its reader must not see (the platform-wide audit ids) seals it instead
+(`pagination.seal_id_cursor`, for a purpose naming the report and its scope). A cursor is
+only ever a position: the report's scope and filters are applied again on every page.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from referral_api.pagination import MAX_ROW_ID, cursor_document, cursor_instant, invalid_cursor
+from referral_api.pagination import (
+    MAX_ROW_ID,
+    cursor_document,
+    cursor_instant,
+    invalid_cursor,
+    open_id_cursor,
+    seal_id_cursor,
+)
 
 # Rows fetched per round trip when a report is exported whole (server-side cursor on
 # PostgreSQL, so memory stays flat however many rows there are).
@@ -104,14 +113,36 @@ class Page:
     next_cursor: str | None
 
 
-def _ordered(report: str, base: Select[Any], order: Sequence[SortKey], cursor: str | None) -> Any:
+def _position(report: str, cursor: str, order: Sequence[SortKey], sealed: str | None) -> list[Any]:
+    if sealed is None:
+        return decode_cursor(report, cursor, [k.kind for k in order])
+    return [open_id_cursor(cursor, sealed)]
+
+
+def _cursor_after(
+    report: str, row: dict[str, Any], order: Sequence[SortKey], sealed: str | None
+) -> str:
+    values = [row[key.column] for key in order]
+    if sealed is None:
+        return encode_cursor(report, values)
+    (row_id,) = values
+    return seal_id_cursor(row_id, sealed)
+
+
+def _ordered(
+    report: str,
+    base: Select[Any],
+    order: Sequence[SortKey],
+    cursor: str | None,
+    sealed: str | None,
+) -> Any:
+    if sealed is not None and [key.kind for key in order] != ["i"]:
+        raise ValueError("a sealed cursor holds one row id")
     sub = base.subquery("report_rows")
     columns = [sub.c[key.column] for key in order]
     stmt = select(sub)
     if cursor:
-        stmt = stmt.where(
-            after(columns, order, decode_cursor(report, cursor, [k.kind for k in order]))
-        )
+        stmt = stmt.where(after(columns, order, _position(report, cursor, order, sealed)))
     return stmt.order_by(
         *(c.desc() if k.descending else c.asc() for c, k in zip(columns, order, strict=True))
     )
@@ -124,14 +155,16 @@ def page(
     order: Sequence[SortKey],
     cursor: str | None,
     limit: int,
+    sealed: str | None = None,
 ) -> Page:
-    """One page of `limit` rows after `cursor`, and the cursor of the next page."""
-    stmt = _ordered(report, base, order, cursor).limit(limit + 1)
+    """One page of `limit` rows after `cursor`, and the cursor of the next page (sealed for
+    the purpose `sealed` when given: the order is then one row id)."""
+    stmt = _ordered(report, base, order, cursor, sealed).limit(limit + 1)
     rows = [dict(row) for row in session.execute(stmt).mappings()]
     if len(rows) <= limit:
         return Page(rows, None)
     rows = rows[:limit]
-    return Page(rows, encode_cursor(report, [rows[-1][key.column] for key in order]))
+    return Page(rows, _cursor_after(report, rows[-1], order, sealed))
 
 
 def stream(
@@ -140,11 +173,12 @@ def stream(
     base: Select[Any],
     order: Sequence[SortKey],
     cursor: str | None,
+    sealed: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every row after `cursor`, in the same order as the pages, fetched in batches when
     iterated. The cursor is checked now (422), before an export's first byte is sent: once
     the response has started, an error can only cut it short."""
-    stmt = _ordered(report, base, order, cursor).execution_options(yield_per=EXPORT_BATCH)
+    stmt = _ordered(report, base, order, cursor, sealed).execution_options(yield_per=EXPORT_BATCH)
 
     def rows() -> Iterator[dict[str, Any]]:
         for row in session.execute(stmt).mappings():

@@ -141,7 +141,7 @@ def _security_measures(
 def record_of_processing(
     session: Session, actor: Actor, config: Mapping[str, Any], crypto: CryptoContext
 ) -> dict[str, Any]:
-    scope = report_scope(actor, "ropa", {})
+    scope = report_scope(session, actor, "ropa", {})
     org = session.get(Organisation, scope.org_id) if scope.org_id else None
     audit.record(
         session,

@@ -29,6 +29,8 @@ from referral_api.dpo.schemas import (
     QualityRowSchema,
     ReportFilterArgsSchema,
     ReportPageArgsSchema,
+    RetentionDueArgsSchema,
+    RetentionDueSchema,
     RopaSchema,
     SignInFailureRowSchema,
 )
@@ -201,6 +203,16 @@ def quality(args: dict[str, Any]) -> Any:
     """Consents without evidence, minors without a guardian, unknown notice versions"""
     known = list(current_app.config.get("KNOWN_NOTICE_VERSIONS") or [])
     return _report(service.quality, args, known)
+
+
+@blp.route("/dpo/reports/retention-due", methods=["GET"])
+@blp.requires(Permission.DPO_REPORTS)
+@blp.arguments(RetentionDueArgsSchema, location="query")
+@blp.response(200, RetentionDueSchema(many=True))
+@_csv_doc
+def retention_due(args: dict[str, Any]) -> Any:
+    """Closed cases past their retention period (legal holds flagged)"""
+    return _report(service.retention_due, args, current_app.config["RETENTION_POLICY"])
 
 
 @blp.route("/dpo/ropa", methods=["GET"])

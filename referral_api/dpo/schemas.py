@@ -17,6 +17,7 @@ from referral_api.auth.service import REFUSAL_REASONS
 from referral_api.consent.vocabulary import Purpose
 from referral_api.dpo.service import QUALITY_ISSUES
 from referral_api.pagination import PageArgsSchema
+from referral_api.rights.schemas import RetentionDueSchema
 from referral_api.schema_fields import AwareDateTime, Boolean
 
 _UUID: dict[str, Any] = {"allow_none": True}
@@ -33,10 +34,19 @@ def _codes() -> ma.fields.List:
 # ---- filters ------------------------------------------------------------------------------
 
 
-class ReportFilterArgsSchema(ma.Schema):
+class ReportArgsSchema(ma.Schema):
+    """What every report takes: whose records, and the format."""
+
     org_id = ma.fields.UUID(
         metadata={"description": "One organisation (data-protection officers of the platform)"}
     )
+    format = ma.fields.String(
+        validate=validate.OneOf(["json", "csv"]),
+        metadata={"description": "`csv` is the same as `Accept: text/csv`"},
+    )
+
+
+class ReportFilterArgsSchema(ReportArgsSchema):
     purpose = ma.fields.Enum(Purpose, by_value=True)
     recipient_org_id = ma.fields.UUID()
     recipient_org_type = ma.fields.Enum(OrgType, by_value=True)
@@ -49,10 +59,6 @@ class ReportFilterArgsSchema(ma.Schema):
         default_timezone=UTC,
         metadata={"description": "End of the date range (exclusive); UTC if no offset"},
     )
-    format = ma.fields.String(
-        validate=validate.OneOf(["json", "csv"]),
-        metadata={"description": "`csv` is the same as `Accept: text/csv`"},
-    )
 
     @ma.validates_schema
     def _range(self, data: dict[str, Any], **_: Any) -> None:
@@ -63,6 +69,10 @@ class ReportFilterArgsSchema(ma.Schema):
 class ReportPageArgsSchema(ReportFilterArgsSchema, PageArgsSchema):
     """Filters plus a page: a JSON page holds up to `limit` rows; CSV holds every row from
     the cursor on."""
+
+
+class RetentionDueArgsSchema(ReportArgsSchema, PageArgsSchema):
+    """A page of the cases due, or (CSV) every one from the cursor on."""
 
 
 class ConsentsExpiringArgsSchema(ReportPageArgsSchema):
@@ -168,7 +178,6 @@ class DisclosureRowSchema(ma.Schema):
 
 
 class AccessLogRowSchema(ma.Schema):
-    audit_id = ma.fields.Integer()
     occurred_at = _time()
     actor_type = ma.fields.String()
     actor_id = ma.fields.UUID(**_UUID)
@@ -202,7 +211,6 @@ class ErasureRowSchema(ma.Schema):
 
 
 class SignInFailureRowSchema(ma.Schema):
-    audit_id = ma.fields.Integer()
     occurred_at = _time()
     action = ma.fields.String(
         metadata={"description": "`auth:sign-in`, `auth:client-token` or `auth:refresh`"}
@@ -245,6 +253,7 @@ ROW_SCHEMAS: dict[str, type[ma.Schema]] = {
     "erasures": ErasureRowSchema,
     "sign-in-failures": SignInFailureRowSchema,
     "quality": QualityRowSchema,
+    "retention-due": RetentionDueSchema,
 }
 
 

@@ -66,10 +66,11 @@ from referral_api.dpo.derived_state import (
     provision_state,
 )
 from referral_api.dpo.keyset import SortKey
-from referral_api.exceptions import Conflict, Forbidden, NotFound
+from referral_api.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from referral_api.referrals.models import Disclosure, Referral
 from referral_api.referrals.service import SENT
 from referral_api.referrals.vocabulary import LIVE_STATUSES
+from referral_api.rights.service import retention_due_at, retention_due_select
 
 REPORT_ACTION = "dpo:report"
 REVIEW_ACTION = "dpo:override-review"
@@ -133,10 +134,16 @@ class Scope:
         return case((shown, case_column), else_=null())
 
 
-def report_scope(actor: Actor, report: str, filters: dict[str, Any]) -> Scope:
-    """The organisation(s) a report reads, as access.policy decides; a refusal is audited."""
+def report_scope(session: Session, actor: Actor, report: str, filters: dict[str, Any]) -> Scope:
+    """The organisation(s) a report reads, as access.policy decides; a refusal is audited.
+    An `org_id` naming no organisation is a 422: an empty report for it would read as a
+    clean one."""
     decision, org_id = decide_report_scope(actor, Permission.DPO_REPORTS, filters.get("org_id"))
     if decision.allowed:
+        if org_id not in (None, actor.org_id) and not session.scalar(
+            select(exists().where(_ORGS.c.id == org_id))
+        ):
+            raise ValidationFailed({"org_id": ["No such organisation."]}, location="query")
         return Scope(org_id)
     error = Forbidden(
         "Only a data-protection officer of the platform organisation reports on other "
@@ -262,10 +269,11 @@ def _exported(
     order: list[SortKey],
     cursor: str | None,
     shape: Callable[[dict[str, Any]], dict[str, Any]],
+    sealed: str | None,
 ) -> Iterator[dict[str, Any]]:
     """Every row, read when the export is written (in a transaction of its own); the
     cursor is checked now, before the response starts."""
-    rows = keyset.stream(session, name, base, order, cursor)
+    rows = keyset.stream(session, name, base, order, cursor, sealed)
 
     def shaped() -> Iterator[dict[str, Any]]:
         _tune(session)
@@ -283,19 +291,29 @@ def _listing(
     order: list[SortKey],
     filters: dict[str, Any],
     shape: Callable[[dict[str, Any]], dict[str, Any]],
+    sealed: str | None = None,
 ) -> Report:
-    """A page of `limit` rows, or (limit None) every row as a lazy export."""
+    """A page of `limit` rows, or (limit None) every row as a lazy export. `sealed`: the
+    purpose of a sealed cursor, for a report ordered by a row id it does not show."""
+    cursor = filters.get("cursor")
     if filters.get("limit") is None:
-        return Report(
-            name, columns, _exported(session, name, base, order, filters.get("cursor"), shape)
-        )
+        return Report(name, columns, _exported(session, name, base, order, cursor, shape, sealed))
     _tune(session)
-    page = keyset.page(session, name, base, order, filters.get("cursor"), filters["limit"])
+    page = keyset.page(session, name, base, order, cursor, filters["limit"], sealed)
     return Report(name, columns, [shape(row) for row in page.rows], page.next_cursor)
 
 
 def _scoped_consents(scope: Scope, filters: dict[str, Any]) -> list[ColumnElement[bool]]:
     return [scope.owns(_RECORDS.c.org_id), *_in_range(_RECORDS.c.created_at, filters)]
+
+
+def _not_erased(case_id_column: Any) -> ColumnElement[bool]:
+    """The case was not erased. An erased person's consents are records of what was: they
+    write no closing event (erasure cancels the referrals and destroys the evidence), so
+    they would go on reading `active`, in force and due for renewal, though nothing can be
+    disclosed or renewed again and there is no one left to ask. (Erased cases are few: the
+    database hashes their ids once and checks each row against them.)"""
+    return case_id_column.not_in(select(_CASES.c.id).where(_CASES.c.erased.is_(True)))
 
 
 # ---- consent-summary ----------------------------------------------------------------------
@@ -353,6 +371,7 @@ def _consent_summary_rows(
         select(r.c.id).where(*where) if scope.org_id else None,
         replay_late=any_late(session, at),
     )
+    where.append(_not_erased(p.c.case_id))
     if filters.get("purpose") is not None:
         where.append(p.c.purpose == filters["purpose"])
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
@@ -421,9 +440,10 @@ def consent_summary(session: Session, actor: Actor, filters: dict[str, Any]) -> 
     """Consents and provisions by derived consent state, purpose, recipient and controlling
     organisation. `consents` counts the distinct consents with a provision in the row (a
     consent with two purposes counts in both rows); `provisions_in_force` those a disclosure
-    decision would use now. Date range: when the consent was recorded."""
+    decision would use now. Erased cases are left out (`_not_erased`). Date range: when the
+    consent was recorded."""
     name = "consent-summary"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     _tune(session)
     at = now()
@@ -457,9 +477,10 @@ CONSENTS_EXPIRING_COLUMNS = (
 
 def consents_expiring(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     """Provisions of active consents whose effective end (their own `valid_until`, or the
-    latest renewal's) falls within `within_days` from now; soonest first."""
+    latest renewal's) falls within `within_days` from now; soonest first. Erased cases are
+    left out: no one can renew their consents."""
     name = "consents-expiring"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     at = now()
     horizon = at + timedelta(days=filters["within_days"])
@@ -474,6 +495,7 @@ def consents_expiring(session: Session, actor: Actor, filters: dict[str, Any]) -
     where = _scoped_consents(scope, filters)
     states = consent_states(at, select(r.c.id).where(r.c.id.in_(ending), *where))
     until = effective_until(states, p)
+    where.append(_not_erased(r.c.case_id))
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
     if filters.get("purpose") is not None:
         where.append(p.c.purpose == filters["purpose"])
@@ -754,7 +776,7 @@ def processing_without_basis(session: Session, actor: Actor, filters: dict[str, 
     then judged by `consent.decision.decide_disclosure` over its case's consent metadata, so a
     referral covered by several provisions together is not reported."""
     name = "processing-without-basis"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     at = now()
     r, o = _REFERRALS, _ORGS
@@ -870,7 +892,7 @@ def overrides(session: Session, actor: Actor, filters: dict[str, Any]) -> Report
     The receiving organisation sees only the referrals sent to it: one never sent does not
     exist for it."""
     name = "overrides"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     r = _REFERRALS
     where = [
@@ -898,7 +920,7 @@ def review_override(session: Session, actor: Actor, referral_id: uuid.UUID) -> d
     (or the platform's) reviews it; anyone else outside the referral gets 404 — so does the
     receiving organisation's DPO for a referral never sent (it does not exist for them); for
     a sent one they get 403."""
-    scope = report_scope(actor, "overrides", {})
+    scope = report_scope(session, actor, "overrides", {})
     r = _REFERRALS
     found = session.execute(
         select(
@@ -984,7 +1006,7 @@ def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Repo
     reason), when, and when the recipient acknowledged it. `case_id` narrows to one of the
     organisation's own cases. Newest first; date range: disclosed."""
     name = "disclosures"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters, case_id=_case_in_scope(session, scope, filters))
     d, o = _DISCLOSURES, _ORGS
     where = [scope.party(d.c.from_org_id, d.c.to_org_id), *_in_range(d.c.disclosed_at, filters)]
@@ -1030,10 +1052,44 @@ def disclosures(session: Session, actor: Actor, filters: dict[str, Any]) -> Repo
     return _listing(session, name, DISCLOSURES_COLUMNS, base, order, filters, shape)
 
 
+# ---- audit rows: access-log, sign-in-failures ---------------------------------------------
+
+# Audit rows are paged newest first by their id, which is numbered across the platform: two
+# ids read a while apart would tell an officer how much every other organisation did in
+# between. The rows leave it out, and the cursor seals it (`pagination.seal_id_cursor`, as
+# the case's own access log does) for a purpose naming the report and its scope, so that a
+# cursor of another case's log or of another scope is refused.
+_AUDIT_ROW = "audit_row"
+
+
+def _sealed_for(name: str, scope: Scope, case_id: uuid.UUID | None = None) -> str:
+    purpose = f"dpo report {name} of {scope.org_id or 'every organisation'}"
+    return purpose if case_id is None else f"{purpose} case {case_id}"
+
+
+def _audit_listing(
+    session: Session,
+    name: str,
+    columns: tuple[str, ...],
+    base: Select[Any],
+    filters: dict[str, Any],
+    shape: Callable[[dict[str, Any]], dict[str, Any]],
+    sealed: str,
+) -> Report:
+    """A page (or the export) of audit rows selected with their id as `_AUDIT_ROW`."""
+
+    def shown(row: dict[str, Any]) -> dict[str, Any]:
+        shaped = shape(row)
+        del shaped[_AUDIT_ROW]
+        return shaped
+
+    order = [SortKey(_AUDIT_ROW, "i", True)]
+    return _listing(session, name, columns, base, order, filters, shown, sealed)
+
+
 # ---- access-log ---------------------------------------------------------------------------
 
 ACCESS_LOG_COLUMNS = (
-    "audit_id",
     "occurred_at",
     "actor_type",
     "actor_id",
@@ -1056,7 +1112,7 @@ def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Repor
     officer), role, organisation, when, what, which categories, allowed or denied, on what
     basis. Newest first; this report's own reading is the first row. 404 outside scope."""
     name = "access-log"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     case_id = filters["case_id"]
     # Record scope by the policy (a platform DPO: any case; otherwise the own organisation's),
     # then the report's own organisation filter. An erased case keeps its log.
@@ -1084,7 +1140,7 @@ def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Repor
     if filters.get("purpose") is not None:
         where.append(a.c.purpose == filters["purpose"].value)
     base = select(
-        a.c.id.label("audit_id"),
+        a.c.id.label(_AUDIT_ROW),
         a.c.occurred_at,
         a.c.actor_type,
         a.c.actor_id,
@@ -1106,8 +1162,9 @@ def access_log(session: Session, actor: Actor, filters: dict[str, Any]) -> Repor
     def shape(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "categories": _split(row["categories"])}
 
-    order = [SortKey("audit_id", "i", True)]
-    return _listing(session, name, ACCESS_LOG_COLUMNS, base, order, filters, shape)
+    return _audit_listing(
+        session, name, ACCESS_LOG_COLUMNS, base, filters, shape, _sealed_for(name, scope, case_id)
+    )
 
 
 # ---- erasures -----------------------------------------------------------------------------
@@ -1144,7 +1201,7 @@ def erasures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
     who approved, on which Art. 17 ground, what was destroyed (counts) and a digest of the
     destroyed wrapped keys. No personal data. Newest first; date range: erased."""
     name = "erasures"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     t = erasure_register_table()
     if t is None:
@@ -1161,7 +1218,6 @@ def erasures(session: Session, actor: Actor, filters: dict[str, Any]) -> Report:
 # ---- sign-in-failures ---------------------------------------------------------------------
 
 SIGN_IN_FAILURES_COLUMNS = (
-    "audit_id",
     "occurred_at",
     "action",
     "account_type",
@@ -1180,11 +1236,11 @@ def sign_in_failures(session: Session, actor: Actor, filters: dict[str, Any]) ->
     started, the request id. Attempts on no account at all have no organisation: only a
     data-protection officer of the platform sees them. Newest first; date range: occurred."""
     name = "sign-in-failures"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     a = _AUDIT
     base = select(
-        a.c.id.label("audit_id"),
+        a.c.id.label(_AUDIT_ROW),
         a.c.occurred_at,
         a.c.action,
         a.c.resource_type.label("account_type"),
@@ -1204,8 +1260,9 @@ def sign_in_failures(session: Session, actor: Actor, filters: dict[str, Any]) ->
         details = json.loads(row["locked"]) if row["locked"] else {}
         return {**row, "locked": list(details.get("locked", ()))}
 
-    order = [SortKey("audit_id", "i", True)]
-    return _listing(session, name, SIGN_IN_FAILURES_COLUMNS, base, order, filters, shape)
+    return _audit_listing(
+        session, name, SIGN_IN_FAILURES_COLUMNS, base, filters, shape, _sealed_for(name, scope)
+    )
 
 
 # ---- quality ------------------------------------------------------------------------------
@@ -1234,7 +1291,7 @@ def quality(
     are left out (their evidence was destroyed on purpose). Newest first; date range:
     consent recorded."""
     name = "quality"
-    scope = report_scope(actor, name, filters)
+    scope = report_scope(session, actor, name, filters)
     _audit(session, actor, name, filters)
     r = _RECORDS
     problems: dict[str, ColumnElement[bool]] = {
@@ -1245,10 +1302,8 @@ def quality(
         else literal(True),
     }
     wanted = [problems[filters["issue"]]] if filters.get("issue") else list(problems.values())
-    # An erased person's consents are records of what was, with their evidence destroyed on
-    # purpose: nothing to fix there.
-    erased = select(Case.id).where(Case.erased.is_(True))
-    where = [or_(*wanted), r.c.case_id.not_in(erased), *_scoped_consents(scope, filters)]
+    # An erased person's consents have their evidence destroyed on purpose: nothing to fix.
+    where = [or_(*wanted), _not_erased(r.c.case_id), *_scoped_consents(scope, filters)]
     provision_filters = _recipient_filters(
         _PROVISIONS.c.recipient_org_id, _PROVISIONS.c.recipient_org_type, filters
     )
@@ -1275,6 +1330,47 @@ def quality(
     return _listing(session, name, QUALITY_COLUMNS, base, order, filters, shape)
 
 
+# ---- retention-due ------------------------------------------------------------------------
+
+RETENTION_DUE_COLUMNS = (
+    "case_id",
+    "org_id",
+    "case_type",
+    "closed_at",
+    "due_at",
+    "legal_hold",
+)
+
+
+def retention_due(
+    session: Session,
+    actor: Actor,
+    filters: dict[str, Any],
+    policy: dict[str, dict[str, int]] | None,
+) -> Report:
+    """Closed cases past their retention period under `policy` (days after closure, per
+    case type), legal holds flagged: what `referral-api retention run` would erase. Oldest
+    closure first."""
+    name = "retention-due"
+    scope = report_scope(session, actor, name, filters)
+    _audit(session, actor, name, filters)
+    periods = policy or {}  # none configured: nothing is due
+    base = retention_due_select(periods, now(), scope.org_id)
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "case_id": row["case_id"],
+            "org_id": row["org_id"],
+            "case_type": str(row["case_type"]),
+            "closed_at": row["closed_at"],
+            "due_at": retention_due_at(periods, row["case_type"], row["closed_at"]),
+            "legal_hold": bool(row["legal_hold"]),
+        }
+
+    order = [SortKey("closed_at", "d"), SortKey("case_id", "u")]
+    return _listing(session, name, RETENTION_DUE_COLUMNS, base, order, filters, shape)
+
+
 REPORTS: dict[str, tuple[str, ...]] = {
     "consent-summary": CONSENT_SUMMARY_COLUMNS,
     "consents-expiring": CONSENTS_EXPIRING_COLUMNS,
@@ -1285,4 +1381,5 @@ REPORTS: dict[str, tuple[str, ...]] = {
     "erasures": ERASURES_COLUMNS,
     "sign-in-failures": SIGN_IN_FAILURES_COLUMNS,
     "quality": QUALITY_COLUMNS,
+    "retention-due": RETENTION_DUE_COLUMNS,
 }

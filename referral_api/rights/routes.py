@@ -1,10 +1,9 @@
-"""Data-subject rights: export (Art. 15/20), erasure (Art. 17), restriction (Art. 18),
-legal holds, and the retention-due list for DPOs."""
+"""Data-subject rights: export (Art. 15/20), erasure (Art. 17), restriction (Art. 18) and
+legal holds. (The DPO's retention-due report is with the other reports, in dpo/.)"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +22,6 @@ from referral_api.rights.schemas import (
     LegalHoldStateSchema,
     RestrictionSchema,
     RestrictionStateSchema,
-    RetentionDueSchema,
     TombstoneSchema,
 )
 from referral_api.smorest import Blueprint, current_actor
@@ -146,18 +144,3 @@ def restriction(data: dict[str, Any], case_id: uuid.UUID) -> Any:
     case = service.set_restriction(db.session, current_actor(), case_id, data["restricted"])
     db.session.commit()
     return {"case_id": case.id, "restricted": case.restricted}
-
-
-@blp.route("/dpo/reports/retention-due", methods=["GET"])
-@blp.requires(Permission.DPO_REPORTS)
-@blp.response(200, RetentionDueSchema(many=True))
-def retention_due() -> Any:
-    """Closed cases past their retention period (legal holds flagged)"""
-    actor = current_actor()
-    org = service.organisations_in_scope(actor, Permission.DPO_REPORTS)
-    rows = service.retention_due(db.session, current_app.config["RETENTION_POLICY"], org_id=org)
-    service.audit.record(
-        db.session, actor, "dpo:report", resource_type="report", details={"report": "retention-due"}
-    )
-    db.session.commit()
-    return [asdict(row) for row in rows]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, and_, delete, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
@@ -794,42 +794,60 @@ class RetentionDue:
     legal_hold: bool
 
 
+def retention_due_select(
+    policy: dict[str, dict[str, int]], at: datetime, org_id: uuid.UUID | None = None
+) -> Select[Any]:
+    """The closed cases past their retention period at `at` (days after closure, per case
+    type), not erased, as one unordered statement: `case_id`, `org_id`, `case_type`,
+    `closed_at`, `legal_hold` (a hold not lifted). `retention_due_at` gives each one's due
+    date. (The DPO's report pages it; `retention_due` reads it whole.)"""
+    cases = Case.__table__.c
+    held = select(LegalHold.case_id).where(LegalHold.lifted_at.is_(None))
+    past = [
+        and_(cases.case_type == case_type, cases.closed_at <= at - timedelta(days=days))
+        for case_type, periods in sorted(policy.items())
+        if (days := periods.get("closed")) is not None
+    ]
+    stmt = select(
+        cases.id.label("case_id"),
+        cases.org_id,
+        cases.case_type,
+        cases.closed_at,
+        cases.id.in_(held).label("legal_hold"),
+    ).where(
+        cases.status == CaseStatus.CLOSED,
+        cases.erased.is_(False),
+        cases.closed_at.is_not(None),
+        or_(false(), *past),
+    )
+    if org_id is not None:
+        stmt = stmt.where(cases.org_id == org_id)
+    return stmt
+
+
+def retention_due_at(
+    policy: dict[str, dict[str, int]], case_type: str, closed_at: datetime
+) -> datetime:
+    """When a case of `case_type` closed at `closed_at` is due (a type the policy keeps)."""
+    return closed_at + timedelta(days=policy[str(case_type)]["closed"])
+
+
 def retention_due(
     session: Session,
     policy: dict[str, dict[str, int]],
     at: datetime | None = None,
     org_id: uuid.UUID | None = None,
 ) -> list[RetentionDue]:
-    """Closed cases past their retention period (days after closure, per case type)."""
-    at = at or now()
-    held = select(LegalHold.case_id).where(LegalHold.lifted_at.is_(None))
-    due: list[RetentionDue] = []
-    for case_type, periods in sorted(policy.items()):
-        days = periods.get("closed")
-        if days is None:
-            continue
-        stmt = select(
-            Case.id, Case.org_id, Case.case_type, Case.closed_at, Case.id.in_(held)
-        ).where(
-            Case.case_type == case_type,
-            Case.status == CaseStatus.CLOSED,
-            Case.erased.is_(False),
-            Case.closed_at.is_not(None),
-            Case.closed_at <= at - timedelta(days=days),
+    """Every closed case past its retention period, oldest closure first."""
+    stmt = retention_due_select(policy, at or now(), org_id)
+    return [
+        RetentionDue(
+            row.case_id,
+            row.org_id,
+            str(row.case_type),
+            row.closed_at,
+            retention_due_at(policy, row.case_type, row.closed_at),
+            bool(row.legal_hold),
         )
-        if org_id is not None:
-            stmt = stmt.where(Case.org_id == org_id)
-        for cid, oid, ctype, closed_at, on_hold in session.execute(stmt.order_by(Case.closed_at)):
-            if closed_at is None:  # never: the query compares closed_at, NULL matches nothing
-                continue
-            due.append(
-                RetentionDue(
-                    cid,
-                    oid,
-                    ctype.value,
-                    closed_at,
-                    closed_at + timedelta(days=days),
-                    bool(on_hold),
-                )
-            )
-    return due
+        for row in session.execute(stmt.order_by("closed_at", "case_id"))
+    ]
