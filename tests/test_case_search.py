@@ -240,6 +240,11 @@ def test_malformed_searches_are_422(client: Any, team: Team) -> None:
         {"phone": "1"},
         {"name": ""},
         {"name": "x" * 201},
+        # A misspelt parameter answered the whole list, every case's identity, as if each
+        # had matched (a reviewer's probe): an unknown parameter is refused.
+        {"nmae": "Olena"},
+        {"document": "FA123456"},
+        {"dob": "1999-04-02"},
     ]
     failures = []
     for query in malformed:
@@ -793,3 +798,37 @@ def test_a_name_is_matched_as_the_terms_it_is_indexed_under_would_match() -> Non
             term = normalise_name(query)
             expected = term in _name_terms(person, "GB")  # type: ignore[arg-type]
             assert _name_matches(person, term) is expected, (person, query)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query", "categories"),
+    [
+        ({"phone": "+380501234567"}, "contact,identity"),
+        ({"name": "Olena"}, "identity"),
+        ({"document_number": "FA123456"}, "identity"),
+    ],
+)
+def test_a_search_hit_records_the_categories_it_compared(
+    ukrainian_phones: None, app: Any, client: Any, team: Team, query: Any, categories: str
+) -> None:
+    """A phone search that finds a case decrypted its contact and confirmed it to the
+    searcher, but the row named identity only (the categories shown), less than a false
+    positive's row names (a reviewer's probe): a hit names what it showed and compared."""
+    case = new_case(
+        client,
+        team.headers,
+        **person(
+            "Olena",
+            "Kovalenko",
+            phone="+380501234567",
+            documents=[{"type": "passport", "country": "UA", "number": "FA123456"}],
+        ),
+    )
+    response = client.get(f"{API}/cases", query_string=query, headers=team.headers)
+    assert [item["id"] for item in response.get_json()] == [case]
+    logged = rows(
+        app,
+        "SELECT action, categories FROM audit_events WHERE request_id = :rid",
+        rid=response.headers["X-Request-ID"],
+    )
+    assert logged == [("case:read", categories)]

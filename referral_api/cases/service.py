@@ -664,8 +664,15 @@ def list_cases(
             else:
                 compared.append(case)
         page = Page(matched, page.next_cursor)
+    # The searched fields' categories: decrypted to compare with the terms, for a match
+    # and a false positive alike (a phone search that finds a case confirms its contact).
+    searched = {
+        Case.__encrypted_fields__[attr].category
+        for field, _ in terms
+        for attr in search.SOURCE_FIELDS[field]
+    }
     # One row per case shown, written together (a page holds up to 100).
-    categories = [c.value for c in shown]
+    categories = sorted(c.value for c in shown | searched)
     via = {"via": "search" if searching else "list"}
     audit.record_many(
         session,
@@ -682,13 +689,7 @@ def list_cases(
         # Blind-index false positives: their searched fields were decrypted to compare
         # them with the term, then dropped. Nothing was disclosed, but the person's data
         # was processed, so their log says so.
-        compared_categories = sorted(
-            {
-                Case.__encrypted_fields__[attr].category.value
-                for field, _ in terms
-                for attr in search.SOURCE_FIELDS[field]
-            }
-        )
+        compared_categories = sorted(c.value for c in searched)
         audit.record_many(
             session,
             actor,
