@@ -152,6 +152,12 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "arabic harakat": (["مُحَمَّد", "محمد"], ["محمد", "مُحَمَّد"]),
     "arabic taa marbuta": (["فاطمة"], ["فاطمه", "فاطمة"]),
     "arabic alef maksura": (["ليلى"], ["ليلي", "ليلى"]),
+    # Rules 3 (reviewer's probes): the dotless ı against the capitals I of the same name,
+    # and the marks typed for an apostrophe (Uzbek ʻ, left quote, acute accent).
+    "dotless i": (["Yıldız"], ["YILDIZ", "yildiz", "Yıldız"]),
+    "dotless i capitals": (["IŞIK"], ["Işık", "ışık", "isik"]),
+    "uzbek apostrophe": (["Toʻxtayev"], ["To'xtayev", "Toxtayev"]),
+    "accent as apostrophe": (["D´Angelo"], ["D'Angelo", "DAngelo", "D‘Angelo"]),
 }
 
 
@@ -189,6 +195,27 @@ def test_phone_in_national_or_e164_form(ukrainian_phones: None, client: Any, tea
     assert search(client, team.headers, phone="+442079460958") == [foreign]
     assert search(client, team.headers, phone="020 7946 0958") == []  # read as Ukrainian
     assert search(client, team.headers, phone="0501234568") == []
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "+380501234567 (18:00-20:00)",  # a note holding digits
+        "+380 50 123 45 67 / 067 123 45 67",  # a second number
+        "050 123 4567 / 067 123 4567",
+        "0501234567 0671234567",
+    ],
+)
+def test_a_phone_is_its_first_number_whatever_follows(
+    ukrainian_phones: None, client: Any, team: Team, stored: str
+) -> None:
+    """Rules 2 read a phone up to its last digit before a letter: a note with digits or a
+    second number became part of it, and the person was not found by their number (a
+    reviewer's probe). Rules 3 read the first number."""
+    case = new_case(client, team.headers, **person("A", "B", phone=stored))
+    for query in ("+380501234567", "050 123 45 67"):
+        assert search(client, team.headers, phone=query) == [case], query
+    assert search(client, team.headers, phone="+380671234567") == []
 
 
 def test_document_number_normalisation(client: Any, team: Team) -> None:

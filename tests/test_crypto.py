@@ -791,24 +791,26 @@ def test_normalised_names_have_no_marks_punctuation_or_case():
 
 
 def _normalise_name_as_first_written(value: str) -> str:
-    """normalise_name of rules 2 (blind_index.RULES) written plainly, a Python test per
+    """normalise_name of rules 3 (blind_index.RULES) written plainly, a Python test per
     character: every index entry stored is keyed by its output, so a faster version must
     give the same string for every input (a different one would make stored cases
-    unfindable). A change of the rules changes this and RULES together (rules 1: without
-    the Persian folds, the tatweel and the format characters)."""
+    unfindable). A change of the rules changes this and RULES together (rules 2: without
+    the dotless ı and the apostrophes ʻ ‘ ´ ′; rules 1: without the Persian folds, the
+    tatweel and the format characters either)."""
     import re
     import unicodedata
 
     from referral_api.crypto.blind_index import RULES
 
-    assert RULES == 2
+    assert RULES == 3
     arabic = str.maketrans(
         {"أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ة": "ه", "ى": "ي", "ی": "ي", "ک": "ك", "ـ": None}
     )
-    text = unicodedata.normalize("NFKC", value).translate(arabic)
+    text = unicodedata.normalize("NFKC", value.replace("´", "")).translate(arabic)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
-    text = text.translate(str.maketrans("", "", "'’ʼ`"))
+    text = text.translate(str.maketrans("", "", "'’ʼ`ʻ‘´′"))
+    text = text.replace("ı", "i")
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
     text = "".join(ch if ch.isalnum() else " " for ch in text)
     text = re.sub(r"([aou])e", r"\1", text)
@@ -837,7 +839,7 @@ def test_normalise_name_gives_what_it_first_gave_for_any_text():
         (0xFF00, 0xFFEF),  # fullwidth
         (0x1F300, 0x1F6FF),  # emoji
     ]
-    alphabet = "'’ʼ` -\t\n" + "aeiouAEIOU" + "ÄÖÜäöüß"
+    alphabet = "'’ʼ`ʻ‘´′ı -\t\n" + "aeiouAEIOU" + "ÄÖÜäöüß"
     samples = ["", " ", "ǅ", "ﬁ", "İ", "ẞ", "Ǆemal", "Å", "ﷺ", "ﾊﾟ"]
     for _ in range(4000):
         parts = []

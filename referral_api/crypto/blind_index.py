@@ -9,20 +9,24 @@ Normalisation rules (documented for users in docs/search.md), version `RULES`:
   case-folded (ß → ss); German umlaut spellings folded (ae → a, oe → o, ue → u, so Müller,
   MULLER and Mueller match); Arabic alef forms → ا, taa marbuta → ه, alef maksura and
   Persian yeh → ي, Persian keheh → ك, tatweel removed; Cyrillic ё → е, й → и; invisible
-  format characters (soft hyphen, zero-width space and joiners) removed; punctuation,
-  apostrophes and hyphens removed; whitespace collapsed.
-- phones: the number at the start of the text (a note after it, "(sister)", is not part of
-  it), parsed with libphonenumber and formatted E.164 (national forms use the deployment's
-  default region); unparseable input falls back to digits only.
+  format characters (soft hyphen, zero-width space and joiners) removed; Turkish dotless ı
+  → i (so Yıldız matches YILDIZ); apostrophes (' ’ ʼ ` ʻ ‘ ´ ′) removed; other punctuation
+  and hyphens a space; whitespace collapsed.
+- phones: the first number in the text (a note after it, "(sister)", "(18:00-20:00)", or a
+  second number, is not part of it), parsed with libphonenumber and formatted E.164
+  (national forms use the deployment's default region); unparseable input falls back to
+  digits only.
 - document numbers: letters and digits of any script, upper-cased; digits of any script as
   ASCII digits; Cyrillic letters that look like Latin ones (А В Е К М Н О Р С Т У Х) as those.
 - dates: ISO 8601 `YYYY-MM-DD`.
 
-Rules 1 (before 2026-11-30) kept only ASCII letters and digits of a document number, read a
-phone's trailing words as digits (a vanity number), and kept tatweel, Persian yeh and keheh
-and format characters: entries stored under them differ for such values until
-`referral-api keys rotate-index` recomputes them (each index key records the rules its
-entries were computed under; `keys status` counts them).
+Rules 2 (2026-11-30) kept the dotless ı and the apostrophes ʻ ‘ ´ ′ (‘ and ´ as a space),
+and read a phone up to its last digit before a letter, so a note with digits or a second
+number became part of it. Rules 1 (before 2026-11-30) kept only ASCII letters and digits of
+a document number, read a phone's trailing words as digits (a vanity number), and kept
+tatweel, Persian yeh and keheh and format characters. Entries stored under older rules
+differ for such values until `referral-api keys rotate-index` recomputes them (each index
+key records the rules its entries were computed under; `keys status` counts them).
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
+from phonenumbers import Leniency
 
 # The version of these rules; each index key records the one its entries were made under.
-RULES = 2
+RULES = 3
 
 _SPACES = re.compile(r"\s+")
 _ARABIC_FOLDS = str.maketrans(
@@ -54,7 +59,12 @@ _ARABIC_FOLDS = str.maketrans(
     }
 )
 _UMLAUT_DIGRAPHS = re.compile(r"([aou])e")
-_APOSTROPHES = frozenset("'’ʼ`")
+# Apostrophes and the marks typed for one (Uzbek ʻ, left quote, acute accent, prime).
+_APOSTROPHES = frozenset("'’ʼ`ʻ‘´′")
+# Before the compatibility form: it turns the acute accent ´ into a space and a mark.
+_BEFORE_COMPATIBILITY = str.maketrans({"´": None})
+# After case folding, which keeps the dotless ı (its capital I folds to i).
+_AFTER_FOLDING = {"ı": "i"}
 
 
 class _CharacterTable(dict[int, int | str | None]):
@@ -83,12 +93,13 @@ _REMEMBERED = 20_000
 # Combining marks (accents, diacritics, harakat) dropped after NFKD.
 _DROP_COMBINING = _CharacterTable(lambda ch: None if unicodedata.combining(ch) else ch)
 # After case folding: apostrophes and invisible format characters (soft hyphen, zero-width
-# space and joiners: Unicode category Cf) dropped, anything not a letter or digit a space.
+# space and joiners: Unicode category Cf) dropped, the dotless ı an i, anything not a letter
+# or digit a space.
 _WORD_CHARACTERS = _CharacterTable(
     lambda ch: (
         None
         if ch in _APOSTROPHES or unicodedata.category(ch) == "Cf"
-        else ch
+        else _AFTER_FOLDING.get(ch, ch)
         if ch.isalnum()
         else " "
     )
@@ -96,7 +107,8 @@ _WORD_CHARACTERS = _CharacterTable(
 
 
 def normalise_name(value: str) -> str:
-    text = unicodedata.normalize("NFKC", value).translate(_ARABIC_FOLDS)
+    text = value.translate(_BEFORE_COMPATIBILITY)
+    text = unicodedata.normalize("NFKC", text).translate(_ARABIC_FOLDS)
     text = unicodedata.normalize("NFKD", text).translate(_DROP_COMBINING).casefold()
     text = text.translate(_WORD_CHARACTERS)
     text = _UMLAUT_DIGRAPHS.sub(r"\1", text)
@@ -109,15 +121,27 @@ _LEADING_NUMBER = re.compile(r"\(?[+\d][\d\s().\-/]*\d")
 
 
 def normalise_phone(value: str, default_region: str) -> str:
+    region = default_region.upper()
     leading = _LEADING_NUMBER.search(value)
-    if leading is not None:
-        value = leading.group()
+    candidate = leading.group() if leading is not None else value
     try:
-        number = phonenumbers.parse(value, default_region.upper())
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        number: phonenumbers.PhoneNumber | None = phonenumbers.parse(candidate, region)
     except phonenumbers.NumberParseException:
-        digits = re.sub(r"\D", "", value)
-        return f"+{digits}" if value.strip().startswith("+") else digits
+        number = None
+    if number is None or not phonenumbers.is_possible_number(number):
+        # Too long for a number: the run of digits took in a note ("(18:00-20:00)") or a
+        # second number ("050 123 4567 / 067 123 4567"). libphonenumber's own finder reads
+        # the first number in the text (only then: it costs several times a parse).
+        found = next(
+            iter(phonenumbers.PhoneNumberMatcher(value, region, leniency=Leniency.POSSIBLE)),
+            None,
+        )
+        if found is not None:
+            number = found.number
+    if number is not None:
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    digits = re.sub(r"\D", "", candidate)
+    return f"+{digits}" if candidate.strip().startswith("+") else digits
 
 
 # Cyrillic capitals that look like Latin ones: a series typed either way is the same one.
