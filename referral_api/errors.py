@@ -149,7 +149,7 @@ _SQLITE_BUSY_OR_LOCKED = frozenset({5, 6})
 _ROTATED_AWAY = ("23503", "fk_case_keys_org_id_org_keys")
 
 
-def _transaction_conflict(error: DBAPIError) -> bool:
+def is_transaction_conflict(error: DBAPIError) -> bool:
     orig = error.orig
     if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
         return True
@@ -166,7 +166,7 @@ def handle_database_error(error: DBAPIError) -> Response:
     # SQLAlchemy has then discarded it and every older pooled connection), or no connection
     # could be made at all (no statement was run). Any other database error is a bug.
     cause = type(error.orig).__name__
-    if _transaction_conflict(error):
+    if is_transaction_conflict(error):
         return _retry_later(
             "/problems/transaction-conflict",
             "A concurrent change got in the way and nothing was stored. Retry the request.",

@@ -9,16 +9,23 @@ begins IMMEDIATE (it takes the write lock), so a session left open would block t
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import LargeBinary, text
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.db import Base
 
 API = "/api/v1"
+
+needs_postgres = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="two writers at once need PostgreSQL (SQLite runs one writer at a time)",
+)
 ALL_CATEGORIES = [
     "identity",
     "contact",

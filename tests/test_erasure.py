@@ -570,6 +570,34 @@ def test_only_a_supervisor_requests_and_only_a_dpo_of_the_case_approves(app, cli
     assert denied >= 5
 
 
+def test_a_request_cannot_claim_the_retention_schedules_basis(app, client, world):
+    """`retention_expired` is the retention run's own basis (no request, no requester): a
+    supervisor's request naming it would register a manual erasure as the schedule's."""
+    case_id = world.case(new_token("basis"))
+    refused = client.post(
+        f"{API}/cases/{case_id}/erasure",
+        json={"basis": "retention_expired"},
+        headers=world.h["sup"],
+    )
+    assert "basis" in assert_problem(refused, 422)["errors"]["json"]
+    assert world.sql("SELECT count(*) FROM erasure_requests") == [(0,)]
+    assert world.sql("SELECT count(*) FROM audit_events WHERE action = 'case:erasure-request'") == [
+        (0,)
+    ]
+    # The request body's documented bases are exactly the ones a request may give.
+    spec = ok(client.get(f"{API}/openapi.json"))
+    basis = spec["components"]["schemas"]["ErasureCreate"]["properties"]["basis"]
+    assert basis["enum"] == [
+        "consent_withdrawn",
+        "no_longer_necessary",
+        "objection",
+        "unlawful_processing",
+        "legal_obligation",
+    ]
+    world.request_erasure(case_id, "legal_obligation")
+    assert world.sql("SELECT basis FROM erasure_requests") == [("legal_obligation",)]
+
+
 def test_the_dpo_cannot_approve_their_own_request(app, client, factory, world):
     """DPOs lack `case:erasure-request`, so a DPO can only be the requester if the person
     requested as a supervisor and was then made the DPO (roles are reloaded from the

@@ -11,14 +11,22 @@ skipping legal holds.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from conftest import assert_problem
-from rights_support import API, World, consent_body, new_token, ok, uuid_param
+from race_support import run_during
+from rights_support import (
+    API,
+    World,
+    consent_body,
+    needs_postgres,
+    new_token,
+    ok,
+    uuid_param,
+)
 from sqlalchemy import select, update
 
 from referral_api.audit.models import AuditEvent
@@ -465,6 +473,108 @@ def test_retention_apply_leaves_cases_that_changed_after_listing(
     assert [str(t.case_id) for t in world.scalars(select(ErasureTombstone))] == [ids["foreign"]]
 
 
+def test_a_database_conflict_on_one_case_leaves_it_for_the_next_run(
+    app, client, runner, world, monkeypatch
+):
+    """A deadlock (or serialization failure, or lock timeout) on one case aborts that case's
+    erasure only: nothing of it is stored, the others are erased, the summary counts it and
+    the run exits 1 so the timer reports it; the next run erases it."""
+    from psycopg.errors import DeadlockDetected
+    from sqlalchemy.exc import OperationalError
+
+    from referral_api.rights import service as rights_service
+
+    schedule = Schedule(world)
+    ids = schedule.ids
+    conflicted = uuid.UUID(ids["due_thb"])  # erased between the foreign case and due_gbv
+    real = rights_service._audit
+
+    def deadlocked_at_the_end(session: Any, actor: Any, action: str, case_id: Any, **kw: Any):
+        if action == "case:erase" and case_id == conflicted:
+            # Everything cleared and the tombstone flushed: all of it must roll back.
+            raise OperationalError("UPDATE cases", {}, DeadlockDetected("deadlock detected"))
+        return real(session, actor, action, case_id, **kw)
+
+    monkeypatch.setattr(rights_service, "_audit", deadlocked_at_the_end)
+    result = runner.invoke(args=["retention", "run", "--apply"])
+    assert result.exit_code == 1, (result.output, repr(result.exception))
+    assert (
+        "2 cases erased, 1 skipped under legal hold, 1 failed on a database conflict"
+        " (retry later)" in result.output
+    )
+    assert f"{conflicted}: not erased" in result.output
+    assert not [t for t in schedule.tokens.values() if t in result.output]
+    body = ok(client.get(f"{API}/cases/{conflicted}", headers=world.h["worker"]))
+    assert body["identity"]["given_name"] == f"Olena{schedule.tokens['due_thb']}"
+    cid = uuid_param(app, conflicted)
+    assert world.sql("SELECT count(*) FROM case_keys WHERE case_id = :c", c=cid) == [(1,)]
+    assert_problem(client.get(f"{API}/cases/{ids['due_gbv']}", headers=world.h["worker"]), 410)
+    assert_problem(client.get(f"{API}/cases/{ids['foreign']}", headers=world.h["outsider"]), 410)
+    assert {str(t.case_id) for t in world.scalars(select(ErasureTombstone))} == {
+        ids["due_gbv"],
+        ids["foreign"],
+    }
+
+    monkeypatch.undo()
+    again = runner.invoke(args=["retention", "run", "--apply"])
+    assert again.exit_code == 0, again.output
+    assert "1 cases erased, 1 skipped under legal hold" in again.output
+    assert "failed" not in again.output
+    assert_problem(client.get(f"{API}/cases/{conflicted}", headers=world.h["worker"]), 410)
+    assert world.sql("SELECT count(*) FROM erasure_tombstones") == [(3,)]
+
+
+@needs_postgres
+@pytest.mark.parametrize(
+    "withdrawal_first", [True, False], ids=["withdrawal-first", "erasure-first"]
+)
+def test_retention_and_a_consent_withdrawal_at_once_never_deadlock(
+    app, client, runner, world, monkeypatch, withdrawal_first
+):
+    """A withdrawal locks its consent, then the case row; retention locked the case row and
+    then the consents: a deadlock, PostgreSQL killed one (the run ended, or the withdrawal
+    answered 503). Retention takes them in the same order as everything else: a withdrawal
+    that came first is done first and the case is then erased; one that comes during the
+    erasure waits and finds the case erased."""
+    from referral_api.rights import service as rights_service
+
+    case_id = world.case(new_token("ret-withdraw"))
+    consent = world.consent(case_id, world.receiver_org, ["identity"])
+    world.close(case_id)
+    backdate(app, case_id, 40)
+    during = run_during(
+        monkeypatch,
+        rights_service,
+        "_lock_case_to_erase",
+        lambda _session, _case: True,
+        lambda: app.test_client().post(
+            f"{API}/consents/{consent['id']}/withdraw",
+            json={"reason": "changed my mind"},
+            headers=world.h["worker"],
+        ),
+        before=withdrawal_first,
+    )
+    result = runner.invoke(args=["retention", "run", "--apply"])
+    during["thread"].join(timeout=30)
+    assert "error" not in during, during.get("error")
+
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert "1 cases erased, 0 skipped under legal hold" in result.output
+    assert_problem(client.get(f"{API}/cases/{case_id}", headers=world.h["worker"]), 410)
+    events = world.sql(
+        "SELECT e.event_type FROM consent_events e JOIN consent_records c"
+        " ON c.id = e.consent_id WHERE c.case_id = :c ORDER BY e.occurred_at",
+        c=uuid_param(app, case_id),
+    )
+    if withdrawal_first:
+        assert ok(during["response"])["state"] == "withdrawn"
+        assert [row[0] for row in events] == ["given", "withdrawn"]
+    else:
+        assert during["waited"], "the withdrawal did not wait for the erasure"
+        assert assert_problem(during["response"], 410)["type"] == "/problems/erased"
+        assert [row[0] for row in events] == ["given"]
+
+
 def test_a_referral_of_a_restricted_case_can_be_stopped_but_nothing_added(app, client, world):
     token = new_token("stop")
     case_id = world.case(token)
@@ -496,10 +606,7 @@ def test_a_referral_of_a_restricted_case_can_be_stopped_but_nothing_added(app, c
     assert stopped["business_status"] == before["business_status"]
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-    reason="two writers at once need PostgreSQL (SQLite runs one writer at a time)",
-)
+@needs_postgres
 def test_a_legal_hold_placed_while_retention_erases_waits_and_finds_the_case_erased(
     app, client, world, runner, monkeypatch
 ):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
+from race_support import run_during
 from rights_support import (
     ALL_CATEGORIES,
     API,
@@ -22,6 +23,7 @@ from rights_support import (
     assert_absent,
     canary_case,
     database_text,
+    needs_postgres,
     new_token,
     ok,
     uuid_param,
@@ -294,6 +296,41 @@ def test_export_and_download_are_audited(app, client, world, scenario):
         assert json.loads(row.details or "{}").get("export_id") in (export_id, None)
         assert scenario.token not in (row.details or "") + (row.reason or "")
     assert json.loads(rows[0].details)["export_id"] == export_id
+
+
+@needs_postgres
+def test_two_downloads_at_once_hand_out_the_document_once(
+    app, client, world, scenario, monkeypatch
+):
+    """A double click, a retried request or a stolen token used at the same moment: the
+    second download comes in while the first has taken the document but not committed. It
+    waits for the first and answers like any later download (410, a refused download on the
+    record); the person's record is handed out once."""
+    export = ok(scenario.export(), 201)
+    during = run_during(
+        monkeypatch,
+        rights_service,
+        "_audit",
+        lambda _session, _actor, action, *_a, **_k: action == "case:export-download",
+        lambda: app.test_client().get(export["download"], headers=world.h["sup"]),
+    )
+    first = client.get(export["download"], headers=world.h["sup"])
+    during["thread"].join(timeout=30)
+    assert "error" not in during, during.get("error")
+
+    assert ok(first)["case"]["identity"]["given_name"] == f"Olena{scenario.token}"
+    assert during["waited"], "the second download did not wait for the first"
+    second = during["response"]
+    assert scenario.token not in second.get_data(as_text=True)
+    assert_problem(second, 410)
+    downloads = world.sql(
+        "SELECT decision, reason FROM audit_events WHERE action = 'case:export-download'"
+        " ORDER BY id"
+    )
+    assert downloads == [("allow", None), ("deny", "export already downloaded")]
+    assert world.sql(
+        "SELECT count(*) FROM subject_exports WHERE document IS NULL AND downloaded_at IS NOT NULL"
+    ) == [(1,)]
 
 
 def test_only_the_owning_supervisor_may_export(app, client, world, scenario):

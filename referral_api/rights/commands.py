@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from sqlalchemy.exc import DBAPIError
 
 retention_group = AppGroup("retention", help="Retention schedule.")
 
@@ -19,16 +20,16 @@ retention_group = AppGroup("retention", help="Retention schedule.")
 def run(apply_: bool) -> None:
     """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
     are skipped. --apply also clears expired exports, spent sign-in failure counters and
-    expired idempotency keys (with their stored responses)."""
+    expired idempotency keys (with their stored responses). A case whose erasure a
+    concurrent change aborted is left for the next run: exit status 1."""
     from referral_api.access.actor import Actor
     from referral_api.auth.service import purge_stale_throttles
-    from referral_api.cases.models import Case, CaseStatus
+    from referral_api.errors import is_transaction_conflict
     from referral_api.extensions import db
     from referral_api.idempotency import purge_expired as purge_idempotency_keys
-    from referral_api.rights.models import ErasureBasis
     from referral_api.rights.service import (
         LegalHoldActive,
-        erase_case,
+        erase_if_still_due,
         purge_expired_exports,
         retention_due,
     )
@@ -67,39 +68,41 @@ def run(apply_: bool) -> None:
     if keys:
         click.echo(f"{keys} expired idempotency keys deleted", err=True)
     erased, skipped = 0, len(held)
-    left_alone = 0
+    left_alone = failed = 0
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
         for row in bar:
             with factory() as session:
-                case = session.get(Case, row.case_id, with_for_update=True)
-                # The list is a snapshot: a case erased, reopened or closed anew since is
-                # left alone (a reopened case is in use again; a re-closed one not yet due).
-                # Read FOR UPDATE: a reopening or a legal hold at this moment waits for the
-                # erasure, or the erasure sees it.
-                if (
-                    case is None
-                    or case.erased
-                    or case.status is not CaseStatus.CLOSED
-                    or case.closed_at != row.closed_at
-                ):
-                    left_alone += 1
-                    continue
                 try:
-                    erase_case(
-                        session,
-                        Actor.system(),
-                        case,
-                        ErasureBasis.RETENTION_EXPIRED,
-                        request_id=None,
-                        requested_by=None,
-                    )
+                    tombstone = erase_if_still_due(session, Actor.system(), row)
+                    session.commit()
                 except LegalHoldActive:
                     # Placed since the list was made: skipped like the others.
                     skipped += 1
                     continue
-                session.commit()
-                erased += 1
+                except DBAPIError as error:
+                    # A deadlock, serialization failure or lock timeout with a request on
+                    # this case: nothing of its erasure was stored. The others go on; the
+                    # exit status tells the timer to run again. (The API's own test of a
+                    # retryable conflict, its 503s: one list of SQLSTATEs.)
+                    if not is_transaction_conflict(error):
+                        raise
+                    session.rollback()
+                    failed += 1
+                    click.echo(
+                        f"\n{row.case_id}: not erased, a concurrent change got in the way "
+                        f"({type(error.orig).__name__}); retry later",
+                        err=True,
+                    )
+                    continue
+                if tombstone is None:
+                    left_alone += 1
+                else:
+                    erased += 1
     summary = f"{erased} cases erased, {skipped} skipped under legal hold"
     if left_alone:
         summary += f", {left_alone} changed since listed and left alone"
+    if failed:
+        summary += f", {failed} failed on a database conflict (retry later)"
     click.echo(summary, err=True)
+    if failed:
+        raise SystemExit(1)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import validate
 
@@ -19,8 +21,22 @@ class ExportSchema(ma.Schema):
     download = ma.fields.String(metadata={"description": "Download once, before expires_at"})
 
 
+# `retention_expired` is the retention schedule's own basis (no request, no requester): a
+# person's request claiming it would show a manual erasure as the schedule's.
+REQUEST_BASES = [
+    basis.value for basis in ErasureBasis if basis is not ErasureBasis.RETENTION_EXPIRED
+]
+
+
 class ErasureCreateSchema(ma.Schema):
-    basis = ma.fields.Enum(ErasureBasis, by_value=True, required=True)
+    # A string checked against the request bases, not an Enum field: that one would accept
+    # (and document) every member.
+    basis = ma.fields.String(required=True, validate=validate.OneOf(REQUEST_BASES))
+
+    @ma.post_load
+    def _as_basis(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        data["basis"] = ErasureBasis(data["basis"])
+        return data
 
 
 class ErasureRequestSchema(ma.Schema):

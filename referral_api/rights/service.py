@@ -760,6 +760,12 @@ def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str
     _case_for(session, actor, Permission.CASE_EXPORT, export.case_id)
     if export.requested_by != actor.id:
         raise _download_denied(NotFound(), export.id, export.case_id, "not the requester")
+    # Downloadable once: two downloads at the same moment (a double click, a retry, a stolen
+    # token) would both find it not yet downloaded. The row is read again under its lock, so
+    # the second waits for the first and then finds it taken (or gone with an erasure).
+    export = session.get(SubjectExport, export_id, with_for_update=True, populate_existing=True)
+    if export is None:
+        raise _download_denied(NotFound(), export_id, None, "no such export")
     if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
         raise _download_denied(
             Gone("This export was already downloaded or has expired."),
@@ -851,3 +857,23 @@ def retention_due(
         )
         for row in session.execute(stmt.order_by("closed_at", "case_id"))
     ]
+
+
+def erase_if_still_due(
+    session: Session, actor: Actor, due: RetentionDue
+) -> ErasureTombstone | None:
+    """Retention's erasure of one case from a `retention_due` listing (basis
+    `retention_expired`, no request, no requester). The listing is a snapshot: the case is
+    read again under the erasure's locks (its consents, then its row, as everything else
+    takes them: never a deadlock with a withdrawal), and one erased, reopened or closed
+    anew since is left alone (None): a reopened case is in use again, a re-closed one not
+    yet due. A legal hold placed since raises LegalHoldActive."""
+    case = session.get(Case, due.case_id)
+    if case is None:
+        return None
+    _lock_case_to_erase(session, case)
+    if case.erased or case.status is not CaseStatus.CLOSED or case.closed_at != due.closed_at:
+        return None
+    return erase_case(
+        session, actor, case, ErasureBasis.RETENTION_EXPIRED, request_id=None, requested_by=None
+    )
