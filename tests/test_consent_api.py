@@ -413,6 +413,12 @@ INVALID: list[tuple[str, Any, str]] = [
     ),
     ("guardian-without-relation", lambda t: {"grantor": "guardian"}, "guardian_relation"),
     ("minor-with-person-grantor", lambda t: {"is_minor": True}, "grantor"),
+    # A person's own consent naming a guardian's relation was stored contradictory.
+    (
+        "person-with-guardian-relation",
+        lambda t: {"guardian_relation": "parent"},
+        "guardian_relation",
+    ),
     (
         "minor-with-guardian-without-relation",
         lambda t: {"is_minor": True, "grantor": "guardian"},

@@ -377,8 +377,12 @@ def _decide(
     at: float,
     recipient: tuple[uuid.UUID, OrgType] = LEGAL_1,
     purpose: Purpose = P.LEGAL_ASSISTANCE,
+    *,
+    live: bool = False,
 ):  # type: ignore[no-untyped-def]
-    return decide_disclosure(consents, recipient[0], recipient[1], purpose, categories, h(at))
+    return decide_disclosure(
+        consents, recipient[0], recipient[1], purpose, categories, h(at), live=live
+    )
 
 
 def test_overlapping_provisions_are_all_named() -> None:
@@ -490,6 +494,28 @@ def test_a_closing_event_stamped_before_given_still_closes(kind: EventType) -> N
     )
     assert not _decide([skewed], {C.IDENTITY}, 2).permit
     assert derive_state(skewed.events, h(2)).state is ConsentState(kind.value)
+
+
+@pytest.mark.parametrize(("kind", "reason", "state"), CLOSING, ids=[c[0].value for c in CLOSING])
+def test_a_live_question_counts_a_closing_event_stamped_ahead(
+    kind: EventType, reason: str, state: ConsentState
+) -> None:
+    """A host whose clock runs ahead stamped the closing event after this host's now: asked
+    live, it counts already; asked about that moment in the past, the replay is strict.
+    Only closing events count early: a renewal stamped ahead waits for its time."""
+    skewed = consent(
+        prov("a", P.LEGAL_ASSISTANCE, {C.IDENTITY}, org=LEGAL_1[0], end=20),
+        events=(ev(E.GIVEN, 0), ev(E.RENEWED, 32, 40), ev(kind, 35)),
+    )
+    live = _decide([skewed], {C.IDENTITY}, 10, live=True)
+    assert not live.permit and live.denied == {C.IDENTITY: reason}
+    assert derive_state(skewed.events, h(30), live=True) == DerivedState(state)
+    assert current_state(skewed, h(30), live=True) is state
+    assert not is_expired_at(skewed, h(30), live=True)
+    # Strictly, at those moments: given and not yet renewed.
+    assert _decide([skewed], {C.IDENTITY}, 10).permit
+    assert current_state(skewed, h(30)) is ConsentState.EXPIRED
+    assert is_expired_at(skewed, h(30))
 
 
 def test_not_yet_given() -> None:

@@ -15,8 +15,10 @@ from typing import Any
 from alembic import command
 from referral_support import API, create_case, provision, record_consent
 from sqlalchemy import Engine, delete, inspect, select, text, update
+from test_dpo_reports import _insert, _random_consents, _views
 
 from referral_api.access.roles import OrgType, Role
+from referral_api.consent.decision import TERMINAL_STATES, current_state
 from referral_api.consent.models import (
     ConsentEvent,
     ConsentEventSummary,
@@ -24,6 +26,7 @@ from referral_api.consent.models import (
     ConsentRecord,
 )
 from referral_api.consent.vocabulary import EventType
+from referral_api.dpo.derived_state import consent_states, provision_state
 from referral_api.extensions import db
 from referral_api.migrate import MIGRATIONS_DIR, alembic_config, upgrade
 
@@ -362,6 +365,36 @@ def test_the_consent_service_fills_the_summary(app: Any, client: Any, factory: A
     assert after["last_event_at"] == after["withdrawn_at"]
     assert after["provisions_until"] is None  # its provision is open-ended
     assert _stored(engine) == _recomputed(engine)
+
+
+def test_asked_live_a_report_counts_a_closing_event_stamped_after_now(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """The reports ask live: a closing event stamped after `now` (by a host whose clock runs
+    ahead) closes the consent in the SQL state as in `current_state(..., live=True)`, on
+    random histories around `now` (the strict replay is held to in test_dpo_reports)."""
+    org = factory.org(OrgType.NGO)
+    case_id = uuid.UUID(create_case(client, factory.headers(factory.user(Role.CASEWORKER, org))))
+    rng = random.Random(7)  # noqa: S311 - test data
+    records, provisions, events = _random_consents(rng, AT, case_id, org, 300)
+    _insert(app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events))
+    states = consent_states(AT, live=True)
+    with db.session_factory_for(app)() as s:
+        reported: dict[uuid.UUID, set[str | None]] = {}
+        for consent_id, state in s.execute(
+            select(PROVISIONS.c.consent_id, provision_state(states, AT)).join(
+                states, states.c.consent_id == PROVISIONS.c.consent_id
+            )
+        ):
+            reported.setdefault(consent_id, set()).add(state)
+        s.rollback()
+    closed_ahead = 0
+    for view in _views(records, provisions, events):
+        expected = current_state(view, AT, live=True)
+        assert reported.get(view.id, {None}) == {expected.value if expected else None}, view
+        strictly = current_state(view, AT)
+        closed_ahead += expected in TERMINAL_STATES and strictly not in TERMINAL_STATES
+    assert closed_ahead > 10, closed_ahead  # the case in question occurs
 
 
 def _empty_category_columns(engine: Any) -> None:

@@ -2,8 +2,10 @@
 
 `derive_state` replays a consent's events up to a moment; `decide_disclosure` answers
 whether a recipient organisation may receive given categories for a purpose at a moment,
-naming the provisions used and, per denied category, why. Nothing here touches the database,
-so the rules can be tested exhaustively (tests/test_consent_decision.py).
+naming the provisions used and, per denied category, why. A live question (`live=True`:
+about now, not a past moment) counts every stored closing event whatever its timestamp.
+Nothing here touches the database, so the rules can be tested exhaustively
+(tests/test_consent_decision.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 
 from referral_api.access.categories import Category, ceiling_for
 from referral_api.access.roles import OrgType
-from referral_api.consent.vocabulary import ConsentState, EventType, Purpose
+from referral_api.consent.vocabulary import TERMINAL_EVENTS, ConsentState, EventType, Purpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,20 @@ class DerivedState:
     renewed_until: datetime | None = None
 
 
-def derive_state(events: Iterable[EventView], at: datetime) -> DerivedState:
-    """Replay events that happened at or before `at`, in time order."""
+def derive_state(events: Iterable[EventView], at: datetime, *, live: bool = False) -> DerivedState:
+    """Replay events that happened at or before `at`, in time order.
+
+    `live`: `at` is this host's now, and a closing event stamped later counts too. It was
+    stored, so it has happened: its stamp is ahead only because the host that recorded it
+    has a clock running ahead, and a withdrawal must never wait for ours to catch up. A
+    question about a past moment (`live` false) replays strictly."""
     state: ConsentState | None = None
     renewed = False
     renewed_until: datetime | None = None
-    for event in sorted((e for e in events if e.occurred_at <= at), key=lambda e: e.occurred_at):
+    counted = (
+        e for e in events if e.occurred_at <= at or (live and e.event_type in TERMINAL_EVENTS)
+    )
+    for event in sorted(counted, key=lambda e: e.occurred_at):
         kind = event.event_type
         if state in (ConsentState.WITHDRAWN, ConsentState.REVOKED, ConsentState.ENTERED_IN_ERROR):
             break  # terminal: nothing after it counts
@@ -115,13 +125,16 @@ def decide_disclosure(
     purpose: Purpose,
     categories: Iterable[Category],
     at: datetime,
+    *,
+    live: bool = False,
 ) -> DisclosureDecision:
+    """`live`: see `derive_state`."""
     wanted = sorted(set(categories))
     ceiling = ceiling_for(recipient_org_type)
     used: dict[Category, tuple[uuid.UUID, ...]] = {}
     denied: dict[Category, str] = {}
     ends: list[datetime | None] = []
-    derived = {consent.id: derive_state(consent.events, at) for consent in consents}
+    derived = {consent.id: derive_state(consent.events, at, live=live) for consent in consents}
     for category in wanted:
         if category not in ceiling:
             denied[category] = (
@@ -179,20 +192,20 @@ def _why_not(provision: ProvisionView, derived: DerivedState, at: datetime) -> s
     return "provision expired"
 
 
-def is_expired_at(consent: ConsentView, at: datetime) -> bool:
+def is_expired_at(consent: ConsentView, at: datetime, *, live: bool = False) -> bool:
     """Every provision has ended (used to record `expired` events for reporting)."""
-    derived = derive_state(consent.events, at)
+    derived = derive_state(consent.events, at, live=live)
     if derived.state is not ConsentState.ACTIVE or not consent.provisions:
         return False
     ends = [effective_until(p, derived) for p in consent.provisions]
     return all(end is not None and end <= at for end in ends)
 
 
-def current_state(consent: ConsentView, at: datetime) -> ConsentState | None:
+def current_state(consent: ConsentView, at: datetime, *, live: bool = False) -> ConsentState | None:
     """The state as reported: an active consent whose provisions all ended reads `expired`
     even before the `expired` event is recorded."""
-    derived = derive_state(consent.events, at)
-    if derived.state is ConsentState.ACTIVE and is_expired_at(consent, at):
+    derived = derive_state(consent.events, at, live=live)
+    if derived.state is ConsentState.ACTIVE and is_expired_at(consent, at, live=live):
         return ConsentState.EXPIRED
     return derived.state
 

@@ -126,7 +126,9 @@ def build_receipt(
     # A renewal sets a new end for every provision: the receipt states the validity in force
     # when it is issued, not the end the renewal superseded.
     derived = derive_state(
-        (EventView(e.event_type, e.occurred_at, e.valid_until) for e in consent.events), issued_at
+        (EventView(e.event_type, e.occurred_at, e.valid_until) for e in consent.events),
+        issued_at,
+        live=True,
     )
 
     purposes = []

@@ -96,15 +96,17 @@ def decide_for_case(
     at: datetime | None = None,
 ) -> DisclosureDecision:
     """decide_disclosure over the case's stored consents (used at referral send, accept and
-    every read by a recipient)."""
+    every read by a recipient). Without `at` the decision is live: every stored closing
+    event counts, however far ahead the clock of the host that stamped it."""
     views = [view_of(c) for c in consents_of_case(session, case_id)]
     return decide_disclosure(
-        views, recipient.id, recipient.org_type, purpose, categories, at or now()
+        views, recipient.id, recipient.org_type, purpose, categories, at or now(), live=at is None
     )
 
 
 def state_of(consent: ConsentRecord, at: datetime | None = None) -> ConsentState | None:
-    return current_state(view_of(consent), at or now())
+    """The consent's state at `at`; without it, live (as `decide_for_case`)."""
+    return current_state(view_of(consent), at or now(), live=at is None)
 
 
 # ---- recording ----------------------------------------------------------------------------
@@ -114,6 +116,8 @@ def _validate(session: Session, data: dict[str, Any], at: datetime) -> dict[str,
     errors: dict[str, list[str]] = {}
     if data["grantor"] is Grantor.GUARDIAN and not data.get("guardian_relation"):
         errors["guardian_relation"] = ["A guardian's consent names the guardian's relation."]
+    if data["grantor"] is Grantor.PERSON and data.get("guardian_relation"):
+        errors["guardian_relation"] = ["A person's own consent names no guardian's relation."]
     if data.get("is_minor") and data["grantor"] is not Grantor.GUARDIAN:
         errors["grantor"] = ["A minor's consent is given by a guardian."]
     special = False
@@ -496,6 +500,10 @@ def _expire_one(session: Session, actor: Actor, consent: ConsentRecord, at: date
 
 
 def _due_to_expire(consent: ConsentRecord, at: datetime) -> bool:
+    # `at` is when the `expired` event is written, a present moment: a consent closed by an
+    # event stamped ahead of this host's clock is closed, not due (a live question).
+    if any(e.event_type in TERMINAL_EVENTS for e in consent.events):
+        return False
     if not is_expired_at(view_of(consent), at):
         return False
     return not (consent.events and consent.events[-1].event_type is EventType.EXPIRED)

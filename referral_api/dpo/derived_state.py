@@ -7,7 +7,8 @@ write — migration 0010 — so it holds for rows written behind the application
 
 - a closing event (withdrawn, revoked, entered in error) at or before `now` ends the consent
   whatever else happened, even when stamped before `given` (clock skew); the earliest one
-  names the state;
+  names the state; asked `live` (a report about now), one stamped after `now` as well
+  (`decision.derive_state`'s `live`);
 - without a `given` event there is no state yet;
 - after `given`, the last of the `renewed`/`expired` events decides (expired → expired,
   renewed → active); events stamped before `given` are ignored, as the replay ignores them;
@@ -25,7 +26,8 @@ The summary covers every event a consent has, and keeps the state they give (`st
 written, so normally none is after `now` and the kept state is the state now; for the
 consents that have one (`last_event_at > now`: clock skew between hosts, or a test's history
 around a fixed moment) the same aggregates are computed from their events at or before
-`now`, so the answer is exactly the replay's either way.
+`now` — and, asked `live` as every report is, from their closing events whatever their
+stamp — so the answer is exactly the replay's either way.
 
 Two events of one consent stamped at the same microsecond are ordered by id in the replay;
 here a closing event beats another closing event in the order withdrawn, revoked, entered in
@@ -48,7 +50,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, sel
 from sqlalchemy.orm import Session
 
 from referral_api.consent.models import ConsentEvent, ConsentEventSummary, ConsentProvision
-from referral_api.consent.vocabulary import ConsentState, EventType
+from referral_api.consent.vocabulary import TERMINAL_EVENTS, ConsentState, EventType
 
 _EVENTS = ConsentEvent.__table__
 _PROVISIONS = ConsentProvision.__table__
@@ -74,9 +76,13 @@ def _last(kind: EventType) -> Any:
     return func.max(case((_EVENTS.c.event_type == kind, _EVENTS.c.occurred_at)))
 
 
-def _replayed(now: datetime, consent_ids: Any) -> Any:
-    """The summary's columns computed from the events at or before `now` of some consents
-    (one row per consent with such an event)."""
+def _replayed(now: datetime, consent_ids: Any, live: bool) -> Any:
+    """The summary's columns computed from the events at or before `now` of some consents,
+    and when `live` from every closing event of theirs too (one row per consent with such an
+    event)."""
+    counted: ColumnElement[bool] = _EVENTS.c.occurred_at <= now
+    if live:
+        counted = or_(counted, _EVENTS.c.event_type.in_(sorted(TERMINAL_EVENTS)))
     grouped = (
         select(
             _EVENTS.c.consent_id,
@@ -87,7 +93,7 @@ def _replayed(now: datetime, consent_ids: Any) -> Any:
             _last(EventType.EXPIRED).label("expired_at"),
             _last(EventType.RENEWED).label("renewed_at"),
         )
-        .where(_EVENTS.c.occurred_at <= now, _EVENTS.c.consent_id.in_(consent_ids))
+        .where(counted, _EVENTS.c.consent_id.in_(consent_ids))
         .group_by(_EVENTS.c.consent_id)
         .subquery("replayed_times")
     )
@@ -175,16 +181,22 @@ def any_late(session: Session, now: datetime) -> bool:
 
 
 def consent_states(
-    now: datetime, consent_ids: Select[Any] | None = None, *, replay_late: bool = True
+    now: datetime,
+    consent_ids: Select[Any] | None = None,
+    *,
+    replay_late: bool = True,
+    live: bool = False,
 ) -> Any:
-    """A subquery, one row per consent with an event at or before `now`: `consent_id`,
-    `derived` (the replayed state), `renewed` (1/0), `renewed_until`, `provisions_until`
-    (the latest end among its provisions, None when one is open-ended), `org_id` (the consent
-    record's) and `has_repeats` (some provision repeats an earlier one of the consent in
-    purpose and recipient; migration 0011). `consent_ids` limits
-    the work to some consents. `replay_late=False` when `any_late` said no consent has an
+    """A subquery, one row per consent with an event at or before `now` (or, `live`, a
+    closing event): `consent_id`, `derived` (the replayed state), `renewed` (1/0),
+    `renewed_until`, `provisions_until` (the latest end among its provisions, None when one
+    is open-ended), `org_id` (the consent record's) and `has_repeats` (some provision repeats
+    an earlier one of the consent in purpose and recipient; migration 0011). `consent_ids`
+    limits the work to some consents. `replay_late=False` when `any_late` said no consent has an
     event after `now`: a plain read of the summary, which PostgreSQL can join in parallel
-    workers (the replay's GROUP BY keeps it from doing so)."""
+    workers (the replay's GROUP BY keeps it from doing so). `live`: `now` is the present, and
+    a closing event stamped after it (by a host whose clock runs ahead) counts as well, as in
+    `decision.derive_state`; the kept `state` already counts every event."""
     s = _SUMMARIES
     # Every event of these is at or before `now`: the state kept in the summary is theirs.
     # What does not depend on `now`, read as kept in both branches.
@@ -197,7 +209,7 @@ def consent_states(
     late_ids = select(s.c.consent_id).where(s.c.last_event_at > now)
     if consent_ids is not None:
         late_ids = late_ids.where(s.c.consent_id.in_(consent_ids))
-    replayed = _replayed(now, late_ids)
+    replayed = _replayed(now, late_ids, live)
     late = select(replayed.c.consent_id, *_state(replayed.c), *kept).join_from(
         replayed, s, s.c.consent_id == replayed.c.consent_id
     )

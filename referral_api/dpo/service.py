@@ -370,6 +370,7 @@ def _consent_summary_rows(
         at,
         select(r.c.id).where(*where) if scope.org_id else None,
         replay_late=any_late(session, at),
+        live=True,
     )
     where.append(_not_erased(p.c.case_id))
     if filters.get("purpose") is not None:
@@ -493,7 +494,7 @@ def consents_expiring(session: Session, actor: Actor, filters: dict[str, Any]) -
         ),
     )
     where = _scoped_consents(scope, filters)
-    states = consent_states(at, select(r.c.id).where(r.c.id.in_(ending), *where))
+    states = consent_states(at, select(r.c.id).where(r.c.id.in_(ending), *where), live=True)
     until = effective_until(states, p)
     where.append(_not_erased(r.c.case_id))
     where += _recipient_filters(p.c.recipient_org_id, p.c.recipient_org_type, filters)
@@ -677,6 +678,7 @@ def _uncovered(
         candidate["purpose"],
         [Category(code) for code in codes],
         at,
+        live=True,
     )
     if decision.permit:
         return None
