@@ -22,8 +22,11 @@ from referral_support import (
     rows,
     walk,
 )
+from test_directory import add_service
 
 from referral_api.access.roles import OrgType
+from referral_api.directory.models import Service, ServiceStatus
+from referral_api.extensions import db
 from referral_api.referrals.models import Disclosure, Notification, Referral, ReferralMessage
 
 
@@ -172,3 +175,62 @@ def test_a_disclosure_the_consent_gate_refuses_is_on_the_record(
     assert row.categories == ",".join(sorted(world.shared))
     assert row.case_id == uuid.UUID(world.case_id)
     assert count(app, Referral) == 0  # the draft made on the way went with the refusal
+
+
+@pytest.mark.parametrize(
+    "closed",
+    [{"accepting_referrals": False}, {"status": ServiceStatus.INACTIVE}],
+    ids=["not-accepting", "inactive"],
+)
+def test_a_draft_is_not_sent_to_a_service_closed_since(
+    app: Any, client: Any, world: World, closed: dict[str, Any]
+) -> None:
+    """A referral to a service that takes none is refused when it is made (422); a draft
+    made while it took them was still sent once it stopped: the case was disclosed, on the
+    register, to a service that takes no one (a reviewer's probe). The send is a 409, as
+    for an organisation deactivated since the draft."""
+    sessions = db.session_factory_for(app)
+    service_id = add_service(sessions, world.receiver_org)
+    draft = world.refer(send=False, service_id=str(service_id))["id"]
+    with sessions() as s:
+        service = s.get(Service, service_id)
+        for name, value in closed.items():
+            setattr(service, name, value)
+        s.commit()
+    refused = assert_problem(move(client, world.h["sender"], draft, "requested"), 409)
+    assert "no longer accepts referrals" in refused["detail"]
+    assert count(app, Disclosure) == 0
+    (referral,) = rows(app, Referral, Referral.id == uuid.UUID(draft))
+    assert (referral.status.value, referral.sent_at) == ("draft", None)
+
+
+def test_a_send_covered_by_many_provisions_records_them_all(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """A disclosure on consent names every provision used (37 characters each) in its
+    basis, a VARCHAR(2000): from 55 covering provisions on (two consents of 28 here),
+    PostgreSQL refused the insert and the send answered 500 (a reviewer's probe). The
+    column is unbounded text (migration 0015)."""
+    world = World(factory, client, consent=False)
+    for _ in range(2):
+        record_consent(
+            client,
+            world.h["sender"],
+            world.case_id,
+            *[provision(world.purpose, ["identity"], org_id=world.receiver_org)] * 28,
+        )
+    sent = refer(
+        client,
+        world.h["sender"],
+        world.case_id,
+        world.receiver_org,
+        ["identity"],
+        purpose=world.purpose,
+    )
+    assert sent.status_code == 201, sent.get_data(as_text=True)
+    (disclosure,) = rows(app, Disclosure)
+    assert disclosure.basis_type == "consent" and len(disclosure.basis.split(",")) == 56
+    packet = client.get(
+        f"{API}/referrals/{sent.get_json()['id']}/packet", headers=world.h["receiver"]
+    )
+    assert ok(packet)["categories"] == ["identity"]

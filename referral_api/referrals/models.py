@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referral_api.access.categories import Category
@@ -104,7 +104,7 @@ class Disclosure(Base):
     categories: Mapped[str] = mapped_column(String(200))
     # "consent" (basis = comma-separated provision ids) or "override" (basis = reason code).
     basis_type: Mapped[str] = mapped_column(String(16))
-    basis: Mapped[str] = mapped_column(String(2000))
+    basis: Mapped[str] = mapped_column(Text)  # every provision used: unbounded (0015)
     disclosed_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     disclosed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -349,13 +349,31 @@ def create_referral(
 
 
 def _check_service(session: Session, service_id: uuid.UUID, org_id: uuid.UUID) -> None:
-    from referral_api.directory.models import Service, ServiceStatus
+    from referral_api.directory.models import Service
 
     service = session.get(Service, service_id)
     if service is None or service.org_id != org_id:
         raise ValidationFailed({"service_id": ["No such service of the receiving organisation."]})
-    if not service.accepting_referrals or service.status is not ServiceStatus.ACTIVE:
+    if not _accepting(service):
         raise ValidationFailed({"service_id": ["This service is not accepting referrals."]})
+
+
+def _accepting(service: Any) -> bool:
+    from referral_api.directory.models import ServiceStatus
+
+    return bool(service.accepting_referrals and service.status is ServiceStatus.ACTIVE)
+
+
+def _service_closed_since(session: Session, referral: Referral) -> bool:
+    """Whether the directory service a draft names stopped taking referrals (or was
+    withdrawn) after the draft was made: sending it then would disclose the person's data to
+    a service that takes no one."""
+    from referral_api.directory.models import Service
+
+    if referral.service_id is None:
+        return False
+    service = session.get(Service, referral.service_id)
+    return service is None or not _accepting(service)
 
 
 def _case_restricted(session: Session, referral: Referral) -> bool:
@@ -534,6 +552,8 @@ def _move(
         _require_processable(session, referral, "referral:send")
         if not _recipient(session, referral).active:
             raise Conflict("The receiving organisation is no longer active; refer elsewhere.")
+        if _service_closed_since(session, referral):
+            raise Conflict("The service no longer accepts referrals; refer elsewhere.")
         decision = _gate(session, referral, "referral:send")
         basis_type, basis = _basis(referral, decision)
         session.add(
