@@ -128,8 +128,11 @@ class NotificationQueryArgsSchema(PageArgsSchema):
 
 
 class IntakeReferralSchema(ReferralCreateSchema):
+    # An intake is sent at once on the consent it records: no draft for a supervisor to
+    # approve an override on. One asked for would travel unapproved (on the DPO's overrides
+    # report as sent without approval) or be refused after all: refused up front instead.
     class Meta:
-        exclude = ("send",)
+        exclude = ("send", "override_reason", "override_note")
 
 
 class IntakeSchema(ma.Schema):
