@@ -35,8 +35,36 @@ def _factory() -> Flask:
         sys.exit(1)
 
 
+class _CommandLine(FlaskGroup):
+    """The `referral-api` group: a database that cannot be reached is one `error:` line
+    and exit 1 from every command (a cron job after a failover, a wrong host or port), not a
+    traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as error:
+            if not _unreachable(error):
+                raise  # any other database error is a bug: its traceback is wanted
+            # The class only: the message can quote the URL, its password, or values.
+            cause = type(error.orig).__name__ if error.orig is not None else type(error).__name__
+            click.echo(f"error: the database could not be reached ({cause})", err=True)
+            ctx.exit(1)
+
+
+def _unreachable(error: Any) -> bool:
+    """No connection could be made (no statement was run), or the one in use was lost:
+    the API's rule for its 503 database-unavailable (`errors.handle_database_error`)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    connecting = isinstance(error, OperationalError | InterfaceError) and error.statement is None
+    return bool(connecting or error.connection_invalidated)
+
+
 @click.group(
-    cls=FlaskGroup, create_app=_factory, add_default_commands=False, add_version_option=False
+    cls=_CommandLine, create_app=_factory, add_default_commands=False, add_version_option=False
 )
 def main() -> None:
     """referral_api administration."""
@@ -54,6 +82,20 @@ def _fail(error: ReferralApiError) -> None:
         for field, messages in fields.items():
             click.echo(f"  {field}: {'; '.join(messages)}", err=True)
     sys.exit(1)
+
+
+def _refuse_unstorable_text(options: dict[str, str | None]) -> None:
+    """Refuse option values the API refuses in a body (docs/errors.md): U+0000, or a lone
+    surrogate, which is what a non-UTF-8 byte on the command line arrives as. Neither can
+    be stored (the INSERT failed with a traceback); one `error:` line and exit 1, as for a
+    name the service refuses."""
+    from referral_api.jsonio import text_problem
+
+    for option, value in options.items():
+        message = text_problem(value) if value is not None else None
+        if message:
+            click.echo(f"error: {option}: {message}", err=True)
+            sys.exit(1)
 
 
 def _run(action: Any) -> Any:
@@ -106,6 +148,7 @@ def create_org(name: str, org_type: str) -> None:
     """Create an organisation; prints its id."""
     from referral_api.admin import service
 
+    _refuse_unstorable_text({"--name": name})
     org = _run(
         lambda s, a: service.create_organisation(s, a, name=name, org_type=OrgType(org_type))
     )
@@ -132,6 +175,7 @@ def create_user(email: str, org_ref: str, role: str, display_name: str | None) -
     from referral_api.admin import service
     from referral_api.extensions import hasher
 
+    _refuse_unstorable_text({"--email": email, "--org": org_ref, "--name": display_name})
     try:
         # The same rule as the API's user schema: a malformed address could never log in.
         Email(error="--email is not a valid e-mail address.")(email)
@@ -166,6 +210,8 @@ def create_client(name: str, org_ref: str, role: str) -> None:
     """Create an API client; prints client_id=… and client_secret=… (shown once)."""
     from referral_api.admin import service
     from referral_api.extensions import hasher
+
+    _refuse_unstorable_text({"--name": name, "--org": org_ref})
 
     def action(session: Any, actor: Actor) -> Any:
         org = service.find_organisation(session, org_ref)

@@ -47,10 +47,23 @@ def loads(data: str | bytes) -> Any:
     except RecursionError:
         # Nested past the stdlib's recursion limit (orjson stops at 1,024 levels), in any
         # encoding: not a body anyone sends, answered as the malformed JSON it is rather
-        # than as a crash. The document must not be empty: webargs reads an error on an
-        # empty one as "no body".
-        document = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        raise json.JSONDecodeError("Nested too deeply", document, 0) from None
+        # than as a crash.
+        raise json.JSONDecodeError("Nested too deeply", _document(data), 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        # An integer of more than 4,300 digits (Python's int_max_str_digits limit, against
+        # quadratic-time conversion) or undecodable bytes: the stdlib raises a plain
+        # ValueError, which webargs does not read as malformed JSON; it was a 500 with a
+        # traceback for anyone, signed in or not, who can send a body.
+        raise json.JSONDecodeError("Not JSON that can be read", _document(data), 0) from None
+
+
+def _document(data: str | bytes) -> str:
+    """`data` as the text a JSONDecodeError carries; never empty, as webargs reads an error
+    on an empty document as "no body"."""
+    document = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    return document or "<empty>"
 
 
 def _loads(data: str | bytes) -> Any:
@@ -104,7 +117,9 @@ SURROGATE_MESSAGE = "Text must be valid Unicode (an unpaired surrogate was sent)
 _SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def _text_problem(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored as sent (U+0000, an unpaired surrogate), or None. Also
+    the command line's check (`cli`): a non-UTF-8 argument arrives as a lone surrogate."""
     if "\x00" in text:
         return NUL_MESSAGE
     try:
@@ -122,13 +137,13 @@ def _text_problems(value: Any) -> dict[str, list[str]]:
     while stack:
         path, item = stack.pop()
         if isinstance(item, str):
-            message = _text_problem(item)
+            message = text_problem(item)
             if message:
                 problems[path or "_schema"] = [message]
         elif isinstance(item, Mapping):
             for key in item:
                 here = f"{path}.{key}" if path else str(key)
-                message = _text_problem(key) if isinstance(key, str) else None
+                message = text_problem(key) if isinstance(key, str) else None
                 if message:
                     problems[here] = [message]
                 else:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from referral_api.exceptions import ConfigurationError
 
@@ -78,6 +82,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
             raise ConfigurationError("DATABASE_URL is required in production")
         database_url = f"sqlite:///{instance / 'referral_api.db'}"
     database_url = normalise_database_url(database_url)
+    _check_database_url(database_url)
 
     jwt_secret = overrides.get("JWT_SECRET_KEY") or os.environ.get("REFERRAL_API_JWT_SECRET")
     if not jwt_secret:
@@ -190,6 +195,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "JSON_SORT_KEYS": False,
     }
     config.update(overrides)
+    _check_cors_origins(config["CORS_ORIGINS"])
     if env == "production":
         _refuse_weak_production_settings(config)
     return config
@@ -203,8 +209,8 @@ MIN_ARGON2_TIME_COST = 2
 
 def _refuse_weak_production_settings(config: dict[str, Any]) -> None:
     """Settings that work but weaken what production must hold: a database that cannot
-    refuse changes to the audit log, cheap password hashes, and any web origin reading the
-    API's answers (personal data) from a signed-in browser."""
+    refuse changes to the audit log and cheap password hashes. (A wildcard origin is
+    refused in every environment: `_check_cors_origins`.)"""
     if not str(config["DATABASE_URL"]).startswith("postgresql"):
         # SQLite serves development and the test suite: it has no roles or grants, and the
         # application's own connection could rewrite audit rows and then the chain's head.
@@ -220,10 +226,40 @@ def _refuse_weak_production_settings(config: dict[str, Any]) -> None:
         raise ConfigurationError(
             f"REFERRAL_API_ARGON2_TIME_COST must be at least {MIN_ARGON2_TIME_COST} in production"
         )
-    if "*" in config["CORS_ORIGINS"]:
-        raise ConfigurationError(
-            "REFERRAL_API_CORS_ORIGINS must name the web front end's origins in production, not *"
-        )
+
+
+def _check_database_url(url: str) -> None:
+    """Refuse a URL SQLAlchemy cannot parse or has no dialect for at start-up, not in the
+    first command or request to connect. Neither the URL nor the parser's message (which
+    quotes it) is shown: it may hold the database password."""
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigurationError("DATABASE_URL is not a valid database URL") from None
+
+
+# An origin as a browser sends it (RFC 6454): scheme, host name (or IPv4 address), optional
+# port; nothing more. Not an IPv6 literal: its brackets would make flask-cors read it as a
+# regular expression too.
+_PLAIN_ORIGIN = re.compile(
+    r"https?://[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r"(?::[0-9]{1,5})?",
+    re.IGNORECASE,
+)
+
+
+def _check_cors_origins(origins: list[str]) -> None:
+    """flask-cors reads an entry holding any of `* ? [ ] ( ) ^ $ \\` as a regular expression
+    matched at the start only: `.*` granted every web page what `*` (refused) would, and
+    `https://*.example.org` granted `https://xexample.org.attacker.net`. Only exact origins
+    are accepted, in every environment: no pattern, no wildcard, no path."""
+    for origin in origins:
+        if not isinstance(origin, str) or not _PLAIN_ORIGIN.fullmatch(origin):
+            raise ConfigurationError(
+                "REFERRAL_API_CORS_ORIGINS must list exact origins such as "
+                "https://app.example.org (http or https, a host name, an optional port; "
+                f"no path, no pattern, not *): {origin!r} is not one"
+            )
 
 
 def normalise_database_url(url: str) -> str:

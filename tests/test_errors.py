@@ -37,6 +37,27 @@ def test_malformed_json_body_is_400_problem(client):
     assert body["instance"].startswith("urn:request:")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"email": 1' + "0" * 4400 + ', "password": "x"}',
+        '{"email": "a@example.org", "password": "x", "n": [-' + "9" * 5000 + "]}",
+    ],
+    ids=["field", "nested"],
+)
+def test_a_number_past_pythons_digit_limit_is_malformed_json(client, caplog, body):
+    # The stdlib's int() refuses more than 4,300 digits with a plain ValueError, not a
+    # JSONDecodeError: it was a 500 with a traceback, for anyone (sign-in needs no token).
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(LOGIN, data=body, content_type="application/json")
+    malformed = client.post(LOGIN, data='{"email": 1,', content_type="application/json")
+    problem = assert_problem(response, 400)
+    assert problem == {**assert_problem(malformed, 400), "instance": problem["instance"]}
+    assert "errors" not in problem and "4300" not in response.get_data(as_text=True)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert "Traceback" not in caplog.text
+
+
 def test_missing_field_is_422_with_per_field_errors(client):
     response = client.post(LOGIN, json={"email": "someone@example.org"})
     body = assert_problem(response, 422)

@@ -174,6 +174,18 @@ def test_other_origin_gets_no_cors_grant(cors_configured, client, origin):
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+@pytest.mark.parametrize("origin", [".*", "https://*.example.org", "https://app.example.org/*"])
+def test_an_origin_pattern_is_refused_at_start_up(app_config, origin):
+    # flask-cors would read it as a regular expression matched at the start only: `.*`
+    # grants every web page, `https://*.example.org` grants https://xexample.org.attacker.net.
+    from referral_api import create_app
+    from referral_api.exceptions import ConfigurationError
+
+    app_config["CORS_ORIGINS"] = [ALLOWED_ORIGIN, origin]
+    with pytest.raises(ConfigurationError, match="REFERRAL_API_CORS_ORIGINS"):
+        create_app(app_config)
+
+
 @pytest.fixture
 def cors_unconfigured(app_config: dict[str, Any]) -> dict[str, Any]:
     app_config["CORS_ORIGINS"] = []

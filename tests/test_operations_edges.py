@@ -44,6 +44,56 @@ def test_a_malformed_key_file_is_a_configuration_error_without_its_contents(tmp_
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
+def _a_directory(path: Path) -> str:
+    path.mkdir(mode=0o700)  # a volume mounted at the key file's path
+    return str(path)
+
+
+def _unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    # A file the service user may not read (the suite may run as root, whom chmod 000 does
+    # not stop): the error its read raises.
+    _key_file(path, {"format": 1, "current": 1, "keys": {"1": KEY}})
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    return str(path)
+
+
+@pytest.mark.parametrize("make", ["directory", "unreadable"])
+def test_a_key_file_that_cannot_be_read_is_a_configuration_error(tmp_path, monkeypatch, make):
+    path = tmp_path / "keyring.json"
+    target = _a_directory(path) if make == "directory" else _unreadable(path, monkeypatch)
+    for create_if_missing in (False, True):
+        with pytest.raises(ConfigurationError) as raised:
+            LocalKeyring.load(target, create_if_missing=create_if_missing)
+        assert raised.value.detail == "The keyring file cannot be read."
+        assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_a_key_file_that_cannot_be_read_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "REFERRAL_API_ENV": "development",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "REFERRAL_API_JWT_SECRET": "a" * 40,
+        "REFERRAL_API_KEYRING": _a_directory(tmp_path / "keyring.json"),
+    }
+    script = Path(sys.executable).parent / "referral-api"
+    completed = subprocess.run(
+        [str(script), "keys", "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (completed.returncode, completed.stderr) == (
+        1,
+        "error: The keyring file cannot be read.\n",
+    )
+    assert completed.stdout == ""
+
+
 def test_readiness_says_the_key_file_is_unusable(app, client, tmp_path):
     app.config["KEYRING_PATH"] = _key_file(
         tmp_path / "keyring.json", {"format": 1, "current": 1, "keys": [KEY]}

@@ -111,7 +111,7 @@ def test_production_refuses_a_short_secret(production_env):
     [
         ("REFERRAL_API_ARGON2_MEMORY_KIB", "8", "REFERRAL_API_ARGON2_MEMORY_KIB"),
         ("REFERRAL_API_ARGON2_TIME_COST", "1", "REFERRAL_API_ARGON2_TIME_COST"),
-        ("REFERRAL_API_CORS_ORIGINS", "https://app.example.org, *", "not *"),
+        ("REFERRAL_API_CORS_ORIGINS", "https://app.example.org, *", "REFERRAL_API_CORS_ORIGINS"),
     ],
 )
 def test_production_refuses_settings_that_weaken_it(production_env, variable, value, message):
@@ -264,6 +264,67 @@ def test_cors_origins_from_environment(clean_env, tmp_path):
     clean_env.setenv("REFERRAL_API_CORS_ORIGINS", " https://a.example.org, ,https://b.example.org,")
     settings = load_settings(str(tmp_path))
     assert settings["CORS_ORIGINS"] == ["https://a.example.org", "https://b.example.org"]
+
+
+@pytest.mark.parametrize("env", ["development", "production"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "*",
+        # flask-cors reads these as regular expressions matched at the start only: the first
+        # three grant every origin, the next `https://xexample.org.attacker.net`.
+        ".*",
+        "https://.*",
+        "https?://.*",
+        "https://*.example.org",
+        "https://app\\.example\\.org",
+        "https://[::1]:8443",
+        "https://app.example.org/",
+        "https://app.example.org/path",
+        "https://user@app.example.org",
+        "https://app.example.org:port",
+        "ftp://app.example.org",
+        "app.example.org",
+        "null",
+    ],
+)
+def test_cors_origins_must_be_exact_origins_in_every_environment(
+    production_env, env, origin, tmp_path
+):
+    production_env.setenv("REFERRAL_API_ENV", env)
+    production_env.setenv("REFERRAL_API_CORS_ORIGINS", f"https://app.example.org,{origin}")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(str(tmp_path))
+    assert raised.value.detail.startswith("REFERRAL_API_CORS_ORIGINS must list exact origins")
+    # Set by the app's caller rather than the environment: the same rule.
+    production_env.delenv("REFERRAL_API_CORS_ORIGINS")
+    with pytest.raises(ConfigurationError, match="REFERRAL_API_CORS_ORIGINS"):
+        load_settings(str(tmp_path), {"CORS_ORIGINS": [origin]})
+
+
+def test_cors_origins_may_name_a_port_and_any_case(production_env, tmp_path):
+    origins = "http://localhost:5173,https://App.Example.org:8443,http://127.0.0.1:8080"
+    production_env.setenv("REFERRAL_API_CORS_ORIGINS", origins)
+    assert load_settings(str(tmp_path))["CORS_ORIGINS"] == origins.split(",")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres-ql//referral:{password}@db/referral",
+        "postgresql://referral:{password}@db:notaport/referral",
+        "postgresql+nodriver://referral:{password}@db/referral",
+        "nosuchdb://referral:{password}@db/referral",
+    ],
+)
+def test_an_unusable_database_url_is_refused_without_echoing_it(clean_env, tmp_path, url):
+    password = "db-" + "password-canary"
+    clean_env.setenv("DATABASE_URL", url.format(password=password))
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(str(tmp_path))
+    assert raised.value.detail == "DATABASE_URL is not a valid database URL"
+    # Not chained: the parser's message quotes the URL, password included.
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
 def test_access_tokens_never_outlive_fifteen_minutes(clean_env, tmp_path):

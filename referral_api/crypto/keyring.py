@@ -251,13 +251,19 @@ class LocalKeyring(_VersionedAesGcmKeyring):
             created = cls._create(file)
             if created is not None:
                 return created
-        mode = stat.S_IMODE(file.stat().st_mode)
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            content = file.read_bytes()
+        except OSError:
+            # A directory (a volume mounted at the file's path), a file the service user may
+            # not read. Not chained, like the malformed file below.
+            raise ConfigurationError("The keyring file cannot be read.") from None
         if mode & 0o077:
             raise ConfigurationError(
                 "The keyring file must not be readable by group or others (chmod 600)."
             )
         try:
-            document: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+            document: dict[str, Any] = json.loads(content.decode("utf-8"))
             keys = {int(v): base64.b64decode(k) for v, k in document["keys"].items()}
             current = int(document["current"])
             destroyed = {int(v) for v in document.get("destroyed", [])}
