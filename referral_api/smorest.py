@@ -169,6 +169,11 @@ class Blueprint(flask_smorest.Blueprint):
         """
         if isinstance(schema, type) and issubclass(schema, ma.Schema):
             schema = schema()
+        if kwargs.get("location") == "query":
+            # A query parameter no list knows is refused (422), not ignored: a misspelt
+            # filter (`stauts=open`, `nmae=`) would otherwise answer the whole list as if
+            # it had matched.
+            kwargs.setdefault("unknown", ma.RAISE)
         return super().arguments(schema, **kwargs)  # type: ignore[no-any-return]
 
     def requires(self, permission: Permission) -> Callable[[F], F]:

@@ -81,6 +81,37 @@ def test_unknown_body_field_is_422(client):
     assert body["errors"]["json"] == {"role": ["Unknown field."]}
 
 
+def test_an_unknown_query_parameter_is_422_on_every_list(app, client, factory):
+    """A list or report that ignored a parameter it did not know answered as if a misspelt
+    filter (`stauts=`, `orgid=`) had matched everything: every GET taking query parameters
+    refuses an unknown one, naming it (the OpenAPI document lists the known ones)."""
+    routes = sorted(
+        path
+        for path, operations in app.test_client()
+        .get("/api/v1/openapi.json")
+        .get_json()["paths"]
+        .items()
+        if any(p.get("in") == "query" for p in operations.get("get", {}).get("parameters", []))
+        and "{" not in path
+    )
+    assert len(routes) >= 10, routes
+    headers = {
+        role: factory.headers(factory.user(role))
+        for role in (Role.CASEWORKER, Role.DPO, Role.ORG_ADMIN)
+    }
+    refused = {}
+    for path in routes:
+        for auth in headers.values():
+            response = client.get(path, query_string={"no_such_filter": "1"}, headers=auth)
+            if response.status_code in (401, 403):
+                continue  # this role may not list it at all
+            refused[path] = response.status_code
+            errors = assert_problem(response, 422)["errors"]
+            assert "no_such_filter" in errors["query"], (path, errors)
+            break
+    assert set(refused) == set(routes), sorted(set(routes) - set(refused))
+
+
 def test_unknown_field_on_update_changes_nothing(client, factory, auth_headers, session):
     headers = auth_headers(Role.PLATFORM_ADMIN)
     org_id = factory.org(name="Unchanged Org")
