@@ -203,10 +203,15 @@ def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:
     """decide(), raising NotFound (concealed) or Forbidden on denial."""
     decision = decide(actor, action, resource)
     if not decision.allowed:
-        if decision.conceal:
-            raise NotFound()
-        raise Forbidden("Your role does not allow this action.")
+        raise refusal(decision)
     return decision
+
+
+def refusal(decision: Decision) -> NotFound | Forbidden:
+    """The answer to a denial: NotFound when existence is concealed, else Forbidden."""
+    if decision.conceal:
+        return NotFound()
+    return Forbidden("Your role does not allow this action.")
 
 
 OUTSIDE_OWN_ORGANISATION = "org_id outside the officer's organisation"

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import decide, scope_to_org
+from referral_api.access.policy import decide, refusal, scope_to_org
 from referral_api.access.roles import OrgType, Role, permissions_for, role_allowed_in_org
 from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
@@ -55,7 +55,6 @@ _RESOURCE_TYPES: dict[type, str] = {
 }
 # What an action without a record (creating an organisation) is about.
 _RESOURCE_OF_PERMISSION = {"org": "organisation", "user": "user", "client": "api_client"}
-_ROLE_REFUSED = "Your role does not allow this action."
 
 
 def _on_record(
@@ -94,7 +93,7 @@ def _require(actor: Actor, action: Permission, target: _Record | None = None) ->
     decision = decide(actor, action, target)
     if decision.allowed:
         return
-    error: NotFound | Forbidden = NotFound() if decision.conceal else Forbidden(_ROLE_REFUSED)
+    error = refusal(decision)
     if target is None:
         resource_type, resource_id = _RESOURCE_OF_PERMISSION[str(action).split(":")[0]], None
     else:

@@ -331,10 +331,8 @@ class KeyService:
             return cached  # type: ignore[no-any-return]
         row = self.session.get(OrgKey, (org_id, version))
         if row is None:
-            newest = self.session.scalar(
-                select(func.max(OrgKey.version)).where(OrgKey.org_id == org_id)
-            )
-            raise _missing("organisation key", newer=newest is not None and newest > version)
+            newer = self._newest(OrgKey.version, OrgKey.org_id == org_id) > version
+            raise _missing("organisation key", newer=newer)
         key = self.provider.unwrap(row.wrapped_key, _org_key_aad(org_id, version))
         self.cache.put(("org", org_id, version), key)
         return key
@@ -393,12 +391,14 @@ class KeyService:
         case has a newer one) or by the case's erasure."""
         from referral_api.cases.models import Case
 
-        newest = self.session.scalar(
-            select(func.max(CaseKey.version)).where(CaseKey.case_id == case_id)
-        )
-        if newest is not None:
-            return bool(newest > version)
+        newest = self._newest(CaseKey.version, CaseKey.case_id == case_id)
+        if newest:
+            return newest > version
         return bool(self.session.scalar(select(Case.erased).where(Case.id == case_id)))
+
+    def _newest(self, version: Any, *where: Any) -> int:
+        """The newest stored version of the keys `where` selects (0: none)."""
+        return int(self.session.scalar(select(func.max(version)).where(*where)) or 0)
 
     def _unwrap_case_key(
         self,
@@ -466,10 +466,8 @@ class KeyService:
         return cached  # type: ignore[no-any-return]
 
     def _index_key_missing(self, org_id: uuid.UUID, version: int) -> KeyUnavailable:
-        newest = self.session.scalar(
-            select(func.max(IndexKey.version)).where(IndexKey.org_id == org_id)
-        )
-        return _missing("index key", newer=newest is not None and newest > version)
+        newer = self._newest(IndexKey.version, IndexKey.org_id == org_id) > version
+        return _missing("index key", newer=newer)
 
     def create_index_key(
         self, org_id: uuid.UUID, *, version: int, state: str, plan: dict[str, int]
