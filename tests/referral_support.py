@@ -310,12 +310,13 @@ class World:
         self.case_id = create_case(client, self.h["sender"])
         self.consent: dict[str, Any] | None = None
         if consent:
-            self.consent = record_consent(
-                client,
-                self.h["sender"],
-                self.case_id,
-                provision(purpose, self.shared, org_id=self.receiver_org),
-            )
+            self.consent = self.consent_to_receiver()
+
+    def consent_to_receiver(self, **window: Any) -> dict[str, Any]:
+        """A consent of the case for the receiver, the purpose and the shared categories;
+        `window`: the provision's valid_from / valid_until."""
+        provided = provision(self.purpose, self.shared, org_id=self.receiver_org, **window)
+        return record_consent(self.client, self.h["sender"], self.case_id, provided)
 
     def refer(self, *, send: bool = True, status: int = 201, **extra: Any) -> dict[str, Any]:
         extra.setdefault("purpose", self.purpose)

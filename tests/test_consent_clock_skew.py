@@ -23,8 +23,6 @@ from referral_support import (
     count,
     move,
     ok,
-    provision,
-    record_consent,
     refer,
     rows,
     walk,
@@ -159,17 +157,9 @@ def test_consent_expire_leaves_a_consent_withdrawn_ahead_alone(
 ) -> None:
     world = World(factory, client, consent=False)
     now = datetime.now(UTC)
-    ended = record_consent(
-        client,
-        world.h["sender"],
-        world.case_id,
-        provision(
-            world.purpose,
-            world.shared,
-            org_id=world.receiver_org,
-            valid_from=(now - timedelta(days=10)).isoformat(),
-            valid_until=(now - timedelta(days=1)).isoformat(),
-        ),
+    ended = world.consent_to_receiver(
+        valid_from=(now - timedelta(days=10)).isoformat(),
+        valid_until=(now - timedelta(days=1)).isoformat(),
     )
     _close_ahead(client, world, monkeypatch, ended["id"])
 
@@ -191,12 +181,7 @@ def test_the_referral_is_cancelled_when_its_last_consent_closes_after_one_closed
     uncovered): no packet, no thread, nothing left for the DPO to chase."""
     world = World(factory, client)
     assert world.consent is not None
-    second = record_consent(
-        client,
-        world.h["sender"],
-        world.case_id,
-        provision(world.purpose, world.shared, org_id=world.receiver_org),
-    )
+    second = world.consent_to_receiver()
     referral_id = world.refer()["id"]
     receiver = world.h["receiver"]
     walk(client, receiver, referral_id, "received")
@@ -226,16 +211,8 @@ def test_the_dpo_reports_count_a_consent_withdrawn_ahead_as_withdrawn(
     app: Any, client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = World(factory, client, consent=False)
-    ending = record_consent(
-        client,
-        world.h["sender"],
-        world.case_id,
-        provision(
-            world.purpose,
-            world.shared,
-            org_id=world.receiver_org,
-            valid_until=(datetime.now(UTC) + timedelta(days=5)).isoformat(),
-        ),
+    ending = world.consent_to_receiver(
+        valid_until=(datetime.now(UTC) + timedelta(days=5)).isoformat()
     )
     dpo = world.h["sender_dpo"]
     expiring = f"{API}/dpo/reports/consents-expiring?within_days=30"
