@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alembic import command
+from consent_history_support import consent_views, insert_rows, random_consents
 from referral_support import API, create_case, provision, record_consent
 from sqlalchemy import Engine, delete, inspect, select, text, update
-from test_dpo_reports import _insert, _random_consents, _views
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.consent.decision import TERMINAL_STATES, current_state
@@ -376,8 +376,10 @@ def test_asked_live_a_report_counts_a_closing_event_stamped_after_now(
     org = factory.org(OrgType.NGO)
     case_id = uuid.UUID(create_case(client, factory.headers(factory.user(Role.CASEWORKER, org))))
     rng = random.Random(7)  # noqa: S311 - test data
-    records, provisions, events = _random_consents(rng, AT, case_id, org, 300)
-    _insert(app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events))
+    records, provisions, events = random_consents(rng, AT, case_id, org, 300)
+    insert_rows(
+        app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events)
+    )
     states = consent_states(AT, live=True)
     with db.session_factory_for(app)() as s:
         reported: dict[uuid.UUID, set[str | None]] = {}
@@ -389,7 +391,7 @@ def test_asked_live_a_report_counts_a_closing_event_stamped_after_now(
             reported.setdefault(consent_id, set()).add(state)
         s.rollback()
     closed_ahead = 0
-    for view in _views(records, provisions, events):
+    for view in consent_views(records, provisions, events):
         expected = current_state(view, AT, live=True)
         assert reported.get(view.id, {None}) == {expected.value if expected else None}, view
         strictly = current_state(view, AT)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
+from consent_history_support import consent_views, insert_rows, random_consents
 from dpo_support import (
     NOTICE,
     DpoWorld,
@@ -32,8 +33,6 @@ from referral_api.access.roles import OrgType, Role
 from referral_api.audit.models import AuditEvent
 from referral_api.consent.decision import (
     ConsentView,
-    EventView,
-    ProvisionView,
     current_state,
     decide_disclosure,
     derive_state,
@@ -1001,74 +1000,6 @@ def test_record_of_processing_says_when_retention_is_not_configured(
 
 # ---- the SQL state is the replay's state --------------------------------------------------
 
-_KINDS = [
-    EventType.GIVEN,
-    EventType.GIVEN,
-    EventType.RENEWED,
-    EventType.RENEWED,
-    EventType.EXPIRED,
-    EventType.WITHDRAWN,
-    EventType.REVOKED,
-    EventType.ENTERED_IN_ERROR,
-]
-
-
-def _random_consents(
-    rng: random.Random, at: datetime, case_id: uuid.UUID, org_id: uuid.UUID, count: int
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """Consent histories around `at`, every event at its own minute (no ties)."""
-    records, provisions, events = [], [], []
-    for _ in range(count):
-        consent_id = uuid.uuid4()
-        records.append(
-            {
-                "id": consent_id,
-                "case_id": case_id,
-                "org_id": org_id,
-                "grantor": "person",
-                "is_minor": False,
-                "captured_by_org_id": org_id,
-                "collection_method": "written",
-                "language": "uk",
-                "notice_version": NOTICE,
-                "jurisdiction": "UA",
-                "article6": "a",
-                "created_at": at - timedelta(days=60),
-            }
-        )
-        for position in range(rng.randint(1, 3)):
-            until = rng.choice([None, at + timedelta(days=rng.randint(-30, 30))])
-            provisions.append(
-                {
-                    "id": uuid.uuid4(),
-                    "consent_id": consent_id,
-                    "case_id": case_id,
-                    "position": position,
-                    "purpose": "legal_assistance",
-                    "recipient_org_id": None,
-                    "recipient_org_type": "legal_aid",
-                    "categories": "identity",
-                    "valid_from": at - timedelta(days=rng.randint(31, 60)),
-                    "valid_until": until,
-                }
-            )
-        minutes = rng.sample(range(-50 * 24 * 60, 10 * 24 * 60), rng.randint(0, 6))
-        for minute in minutes:
-            kind = rng.choice(_KINDS)
-            events.append(
-                {
-                    "id": uuid.uuid4(),
-                    "consent_id": consent_id,
-                    "case_id": case_id,
-                    "event_type": kind,
-                    "occurred_at": at + timedelta(minutes=minute),
-                    "valid_until": rng.choice([None, at + timedelta(days=rng.randint(-20, 20))])
-                    if kind is EventType.RENEWED
-                    else None,
-                }
-            )
-    return records, provisions, events
-
 
 def _covering_consent(
     rng: random.Random,
@@ -1081,7 +1012,7 @@ def _covering_consent(
     """A consent meant to cover the referral: one provision or two splitting its
     categories, by organisation or by type, open-ended or bounded, sometimes renewed (once
     into the future, or first into the past and then again)."""
-    records, provisions, events = _random_consents(rng, now, case_id, org_id, 1)
+    records, provisions, events = random_consents(rng, now, case_id, org_id, 1)
     consent_id = records[0]["id"]
     categories = referral["categories"].split(",")
     split = len(categories) > 1 and rng.random() < 0.4
@@ -1125,42 +1056,6 @@ def _covering_consent(
     return records, provisions, events
 
 
-def _views(records: list[dict], provisions: list[dict], events: list[dict]) -> list[ConsentView]:
-    return [
-        ConsentView(
-            id=record["id"],
-            provisions=tuple(
-                ProvisionView(
-                    id=p["id"],
-                    purpose=Purpose(p["purpose"]),
-                    recipient_org_id=p.get("recipient_org_id"),
-                    recipient_org_type=OrgType(p["recipient_org_type"])
-                    if p.get("recipient_org_type")
-                    else None,
-                    categories=frozenset(Category(c) for c in p["categories"].split(",")),
-                    valid_from=p["valid_from"],
-                    valid_until=p["valid_until"],
-                )
-                for p in provisions
-                if p["consent_id"] == record["id"]
-            ),
-            events=tuple(
-                EventView(e["event_type"], e["occurred_at"], e["valid_until"])
-                for e in sorted(events, key=lambda e: e["occurred_at"])
-                if e["consent_id"] == record["id"]
-            ),
-        )
-        for record in records
-    ]
-
-
-def _insert(app: Any, *batches: tuple[Any, list[dict]]) -> None:
-    with db.engine_for(app).begin() as connection:
-        for table, rows in batches:
-            if rows:
-                connection.execute(table.__table__.insert(), rows)
-
-
 def test_sql_consent_state_matches_the_replay_on_random_histories(
     app: Any, client: Any, factory: Any
 ) -> None:
@@ -1168,8 +1063,10 @@ def test_sql_consent_state_matches_the_replay_on_random_histories(
     case_id = uuid.UUID(create_case(client, factory.headers(factory.user(Role.CASEWORKER, org))))
     at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
     rng = random.Random(6)  # noqa: S311 - test data
-    records, provisions, events = _random_consents(rng, at, case_id, org, 300)
-    _insert(app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events))
+    records, provisions, events = random_consents(rng, at, case_id, org, 300)
+    insert_rows(
+        app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events)
+    )
     provisions_table = ConsentProvision.__table__
     with db.session_factory_for(app)() as s:
         # Both ways of reading a consent occur: its summary as kept (every event at or
@@ -1188,7 +1085,7 @@ def test_sql_consent_state_matches_the_replay_on_random_histories(
             reported.setdefault(consent_id, set()).add(state)
         s.rollback()
     seen = Counter()
-    for view in _views(records, provisions, events):
+    for view in consent_views(records, provisions, events):
         derived = derive_state(view.events, at)
         row = got.get(view.id)
         if row is None:  # no event at or before `at`
@@ -1238,7 +1135,7 @@ def test_sql_prefilter_never_hides_an_uncovered_referral(
                 "erased": False,
             }
         )
-        r, p, e = _random_consents(rng, now, case_id, sender, rng.randint(0, 2))
+        r, p, e = random_consents(rng, now, case_id, sender, rng.randint(0, 2))
         for provision in p:
             provision["purpose"] = rng.choice(["legal_assistance", "law_enforcement_report"])
             provision["categories"] = ",".join(
@@ -1275,10 +1172,10 @@ def test_sql_prefilter_never_hides_an_uncovered_referral(
         records += r
         provisions += p
         events += e
-        views[case_id] = _views(r, p, e)
+        views[case_id] = consent_views(r, p, e)
     from referral_api.cases.models import Case
 
-    _insert(
+    insert_rows(
         app,
         (Case, cases),
         (ConsentRecord, records),
