@@ -12,6 +12,16 @@ shows (the case restricted, the consent withdrawn, the packet closed). The store
 replayed as it is only where it holds ids and codes (police intake). Once the case is
 erased, a replay answers 410.
 
+An endpoint that names a `resource` view instead (administration, directory, subject
+rights) has no response stored at all: the record keeps the id of what the first request
+made (`resource_id`), and the replay answers that resource as it is now. An organisation or
+a service has no case key to encrypt a stored body with, and an API client's body holds its
+secret, which is shown once and never stored.
+
+Every other POST either declares that a repeat is harmless (`Blueprint.repeatable`: the
+header is accepted and ignored) or refuses a request carrying the header (422,
+`refuse_key`), so an endpoint that never decided cannot silently do a retried request twice.
+
 A key is honoured for IDEMPOTENCY_KEY_TTL_SECONDS after its first use (default 7 days):
 past that, the key is free again and its record and stored response are deleted when it is
 reused, or by `referral-api retention run --apply` (`purge_expired`), so neither a stored
@@ -48,6 +58,11 @@ ERASED = "erased"
 # Renders the current view of what a first request made, from its stored response body (as
 # JSON) and the view's arguments: a Flask response, or what a view returns.
 CurrentView = Callable[[dict[str, Any], dict[str, Any]], Any]
+# Renders the current view of what a first request made from its id (the record's
+# `resource_id`) and the view's arguments; no response body is stored for these.
+ResourceView = Callable[[uuid.UUID, dict[str, Any]], Any]
+# The id of what a request made, from its (successful) response and the view's arguments.
+ResourceIdOf = Callable[[Response, dict[str, Any]], uuid.UUID]
 
 
 class IdempotencyRecord(Base):
@@ -64,6 +79,8 @@ class IdempotencyRecord(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     case_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("cases.id"), index=True)
     status_code: Mapped[int | None] = mapped_column(Integer)
+    # What the first request made, for a `resource` view's replay (no response is stored).
+    resource_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("principal", "key", name="uq_idempotency_principal_key"),)
@@ -91,6 +108,23 @@ def idempotency_key() -> str | None:
             location="headers",
         )
     return key
+
+
+def refuse_key() -> None:
+    """An endpoint that neither honours Idempotency-Key nor declared a repeat harmless: a
+    request carrying the key is refused before anything is done, rather than done again on
+    every retry while the caller believes it is safe."""
+    if "Idempotency-Key" in request.headers:
+        raise ValidationFailed(
+            {
+                "Idempotency-Key": [
+                    "This endpoint does not honour Idempotency-Key: a retry would be a new "
+                    "request. Send it without the header."
+                ]
+            },
+            detail="This endpoint does not honour the Idempotency-Key header.",
+            location="headers",
+        )
 
 
 def _principal(actor: Actor) -> str:
@@ -157,9 +191,11 @@ def replay(
     record: IdempotencyRecord,
     current: CurrentView | None = None,
     view_args: dict[str, Any] | None = None,
+    resource: ResourceView | None = None,
 ) -> Response:
-    """The answer to a repeated request (module docstring): `current`'s view of what the first
-    request made, with its status; without `current`, the stored response."""
+    """The answer to a repeated request (module docstring): `resource`'s view of what the
+    first request made, found by its id, or `current`'s, found in the stored response, with
+    the first status; with neither, the stored response."""
     endpoint, body_hash = _fingerprint()
     if record.endpoint == endpoint and record.body_sha256 == ERASED:
         raise Gone("The case this request concerned was erased.")
@@ -168,6 +204,13 @@ def replay(
             {"Idempotency-Key": ["This key was used for another request; use a new key."]},
             location="headers",
         )
+    if resource is not None:
+        if record.resource_id is None or record.status_code is None:
+            raise Conflict("A request with this Idempotency-Key is still being processed.")
+        response = make_response(resource(record.resource_id, view_args or {}))
+        response.status_code = record.status_code
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
     stored = session.get(IdempotentResponse, record.id)
     if stored is None or record.status_code is None:
         raise Conflict("A request with this Idempotency-Key is still being processed.")
@@ -198,15 +241,33 @@ def claim(session: Session, actor: Actor, key: str) -> IdempotencyRecord:
 
 
 def store(
-    session: Session, record: IdempotencyRecord, response: Response, case_id: uuid.UUID | None
+    session: Session,
+    record: IdempotencyRecord,
+    response: Response,
+    case_id: uuid.UUID | None,
+    resource_id: uuid.UUID | None = None,
 ) -> None:
+    """Complete the record of a request that succeeded: its status and case, and either the
+    id of what it made (`resource` views: nothing of the response is kept) or its response,
+    encrypted with the case's key."""
     record.status_code = response.status_code
     record.case_id = case_id
-    if case_id is None:
+    record.resource_id = resource_id
+    if case_id is None or resource_id is not None:
         return
     stored = IdempotentResponse(id=record.id, case_id=case_id, etag=response.headers.get("ETag"))
     stored.body = response.get_data(as_text=True)
     session.add(stored)
+
+
+def id_in_body(response: Response, _view_args: dict[str, Any]) -> uuid.UUID:
+    """The `id` of the resource a response shows (what a POST created)."""
+    return uuid.UUID(json.loads(response.get_data(as_text=True))["id"])
+
+
+def case_in_url(_response: Response, view_args: dict[str, Any]) -> uuid.UUID:
+    """The case the URL names (a POST that changes the case itself)."""
+    return view_args["case_id"]  # type: ignore[no-any-return]
 
 
 def case_of_response(

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import flask_smorest
 import marshmallow as ma
-from flask import g, request
+from flask import current_app, g, request
 from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
@@ -185,6 +186,10 @@ class Blueprint(flask_smorest.Blueprint):
                     denied = Forbidden("Your role does not allow this action.")
                     denied.audit = _denial_entry(permission, kwargs)
                     raise denied
+                if _undecided_post_with_key():
+                    from referral_api.idempotency import refuse_key
+
+                    refuse_key()
                 try:
                     return func(*args, **kwargs)
                 except (Gone, ProcessingRestricted) as refused:
@@ -204,16 +209,36 @@ class Blueprint(flask_smorest.Blueprint):
         return decorator
 
     def idempotent(
-        self, func: F | None = None, *, current: Any = None, case_field: str = "case_id"
+        self,
+        func: F | None = None,
+        *,
+        current: Any = None,
+        case_field: str = "case_id",
+        resource: Any = None,
+        resource_id: Any = None,
     ) -> Any:
         """Honour `Idempotency-Key` on a POST (see referral_api.idempotency). The wrapped
         view flushes but does not commit: this wrapper commits the work together with the
         stored response. `current(first_body, view_args)`: what a replay answers, the
         current view of what the first request made (`idempotency.CurrentView`); without
         it the stored response is replayed, only for responses of ids and codes.
-        `case_field`: the response's field naming its case, when the URL names none."""
+        `case_field`: the response's field naming its case, when the URL names none.
+
+        `resource(made_id, view_args)` instead of `current`: no response is stored, only the
+        id of what the first request made (`resource_id(response, view_args)`, by default
+        the response's `id`), and a replay answers that resource as it is now
+        (`idempotency.ResourceView`) — for responses with no case key to be encrypted with,
+        or holding a secret shown once."""
         if func is None:
-            return lambda view: self.idempotent(view, current=current, case_field=case_field)
+            return lambda view: self.idempotent(
+                view,
+                current=current,
+                case_field=case_field,
+                resource=resource,
+                resource_id=resource_id,
+            )
+        if current is not None and resource is not None:
+            raise TypeError("an idempotent view names `current` or `resource`, not both")
 
         @wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -241,36 +266,45 @@ class Blueprint(flask_smorest.Blueprint):
                     if existing is None:
                         raise
             if existing is not None:
-                replayed = idempotency.replay(session, existing, current, kwargs)
+                replayed = idempotency.replay(session, existing, current, kwargs, resource)
                 session.commit()  # the current view's audit row
                 return replayed
             response = func(*args, **kwargs)
             if response.status_code < 300:
                 case_id = idempotency.case_of_response(session, response, kwargs, case_field)
-                idempotency.store(session, record, response, case_id)
+                made = None
+                if resource is not None:
+                    made = (resource_id or idempotency.id_in_body)(response, kwargs)
+                idempotency.store(session, record, response, case_id, made)
             session.commit()
             return response
 
-        from referral_api.idempotency import KEY_PATTERN
+        wrapper.__idempotency__ = "honoured"  # type: ignore[attr-defined]
 
-        documented = self.doc(
-            parameters=[
-                {
-                    "in": "header",
-                    "name": "Idempotency-Key",
-                    "required": False,
-                    "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
-                    "description": "Retry safely: the same key and body do nothing twice "
-                    "and answer with the first response's status (`Idempotent-Replayed: "
-                    "true`) and what it made as it is now (police intake: the first body); "
-                    "410 once the case is erased; the same key with another body is "
-                    "refused (422). A key is honoured for 7 days after its first use "
-                    "(the operator's REFERRAL_API_IDEMPOTENCY_KEY_SECONDS); past that it "
-                    "is a new request.",
-                }
-            ]
-        )(wrapper)
-        return documented  # type: ignore[no-any-return]
+        return self._documenting_key(
+            wrapper,
+            "Retry safely: the same key and body do nothing twice "
+            "and answer with the first response's status (`Idempotent-Replayed: "
+            "true`) and what it made as it is now (police intake: the first body); "
+            "410 once the case is erased; the same key with another body is "
+            "refused (422). A key is honoured for 7 days after its first use "
+            "(the operator's REFERRAL_API_IDEMPOTENCY_KEY_SECONDS); past that it "
+            "is a new request.",
+        )
+
+    def repeatable(self, reason: str) -> Callable[[F], F]:
+        """Declare a POST whose repeat is harmless (`reason` says why): `Idempotency-Key` is
+        accepted and ignored there, and the reason is in the endpoint's OpenAPI description.
+        A POST that neither declares this nor is `idempotent` refuses the header (422)."""
+
+        def decorator(func: F) -> F:
+            note = f"`Idempotency-Key` is accepted and ignored: {reason}"
+            func.__doc__ = _with_description_note(func.__doc__, note)
+            func.__idempotency__ = "repeatable"  # type: ignore[attr-defined]
+            func.__repeatable_reason__ = reason  # type: ignore[attr-defined]
+            return self._documenting_key(func, f"Accepted and ignored: {reason}")
+
+        return decorator
 
     @staticmethod
     def public(func: F) -> F:
@@ -287,7 +321,60 @@ class Blueprint(flask_smorest.Blueprint):
             raise UndeclaredPermissionError(
                 f"view {self.name}.{name} declares no permission; use @blp.requires or @blp.public"
             )
+        if "POST" in kw.get("methods", ()) and getattr(view_func, "__idempotency__", None) is None:
+            view_func = self._refusing_key(view_func)
         super().add_url_rule(rule, endpoint, view_func, *a, **kw)
+
+    def _refusing_key(self, view_func: Any) -> Any:
+        """A POST that decided nothing about `Idempotency-Key`: documented as refusing it.
+        A view behind `requires` refuses it after the permission check (`requires`); a
+        public one before anything, here."""
+        if hasattr(view_func, "__required_permission__"):
+            guarded = view_func
+        else:
+            from referral_api.idempotency import refuse_key
+
+            @wraps(view_func)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                refuse_key()
+                return view_func(*args, **kwargs)
+
+        refused = (
+            "Not honoured: a request carrying this header is refused (422) and nothing is "
+            "done; send the request without it."
+        )
+        return self._documenting_key(guarded, refused)
+
+    def _documenting_key(self, func: Any, description: str) -> Any:
+        """`func` with the Idempotency-Key header among its documented parameters (added to
+        any it documents already: a later `doc(parameters=…)` replaces the list)."""
+        from referral_api.idempotency import KEY_PATTERN
+
+        manual = getattr(func, "_apidoc", {}).get("manual_doc", {})
+        header = {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
+            "description": description,
+        }
+        return self.doc(parameters=[*manual.get("parameters", []), header])(func)
+
+
+def _undecided_post_with_key() -> bool:
+    """A POST carrying Idempotency-Key to a view that neither honours it nor declared a
+    repeat harmless (the registered view carries the decision: `wraps` copies it outward)."""
+    if request.method != "POST" or "Idempotency-Key" not in request.headers:
+        return False
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "__idempotency__", None) is None
+
+
+def _with_description_note(docstring: str | None, note: str) -> str:
+    """The docstring with `note` closing its OpenAPI description (before a `---` part)."""
+    text = inspect.cleandoc(docstring or "")
+    public, delimiter, internal = text.partition("\n---")
+    return f"{public}\n\n{note}{delimiter}{internal}"
 
 
 # ---- ETags and conditional requests -------------------------------------------------------

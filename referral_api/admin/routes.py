@@ -1,4 +1,7 @@
-"""Administration API: organisations (platform admins), users and API clients (org admins)."""
+"""Administration API: organisations (platform admins), users and API clients (org admins).
+
+The creating POSTs honour Idempotency-Key: a replay answers what the first request created as
+the matching GET shows it now (no response is stored: an API client's holds its secret)."""
 
 from __future__ import annotations
 
@@ -64,15 +67,21 @@ def list_orgs(args: dict[str, Any]) -> Any:
     return items, 200, headers
 
 
+def _current_org(org_id: uuid.UUID, _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the organisation the first request created, as GET /orgs/{id}
+    shows it to this caller now."""
+    return get_org(org_id=org_id)
+
+
 @blp.route("/orgs", methods=["POST"])
 @blp.requires(Permission.ORG_MANAGE)
+@blp.idempotent(resource=_current_org)
 @blp.arguments(OrganisationCreateSchema)
 @blp.response(201, OrganisationSchema, headers=_ETAG_HEADER)
 @blp.alt_response(409, response="CONFLICT")
 def create_org(data: dict[str, Any]) -> Any:
     """Create an organisation"""
     org = service.create_organisation(db.session, current_actor(), **data)
-    db.session.commit()
     return _with_etag("org", org, org, 201)
 
 
@@ -119,8 +128,15 @@ def list_users(args: dict[str, Any], org_id: uuid.UUID) -> Any:
     return items, 200, headers
 
 
+def _current_user(user_id: uuid.UUID, _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the user the first request created, as GET /users/{id} shows it
+    to this caller now."""
+    return get_user(user_id=user_id)
+
+
 @blp.route("/orgs/<uuid:org_id>/users", methods=["POST"])
 @blp.requires(Permission.USER_MANAGE)
+@blp.idempotent(resource=_current_user)
 @blp.arguments(UserCreateSchema)
 @blp.response(201, UserSchema, headers=_ETAG_HEADER)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -130,7 +146,6 @@ def create_user(data: dict[str, Any], org_id: uuid.UUID) -> Any:
     actor = current_actor()
     org = service.get_organisation(db.session, actor, org_id, Permission.USER_MANAGE)
     user = service.create_user(db.session, actor, hasher, org, **data)
-    db.session.commit()
     return _with_etag("user", user, user, 201)
 
 
@@ -180,17 +195,28 @@ def list_clients(args: dict[str, Any], org_id: uuid.UUID) -> Any:
     return items, 200, headers
 
 
+def _current_client(client_pk: uuid.UUID, _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the API client the first request created, as GET /clients/{id}
+    shows it now — without its secret, which is shown once and never stored."""
+    return get_client(client_pk=client_pk)
+
+
 @blp.route("/orgs/<uuid:org_id>/clients", methods=["POST"])
 @blp.requires(Permission.CLIENT_MANAGE)
+@blp.idempotent(resource=_current_client)
 @blp.arguments(ApiClientCreateSchema)
 @blp.response(201, ApiClientCreatedSchema, headers=_ETAG_HEADER)
 @blp.alt_response(404, response="NOT_FOUND")
 def create_client(data: dict[str, Any], org_id: uuid.UUID) -> Any:
-    """Create an API client; its secret is shown in this response only"""
+    """Create an API client; its secret is shown in this response only
+
+    With `Idempotency-Key`, a replay answers the client created first as it is now, without
+    `client_secret`: the secret is shown once and never stored. Lost it? Rotate it (POST
+    /clients/{id}/secret).
+    """
     actor = current_actor()
     org = service.get_organisation(db.session, actor, org_id, Permission.CLIENT_MANAGE)
     created = service.create_client(db.session, actor, hasher, org, **data)
-    db.session.commit()
     return _created_client(created, 201)
 
 
@@ -237,7 +263,12 @@ def update_client(changes: dict[str, Any], client_pk: uuid.UUID) -> Any:
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 @blp.alt_response(428, response="PRECONDITION_REQUIRED")
 def rotate_client_secret(client_pk: uuid.UUID) -> Response | Any:
-    """Issue a new secret (shown once); the old one and its tokens stop working at once"""
+    """Issue a new secret (shown once); the old one and its tokens stop working at once
+
+    `Idempotency-Key` is refused here (422): a replay could not show the new secret, which is
+    never stored. A repeat cannot rotate twice anyway: the first rotation changes the ETag,
+    so a repeat with the same If-Match answers 412.
+    """
     actor = current_actor()
     client = service.get_client(db.session, actor, client_pk, Permission.CLIENT_MANAGE)
     require_if_match(etag_for("client", client.id, client.version))

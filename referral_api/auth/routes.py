@@ -62,6 +62,11 @@ def _commit_then_raise(error: ReferralApiError) -> None:
 
 @blp.route("/auth/login", methods=["POST"])
 @blp.public
+@blp.repeatable(
+    "tokens are never stored, so a login cannot be replayed. A repeat is another login with "
+    "tokens of its own; a login whose answer was lost is never used and lapses when its "
+    "refresh token expires."
+)
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
@@ -92,6 +97,11 @@ def login(credentials: dict[str, str]) -> dict[str, Any]:
 
 @blp.route("/auth/refresh", methods=["POST"])
 @blp.public
+@blp.repeatable(
+    "tokens are never stored, so a refresh cannot be replayed, and nothing is issued twice: "
+    "a repeat presents a refresh token already used, which revokes every token of that "
+    "login (reuse detection). After a lost answer, log in again."
+)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
 @blp.doc(security=[{"bearerAuth": []}])
@@ -124,6 +134,7 @@ def refresh() -> dict[str, Any]:
 
 @blp.route("/auth/logout", methods=["POST"])
 @blp.requires(Permission.SELF_READ)
+@blp.repeatable("the login is revoked once; a repeat's token no longer works (401).")
 @blp.response(204)
 def logout() -> None:
     """Log out: revoke every token of this login"""
@@ -158,6 +169,10 @@ def _basic_client_credentials() -> tuple[str, str] | None:
 
 @blp.route("/auth/token", methods=["POST"])
 @blp.public
+@blp.repeatable(
+    "tokens are never stored, so a token request cannot be replayed. A repeat issues another "
+    "short-lived access token (no refresh token); one whose answer was lost expires unused."
+)
 @blp.arguments(ClientCredentialsSchema, location="json_or_form")
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")

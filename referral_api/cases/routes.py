@@ -30,6 +30,12 @@ blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Case recor
 
 _ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Strong entity tag"}}
 
+# Why a repeated status change or assignment cannot act twice (`Blueprint.repeatable`).
+_IF_MATCH_GUARDS = (
+    "the first change moves the case's ETag, so a repeat with the same If-Match is "
+    "refused (412) and changes nothing."
+)
+
 
 def _respond(view: service.CaseView, status: int = 200) -> Any:
     body = view.as_dict()
@@ -127,6 +133,7 @@ def update_case(changes: dict[str, Any], case_id: uuid.UUID) -> Any:
 
 @blp.route("/cases/<uuid:case_id>/status", methods=["POST"])
 @blp.requires(Permission.CASE_UPDATE)
+@blp.repeatable(_IF_MATCH_GUARDS)
 @blp.arguments(StatusChangeSchema)
 @blp.response(200, CaseSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -149,6 +156,7 @@ def change_status(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 
 @blp.route("/cases/<uuid:case_id>/assign", methods=["POST"])
 @blp.requires(Permission.CASE_ASSIGN)
+@blp.repeatable(_IF_MATCH_GUARDS)
 @blp.arguments(AssignSchema)
 @blp.response(200, CaseSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")

@@ -197,6 +197,7 @@ def receipt(consent_id: uuid.UUID) -> Any:
 
 @blp.route("/cases/<uuid:case_id>/consent-check", methods=["POST"])
 @blp.requires(Permission.CONSENT_READ)
+@blp.repeatable("the check only reads (each call is audited as a read); it changes nothing.")
 @blp.arguments(ConsentCheckSchema)
 @blp.response(200, ConsentCheckResultSchema)
 @blp.alt_response(404, response="NOT_FOUND")

@@ -74,15 +74,21 @@ def get_service(service_id: uuid.UUID) -> Any:
     return _with_etag(item)
 
 
+def _current_service(service_id: uuid.UUID, _view_args: dict[str, Any]) -> Any:
+    """A replay's answer: the service the first request added, as GET /services/{id} shows
+    it now."""
+    return get_service(service_id=service_id)
+
+
 @blp.route("/orgs/<uuid:org_id>/services", methods=["POST"])
 @blp.requires(Permission.DIRECTORY_MANAGE)
+@blp.idempotent(resource=_current_service)
 @blp.arguments(ServiceCreateSchema)
 @blp.response(201, ServiceSchema, headers=_ETAG_HEADER)
 @blp.alt_response(404, response="NOT_FOUND")
 def create_service(data: dict[str, Any], org_id: uuid.UUID) -> Any:
     """Add a service to your organisation's directory entry"""
     item = service.create_service(db.session, current_actor(), org_id, data)
-    db.session.commit()
     return _with_etag(item, 201)
 
 

@@ -140,6 +140,7 @@ def overrides(args: dict[str, Any]) -> Any:
 
 @blp.route("/dpo/overrides/<uuid:referral_id>/review", methods=["POST"])
 @blp.requires(Permission.DPO_REPORTS)
+@blp.repeatable("a review is recorded once; a repeat answers 409 and records nothing.")
 @blp.response(200, OverrideRowSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")

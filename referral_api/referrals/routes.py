@@ -1,6 +1,6 @@
 """Referral endpoints: create/send, inbox and outbox, transitions, the receiver's packet,
 messages, override approval, notifications, and police intake. POSTs honour Idempotency-Key
-(the wrapper commits)."""
+(the wrapper commits), but marking a notification read, whose repeat is harmless."""
 
 from __future__ import annotations
 
@@ -238,6 +238,7 @@ def list_notifications(args: dict[str, Any]) -> Any:
 
 @blp.route("/notifications/<uuid:notification_id>/read", methods=["POST"])
 @blp.requires(Permission.REFERRAL_TRANSITION)
+@blp.repeatable("marking a read notification read again keeps its first read time.")
 @blp.response(200, NotificationSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def mark_read(notification_id: uuid.UUID) -> Any:

@@ -128,6 +128,24 @@ def set_legal_hold(
     return current
 
 
+def legal_hold_now(
+    session: Session, actor: Actor, case_id: uuid.UUID
+) -> tuple[Case, LegalHold | None]:
+    """The case's legal hold as it is now (what a retried hold or lift answers): the hold in
+    place, or else the one lifted last (None if there never was one)."""
+    case = _case_for(session, actor, Permission.CASE_LEGAL_HOLD, case_id)
+    hold = (
+        active_hold(session, case.id)
+        or session.scalars(
+            select(LegalHold)
+            .where(LegalHold.case_id == case.id, LegalHold.lifted_at.is_not(None))
+            .order_by(LegalHold.lifted_at.desc(), LegalHold.id)
+            .limit(1)
+        ).first()
+    )
+    return case, hold
+
+
 # ---- restriction (Art. 18) ----------------------------------------------------------------
 
 
@@ -140,6 +158,11 @@ def set_restriction(session: Session, actor: Actor, case_id: uuid.UUID, restrict
     session.flush()
     _audit(session, actor, "case:restrict" if restricted else "case:lift-restriction", case.id)
     return case
+
+
+def restriction_now(session: Session, actor: Actor, case_id: uuid.UUID) -> Case:
+    """The case whose restriction a retried request set, read through the policy now."""
+    return _case_for(session, actor, Permission.CASE_RESTRICT, case_id)
 
 
 # ---- erasure (Art. 17) --------------------------------------------------------------------
@@ -172,6 +195,24 @@ def request_erasure(
         case.id,
         details={"request_id": str(request.id), "basis": basis.value},
     )
+    return request
+
+
+def read_erasure_request(
+    session: Session, actor: Actor, case_id: uuid.UUID, request_id: uuid.UUID
+) -> ErasureRequest:
+    """An erasure request of the case as it is now (what a retried request answers): 404,
+    on the record, for one of another case."""
+    case = _case_for(session, actor, Permission.CASE_ERASURE_REQUEST, case_id)
+    request = session.get(ErasureRequest, request_id)
+    if request is None or request.case_id != case.id:
+        raise _denied(
+            NotFound(),
+            "case:erasure-request",
+            case.id,
+            "no such request",
+            {"request_id": str(request_id)},
+        )
     return request
 
 
@@ -418,11 +459,12 @@ def erase_case(
     )
     session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
     # The keys stay (a retry must not do the work again: it answers 410), not the digest of
-    # each request's body, which could confirm a guessed copy of a message or an intake.
+    # each request's body, which could confirm a guessed copy of a message or an intake, nor
+    # the id of what a request made (an export deleted here, a legal hold).
     session.execute(
         update(IdempotencyRecord)
         .where(IdempotencyRecord.case_id == case.id)
-        .values(body_sha256=IDEMPOTENCY_ERASED)
+        .values(body_sha256=IDEMPOTENCY_ERASED, resource_id=None)
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(SubjectExport).where(SubjectExport.case_id == case.id))
@@ -723,6 +765,20 @@ def create_export(
     session.flush()
     export.document = json.dumps(build_export(session, case), ensure_ascii=False, sort_keys=True)
     session.flush()
+    return export
+
+
+def read_export(
+    session: Session, actor: Actor, case_id: uuid.UUID, export_id: uuid.UUID
+) -> SubjectExport:
+    """An export's record, never its document (what a retried export request answers), for
+    its requester only: 404, on the record, otherwise."""
+    case = _case_for(session, actor, Permission.CASE_EXPORT, case_id)
+    export = session.get(SubjectExport, export_id)
+    if export is None or export.case_id != case.id or export.requested_by != actor.id:
+        raise _denied(
+            NotFound(), "case:export", case.id, "no such export", {"export_id": str(export_id)}
+        )
     return export
 
 
