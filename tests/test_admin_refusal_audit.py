@@ -27,7 +27,7 @@ API = "/api/v1"
 NEW_PASSWORD = "an attacker's passphrase 42"
 _KINDS = {Organisation: "org", User: "user", ApiClient: "client"}
 _MODELS = {kind: model for model, kind in _KINDS.items()}
-_RESOURCE_TYPES = {"org": "organisation", "user": "user", "client": "api_client"}
+_RESOURCE_TYPES = {"org": "organisation", "user": "user", "client": "client"}
 
 
 def _version(app: Any, model: Any, pk: uuid.UUID) -> int:

@@ -366,6 +366,7 @@ def test_a_role_without_the_permission_is_refused_and_recorded(
         org,
     )
     assert row.reason == "permission not granted to role"
+    assert (row.resource_type, row.resource_id) == ("case", None)
 
     # Assigning needs a supervisor: the refusal names the case from the URL.
     assign = client.post(
@@ -381,6 +382,30 @@ def test_a_role_without_the_permission_is_refused_and_recorded(
         uuid.UUID(case_id),
         worker.id,
     )
+    assert (row.resource_type, row.resource_id) == ("case", case_id)
+
+    # Recording a consent needs case work: the refusal names the case the URL names, typed as
+    # a case (the id is the case's, not a consent's).
+    consent = client.post(
+        f"/api/v1/cases/{case_id}/consents", json={}, headers=factory.headers(dpo)
+    )
+    assert_problem(consent, 403)
+    row = one_row_of(app, consent)
+    assert (row.action, row.resource_type, row.resource_id, row.case_id) == (
+        "consent:record",
+        "case",
+        case_id,
+        uuid.UUID(case_id),
+    )
+
+    # Without an id in the URL, the row names what the permission acts on, in the words the
+    # administration's own rows use.
+    org_create = client.post(
+        "/api/v1/orgs", json={"name": "X", "org_type": "ngo"}, headers=factory.headers(worker)
+    )
+    assert_problem(org_create, 403)
+    row = one_row_of(app, org_create)
+    assert (row.action, row.resource_type, row.resource_id) == ("org:manage", "organisation", None)
 
     # An administrator may see metadata but never notes (content).
     admin = factory.user(Role.ORG_ADMIN, org)
@@ -1205,3 +1230,19 @@ def test_a_page_of_rows_is_stored_as_rows_recorded_one_by_one_would_be(app: Any)
         assert row.occurred_at.tzinfo is not None
         assert row.seq is None and row.hash is None  # unsealed, like any new row
     assert json.loads(paged[0].details)["ünï"] == "\u0645"
+
+
+def test_every_id_a_url_names_has_an_audit_resource_type(app: Any) -> None:
+    """A refusal by role records the id its URL names (smorest._denial_entry), typed from
+    URL_ID_TYPES: a route naming an id under a new name must add it there, or its refusals
+    would be recorded without the id."""
+    from referral_api.smorest import URL_ID_TYPES
+
+    named = {
+        argument
+        for rule in app.url_map.iter_rules()
+        for argument in rule.arguments
+        if argument.endswith(("_id", "_pk"))
+    }
+    assert named, "no route names an id"
+    assert named <= set(URL_ID_TYPES), sorted(named - set(URL_ID_TYPES))

@@ -54,3 +54,21 @@ class Permission(enum.StrEnum):
     DPO_REPORTS = "dpo:reports"
     # Keys and system
     KEYS_MANAGE = "keys:manage"
+
+
+# The audit log's names for what a permission acts on (its `resource:` part), where the two
+# differ: the same vocabulary as the rows services write (`organisation`, `client`, ...).
+_RESOURCE_TYPES = {
+    "self": "user",
+    "org": "organisation",
+    "intake": "case",
+    "directory": "service",
+    "dpo": "report",
+    "erasure": "erasure_request",
+}
+
+
+def resource_type(permission: Permission) -> str:
+    """The audit resource type of what `permission` acts on."""
+    resource = permission.value.partition(":")[0]
+    return _RESOURCE_TYPES.get(resource, resource)

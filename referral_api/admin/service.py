@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
+from referral_api.access.permissions import resource_type as permission_resource_type
 from referral_api.access.policy import decide, refusal, scope_to_org
 from referral_api.access.roles import OrgType, Role, permissions_for, role_allowed_in_org
 from referral_api.audit import service as audit
@@ -48,13 +49,13 @@ class ClientWithSecret:
 _Record = Organisation | User | ApiClient
 _Refusal = TypeVar("_Refusal", bound=NotFound | Forbidden)
 
+# The audit log's names (access.permissions.resource_type): an API client is a `client`, as
+# in the sign-in rows and the DPO's sign-in-failures report.
 _RESOURCE_TYPES: dict[type, str] = {
     Organisation: "organisation",
     User: "user",
-    ApiClient: "api_client",
+    ApiClient: "client",
 }
-# What an action without a record (creating an organisation) is about.
-_RESOURCE_OF_PERMISSION = {"org": "organisation", "user": "user", "client": "api_client"}
 
 
 def _on_record(
@@ -95,7 +96,7 @@ def _require(actor: Actor, action: Permission, target: _Record | None = None) ->
         return
     error = refusal(decision)
     if target is None:
-        resource_type, resource_id = _RESOURCE_OF_PERMISSION[str(action).split(":")[0]], None
+        resource_type, resource_id = permission_resource_type(action), None
     else:
         resource_type, resource_id = _RESOURCE_TYPES[type(target)], target.id
     raise _on_record(error, action, resource_type, resource_id, decision.reason)
@@ -439,7 +440,7 @@ def create_client(
         session,
         actor,
         Permission.CLIENT_MANAGE,
-        "api_client",
+        "client",
         client.id,
         org.id,
         {"created": True, "role": role.value},
@@ -485,7 +486,7 @@ def update_client(
         session,
         actor,
         Permission.CLIENT_MANAGE,
-        "api_client",
+        "client",
         client.id,
         client.org_id,
         _changed(changes),
@@ -509,7 +510,7 @@ def rotate_client_secret(
         session,
         actor,
         Permission.CLIENT_MANAGE,
-        "api_client",
+        "client",
         client.id,
         client.org_id,
         {"secret_rotated": True},
