@@ -36,9 +36,9 @@ def _factory() -> Flask:
 
 
 class _CommandLine(FlaskGroup):
-    """The `referral-api` group: a database that cannot be reached is one `error:` line
-    and exit 1 from every command (a cron job after a failover, a wrong host or port), not a
-    traceback."""
+    """The `referral-api` group: a database that cannot be reached, or whose schema is not
+    this release's (not migrated yet), is one `error:` line and exit 1 from every command (a
+    cron job after a failover or a deployment that skipped `db upgrade`), not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import DBAPIError
@@ -46,12 +46,41 @@ class _CommandLine(FlaskGroup):
         try:
             return super().invoke(ctx)
         except DBAPIError as error:
-            if not _unreachable(error):
+            if _unreachable(error):
+                # The class only: the message can quote the URL, its password, or values.
+                orig = error.orig if error.orig is not None else error
+                click.echo(
+                    f"error: the database could not be reached ({type(orig).__name__})", err=True
+                )
+                ctx.exit(1)
+            # `db upgrade` failing is not a schema to upgrade: its traceback is wanted.
+            behind = None if ctx.invoked_subcommand == "db" else _schema_behind(ctx)
+            if behind is None:
                 raise  # any other database error is a bug: its traceback is wanted
-            # The class only: the message can quote the URL, its password, or values.
-            cause = type(error.orig).__name__ if error.orig is not None else type(error).__name__
-            click.echo(f"error: the database could not be reached ({cause})", err=True)
+            click.echo(
+                f"error: the database schema is at {behind[0] or 'no revision'}, this release "
+                f"needs {behind[1]}: run `referral-api db upgrade` first",
+                err=True,
+            )
             ctx.exit(1)
+
+
+def _schema_behind(ctx: click.Context) -> tuple[str | None, str | None] | None:
+    """(the database's revision, this release's head) when they differ; None when they agree
+    or the revision cannot be read."""
+    from flask.cli import ScriptInfo
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from referral_api.extensions import db
+    from referral_api.migrate import current_revision, head_revision
+
+    try:
+        app = ctx.ensure_object(ScriptInfo).load_app()
+        reached = current_revision(db.engine_for(app))
+    except SQLAlchemyError:
+        return None
+    head = head_revision()
+    return None if reached == head else (reached, head)
 
 
 def _unreachable(error: Any) -> bool:

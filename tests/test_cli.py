@@ -479,6 +479,29 @@ def test_an_unreachable_database_is_one_error_line_from_every_command(tmp_path, 
     assert completed.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "status"],
+        ["audit", "verify"],
+        ["consent", "expire"],
+        ["retention", "run"],
+        ["seed-demo"],
+        ["create-org", "--name", "Early NGO", "--type", "ngo"],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_database_not_migrated_yet_is_one_error_line_naming_db_upgrade(tmp_path, args):
+    # A deployment that skipped `db upgrade`: every command met a missing table with a
+    # traceback of SQL. The database is reachable; its schema is not this release's.
+    completed = _script(args, _script_env(tmp_path))
+    assert (completed.returncode, completed.stdout) == (1, "")
+    assert completed.stderr == (
+        f"error: the database schema is at no revision, this release needs {head_revision()}: "
+        "run `referral-api db upgrade` first\n"
+    )
+
+
 def test_an_unparseable_database_url_is_one_error_line(tmp_path):
     url = f"postgres-ql//referral:{DB_PASSWORD}@db/referral"
     completed = _script(["keys", "status"], _script_env(tmp_path, DATABASE_URL=url))
