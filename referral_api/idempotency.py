@@ -198,7 +198,9 @@ def replay(
     the first status; with neither, the stored response."""
     endpoint, body_hash = _fingerprint()
     if record.endpoint == endpoint and record.body_sha256 == ERASED:
-        raise Gone("The case this request concerned was erased.")
+        gone = Gone("The case this request concerned was erased.")
+        gone.case_id = record.case_id  # refused on the record, as the request without a key
+        raise gone
     if record.endpoint != endpoint or record.body_sha256 != body_hash:
         raise ValidationFailed(
             {"Idempotency-Key": ["This key was used for another request; use a new key."]},

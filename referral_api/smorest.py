@@ -305,6 +305,8 @@ class Blueprint(flask_smorest.Blueprint):
             "refused (422). A key is honoured for 7 days after its first use "
             "(the operator's REFERRAL_API_IDEMPOTENCY_KEY_SECONDS); past that it "
             "is a new request.",
+            # 409 a twin still in progress, 410 its case erased, 422 the key reused
+            (409, 410, 422),
         )
 
     def repeatable(self, reason: str) -> Callable[[F], F]:
@@ -358,12 +360,16 @@ class Blueprint(flask_smorest.Blueprint):
             "Not honoured: a request carrying this header is refused (422) and nothing is "
             "done; send the request without it."
         )
-        return self._documenting_key(guarded, refused)
+        return self._documenting_key(guarded, refused, (422,))
 
-    def _documenting_key(self, func: Any, description: str) -> Any:
+    def _documenting_key(self, func: Any, description: str, answers: tuple[int, ...] = ()) -> Any:
         """`func` with the Idempotency-Key header among its documented parameters (added to
-        any it documents already: a later `doc(parameters=…)` replaces the list)."""
+        any it documents already: a later `doc(parameters=…)` replaces the list), and the
+        statuses the key can answer (`answers`) among its responses."""
         from referral_api.idempotency import KEY_PATTERN
+
+        for status in answers:
+            func = self.alt_response(status, response=HTTPStatus(status).name)(func)
 
         manual = getattr(func, "_apidoc", {}).get("manual_doc", {})
         header = {

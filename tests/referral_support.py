@@ -355,3 +355,8 @@ def request_erasure(client: Any, world: Any, basis: str = "consent_withdrawn") -
         f"{API}/cases/{world.case_id}/erasure", json={"basis": basis}, headers=world.h["sender_sup"]
     )
     return ok(response, 201)["id"]  # type: ignore[no-any-return]
+
+
+def keyed_post(client: Any, url: str, headers: dict[str, str], body: Any, key: str) -> Any:
+    """A POST of `body` with `Idempotency-Key: key`."""
+    return client.post(url, json=body, headers={**headers, "Idempotency-Key": key})

@@ -23,6 +23,7 @@ from referral_support import (
     consent_body,
     count,
     etag,
+    keyed_post,
     ok,
     provision,
     raw_bytes,
@@ -389,10 +390,6 @@ def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) ->
 # ---- the case, note and consent POSTs -----------------------------------------------------
 
 
-def _keyed(client: Any, url: str, headers: dict[str, str], body: Any, key: str) -> Any:
-    return client.post(url, json=body, headers={**headers, "Idempotency-Key": key})
-
-
 def _actions(app: Any, response: Any) -> list[str]:
     from sqlalchemy import select
 
@@ -418,7 +415,7 @@ def test_a_retried_case_creation_makes_one_case_and_answers_it_as_it_is_now(
     from referral_api.cases import service as case_service
 
     url, body = f"{API}/cases", canary_case()
-    first = _keyed(client, url, police.headers, body, "case-create-0001")
+    first = keyed_post(client, url, police.headers, body, "case-create-0001")
     created = ok(first, 201)
     assert _actions(app, first) == ["case:create"]
     changed = client.patch(
@@ -427,24 +424,24 @@ def test_a_retried_case_creation_makes_one_case_and_answers_it_as_it_is_now(
         headers={**police.headers, "If-Match": first.headers["ETag"]},
     )
     ok(changed)
-    again = _keyed(client, url, police.headers, body, "case-create-0001")
+    again = keyed_post(client, url, police.headers, body, "case-create-0001")
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json()["id"] == created["id"]
     assert again.get_json()["risk_level"] == "low"
     assert again.headers["ETag"] == changed.headers["ETag"]
     assert _actions(app, again) == ["case:read"]
     assert count(app, Case) == 1
-    other = _keyed(
+    other = keyed_post(
         client, url, police.headers, {**body, "risk_level": "medium"}, "case-create-0001"
     )
     assert "Idempotency-Key" in str(assert_problem(other, 422)["errors"])
 
     codes = iter([created["case_code"], "THB-NEWC-ODE4"])
     monkeypatch.setattr(case_service, "new_case_code", lambda _type: next(codes))
-    second = ok(_keyed(client, url, police.headers, body, "case-create-0002"), 201)
+    second = ok(keyed_post(client, url, police.headers, body, "case-create-0002"), 201)
     assert second["case_code"] == "THB-NEWC-ODE4"
     assert count(app, Case) == 2 and count(app, IdempotencyRecord) == 2
-    replayed = _keyed(client, url, police.headers, body, "case-create-0002")
+    replayed = keyed_post(client, url, police.headers, body, "case-create-0002")
     assert replayed.get_json()["id"] == second["id"]
     monkeypatch.undo()
     # Without a key, every POST is a case of its own, as before.
@@ -456,8 +453,8 @@ def test_a_retried_note_is_added_once(app: Any, client: Any, police: Police) -> 
     case_id = ok(client.post(f"{API}/cases", json=canary_case(), headers=police.headers), 201)["id"]
     url = f"{API}/cases/{case_id}/notes"
     body = {"category": "needs", "text": "Asked for winter clothes"}
-    first = ok(_keyed(client, url, police.headers, body, "note-0001"), 201)
-    again = _keyed(client, url, police.headers, body, "note-0001")
+    first = ok(keyed_post(client, url, police.headers, body, "note-0001"), 201)
+    again = keyed_post(client, url, police.headers, body, "note-0001")
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first
     assert _actions(app, again) == ["case:read"]
@@ -517,18 +514,20 @@ def test_a_retried_consent_is_recorded_once_and_its_withdrawal_stops_sharing(
     case_id = ok(client.post(f"{API}/cases", json=canary_case(), headers=police.headers), 201)["id"]
     body = consent_body(provision("psychosocial_support", ["identity"], org_id=police.ngo_org))
     url = f"{API}/cases/{case_id}/consents"
-    first = ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)
-    assert ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)["id"] == first["id"]
+    first = ok(keyed_post(client, url, police.headers, body, "consent-0001"), 201)
+    assert (
+        ok(keyed_post(client, url, police.headers, body, "consent-0001"), 201)["id"] == first["id"]
+    )
     assert count(app, ConsentRecord) == 1
 
     withdraw = f"{API}/consents/{first['id']}/withdraw"
-    withdrawn = ok(_keyed(client, withdraw, police.headers, {}, "withdraw-0001"))
+    withdrawn = ok(keyed_post(client, withdraw, police.headers, {}, "withdraw-0001"))
     assert withdrawn["state"] == "withdrawn"
-    retried = _keyed(client, withdraw, police.headers, {}, "withdraw-0001")
+    retried = keyed_post(client, withdraw, police.headers, {}, "withdraw-0001")
     assert retried.status_code == 200 and retried.headers["Idempotent-Replayed"] == "true"
     assert retried.get_json()["state"] == "withdrawn"
     assert [e["event_type"] for e in retried.get_json()["events"]].count("withdrawn") == 1
-    replayed = ok(_keyed(client, url, police.headers, body, "consent-0001"), 201)
+    replayed = ok(keyed_post(client, url, police.headers, body, "consent-0001"), 201)
     assert replayed["state"] == "withdrawn"
     check = client.post(
         f"{API}/cases/{case_id}/consent-check",
@@ -567,14 +566,14 @@ def test_a_key_past_its_time_to_live_is_a_new_request(
     (the first case's body, encrypted) are gone, replaced by the new use's."""
     ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
     url, body = f"{API}/cases", canary_case()
-    first = ok(_keyed(client, url, police.headers, body, "case-create-0001"), 201)
+    first = ok(keyed_post(client, url, police.headers, body, "case-create-0001"), 201)
     _age_records(app, ttl - 60)
-    replayed = _keyed(client, url, police.headers, body, "case-create-0001")
+    replayed = keyed_post(client, url, police.headers, body, "case-create-0001")
     assert replayed.headers["Idempotent-Replayed"] == "true"  # still inside the window
     assert replayed.get_json()["id"] == first["id"]
 
     _age_records(app, 120)  # now past it
-    again = _keyed(client, url, police.headers, body, "case-create-0001")
+    again = keyed_post(client, url, police.headers, body, "case-create-0001")
     assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
     assert again.get_json()["id"] != first["id"]
     assert count(app, Case) == 2
@@ -582,10 +581,12 @@ def test_a_key_past_its_time_to_live_is_a_new_request(
     assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(first["id"])) == 0
     # The renewed key replays the new case, and refuses another body again.
     assert (
-        _keyed(client, url, police.headers, body, "case-create-0001").get_json()["id"]
+        keyed_post(client, url, police.headers, body, "case-create-0001").get_json()["id"]
         == (again.get_json()["id"])
     )
-    other = _keyed(client, url, police.headers, {**body, "risk_level": "low"}, "case-create-0001")
+    other = keyed_post(
+        client, url, police.headers, {**body, "risk_level": "low"}, "case-create-0001"
+    )
     assert "Idempotency-Key" in str(assert_problem(other, 422)["errors"])
     assert count(app, Case) == 2
 
@@ -597,9 +598,9 @@ def test_an_expired_key_reused_by_a_request_that_fails_keeps_its_record(
     new use of its key that succeeds."""
     ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
     url, body = f"{API}/cases", canary_case()
-    ok(_keyed(client, url, police.headers, body, "case-create-0001"), 201)
+    ok(keyed_post(client, url, police.headers, body, "case-create-0001"), 201)
     _age_records(app, ttl + 60)
-    refused = _keyed(
+    refused = keyed_post(
         client, url, police.headers, {**body, "case_type": "other"}, "case-create-0001"
     )
     assert_problem(refused, 422)
@@ -612,9 +613,11 @@ def test_retention_apply_deletes_expired_keys_and_their_stored_responses(
     from referral_api.audit.models import AuditEvent
 
     ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
-    old = ok(_keyed(client, f"{API}/cases", police.headers, canary_case(), "old-key-0001"), 201)
-    ok(_keyed(client, f"{API}/intake", police.headers, police.intake(), "old-key-0002"), 201)
-    fresh = ok(_keyed(client, f"{API}/cases", police.headers, canary_case(), "new-key-0001"), 201)
+    old = ok(keyed_post(client, f"{API}/cases", police.headers, canary_case(), "old-key-0001"), 201)
+    ok(keyed_post(client, f"{API}/intake", police.headers, police.intake(), "old-key-0002"), 201)
+    fresh = ok(
+        keyed_post(client, f"{API}/cases", police.headers, canary_case(), "new-key-0001"), 201
+    )
     _age_records(app, ttl + 1, IdempotencyRecord.key.like("old-key-%"))
 
     listed = runner.invoke(args=["retention", "run"])

@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
-from referral_support import API, canary_case, count, raw_bytes, rows
+from referral_support import API, canary_case, count, keyed_post, raw_bytes, rows
 from rights_support import World, new_token, ok
 from sqlalchemy import inspect, select
 from test_directory import service_body
-from test_idempotency import _keyed
 
 from referral_api.access.roles import OrgType, Role, permissions_for
 from referral_api.audit.models import AuditEvent
@@ -72,23 +71,6 @@ def _orgs(app: Any, client: Any, factory: Any) -> Arranged:
         {"name": name, "org_type": "shelter"},
         {"name": name, "org_type": "ngo"},
         (Organisation, Organisation.name == name),
-    )
-
-
-def _users(app: Any, client: Any, factory: Any) -> Arranged:
-    org_id, headers = _admin(factory)
-    body = {
-        "email": f"new-{uuid.uuid4().hex[:8]}@example.org",
-        "display_name": "New person",
-        "role": "caseworker",
-        "password": "another long pass phrase 42",
-    }
-    return Arranged(
-        f"{API}/orgs/{org_id}/users",
-        headers,
-        body,
-        {**body, "role": "supervisor"},
-        (User, User.org_id == org_id),
     )
 
 
@@ -169,7 +151,6 @@ def _restriction(app: Any, client: Any, factory: Any) -> Arranged:
 
 HONOURED: dict[str, Callable[[Any, Any, Any], Arranged]] = {
     "admin.create_org": _orgs,
-    "admin.create_user": _users,
     "admin.create_client": _clients,
     "directory.create_service": _services,
     "rights.create_export": _export,
@@ -188,19 +169,19 @@ def test_a_retry_makes_nothing_new_and_another_body_is_422(
     response is stored: the record keeps the id of what was made."""
     arranged = HONOURED[endpoint](app, client, factory)
     before = count(app, *arranged.made)
-    first = _keyed(client, arranged.url, arranged.headers, arranged.body, KEY)
+    first = keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY)
     made = ok(first, arranged.status)
     assert "Idempotent-Replayed" not in first.headers
     assert count(app, *arranged.made) == before + 1
     for _ in range(2):
-        again = _keyed(client, arranged.url, arranged.headers, arranged.body, KEY)
+        again = keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY)
         assert again.status_code == arranged.status, again.get_data(as_text=True)
         assert again.headers["Idempotent-Replayed"] == "true"
         assert again.get_json().get("id") == made.get("id")
         assert again.get_json().get("case_id") == made.get("case_id")
     assert count(app, *arranged.made) == before + 1
 
-    other = _keyed(client, arranged.url, arranged.headers, arranged.other, KEY)
+    other = keyed_post(client, arranged.url, arranged.headers, arranged.other, KEY)
     assert "another request" in _headers_problem(other)
     assert count(app, *arranged.made) == before + 1
     (record,) = rows(app, IdempotencyRecord)
@@ -216,10 +197,10 @@ def test_a_retried_client_creation_never_answers_or_keeps_the_secret(
     it, without `client_secret` (the description says so: lost it, rotate it), and nothing
     the database holds about the request carries the secret."""
     arranged = _clients(app, client, factory)
-    first = _keyed(client, arranged.url, arranged.headers, arranged.body, KEY)
+    first = keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY)
     created = ok(first, 201)
     secret = created["client_secret"]
-    again = _keyed(client, arranged.url, arranged.headers, arranged.body, KEY)
+    again = keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY)
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     replayed = again.get_json()
     assert "client_secret" not in replayed and secret not in again.get_data(as_text=True)
@@ -260,7 +241,7 @@ def test_concurrent_twins_create_one_client_and_only_the_first_shows_its_secret(
     def send(slot: int) -> None:
         twin = app.test_client()
         barrier.wait()
-        results[slot] = _keyed(twin, arranged.url, arranged.headers, arranged.body, KEY)
+        results[slot] = keyed_post(twin, arranged.url, arranged.headers, arranged.body, KEY)
 
     threads = [threading.Thread(target=send, args=(slot,)) for slot in (0, 1)]
     for thread in threads:
@@ -283,19 +264,19 @@ def test_a_retried_restriction_or_hold_answers_the_case_as_it_is_now(
     the replay answers the case as it is now (unrestricted, the hold lifted)."""
     world, case_id = _case_world(app, client, factory)
     url = f"{API}/cases/{case_id}/restriction"
-    ok(_keyed(client, url, world.h["sup"], {"restricted": True}, "restrict-0001"))
+    ok(keyed_post(client, url, world.h["sup"], {"restricted": True}, "restrict-0001"))
     ok(client.post(url, json={"restricted": False}, headers=world.h["sup2"]))
-    again = _keyed(client, url, world.h["sup"], {"restricted": True}, "restrict-0001")
+    again = keyed_post(client, url, world.h["sup"], {"restricted": True}, "restrict-0001")
     assert again.headers["Idempotent-Replayed"] == "true"
     assert ok(again) == {"case_id": case_id, "restricted": False}
     assert count(app, AuditEvent, AuditEvent.action == "case:restrict") == 1
 
     url = f"{API}/cases/{case_id}/legal-hold"
     body = {"hold": True, "reason": "Criminal proceedings"}
-    placed = ok(_keyed(client, url, world.h["sup"], body, "hold-0001"))
+    placed = ok(keyed_post(client, url, world.h["sup"], body, "hold-0001"))
     assert placed["hold"] is True and placed["lifted_at"] is None
     ok(world.hold(case_id, False, by="sup2"))
-    again = _keyed(client, url, world.h["sup"], body, "hold-0001")
+    again = keyed_post(client, url, world.h["sup"], body, "hold-0001")
     assert again.headers["Idempotent-Replayed"] == "true"
     replayed = ok(again)
     assert replayed["hold"] is False and replayed["placed_at"] == placed["placed_at"]
@@ -311,22 +292,125 @@ def test_an_erasure_request_retried_after_the_erasure_answers_410(
     world, case_id = _case_world(app, client, factory)
     url = f"{API}/cases/{case_id}/erasure"
     body = {"basis": "consent_withdrawn"}
-    requested = ok(_keyed(client, url, world.h["sup"], body, "erasure-0001"), 201)
-    replayed = _keyed(client, url, world.h["sup"], body, "erasure-0001")
+    requested = ok(keyed_post(client, url, world.h["sup"], body, "erasure-0001"), 201)
+    replayed = keyed_post(client, url, world.h["sup"], body, "erasure-0001")
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert ok(replayed, 201) == requested
     export = f"{API}/cases/{case_id}/export"
-    ok(_keyed(client, export, world.h["sup"], {"reason": "Subject access"}, "export-0001"), 201)
+    ok(keyed_post(client, export, world.h["sup"], {"reason": "Subject access"}, "export-0001"), 201)
 
     approve = f"{API}/erasures/{requested['id']}/approve"
     ok(client.post(approve, headers={**world.h["dpo"], "Idempotency-Key": "approve-0001"}))
     repeat = client.post(approve, headers={**world.h["dpo"], "Idempotency-Key": "approve-0001"})
     assert_problem(repeat, 409)
-    assert_problem(_keyed(client, url, world.h["sup"], body, "erasure-0001"), 410)
+    assert_problem(keyed_post(client, url, world.h["sup"], body, "erasure-0001"), 410)
     assert count(app, ErasureRequest) == 1
     records = rows(app, IdempotencyRecord)
     assert len(records) == 2
     assert {(r.body_sha256, r.resource_id) for r in records} == {(ERASED, None)}
+
+
+def test_a_retried_export_once_downloaded_or_expired_answers_410(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """The export it made is spent: its download link answers 410, so the retry does too
+    (on the record), rather than 201 with that link."""
+    world, case_id = _case_world(app, client, factory)
+    url = f"{API}/cases/{case_id}/export"
+    body = {"reason": "Subject access request"}
+    made = ok(keyed_post(client, url, world.h["sup"], body, KEY), 201)
+    ok(client.get(made["download"], headers=world.h["sup"]))
+    before = count(app, AuditEvent)
+    assert_problem(keyed_post(client, url, world.h["sup"], body, KEY), 410)
+    (row,) = rows(
+        app, AuditEvent, AuditEvent.action == "case:export", AuditEvent.decision == "deny"
+    )
+    assert row.reason == "export already downloaded"
+    assert count(app, AuditEvent) == before + 1 and count(app, SubjectExport) == 1
+
+
+def test_a_retried_erasure_request_is_read_on_the_record(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """A replay shows the request (basis, status, who asked): an `erasure:read` row on its
+    case's access log, as each request GET /erasures shows is an `erasure:list` row."""
+    world, case_id = _case_world(app, client, factory)
+    url = f"{API}/cases/{case_id}/erasure"
+    body = {"basis": "consent_withdrawn"}
+    requested = ok(keyed_post(client, url, world.h["sup"], body, KEY), 201)
+    assert count(app, AuditEvent, AuditEvent.action == "erasure:read") == 0
+    ok(keyed_post(client, url, world.h["sup"], body, KEY), 201)
+    (row,) = rows(app, AuditEvent, AuditEvent.action == "erasure:read")
+    assert (row.resource_type, row.resource_id, str(row.case_id), row.decision) == (
+        "erasure_request",
+        requested["id"],
+        case_id,
+        "allow",
+    )
+
+
+def test_a_retry_on_an_erased_case_is_refused_on_the_record(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Answered 410 like the same request without a key, and recorded like it."""
+    world, case_id = _case_world(app, client, factory)
+    url = f"{API}/cases/{case_id}/export"
+    body = {"reason": "Subject access request"}
+    ok(keyed_post(client, url, world.h["sup"], body, KEY), 201)
+    erasure = ok(
+        client.post(
+            f"{API}/cases/{case_id}/erasure", json={"basis": "objection"}, headers=world.h["sup"]
+        ),
+        201,
+    )
+    ok(client.post(f"{API}/erasures/{erasure['id']}/approve", headers=world.h["dpo"]))
+
+    def refusals() -> list[tuple[str, str, str | None]]:
+        return [
+            (r.action, r.decision, r.reason)
+            for r in rows(app, AuditEvent, AuditEvent.case_id == uuid.UUID(case_id))
+            if r.decision == "deny"
+        ]
+
+    before = refusals()
+    assert_problem(client.post(url, json=body, headers=world.h["sup"]), 410)
+    unkeyed = refusals()[len(before) :]
+    assert unkeyed == [("case:export", "deny", "case erased")]
+    assert_problem(keyed_post(client, url, world.h["sup"], body, KEY), 410)
+    assert refusals()[len(before) + 1 :] == unkeyed
+
+
+def test_a_new_user_is_not_kept_as_a_record_of_its_request(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """The body holds the new user's password: a record of the request would keep a fast
+    digest of it (an offline oracle beside the users row, which holds the rest of the body).
+    A repeat is harmless anyway: the e-mail is taken (409), and no second user is made."""
+    org_id, headers = _admin(factory)
+    body = {
+        "email": f"new-{uuid.uuid4().hex[:8]}@example.org",
+        "display_name": "New person",
+        "role": "caseworker",
+        "password": "another long pass phrase 42",
+    }
+    url = f"{API}/orgs/{org_id}/users"
+    ok(keyed_post(client, url, headers, body, KEY), 201)
+    assert_problem(keyed_post(client, url, headers, body, KEY), 409)
+    assert count(app, User, User.org_id == org_id, User.email == body["email"]) == 1
+    assert count(app, IdempotencyRecord) == 0
+    spec = client.get(f"{API}/openapi.json").get_json()
+    assert (
+        "no record of the request is kept"
+        in spec["paths"]["/api/v1/orgs/{org_id}/users"]["post"]["description"]
+    )
+
+
+def test_the_answers_the_key_can_give_are_documented(client: Any) -> None:
+    spec = client.get(f"{API}/openapi.json").get_json()["paths"]
+    assert {"409", "410", "422"} <= set(
+        spec["/api/v1/cases/{case_id}/erasure"]["post"]["responses"]
+    )
+    assert "422" in spec["/api/v1/clients/{client_pk}/secret"]["post"]["responses"]
 
 
 # ---- the POSTs that refuse the key or declare a repeat harmless ---------------------------
@@ -376,7 +460,7 @@ def test_declared_repeats_accept_and_ignore_the_key(app: Any, client: Any, facto
         "categories": ["identity"],
     }
     for _ in range(2):
-        response = _keyed(
+        response = keyed_post(
             client, f"{API}/cases/{case_id}/consent-check", world.h["worker"], check, KEY
         )
         assert ok(response)["permit"] is False
@@ -500,9 +584,9 @@ def test_0016_adds_resource_id_and_its_downgrade_drops_the_records_that_need_it(
     from referral_api.migrate import alembic_config, current_revision, head_revision, upgrade
 
     arranged = _orgs(app, client, factory)
-    ok(_keyed(client, arranged.url, arranged.headers, arranged.body, KEY), 201)
+    ok(keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY), 201)
     worker = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
-    ok(_keyed(client, f"{API}/cases", worker, canary_case(), "case-0001"), 201)
+    ok(keyed_post(client, f"{API}/cases", worker, canary_case(), "case-0001"), 201)
     url = app.config["DATABASE_URL"]
     engine = db.engine_for(app)
     engine.dispose()

@@ -213,6 +213,15 @@ def read_erasure_request(
             "no such request",
             {"request_id": str(request_id)},
         )
+    # Shown, so on the case's access log as a listed request is (`erasure:list`).
+    audit.record(
+        session,
+        actor,
+        "erasure:read",
+        resource_type="erasure_request",
+        resource_id=request.id,
+        case_id=request.case_id,
+    )
     return request
 
 
@@ -778,6 +787,15 @@ def read_export(
     if export is None or export.case_id != case.id or export.requested_by != actor.id:
         raise _denied(
             NotFound(), "case:export", case.id, "no such export", {"export_id": str(export_id)}
+        )
+    if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
+        # Its download link would answer 410: the retry is not offered it again.
+        raise _denied(
+            Gone("This export was already downloaded or has expired."),
+            "case:export",
+            case.id,
+            "export already downloaded" if export.downloaded_at else "export expired",
+            {"export_id": str(export.id)},
         )
     return export
 
