@@ -39,6 +39,26 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"database dialect: {dialect} ({where})"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_database: the test makes its own databases (URLs of both dialects, whatever "
+        "DATABASE_URL names): it runs in the SQLite pass only (.ci/run's PostgreSQL pass "
+        "would run the same thing again)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass deselects the `own_database` tests (listed as deselected)."""
+    url = _base_url()
+    if url is None or url.startswith("sqlite"):
+        return
+    own = [item for item in items if item.get_closest_marker("own_database")]
+    if own:
+        config.hook.pytest_deselected(items=own)
+        items[:] = [item for item in items if not item.get_closest_marker("own_database")]
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = _base_url()

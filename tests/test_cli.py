@@ -377,6 +377,7 @@ def _console_script() -> str:
     return found
 
 
+@pytest.mark.own_database
 def test_installed_console_script_upgrades_from_any_directory(tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
@@ -447,6 +448,7 @@ def _script(args: list[str] | list[bytes], env: dict[str, str]) -> subprocess.Co
 DB_PASSWORD = "db-" + "password-canary"
 
 
+@pytest.mark.own_database
 @pytest.mark.parametrize(
     "args",
     [
@@ -479,6 +481,7 @@ def test_an_unreachable_database_is_one_error_line_from_every_command(tmp_path, 
     assert completed.stdout == ""
 
 
+@pytest.mark.own_database
 @pytest.mark.parametrize(
     "args",
     [
@@ -502,6 +505,7 @@ def test_a_database_not_migrated_yet_is_one_error_line_naming_db_upgrade(tmp_pat
     )
 
 
+@pytest.mark.own_database
 def test_an_unparseable_database_url_is_one_error_line(tmp_path):
     url = f"postgres-ql//referral:{DB_PASSWORD}@db/referral"
     completed = _script(["keys", "status"], _script_env(tmp_path, DATABASE_URL=url))
@@ -512,6 +516,7 @@ def test_an_unparseable_database_url_is_one_error_line(tmp_path):
     )
 
 
+@pytest.mark.own_database
 def test_a_name_that_is_not_utf8_is_refused_like_the_api_refuses_it(tmp_path):
     # A non-UTF-8 byte on the command line arrives as a lone surrogate (surrogateescape);
     # the API answers such text 422 (docs/errors.md). The INSERT crashed with a traceback.

@@ -72,6 +72,7 @@ def test_a_key_file_that_cannot_be_read_is_a_configuration_error(tmp_path, monke
         assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
+@pytest.mark.own_database
 def test_a_key_file_that_cannot_be_read_is_one_error_line(tmp_path):
     import subprocess
     import sys
@@ -193,6 +194,7 @@ def test_upgrading_to_an_older_revision_says_where_the_database_is(runner):
     assert bogus.exit_code == 1 and bogus.output.startswith("error: ")
 
 
+@pytest.mark.own_database
 def test_an_unusable_configuration_is_one_error_line(tmp_path):
     import subprocess
     import sys
