@@ -30,7 +30,6 @@ response (encrypted personal data) nor the digest of a request body outlives its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -47,6 +46,7 @@ from referral_api.access.actor import Actor
 from referral_api.access.categories import Category
 from referral_api.consent.models import _CaseKeyed
 from referral_api.crypto.fields import EncryptedField
+from referral_api.crypto.server_keys import keyed_digest
 from referral_api.db import Base, UTCDateTime, new_id, utcnow
 from referral_api.exceptions import Conflict, Gone, ValidationFailed
 
@@ -132,7 +132,11 @@ def _principal(actor: Actor) -> str:
 
 
 def _fingerprint() -> tuple[str, str]:
-    return f"{request.method} {request.path}", hashlib.sha256(request.get_data()).hexdigest()
+    """The request's endpoint and the keyed digest of its body (`body_sha256`): an unkeyed
+    one, beside the plaintext columns holding the rest of a body, confirmed a guessed name,
+    message or reason (crypto.server_keys)."""
+    body = keyed_digest(b"idempotent request body v1", request.get_data())
+    return f"{request.method} {request.path}", body
 
 
 def ttl() -> timedelta:

@@ -14,13 +14,12 @@ from urllib.parse import urlencode
 
 import marshmallow as ma
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app, request
 from sqlalchemy import Select, and_, bindparam, or_
 from sqlalchemy.orm import Session
 
+from referral_api.crypto.server_keys import derived_key
 from referral_api.exceptions import ValidationFailed
 
 MAX_PAGE_SIZE = 100
@@ -105,10 +104,7 @@ _SEALED_NONCE = 12
 
 @functools.lru_cache(maxsize=4)
 def _cursor_aead(secret: str) -> AESGCM:
-    key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"referral_api sealed cursor v1"
-    ).derive(secret.encode())
-    return AESGCM(key)
+    return AESGCM(derived_key(secret, b"sealed cursor v1"))
 
 
 def seal_id_cursor(row_id: int, purpose: str) -> str:

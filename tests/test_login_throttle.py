@@ -5,7 +5,6 @@ work for both, and failed attempts stored although the request fails.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,11 +12,12 @@ from typing import Any
 
 import argon2
 import pytest
-from conftest import TEST_PASSWORD, assert_problem
+from conftest import JWT_TEST_SECRET, TEST_PASSWORD, assert_problem
 from sqlalchemy import func, select, update
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.auth.models import ApiClient, AuthSession, LoginThrottle, Organisation, User
+from referral_api.crypto.server_keys import keyed_digest
 
 LOGIN = "/api/v1/auth/login"
 TOKEN = "/api/v1/auth/token"
@@ -42,11 +42,14 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def account_key(email: str) -> str:
-    return "acct:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    """The account name's throttle key: a digest keyed with the test app's secret."""
+    name = email.strip().lower().encode()
+    return "acct:" + keyed_digest(b"login throttle v1", b"acct", name, secret=JWT_TEST_SECRET)
 
 
 def address_key(address: str) -> str:
-    return "addr:" + hashlib.sha256(address.encode()).hexdigest()
+    key = keyed_digest(b"login throttle v1", b"addr", address.encode(), secret=JWT_TEST_SECRET)
+    return "addr:" + key
 
 
 def attempt(client: Any, email: str, password: str, address: str = "192.0.2.10") -> Any:

@@ -13,7 +13,6 @@ caller's address (the request id leads to the access log).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
@@ -39,6 +38,7 @@ from referral_api.auth.models import (
 )
 from referral_api.auth.passwords import CredentialHasher
 from referral_api.crypto.keys import remember_stored_versions, stored_versions_columns
+from referral_api.crypto.server_keys import keyed_digest
 from referral_api.exceptions import AuthenticationFailed, TooManyAttempts
 
 INVALID_CREDENTIALS = "Invalid credentials."
@@ -91,7 +91,10 @@ class IssuedSession:
 
 
 def _throttle_key(kind: str, value: str) -> str:
-    return f"{kind}:{hashlib.sha256(value.encode('utf-8')).hexdigest()[:64]}"
+    """A throttle row's key: the kind and a keyed digest of the account name typed or the
+    caller's address (an unkeyed SHA-256 of an IPv4 address, or of a guessed e-mail, was
+    reversible from a copy of the database; crypto.server_keys)."""
+    return f"{kind}:{keyed_digest(b'login throttle v1', kind.encode(), value.encode())}"
 
 
 def _check_not_locked(session: Session, keys: list[str], now: datetime) -> None:
