@@ -951,3 +951,65 @@ def test_client_session_cannot_be_borrowed_as_a_user(client, session, police_cli
         forged = sign({**client_claims, "sub": sub})
         assert_unauthorized(client.get(ME, headers=bearer(forged)), case=sub)
     assert client.get(ME, headers=bearer(token)).status_code == 200
+
+
+# ---- ended logins are not kept for ever -----------------------------------------------------
+
+
+def test_retention_apply_deletes_logins_ended_over_30_days_ago(
+    client, session, factory, runner
+) -> None:
+    """Every login and refresh adds a row; without a purge the tables were a permanent
+    history of who signed in when. Logins that ended (expired or revoked) over 30 days ago
+    go with their refresh tokens; a live login keeps its used tokens (a second use of one
+    is how a copy is caught), and a recently ended one stays."""
+    expired, revoked, recent, live = (factory.login(factory.user(Role.CASEWORKER)) for _ in "1234")
+    sids = {
+        name: decode(t["access_token"])["sid"]
+        for name, t in zip(
+            ("expired", "revoked", "recent", "live"), (expired, revoked, recent, live), strict=True
+        )
+    }
+    ok_refresh = refresh_with(client, live["refresh_token"])
+    assert ok_refresh.status_code == 200, ok_refresh.get_json()
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    change(
+        session,
+        update(AuthSession)
+        .where(AuthSession.id == uuid.UUID(sids["expired"]))
+        .values(created_at=long_ago - timedelta(hours=12), expires_at=long_ago),
+    )
+    change(
+        session,
+        update(AuthSession)
+        .where(AuthSession.id == uuid.UUID(sids["revoked"]))
+        .values(revoked_at=long_ago, revoked_reason="logout"),
+    )
+    change(
+        session,
+        update(AuthSession)
+        .where(AuthSession.id == uuid.UUID(sids["recent"]))
+        .values(revoked_at=datetime.now(UTC) - timedelta(days=29), revoked_reason="logout"),
+    )
+
+    applied = runner.invoke(args=["retention", "run", "--apply"])
+    assert applied.exit_code == 0, applied.output
+    assert "2 logins ended over 30 days ago deleted, with 2 refresh tokens" in applied.output
+    left = {str(r.id) for r in rows(session, select(AuthSession.id))}
+    assert left == {sids["recent"], sids["live"]}
+    by_session = dict(
+        rows(
+            session,
+            select(RefreshToken.session_id, func.count()).group_by(RefreshToken.session_id),
+        )
+    )
+    assert {str(k): v for k, v in by_session.items()} == {sids["recent"]: 1, sids["live"]: 2}
+    from referral_api.audit.models import AuditEvent
+
+    (purge,) = rows(
+        session,
+        select(AuditEvent.details).where(AuditEvent.action == "auth:session-purge"),
+    )
+    assert json.loads(purge.details) == {"sessions": 2, "refresh_tokens": 2}
+    # The live login goes on; the used token of its first refresh is still caught.
+    assert refresh_with(client, live["refresh_token"]).status_code == 401

@@ -276,6 +276,45 @@ def purge_stale_throttles(session: Session, window: timedelta, now: datetime) ->
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
+# How long an ended login (expired or revoked) is kept: long enough to read a refused token's
+# audit row beside it, not a permanent history of who signed in when.
+ENDED_SESSIONS_KEPT = timedelta(days=30)
+
+
+def purge_ended_sessions(session: Session, actor: Actor, now: datetime) -> tuple[int, int]:
+    """Delete the logins that ended (expired or revoked) more than ENDED_SESSIONS_KEPT ago
+    and their refresh tokens: (sessions, refresh tokens) deleted, audited when there were
+    any (`auth:session-purge`, counts only). A live login's used refresh tokens stay: a
+    second use of one is how a copied token is caught (the whole login is revoked)."""
+    cutoff = now - ENDED_SESSIONS_KEPT
+    ended = select(AuthSession.id).where(
+        or_(AuthSession.expires_at < cutoff, AuthSession.revoked_at < cutoff)
+    )
+    tokens = session.execute(
+        delete(RefreshToken)
+        .where(RefreshToken.session_id.in_(ended))
+        .execution_options(synchronize_session=False)
+    )
+    sessions = session.execute(
+        delete(AuthSession)
+        .where(AuthSession.id.in_(ended))
+        .execution_options(synchronize_session=False)
+    )
+    counts = (
+        int(cast(CursorResult[Any], sessions).rowcount or 0),
+        int(cast(CursorResult[Any], tokens).rowcount or 0),
+    )
+    if counts[0]:
+        audit.record(
+            session,
+            actor,
+            "auth:session-purge",
+            resource_type="session",
+            details={"sessions": counts[0], "refresh_tokens": counts[1]},
+        )
+    return counts
+
+
 def _new_session(
     session: Session,
     now: datetime,

@@ -19,11 +19,12 @@ retention_group = AppGroup("retention", help="Retention schedule.")
 @click.option("--apply", "apply_", is_flag=True, help="Erase the due cases (default: list only)")
 def run(apply_: bool) -> None:
     """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
-    are skipped. --apply also clears expired exports, spent sign-in failure counters and
-    expired idempotency keys (with their stored responses). A case whose erasure a
+    are skipped. --apply also clears expired exports, spent sign-in failure counters,
+    expired idempotency keys (with their stored responses) and logins ended over 30 days ago
+    (with their refresh tokens). A case whose erasure a
     concurrent change aborted is left for the next run: exit status 1."""
     from referral_api.access.actor import Actor
-    from referral_api.auth.service import purge_stale_throttles
+    from referral_api.auth.service import purge_ended_sessions, purge_stale_throttles
     from referral_api.errors import is_transaction_conflict
     from referral_api.extensions import db
     from referral_api.idempotency import purge_expired as purge_idempotency_keys
@@ -60,6 +61,7 @@ def run(apply_: bool) -> None:
             datetime.now(UTC),
         )
         keys = purge_idempotency_keys(session, Actor.system())
+        logins, refresh_tokens = purge_ended_sessions(session, Actor.system(), datetime.now(UTC))
         session.commit()
     if purged:
         click.echo(f"{purged} expired subject-access exports cleared", err=True)
@@ -67,6 +69,12 @@ def run(apply_: bool) -> None:
         click.echo(f"{counters} spent sign-in failure counters deleted", err=True)
     if keys:
         click.echo(f"{keys} expired idempotency keys deleted", err=True)
+    if logins:
+        click.echo(
+            f"{logins} logins ended over 30 days ago deleted, with {refresh_tokens} refresh "
+            "tokens",
+            err=True,
+        )
     erased, skipped = 0, len(held)
     left_alone = failed = 0
     with click.progressbar(todo, label="erasing", show_pos=True, file=sys.stderr) as bar:
