@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 
 from referral_api.access.roles import OrgType, Role, permissions_for
 from referral_api.auth.models import ApiClient, AuthSession, Organisation, RefreshToken, User
+from referral_api.auth.service import stored_jti
 
 ME = "/api/v1/me"
 LOGIN = "/api/v1/auth/login"
@@ -398,11 +399,13 @@ def test_login_returns_short_lived_identity_only_tokens(client, session, casewor
     ((used_at, token_sid),) = rows(
         session,
         select(RefreshToken.used_at, RefreshToken.session_id).where(
-            RefreshToken.jti == refresh["jti"]
+            RefreshToken.jti == stored_jti(refresh["jti"])
         ),
     )
     assert used_at is None
     assert str(token_sid) == access["sid"]
+    # Kept by its digest: a copy of the database holds no id to sign into a refresh token.
+    assert rows(session, select(RefreshToken.jti).where(RefreshToken.jti == refresh["jti"])) == []
 
 
 def test_login_email_is_case_insensitive(client, caseworker):
@@ -459,12 +462,12 @@ def test_refresh_rotates_the_pair(client, session, caseworker, tokens):
         rows(
             session,
             select(RefreshToken.jti, RefreshToken.used_at).where(
-                RefreshToken.jti.in_([old["jti"], new["jti"]])
+                RefreshToken.jti.in_([stored_jti(old["jti"]), stored_jti(new["jti"])])
             ),
         )
     )
-    assert used[old["jti"]] is not None
-    assert used[new["jti"]] is None
+    assert used[stored_jti(old["jti"])] is not None
+    assert used[stored_jti(new["jti"])] is None
 
     me = client.get(ME, headers=bearer(rotated["access_token"]))
     assert me.status_code == 200
@@ -1013,3 +1016,43 @@ def test_retention_apply_deletes_logins_ended_over_30_days_ago(
     assert json.loads(purge.details) == {"sessions": 2, "refresh_tokens": 2}
     # The live login goes on; the used token of its first refresh is still caught.
     assert refresh_with(client, live["refresh_token"]).status_code == 401
+
+
+def test_0017_keeps_refresh_tokens_issued_before_it_working_by_their_digest(
+    app, client, session, factory
+) -> None:
+    """A refresh token the code before 0017 issued (its id stored as presented) still
+    refreshes after the upgrade, which replaces the stored id by its digest."""
+    from alembic import command
+
+    from referral_api.extensions import db
+    from referral_api.migrate import alembic_config, current_revision, head_revision, upgrade
+
+    tokens = factory.login(factory.user(Role.CASEWORKER))
+    claims = decode(tokens["refresh_token"])
+    url = app.config["DATABASE_URL"]
+    engine = db.engine_for(app)
+    session.close()
+    engine.dispose()
+    try:
+        command.downgrade(alembic_config(url), "0016")
+        assert current_revision(engine) == "0016"
+        with engine.begin() as connection:
+            # The downgrade deleted the refresh tokens; the one the old code had issued:
+            connection.execute(
+                RefreshToken.__table__.insert().values(
+                    jti=claims["jti"],
+                    session_id=uuid.UUID(claims["sid"]),
+                    issued_at=datetime.now(UTC),
+                    expires_at=datetime.now(UTC) + timedelta(hours=1),
+                )
+            )
+        engine.dispose()
+    finally:
+        upgrade(url)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as connection:
+        kept = connection.execute(select(RefreshToken.__table__.c.jti)).scalars().all()
+    engine.dispose()
+    assert kept == [stored_jti(claims["jti"])]
+    assert refresh_with(client, tokens["refresh_token"]).status_code == 200

@@ -93,6 +93,7 @@ class RefreshToken(Base):
 
     __tablename__ = "refresh_tokens"
 
+    # The SHA-256 (hex) of the token's `jti` claim (auth.service.stored_jti), not the claim.
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("auth_sessions.id"), index=True)
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

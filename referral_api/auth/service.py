@@ -13,6 +13,7 @@ caller's address (the request id leads to the access log).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -333,12 +334,24 @@ def _new_session(
     return auth_session
 
 
+def stored_jti(jti: str) -> str:
+    """A refresh token's id as the database keeps it: its SHA-256 (hex). The id is 256 random
+    bits, so the digest needs no key; a copy of the database then holds no id that could be
+    signed into a working refresh token by whoever also has the signing secret."""
+    return hashlib.sha256(jti.encode()).hexdigest()
+
+
 def _new_refresh_token(
     session: Session, auth_session: AuthSession, now: datetime, lifetime: timedelta
 ) -> str:
     jti = secrets.token_urlsafe(32)
     session.add(
-        RefreshToken(jti=jti, session_id=auth_session.id, issued_at=now, expires_at=now + lifetime)
+        RefreshToken(
+            jti=stored_jti(jti),
+            session_id=auth_session.id,
+            issued_at=now,
+            expires_at=now + lifetime,
+        )
     )
     return jti
 
@@ -395,7 +408,7 @@ def rotate_refresh_token(
 ) -> IssuedSession:
     """Exchange a refresh token once. A replayed token revokes its whole family (and is
     audited: someone else may hold a copy of the token)."""
-    token = session.get(RefreshToken, jti)
+    token = session.get(RefreshToken, stored_jti(jti))
     auth_session = session.get(AuthSession, session_id)
     if token is None or auth_session is None or token.session_id != auth_session.id:
         raise AuthenticationFailed("The refresh token is not valid.")
@@ -410,7 +423,7 @@ def rotate_refresh_token(
     # Conditional update: of two concurrent exchanges of one token, exactly one wins.
     claimed = session.execute(
         update(RefreshToken)
-        .where(RefreshToken.jti == jti, RefreshToken.used_at.is_(None))
+        .where(RefreshToken.jti == token.jti, RefreshToken.used_at.is_(None))
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
