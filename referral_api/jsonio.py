@@ -129,28 +129,44 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+# A body is refused for its first few unstorable texts, not listed whole.
+_MAX_TEXT_PROBLEMS = 20
+# Where an item sits: (where its container sits, its key or index); None for the body.
+_Place = tuple[Any, str] | None
+
+
+def _path(place: _Place) -> str:
+    keys: list[str] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    return ".".join(reversed(keys)) or "_schema"
+
+
 def _text_problems(value: Any) -> dict[str, list[str]]:
     """{dotted path: [message]} for the strings and keys in `value` holding U+0000 or an
-    unpaired surrogate (walked with a stack: a body may nest deeper than Python recurses)."""
+    unpaired surrogate, at most _MAX_TEXT_PROBLEMS of them. Walked with a stack (a body may
+    nest deeper than Python recurses), each item's place a link to its container's: a path
+    is joined only for a problem found (built for every item, a body nested 900 deep with a
+    wide list at the bottom took ~1 GB for 1 MB)."""
     problems: dict[str, list[str]] = {}
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        path, item = stack.pop()
+    stack: list[tuple[_Place, Any]] = [(None, value)]
+    while stack and len(problems) < _MAX_TEXT_PROBLEMS:
+        place, item = stack.pop()
         if isinstance(item, str):
             message = text_problem(item)
             if message:
-                problems[path or "_schema"] = [message]
+                problems[_path(place)] = [message]
         elif isinstance(item, Mapping):
             for key in item:
-                here = f"{path}.{key}" if path else str(key)
+                here = (place, str(key))
                 message = text_problem(key) if isinstance(key, str) else None
                 if message:
-                    problems[here] = [message]
+                    problems[_path(here)] = [message]
                 else:
                     stack.append((here, item[key]))
         elif isinstance(item, list | tuple):
-            for index, element in enumerate(item):
-                stack.append((f"{path}.{index}" if path else str(index), element))
+            stack.extend(((place, str(index)), element) for index, element in enumerate(item))
     return problems
 
 

@@ -90,7 +90,7 @@ class IdentitySchema(ma.Schema):
 
 class ContactSchema(ma.Schema):
     phone = ma.fields.String(validate=validate.Length(max=40), allow_none=True)
-    email = ma.fields.Email(allow_none=True)
+    email = ma.fields.Email(allow_none=True, validate=validate.Length(max=254))
     safe_contact_notes = ma.fields.String(validate=validate.Length(max=2000), allow_none=True)
 
 
@@ -101,8 +101,13 @@ class LocationSchema(ma.Schema):
 
 class IncidentSchema(ma.Schema):
     gbv_type = Code(GbvType, allow_none=True)
-    exploitation_types = ma.fields.List(Code(ExploitationType))
-    means_of_control = ma.fields.List(Code(MeansOfControl))
+    # At most one of each code (as many as there are): a list is stored with the case.
+    exploitation_types = ma.fields.List(
+        Code(ExploitationType), validate=validate.Length(max=len(ExploitationType))
+    )
+    means_of_control = ma.fields.List(
+        Code(MeansOfControl), validate=validate.Length(max=len(MeansOfControl))
+    )
     recruiter_relation = Code(RecruiterRelation, allow_none=True)
     incident_date = ma.fields.String(validate=_PARTIAL_DATE, allow_none=True)
     incident_place = ma.fields.String(validate=validate.Length(max=500), allow_none=True)

@@ -1,0 +1,80 @@
+"""What one request may cost: inputs bounded so that no caller, signed in or not, makes a
+request cost far more than its body (a reviewer's probes; each failed before)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any
+
+from referral_api.access.roles import Role
+
+API = "/api/v1"
+
+
+def _case(client: Any, headers: dict[str, str], **categories: Any) -> Any:
+    return client.post(f"{API}/cases", json={"case_type": "thb", **categories}, headers=headers)
+
+
+def test_the_incident_code_lists_hold_each_code_at_most_once_in_length(
+    client: Any, auth_headers: Any
+) -> None:
+    """Like aliases, languages and documents: a caseworker stored 100,000 codes in one case
+    (encrypted, decrypted again on every read of the incident, packet and export)."""
+    h = auth_headers(Role.CASEWORKER)
+    codes = ["labour"] * 100_000
+    response = _case(client, h, incident={"exploitation_types": codes})
+    assert response.status_code == 422, (response.status_code, "100,000 codes stored")
+
+
+def test_the_means_of_control_list_is_bounded(client: Any, auth_headers: Any) -> None:
+    h = auth_headers(Role.CASEWORKER)
+    codes = ["debt_bondage"] * 60_000
+    response = _case(client, h, incident={"means_of_control": codes})
+    assert response.status_code == 422, (response.status_code, "60,000 codes stored")
+
+
+def test_the_contact_email_is_at_most_254_characters(client: Any, auth_headers: Any) -> None:
+    """As every other e-mail field (RFC 5321); it took 900,000."""
+    h = auth_headers(Role.CASEWORKER)
+    email = "a" * 900_000 + "@example.org"
+    response = _case(client, h, contact={"email": email})
+    assert response.status_code == 422, (response.status_code, "900 kB e-mail stored")
+
+
+def test_a_deep_body_with_an_unstorable_text_costs_memory_in_proportion_to_it(client: Any) -> None:
+    """Anonymous: a login body nested ~900 deep with a wide list at the bottom and one
+    `\\u0000` escape. The walk looking for unstorable text built a dotted path
+    ("z.0.0.0....0.N", ~1,800 characters) for every element: ~1 GB for a 1 MB body. Paths
+    are joined only for a problem found now."""
+    depth, width = 900, 60_000
+    body = (
+        '{"email":"a@example.org","password":"x","z":'
+        + "[" * depth
+        + "0," * width
+        + '"\\u0000"'
+        + "]" * depth
+        + "}"
+    ).encode()
+    tracemalloc.start()
+    try:
+        response = client.post(
+            f"{API}/auth/login", data=body, headers={"Content-Type": "application/json"}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code in (400, 422), response.status_code
+    # A body is parsed into objects a few tens of times its size at most; here ~1,000x
+    # (a 1 MB body, the largest accepted, costs ~1 GB in one anonymous request).
+    ratio = peak / len(body)
+    assert ratio < 100, (
+        f"peak {peak / 1e6:.0f} MB for a {len(body) / 1e3:.0f} kB body ({ratio:.0f}x)"
+    )
+
+
+def test_a_body_is_refused_for_its_first_20_unstorable_texts(client: Any) -> None:
+    body = {"email": "a@example.org", "password": "x", "z": ["\u0000"] * 50}
+    response = client.post(f"{API}/auth/login", json=body)
+    assert response.status_code == 422, response.status_code
+    errors = response.get_json()["errors"]["json"]
+    assert len(errors["z"]) == 20
