@@ -25,10 +25,18 @@ log = logging.getLogger(__name__)
 ENVIRONMENTS = ("development", "production", "testing")
 
 
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
+# A century: the longest period a setting may name (in its unit: seconds, or days for the
+# retention periods), and the bound of every other integer setting. "Keep for ever" typed as
+# 999999 days overflowed the date arithmetic of the retention report and job (a 500, and
+# `retention run` stopped before its purges).
+_CENTURY_DAYS = 100 * 366
+_CENTURY_SECONDS = _CENTURY_DAYS * 86400
+
+
+def _env_int(name: str, default: int, minimum: int = 1, maximum: int = _CENTURY_SECONDS) -> int:
     """An integer setting, at least `minimum`: every count, size, period and lifetime is
     positive unless zero means something (no cache, no delay, no proxy). A retention period
-    of 0 or -1 days would make every closed case due at once."""
+    of 0 or -1 days would make every closed case due at once. At most `maximum`."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -38,6 +46,8 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
         raise ConfigurationError(f"{name} must be an integer") from exc
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}")
+    if value > maximum:
+        raise ConfigurationError(f"{name} must be at most {maximum}")
     return value
 
 
@@ -138,8 +148,16 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300, minimum=0),
         # Retention after closure, per case type (days); `referral-api retention run`.
         "RETENTION_POLICY": {
-            "thb": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_THB", 5 * 365)},
-            "gbv": {"closed": _env_int("REFERRAL_API_RETENTION_DAYS_GBV", 5 * 365)},
+            "thb": {
+                "closed": _env_int(
+                    "REFERRAL_API_RETENTION_DAYS_THB", 5 * 365, maximum=_CENTURY_DAYS
+                )
+            },
+            "gbv": {
+                "closed": _env_int(
+                    "REFERRAL_API_RETENTION_DAYS_GBV", 5 * 365, maximum=_CENTURY_DAYS
+                )
+            },
         },
         "EXPORT_TTL_SECONDS": _env_int("REFERRAL_API_EXPORT_TTL_SECONDS", 24 * 3600),
         # How long an Idempotency-Key is honoured; `retention run --apply` deletes older

@@ -633,11 +633,16 @@ ABOVE_CEILING = {
 
 
 def reference_replay(events: tuple[EventView, ...], at: datetime) -> DerivedState:
-    """DESIGN.md §7, written down plainly: take the events up to `at` in time order (ties in
+    """DESIGN.md §7, written down plainly: take the events up to `at` in time order (at one
+    instant: given, then expired, then renewed, then the closing events; ties of one kind in
     recorded order). The first withdrawn / revoked / entered_in_error ends the consent for
     good. Before it, `given` starts the consent once; `expired` lapses a started, active
     consent; `renewed` re-activates a started consent and sets the end of every provision."""
-    timeline = sorted((e for e in events if e.occurred_at <= at), key=lambda e: e.occurred_at)
+    order = {E.GIVEN: 0, E.EXPIRED: 1, E.RENEWED: 2}
+    timeline = sorted(
+        (e for e in events if e.occurred_at <= at),
+        key=lambda e: (e.occurred_at, order.get(e.event_type, 3)),
+    )
     closing = next((i for i, e in enumerate(timeline) if e.event_type in CLOSING_EVENTS), None)
     before_close = timeline if closing is None else timeline[:closing]
 

@@ -4,7 +4,8 @@ and what a viewer receives is decided before dumping (layout.project), never ins
 from __future__ import annotations
 
 import enum
-from datetime import date
+import re
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import marshmallow as ma
@@ -36,6 +37,7 @@ _PARTIAL_DATE = Pattern(
     r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$",
     error="Use YYYY, YYYY-MM or YYYY-MM-DD.",
 )
+_PARTIAL_DATE_FORM = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 
 
 class IsoDateString(ma.fields.Date):
@@ -64,9 +66,27 @@ class Code(ma.fields.Enum):
         return value.value if isinstance(value, enum.Enum) else value
 
 
+# The earliest time zone's date (UTC+14): a person born today anywhere is not "in the
+# future" (the server's local date refused a birth today in Samoa or Kiribati for part of
+# every day, and moved with the server's time zone).
+_EARLIEST_ZONE = timezone(timedelta(hours=14))
+
+
 def _not_future(value: str) -> None:
-    if date.fromisoformat(value) > date.today():
+    if date.fromisoformat(value) > datetime.now(_EARLIEST_ZONE).date():
         raise ma.ValidationError("Must not be in the future.")
+
+
+def _a_date_that_exists(value: str) -> None:
+    """After _PARTIAL_DATE (which reports a wrong form): year 1 or later, a day the month has
+    (1990-02-30 and 2026-02-29 were stored, for receiving systems to choke on)."""
+    if not _PARTIAL_DATE_FORM.fullmatch(value):
+        return
+    year, month, day = ([int(part) for part in value.split("-")] + [1, 1])[:3]
+    try:
+        date(year, month, day)
+    except ValueError:
+        raise ma.ValidationError("Not a date that exists.") from None
 
 
 class DocumentSchema(ma.Schema):
@@ -109,7 +129,7 @@ class IncidentSchema(ma.Schema):
         Code(MeansOfControl), validate=validate.Length(max=len(MeansOfControl))
     )
     recruiter_relation = Code(RecruiterRelation, allow_none=True)
-    incident_date = ma.fields.String(validate=_PARTIAL_DATE, allow_none=True)
+    incident_date = ma.fields.String(validate=[_PARTIAL_DATE, _a_date_that_exists], allow_none=True)
     incident_place = ma.fields.String(validate=validate.Length(max=500), allow_none=True)
     narrative = ma.fields.String(validate=_LONG_TEXT, allow_none=True)
 

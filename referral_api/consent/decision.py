@@ -54,6 +54,21 @@ class DerivedState:
     renewed_until: datetime | None = None
 
 
+# Events stamped at the same instant replay in this order: an expiry before a renewal (a
+# renewal needs a validity ahead of its own time, so at a shared instant it came after the
+# expiry; `consent expire` and a renewal can commit within one clock tick), as the DPO
+# reports' summaries count them ("a renewal beats an expiry"). Closing events end the consent
+# in any order.
+_TIE_RANK = {
+    EventType.GIVEN: 0,
+    EventType.EXPIRED: 1,
+    EventType.RENEWED: 2,
+    EventType.WITHDRAWN: 3,
+    EventType.REVOKED: 3,
+    EventType.ENTERED_IN_ERROR: 3,
+}
+
+
 def derive_state(events: Iterable[EventView], at: datetime, *, live: bool = False) -> DerivedState:
     """Replay events that happened at or before `at`, in time order.
 
@@ -67,7 +82,7 @@ def derive_state(events: Iterable[EventView], at: datetime, *, live: bool = Fals
     counted = (
         e for e in events if e.occurred_at <= at or (live and e.event_type in TERMINAL_EVENTS)
     )
-    for event in sorted(counted, key=lambda e: e.occurred_at):
+    for event in sorted(counted, key=lambda e: (e.occurred_at, _TIE_RANK[e.event_type])):
         kind = event.event_type
         if state in (ConsentState.WITHDRAWN, ConsentState.REVOKED, ConsentState.ENTERED_IN_ERROR):
             break  # terminal: nothing after it counts

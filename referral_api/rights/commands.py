@@ -71,8 +71,7 @@ def run(apply_: bool) -> None:
         click.echo(f"{keys} expired idempotency keys deleted", err=True)
     if logins:
         click.echo(
-            f"{logins} logins ended over 30 days ago deleted, with {refresh_tokens} refresh "
-            "tokens",
+            f"{logins} logins ended over 30 days ago deleted, with {refresh_tokens} refresh tokens",
             err=True,
         )
     erased, skipped = 0, len(held)
