@@ -985,7 +985,7 @@ def test_an_anchor_appended_after_an_unterminated_line_stays_a_line_of_its_own(
 def test_verify_endpoint_for_dpo_and_platform_admin(
     app: Any, client: Any, factory: Any, chain: list[AuditEvent], role: Role
 ) -> None:
-    user = factory.user(role)
+    user = factory.user(role, factory.org(OrgType.PLATFORM))
     headers = factory.headers(user)
 
     clean = client.get("/api/v1/audit/verify", headers=headers)
@@ -1011,10 +1011,31 @@ def test_verify_endpoint_for_dpo_and_platform_admin(
     assert (body["last_seq"], body["last_hash"]) == (None, None)
 
 
+def test_an_organisations_dpo_does_not_verify_the_platform_chain(
+    app: Any, client: Any, factory: Any, chain: list[AuditEvent]
+) -> None:
+    """The chain holds every organisation's rows: verifying it re-hashed them all in one
+    request (a minute at a million rows) and told an organisation's DPO the platform's
+    audit volume (`checked`, `last_seq`). The platform organisation's officers verify it;
+    another organisation's DPO is refused on the record."""
+    dpo = factory.user(Role.DPO, factory.org(OrgType.NGO))
+    refused = client.get("/api/v1/audit/verify", headers=factory.headers(dpo))
+    body = assert_problem(refused, 403)
+    assert "checked" not in body and "last_seq" not in body
+    row = one_row_of(app, refused)
+    assert (row.action, row.resource_type, row.decision, row.reason, row.actor_id) == (
+        "audit:verify",
+        "audit",
+        "deny",
+        "platform organisation only",
+        dpo.id,
+    )
+
+
 def test_verify_endpoint_checks_an_anchor_given_back(
     app: Any, client: Any, factory: Any, chain: list[AuditEvent]
 ) -> None:
-    headers = factory.headers(factory.user(Role.DPO))
+    headers = factory.headers(factory.user(Role.DPO, factory.org(OrgType.PLATFORM)))
     first = client.get("/api/v1/audit/verify", headers=headers).get_json()
     anchor = {"anchor_seq": first["last_seq"], "anchor_hash": first["last_hash"]}
     assert first["last_seq"] == 5
@@ -1054,7 +1075,7 @@ def test_verify_endpoint_checks_an_anchor_given_back(
 def test_verify_endpoint_refuses_a_malformed_anchor(
     app: Any, client: Any, factory: Any, chain: list[AuditEvent], query: dict[str, Any]
 ) -> None:
-    headers = factory.headers(factory.user(Role.DPO))
+    headers = factory.headers(factory.user(Role.DPO, factory.org(OrgType.PLATFORM)))
     response = client.get("/api/v1/audit/verify", query_string=query, headers=headers)
     assert_problem(response, 422)
     assert not [row for row in audit_rows(app) if row.action == "audit:verify"]

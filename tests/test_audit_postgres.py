@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from referral_api.access.actor import Actor
-from referral_api.access.roles import Role
+from referral_api.access.roles import OrgType, Role
 from referral_api.audit import service
 from referral_api.audit.models import AuditEvent
 
@@ -223,7 +223,7 @@ def test_sealing_never_blocks_a_request_or_a_verification(
 ) -> None:
     """While another worker holds the chain head, requests are answered at once and their
     rows wait for the next seal (SKIP LOCKED), rather than queueing on the head."""
-    admin_headers = factory.headers(factory.user(Role.DPO))
+    admin_headers = factory.headers(factory.user(Role.DPO, factory.org(OrgType.PLATFORM)))
     headers = factory.headers(factory.user(Role.CASEWORKER))
     created = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=headers)
     case_id = created.get_json()["id"]

@@ -208,7 +208,7 @@ def test_restriction_refuses_every_processing_and_records_each_refusal(app, clie
         ("deny", "supervisor"),
     }
     assert token not in json.dumps(report)
-    assert ok(client.get(f"{API}/audit/verify", headers=world.h["dpo"]))["ok"] is True
+    assert ok(client.get(f"{API}/audit/verify", headers=world.h["platform_dpo"]))["ok"] is True
 
     # Lifting is audited and restores access.
     assert ok(restrict(world, case_id, False)) == {"case_id": case_id, "restricted": False}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from referral_api.access.permissions import Permission
+from referral_api.access.policy import PLATFORM_ORGANISATION_ONLY
 from referral_api.access.roles import ROLE_PERMISSIONS, ROLES_BY_ORG_TYPE, OrgType, Role
 
 
@@ -23,6 +24,12 @@ def render_role_table() -> str:
     for permission in Permission:
         marks = ["✔" if permission in ROLE_PERMISSIONS[role] else "" for role in roles]
         lines.append(f"| `{permission.value}` | " + " | ".join(marks) + " |")
+    only = ", ".join(f"`{p.value}`" for p in sorted(PLATFORM_ORGANISATION_ONLY))
+    lines += [
+        "",
+        f"{only}: only for accounts of the platform organisation (its records span every",
+        "organisation), whatever the role's mark above.",
+    ]
     lines += [
         "",
         "## Roles available per organisation type",

@@ -8,8 +8,10 @@ from typing import Any
 from flask import current_app
 
 from referral_api.access.permissions import Permission
+from referral_api.access.policy import decide_platform_only
 from referral_api.audit import service
 from referral_api.audit.schemas import VerifyArgsSchema, VerifyResultSchema
+from referral_api.exceptions import Forbidden
 from referral_api.extensions import db
 from referral_api.smorest import Blueprint, current_actor
 
@@ -26,7 +28,23 @@ def verify(args: dict[str, Any]) -> Any:
     Pending rows are sealed first. `ok: false` with `first_bad_id` points at the first
     altered or missing row. With `anchor_seq`/`anchor_hash` (the `last_seq`/`last_hash` of
     an earlier answer, kept outside the database), that row must still hold that hash.
+    The platform organisation's officers only (403 for another organisation's DPO): the
+    chain spans every organisation.
     """
+    actor = current_actor()
+    decision = decide_platform_only(actor, Permission.AUDIT_VERIFY)
+    if not decision.allowed:
+        denied = Forbidden(
+            "Only the platform organisation's officers verify the audit chain: it spans every "
+            "organisation."
+        )
+        denied.audit = {
+            "action": str(Permission.AUDIT_VERIFY),
+            "resource_type": "audit",
+            "decision": "deny",
+            "reason": decision.reason,
+        }
+        raise denied
     anchors = {args["anchor_seq"]: args["anchor_hash"]} if "anchor_seq" in args else None
     # End the transaction the authentication read opened before sealing in sessions of
     # its own: on SQLite every transaction holds the single write lock (BEGIN IMMEDIATE),
@@ -36,7 +54,7 @@ def verify(args: dict[str, Any]) -> Any:
     result = service.verify_chain(db.session, anchors=anchors)
     service.record(
         db.session,
-        current_actor(),
+        actor,
         str(Permission.AUDIT_VERIFY),
         resource_type="audit",
         details={"ok": result.ok, "checked": result.checked, "anchored": anchors is not None},
