@@ -221,6 +221,16 @@ def _with_key(session: Any, row: Any) -> Case:
     return case  # type: ignore[no-any-return]
 
 
+def load_cases_with_keys(session: Any, case_ids: Iterable[uuid.UUID]) -> list[Case]:
+    """Several cases, each with its current wrapped data key, in one statement (a page of
+    rows decrypting something under each case's key: referral messages)."""
+    wanted = sorted(set(case_ids))
+    if not wanted:
+        return []
+    stmt = select(Case, *_KEY_COLUMNS).outerjoin(CaseKey, _CURRENT_KEY).where(Case.id.in_(wanted))
+    return [_with_key(session, row) for row in session.execute(stmt)]
+
+
 def _load_case(session: Any, case_id: uuid.UUID) -> Case | None:
     row = session.execute(_CASE_WITH_KEY, {"case_id": case_id}).one_or_none()
     return None if row is None else _with_key(session, row)

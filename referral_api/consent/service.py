@@ -13,11 +13,12 @@ import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from referral_api.access.actor import Actor
 from referral_api.access.categories import Category
@@ -87,6 +88,28 @@ def consents_of_case(session: Session, case_id: uuid.UUID) -> list[ConsentRecord
     )
 
 
+def consent_views_of_cases(
+    session: Session, case_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, list[ConsentView]]:
+    """The stored consents of several cases as decision views ({case id: views}, each case
+    named, with or without consents), read in three statements (consents, provisions,
+    events) however many cases: a list deciding for each of its rows (the referral inbox)
+    reads them once, not once per row."""
+    wanted = sorted(set(case_ids))
+    views: dict[uuid.UUID, list[ConsentView]] = {case_id: [] for case_id in wanted}
+    if not wanted:
+        return views
+    consents = session.scalars(
+        select(ConsentRecord)
+        .where(ConsentRecord.case_id.in_(wanted))
+        .order_by(ConsentRecord.created_at, ConsentRecord.id)
+        .options(selectinload(ConsentRecord.provisions), selectinload(ConsentRecord.events))
+    )
+    for consent in consents:
+        views[consent.case_id].append(view_of(consent))
+    return views
+
+
 def decide_for_case(
     session: Session,
     case_id: uuid.UUID,
@@ -94,11 +117,14 @@ def decide_for_case(
     purpose: Purpose,
     categories: set[Category] | frozenset[Category],
     at: datetime | None = None,
+    views: Sequence[ConsentView] | None = None,
 ) -> DisclosureDecision:
     """decide_disclosure over the case's stored consents (used at referral send, accept and
     every read by a recipient). Without `at` the decision is live: every stored closing
-    event counts, however far ahead the clock of the host that stamped it."""
-    views = [view_of(c) for c in consents_of_case(session, case_id)]
+    event counts, however far ahead the clock of the host that stamped it. `views`: the
+    case's consents read already in this transaction (`consent_views_of_cases`)."""
+    if views is None:
+        views = [view_of(c) for c in consents_of_case(session, case_id)]
     return decide_disclosure(
         views, recipient.id, recipient.org_type, purpose, categories, at or now(), live=at is None
     )

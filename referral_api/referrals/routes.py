@@ -78,8 +78,12 @@ def list_referrals(args: dict[str, Any]) -> Any:
     """Incoming and outgoing referrals (`box=incoming|outgoing`), newest first"""
     actor = current_actor()
     page = service.list_referrals(db.session, actor, args)
+    preload = service.preload_for_views(db.session, actor, page.items)
     items = [
-        service.referral_view(db.session, r, service.party_of(actor, r), actor) for r in page.items
+        service.referral_view(
+            db.session, r, service.party_of(actor, r), actor, preload.consent_views
+        )
+        for r in page.items
     ]
     db.session.commit()
     return items, 200, link_header(page, args["limit"])

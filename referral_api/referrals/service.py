@@ -7,9 +7,9 @@ No Flask; (session, actor, …); never commits; audits every access and change.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from referral_api.cases import service as cases
 from referral_api.cases.layout import CATEGORY_FIELDS
 from referral_api.cases.models import Case, must_be_processable, recheck_case
 from referral_api.consent import service as consent_service
-from referral_api.consent.decision import DisclosureDecision
+from referral_api.consent.decision import ConsentView, DisclosureDecision
 from referral_api.consent.hooks import on_withdrawal
 from referral_api.consent.models import ConsentRecord
 from referral_api.exceptions import (
@@ -190,7 +190,10 @@ def _recipient(session: Session, referral: Referral) -> Organisation:
 
 
 def consent_decision(
-    session: Session, referral: Referral, at: datetime | None = None
+    session: Session,
+    referral: Referral,
+    at: datetime | None = None,
+    views: Sequence[ConsentView] | None = None,
 ) -> DisclosureDecision:
     return consent_service.decide_for_case(
         session,
@@ -199,6 +202,7 @@ def consent_decision(
         referral.purpose,
         referral.category_set,
         at,
+        views,
     )
 
 
@@ -661,17 +665,18 @@ def approve_override(session: Session, actor: Actor, referral: Referral, party: 
 
 
 def packet_live(
-    session: Session, referral: Referral
+    session: Session, referral: Referral, views: Sequence[ConsentView] | None = None
 ) -> tuple[bool, frozenset[Category], DisclosureDecision | None]:
     """The receiver's packet exists while the referral is live and consent (or an approved
-    override) still covers it; it holds the shared categories within the receiver's ceiling."""
+    override) still covers it; it holds the shared categories within the receiver's ceiling.
+    `views`: the case's consents, read already (`preload_for_views`)."""
     if referral.status not in LIVE_STATUSES:
         return False, frozenset(), None
     case = session.get(Case, referral.case_id)
     if case is None or case.erased or case.restricted:
         return False, frozenset(), None
     ceiling = ceiling_for(_recipient(session, referral).org_type)
-    decision = consent_decision(session, referral)
+    decision = consent_decision(session, referral, views=views)
     if decision.permit:
         return True, referral.category_set & ceiling, decision
     if referral.override_approved:
@@ -679,8 +684,47 @@ def packet_live(
     return False, frozenset(), decision
 
 
+@dataclass
+class PagePreload:
+    """What `referral_view` reads for a page of referrals, read in a fixed number of
+    statements. Held by the caller while it builds the views: the session's identity map
+    keeps only objects something else holds, so loaded and dropped they were read again,
+    one statement per row."""
+
+    held: list[Any] = field(default_factory=list)
+    consent_views: dict[uuid.UUID, list[ConsentView]] = field(default_factory=dict)
+
+
+def preload_for_views(session: Session, actor: Actor, referrals: Sequence[Referral]) -> PagePreload:
+    """The page's cases with their data keys (for the messages), the recipients, and the
+    consents of the cases whose packet the receiver may see, as views (a receiver's row
+    decided consent from the case, its consents, their provisions and events read again for
+    every row: ~6 statements a referral)."""
+    preload = PagePreload()
+    if not actor.can(Permission.CASE_READ):
+        return preload
+    received = [
+        r for r in referrals if party_of(actor, r) is Party.RECEIVER and r.status in LIVE_STATUSES
+    ]
+    sent = [r for r in referrals if party_of(actor, r) is Party.SENDER]
+    preload.held += cases.load_cases_with_keys(session, [r.case_id for r in (*sent, *received)])
+    if received:
+        recipients = sorted({r.to_org_id for r in received})
+        preload.held += session.scalars(
+            select(Organisation).where(Organisation.id.in_(recipients))
+        ).all()
+        preload.consent_views = consent_service.consent_views_of_cases(
+            session, [r.case_id for r in received]
+        )
+    return preload
+
+
 def referral_view(
-    session: Session, referral: Referral, party: Party, actor: Actor
+    session: Session,
+    referral: Referral,
+    party: Party,
+    actor: Actor,
+    consent_views: Mapping[uuid.UUID, Sequence[ConsentView]] | None = None,
 ) -> dict[str, Any]:
     """The sender sees its referral in full; the receiver sees the referral's own metadata,
     plus the message only while the packet is live. Neither sees the person's other
@@ -714,7 +758,7 @@ def referral_view(
         view["case_id"] = referral.case_id
         if content and not _case_restricted(session, referral):
             view["message"] = referral.message
-    elif content and packet_live(session, referral)[0]:
+    elif content and packet_live(session, referral, (consent_views or {}).get(referral.case_id))[0]:
         view["message"] = referral.message
         view["receiver_case_id"] = referral.receiver_case_id
     return view
@@ -817,12 +861,6 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         cursor=params.get("cursor"),
         limit=params["limit"],
     )
-    if actor.can(Permission.CASE_READ):
-        # The sender's rows carry the message only while its case is not restricted: those
-        # cases, loaded in one query (the views then find them in the session).
-        own = {r.case_id for r in page.items if r.from_org_id == actor.org_id}
-        if own:
-            session.scalars(select(Case).where(Case.id.in_(sorted(own)))).all()
     # One row per referral shown, as for a single read: the list carries each one's message.
     audit.record_many(
         session,
