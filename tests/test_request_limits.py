@@ -78,3 +78,30 @@ def test_a_body_is_refused_for_its_first_20_unstorable_texts(client: Any) -> Non
     assert response.status_code == 422, response.status_code
     errors = response.get_json()["errors"]["json"]
     assert len(errors["z"]) == 20
+
+
+def test_a_case_holds_a_bounded_number_of_consents(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+) -> None:
+    """Every consent decision about a case reads all its consents, and the list shows them
+    at once: a caseworker could add thousands (101 came back in one response). Past the
+    most a case holds, recording another is a 409 that writes nothing."""
+    from referral_support import consent_body, count, ok, provision
+
+    from referral_api.access.roles import OrgType
+    from referral_api.consent import service
+    from referral_api.consent.models import ConsentRecord
+
+    assert service.MAX_CONSENTS_PER_CASE == 200
+    monkeypatch.setattr(service, "MAX_CONSENTS_PER_CASE", 3)
+    legal = factory.org(OrgType.LEGAL_AID)
+    headers = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
+    case_id = ok(_case(client, headers), 201)["id"]
+    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
+    url = f"{API}/cases/{case_id}/consents"
+    for _ in range(3):
+        ok(client.post(url, json=body, headers=headers), 201)
+    refused = client.post(url, json=body, headers=headers)
+    assert refused.status_code == 409, refused.get_json()
+    assert "the most a case may hold" in refused.get_json()["detail"]
+    assert count(app, ConsentRecord) == 3

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from referral_api.access.actor import Actor
@@ -174,10 +174,25 @@ def _validate(session: Session, data: dict[str, Any], at: datetime) -> dict[str,
     return errors
 
 
+# The most consents one case holds (each with up to 50 provisions). Every consent decision
+# about the case (a send, each row of the receiver's inbox, each packet read) reads all of
+# them, and the list shows them in one response: a case with thousands made every such
+# request as slow. No person's referrals need more.
+MAX_CONSENTS_PER_CASE = 200
+
+
 def record_consent(
     session: Session, actor: Actor, case_id: uuid.UUID, data: dict[str, Any]
 ) -> ConsentRecord:
     case, _ = cases.authorize(session, actor, Permission.CONSENT_RECORD, case_id)
+    held = session.scalar(
+        select(func.count()).select_from(ConsentRecord).where(ConsentRecord.case_id == case.id)
+    )
+    if (held or 0) >= MAX_CONSENTS_PER_CASE:
+        raise Conflict(
+            f"This case holds {MAX_CONSENTS_PER_CASE} consents, the most a case may hold: "
+            "renew or correct one of them instead."
+        )
     at = now()
     errors = _validate(session, data, at)
     if errors:
