@@ -105,3 +105,33 @@ def test_a_case_holds_a_bounded_number_of_consents(
     assert refused.status_code == 409, refused.get_json()
     assert "the most a case may hold" in refused.get_json()["detail"]
     assert count(app, ConsentRecord) == 3
+
+
+def test_a_consent_is_renewed_a_bounded_number_of_times(
+    app: Any, client: Any, factory: Any, monkeypatch: Any
+) -> None:
+    """Each renewal is an event every decision about the case replays."""
+    from datetime import UTC, datetime, timedelta
+
+    from referral_support import consent_body, count, ok, provision
+
+    from referral_api.access.roles import OrgType
+    from referral_api.consent import service
+    from referral_api.consent.models import ConsentEvent
+
+    assert service.MAX_RENEWALS_PER_CONSENT == 100
+    monkeypatch.setattr(service, "MAX_RENEWALS_PER_CONSENT", 2)
+    legal = factory.org(OrgType.LEGAL_AID)
+    headers = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
+    case_id = ok(_case(client, headers), 201)["id"]
+    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
+    consent = ok(client.post(f"{API}/cases/{case_id}/consents", json=body, headers=headers), 201)
+    url = f"{API}/consents/{consent['id']}/renew"
+    until = {"valid_until": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
+    for _ in range(2):
+        ok(client.post(url, json=until, headers=headers))
+    events = count(app, ConsentEvent)
+    refused = client.post(url, json=until, headers=headers)
+    assert refused.status_code == 409, refused.get_json()
+    assert "record a new consent" in refused.get_json()["detail"]
+    assert count(app, ConsentEvent) == events

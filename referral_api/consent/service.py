@@ -179,6 +179,9 @@ def _validate(session: Session, data: dict[str, Any], at: datetime) -> dict[str,
 # them, and the list shows them in one response: a case with thousands made every such
 # request as slow. No person's referrals need more.
 MAX_CONSENTS_PER_CASE = 200
+# The most renewals of one consent (each an event every decision replays): a monthly renewal
+# for eight years.
+MAX_RENEWALS_PER_CONSENT = 100
 
 
 def record_consent(
@@ -392,6 +395,12 @@ def renew(
     at = now()
     if valid_until is not None and valid_until <= at:
         raise ValidationFailed({"valid_until": ["Must be in the future."]})
+    renewals = sum(1 for event in consent.events if event.event_type == EventType.RENEWED)
+    if renewals >= MAX_RENEWALS_PER_CONSENT:
+        raise Conflict(
+            f"This consent was renewed {MAX_RENEWALS_PER_CONSENT} times, the most a consent "
+            "may be: record a new consent with the person."
+        )
     _add_event(session, actor, consent, EventType.RENEWED, at, valid_until=valid_until)
     session.flush()
     session.expire(consent, ["events"])
