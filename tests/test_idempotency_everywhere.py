@@ -606,3 +606,31 @@ def test_0016_adds_resource_id_and_its_downgrade_drops_the_records_that_need_it(
     columns = {c["name"] for c in inspect(engine).get_columns("idempotency_records")}
     assert "resource_id" in columns
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "action"),
+    [
+        ("rights.create_export", "case:export-read"),
+        ("rights.legal_hold", "case:legal-hold-read"),
+        ("rights.restriction", "case:restriction-read"),
+    ],
+)
+def test_a_replay_about_a_case_is_on_its_access_log(
+    app: Any, client: Any, factory: Any, endpoint: str, action: str
+) -> None:
+    """What a replay answers about the case (its export, hold or restriction now) is a read
+    of the case, on the record as every other: one row naming the case, per replay."""
+    arranged = HONOURED[endpoint](app, client, factory)
+    made = ok(
+        keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY), arranged.status
+    )
+    case_id = arranged.case_id or made["case_id"]
+    for replays in (1, 2):
+        again = keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        read = rows(app, AuditEvent, AuditEvent.action == action)
+        assert len(read) == replays
+        assert {(r.resource_type, str(r.case_id), r.decision) for r in read} == {
+            ("case", case_id, "allow")
+        }

@@ -143,6 +143,7 @@ def legal_hold_now(
             .limit(1)
         ).first()
     )
+    _audit(session, actor, "case:legal-hold-read", case.id)
     return case, hold
 
 
@@ -161,8 +162,11 @@ def set_restriction(session: Session, actor: Actor, case_id: uuid.UUID, restrict
 
 
 def restriction_now(session: Session, actor: Actor, case_id: uuid.UUID) -> Case:
-    """The case whose restriction a retried request set, read through the policy now."""
-    return _case_for(session, actor, Permission.CASE_RESTRICT, case_id)
+    """The case whose restriction a retried request set, read through the policy now (and
+    on the record, as every answer about a case is)."""
+    case = _case_for(session, actor, Permission.CASE_RESTRICT, case_id)
+    _audit(session, actor, "case:restriction-read", case.id)
+    return case
 
 
 # ---- erasure (Art. 17) --------------------------------------------------------------------
@@ -797,6 +801,7 @@ def read_export(
             "export already downloaded" if export.downloaded_at else "export expired",
             {"export_id": str(export.id)},
         )
+    _audit(session, actor, "case:export-read", case.id, details={"export_id": str(export.id)})
     return export
 
 
