@@ -61,8 +61,6 @@ CurrentView = Callable[[dict[str, Any], dict[str, Any]], Any]
 # Renders the current view of what a first request made from its id (the record's
 # `resource_id`) and the view's arguments; no response body is stored for these.
 ResourceView = Callable[[uuid.UUID, dict[str, Any]], Any]
-# The id of what a request made, from its (successful) response and the view's arguments.
-ResourceIdOf = Callable[[Response, dict[str, Any]], uuid.UUID]
 
 
 class IdempotencyRecord(Base):

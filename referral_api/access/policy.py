@@ -40,6 +40,12 @@ class Decision:
         return self.allowed
 
 
+# Permissions over records that span every organisation (the audit chain: its verification
+# reads and counts every organisation's rows), granted by `decide` only to the platform
+# organisation's officers whatever their role's table says: an organisation's DPO verifying
+# it learnt the platform's audit volume, and made one request re-hash every row of it.
+PLATFORM_ORGANISATION_ONLY = frozenset({Permission.AUDIT_VERIFY})
+
 # Permissions whose resources are administered across organisations by the platform admin.
 _PLATFORM_WIDE = frozenset(
     {
@@ -83,6 +89,8 @@ def decide(actor: Actor, action: Permission, resource: Any = None) -> Decision:
         return Decision(True, "system actor", details={"categories": ALL_CATEGORIES})
     if not actor.can(action):
         return Decision(False, "permission not granted to role")
+    if action in PLATFORM_ORGANISATION_ONLY and not actor.is_platform:
+        return Decision(False, "platform organisation only")
     if resource is None:
         return Decision(True, "permission granted")
     if _is(resource, CaseRecord):
@@ -215,25 +223,6 @@ def refusal(decision: Decision) -> NotFound | Forbidden:
 
 
 OUTSIDE_OWN_ORGANISATION = "org_id outside the officer's organisation"
-
-
-# Permissions over records that span every organisation (the audit chain: its verification
-# reads and counts every organisation's rows), granted only to the platform organisation's
-# officers whatever their role's table says: an organisation's DPO verifying it learnt the
-# platform's audit volume, and made one request re-hash every row of it.
-PLATFORM_ORGANISATION_ONLY = frozenset({Permission.AUDIT_VERIFY})
-
-
-def decide_platform_only(actor: Actor, action: Permission) -> Decision:
-    """`action` (one of PLATFORM_ORGANISATION_ONLY) by `actor`: its role's permission, and
-    the platform organisation (or the system)."""
-    if actor.kind is ActorKind.SYSTEM:
-        return Decision(True, "system actor")
-    if not actor.can(action):
-        return Decision(False, "permission not granted to role")
-    if not actor.is_platform:
-        return Decision(False, "platform organisation only")
-    return Decision(True, "platform organisation")
 
 
 def decide_report_scope(

@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app
 
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import decide_platform_only
+from referral_api.access.policy import decide
 from referral_api.audit import service
 from referral_api.audit.schemas import VerifyArgsSchema, VerifyResultSchema
 from referral_api.exceptions import Forbidden
@@ -32,7 +32,7 @@ def verify(args: dict[str, Any]) -> Any:
     chain spans every organisation.
     """
     actor = current_actor()
-    decision = decide_platform_only(actor, Permission.AUDIT_VERIFY)
+    decision = decide(actor, Permission.AUDIT_VERIFY)
     if not decision.allowed:
         denied = Forbidden(
             "Only the platform organisation's officers verify the audit chain: it spans every "

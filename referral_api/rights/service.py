@@ -781,6 +781,13 @@ def create_export(
     return export
 
 
+def _spent(export: SubjectExport) -> bool:
+    """Downloaded (once is all), expired, or cleared: its document is no longer handed out."""
+    return (
+        export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None
+    )
+
+
 def read_export(
     session: Session, actor: Actor, case_id: uuid.UUID, export_id: uuid.UUID
 ) -> SubjectExport:
@@ -792,7 +799,7 @@ def read_export(
         raise _denied(
             NotFound(), "case:export", case.id, "no such export", {"export_id": str(export_id)}
         )
-    if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
+    if _spent(export):
         # Its download link would answer 410: the retry is not offered it again.
         raise _denied(
             Gone("This export was already downloaded or has expired."),
@@ -845,7 +852,7 @@ def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str
     export = session.get(SubjectExport, export_id, with_for_update=True, populate_existing=True)
     if export is None:
         raise _download_denied(NotFound(), export_id, None, "no such export")
-    if export.downloaded_at is not None or export.expires_at <= now() or export.document_ct is None:
+    if _spent(export):
         raise _download_denied(
             Gone("This export was already downloaded or has expired."),
             export.id,
