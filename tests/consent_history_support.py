@@ -10,11 +10,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dpo_support import NOTICE
+from sqlalchemy import select
 
 from referral_api.access.categories import Category
 from referral_api.access.roles import OrgType
 from referral_api.consent.decision import ConsentView, EventView, ProvisionView
+from referral_api.consent.models import ConsentProvision
 from referral_api.consent.vocabulary import EventType, Purpose
+from referral_api.dpo.derived_state import provision_state
 from referral_api.extensions import db
 
 KINDS = [
@@ -122,3 +125,17 @@ def insert_rows(app: Any, *batches: tuple[Any, list[dict]]) -> None:
         for table, rows in batches:
             if rows:
                 connection.execute(table.__table__.insert(), rows)
+
+
+def reported_states(session: Any, states: Any, at: datetime) -> dict[uuid.UUID, set[str | None]]:
+    """{consent id: the states the SQL reports on its provision rows} for `states`, a
+    `consent_states` subquery (one state per consent expected: a set, to see otherwise)."""
+    provisions = ConsentProvision.__table__
+    reported: dict[uuid.UUID, set[str | None]] = {}
+    for consent_id, state in session.execute(
+        select(provisions.c.consent_id, provision_state(states, at)).join(
+            states, states.c.consent_id == provisions.c.consent_id
+        )
+    ):
+        reported.setdefault(consent_id, set()).add(state)
+    return reported

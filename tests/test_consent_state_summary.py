@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alembic import command
-from consent_history_support import consent_views, insert_rows, random_consents
+from consent_history_support import consent_views, insert_rows, random_consents, reported_states
 from referral_support import API, create_case, provision, record_consent
 from sqlalchemy import Engine, delete, inspect, select, text, update
 
@@ -26,7 +26,7 @@ from referral_api.consent.models import (
     ConsentRecord,
 )
 from referral_api.consent.vocabulary import EventType
-from referral_api.dpo.derived_state import consent_states, provision_state
+from referral_api.dpo.derived_state import consent_states
 from referral_api.extensions import db
 from referral_api.migrate import MIGRATIONS_DIR, alembic_config, upgrade
 
@@ -382,13 +382,7 @@ def test_asked_live_a_report_counts_a_closing_event_stamped_after_now(
     )
     states = consent_states(AT, live=True)
     with db.session_factory_for(app)() as s:
-        reported: dict[uuid.UUID, set[str | None]] = {}
-        for consent_id, state in s.execute(
-            select(PROVISIONS.c.consent_id, provision_state(states, AT)).join(
-                states, states.c.consent_id == PROVISIONS.c.consent_id
-            )
-        ):
-            reported.setdefault(consent_id, set()).add(state)
+        reported = reported_states(s, states, AT)
         s.rollback()
     closed_ahead = 0
     for view in consent_views(records, provisions, events):

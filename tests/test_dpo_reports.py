@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
-from consent_history_support import consent_views, insert_rows, random_consents
+from consent_history_support import consent_views, insert_rows, random_consents, reported_states
 from dpo_support import (
     NOTICE,
     DpoWorld,
@@ -52,7 +52,7 @@ from referral_api.consent.vocabulary import (
     Purpose,
 )
 from referral_api.dpo import keyset, service
-from referral_api.dpo.derived_state import consent_states, provision_state
+from referral_api.dpo.derived_state import consent_states
 from referral_api.dpo.schemas import ROW_SCHEMAS
 from referral_api.extensions import db
 from referral_api.referrals.models import Referral
@@ -1067,7 +1067,6 @@ def test_sql_consent_state_matches_the_replay_on_random_histories(
     insert_rows(
         app, (ConsentRecord, records), (ConsentProvision, provisions), (ConsentEvent, events)
     )
-    provisions_table = ConsentProvision.__table__
     with db.session_factory_for(app)() as s:
         # Both ways of reading a consent occur: its summary as kept (every event at or
         # before `at`), and its events replayed (some event after `at`).
@@ -1076,13 +1075,7 @@ def test_sql_consent_state_matches_the_replay_on_random_histories(
         states = consent_states(at)
         got = {row.consent_id: row for row in s.execute(select(states))}
         # The reported state, evaluated on each provision row of the consent.
-        reported: dict[uuid.UUID, set[str | None]] = {}
-        for consent_id, state in s.execute(
-            select(provisions_table.c.consent_id, provision_state(states, at)).join(
-                states, states.c.consent_id == provisions_table.c.consent_id
-            )
-        ):
-            reported.setdefault(consent_id, set()).add(state)
+        reported = reported_states(s, states, at)
         s.rollback()
     seen = Counter()
     for view in consent_views(records, provisions, events):

@@ -34,6 +34,24 @@ def _counting(app: Any) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
+def _referred(
+    client: Any, factory: Any, n: int, **case: Any
+) -> tuple[dict[str, str], dict[str, str]]:
+    """`n` cases of an NGO, each with a consent and a sent referral to a legal-aid
+    organisation: (the NGO caseworker's headers, the legal-aid caseworker's)."""
+    ngo_org = factory.org(OrgType.NGO)
+    legal_org = factory.org(OrgType.LEGAL_AID)
+    ngo = factory.headers(factory.user(Role.CASEWORKER, ngo_org))
+    legal = factory.headers(factory.user(Role.CASEWORKER, legal_org))
+    consent = consent_body(provision("legal_assistance", SHARES, org_id=legal_org))
+    for _ in range(n):
+        created = client.post(f"{API}/cases", json={"case_type": "thb", **case}, headers=ngo)
+        case_id = ok(created, 201)["id"]
+        ok(client.post(f"{API}/cases/{case_id}/consents", json=consent, headers=ngo), 201)
+        ok(refer(client, ngo, case_id, legal_org, SHARES, message="please call"), 201)
+    return ngo, legal
+
+
 def _incoming_statements(app: Any, client: Any, headers: dict[str, str], limit: int) -> int:
     with _counting(app) as statements:
         body = ok(
@@ -52,30 +70,8 @@ def test_the_inbox_reads_a_fixed_number_of_statements_per_page(
     app: Any, client: Any, factory: Any
 ) -> None:
     """The consent decision (`packet_live`) of each row, from the page's consents read once."""
-    ngo_org = factory.org(OrgType.NGO)
-    legal_org = factory.org(OrgType.LEGAL_AID)
-    ngo = factory.headers(factory.user(Role.CASEWORKER, ngo_org))
-    legal = factory.headers(factory.user(Role.CASEWORKER, legal_org))
     n = 12
-    for _ in range(n):
-        case_id = ok(
-            client.post(
-                f"{API}/cases",
-                json={"case_type": "thb", "identity": {"given_name": "Olena"}},
-                headers=ngo,
-            ),
-            201,
-        )["id"]
-        ok(
-            client.post(
-                f"{API}/cases/{case_id}/consents",
-                json=consent_body(provision("legal_assistance", SHARES, org_id=legal_org)),
-                headers=ngo,
-            ),
-            201,
-        )
-        ok(refer(client, ngo, case_id, legal_org, SHARES, message="please call"), 201)
-
+    _, legal = _referred(client, factory, n, identity={"given_name": "Olena"})
     small = _incoming_statements(app, client, legal, 3)
     large = _incoming_statements(app, client, legal, n)
     # A page's statements should not depend on its size (a constant number of queries).
@@ -86,21 +82,8 @@ def test_the_outbox_reads_a_fixed_number_of_statements_per_page(
     app: Any, client: Any, factory: Any
 ) -> None:
     """Each row's message under its case's data key, the keys read with the cases."""
-    ngo_org = factory.org(OrgType.NGO)
-    legal_org = factory.org(OrgType.LEGAL_AID)
-    ngo = factory.headers(factory.user(Role.CASEWORKER, ngo_org))
     n = 12
-    for _ in range(n):
-        case_id = ok(client.post(f"{API}/cases", json={"case_type": "thb"}, headers=ngo), 201)["id"]
-        ok(
-            client.post(
-                f"{API}/cases/{case_id}/consents",
-                json=consent_body(provision("legal_assistance", SHARES, org_id=legal_org)),
-                headers=ngo,
-            ),
-            201,
-        )
-        ok(refer(client, ngo, case_id, legal_org, SHARES, message="please call"), 201)
+    ngo, _ = _referred(client, factory, n)
     counts = {}
     for limit in (3, n):
         with _counting(app) as statements:

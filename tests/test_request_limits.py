@@ -4,15 +4,28 @@ request cost far more than its body (a reviewer's probes; each failed before).""
 from __future__ import annotations
 
 import tracemalloc
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from referral_api.access.roles import Role
+from referral_support import API, consent_body, count, ok, provision
 
-API = "/api/v1"
+from referral_api.access.roles import OrgType, Role
+from referral_api.consent import service as consent_service
+from referral_api.consent.models import ConsentEvent, ConsentRecord
 
 
 def _case(client: Any, headers: dict[str, str], **categories: Any) -> Any:
     return client.post(f"{API}/cases", json={"case_type": "thb", **categories}, headers=headers)
+
+
+def _consents_url(client: Any, factory: Any) -> tuple[dict[str, str], str, dict[str, Any]]:
+    """A caseworker's headers, the consents URL of a new case of theirs, and a consent's body
+    for it."""
+    legal = factory.org(OrgType.LEGAL_AID)
+    headers = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
+    case_id = ok(_case(client, headers), 201)["id"]
+    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
+    return headers, f"{API}/cases/{case_id}/consents", body
 
 
 def test_the_incident_code_lists_hold_each_code_at_most_once_in_length(
@@ -86,19 +99,9 @@ def test_a_case_holds_a_bounded_number_of_consents(
     """Every consent decision about a case reads all its consents, and the list shows them
     at once: a caseworker could add thousands (101 came back in one response). Past the
     most a case holds, recording another is a 409 that writes nothing."""
-    from referral_support import consent_body, count, ok, provision
-
-    from referral_api.access.roles import OrgType
-    from referral_api.consent import service
-    from referral_api.consent.models import ConsentRecord
-
-    assert service.MAX_CONSENTS_PER_CASE == 200
-    monkeypatch.setattr(service, "MAX_CONSENTS_PER_CASE", 3)
-    legal = factory.org(OrgType.LEGAL_AID)
-    headers = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
-    case_id = ok(_case(client, headers), 201)["id"]
-    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
-    url = f"{API}/cases/{case_id}/consents"
+    assert consent_service.MAX_CONSENTS_PER_CASE == 200
+    monkeypatch.setattr(consent_service, "MAX_CONSENTS_PER_CASE", 3)
+    headers, url, body = _consents_url(client, factory)
     for _ in range(3):
         ok(client.post(url, json=body, headers=headers), 201)
     refused = client.post(url, json=body, headers=headers)
@@ -111,21 +114,10 @@ def test_a_consent_is_renewed_a_bounded_number_of_times(
     app: Any, client: Any, factory: Any, monkeypatch: Any
 ) -> None:
     """Each renewal is an event every decision about the case replays."""
-    from datetime import UTC, datetime, timedelta
-
-    from referral_support import consent_body, count, ok, provision
-
-    from referral_api.access.roles import OrgType
-    from referral_api.consent import service
-    from referral_api.consent.models import ConsentEvent
-
-    assert service.MAX_RENEWALS_PER_CONSENT == 100
-    monkeypatch.setattr(service, "MAX_RENEWALS_PER_CONSENT", 2)
-    legal = factory.org(OrgType.LEGAL_AID)
-    headers = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
-    case_id = ok(_case(client, headers), 201)["id"]
-    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
-    consent = ok(client.post(f"{API}/cases/{case_id}/consents", json=body, headers=headers), 201)
+    assert consent_service.MAX_RENEWALS_PER_CONSENT == 100
+    monkeypatch.setattr(consent_service, "MAX_RENEWALS_PER_CONSENT", 2)
+    headers, consents_url, body = _consents_url(client, factory)
+    consent = ok(client.post(consents_url, json=body, headers=headers), 201)
     url = f"{API}/consents/{consent['id']}/renew"
     until = {"valid_until": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
     for _ in range(2):
