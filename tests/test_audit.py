@@ -997,7 +997,13 @@ def test_verify_endpoint_for_dpo_and_platform_admin(
     row = one_row_of(app, clean)  # the verification itself is on the record
     assert (row.action, row.resource_type, row.decision) == ("audit:verify", "audit", "allow")
     assert (row.actor_id, row.actor_role, row.actor_org_id) == (user.id, role.value, user.org_id)
-    assert details(row) == {"checked": 5, "ok": True, "anchored": False}
+    assert details(row) == {
+        "checked": 5,
+        "ok": True,
+        "anchored": False,
+        "after_seq": None,
+        "complete": True,
+    }
     assert (body["last_seq"], body["last_hash"]) == (5, chain[-1].hash)
 
     raw_sql(app, "UPDATE audit_events SET categories = 'legal' WHERE id = :id", id=chain[3].id)
@@ -1007,7 +1013,13 @@ def test_verify_endpoint_for_dpo_and_platform_admin(
     assert body["ok"] is False
     assert (body["first_bad_id"], body["first_bad_seq"]) == (chain[3].id, chain[3].seq)
     assert "hash mismatch" in body["problem"]
-    assert details(one_row_of(app, broken)) == {"checked": 3, "ok": False, "anchored": False}
+    assert details(one_row_of(app, broken)) == {
+        "checked": 3,
+        "ok": False,
+        "anchored": False,
+        "after_seq": None,
+        "complete": True,
+    }
     assert (body["last_seq"], body["last_hash"]) == (None, None)
 
 
@@ -1050,7 +1062,13 @@ def test_verify_endpoint_checks_an_anchor_given_back(
     cut = client.get("/api/v1/audit/verify", query_string=anchor, headers=headers).get_json()
     assert cut["ok"] is False
     assert cut["problem"] == "the anchored row seq 5 is missing (rows removed at the end)"
-    assert details(audit_rows(app)[-1]) == {"checked": 4, "ok": False, "anchored": True}
+    assert details(audit_rows(app)[-1]) == {
+        "checked": 4,
+        "ok": False,
+        "anchored": True,
+        "after_seq": None,
+        "complete": True,
+    }
 
     # Plain verification cannot tell: the verifications' own rows are chained on after seq 3
     # (as 4 and 5 now). The anchor still can: seq 5 is not the row it was.

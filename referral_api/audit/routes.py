@@ -28,6 +28,10 @@ def verify(args: dict[str, Any]) -> Any:
     Pending rows are sealed first. `ok: false` with `first_bad_id` points at the first
     altered or missing row. With `anchor_seq`/`anchor_hash` (the `last_seq`/`last_hash` of
     an earlier answer, kept outside the database), that row must still hold that hash.
+    One answer verifies `limit` rows at most: while `complete` is false, ask again with
+    `after_seq`/`after_hash` set to its `last_seq`/`last_hash` (that row must still hold
+    that hash; the answer goes on after it). The whole chain is verified when every page
+    has answered `ok: true` and the last `complete: true`.
     The platform organisation's officers only (403 for another organisation's DPO): the
     chain spans every organisation.
     """
@@ -51,13 +55,20 @@ def verify(args: dict[str, Any]) -> Any:
     # so the sealer would otherwise wait on this request until the busy timeout (500).
     db.session.commit()
     service.seal_all(db.session_factory_for(current_app))
-    result = service.verify_chain(db.session, anchors=anchors)
+    after = (args["after_seq"], args["after_hash"]) if "after_seq" in args else None
+    result = service.verify_chain(db.session, anchors=anchors, after=after, limit=args["limit"])
     service.record(
         db.session,
         actor,
         str(Permission.AUDIT_VERIFY),
         resource_type="audit",
-        details={"ok": result.ok, "checked": result.checked, "anchored": anchors is not None},
+        details={
+            "ok": result.ok,
+            "checked": result.checked,
+            "anchored": anchors is not None,
+            "after_seq": after[0] if after is not None else None,
+            "complete": result.complete,
+        },
     )
     db.session.commit()
     return asdict(result)

@@ -6,6 +6,11 @@ import marshmallow as ma
 
 from referral_api.schema_fields import Boolean, Pattern
 
+# Rows one answer verifies by default and at most: ~20-60 µs a row (bench/README.md, *Audit
+# verification*), so a page stays well inside a worker's 30-s timeout on a slow host.
+DEFAULT_PAGE_ROWS = 200_000
+MAX_PAGE_ROWS = 500_000
+
 
 class VerifyArgsSchema(ma.Schema):
     """An anchor kept outside the database (docs/audit.md): the head of an earlier
@@ -20,21 +25,47 @@ class VerifyArgsSchema(ma.Schema):
         metadata={"description": "The hash that row had when it was anchored"},
     )
 
+    after_seq = ma.fields.Integer(
+        validate=ma.validate.Range(min=1, max=2**63 - 1),
+        metadata={
+            "description": "Go on from the previous page: its last_seq (with after_hash)",
+        },
+    )
+    after_hash = ma.fields.String(
+        validate=Pattern(r"^[0-9a-f]{64}$", error="64 lowercase hexadecimal digits."),
+        metadata={"description": "The previous page's last_hash"},
+    )
+    limit = ma.fields.Integer(
+        load_default=DEFAULT_PAGE_ROWS,
+        validate=ma.validate.Range(min=1, max=MAX_PAGE_ROWS),
+        metadata={
+            "description": "Rows verified by this answer at most: a longer chain is verified "
+            "page by page (complete=false, then after_seq/after_hash)"
+        },
+    )
+
     @ma.validates_schema
     def _together(self, data: dict[str, Any], **_: Any) -> None:
-        if ("anchor_seq" in data) != ("anchor_hash" in data):
-            raise ma.ValidationError(
-                "anchor_seq and anchor_hash are given together.",
-                "anchor_hash" if "anchor_seq" in data else "anchor_seq",
-            )
+        for first, second in (("anchor_seq", "anchor_hash"), ("after_seq", "after_hash")):
+            if (first in data) != (second in data):
+                raise ma.ValidationError(
+                    f"{first} and {second} are given together.",
+                    second if first in data else first,
+                )
 
 
 class VerifyResultSchema(ma.Schema):
     ok = Boolean()
-    checked = ma.fields.Integer(metadata={"description": "Sealed rows recomputed"})
+    checked = ma.fields.Integer(metadata={"description": "Sealed rows recomputed by this answer"})
+    complete = Boolean(
+        metadata={
+            "description": "Whether this answer reached the end of the chain. False: rows "
+            "are left; ask again with after_seq=last_seq and after_hash=last_hash (the "
+            "end-of-chain checks are made by the answer that reaches it)"
+        }
+    )
     unsealed = ma.fields.Integer(metadata={"description": "Rows not yet chained"})
-    last_seq = ma.fields.Function(
-        lambda result: result["checked"] if result["last_hash"] else None,
+    last_seq = ma.fields.Integer(
         allow_none=True,
         metadata={"description": "seq of the last row verified: keep it with last_hash"},
     )

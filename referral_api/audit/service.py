@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -214,21 +215,37 @@ def record_many(
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
-def _canonical(event: Any, seq: int) -> bytes:
-    """`event`: an AuditEvent or a row with its canonical columns."""
+_CANONICAL_OF = operator.attrgetter(*_CANONICAL_FIELDS)
+# Values the canonical document holds as they are (a bool, an int's subclass, too).
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def _canonical_values(values: Sequence[Any], seq: int) -> bytes:
+    """`values`: a row's canonical columns, in `_CANONICAL_FIELDS` order."""
     document: dict[str, Any] = {"seq": seq}
-    for name in _CANONICAL_FIELDS:
-        value = getattr(event, name)
-        if isinstance(value, datetime):
-            value = value.astimezone(UTC).isoformat(timespec="microseconds")
-        elif value is not None and not isinstance(value, (str, int)):
-            value = str(value)
+    for name, value in zip(_CANONICAL_FIELDS, values, strict=True):
+        if type(value) not in _AS_IS:
+            if isinstance(value, datetime):
+                if value.tzinfo is not UTC:
+                    value = value.astimezone(UTC)
+                value = value.isoformat(timespec="microseconds")
+            elif not isinstance(value, (str, int)):
+                value = str(value)
         document[name] = value
     return _CANONICAL_JSON.encode(document).encode("utf-8")
 
 
+def _canonical(event: Any, seq: int) -> bytes:
+    """`event`: an AuditEvent or a row with its canonical columns."""
+    return _canonical_values(_CANONICAL_OF(event), seq)
+
+
 def chain_hash(prev_hash: str, event: Any, seq: int) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + _canonical(event, seq)).hexdigest()
+    return _hash_values(prev_hash, _CANONICAL_OF(event), seq)
+
+
+def _hash_values(prev_hash: str, values: Sequence[Any], seq: int) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + _canonical_values(values, seq)).hexdigest()
 
 
 _HEAD = AuditChainHead.__table__
@@ -372,7 +389,7 @@ def seal_batch(session: Session, batch_size: int = 500) -> int | None:
     seals = []
     for row in rows:
         seq = last_seq + 1
-        digest = chain_hash(last_hash, row, seq)
+        digest = _hash_values(last_hash, row, seq)  # the row: the canonical columns
         seals.append({"row_id": row.id, "seq": seq, "prev_hash": last_hash, "hash": digest})
         last_seq, last_hash = seq, digest
     if _write_seals(session, seals, now) != len(seals):
@@ -406,13 +423,37 @@ class VerifyResult:
     # Ids of the `audit:chain-head-rebuilt` rows met: the head was lost there, so rows
     # removed from the end before each could not be detected (the chain after it holds).
     head_rebuilt_at: tuple[int, ...] = ()
-    # The hash of the last row verified (seq `checked`): with `checked`, the anchor to keep
-    # outside the database. None when nothing is sealed or the chain is broken.
+    # The seq and hash of the last row verified: the anchor to keep outside the database,
+    # or where the next page goes on. None when nothing is sealed or the chain is broken.
     last_hash: str | None = None
+    last_seq: int | None = None
+    # False when the verification stopped at its `limit` with rows left to verify: it goes
+    # on after (last_seq, last_hash), and the end-of-chain checks are the last page's.
+    complete: bool = True
+
+
+# The rows verify reads, by seq (its unique index), with Core: the canonical columns, then
+# the sealing ones. Loading them as ORM objects cost over a third of verifying.
+_VERIFY_COLUMNS = (*_CANONICAL_FIELDS, "seq", "prev_hash", "hash")
+_SEALED_FROM = (
+    select(*[_TABLE.c[name] for name in _VERIFY_COLUMNS])
+    .where(_TABLE.c.seq >= bindparam("from_seq"))
+    .order_by(_TABLE.c.seq)
+    .limit(bindparam("batch_size", type_=Integer(), literal_execute=True))
+)
+_AT_SEQ = select(_TABLE.c.id, _TABLE.c.hash).where(_TABLE.c.seq == bindparam("seq"))
+_ID, _ACTION = _CANONICAL_FIELDS.index("id"), _CANONICAL_FIELDS.index("action")
+_SEQ, _PREV_HASH, _HASH = (_VERIFY_COLUMNS.index(name) for name in ("seq", "prev_hash", "hash"))
+_CANONICAL_COUNT = len(_CANONICAL_FIELDS)
 
 
 def verify_chain(
-    session: Session, batch_size: int = 5000, anchors: Mapping[int, str] | None = None
+    session: Session,
+    batch_size: int = 5000,
+    anchors: Mapping[int, str] | None = None,
+    *,
+    after: tuple[int, str] | None = None,
+    limit: int | None = None,
 ) -> VerifyResult:
     """Recompute the chain from the first row; name the first row that does not match.
 
@@ -423,57 +464,115 @@ def verify_chain(
     `anchors` (seq → hash) are heads of earlier verifications kept outside the database:
     the row at each seq must still exist with that hash. They catch what the database
     alone cannot: rows cut from the end with the chain head rewritten to match, or the
-    chain re-hashed from some row on."""
+    chain re-hashed from some row on.
+
+    Paged (`GET /audit/verify` under a worker's timeout): `limit` rows at most, and
+    `after` = (seq, hash) of the previous page's last row, which must still hold that hash;
+    the page goes on from it. A page that stops with rows left is `complete=False`; the
+    checks of the chain's end (head, anchors past it) are made by the page that reaches it.
+    """
     anchors = anchors or {}
     head = session.execute(_READ_HEAD).one_or_none()
     prev_hash = GENESIS_HASH
     expected_seq = 1
+    if after is not None:
+        after_seq, prev_hash = after
+        stored = session.execute(_AT_SEQ, {"seq": after_seq}).one_or_none()
+        if stored is None or stored.hash != prev_hash:
+            return VerifyResult(
+                False,
+                0,
+                0,
+                stored.id if stored is not None else None,
+                after_seq,
+                "the row this page goes on from "
+                + ("is missing" if stored is None else "no longer has the hash it ended with")
+                + " (the chain changed since the previous page)",
+            )
+        expected_seq = after_seq + 1
+    # Anchors and the head at rows before this page: looked up, not recomputed (the earlier
+    # pages recomputed them).
+    for seq in sorted(seq for seq in anchors if seq < expected_seq):
+        stored = session.execute(_AT_SEQ, {"seq": seq}).one_or_none()
+        if stored is None or stored.hash != anchors[seq]:
+            return VerifyResult(
+                False,
+                0,
+                0,
+                stored.id if stored is not None else None,
+                seq,
+                "hash differs from the anchor kept outside the database "
+                "(the chain was rewritten up to this row)",
+            )
+    at_head: str | None = None  # the hash of the row at the head's seq, once reached
+    if head is not None and 0 < head.last_seq < expected_seq:
+        stored = session.execute(_AT_SEQ, {"seq": head.last_seq}).one_or_none()
+        at_head = stored.hash if stored is not None else None
     checked = 0
     last_id: int | None = None
-    at_head: str | None = None  # the hash of the row at the head's seq, once reached
     rebuilt: list[int] = []
-    while True:
-        stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None)).order_by(AuditEvent.seq)
-        if checked:
-            stmt = stmt.where(AuditEvent.seq >= expected_seq)
-        rows = session.scalars(stmt.limit(batch_size)).all()
-        for event in rows:
-            if event.seq != expected_seq:
+    more = True
+    while more:
+        size = batch_size if limit is None else min(batch_size, limit - checked)
+        if size <= 0:
+            # The page is full: it is complete only if nothing follows.
+            more = (
+                session.execute(_SEALED_FROM, {"from_seq": expected_seq, "batch_size": 1}).first()
+                is not None
+            )
+            break
+        rows = session.execute(_SEALED_FROM, {"from_seq": expected_seq, "batch_size": size}).all()
+        for row in rows:
+            row_id, seq = row[_ID], row[_SEQ]
+            if seq != expected_seq:
                 return VerifyResult(
-                    False, checked, 0, event.id, event.seq, "sequence gap (a row was removed)"
+                    False, checked, 0, row_id, seq, "sequence gap (a row was removed)"
                 )
-            if event.prev_hash != prev_hash or event.hash != chain_hash(
-                prev_hash, event, expected_seq
+            stored_hash = row[_HASH]
+            if row[_PREV_HASH] != prev_hash or stored_hash != _hash_values(
+                prev_hash, row[:_CANONICAL_COUNT], seq
             ):
-                return VerifyResult(
-                    False, checked, 0, event.id, event.seq, "hash mismatch (row altered)"
-                )
-            anchored = anchors.get(event.seq)
-            if anchored is not None and anchored != event.hash:
+                return VerifyResult(False, checked, 0, row_id, seq, "hash mismatch (row altered)")
+            anchored = anchors.get(seq)
+            if anchored is not None and anchored != stored_hash:
                 return VerifyResult(
                     False,
                     checked,
                     0,
-                    event.id,
-                    event.seq,
+                    row_id,
+                    seq,
                     "hash differs from the anchor kept outside the database "
                     "(the chain was rewritten up to this row)",
                 )
-            if event.action == HEAD_REBUILT:
-                rebuilt.append(event.id)
-            prev_hash = event.hash
-            if head is not None and expected_seq == head.last_seq:
-                at_head = event.hash
+            if row[_ACTION] == HEAD_REBUILT:
+                rebuilt.append(row_id)
+            prev_hash = stored_hash
+            if head is not None and seq == head.last_seq:
+                at_head = stored_hash
             expected_seq += 1
             checked += 1
-            last_id = event.id
-        if len(rows) < batch_size:
-            break
-    if head is None and checked:
+            last_id = row_id
+        more = len(rows) == size
+    last_seq = expected_seq - 1
+    unsealed = (
+        session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
+        or 0
+    )
+    if more:
+        return VerifyResult(
+            True,
+            checked,
+            int(unsealed),
+            head_rebuilt_at=tuple(rebuilt),
+            last_hash=prev_hash,
+            last_seq=last_seq,
+            complete=False,
+        )
+    if head is None and last_seq:
         # Sealing rebuilds a lost head (recording it, `_lock_head`); until then rows
         # removed at the end could not be told from a chain that ends there.
         return VerifyResult(
-            False, checked, 0, last_id, checked, "chain head missing (rows removed at the end?)"
+            False, checked, 0, last_id, last_seq, "chain head missing (rows removed at the end?)"
         )
     if head is not None and head.last_seq and at_head != head.last_hash:
         return VerifyResult(
@@ -481,27 +580,24 @@ def verify_chain(
             checked,
             0,
             last_id,
-            checked,
+            last_seq,
             "chain head does not match (rows removed at the end)",
         )
-    beyond = [seq for seq in anchors if seq > checked]
+    beyond = [seq for seq in anchors if seq > last_seq]
     if beyond:
         return VerifyResult(
             False,
             checked,
             0,
             last_id,
-            checked,
+            last_seq,
             f"the anchored row seq {max(beyond)} is missing (rows removed at the end)",
         )
-    unsealed = (
-        session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
-        or 0
-    )
     return VerifyResult(
         True,
         checked,
         int(unsealed),
         head_rebuilt_at=tuple(rebuilt),
-        last_hash=prev_hash if checked else None,
+        last_hash=prev_hash if last_seq else None,
+        last_seq=last_seq or None,
     )
