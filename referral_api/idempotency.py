@@ -5,18 +5,15 @@ with `Idempotent-Replayed: true`. Same key + another body or endpoint → 422. K
 per authenticated client (principal). The record is inserted before the work and committed
 with it: a concurrent twin blocks on the unique key, then replays.
 
-What a replay answers: for an endpoint that names a `current` view (`Blueprint.idempotent`),
-the current state of what the first request made, read through the policy and audited as a
-GET of it is — never the stored body, which may hold personal data the policy no longer
-shows (the case restricted, the consent withdrawn, the packet closed). The stored body is
-replayed as it is only where it holds ids and codes (police intake). Once the case is
-erased, a replay answers 410.
-
-An endpoint that names a `resource` view instead (administration, directory, subject
-rights) has no response stored at all: the record keeps the id of what the first request
-made (`resource_id`), and the replay answers that resource as it is now. An organisation or
-a service has no case key to encrypt a stored body with, and an API client's body holds its
-secret, which is shown once and never stored.
+What a replay answers: for an endpoint that names a `resource` view (`Blueprint.idempotent`:
+all but police intake), what the first request made as it is now, found by its id
+(`resource_id`) and read through the policy and audited as a GET of it is. Nothing of the
+first response is stored: it may hold personal data the policy no longer shows (the case
+restricted, the consent withdrawn, the packet closed), or a value corrected since, kept for
+the key's lifetime; an organisation or a service has no case key to encrypt it with; an API
+client's body holds its secret, shown once. Police intake's response (ids and codes) is
+stored, encrypted with its case's key, and replayed as it was. Once the case is erased, a
+replay answers 410.
 
 Every other POST either declares that a repeat is harmless (`Blueprint.repeatable`: the
 header is accepted and ignored) or refuses a request carrying the header (422,
@@ -55,11 +52,8 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")  # anchored for OpenAPI; c
 # `body_sha256` of a record whose case was erased: the digest of a request body (a message's
 # text, a whole intake) could confirm a guessed copy, so erasure overwrites it with this.
 ERASED = "erased"
-# Renders the current view of what a first request made, from its stored response body (as
-# JSON) and the view's arguments: a Flask response, or what a view returns.
-CurrentView = Callable[[dict[str, Any], dict[str, Any]], Any]
 # Renders the current view of what a first request made from its id (the record's
-# `resource_id`) and the view's arguments; no response body is stored for these.
+# `resource_id`) and the view's arguments: a Flask response, or what a view returns.
 ResourceView = Callable[[uuid.UUID, dict[str, Any]], Any]
 
 
@@ -191,13 +185,12 @@ def _delete_records(session: Session, which: Any) -> int:
 def replay(
     session: Session,
     record: IdempotencyRecord,
-    current: CurrentView | None = None,
     view_args: dict[str, Any] | None = None,
     resource: ResourceView | None = None,
 ) -> Response:
     """The answer to a repeated request (module docstring): `resource`'s view of what the
-    first request made, found by its id, or `current`'s, found in the stored response, with
-    the first status; with neither, the stored response."""
+    first request made, found by its id, with the first status; without it, the stored
+    response."""
     endpoint, body_hash = _fingerprint()
     if record.endpoint == endpoint and record.body_sha256 == ERASED:
         gone = Gone("The case this request concerned was erased.")
@@ -209,24 +202,33 @@ def replay(
             location="headers",
         )
     if resource is not None:
-        if record.resource_id is None or record.status_code is None:
+        made = record.resource_id
+        if made is None and record.status_code is not None:
+            made = _made_before_upgrade(session, record)
+        if made is None or record.status_code is None:
             raise Conflict("A request with this Idempotency-Key is still being processed.")
-        response = make_response(resource(record.resource_id, view_args or {}))
+        response = make_response(resource(made, view_args or {}))
         response.status_code = record.status_code
         response.headers["Idempotent-Replayed"] = "true"
         return response
     stored = session.get(IdempotentResponse, record.id)
     if stored is None or record.status_code is None:
         raise Conflict("A request with this Idempotency-Key is still being processed.")
-    if current is not None:
-        response = make_response(current(json.loads(stored.body), view_args or {}))
-        response.status_code = record.status_code
-    else:
-        response = Response(stored.body, status=record.status_code, mimetype="application/json")
-        if stored.etag:
-            response.headers["ETag"] = stored.etag
+    response = Response(stored.body, status=record.status_code, mimetype="application/json")
+    if stored.etag:
+        response.headers["ETag"] = stored.etag
     response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _made_before_upgrade(session: Session, record: IdempotencyRecord) -> uuid.UUID | None:
+    """What a request made, for a record an earlier version wrote (it stored the response
+    of every endpoint with a case, and left `resource_id` empty): the stored response's
+    `id`. Such records expire with their keys (IDEMPOTENCY_KEY_TTL_SECONDS)."""
+    stored = session.get(IdempotentResponse, record.id)
+    if stored is None:
+        return None
+    return uuid.UUID(json.loads(stored.body)["id"])
 
 
 def claim(session: Session, actor: Actor, key: str) -> IdempotencyRecord:

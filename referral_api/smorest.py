@@ -227,33 +227,27 @@ class Blueprint(flask_smorest.Blueprint):
         self,
         func: F | None = None,
         *,
-        current: Any = None,
-        case_field: str = "case_id",
         resource: Any = None,
         resource_id: Any = None,
+        case_field: str = "case_id",
     ) -> Any:
         """Honour `Idempotency-Key` on a POST (see referral_api.idempotency). The wrapped
         view flushes but does not commit: this wrapper commits the work together with the
-        stored response. `current(first_body, view_args)`: what a replay answers, the
-        current view of what the first request made (`idempotency.CurrentView`); without
-        it the stored response is replayed, only for responses of ids and codes.
-        `case_field`: the response's field naming its case, when the URL names none.
+        key's record.
 
-        `resource(made_id, view_args)` instead of `current`: no response is stored, only the
-        id of what the first request made (`resource_id(response, view_args)`, by default
-        the response's `id`), and a replay answers that resource as it is now
-        (`idempotency.ResourceView`) — for responses with no case key to be encrypted with,
-        or holding a secret shown once."""
+        `resource(made_id, view_args)`: what a replay answers, what the first request made
+        as it is now, read through the policy and audited as a GET of it is
+        (`idempotency.ResourceView`). Only the id of what it made is kept
+        (`resource_id(response, view_args)`, by default the response's `id`), never the
+        response: it may hold personal data (kept past a correction or a restriction) or a
+        secret shown once. Without `resource` the response is stored, encrypted with its
+        case's key, and replayed as it was: only for responses of ids and codes (police
+        intake). `case_field`: the response's field naming its case, when the URL names
+        none (a replay of a request about an erased case answers 410)."""
         if func is None:
             return lambda view: self.idempotent(
-                view,
-                current=current,
-                case_field=case_field,
-                resource=resource,
-                resource_id=resource_id,
+                view, resource=resource, resource_id=resource_id, case_field=case_field
             )
-        if current is not None and resource is not None:
-            raise TypeError("an idempotent view names `current` or `resource`, not both")
 
         @wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -281,7 +275,7 @@ class Blueprint(flask_smorest.Blueprint):
                     if existing is None:
                         raise
             if existing is not None:
-                replayed = idempotency.replay(session, existing, current, kwargs, resource)
+                replayed = idempotency.replay(session, existing, kwargs, resource)
                 session.commit()  # the current view's audit row
                 return replayed
             response = func(*args, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
+from idempotency_support import as_written_before
 from rights_support import (
     API,
     World,
@@ -182,13 +183,14 @@ def rich_case(world: World) -> Target:
             headers=world.h["worker"],
         )
     )
-    accepted = world.refer(
-        case_id,
-        shared,
-        send=True,
-        message=f"Please help {token}",
-        **{"Idempotency-Key": f"idem-{uuid.uuid4().hex}"},
-    )["id"]
+    key = f"idem-{uuid.uuid4().hex}"
+    referral = world.refer(
+        case_id, shared, send=True, message=f"Please help {token}", **{"Idempotency-Key": key}
+    )
+    # Its response stored, as an earlier version stored every keyed response (such records
+    # live on for the key's lifetime after an upgrade): erasure must reach them too.
+    as_written_before(world.app, key, referral)
+    accepted = referral["id"]
     world.move(accepted, "received")
     world.move(accepted, "accepted", note=f"we take it {token}")
     for by in ("receiver", "worker"):

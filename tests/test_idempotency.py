@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
+from idempotency_support import as_written_before
 from referral_support import (
     API,
     MESSAGE_CANARY,
@@ -29,6 +30,7 @@ from referral_support import (
     raw_bytes,
     record_consent,
     refer,
+    rows,
 )
 
 from referral_api.access.roles import OrgType, Role, permissions_for
@@ -346,7 +348,10 @@ def test_a_failed_request_stores_nothing_so_a_retry_can_succeed(
     assert count(app, Referral, Referral.case_id == uuid.UUID(world.case_id)) == 1
 
 
-def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) -> None:
+def test_a_keyed_request_keeps_ids_never_its_response(app: Any, client: Any, factory: Any) -> None:
+    """Only police intake's response (ids and codes) is stored. Every other keyed POST keeps
+    the id of what it made: its response (here a message to the receiver) is not copied,
+    even encrypted, to outlive a correction, a restriction or the key's use."""
     world = World(factory, client)
     response = refer(
         client,
@@ -369,10 +374,10 @@ def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) ->
         headers={**world.h["sender"], "Idempotency-Key": "keyed-referral-0001"},
     )
     assert MESSAGE_CANARY in ok(keyed, 201)["message"]
-    assert count(app, IdempotentResponse) == 1
-    stored = raw_bytes(app, "SELECT * FROM idempotent_responses")
-    assert stored and MESSAGE_CANARY.encode() not in stored
-    assert b"bus station" not in stored and b"Second, keyed" not in stored
+    assert count(app, IdempotentResponse) == 0
+    assert MESSAGE_CANARY.encode() not in raw_bytes(app, "SELECT * FROM idempotency_records")
+    (record,) = rows(app, IdempotencyRecord)
+    assert (str(record.resource_id), str(record.case_id)) == (keyed.get_json()["id"], world.case_id)
     # And yet it replays the plaintext response.
     replay = client.post(
         f"{API}/cases/{world.case_id}/referrals",
@@ -385,6 +390,28 @@ def test_stored_responses_are_ciphertext(app: Any, client: Any, factory: Any) ->
         headers={**world.h["sender"], "Idempotency-Key": "keyed-referral-0001"},
     )
     assert replay.get_data() == keyed.get_data()
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_record_written_before_ids_only_still_replays(
+    app: Any, client: Any, police: Police
+) -> None:
+    """A key used before the upgrade (its response stored, no `resource_id`) is honoured
+    for its time to live: the retry answers the case it made, as it is now."""
+    url, body = f"{API}/cases", canary_case()
+    first = keyed_post(client, url, police.headers, body, "case-create-0001")
+    made = ok(first, 201)
+    as_written_before(app, "case-create-0001", first.get_data(as_text=True))
+    patched = client.patch(
+        f"{API}/cases/{made['id']}",
+        json={"risk_level": "low"},
+        headers={**police.headers, "If-Match": first.headers["ETag"]},
+    )
+    ok(patched)
+    again = keyed_post(client, url, police.headers, body, "case-create-0001")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert (again.get_json()["id"], again.get_json()["risk_level"]) == (made["id"], "low")
+    assert count(app, Case) == 1
 
 
 # ---- the case, note and consent POSTs -----------------------------------------------------
@@ -577,8 +604,8 @@ def test_a_key_past_its_time_to_live_is_a_new_request(
     assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
     assert again.get_json()["id"] != first["id"]
     assert count(app, Case) == 2
-    assert count(app, IdempotencyRecord) == 1 and count(app, IdempotentResponse) == 1
-    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(first["id"])) == 0
+    (record,) = rows(app, IdempotencyRecord)
+    assert str(record.resource_id) == again.get_json()["id"] != first["id"]
     # The renewed key replays the new case, and refuses another body again.
     assert (
         keyed_post(client, url, police.headers, body, "case-create-0001").get_json()["id"]
@@ -598,13 +625,14 @@ def test_an_expired_key_reused_by_a_request_that_fails_keeps_its_record(
     new use of its key that succeeds."""
     ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
     url, body = f"{API}/cases", canary_case()
-    ok(keyed_post(client, url, police.headers, body, "case-create-0001"), 201)
+    made = ok(keyed_post(client, url, police.headers, body, "case-create-0001"), 201)
     _age_records(app, ttl + 60)
     refused = keyed_post(
         client, url, police.headers, {**body, "case_type": "other"}, "case-create-0001"
     )
     assert_problem(refused, 422)
-    assert count(app, IdempotencyRecord) == 1 and count(app, IdempotentResponse) == 1
+    (record,) = rows(app, IdempotencyRecord)
+    assert str(record.resource_id) == made["id"]
 
 
 def test_retention_apply_deletes_expired_keys_and_their_stored_responses(
@@ -613,10 +641,13 @@ def test_retention_apply_deletes_expired_keys_and_their_stored_responses(
     from referral_api.audit.models import AuditEvent
 
     ttl = app.config["IDEMPOTENCY_KEY_TTL_SECONDS"]
-    old = ok(keyed_post(client, f"{API}/cases", police.headers, canary_case(), "old-key-0001"), 201)
-    ok(keyed_post(client, f"{API}/intake", police.headers, police.intake(), "old-key-0002"), 201)
+    old = keyed_post(client, f"{API}/cases", police.headers, canary_case(), "old-key-0001")
+    as_written_before(app, "old-key-0001", ok(old, 201))  # its response stored
+    old_intake = ok(
+        keyed_post(client, f"{API}/intake", police.headers, police.intake(), "old-key-0002"), 201
+    )
     fresh = ok(
-        keyed_post(client, f"{API}/cases", police.headers, canary_case(), "new-key-0001"), 201
+        keyed_post(client, f"{API}/intake", police.headers, police.intake(), "new-key-0001"), 201
     )
     _age_records(app, ttl + 1, IdempotencyRecord.key.like("old-key-%"))
 
@@ -628,8 +659,9 @@ def test_retention_apply_deletes_expired_keys_and_their_stored_responses(
     assert applied.exit_code == 0, applied.output
     assert "2 expired idempotency keys deleted" in applied.output
     assert count(app, IdempotencyRecord, IdempotencyRecord.key.like("old-key-%")) == 0
-    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(old["id"])) == 0
-    assert count(app, IdempotentResponse, IdempotentResponse.case_id == uuid.UUID(fresh["id"])) == 1
+    assert count(app, IdempotentResponse) == 1  # the fresh intake's response
+    (kept,) = rows(app, IdempotentResponse)
+    assert str(kept.case_id) == fresh["case_id"] != old_intake["case_id"]
     assert count(app, IdempotencyRecord) == 1
     assert count(app, AuditEvent, AuditEvent.action == "idempotency:purge") == 1
     # The cases themselves stay.

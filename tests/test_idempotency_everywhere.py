@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_problem
+from idempotency_support import as_written_before
 from referral_support import API, canary_case, count, keyed_post, raw_bytes, rows
 from rights_support import World, new_token, ok
 from sqlalchemy import inspect, select
@@ -576,9 +577,9 @@ def test_a_post_that_decided_nothing_refuses_the_key_before_doing_anything(
 def test_0016_adds_resource_id_and_its_downgrade_drops_the_records_that_need_it(
     app: Any, client: Any, factory: Any
 ) -> None:
-    """Down to 0015: the records of the newly honoured endpoints (which the code before does
-    not honour) go with the column; a case's record and its stored response stay. Up again:
-    the column is back."""
+    """Down to 0015: the records that keep an id (which the code before cannot replay) go
+    with the column; a record with its response stored, as that code wrote them, stays. Up
+    again: the column is back."""
     from alembic import command
 
     from referral_api.migrate import alembic_config, current_revision, head_revision, upgrade
@@ -586,7 +587,9 @@ def test_0016_adds_resource_id_and_its_downgrade_drops_the_records_that_need_it(
     arranged = _orgs(app, client, factory)
     ok(keyed_post(client, arranged.url, arranged.headers, arranged.body, KEY), 201)
     worker = factory.headers(factory.user(Role.CASEWORKER, factory.org(OrgType.NGO)))
-    ok(keyed_post(client, f"{API}/cases", worker, canary_case(), "case-0001"), 201)
+    ok(keyed_post(client, f"{API}/cases", worker, canary_case(), "case-0002"), 201)
+    stored = keyed_post(client, f"{API}/cases", worker, canary_case(), "case-0001")
+    as_written_before(app, "case-0001", ok(stored, 201))
     url = app.config["DATABASE_URL"]
     engine = db.engine_for(app)
     engine.dispose()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from idempotency_support import as_written_before
 from rights_support import API, as_bytes, new_token, ok
 from rights_support import World as RightsWorld
 from sqlalchemy import func, select
@@ -831,10 +832,10 @@ class RichCase:
 
 def _rich_case(people: RightsWorld) -> RichCase:
     """A case with a note, consent with evidence, a consent withdrawn with a reason, a
-    referral (message; an Idempotency-Key, so a stored response) accepted with a transition
-    note and a message each way, a draft on an override with its note, a lifted legal hold
-    with its reason and a subject export: every field of every encrypted model carries a
-    ciphertext of this case, most of them its token."""
+    referral (message; an Idempotency-Key, its response stored as an earlier version did)
+    accepted with a transition note and a message each way, a draft on an override with its
+    note, a lifted legal hold with its reason and a subject export: every field of every
+    encrypted model carries a ciphertext of this case, most of them its token."""
     client = people.client
     token = new_token("rotate")
     case_id = people.case(token)
@@ -864,6 +865,9 @@ def _rich_case(people: RightsWorld) -> RichCase:
     }
     keyed = {**people.h["worker"], "Idempotency-Key": f"rotate-{uuid.uuid4().hex}"}
     referral = ok(client.post(f"{API}/cases/{case_id}/referrals", json=body, headers=keyed), 201)
+    # Stored as an earlier version stored every keyed response (kept for the key's lifetime
+    # after an upgrade): a record of this case encrypted under its key too.
+    as_written_before(people.app, keyed["Idempotency-Key"], referral)
     people.move(referral["id"], "received")
     people.move(referral["id"], "accepted", note=f"we take it {token}")
     for by in ("receiver", "worker"):

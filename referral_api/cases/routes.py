@@ -57,15 +57,15 @@ def _authorize_for_change(case_id: uuid.UUID, permission: Permission) -> Any:
     return case, decision
 
 
-def _current_case(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+def _current_case(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     """A replay's answer: the case the first request created, as GET /cases/{id} shows it
     to this caller now (policy, audit row, ETag)."""
-    return get_case(case_id=uuid.UUID(first["id"]))
+    return get_case(case_id=made)
 
 
 @blp.route("/cases", methods=["POST"])
 @blp.requires(Permission.CASE_CREATE)
-@blp.idempotent(current=_current_case, case_field="id")
+@blp.idempotent(resource=_current_case, case_field="id")
 @blp.arguments(CaseCreateSchema)
 @blp.response(201, CaseSchema, headers=_ETAG)
 def create_case(data: dict[str, Any]) -> Any:
@@ -187,18 +187,16 @@ def list_notes(args: dict[str, Any], case_id: uuid.UUID) -> Any:
     return body, 200, link_header(page, args["limit"])
 
 
-def _current_note(first: dict[str, Any], view_args: dict[str, Any]) -> Any:
+def _current_note(made: uuid.UUID, view_args: dict[str, Any]) -> Any:
     """A replay's answer: the note the first request added, read through the case's access
     rules now (audited as a read of it)."""
-    note = service.read_note(
-        db.session, current_actor(), view_args["case_id"], uuid.UUID(first["id"])
-    )
+    note = service.read_note(db.session, current_actor(), view_args["case_id"], made)
     return jsonify(NoteSchema().dump(_note_view(note)))
 
 
 @blp.route("/cases/<uuid:case_id>/notes", methods=["POST"])
 @blp.requires(Permission.CASE_NOTE)
-@blp.idempotent(current=_current_note)
+@blp.idempotent(resource=_current_note)
 @blp.arguments(NoteCreateSchema)
 @blp.response(201, NoteSchema)
 @blp.alt_response(404, response="NOT_FOUND")

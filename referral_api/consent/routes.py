@@ -73,15 +73,15 @@ def _dump(consent: ConsentRecord) -> dict[str, Any]:
     }
 
 
-def _current_consent(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+def _current_consent(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     """A replay's answer: the consent the first request recorded or changed, as GET
     /consents/{id} shows it now (a retried withdrawal answers the withdrawn consent)."""
-    return get_consent(consent_id=uuid.UUID(first["id"]))
+    return get_consent(consent_id=made)
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
-@blp.idempotent(current=_current_consent)
+@blp.idempotent(resource=_current_consent)
 @blp.arguments(ConsentCreateSchema)
 @blp.response(201, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -117,7 +117,7 @@ def get_consent(consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/withdraw", methods=["POST"])
 @blp.requires(Permission.CONSENT_WITHDRAW)
-@blp.idempotent(current=_current_consent)
+@blp.idempotent(resource=_current_consent)
 @blp.arguments(WithdrawSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -134,7 +134,7 @@ def withdraw(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/renew", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
-@blp.idempotent(current=_current_consent)
+@blp.idempotent(resource=_current_consent)
 @blp.arguments(RenewSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -147,7 +147,7 @@ def renew(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/revoke", methods=["POST"])
 @blp.requires(Permission.CONSENT_REVOKE)
-@blp.idempotent(current=_current_consent)
+@blp.idempotent(resource=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -160,7 +160,7 @@ def revoke(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/entered-in-error", methods=["POST"])
 @blp.requires(Permission.CONSENT_ENTERED_IN_ERROR)
-@blp.idempotent(current=_current_consent)
+@blp.idempotent(resource=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")

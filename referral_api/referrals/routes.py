@@ -38,24 +38,22 @@ def _respond(referral: Any, party: service.Party, status: int = 200) -> Any:
     return body, status, {"ETag": etag_for("referral", referral.id, referral.version)}
 
 
-def _current_referral(first: dict[str, Any], _view_args: dict[str, Any]) -> Any:
+def _current_referral(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     """A replay's answer: the referral the first request answered with, as it is now and
     as GET /referrals/{id} shows it to this caller (policy, audit row, ETag)."""
-    return get_referral(referral_id=uuid.UUID(first["id"]))
+    return get_referral(referral_id=made)
 
 
-def _current_message(first: dict[str, Any], view_args: dict[str, Any]) -> Any:
+def _current_message(made: uuid.UUID, view_args: dict[str, Any]) -> Any:
     """A replay's answer: the message the first request added, read through the thread's
     access rules now (refused once the thread is closed to this caller)."""
-    message = service.read_message(
-        db.session, current_actor(), view_args["referral_id"], uuid.UUID(first["id"])
-    )
+    message = service.read_message(db.session, current_actor(), view_args["referral_id"], made)
     return jsonify(MessageSchema().dump(_message_view(message)))
 
 
 @blp.route("/cases/<uuid:case_id>/referrals", methods=["POST"])
 @blp.requires(Permission.REFERRAL_CREATE)
-@blp.idempotent(current=_current_referral)
+@blp.idempotent(resource=_current_referral)
 @blp.arguments(ReferralCreateSchema)
 @blp.response(201, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -103,7 +101,7 @@ def get_referral(referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/transitions", methods=["POST"])
 @blp.requires(Permission.REFERRAL_TRANSITION)
-@blp.idempotent(current=_current_referral)
+@blp.idempotent(resource=_current_referral)
 @blp.arguments(TransitionSchema)
 @blp.response(200, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -139,7 +137,7 @@ def transition(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/override-approval", methods=["POST"])
 @blp.requires(Permission.REFERRAL_APPROVE_OVERRIDE)
-@blp.idempotent(current=_current_referral)
+@blp.idempotent(resource=_current_referral)
 @blp.response(200, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
@@ -190,7 +188,7 @@ def list_messages(args: dict[str, Any], referral_id: uuid.UUID) -> Any:
 
 @blp.route("/referrals/<uuid:referral_id>/messages", methods=["POST"])
 @blp.requires(Permission.REFERRAL_TRANSITION)
-@blp.idempotent(current=_current_message)
+@blp.idempotent(resource=_current_message)
 @blp.arguments(MessageCreateSchema)
 @blp.response(201, MessageSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -213,7 +211,7 @@ def _message_view(message: Any) -> dict[str, Any]:
 
 @blp.route("/referrals/<uuid:referral_id>/case", methods=["POST"])
 @blp.requires(Permission.CASE_CREATE)
-@blp.idempotent(current=_current_referral)
+@blp.idempotent(resource=_current_referral)
 @blp.response(201, ReferralSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
