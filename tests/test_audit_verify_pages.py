@@ -208,3 +208,52 @@ def test_bad_page_parameters_are_refused(
     body = assert_problem(client.get(URL, query_string=params, headers=officer), 422)
     assert field in str(body)
     assert _verify_rows(app) == 0
+
+
+# ---- the CLI verifies in pages too, as one result --------------------------------------
+
+
+def _cli(runner: Any, *args: str) -> tuple[int, str]:
+    result = runner.invoke(args=["audit", "verify", "--page-rows", "5", *args])
+    return result.exit_code, result.output + (getattr(result, "stderr", "") or "")
+
+
+def test_the_cli_verifies_page_by_page_with_progress(
+    app: Any, runner: Any, officer: dict[str, str]
+) -> None:
+    code, output = _cli(runner)
+    assert code == 0, output
+    assert [f"verified to seq {n}" in output for n in (5, 10, 15, 20)] == [True] * 4
+    assert f"audit chain ok: {CHAIN} rows verified" in output
+    assert f"head: seq {CHAIN} hash {_row_at(app, CHAIN).hash}" in output
+
+
+def test_the_cli_names_a_bad_row_on_a_later_page(
+    app: Any, runner: Any, officer: dict[str, str]
+) -> None:
+    altered = _row_at(app, 12)
+    _raw_sql(app, "UPDATE audit_events SET reason = 'x' WHERE id = :id", id=altered.id)
+    code, output = _cli(runner)
+    assert code == 1
+    assert f"BROKEN at row id {altered.id} (seq 12): hash mismatch" in output
+    assert "11 rows verified before it" in output
+
+
+@pytest.mark.parametrize(
+    ("seq", "problem"),
+    [
+        (3, "hash differs from the anchor"),  # on the first page
+        (8, "hash differs from the anchor"),  # on a later one
+        (1_000, "the anchored row seq 1000 is missing"),  # past the end: the last page's
+    ],
+)
+def test_the_cli_checks_every_anchor_across_pages(
+    app: Any, runner: Any, officer: dict[str, str], tmp_path: Any, seq: int, problem: str
+) -> None:
+    anchor_file = tmp_path / "anchors"
+    held = _row_at(app, 2)
+    anchor_file.write_text(f"{held.seq} {held.hash}\n{seq} {'c' * 64}\n")
+    code, output = _cli(runner, "--anchors", str(anchor_file))
+    assert code == 1, output
+    assert problem in output
+    assert f"(seq {seq})" in output if seq < CHAIN else f"(seq {CHAIN})" in output

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
@@ -50,7 +52,27 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
     click.echo(f"{sealed} rows sealed")
 
 
+def _verify_in_pages(factory: Any, anchors: dict[int, str], page_rows: int) -> service.VerifyResult:
+    """The whole chain, `page_rows` at a time (a transaction each, progress on stderr): one
+    result, as `verify_chain` over all of it would give."""
+    checked, rebuilt = 0, list[int]()
+    after: tuple[int, str] | None = None
+    while True:
+        # Anchors inside earlier pages were checked there.
+        ahead = {seq: digest for seq, digest in anchors.items() if after is None or seq > after[0]}
+        with factory() as session:
+            page = service.verify_chain(session, anchors=ahead, after=after, limit=page_rows)
+        checked += page.checked
+        rebuilt.extend(page.head_rebuilt_at)
+        # An incomplete page always ends at a row (its seq and hash).
+        if not page.ok or page.complete or page.last_seq is None or page.last_hash is None:
+            return replace(page, checked=checked, head_rebuilt_at=tuple(rebuilt))
+        click.echo(f"verified to seq {page.last_seq:,}", err=True)
+        after = (page.last_seq, page.last_hash)
+
+
 @audit_group.command("verify")
+@click.option("--page-rows", type=click.IntRange(min=1), default=200_000, hidden=True)
 @click.option(
     "--anchors",
     "anchor_file",
@@ -59,7 +81,7 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
     help="A file kept outside the database (docs/audit.md): the chain must still hold "
     "every head recorded in it, and a passing verification appends the current head.",
 )
-def verify(anchor_file: Path | None) -> None:
+def verify(anchor_file: Path | None, page_rows: int) -> None:
     """Recompute the chain; exit 1 and name the first bad row if it does not match."""
     from referral_api.extensions import db
 
@@ -71,8 +93,7 @@ def verify(anchor_file: Path | None) -> None:
         raise click.BadParameter(f"{anchor_file.parent} is not a directory", param_hint="--anchors")
     factory = db.session_factory_for(current_app)
     service.seal_all(factory)
-    with factory() as session:
-        result = service.verify_chain(session, anchors=recorded)
+    result = _verify_in_pages(factory, recorded, page_rows)
     if result.ok:
         click.echo(f"audit chain ok: {result.checked} rows verified, {result.unsealed} pending")
         for row_id in result.head_rebuilt_at:
@@ -81,11 +102,11 @@ def verify(anchor_file: Path | None) -> None:
                 "from the end before it could not be detected",
                 err=True,
             )
-        if result.last_hash is not None:
-            click.echo(f"head: seq {result.checked} hash {result.last_hash}")
-            if anchor_file is not None and recorded.get(result.checked) != result.last_hash:
+        if result.last_seq is not None and result.last_hash is not None:
+            click.echo(f"head: seq {result.last_seq} hash {result.last_hash}")
+            if anchor_file is not None and recorded.get(result.last_seq) != result.last_hash:
                 try:
-                    anchors.append(anchor_file, result.checked, result.last_hash)
+                    anchors.append(anchor_file, result.last_seq, result.last_hash)
                 except OSError as error:
                     raise click.ClickException(
                         f"the chain verified, but its head could not be recorded: {error}"
