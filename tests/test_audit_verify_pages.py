@@ -200,6 +200,7 @@ def test_paged_verification_in_small_batches_matches_the_whole(app: Any, officer
         ({"after_seq": 3, "after_hash": "A" * 64}, "after_hash"),
         ({"limit": 0}, "limit"),
         ({"limit": 500_001}, "limit"),
+        ({"after_seq": 2**63 - 1, "after_hash": "a" * 64}, "after_seq"),
     ],
 )
 def test_bad_page_parameters_are_refused(
@@ -257,3 +258,40 @@ def test_the_cli_checks_every_anchor_across_pages(
     assert code == 1, output
     assert problem in output
     assert f"(seq {seq})" in output if seq < CHAIN else f"(seq {CHAIN})" in output
+
+
+# ---- a row forged below seq 1 ----------------------------------------------------------
+
+
+def _forge(app: Any, seq: int) -> int:
+    """INSERT (the database refuses changes to audit rows, not an INSERT) a sealed-looking
+    copy of row 1 at `seq`, as the application's own role could."""
+    with db.engine_for(app).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audit_events (occurred_at, actor_type, action, resource_type, "
+                "decision, seq, prev_hash, hash) SELECT occurred_at, actor_type, "
+                "'case:read', resource_type, 'allow', :seq, prev_hash, hash "
+                "FROM audit_events WHERE seq = 1"
+            ),
+            {"seq": seq},
+        )
+    with db.session_factory_for(app)() as s:
+        return s.scalar(select(AuditEvent.id).where(AuditEvent.seq == seq))
+
+
+@pytest.mark.parametrize("seq", [0, -1])
+def test_a_row_forged_below_seq_one_is_a_gap_everywhere(
+    app: Any, client: Any, runner: Any, officer: dict[str, str], seq: int
+) -> None:
+    forged = _forge(app, seq)
+    with db.session_factory_for(app)() as s:
+        whole = service.verify_chain(s)
+        paged = service.verify_chain(s, limit=5)
+    for result in (whole, paged):
+        assert (result.ok, result.first_bad_id, result.first_bad_seq) == (False, forged, seq)
+        assert result.problem == "sequence gap (a row was removed)"
+    body = client.get(URL, query_string={"limit": 5}, headers=officer).get_json()
+    assert (body["ok"], body["first_bad_id"]) == (False, forged)
+    code, output = _cli(runner)
+    assert code == 1 and f"row id {forged} (seq {seq})" in output

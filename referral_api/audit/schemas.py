@@ -26,7 +26,7 @@ class VerifyArgsSchema(ma.Schema):
     )
 
     after_seq = ma.fields.Integer(
-        validate=ma.validate.Range(min=1, max=2**63 - 1),
+        validate=ma.validate.Range(min=1, max=2**63 - 2),  # the next seq must exist
         metadata={
             "description": "Go on from the previous page: its last_seq (with after_hash)",
         },
@@ -59,9 +59,10 @@ class VerifyResultSchema(ma.Schema):
     checked = ma.fields.Integer(metadata={"description": "Sealed rows recomputed by this answer"})
     complete = Boolean(
         metadata={
-            "description": "Whether this answer reached the end of the chain. False: rows "
-            "are left; ask again with after_seq=last_seq and after_hash=last_hash (the "
-            "end-of-chain checks are made by the answer that reaches it)"
+            "description": "False: the chain verified so far, with rows left; ask again "
+            "with after_seq=last_seq and after_hash=last_hash (the end-of-chain checks are "
+            "made by the answer that reaches it). True: the answer reached the end of the "
+            "chain, or stopped at a bad row (ok false: there is nothing to go on to)"
         }
     )
     unsealed = ma.fields.Integer(metadata={"description": "Rows not yet chained"})

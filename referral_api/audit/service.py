@@ -441,6 +441,7 @@ _SEALED_FROM = (
     .order_by(_TABLE.c.seq)
     .limit(bindparam("batch_size", type_=Integer(), literal_execute=True))
 )
+_LOWEST_SEQ = -(2**63)
 _AT_SEQ = select(_TABLE.c.id, _TABLE.c.hash).where(_TABLE.c.seq == bindparam("seq"))
 _ID, _ACTION = _CANONICAL_FIELDS.index("id"), _CANONICAL_FIELDS.index("action")
 _SEQ, _PREV_HASH, _HASH = (_VERIFY_COLUMNS.index(name) for name in ("seq", "prev_hash", "hash"))
@@ -521,7 +522,12 @@ def verify_chain(
                 is not None
             )
             break
-        rows = session.execute(_SEALED_FROM, {"from_seq": expected_seq, "batch_size": size}).all()
+        # The chain's first rows are read from the lowest seq there is, not from 1: a row
+        # inserted with seq 0 or below (the database refuses changes, not such an INSERT)
+        # comes first, and is a gap.
+        first = expected_seq == 1 and after is None
+        from_seq = _LOWEST_SEQ if first else expected_seq
+        rows = session.execute(_SEALED_FROM, {"from_seq": from_seq, "batch_size": size}).all()
         for row in rows:
             row_id, seq = row[_ID], row[_SEQ]
             if seq != expected_seq:
