@@ -1,13 +1,15 @@
-"""`keys rotate-index` over a seeded bench database: how long the backfill takes and how long
-its transactions hold their locks.
+"""The key-rotation sweeps over a seeded bench database: how long they take, whether each
+batch costs the same at the end as at the start, and how long their transactions hold locks.
 
-Runs `rotation.start_index_rotation` and `rotation.backfill_index` in process (what
-`referral-api keys rotate-index` runs) with the real app against BENCH_DB (default
-referral_bench; seed it first), timing every transaction over 0.5 s and every statement over
-0.3 s. Resumes an unfinished rotation instead of starting one.
+`--sweep index` runs what `referral-api keys rotate-index` runs (`start_index_rotation`, or
+resuming an unfinished rotation, then `backfill_index`); `--sweep case-keys` what
+`keys rotate-case-keys` runs (`rotate_case_keys` under a rotation job). In process, with the
+real app against BENCH_DB (default referral_bench; seed it first); every transaction and
+every statement over 0.3 s is timed, and the time per 10,000 cases printed.
 
     BENCH_DB=referral_bench_idx .venv/bin/python bench/seed_cases.py --count 100000 --fresh
-    BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_index.py
+    BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_sweeps.py --sweep index
+    BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_sweeps.py --sweep case-keys
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import common
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--sweep", choices=["index", "case-keys"], default="index")
+    parser.add_argument("--batch-size", type=int, help="default: the CLI's (500; 200)")
     args = parser.parse_args()
 
     from sqlalchemy import event, func, select
@@ -59,26 +62,54 @@ def main() -> None:
         if took > 0.3:
             print(f"  statement of {took:.2f} s: {' '.join(statement.split())[:100]}", flush=True)
 
+    counted = {"cases": 0, "at": time.perf_counter()}
+    per_10k: list[float] = []
+
+    def progress(cases: int) -> None:
+        before = counted["cases"]
+        counted["cases"] += cases
+        if counted["cases"] // 10_000 > before // 10_000:
+            now = time.perf_counter()
+            per_10k.append(round(now - counted["at"], 1))
+            counted["at"] = now
+            print(
+                f"  {counted['cases']:>9,} cases, {per_10k[-1]} s for the last 10,000", flush=True
+            )
+
     with app.app_context():
         factory = db.session_factory_for(app)
         with factory() as session:
             entries = session.scalar(select(func.count()).select_from(CaseSearchIndex))
-            created = rotation.start_index_rotation(session)
+            if args.sweep == "index":
+                created = rotation.start_index_rotation(session)
+                print(f"{entries:,} index entries; {created} organisations on a new key")
+            else:
+                job = rotation.open_rotation_job(session, "case-keys")
+                started_at, job_id = job.started_at, job.id
             session.commit()
-        print(f"{entries:,} index entries; {created} organisations on a new index key", flush=True)
         transactions.clear()
         started = time.perf_counter()
-        filled = rotation.backfill_index(factory, batch_size=args.batch_size)
+        if args.sweep == "index":
+            filled = rotation.backfill_index(
+                factory, batch_size=args.batch_size or 500, progress=progress
+            )
+        else:
+            filled = rotation.rotate_case_keys(
+                factory, started_at=started_at, batch_size=args.batch_size or 200, progress=progress
+            )
+            rotation.finish_rotation_job(factory, job_id)
         seconds = time.perf_counter() - started
     figures = {
-        "cases_indexed": filled,
+        "sweep": args.sweep,
+        "cases": filled,
+        "seconds_per_10000_cases": per_10k,
         "seconds": round(seconds, 1),
         "cases_per_s": round(filled / seconds) if seconds else None,
         "transactions": len(transactions),
         "median_transaction_s": round(statistics.median(transactions), 2) if transactions else None,
         "longest_transaction_s": round(max(transactions), 2) if transactions else None,
     }
-    common.write_json(common.RESULTS / "rotate_index.json", figures)
+    common.write_json(common.RESULTS / f"rotate_{args.sweep}.json", figures)
     print(figures)
 
 
