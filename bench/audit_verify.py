@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,32 +52,11 @@ FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i
 
 def insert_rows(url: str, n: int, workers: int = 2) -> float:
     """The rows, unsealed, inserted by `workers` connections in parallel; seconds."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    now = datetime.now(UTC)
-    errors: list[BaseException] = []
-
-    def work(lo: int, hi: int) -> None:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                connection.execute(text(ROWS), {"now": now, "lo": lo, "hi": hi})
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
+    from sqlalchemy import create_engine
 
     started = time.perf_counter()
-    step = -(-n // workers)
-    threads = [
-        threading.Thread(target=work, args=(lo, min(lo + step - 1, n)))
-        for lo in range(1, n + 1, step)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    common.run_split(url, ROWS, {"now": datetime.now(UTC)}, n, workers)
+    engine = create_engine(url)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM (ANALYZE) audit_events")
     engine.dispose()
@@ -168,7 +146,11 @@ def main() -> None:
             t0 = time.perf_counter()
             sealed = service.seal_all(factory, batch_size=5000)
             seconds = time.perf_counter() - t0
-            figures["seal"] = {"rows": sealed, "s": round(seconds, 1), "rows_per_s": round(sealed / seconds)}
+            figures["seal"] = {
+                "rows": sealed,
+                "s": round(seconds, 1),
+                "rows_per_s": round(sealed / seconds),
+            }
             print(f"sealed {sealed:,} rows in {seconds:.1f} s", flush=True)
             with factory() as session:
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import secrets
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -87,6 +88,40 @@ def drop_database(name: str = DB_NAME) -> None:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         engine.dispose()
+
+
+def run_split(
+    url: str, sql: str, params: dict[str, Any], n: int, workers: int, triggers: bool = True
+) -> None:
+    """One INSERT … SELECT per slice of 1..n (`:lo`, `:hi`), the slices in parallel, each a
+    transaction of its own (without durable commit; `triggers` off: as a superuser may)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    errors: list[BaseException] = []
+
+    def work(lo: int, hi: int) -> None:
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                if not triggers:
+                    connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
+                connection.execute(text(sql), {**params, "lo": lo, "hi": hi})
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    step = -(-n // workers)
+    threads = [
+        threading.Thread(target=work, args=(lo, min(lo + step - 1, n)))
+        for lo in range(1, n + 1, step)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.dispose()
+    if errors:
+        raise errors[0]
 
 
 # ---- the real app's environment ----------------------------------------------------------

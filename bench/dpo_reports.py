@@ -40,7 +40,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,39 +267,6 @@ TABLES = [
 ]
 
 
-def _run_split(
-    url: str, sql: str, params: dict[str, Any], n: int, workers: int, triggers: bool = True
-) -> None:
-    """One INSERT … SELECT per slice of the case numbers, the slices in parallel."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    errors: list[BaseException] = []
-
-    def work(lo: int, hi: int) -> None:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                if not triggers:
-                    connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
-                connection.execute(text(sql), {**params, "lo": lo, "hi": hi})
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-
-    step = -(-n // workers)
-    threads = [
-        threading.Thread(target=work, args=(lo, min(lo + step - 1, n)))
-        for lo in range(1, n + 1, step)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    engine.dispose()
-    if errors:
-        raise errors[0]
-
-
 def seed(app: Any, url: str, n: int, workers: int) -> dict[str, Any]:
     from sqlalchemy import create_engine, text
 
@@ -312,7 +278,7 @@ def seed(app: Any, url: str, n: int, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     for table, sql in TABLES:
         t0 = time.perf_counter()
-        _run_split(url, sql, {"now": now}, n, workers, triggers=table not in _UNTRIGGERED)
+        common.run_split(url, sql, {"now": now}, n, workers, triggers=table not in _UNTRIGGERED)
         with engine.connect() as connection:
             rows = connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
         figures["tables"][table] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
