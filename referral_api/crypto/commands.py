@@ -130,7 +130,12 @@ def destroy_root(version: int) -> None:
 
 
 @keys_group.command("rotate-case-keys")
-@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1, max=rotation.MAX_SWEEP_BATCH),
+)
 @_one_error_line
 def rotate_case_keys(batch_size: int) -> None:
     """Give every case a new data key and re-encrypt everything under its old one (resumable)."""
@@ -159,7 +164,12 @@ def rotate_case_keys(batch_size: int) -> None:
 
 
 @keys_group.command("rotate-index")
-@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1, max=rotation.MAX_SWEEP_BATCH),
+)
 @_one_error_line
 def rotate_index(batch_size: int) -> None:
     """New blind-index key per organisation: dual-write, backfill, switch (resumable)."""

@@ -423,6 +423,16 @@ def destroy_root_version(session: Session, version: int) -> None:
 # ---- case data keys -----------------------------------------------------------------------
 
 
+# The most cases a sweep's batch takes: they are bound one parameter each (`IN`), and a
+# statement takes 65,535 parameters on PostgreSQL (32,766 on SQLite's default build).
+MAX_SWEEP_BATCH = 10_000
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_SWEEP_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {MAX_SWEEP_BATCH}")
+
+
 def cases_needing_rotation(session: Session, started_at: datetime) -> Any:
     """Cases whose current data key predates the sweep."""
     from referral_api.cases.models import Case
@@ -472,6 +482,7 @@ def rotate_case_keys(
     from referral_api.cases.models import Case
     from referral_api.consent.models import ConsentRecord
 
+    _check_batch_size(batch_size)
     # Everything else encrypted under a case's key names the case in `case_id`.
     dependents = [model for model in encrypted_models() if model is not Case]
     for model in dependents:
@@ -482,9 +493,11 @@ def rotate_case_keys(
     # Keyset: each batch looks on from the last case of the one before. From the start each
     # time, a batch re-read every case swept already (a subquery each): 17.8 s per 10,000
     # cases at the start of 100,000, 27.4 s at the end, quadratic. A case committed behind
-    # the keyset after its batch passed was made by a request in flight: its key is as new
-    # as the sweep's, and is left as it is.
+    # the keyset after its batch passed (made by a request in flight when the sweep began,
+    # its key older than the sweep) is found by the next pass from the start: the sweep
+    # ends with a pass that found nothing.
     after: uuid.UUID | None = None
+    rotated_this_pass = 0
     while stop_after_batches is None or batches < stop_after_batches:
         with factory() as session:
             pending = cases_needing_rotation(session, started_at)
@@ -492,7 +505,10 @@ def rotate_case_keys(
                 pending = pending.where(Case.id > after)
             ids = list(session.scalars(pending.order_by(Case.id).limit(batch_size)))
             if not ids:
-                break
+                if after is None or not rotated_this_pass:
+                    break
+                after, rotated_this_pass = None, 0  # another pass, from the start
+                continue
             keys = crypto_of(session).keys(session)
             # The cases' consents are locked before the case rows, the order an erasure, a
             # withdrawal and a send take them in (rights.service._lock_case_to_erase): the
@@ -557,6 +573,7 @@ def rotate_case_keys(
             )
             session.commit()
         done += len(cases)
+        rotated_this_pass += len(ids)
         batches += 1
         after = ids[-1]
         if progress:
@@ -677,6 +694,7 @@ def backfill_index(
     the rest (a case erased before is skipped)."""
     from referral_api.cases.models import Case, CaseSearchIndex
 
+    _check_batch_size(batch_size)
     filled = 0
     with factory() as session:
         targets = session.execute(
