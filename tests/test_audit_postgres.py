@@ -292,3 +292,72 @@ def test_verify_while_workers_keep_sealing_reports_no_tampering(app: Any) -> Non
         thread.join(timeout=60)
     assert [r for r in results if not r.ok] == []
     assert results[-1].checked > 50
+
+
+def _documented_grants(role: str) -> list[str]:
+    """The statements of docs/audit.md's role set-up, for `role` (no login)."""
+    from pathlib import Path
+
+    text_ = (Path(__file__).resolve().parent.parent / "docs" / "audit.md").read_text()
+    block = text_.split("```sql\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if not line.startswith("--")]
+    statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    assert statements[0].startswith("CREATE ROLE referral_app LOGIN")
+    statements[0] = "CREATE ROLE referral_app NOLOGIN"
+    return [s.replace("referral_app", role) for s in statements]
+
+
+def test_the_documented_application_role_writes_and_seals_but_cannot_forge(app: Any) -> None:
+    """Run as the role docs/audit.md sets up, the application records and seals audit rows;
+    it can neither insert a row that arrives sealed nor delete one."""
+    from sqlalchemy.orm import Session
+
+    from referral_api.extensions import db
+
+    role = f"referral_app_{uuid.uuid4().hex[:10]}"
+    engine = db.engine_for(app)
+    with engine.begin() as connection:
+        for statement in _documented_grants(role):
+            connection.exec_driver_sql(statement)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"SET ROLE {role}")
+            connection.commit()  # a SET in a transaction rolled back is undone
+            try:
+                with Session(bind=connection) as session:
+                    service.record(
+                        session, Actor.system(), "test:as-app-role", resource_type="test"
+                    )
+                    # And a page's rows, one INSERT of a JSON array (the list's path).
+                    service.record_many(
+                        session,
+                        Actor.system(),
+                        "test:as-app-role-page",
+                        resource_type="test",
+                        rows=[{"resource_id": n} for n in range(2)],
+                        none_shown={},
+                    )
+                    assert service.seal_pending(session) >= 1
+                    session.commit()
+                forged = (
+                    "INSERT INTO audit_events (occurred_at, actor_type, action, resource_type, "
+                    "decision, seq, prev_hash, hash) VALUES (now(), 'system', 'case:read', "
+                    "'case', 'allow', -1, repeat('0', 64), repeat('0', 64))"
+                )
+                for refused in (forged, "DELETE FROM audit_events"):
+                    with pytest.raises(DBAPIError, match="permission denied"), connection.begin():
+                        connection.exec_driver_sql(refused)
+            finally:
+                connection.rollback()
+                connection.exec_driver_sql("RESET ROLE")
+                connection.commit()
+        with db.session_factory_for(app)() as s:
+            written = s.scalars(
+                select(AuditEvent).where(AuditEvent.action.like("test:as-app-role%"))
+            ).all()
+            assert len(written) == 3 and all(row.seq and row.hash for row in written)
+            assert s.scalar(select(AuditEvent.id).where(AuditEvent.seq < 1)) is None
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
