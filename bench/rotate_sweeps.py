@@ -3,13 +3,16 @@ batch costs the same at the end as at the start, and how long their transactions
 
 `--sweep index` runs what `referral-api keys rotate-index` runs (`start_index_rotation`, or
 resuming an unfinished rotation, then `backfill_index`); `--sweep case-keys` what
-`keys rotate-case-keys` runs (`rotate_case_keys` under a rotation job). In process, with the
+`keys rotate-case-keys` runs (`rotate_case_keys` under a rotation job); `--sweep org-keys`
+what `keys rotate-org-keys` runs (`rotate_org_keys`: new organisation keys, every data key
+re-wrapped; its progress counts data keys). In process, with the
 real app against BENCH_DB (default referral_bench; seed it first); every transaction and
 every statement over 0.3 s is timed, and the time per 10,000 cases printed.
 
     BENCH_DB=referral_bench_idx .venv/bin/python bench/seed_cases.py --count 100000 --fresh
     BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_sweeps.py --sweep index
     BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_sweeps.py --sweep case-keys
+    BENCH_DB=referral_bench_idx .venv/bin/python bench/rotate_sweeps.py --sweep org-keys
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import common
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", choices=["index", "case-keys"], default="index")
-    parser.add_argument("--batch-size", type=int, help="default: the CLI's (500; 200)")
+    parser.add_argument("--sweep", choices=["index", "case-keys", "org-keys"], default="index")
+    parser.add_argument("--batch-size", type=int, help="default: the CLI's (500; 200; 1000)")
     args = parser.parse_args()
 
     from sqlalchemy import event, func, select
@@ -83,7 +86,7 @@ def main() -> None:
             if args.sweep == "index":
                 created = rotation.start_index_rotation(session)
                 print(f"{entries:,} index entries; {created} organisations on a new key")
-            else:
+            elif args.sweep == "case-keys":
                 job = rotation.open_rotation_job(session, "case-keys")
                 started_at, job_id = job.started_at, job.id
             session.commit()
@@ -93,11 +96,15 @@ def main() -> None:
             filled = rotation.backfill_index(
                 factory, batch_size=args.batch_size or 500, progress=progress
             )
-        else:
+        elif args.sweep == "case-keys":
             filled = rotation.rotate_case_keys(
                 factory, started_at=started_at, batch_size=args.batch_size or 200, progress=progress
             )
             rotation.finish_rotation_job(factory, job_id)
+        else:
+            _, filled = rotation.rotate_org_keys(
+                factory, batch_size=args.batch_size or 1000, progress=progress
+            )
         seconds = time.perf_counter() - started
     figures = {
         "sweep": args.sweep,

@@ -863,6 +863,11 @@ def _rewrap_under_newest_org_keys(
     from referral_api.crypto.keys import _case_key_aad, unwrap_data_key, wrap_data_key
 
     rewrapped = 0
+    # Keyset on (case id, version): from the start each time, a batch re-read every data key
+    # re-wrapped already (0.8 s per 10,000 keys at the start of 100,000, 1.2 s at the end).
+    # A key written behind the keyset under an older version meanwhile keeps that version
+    # referenced: `rotate_org_keys` then runs another pass.
+    after: tuple[uuid.UUID, int] | None = None
     while True:
         with factory() as session:
             keys = crypto_of(session).keys(session)
@@ -870,13 +875,16 @@ def _rewrap_under_newest_org_keys(
             latest: dict[uuid.UUID, int] = dict(
                 session.execute(select(newest.c.org_id, newest.c.v)).all()
             )
-            rows = session.scalars(
+            stale = (
                 select(CaseKey)
                 .join(newest, newest.c.org_id == CaseKey.org_id)
                 .where(CaseKey.org_key_version < newest.c.v)
                 .order_by(CaseKey.case_id, CaseKey.version)
                 .limit(batch_size)
-            ).all()
+            )
+            if after is not None:
+                stale = stale.where(tuple_(CaseKey.case_id, CaseKey.version) > tuple_(*after))
+            rows = session.scalars(stale).all()
             for row in rows:
                 old_kek = keys.org_key(row.org_id, row.org_key_version)
                 data_key = unwrap_data_key(
@@ -891,6 +899,8 @@ def _rewrap_under_newest_org_keys(
                     _case_key_aad(row.case_id, row.version, new_version),
                 )
                 row.org_key_version = new_version
+            if rows:
+                after = (rows[-1].case_id, rows[-1].version)
             session.commit()
         rewrapped += len(rows)
         if progress:
