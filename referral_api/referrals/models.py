@@ -26,8 +26,9 @@ class Referral(_CaseKeyed, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
-    from_org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"), index=True)
-    to_org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"), index=True)
+    # Indexed with the lists' order (__table_args__), not alone.
+    from_org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"))
+    to_org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"))
     service_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("directory_services.id"))
     purpose: Mapped[Purpose] = mapped_column(value_enum(Purpose, "purpose"))
     # Sorted, comma-separated category codes shared with the receiver.
@@ -59,6 +60,12 @@ class Referral(_CaseKeyed, Base):
     override_note = EncryptedField(Category.NEEDS)
 
     __mapper_args__ = {"version_id_col": version}
+    __table_args__ = (
+        # An organisation's incoming and outgoing lists, newest first (migration 0018): the
+        # first page is read from the index's end, not sorted from every referral it has.
+        Index("ix_referrals_from_org_created", "from_org_id", "created_at", "id"),
+        Index("ix_referrals_to_org_created", "to_org_id", "created_at", "id"),
+    )
 
     @property
     def category_set(self) -> frozenset[Category]:
