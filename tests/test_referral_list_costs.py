@@ -5,6 +5,7 @@ data key for its message on its own (a reviewer's probes; each failed before).""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -97,3 +98,52 @@ def test_the_outbox_reads_a_fixed_number_of_statements_per_page(
         assert len(body) == limit and all("message" in r for r in body)
         counts[limit] = len(statements)
     assert counts[n] <= counts[3] + 2, counts
+
+
+def _pages(client: Any, url: str, headers: dict[str, str]) -> list[list[dict[str, Any]]]:
+    pages = []
+    while url:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        pages.append(response.get_json())
+        link = response.headers.get("Link")
+        url = re.match(r"<([^>]*)>", link).group(1) if link else ""
+    return pages
+
+
+def test_the_default_list_pages_through_sent_and_received_once_each_newest_first(
+    client: Any, factory: Any
+) -> None:
+    """Both boxes at once are read as the two parties' pages merged (each from its own
+    index): paged two at a time, every referral the organisation sent (drafts too) or
+    received (once sent) comes once, newest first, as the one-page list shows them; a
+    draft to it does not; filters apply to both halves."""
+    ngo = factory.org(OrgType.NGO)
+    other = factory.org(OrgType.NGO)
+    legal = factory.org(OrgType.LEGAL_AID)
+    mine = factory.headers(factory.user(Role.CASEWORKER, ngo))
+    theirs = factory.headers(factory.user(Role.CASEWORKER, other))
+
+    def referral(by: dict[str, str], to: Any, purpose: str, send: bool = True) -> str:
+        case_id = ok(client.post(f"{API}/cases", json={"case_type": "thb"}, headers=by), 201)["id"]
+        consent = consent_body(provision(purpose, SHARES, org_id=to))
+        ok(client.post(f"{API}/cases/{case_id}/consents", json=consent, headers=by), 201)
+        made = refer(client, by, case_id, to, SHARES, purpose=purpose, send=send)
+        return str(ok(made, 201)["id"])
+
+    sent, received = [], []
+    for _ in range(3):
+        sent.append(referral(mine, legal, "legal_assistance"))
+        received.append(referral(theirs, ngo, "psychosocial_support"))
+    draft_of_mine = referral(mine, legal, "legal_assistance", send=False)
+    referral(theirs, ngo, "psychosocial_support", send=False)  # not the receiver's yet
+
+    whole = ok(client.get(f"{API}/referrals", query_string={"limit": 100}, headers=mine))
+    assert sorted(r["id"] for r in whole) == sorted([*sent, *received, draft_of_mine])
+    assert [r["created_at"] for r in whole] == sorted(
+        (r["created_at"] for r in whole), reverse=True
+    )
+    paged = [r["id"] for page in _pages(client, f"{API}/referrals?limit=2", mine) for r in page]
+    assert paged == [r["id"] for r in whole]
+    drafts = ok(client.get(f"{API}/referrals", query_string={"status": "draft"}, headers=mine))
+    assert [r["id"] for r in drafts] == [draft_of_mine]

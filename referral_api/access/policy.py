@@ -202,9 +202,21 @@ def scope_referrals(
     """List queries over referrals, scoped in SQL as `_decide_referral` decides one: its two
     parties only — the sending organisation, and the receiving one once it was sent (an
     unsent draft does not exist for its receiver). `sent`: a SQL condition on the row."""
+    return stmt.where(
+        or_(*referral_parties(actor, action, from_org=from_org, to_org=to_org, sent=sent))
+    )
+
+
+def referral_parties(
+    actor: Actor, action: Permission, *, from_org: Any, to_org: Any, sent: Any
+) -> tuple[Any, Any]:
+    """`scope_referrals`' condition as its two disjoint halves: the referrals the actor's
+    organisation sent, and those it receives (once sent) and did not send. A list can read
+    each from its own index, in order, and merge them, where their OR is read whole and
+    sorted."""
     if not actor.can(action) or actor.org_id is None:
         raise Forbidden("Your role does not allow this action.")
-    return stmt.where(or_(from_org == actor.org_id, and_(to_org == actor.org_id, sent)))
+    return from_org == actor.org_id, and_(to_org == actor.org_id, sent, from_org != actor.org_id)
 
 
 def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, select, union_all
+from sqlalchemy.orm import Session, aliased
 
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.categories import Category, ceiling_for
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import Decision, decide, scope_referrals
+from referral_api.access.policy import Decision, decide, referral_parties, scope_referrals
 from referral_api.access.roles import OrgType, Role
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
@@ -40,7 +40,14 @@ from referral_api.exceptions import (
     ReferralApiError,
     ValidationFailed,
 )
-from referral_api.pagination import Page, paginate
+from referral_api.pagination import (
+    Page,
+    after_cursor,
+    fetch_page,
+    newest_first,
+    page_parameters,
+    paginate,
+)
 from referral_api.referrals.models import (
     Disclosure,
     Notification,
@@ -832,35 +839,37 @@ def read_packet(session: Session, actor: Actor, referral_id: uuid.UUID) -> dict[
 
 
 def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Page:
-    stmt: Select[Any] = scope_referrals(
-        actor,
-        Permission.REFERRAL_READ,
-        select(Referral),
-        from_org=Referral.from_org_id,
-        to_org=Referral.to_org_id,
-        sent=SENT,
-    )
-    box = params.get("box")
-    if box == "incoming":
-        stmt = stmt.where(Referral.to_org_id == actor.org_id)
-    elif box == "outgoing":
-        stmt = stmt.where(Referral.from_org_id == actor.org_id)
+    filters: list[ColumnElement[bool]] = []
     if params.get("status") is not None:
-        stmt = stmt.where(Referral.status == params["status"])
+        filters.append(Referral.status == params["status"])
     if params.get("updated_since") is not None:
-        stmt = stmt.where(Referral.updated_at >= params["updated_since"])
+        filters.append(Referral.updated_at >= params["updated_since"])
     if params.get("case_id") is not None:
-        stmt = stmt.where(
-            Referral.case_id == params["case_id"], Referral.from_org_id == actor.org_id
+        filters += [Referral.case_id == params["case_id"], Referral.from_org_id == actor.org_id]
+    box, cursor, limit = params.get("box"), params.get("cursor"), params["limit"]
+    if box is None:
+        page = _both_boxes(session, actor, filters, cursor, limit)
+    else:
+        stmt = scope_referrals(
+            actor,
+            Permission.REFERRAL_READ,
+            select(Referral),
+            from_org=Referral.from_org_id,
+            to_org=Referral.to_org_id,
+            sent=SENT,
+        ).where(*filters)
+        if box == "incoming":
+            stmt = stmt.where(Referral.to_org_id == actor.org_id)
+        elif box == "outgoing":
+            stmt = stmt.where(Referral.from_org_id == actor.org_id)
+        page = paginate(
+            session,
+            stmt,
+            created_col=Referral.created_at,
+            id_col=Referral.id,
+            cursor=cursor,
+            limit=limit,
         )
-    page = paginate(
-        session,
-        stmt,
-        created_col=Referral.created_at,
-        id_col=Referral.id,
-        cursor=params.get("cursor"),
-        limit=params["limit"],
-    )
     # One row per referral shown, as for a single read: the list carries each one's message.
     audit.record_many(
         session,
@@ -879,6 +888,42 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         none_shown={"box": box or "all", "results": 0},
     )
     return page
+
+
+def _both_boxes(
+    session: Session,
+    actor: Actor,
+    filters: list[ColumnElement[bool]],
+    cursor: str | None,
+    limit: int,
+) -> Page:
+    """A page of the referrals the actor's organisation sent or receives: the page of each
+    (`referral_parties`), read newest first from its own index, then merged. Their OR was
+    read whole and sorted for every page (23-30 ms against 0.4 ms for a receiver of 60,000,
+    bench/README.md); PostgreSQL does not merge the two index scans of a UNION ALL under
+    one LIMIT by itself, so each half has its own order and limit."""
+    halves = []
+    for party in referral_parties(
+        actor,
+        Permission.REFERRAL_READ,
+        from_org=Referral.from_org_id,
+        to_org=Referral.to_org_id,
+        sent=SENT,
+    ):
+        half = select(Referral).where(party, *filters)
+        if cursor:
+            half = after_cursor(half, Referral.created_at, Referral.id)
+        half_page = newest_first(half, Referral.created_at, Referral.id).subquery()
+        halves.append(select(half_page))  # a subquery each: SQLite takes no ORDER BY here
+    shown = aliased(Referral, union_all(*halves).subquery("scoped_referrals"))
+    return fetch_page(
+        session,
+        newest_first(select(shown), shown.created_at, shown.id),
+        page_parameters(cursor, limit),
+        created_col=shown.created_at,
+        id_col=shown.id,
+        limit=limit,
+    )
 
 
 def party_of(actor: Actor, referral: Referral) -> Party:
