@@ -16,7 +16,7 @@ import marshmallow as ma
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import current_app, request
-from sqlalchemy import Select, and_, bindparam, or_
+from sqlalchemy import Select, bindparam, tuple_
 from sqlalchemy.orm import Session
 
 from referral_api.crypto.server_keys import derived_key
@@ -174,12 +174,16 @@ def paginate(
 def after_cursor(
     stmt: Select[Any], created_col: Any, id_col: Any, *, oldest_first: bool = False
 ) -> Select[Any]:
-    created = bindparam("cursor_created", type_=created_col.type)
-    row_id = bindparam("cursor_id", type_=id_col.type)
-    if oldest_first:
-        later = or_(created_col > created, and_(created_col == created, id_col > row_id))
-        return stmt.where(later)
-    return stmt.where(or_(created_col < created, and_(created_col == created, id_col < row_id)))
+    # A row comparison, (created, id) < (cursor's): the same rows as "created before, or at
+    # the same instant with a smaller id", but an index on (…, created, id) starts its scan
+    # at the cursor, where the OR was a filter on every row before it (page N read the N-1
+    # pages before it).
+    after = tuple_(
+        bindparam("cursor_created", type_=created_col.type),
+        bindparam("cursor_id", type_=id_col.type),
+    )
+    position = tuple_(created_col, id_col)
+    return stmt.where(position > after if oldest_first else position < after)
 
 
 def newest_first(stmt: Select[Any], created_col: Any, id_col: Any) -> Select[Any]:
