@@ -283,3 +283,17 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def follow_pages(client: Any, url: str, headers: dict[str, str]) -> list[list[dict[str, Any]]]:
+    """Every page of a list, from `url` on through its `Link: rel="next"` headers."""
+    import re
+
+    pages = []
+    while url:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        pages.append(response.get_json())
+        link = response.headers.get("Link")
+        url = re.match(r"<([^>]*)>", link).group(1) if link else ""  # type: ignore[union-attr]
+    return pages

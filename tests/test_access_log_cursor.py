@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import follow_pages
 from referral_support import API, World
 
 from referral_api.access.actor import Actor
@@ -20,17 +21,6 @@ needs_postgres = pytest.mark.skipif(
     not os.environ.get("DATABASE_URL", "").startswith("postgres"),
     reason="a transaction left open while another commits needs PostgreSQL",
 )
-
-
-def _pages(client: Any, url: str, headers: dict[str, str]) -> list[list[dict[str, Any]]]:
-    pages = []
-    while url:
-        response = client.get(url, headers=headers)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        pages.append(response.get_json())
-        link = response.headers.get("Link")
-        url = re.match(r"<([^>]*)>", link).group(1) if link else ""
-    return pages
 
 
 def _key(entry: dict[str, Any]) -> tuple[Any, ...]:
@@ -61,8 +51,10 @@ def test_access_log_pages_show_a_row_that_committed_late(
         late.commit()
     finally:
         late.close()
-    rest = _pages(client, re.match(r"<([^>]*)>", link).group(1), headers)
-    everything = _pages(client, f"{API}/cases/{world.case_id}/access-log?limit=100", headers)[0]
+    rest = follow_pages(client, re.match(r"<([^>]*)>", link).group(1), headers)
+    everything = follow_pages(client, f"{API}/cases/{world.case_id}/access-log?limit=100", headers)[
+        0
+    ]
     page_one = [_key(e) for e in first.get_json()]
     # Everything older than the first page, as the log holds it now.
     oldest_shown = [_key(e) for e in everything].index(page_one[-1])

@@ -5,26 +5,15 @@ a smaller id" filtered every row before it), and must give every row once, in
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from conftest import follow_pages
 from sqlalchemy import text
 
 from referral_api.access.roles import Role
 from referral_api.extensions import db
 
 API = "/api/v1"
-
-
-def _pages(client: Any, url: str, headers: dict[str, str]) -> list[list[dict[str, Any]]]:
-    pages = []
-    while url:
-        response = client.get(url, headers=headers)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        pages.append(response.get_json())
-        link = response.headers.get("Link")
-        url = re.match(r"<([^>]*)>", link).group(1) if link else ""
-    return pages
 
 
 def test_cases_stamped_at_one_instant_page_once_each_in_id_order(
@@ -54,7 +43,9 @@ def test_cases_stamped_at_one_instant_page_once_each_in_id_order(
     assert sorted(c["id"] for c in whole) == sorted(made)
     stamped = [(c["created_at"], c["id"]) for c in whole]
     assert len({at for at, _ in stamped}) == 3
-    paged = [c["id"] for page in _pages(client, f"{API}/cases?limit=2", headers) for c in page]
+    paged = [
+        c["id"] for page in follow_pages(client, f"{API}/cases?limit=2", headers) for c in page
+    ]
     assert paged == [c["id"] for c in whole]
     tied = [case_id for at, case_id in stamped if at == stamped[0][0]]
     assert tied == sorted(tied, reverse=True) and len(tied) == 5

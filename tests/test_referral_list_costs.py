@@ -5,11 +5,11 @@ data key for its message on its own (a reviewer's probes; each failed before).""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from conftest import follow_pages
 from referral_support import API, consent_body, ok, provision, refer
 from sqlalchemy import event
 
@@ -100,17 +100,6 @@ def test_the_outbox_reads_a_fixed_number_of_statements_per_page(
     assert counts[n] <= counts[3] + 2, counts
 
 
-def _pages(client: Any, url: str, headers: dict[str, str]) -> list[list[dict[str, Any]]]:
-    pages = []
-    while url:
-        response = client.get(url, headers=headers)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        pages.append(response.get_json())
-        link = response.headers.get("Link")
-        url = re.match(r"<([^>]*)>", link).group(1) if link else ""
-    return pages
-
-
 def test_the_default_list_pages_through_sent_and_received_once_each_newest_first(
     client: Any, factory: Any
 ) -> None:
@@ -143,7 +132,9 @@ def test_the_default_list_pages_through_sent_and_received_once_each_newest_first
     assert [r["created_at"] for r in whole] == sorted(
         (r["created_at"] for r in whole), reverse=True
     )
-    paged = [r["id"] for page in _pages(client, f"{API}/referrals?limit=2", mine) for r in page]
+    paged = [
+        r["id"] for page in follow_pages(client, f"{API}/referrals?limit=2", mine) for r in page
+    ]
     assert paged == [r["id"] for r in whole]
     drafts = ok(client.get(f"{API}/referrals", query_string={"status": "draft"}, headers=mine))
     assert [r["id"] for r in drafts] == [draft_of_mine]
