@@ -215,7 +215,8 @@ FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE {_CONSENTED}
 """
 
 # Two sealed rows per case (seq = 2i-1, 2i; ids after the few rows the app wrote before the
-# seed); the chain head is set after.
+# seed), inserted with triggers off (migration 0019 refuses a sealed INSERT); the chain head
+# is set after.
 AUDIT = f"""
 INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, actor_org_id, actor_role,
     action, resource_type, resource_id, case_id, categories, decision, seq, prev_hash, hash,
@@ -243,7 +244,7 @@ FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) AS i WHERE i % 200 = 3
 # and consent_provisions, one recompute per row: the seed inserts both with triggers off (the
 # bench connects as a superuser) and then fills every summary with the latest migration's own
 # backfill (0011's: with the consent's organisation and whether it has repeated provisions).
-_UNTRIGGERED = {"consent_provisions", "consent_events"}
+_UNTRIGGERED = {"consent_provisions", "consent_events", "audit_events"}
 
 
 def _summary_backfill() -> str:

@@ -1,7 +1,8 @@
 """On PostgreSQL the database itself keeps the audit trail append-only (DESIGN.md §9).
 
 The trigger of migration 0002 refuses DELETE, TRUNCATE and every UPDATE except the sealing
-step's (seq, prev_hash, hash, sealed_at of an unsealed row, nothing else). These tests use
+step's (seq, prev_hash, hash, sealed_at of an unsealed row, nothing else); 0019's refuses an
+INSERT that sets any of those four. These tests use
 the application's own engine, without the replica role that only test teardown (as a
 superuser) may switch on. SQLite has no such triggers, so the module is skipped there.
 """
@@ -207,6 +208,35 @@ def test_the_sealer_works_under_the_trigger(app: Any, client: Any, factory: Any)
 def test_delete_is_refused(app: Any, rows: dict[str, int], which: str) -> None:
     _refused(app, "DELETE FROM audit_events WHERE id = :id", id=rows[which])
     assert _row(app, rows[which]) is not None
+
+
+# A row's content, as the application inserts it; the seal columns are added one at a time.
+_INSERT_COLUMNS = "occurred_at, actor_type, action, resource_type, decision"
+_INSERT_VALUES = "now(), 'system', 'case:read', 'case', 'allow'"
+
+
+def test_an_insert_carrying_any_seal_column_is_refused(app: Any, rows: dict[str, int]) -> None:
+    """Migration 0019: a row goes in unsealed, whatever the inserting role may write. One
+    forged at seq 0 or past the head would otherwise look sealed to anyone not verifying."""
+    accepted = [
+        outcome
+        for column in SEAL_COLUMNS
+        if (
+            outcome := _not_refused(
+                app,
+                f"INSERT INTO audit_events ({_INSERT_COLUMNS}, {column}) "
+                f"SELECT {_INSERT_VALUES}, {NEW_VALUES[column]} FROM audit_events WHERE id = :id",
+                id=rows["sealed"],
+            )
+        )
+    ]
+    assert accepted == []
+    with _db().engine_for(app).begin() as connection:
+        connection.execute(
+            text(f"INSERT INTO audit_events ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES})")
+        )
+        count = connection.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
+    assert count == 3  # the two rows of the fixture and the unsealed one
 
 
 def test_delete_of_everything_and_truncate_are_refused(app: Any, rows: dict[str, int]) -> None:
