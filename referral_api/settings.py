@@ -8,6 +8,7 @@ secret every attacker knows.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
@@ -99,8 +100,8 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         if env == "production":
             raise ConfigurationError("REFERRAL_API_JWT_SECRET is required in production")
         jwt_secret = _read_or_create_secret(instance / "jwt-secret")
-    if env == "production" and len(jwt_secret) < 32:
-        raise ConfigurationError("REFERRAL_API_JWT_SECRET must be at least 32 characters")
+    if env == "production":
+        _refuse_weak_secret(jwt_secret)
 
     keyring_path = overrides.get("KEYRING_PATH") or os.environ.get("REFERRAL_API_KEYRING")
     if not keyring_path:
@@ -223,6 +224,33 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
 # to guess against. The defaults are RFC 9106's second recommended option (64 MiB, three).
 MIN_ARGON2_MEMORY_KIB = 19 * 1024
 MIN_ARGON2_TIME_COST = 2
+
+
+# A production JWT secret: at least this long, and of at least this many bits by the estimate
+# of `_estimated_bits` (`openssl rand -hex 32`: 256; `secrets.token_urlsafe(32)`: ~210).
+MIN_SECRET_CHARACTERS = 32
+MIN_SECRET_BITS = 128
+
+
+def _estimated_bits(secret: str) -> float:
+    """An upper bound of a secret's entropy: its length times log2 of the number of distinct
+    characters in it. It cannot tell a random secret from a well-chosen phrase; it refuses
+    the ones that are plainly not random (a character repeated, a short word repeated)."""
+    return len(secret) * math.log2(len(set(secret))) if secret else 0.0
+
+
+def _refuse_weak_secret(secret: str) -> None:
+    """The JWT secret signs every token and keys the digests the database keeps (throttle
+    names, idempotent bodies, cursors): a guessable one forges all of them."""
+    if len(secret) < MIN_SECRET_CHARACTERS:
+        raise ConfigurationError(
+            f"REFERRAL_API_JWT_SECRET must be at least {MIN_SECRET_CHARACTERS} characters"
+        )
+    if _estimated_bits(secret) < MIN_SECRET_BITS:
+        raise ConfigurationError(
+            "REFERRAL_API_JWT_SECRET repeats too few distinct characters to be random; "
+            "generate one, e.g. `openssl rand -hex 32`"
+        )
 
 
 def _refuse_weak_production_settings(config: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ def test_a_key_file_that_cannot_be_read_is_one_error_line(tmp_path):
         **os.environ,
         "REFERRAL_API_ENV": "development",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
-        "REFERRAL_API_JWT_SECRET": "a" * 40,
+        "REFERRAL_API_JWT_SECRET": "Hs2-Wq8_nLc5Xv1RbT9yKm4Pd7Ge0Zu3Ja6Fo",
         "REFERRAL_API_KEYRING": _a_directory(tmp_path / "keyring.json"),
     }
     script = Path(sys.executable).parent / "referral-api"
@@ -206,7 +206,7 @@ def test_an_unusable_configuration_is_one_error_line(tmp_path):
         "REFERRAL_API_ENV": "production",
         # Never dialled: the keyring is refused first.
         "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/never-connected",
-        "REFERRAL_API_JWT_SECRET": "a" * 40,
+        "REFERRAL_API_JWT_SECRET": "Hs2-Wq8_nLc5Xv1RbT9yKm4Pd7Ge0Zu3Ja6Fo",
         "REFERRAL_API_KEYRING": keyring,
     }
     script = Path(sys.executable).parent / "referral-api"

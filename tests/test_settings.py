@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from referral_api.exceptions import ConfigurationError
 from referral_api.extensions import db
 from referral_api.settings import load_settings, normalise_database_url
 
-GOOD_SECRET = "production-secret-" + "z" * 32
+GOOD_SECRET = "pX4-vK9q_Tz2LmW7rB0sYc5NhJd8eGf3uAo1iRt6"  # as token_urlsafe makes one
 # Production runs on PostgreSQL only; starting the app connects to no database, so the
 # SQLite run of the suite checks production's settings against an address never dialled.
 UNUSED_POSTGRES_URL = "postgresql://nobody@127.0.0.1:1/never-connected"
@@ -98,12 +99,39 @@ def test_production_refuses_an_empty_secret(production_env):
 
 
 def test_production_refuses_a_short_secret(production_env):
-    production_env.setenv("REFERRAL_API_JWT_SECRET", "s" * 31)
+    production_env.setenv("REFERRAL_API_JWT_SECRET", GOOD_SECRET[:31])
     with pytest.raises(ConfigurationError) as raised:
         _start()
     assert "32" in raised.value.detail
-    production_env.setenv("REFERRAL_API_JWT_SECRET", "s" * 32)
-    assert _start().config["JWT_SECRET_KEY"] == "s" * 32
+    production_env.setenv("REFERRAL_API_JWT_SECRET", GOOD_SECRET[:32])
+    assert _start().config["JWT_SECRET_KEY"] == GOOD_SECRET[:32]
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "s" * 64,  # one character
+        "password" * 4,  # a word repeated: 32 characters of 7 distinct, 90 bits at most
+    ],
+)
+def test_production_refuses_a_secret_of_too_few_distinct_characters(production_env, weak):
+    production_env.setenv("REFERRAL_API_JWT_SECRET", weak)
+    with pytest.raises(ConfigurationError) as raised:
+        _start()
+    assert "distinct characters" in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    "generated",
+    [
+        secrets.token_hex(32),  # openssl rand -hex 32: 64 characters of at most 16
+        secrets.token_urlsafe(32),
+        secrets.token_urlsafe(24),  # 32 characters
+    ],
+)
+def test_production_takes_a_generated_secret(production_env, generated):
+    production_env.setenv("REFERRAL_API_JWT_SECRET", generated)
+    assert _start().config["JWT_SECRET_KEY"] == generated
 
 
 @pytest.mark.parametrize(
