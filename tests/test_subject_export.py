@@ -28,7 +28,7 @@ from rights_support import (
     ok,
     uuid_param,
 )
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from referral_api.audit.models import AuditEvent
 from referral_api.rights import service as rights_service
@@ -296,6 +296,43 @@ def test_export_and_download_are_audited(app, client, world, scenario):
         assert json.loads(row.details or "{}").get("export_id") in (export_id, None)
         assert scenario.token not in (row.details or "") + (row.reason or "")
     assert json.loads(rows[0].details)["export_id"] == export_id
+
+
+def test_the_access_log_is_every_audit_row_of_the_case_read_without_orm_rows(
+    app, world, scenario, monkeypatch
+):
+    """The access log grows with every list page that shows the case; the export reads it as
+    plain columns a batch at a time (a batch of 2 here), not as AuditEvent objects held by
+    the session, and still lists every row, oldest first."""
+    from referral_api.cases.models import Case
+    from referral_api.extensions import db
+
+    monkeypatch.setattr(rights_service, "_ACCESS_LOG_BATCH", 2)
+    case_id = uuid.UUID(scenario.case_id)
+    with db.session_factory_for(app)() as session:
+        expected = [
+            (r.action, str(r.actor_id) if r.actor_id else None, r.decision)
+            for r in session.scalars(
+                select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id)
+            )
+        ]
+        loaded: list[AuditEvent] = []
+
+        def seen(row: AuditEvent, _context: Any) -> None:
+            loaded.append(row)
+
+        case = session.get(Case, case_id)
+        event.listen(AuditEvent, "load", seen)
+        try:
+            document = rights_service.build_export(session, case)
+        finally:
+            event.remove(AuditEvent, "load", seen)
+    assert len(expected) > 4
+    assert [(a["action"], a["actor_id"], a["decision"]) for a in document["access_log"]] == (
+        expected
+    )
+    assert loaded == []
+    json.dumps(document)  # plain values only
 
 
 @needs_postgres

@@ -549,6 +549,9 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+_ACCESS_LOG_BATCH = 5_000
+
+
 def build_export(session: Session, case: Case) -> dict[str, Any]:
     """Everything held about the person: case fields, notes, consents with their terms
     (grantor, legal basis, notice, jurisdiction), signed form (evidence) and events (with the
@@ -600,10 +603,23 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
 
     history = per_referral(ReferralTransition)
     threads = per_referral(ReferralMessage)
-    accesses = session.scalars(
-        select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
-    ).all()
-    return plain(
+    # A case's access log grows with every list page that shows it: read as plain tuples of
+    # the columns shown, a batch at a time, not as ORM rows held by the session.
+    accesses = session.execute(
+        select(
+            AuditEvent.occurred_at,
+            AuditEvent.actor_id,
+            AuditEvent.actor_role,
+            AuditEvent.actor_org_id,
+            AuditEvent.action,
+            AuditEvent.decision,
+            AuditEvent.categories,
+        )
+        .where(AuditEvent.case_id == case.id)
+        .order_by(AuditEvent.id)
+        .execution_options(yield_per=_ACCESS_LOG_BATCH)
+    )
+    document: dict[str, Any] = plain(
         {
             "format": "referral-api-subject-export-1",
             "generated_at": now(),
@@ -712,20 +728,30 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                 }
                 for e in erasures
             ],
-            "access_log": [
-                {
-                    "occurred_at": a.occurred_at,
-                    "actor_id": a.actor_id,
-                    "actor_role": a.actor_role,
-                    "actor_org_id": a.actor_org_id,
-                    "action": a.action,
-                    "decision": a.decision,
-                    "categories": (a.categories or "").split(",") if a.categories else [],
-                }
-                for a in accesses
-            ],
         }
     )
+    # Plain already (strings, None, lists of strings): not copied again by `plain`.
+    document["access_log"] = [
+        {
+            "occurred_at": occurred_at.isoformat(),
+            "actor_id": str(actor_id) if actor_id is not None else None,
+            "actor_role": actor_role,
+            "actor_org_id": str(actor_org_id) if actor_org_id is not None else None,
+            "action": action,
+            "decision": decision,
+            "categories": categories.split(",") if categories else [],
+        }
+        for (
+            occurred_at,
+            actor_id,
+            actor_role,
+            actor_org_id,
+            action,
+            decision,
+            categories,
+        ) in accesses
+    ]
+    return document
 
 
 def purge_expired_exports(session: Session, actor: Actor, at: datetime | None = None) -> int:
