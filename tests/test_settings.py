@@ -125,6 +125,7 @@ def test_production_refuses_a_secret_of_too_few_distinct_characters(production_e
     "generated",
     [
         secrets.token_hex(32),  # openssl rand -hex 32: 64 characters of at most 16
+        secrets.token_hex(16),  # 32 hex characters: 128 random bits, rated 96-128
         secrets.token_urlsafe(32),
         secrets.token_urlsafe(24),  # 32 characters
     ],
