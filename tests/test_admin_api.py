@@ -1730,3 +1730,91 @@ def test_a_platform_admin_sets_up_no_content_account_in_another_organisation(cli
         f"{API}/orgs/{shelter}/users", json=body | {"password": NEW_PASSWORD}, headers=admin
     )
     assert staff.status_code == 201, staff.get_json()
+
+
+def test_a_platform_admin_takes_over_no_administrator_of_another_organisation(client, factory, db):
+    """An administrator whose password the platform chose would make it a caseworker in two
+    steps (create one, sign in as it). Where the organisation has an administrator, the
+    platform neither resets its password, rotates its client's secret, nor appoints another;
+    a new organisation's first administrator, or one replacing the last switched off, it
+    does appoint."""
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    shelter = factory.org(OrgType.SHELTER)
+    admin = factory.user(Role.ORG_ADMIN, shelter)
+    caseworker = factory.user(Role.CASEWORKER, shelter)
+    admin_client, _ = factory.client_credentials(Role.ORG_ADMIN, shelter)
+    admin_url, client_url = (
+        f"{API}/users/{admin.id}",
+        f"{API}/clients/{client_pk(db, admin_client)}",
+    )
+    worker_url = f"{API}/users/{caseworker.id}"
+
+    def patch(url: str, body: dict) -> Any:
+        tag = client.get(url, headers=boss).headers["ETag"]
+        return client.patch(url, json=body, headers={**boss, "If-Match": tag})
+
+    def appoint(email: str) -> Any:
+        body = _new_user(email=email, role="org_admin")
+        return client.post(f"{API}/orgs/{shelter}/users", json=body, headers=boss)
+
+    before = snapshot(db)
+    refused = [
+        patch(admin_url, {"password": NEW_PASSWORD}),
+        client.post(
+            f"{client_url}/secret",
+            headers={**boss, "If-Match": client.get(client_url, headers=boss).headers["ETag"]},
+        ),
+        appoint("second-admin@example.org"),
+        client.post(
+            f"{API}/orgs/{shelter}/clients", json={"name": "c", "role": "org_admin"}, headers=boss
+        ),
+        patch(worker_url, {"role": "org_admin"}),
+    ]
+    assert [r.status_code for r in refused] == [403] * 5, [r.get_json() for r in refused]
+    for response in refused:
+        assert_problem(response, 403)
+    assert snapshot(db) == before
+    assert factory.login(admin)  # its own password still works
+
+    # Switched off, an administrator still cannot be given a password by the platform...
+    assert patch(admin_url, {"active": False}).status_code == 200
+    assert_problem(patch(admin_url, {"password": NEW_PASSWORD}), 403)
+    # ...and while the client administrator is active there is still one: no appointment.
+    assert_problem(appoint("second-admin@example.org"), 403)
+    off = client.patch(
+        client_url,
+        json={"active": False},
+        headers={**boss, "If-Match": client.get(client_url, headers=boss).headers["ETag"]},
+    )
+    assert off.status_code == 200, off.get_json()
+    # None active: the platform appoints a replacement, or promotes a member of staff.
+    appointed = appoint("replacement-admin@example.org")
+    assert appointed.status_code == 201, appointed.get_json()
+    assert_problem(patch(worker_url, {"role": "org_admin"}), 403)  # there is one again
+    # The appointee replaces the password the platform chose, at its first sign-in.
+    login = client.post(
+        f"{API}/auth/login",
+        json={"email": "replacement-admin@example.org", "password": NEW_PASSWORD},
+    )
+    own = bearer(login.get_json()["access_token"])
+    own_url = f"{API}/users/{appointed.get_json()['id']}"
+    tag = client.get(own_url, headers=own).headers["ETag"]
+    changed = client.patch(
+        own_url, json={"password": "only the appointee knows"}, headers={**own, "If-Match": tag}
+    )
+    assert changed.status_code == 200, changed.get_json()
+
+
+def test_a_platform_admin_promotes_staff_to_administrator_where_there_is_none(client, factory, db):
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    shelter = factory.org(OrgType.SHELTER)
+    caseworker = factory.user(Role.CASEWORKER, shelter)
+    url = f"{API}/users/{caseworker.id}"
+    tag = client.get(url, headers=boss).headers["ETag"]
+    promoted = client.patch(url, json={"role": "org_admin"}, headers={**boss, "If-Match": tag})
+    assert promoted.status_code == 200, promoted.get_json()
+    assert row(db, User, caseworker.id).role is Role.ORG_ADMIN
+    # Promoted, it is an administrator: its password is its own.
+    tag = promoted.headers["ETag"]
+    reset = client.patch(url, json={"password": NEW_PASSWORD}, headers={**boss, "If-Match": tag})
+    assert_problem(reset, 403)

@@ -209,6 +209,13 @@ CONTENT_ELSEWHERE = (
 OUTSIDE_PLATFORM = "case-content account outside the platform organisation"
 
 
+ADMIN_CREDENTIALS = (
+    "A platform administrator does not set the password or secret of another "
+    "organisation's administrator; its administrators do."
+)
+ADMIN_ACTIVE = "This organisation has an administrator: it appoints the next one."
+
+
 def _platform_admin(factory: Factory) -> tuple[Principal, dict[str, str]]:
     boss = factory.user(Role.PLATFORM_ADMIN, factory.org(OrgType.PLATFORM))
     return boss, factory.headers(boss)
@@ -402,7 +409,50 @@ def _own_organisation_deactivated(app: Any, client: Any, factory: Factory) -> At
     )
 
 
+def _password_of_an_administrator_elsewhere(app: Any, client: Any, factory: Factory) -> Attempt:
+    boss, headers = _platform_admin(factory)
+    admin = factory.user(Role.ORG_ADMIN, factory.org(OrgType.SHELTER))
+    return Attempt(
+        headers,
+        _as_actor(boss),
+        "PATCH",
+        f"/users/{admin.id}",
+        (User, admin.id),
+        "user:manage",
+        "administrator's credentials outside the platform organisation",
+        ADMIN_CREDENTIALS,
+        body={"password": NEW_PASSWORD},
+        after=lambda: factory.login(admin),
+    )
+
+
+def _administrator_appointed_beside_one(app: Any, client: Any, factory: Factory) -> Attempt:
+    boss, headers = _platform_admin(factory)
+    shelter = factory.org(OrgType.SHELTER)
+    factory.user(Role.ORG_ADMIN, shelter)
+    body = {
+        "email": "second-admin@example.org",
+        "display_name": "Second",
+        "role": "org_admin",
+        "password": NEW_PASSWORD,
+    }
+    return Attempt(
+        headers,
+        _as_actor(boss),
+        "POST",
+        f"/orgs/{shelter}/users",
+        (Organisation, shelter),
+        "user:manage",
+        "administrator appointed where one is active",
+        ADMIN_ACTIVE,
+        body=body,
+        conditional=False,
+    )
+
+
 ATTEMPTS = {
+    "platform-admin-resets-administrator-password": _password_of_an_administrator_elsewhere,
+    "platform-admin-appoints-beside-an-administrator": _administrator_appointed_beside_one,
     "platform-admin-resets-caseworker-password": _password_of_a_caseworker_elsewhere,
     "platform-admin-rotates-caseworker-client-secret": _secret_of_a_caseworker_client_elsewhere,
     "platform-admin-creates-caseworker": _caseworker_created_elsewhere,

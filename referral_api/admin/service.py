@@ -249,20 +249,37 @@ def _reaches_case_content(role: Role | None) -> bool:
     return Permission.CASE_READ in permissions_for(role)
 
 
+def _manages_accounts(role: Role | None) -> bool:
+    """An account of this role sets up others (users or clients): in its organisation it can
+    make one that reads case content."""
+    granted = permissions_for(role)
+    return Permission.USER_MANAGE in granted or Permission.CLIENT_MANAGE in granted
+
+
+_MANAGING_ROLES = tuple(role for role in Role if _manages_accounts(role))
+
+
+def _platform_admin_elsewhere(actor: Actor, org_id: uuid.UUID) -> bool:
+    return (
+        actor.role is Role.PLATFORM_ADMIN
+        and actor.kind is not ActorKind.SYSTEM
+        and org_id != actor.org_id
+    )
+
+
 def _check_credentials_outside_platform(
     actor: Actor, action: Permission, target: _Record, org_id: uuid.UUID, role: Role | None
 ) -> None:
     """A platform administrator sees no case content (DESIGN.md §4), so it may not hand
     itself a way in: outside the platform organisation it neither grants a role that reads
-    case content nor sets the password or secret of an account that has one. It appoints
-    the organisation's administrator (and DPO), who manages its staff; deactivating an
-    account (which only takes access away) stays open to it."""
-    if (
-        actor.role is Role.PLATFORM_ADMIN
-        and actor.kind is not ActorKind.SYSTEM
-        and org_id != actor.org_id
-        and _reaches_case_content(role)
-    ):
+    case content nor sets the password or secret of an account that has one, or that sets
+    up accounts (an administrator whose password it chose would make it a caseworker in
+    two steps). It appoints an organisation's administrator where there is none
+    (`_check_appointment`); deactivating an account (which only takes access away) stays
+    open to it."""
+    if not _platform_admin_elsewhere(actor, org_id):
+        return
+    if _reaches_case_content(role):
         raise _forbidden(
             "A platform administrator does not set up accounts that read case content in "
             "another organisation; its administrator does.",
@@ -270,10 +287,48 @@ def _check_credentials_outside_platform(
             target,
             "case-content account outside the platform organisation",
         )
+    if _manages_accounts(role):
+        raise _forbidden(
+            "A platform administrator does not set the password or secret of another "
+            "organisation's administrator; its administrators do.",
+            action,
+            target,
+            "administrator's credentials outside the platform organisation",
+        )
+
+
+def _check_appointment(
+    session: Session, actor: Actor, action: Permission, target: _Record, org_id: uuid.UUID
+) -> None:
+    """A platform administrator appoints an administrator (a role that sets up accounts) of
+    another organisation only while it has none active: a new organisation's first, or a
+    replacement once the last was switched off. An organisation with an administrator
+    appoints the next itself, so the platform cannot silently add one whose password it
+    chose. The organisation's row is locked first, so two appointments at once are decided
+    one after the other."""
+    session.execute(select(Organisation.id).where(Organisation.id == org_id).with_for_update())
+    for model in (User, ApiClient):
+        others = select(model.id).where(
+            model.org_id == org_id, model.active.is_(True), model.role.in_(_MANAGING_ROLES)
+        )
+        if isinstance(target, model):  # the account being promoted is not one already
+            others = others.where(model.id != target.id)
+        if session.scalar(others.limit(1)) is not None:
+            raise _forbidden(
+                "This organisation has an administrator: it appoints the next one.",
+                action,
+                target,
+                "administrator appointed where one is active",
+            )
 
 
 def _check_role_grant(
-    actor: Actor, action: Permission, target: _Record, org: Organisation, role: Role
+    session: Session,
+    actor: Actor,
+    action: Permission,
+    target: _Record,
+    org: Organisation,
+    role: Role,
 ) -> None:
     """May `actor` give `role` to an account in `org`? `target`: the account, or `org` when
     it is being created (what a refusal records)."""
@@ -297,7 +352,10 @@ def _check_role_grant(
             target,
             "platform administrator role granted by another role",
         )
-    _check_credentials_outside_platform(actor, action, target, org.id, role)
+    if _reaches_case_content(role):
+        _check_credentials_outside_platform(actor, action, target, org.id, role)
+    elif _manages_accounts(role) and _platform_admin_elsewhere(actor, org.id):
+        _check_appointment(session, actor, action, target, org.id)
 
 
 # ---- users --------------------------------------------------------------------------------
@@ -328,7 +386,7 @@ def create_user(
     password: str,
 ) -> User:
     _require(actor, Permission.USER_MANAGE, org)
-    _check_role_grant(actor, Permission.USER_MANAGE, org, org, role)
+    _check_role_grant(session, actor, Permission.USER_MANAGE, org, org, role)
     user = User(
         id=uuid.uuid4(),
         org_id=org.id,
@@ -372,7 +430,7 @@ def update_user(
             "platform administrator changed by another role",
         )
     if "role" in changes:
-        _check_role_grant(actor, manage, user, user.organisation, changes["role"])
+        _check_role_grant(session, actor, manage, user, user.organisation, changes["role"])
         user.role = changes["role"]
     if "display_name" in changes:
         user.display_name = changes["display_name"].strip()
@@ -422,7 +480,7 @@ def create_client(
     role: Role,
 ) -> ClientWithSecret:
     _require(actor, Permission.CLIENT_MANAGE, org)
-    _check_role_grant(actor, Permission.CLIENT_MANAGE, org, org, role)
+    _check_role_grant(session, actor, Permission.CLIENT_MANAGE, org, org, role)
     if role is Role.PLATFORM_ADMIN:
         raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
     secret = _new_secret()
@@ -468,7 +526,7 @@ def update_client(
     _require_other_client(actor, client)
     if "role" in changes:
         _check_role_grant(
-            actor, Permission.CLIENT_MANAGE, client, client.organisation, changes["role"]
+            session, actor, Permission.CLIENT_MANAGE, client, client.organisation, changes["role"]
         )
         if changes["role"] is Role.PLATFORM_ADMIN:
             raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
