@@ -43,6 +43,14 @@ class Forbidden(ReferralApiError):
     title = "Forbidden"
 
 
+class PasswordChangeRequired(ReferralApiError):
+    """The right password, which an administrator set: the sign-in must carry a new one."""
+
+    status = 403
+    title = "Forbidden"
+    problem_type = "/problems/password-change-required"
+
+
 class AuthenticationFailed(ReferralApiError):
     status = 401
     title = "Unauthorized"

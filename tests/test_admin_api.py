@@ -28,6 +28,17 @@ from referral_api.smorest import etag_for
 
 API = "/api/v1"
 NEW_PASSWORD = "a brand new passphrase 42"
+# What a user replaces an administrator's NEW_PASSWORD with at the first sign-in.
+OWN_PASSWORD = "a passphrase only its user knows"
+
+
+def first_sign_in(client: Any, email: str, password: str = NEW_PASSWORD) -> Any:
+    """The sign-in of an account whose password an administrator set: replaced at once."""
+    return client.post(
+        f"{API}/auth/login",
+        json={"email": email, "password": password, "new_password": OWN_PASSWORD},
+    )
+
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -1065,10 +1076,18 @@ def test_password_reset_replaces_the_password(client, db, admin_and_worker):
     )
     assert response.status_code == 200
     assert NEW_PASSWORD not in response.get_data(as_text=True)
+    assert row(db, User, worker.id).password_change_required is True
     old = client.post(f"{API}/auth/login", json={"email": worker.email, "password": TEST_PASSWORD})
     assert_problem(old, 401)
+    # The administrator's password signs in only to be replaced.
     new = client.post(f"{API}/auth/login", json={"email": worker.email, "password": NEW_PASSWORD})
-    assert new.status_code == 200
+    assert assert_problem(new, 403)["type"] == "/problems/password-change-required"
+    assert first_sign_in(client, worker.email).status_code == 200
+    assert row(db, User, worker.id).password_change_required is False
+    reset = client.post(f"{API}/auth/login", json={"email": worker.email, "password": NEW_PASSWORD})
+    assert_problem(reset, 401)
+    own = client.post(f"{API}/auth/login", json={"email": worker.email, "password": OWN_PASSWORD})
+    assert own.status_code == 200
 
 
 def test_rename_does_not_end_sessions(client, factory, db, admin_and_worker):
@@ -1140,11 +1159,13 @@ def test_created_user_can_log_in_and_password_is_never_shown(client, factory, db
         "display_name",
         "role",
         "active",
+        "password_change_required",
         "created_at",
         "updated_at",
     }
     assert body["org_id"] == str(admin.org_id)
     assert body["role"] == "caseworker" and body["active"] is True
+    assert body["password_change_required"] is True
     assert response.headers["ETag"] == etag(db, User, uuid.UUID(body["id"]))
 
     texts = [response.get_data(as_text=True)]
@@ -1154,16 +1175,15 @@ def test_created_user_can_log_in_and_password_is_never_shown(client, factory, db
     )
     for text in texts:
         assert NEW_PASSWORD not in text
-        assert "password" not in text
+        assert '"password"' not in text and "password_hash" not in text
         assert "$argon2" not in text
 
     stored = row(db, User, uuid.UUID(body["id"]))
     assert stored.password_hash.startswith("$argon2id$")
     assert NEW_PASSWORD not in stored.password_hash
 
-    login = client.post(
-        f"{API}/auth/login", json={"email": "person@example.org", "password": NEW_PASSWORD}
-    )
+    assert stored.password_change_required is True
+    login = first_sign_in(client, "person@example.org")
     assert login.status_code == 200
     who = me(client, bearer(login.get_json()["access_token"])).get_json()
     assert (who["role"], who["organisation"]["id"]) == ("caseworker", str(admin.org_id))
@@ -1178,10 +1198,7 @@ def test_email_is_normalised(client, factory, db):
     )
     assert response.status_code == 201
     assert response.get_json()["email"] == "mixed.case@example.org"
-    login = client.post(
-        f"{API}/auth/login", json={"email": "MIXED.case@example.org", "password": NEW_PASSWORD}
-    )
-    assert login.status_code == 200
+    assert first_sign_in(client, "MIXED.case@example.org").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -1619,9 +1636,7 @@ def test_platform_admin_bootstraps_a_new_org(client, factory, db):
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["org_id"] == org_id
 
-    login = client.post(
-        f"{API}/auth/login", json={"email": "first-admin@example.org", "password": NEW_PASSWORD}
-    )
+    login = first_sign_in(client, "first-admin@example.org")
     assert login.status_code == 200
     first_admin = bearer(login.get_json()["access_token"])
     # The new org admin now runs their own organisation.
@@ -1791,18 +1806,11 @@ def test_a_platform_admin_takes_over_no_administrator_of_another_organisation(cl
     appointed = appoint("replacement-admin@example.org")
     assert appointed.status_code == 201, appointed.get_json()
     assert_problem(patch(worker_url, {"role": "org_admin"}), 403)  # there is one again
-    # The appointee replaces the password the platform chose, at its first sign-in.
-    login = client.post(
-        f"{API}/auth/login",
-        json={"email": "replacement-admin@example.org", "password": NEW_PASSWORD},
-    )
-    own = bearer(login.get_json()["access_token"])
-    own_url = f"{API}/users/{appointed.get_json()['id']}"
-    tag = client.get(own_url, headers=own).headers["ETag"]
-    changed = client.patch(
-        own_url, json={"password": "only the appointee knows"}, headers={**own, "If-Match": tag}
-    )
-    assert changed.status_code == 200, changed.get_json()
+    # The appointee must replace the password the platform chose, at its first sign-in.
+    chosen = {"email": "replacement-admin@example.org", "password": NEW_PASSWORD}
+    assert_problem(client.post(f"{API}/auth/login", json=chosen), 403)
+    assert first_sign_in(client, chosen["email"]).status_code == 200
+    assert_problem(client.post(f"{API}/auth/login", json=chosen), 401)
 
 
 def test_a_platform_admin_promotes_staff_to_administrator_where_there_is_none(client, factory, db):

@@ -170,7 +170,9 @@ def get_user(user_id: uuid.UUID) -> Any:
 def update_user(changes: dict[str, Any], user_id: uuid.UUID) -> Any:
     """Change a user's name, role, password or active status (If-Match required)
 
-    Deactivation, a role change or a password reset ends the user's current logins.
+    Deactivation, a role change or a password reset ends the user's current logins. A
+    password reset here must be replaced at the user's next sign-in; your own password is
+    changed at sign-in (`POST /auth/login` with `new_password`), not here (403).
     """
     actor = current_actor()
     user = service.get_user(db.session, actor, user_id, Permission.USER_MANAGE)

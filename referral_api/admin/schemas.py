@@ -9,6 +9,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from referral_api.access.roles import OrgType, Role
+from referral_api.auth.schemas import NEW_PASSWORD_LENGTH
 from referral_api.pagination import PageArgsSchema
 from referral_api.schema_fields import AwareDateTime, Boolean, no_coordinates, not_blank
 
@@ -47,6 +48,12 @@ class UserSchema(ma.Schema):
     display_name = ma.fields.String()
     role = ma.fields.Enum(Role, by_value=True)
     active = Boolean()
+    password_change_required = Boolean(
+        dump_only=True,
+        metadata={
+            "description": "An administrator set the password: the user's next sign-in replaces it."
+        },
+    )
     created_at = AwareDateTime(dump_only=True)
     updated_at = AwareDateTime(dump_only=True)
 
@@ -55,16 +62,14 @@ class UserCreateSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=validate.Length(max=254))
     display_name = ma.fields.String(required=True, validate=_NAME)
     role = ma.fields.Enum(Role, by_value=True, required=True)
-    password = ma.fields.String(
-        required=True, load_only=True, validate=validate.Length(min=12, max=1024)
-    )
+    password = ma.fields.String(required=True, load_only=True, validate=NEW_PASSWORD_LENGTH)
 
 
 class UserUpdateSchema(ma.Schema):
     display_name = ma.fields.String(validate=_NAME)
     role = ma.fields.Enum(Role, by_value=True)
     active = Boolean()
-    password = ma.fields.String(load_only=True, validate=validate.Length(min=12, max=1024))
+    password = ma.fields.String(load_only=True, validate=NEW_PASSWORD_LENGTH)
 
 
 class ApiClientSchema(ma.Schema):

@@ -394,6 +394,8 @@ def create_user(
         display_name=display_name.strip(),
         role=role,
         password_hash=hasher.hash(password),
+        # Chosen by its administrator: replaced at the first sign-in (not for the CLI's).
+        password_change_required=actor.kind is not ActorKind.SYSTEM,
     )
     session.add(user)
     _flush_unique(session, "A user with this e-mail address already exists.")
@@ -422,6 +424,16 @@ def update_user(
             user,
             "own role or status",
         )
+    if is_self and "password" in changes:
+        # A stolen access token (15 minutes) must not become the account: one's own password
+        # is changed with the current one, at sign-in.
+        raise _forbidden(
+            "Change your own password by signing in with it and a new_password "
+            "(POST /api/v1/auth/login).",
+            manage,
+            user,
+            "own password without the current one",
+        )
     if user.role is Role.PLATFORM_ADMIN and actor.role is not Role.PLATFORM_ADMIN:
         raise _forbidden(
             "Only a platform administrator can change a platform administrator.",
@@ -438,6 +450,8 @@ def update_user(
         role = changes.get("role", user.role)
         _check_credentials_outside_platform(actor, manage, user, user.org_id, role)
         user.password_hash = hasher.hash(changes["password"])
+        # A password someone else set is replaced at the account's next sign-in.
+        user.password_change_required = actor.kind is not ActorKind.SYSTEM
     if "active" in changes:
         user.active = changes["active"]
     if changes.get("active") is False or "password" in changes or "role" in changes:

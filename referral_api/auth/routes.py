@@ -21,7 +21,12 @@ from referral_api.access.permissions import Permission
 from referral_api.auth import service
 from referral_api.auth.models import ApiClient, User
 from referral_api.auth.schemas import ClientCredentialsSchema, LoginSchema, MeSchema, TokenSchema
-from referral_api.exceptions import AuthenticationFailed, ReferralApiError, ValidationFailed
+from referral_api.exceptions import (
+    AuthenticationFailed,
+    PasswordChangeRequired,
+    ReferralApiError,
+    ValidationFailed,
+)
 from referral_api.extensions import db, hasher
 from referral_api.smorest import Blueprint, current_actor
 
@@ -70,12 +75,16 @@ def _commit_then_raise(error: ReferralApiError) -> None:
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
+@blp.alt_response(403, response="FORBIDDEN")
 @blp.alt_response(429, response="TOO_MANY_REQUESTS")
 def login(credentials: dict[str, str]) -> dict[str, Any]:
     """Log in with e-mail and password
 
     Returns a short-lived access token and a rotating refresh token. Unknown e-mail and wrong
     password get the same answer; repeated failures are throttled per account and address.
+    With `new_password` the password is replaced at this sign-in (every other login of the
+    account ends); a password an administrator set must be replaced so at the first sign-in
+    (without it: 403 `/problems/password-change-required`).
     """
     try:
         issued = service.login(
@@ -83,13 +92,14 @@ def login(credentials: dict[str, str]) -> dict[str, Any]:
             hasher,
             email=credentials["email"],
             password=credentials["password"],
+            new_password=credentials.get("new_password"),
             address=request.remote_addr or "unknown",
             policy=_throttle_policy(),
             refresh_lifetime=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
             now=datetime.now(UTC),
             request_id=g.get("request_id"),
         )
-    except AuthenticationFailed as error:
+    except (AuthenticationFailed, PasswordChangeRequired) as error:
         _commit_then_raise(error)
     db.session.commit()
     return _tokens(issued)

@@ -8,11 +8,23 @@ from marshmallow import validate
 from referral_api.access.permissions import Permission
 from referral_api.access.roles import OrgType, Role
 
+# What a new password must be, whoever sets it (an administrator, or its user at sign-in).
+NEW_PASSWORD_LENGTH = validate.Length(min=12, max=1024)
+
 
 class LoginSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=validate.Length(max=254))
     password = ma.fields.String(
         required=True, load_only=True, validate=validate.Length(min=1, max=1024)
+    )
+    new_password = ma.fields.String(
+        load_only=True,
+        validate=NEW_PASSWORD_LENGTH,
+        metadata={
+            "description": "Replaces the password at this sign-in (every other login of the "
+            "account ends). Required when an administrator set the password: without it "
+            "such a sign-in is refused with 403 /problems/password-change-required."
+        },
     )
 
 

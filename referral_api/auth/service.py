@@ -40,7 +40,12 @@ from referral_api.auth.models import (
 from referral_api.auth.passwords import CredentialHasher
 from referral_api.crypto.keys import remember_stored_versions, stored_versions_columns
 from referral_api.crypto.server_keys import keyed_digest
-from referral_api.exceptions import AuthenticationFailed, TooManyAttempts
+from referral_api.exceptions import (
+    AuthenticationFailed,
+    PasswordChangeRequired,
+    TooManyAttempts,
+    ValidationFailed,
+)
 
 INVALID_CREDENTIALS = "Invalid credentials."
 
@@ -57,7 +62,11 @@ UNKNOWN_ACCOUNT = "unknown-account"
 WRONG_SECRET = "wrong-secret"  # noqa: S105 - a reason code (password or client secret)
 ACCOUNT_INACTIVE = "account-inactive"
 ORGANISATION_INACTIVE = "organisation-inactive"
+# The right password, set by an administrator, presented without a new one (403, not 401).
+PASSWORD_CHANGE_REQUIRED = "password-change-required"  # noqa: S105 - a reason code
 REFRESH_TOKEN_REUSE = "refresh-token-reuse"  # noqa: S105 - a reason code
+# A user's own password change, at sign-in (an `allow` row, the user as actor).
+PASSWORD_CHANGE = "auth:password-change"  # noqa: S105 - an action name
 # Why a signed access token no longer opens its session (TOKEN_REFUSED; also the two above).
 UNKNOWN_SESSION = "unknown-session"
 SESSION_REVOKED = "session-revoked"
@@ -67,6 +76,7 @@ REFUSAL_REASONS = (
     WRONG_SECRET,
     ACCOUNT_INACTIVE,
     ORGANISATION_INACTIVE,
+    PASSWORD_CHANGE_REQUIRED,
     REFRESH_TOKEN_REUSE,
     UNKNOWN_SESSION,
     SESSION_REVOKED,
@@ -367,12 +377,15 @@ def login(
     refresh_lifetime: timedelta,
     now: datetime,
     request_id: str | None = None,
+    new_password: str | None = None,
 ) -> IssuedSession:
     """Check e-mail and password; on success open a session with a first refresh token.
 
     Unknown e-mail, wrong password, inactive user and inactive organisation all raise the
     same AuthenticationFailed after the same Argon2 work; the audit row (`record_refusal`)
-    says which it was.
+    says which it was. With `new_password` the account's password is replaced first (its
+    other logins end); a password an administrator set must be replaced so, or the sign-in
+    is refused (PasswordChangeRequired).
     """
     email = email.strip().lower()
     account_key = _throttle_key("acct", email)
@@ -390,11 +403,63 @@ def login(
         )
 
     _clear_failures(session, account_key)
-    if hasher.needs_rehash(user.password_hash):
+    if new_password is not None:
+        _change_own_password(session, hasher, user, password, new_password, now, request_id)
+    elif user.password_change_required:
+        record_refusal(
+            session,
+            SIGN_IN,
+            reason=PASSWORD_CHANGE_REQUIRED,
+            account=user,
+            request_id=request_id,
+        )
+        raise PasswordChangeRequired(
+            "This password was set by an administrator: sign in with a new_password of your "
+            "own to replace it."
+        )
+    elif hasher.needs_rehash(user.password_hash):
         user.password_hash = hasher.hash(password)
     auth_session = _new_session(session, now, refresh_lifetime, user=user)
     jti = _new_refresh_token(session, auth_session, now, refresh_lifetime)
     return IssuedSession(subject=f"user:{user.id}", session_id=auth_session.id, refresh_jti=jti)
+
+
+def _change_own_password(
+    session: Session,
+    hasher: CredentialHasher,
+    user: User,
+    current: str,
+    new_password: str,
+    now: datetime,
+    request_id: str | None,
+) -> None:
+    """The signed-in user's own new password (the current one just verified): stored, the
+    administrator's mark cleared, every other login of the account ended, audited."""
+    if new_password == current:
+        raise ValidationFailed({"new_password": ["Choose a password other than the current one."]})
+    required = user.password_change_required
+    user.password_hash = hasher.hash(new_password)
+    user.password_change_required = False
+    revoke_sessions_of_user(session, user.id, reason="password_changed", now=now)
+    actor = replace(
+        Actor.for_principal(
+            kind=ActorKind.USER,
+            id=user.id,
+            org_id=user.org_id,
+            org_type=user.organisation.org_type,
+            role=user.role,
+        ),
+        request_id=request_id,
+    )
+    values = audit.row(
+        actor,
+        PASSWORD_CHANGE,
+        resource_type="user",
+        resource_id=user.id,
+        details={"required": required},
+    )
+    audit.insert_rows(session, [values])
+    audit.mark_written(session)
 
 
 def rotate_refresh_token(
