@@ -1813,6 +1813,72 @@ def test_a_platform_admin_takes_over_no_administrator_of_another_organisation(cl
     assert_problem(client.post(f"{API}/auth/login", json=chosen), 401)
 
 
+def test_a_platform_admin_switches_no_dormant_administrator_back_on(client, factory, db):
+    """An administrator the platform appointed and switched off would be a way in kept for
+    later: switching it back on is appointing it again, refused while the organisation has
+    an active administrator of its own (found by review)."""
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    org = client.post(f"{API}/orgs", json={"name": "Dormant", "org_type": "shelter"}, headers=boss)
+    org_id = org.get_json()["id"]
+    made = client.post(
+        f"{API}/orgs/{org_id}/users",
+        json=_new_user(email="dormant@example.org", role="org_admin"),
+        headers=boss,
+    )
+    assert made.status_code == 201, made.get_json()
+    url = f"{API}/users/{made.get_json()['id']}"
+
+    def switch(on: bool) -> Any:
+        tag = client.get(url, headers=boss).headers["ETag"]
+        return client.patch(url, json={"active": on}, headers={**boss, "If-Match": tag})
+
+    assert switch(False).status_code == 200
+    real = factory.user(Role.ORG_ADMIN, uuid.UUID(org_id))  # the organisation's own
+    before = snapshot(db)
+    assert_problem(switch(True), 403)
+    assert snapshot(db) == before
+    # Once the organisation has no active administrator, switching one on is a recovery.
+    real_url = f"{API}/users/{real.id}"
+    tag = client.get(real_url, headers=boss).headers["ETag"]
+    off = client.patch(real_url, json={"active": False}, headers={**boss, "If-Match": tag})
+    assert off.status_code == 200
+    assert switch(True).status_code == 200
+
+
+def test_a_platform_admin_makes_no_administrator_client_of_another_organisation(
+    client, factory, db
+):
+    """A client cannot replace its own secret, so an administrator client the platform made
+    (or switched on) would stay the platform's: it appoints a user administrator, who sets
+    up the clients."""
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    org = factory.org(OrgType.POLICE)  # no administrator at all
+    dpo_client, _ = factory.client_credentials(Role.DPO, org)
+    admin_client, _ = factory.client_credentials(Role.ORG_ADMIN, org)
+    dpo_url = f"{API}/clients/{client_pk(db, dpo_client)}"
+    admin_url = f"{API}/clients/{client_pk(db, admin_client)}"
+
+    def patch(url: str, body: dict) -> Any:
+        tag = client.get(url, headers=boss).headers["ETag"]
+        return client.patch(url, json=body, headers={**boss, "If-Match": tag})
+
+    assert patch(admin_url, {"active": False}).status_code == 200  # taking access away: yes
+    before = snapshot(db)
+    refused = [
+        client.post(
+            f"{API}/orgs/{org}/clients", json={"name": "c", "role": "org_admin"}, headers=boss
+        ),
+        patch(dpo_url, {"role": "org_admin"}),
+        patch(admin_url, {"active": True}),
+    ]
+    for response in refused:
+        assert "as a user" in assert_problem(response, 403)["detail"]
+    assert snapshot(db) == before
+    # A user administrator it may appoint (there is none active), as before.
+    made = client.post(f"{API}/orgs/{org}/users", json=_new_user(role="org_admin"), headers=boss)
+    assert made.status_code == 201, made.get_json()
+
+
 def test_a_platform_admin_promotes_staff_to_administrator_where_there_is_none(client, factory, db):
     boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
     shelter = factory.org(OrgType.SHELTER)

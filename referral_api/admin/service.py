@@ -322,6 +322,38 @@ def _check_appointment(
             )
 
 
+def _check_reactivation(
+    session: Session,
+    actor: Actor,
+    action: Permission,
+    target: _Record,
+    org_id: uuid.UUID,
+    role: Role,
+) -> None:
+    """Switching an administrator back on is appointing it again: a platform administrator
+    does it only where the organisation has no active administrator (an account it set up
+    and switched off would otherwise be a way in, kept for later)."""
+    if _manages_accounts(role) and _platform_admin_elsewhere(actor, org_id):
+        _check_appointment(session, actor, action, target, org_id)
+
+
+def _check_client_administrator(
+    actor: Actor, action: Permission, target: _Record, org_id: uuid.UUID, role: Role
+) -> None:
+    """A platform administrator makes no administrator client of another organisation, nor
+    switches one on: a client cannot replace its own secret, so one the platform was handed
+    would stay the platform's. It appoints a user administrator, who replaces the password
+    at the first sign-in and sets up the organisation's clients."""
+    if _manages_accounts(role) and _platform_admin_elsewhere(actor, org_id):
+        raise _forbidden(
+            "A platform administrator appoints another organisation's administrator as a "
+            "user; its administrators set up its clients.",
+            action,
+            target,
+            "administrator client outside the platform organisation",
+        )
+
+
 def _check_role_grant(
     session: Session,
     actor: Actor,
@@ -452,6 +484,10 @@ def update_user(
         user.password_hash = hasher.hash(changes["password"])
         # A password someone else set is replaced at the account's next sign-in.
         user.password_change_required = actor.kind is not ActorKind.SYSTEM
+    if changes.get("active") is True and not user.active:
+        _check_reactivation(
+            session, actor, manage, user, user.org_id, changes.get("role", user.role)
+        )
     if "active" in changes:
         user.active = changes["active"]
     if changes.get("active") is False or "password" in changes or "role" in changes:
@@ -497,6 +533,7 @@ def create_client(
     _check_role_grant(session, actor, Permission.CLIENT_MANAGE, org, org, role)
     if role is Role.PLATFORM_ADMIN:
         raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
+    _check_client_administrator(actor, Permission.CLIENT_MANAGE, org, org.id, role)
     secret = _new_secret()
     client = ApiClient(
         id=uuid.uuid4(),
@@ -538,13 +575,17 @@ def update_client(
     session: Session, actor: Actor, client: ApiClient, changes: dict[str, Any]
 ) -> ApiClient:
     _require_other_client(actor, client)
+    role = changes.get("role", client.role)
     if "role" in changes:
         _check_role_grant(
-            session, actor, Permission.CLIENT_MANAGE, client, client.organisation, changes["role"]
+            session, actor, Permission.CLIENT_MANAGE, client, client.organisation, role
         )
-        if changes["role"] is Role.PLATFORM_ADMIN:
+        if role is Role.PLATFORM_ADMIN:
             raise ValidationFailed({"role": ["Machine clients cannot be platform administrators."]})
-        client.role = changes["role"]
+    if "role" in changes or (changes.get("active") is True and not client.active):
+        _check_client_administrator(actor, Permission.CLIENT_MANAGE, client, client.org_id, role)
+    if "role" in changes:
+        client.role = role
     if "name" in changes:
         client.name = changes["name"].strip()
     if "active" in changes:
