@@ -67,14 +67,7 @@ def _on_record(
 ) -> _Refusal:
     """`error`, carrying the deny row it leaves: ids and a reason, never a value the request
     carried (a password, a name)."""
-    error.audit = {
-        "action": str(action),
-        "resource_type": resource_type,
-        "resource_id": str(resource_id) if resource_id is not None else None,
-        "decision": audit.DENY,
-        "reason": reason,
-    }
-    return error
+    return audit.on_record(error, str(action), resource_type, resource_id, reason)
 
 
 def _forbidden(message: str, action: Permission, target: _Record, reason: str) -> Forbidden:

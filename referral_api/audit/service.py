@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import (
@@ -45,6 +45,24 @@ from referral_api.audit.models import AuditChainHead, AuditEvent
 GENESIS_HASH = "0" * 64
 ALLOW = "allow"
 DENY = "deny"
+
+_Error = TypeVar("_Error", bound=Exception)
+
+
+def on_record(
+    error: _Error, action: str, resource_type: str, resource_id: Any, reason: str
+) -> _Error:
+    """`error`, carrying the deny row it leaves (errors.handle_domain_error writes it in a
+    transaction of its own): ids and a reason code, never a value the request carried."""
+    error.audit = {  # type: ignore[attr-defined]
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": str(resource_id) if resource_id is not None else None,
+        "decision": DENY,
+        "reason": reason,
+    }
+    return error
+
 
 log = logging.getLogger(__name__)
 # The action of the row that records a lost chain head rebuilt by sealing (`_lock_head`).

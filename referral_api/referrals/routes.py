@@ -235,6 +235,7 @@ def list_notifications(args: dict[str, Any]) -> Any:
     page = service.list_notifications(
         db.session, current_actor(), args["unread"], args["cursor"], args["limit"]
     )
+    db.session.commit()  # the page's audit rows
     return page.items, 200, link_header(page, args["limit"])
 
 

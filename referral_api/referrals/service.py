@@ -1046,11 +1046,13 @@ def read_message(
 def list_notifications(
     session: Session, actor: Actor, unread_only: bool, cursor: str | None, limit: int
 ) -> Page:
-    """Newest first, a page at a time (the cursor from the previous page's `Link`)."""
+    """Newest first, a page at a time (the cursor from the previous page's `Link`). Each
+    referral an event is shown of is on the record, as in the referral list (one row per
+    notification shown, on its referral's case)."""
     stmt = select(Notification).where(Notification.org_id == actor.org_id)
     if unread_only:
         stmt = stmt.where(Notification.read_at.is_(None))
-    return paginate(
+    page = paginate(
         session,
         stmt,
         created_col=Notification.created_at,
@@ -1058,6 +1060,27 @@ def list_notifications(
         cursor=cursor,
         limit=limit,
     )
+    shown = {n.referral_id for n in page.items}
+    cases: dict[uuid.UUID, uuid.UUID] = {}
+    if shown:
+        query = select(Referral.id, Referral.case_id).where(Referral.id.in_(shown))
+        cases = dict(session.execute(query).all())  # type: ignore[arg-type]
+    audit.record_many(
+        session,
+        actor,
+        str(Permission.REFERRAL_READ),
+        resource_type="referral",
+        rows=[
+            {
+                "resource_id": n.referral_id,
+                "case_id": cases.get(n.referral_id),
+                "details": {"via": "notifications", "event": n.event},
+            }
+            for n in page.items
+        ],
+        none_shown={"via": "notifications", "results": 0},
+    )
+    return page
 
 
 def mark_notification_read(
@@ -1065,7 +1088,17 @@ def mark_notification_read(
 ) -> Notification:
     notification = session.get(Notification, notification_id)
     if notification is None or notification.org_id != actor.org_id:
-        raise NotFound()
+        # Another organisation's is answered as one that does not exist, both on the record.
+        error = NotFound()
+        error.audit = {
+            "action": str(Permission.REFERRAL_TRANSITION),
+            "resource_type": "notification",
+            "resource_id": str(notification_id),
+            "case_id": None,
+            "decision": audit.DENY,
+            "reason": "no such notification" if notification is None else "outside record scope",
+        }
+        raise error
     if notification.read_at is None:
         notification.read_at = now()
     return notification

@@ -894,6 +894,7 @@ def download_export(session: Session, actor: Actor, export_id: uuid.UUID) -> str
         actor,
         "case:export-download",
         export.case_id,
+        categories=[c.value for c in ALL_CATEGORIES],  # the whole record is handed out
         details={"export_id": str(export.id)},
     )
     return document
