@@ -871,12 +871,10 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
             limit=limit,
         )
     # One row per referral shown, as for a single read: the list carries each one's message.
-    audit.record_many(
+    _record_shown(
         session,
         actor,
-        str(Permission.REFERRAL_READ),
-        resource_type="referral",
-        rows=[
+        [
             {
                 "resource_id": referral.id,
                 "case_id": referral.case_id,
@@ -888,6 +886,20 @@ def list_referrals(session: Session, actor: Actor, params: dict[str, Any]) -> Pa
         none_shown={"box": box or "all", "results": 0},
     )
     return page
+
+
+def _record_shown(
+    session: Session, actor: Actor, rows: list[dict[str, Any]], none_shown: dict[str, Any]
+) -> None:
+    """A page of referrals shown (the list, the notifications): one referral:read row each."""
+    audit.record_many(
+        session,
+        actor,
+        str(Permission.REFERRAL_READ),
+        resource_type="referral",
+        rows=rows,
+        none_shown=none_shown,
+    )
 
 
 def _both_boxes(
@@ -1065,12 +1077,10 @@ def list_notifications(
     if shown:
         query = select(Referral.id, Referral.case_id).where(Referral.id.in_(shown))
         cases = dict(session.execute(query).all())  # type: ignore[arg-type]
-    audit.record_many(
+    _record_shown(
         session,
         actor,
-        str(Permission.REFERRAL_READ),
-        resource_type="referral",
-        rows=[
+        [
             {
                 "resource_id": n.referral_id,
                 "case_id": cases.get(n.referral_id),
