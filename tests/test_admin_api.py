@@ -1879,6 +1879,28 @@ def test_a_platform_admin_makes_no_administrator_client_of_another_organisation(
     assert made.status_code == 201, made.get_json()
 
 
+def test_a_platform_admin_resets_no_password_in_another_organisation(client, factory, db):
+    """Any account it reset could be made an administrator afterwards: the only
+    administrator demoted to DPO (allowed: it takes access away), its password reset,
+    promoted back where none is left. It sets a password only when it creates an account
+    (found by review)."""
+    boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
+    shelter = factory.org(OrgType.SHELTER)
+    only_admin = factory.user(Role.ORG_ADMIN, shelter)
+    url = f"{API}/users/{only_admin.id}"
+
+    def patch(body: dict) -> Any:
+        tag = client.get(url, headers=boss).headers["ETag"]
+        return client.patch(url, json=body, headers={**boss, "If-Match": tag})
+
+    assert patch({"role": "dpo"}).status_code == 200
+    before = snapshot(db)
+    refused = assert_problem(patch({"password": NEW_PASSWORD}), 403)
+    assert "resets no password" in refused["detail"]
+    assert snapshot(db) == before
+    assert factory.login(only_admin)  # its own password still works
+
+
 def test_a_platform_admin_promotes_staff_to_administrator_where_there_is_none(client, factory, db):
     boss = factory.headers(factory.user(Role.PLATFORM_ADMIN))
     shelter = factory.org(OrgType.SHELTER)

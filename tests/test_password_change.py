@@ -155,3 +155,18 @@ def test_an_administrator_resets_others_and_changes_its_own_only_at_sign_in(
     assert _user(app, admin.id).password_change_required is True
     assert_problem(_login(client, admin.email, SET_BY_ADMIN), 403)
     assert _login(client, admin.email, SET_BY_ADMIN, OWN).status_code == 200
+
+
+def test_a_new_password_equal_to_the_password_is_refused_before_any_check(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Refused by the schema, right or wrong, with nothing counted or recorded: a 422 decided
+    after verifying would have told a guesser the password was right (found by review)."""
+    worker = factory.user(Role.CASEWORKER)
+    for password in (TEST_PASSWORD, "not the password at all"):
+        body = assert_problem(_login(client, worker.email, password, password), 422)
+        assert "new_password" in body["errors"]["json"]
+    assert _read(app, select(LoginThrottle.failures)) == []
+    with db.session_factory_for(app)() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEvent)) == 0
+    assert _login(client, worker.email, TEST_PASSWORD).status_code == 200

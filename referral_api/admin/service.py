@@ -298,8 +298,20 @@ def _check_appointment(
     replacement once the last was switched off. An organisation with an administrator
     appoints the next itself, so the platform cannot silently add one whose password it
     chose. The organisation's row is locked first, so two appointments at once are decided
-    one after the other."""
-    session.execute(select(Organisation.id).where(Organisation.id == org_id).with_for_update())
+    one after the other.
+
+    Locks in a sign-in's order (`auth.service._credential_current`: the account, then its
+    organisation), so an appointment and a sign-in of the account appointed never wait for
+    each other both ways: the account being promoted or switched on first, then the
+    organisation, FOR NO KEY UPDATE (which does not hold back rows referencing it)."""
+    if isinstance(target, (User, ApiClient)):
+        account = type(target)
+        session.execute(
+            select(account.id).where(account.id == target.id).with_for_update(key_share=True)
+        )
+    session.execute(
+        select(Organisation.id).where(Organisation.id == org_id).with_for_update(key_share=True)
+    )
     for model in (User, ApiClient):
         others = select(model.id).where(
             model.org_id == org_id, model.active.is_(True), model.role.in_(_MANAGING_ROLES)
@@ -474,6 +486,16 @@ def update_user(
     if "password" in changes:
         role = changes.get("role", user.role)
         _check_credentials_outside_platform(actor, manage, user, user.org_id, role)
+        if _platform_admin_elsewhere(actor, user.org_id):
+            # Any account it reset could be made an administrator afterwards (demoted,
+            # reset, promoted back where none is left): it sets a password only at creation.
+            raise _forbidden(
+                "A platform administrator resets no password in another organisation; its "
+                "administrators do.",
+                manage,
+                user,
+                "password reset outside the platform organisation",
+            )
         user.password_hash = hasher.hash(changes["password"])
         # A password someone else set is replaced at the account's next sign-in.
         user.password_change_required = actor.kind is not ActorKind.SYSTEM

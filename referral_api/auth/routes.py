@@ -70,7 +70,9 @@ def _commit_then_raise(error: ReferralApiError) -> None:
 @blp.repeatable(
     "tokens are never stored, so a login cannot be replayed. A repeat is another login with "
     "tokens of its own; a login whose answer was lost is never used and lapses when its "
-    "refresh token expires."
+    "refresh token expires. A login with new_password is the exception: once it has changed "
+    "the password, its repeat presents the old one (401, a failed sign-in); retry with the "
+    "new password instead."
 )
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import validate
 
@@ -26,6 +28,15 @@ class LoginSchema(ma.Schema):
             "such a sign-in is refused with 403 /problems/password-change-required."
         },
     )
+
+    @ma.validates_schema
+    def _new_password_differs(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        # Checked before any password is: a 422 decided after verifying would tell a
+        # guesser that the password was right.
+        if "new_password" in data and data["new_password"] == data.get("password"):
+            raise ma.ValidationError(
+                "Choose a password other than the current one.", "new_password"
+            )
 
 
 class ClientCredentialsSchema(ma.Schema):

@@ -44,7 +44,6 @@ from referral_api.exceptions import (
     AuthenticationFailed,
     PasswordChangeRequired,
     TooManyAttempts,
-    ValidationFailed,
 )
 
 INVALID_CREDENTIALS = "Invalid credentials."
@@ -404,7 +403,7 @@ def login(
 
     _clear_failures(session, account_key)
     if new_password is not None:
-        _change_own_password(session, hasher, user, password, new_password, now, request_id)
+        _change_own_password(session, hasher, user, new_password, now, request_id)
     elif user.password_change_required:
         record_refusal(
             session,
@@ -428,15 +427,13 @@ def _change_own_password(
     session: Session,
     hasher: CredentialHasher,
     user: User,
-    current: str,
     new_password: str,
     now: datetime,
     request_id: str | None,
 ) -> None:
-    """The signed-in user's own new password (the current one just verified): stored, the
-    administrator's mark cleared, every other login of the account ended, audited."""
-    if new_password == current:
-        raise ValidationFailed({"new_password": ["Choose a password other than the current one."]})
+    """The signed-in user's own new password (the current one just verified; LoginSchema
+    refused one equal to it before anything was checked): stored, the administrator's mark
+    cleared, every other login of the account ended, audited."""
     required = user.password_change_required
     user.password_hash = hasher.hash(new_password)
     user.password_change_required = False
