@@ -464,8 +464,8 @@ def test_retention_apply_leaves_cases_that_changed_after_listing(
     result = runner.invoke(args=["retention", "run", "--apply"])
     assert result.exit_code == 0, result.output
     assert (
-        "1 cases erased, 2 skipped under legal hold, 1 changed since listed and left alone"
-        in result.output
+        "1 cases erased, 2 skipped under legal hold or restriction, "
+        "1 changed since listed and left alone" in result.output
     )
     for label in ("due_thb", "due_gbv", "held"):
         ok(client.get(f"{API}/cases/{ids[label]}", headers=world.h["worker"]))
@@ -499,7 +499,7 @@ def test_a_database_conflict_on_one_case_leaves_it_for_the_next_run(
     result = runner.invoke(args=["retention", "run", "--apply"])
     assert result.exit_code == 1, (result.output, repr(result.exception))
     assert (
-        "2 cases erased, 1 skipped under legal hold, 1 failed on a database conflict"
+        "2 cases erased, 1 skipped under legal hold or restriction, 1 failed on a database conflict"
         " (retry later)" in result.output
     )
     assert f"{conflicted}: not erased" in result.output

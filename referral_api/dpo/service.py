@@ -1344,6 +1344,7 @@ RETENTION_DUE_COLUMNS = (
     "closed_at",
     "due_at",
     "legal_hold",
+    "restricted",
 )
 
 
@@ -1354,7 +1355,8 @@ def retention_due(
     policy: dict[str, dict[str, int]] | None,
 ) -> Report:
     """Closed cases past their retention period under `policy` (days after closure, per
-    case type), legal holds flagged: what `referral-api retention run` would erase. Oldest
+    case type), legal holds and restrictions flagged (both skipped): what `referral-api
+    retention run` lists. Oldest
     closure first."""
     name = "retention-due"
     scope = report_scope(session, actor, name, filters)
@@ -1370,6 +1372,7 @@ def retention_due(
             "closed_at": row["closed_at"],
             "due_at": retention_due_at(periods, row["case_type"], row["closed_at"]),
             "legal_hold": bool(row["legal_hold"]),
+            "restricted": bool(row["restricted"]),
         }
 
     order = [SortKey("closed_at", "d"), SortKey("case_id", "u")]

@@ -18,10 +18,10 @@ retention_group = AppGroup("retention", help="Retention schedule.")
 @retention_group.command("run")
 @click.option("--apply", "apply_", is_flag=True, help="Erase the due cases (default: list only)")
 def run(apply_: bool) -> None:
-    """List (or with --apply erase, by crypto-shredding) cases past retention; legal holds
-    are skipped. --apply also clears expired exports, spent sign-in failure counters,
-    expired idempotency keys (with their stored responses) and logins ended over 30 days ago
-    (with their refresh tokens). A case whose erasure a
+    """List (or with --apply erase, by crypto-shredding) cases past retention; cases on
+    legal hold or restricted are skipped. --apply also clears expired exports, spent sign-in
+    failure counters, expired idempotency keys (with their stored responses) and logins
+    ended over 30 days ago (with their refresh tokens). A case whose erasure a
     concurrent change aborted is left for the next run: exit status 1."""
     from referral_api.access.actor import Actor
     from referral_api.auth.service import purge_ended_sessions, purge_stale_throttles
@@ -38,18 +38,24 @@ def run(apply_: bool) -> None:
     factory = db.session_factory_for(current_app)
     with factory() as session:
         due = retention_due(session, current_app.config["RETENTION_POLICY"])
-    held = [row for row in due if row.legal_hold]
-    todo = [row for row in due if not row.legal_hold]
+    held = [row for row in due if row.kept]
+    todo = [row for row in due if not row.kept]
     for row in due:
-        flag = " (legal hold: skipped)" if row.legal_hold else ""
+        kept = [
+            why
+            for why, yes in (("legal hold", row.legal_hold), ("restricted", row.restricted))
+            if yes
+        ]
+        flag = f" ({', '.join(kept)}: skipped)" if kept else ""
         click.echo(
             f"{row.case_id} {row.case_type} closed {row.closed_at:%Y-%m-%d} "
             f"due {row.due_at:%Y-%m-%d}{flag}"
         )
     if not apply_:
+        restricted = sum(1 for row in due if row.restricted and not row.legal_hold)
         click.echo(
-            f"{len(todo)} cases due for erasure, {len(held)} on legal hold; "
-            "run with --apply to erase",
+            f"{len(todo)} cases due for erasure, {len(held) - restricted} on legal hold, "
+            f"{restricted} restricted; run with --apply to erase",
             err=True,
         )
         return
@@ -105,7 +111,7 @@ def run(apply_: bool) -> None:
                     left_alone += 1
                 else:
                     erased += 1
-    summary = f"{erased} cases erased, {skipped} skipped under legal hold"
+    summary = f"{erased} cases erased, {skipped} skipped under legal hold or restriction"
     if left_alone:
         summary += f", {left_alone} changed since listed and left alone"
     if failed:

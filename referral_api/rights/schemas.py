@@ -99,3 +99,6 @@ class RetentionDueSchema(ma.Schema):
     closed_at = AwareDateTime()
     due_at = AwareDateTime()
     legal_hold = Boolean()
+    restricted = Boolean(
+        metadata={"description": "Processing restricted: retention leaves it alone too."}
+    )

@@ -911,6 +911,14 @@ class RetentionDue:
     closed_at: datetime
     due_at: datetime
     legal_hold: bool
+    # Processing restricted (Art. 18): stored, not processed, so not erased by retention
+    # either (the person may need it kept for a legal claim); the owner lifts it first.
+    restricted: bool = False
+
+    @property
+    def kept(self) -> bool:
+        """Retention leaves it alone: a legal hold, or a restriction."""
+        return self.legal_hold or self.restricted
 
 
 def retention_due_select(
@@ -918,8 +926,8 @@ def retention_due_select(
 ) -> Select[Any]:
     """The closed cases past their retention period at `at` (days after closure, per case
     type), not erased, as one unordered statement: `case_id`, `org_id`, `case_type`,
-    `closed_at`, `legal_hold` (a hold not lifted). `retention_due_at` gives each one's due
-    date. (The DPO's report pages it; `retention_due` reads it whole.)"""
+    `closed_at`, `legal_hold` (a hold not lifted), `restricted`. `retention_due_at` gives
+    each one's due date. (The DPO's report pages it; `retention_due` reads it whole.)"""
     cases = Case.__table__.c
     held = select(LegalHold.case_id).where(LegalHold.lifted_at.is_(None))
     past = [
@@ -933,6 +941,7 @@ def retention_due_select(
         cases.case_type,
         cases.closed_at,
         cases.id.in_(held).label("legal_hold"),
+        cases.restricted,
     ).where(
         cases.status == CaseStatus.CLOSED,
         cases.erased.is_(False),
@@ -967,6 +976,7 @@ def retention_due(
             row.closed_at,
             retention_due_at(policy, row.case_type, row.closed_at),
             bool(row.legal_hold),
+            bool(row.restricted),
         )
         for row in session.execute(stmt.order_by("closed_at", "case_id"))
     ]
@@ -980,12 +990,18 @@ def erase_if_still_due(
     read again under the erasure's locks (its consents, then its row, as everything else
     takes them: never a deadlock with a withdrawal), and one erased, reopened or closed
     anew since is left alone (None): a reopened case is in use again, a re-closed one not
-    yet due. A legal hold placed since raises LegalHoldActive."""
+    yet due, a restricted one is not processed. A legal hold placed since raises
+    LegalHoldActive."""
     case = session.get(Case, due.case_id)
     if case is None:
         return None
     _lock_case_to_erase(session, case)
-    if case.erased or case.status is not CaseStatus.CLOSED or case.closed_at != due.closed_at:
+    if (
+        case.erased
+        or case.restricted
+        or case.status is not CaseStatus.CLOSED
+        or case.closed_at != due.closed_at
+    ):
         return None
     return erase_case(
         session, actor, case, ErasureBasis.RETENTION_EXPIRED, request_id=None, requested_by=None
