@@ -21,6 +21,12 @@ needs_postgres = pytest.mark.skipif(
 )
 
 
+def _sign_in(app: Any, email: str) -> Any:
+    """A sign-in on a client (and connection) of its own, as another request would be."""
+    with app.test_client() as other:
+        return other.post(f"{API}/auth/login", json={"email": email, "password": TEST_PASSWORD})
+
+
 @needs_postgres
 def test_a_promotion_racing_the_promoted_users_sign_in_does_not_deadlock(
     app: Any, client: Any, factory: Any, monkeypatch: Any
@@ -39,10 +45,7 @@ def test_a_promotion_racing_the_promoted_users_sign_in_does_not_deadlock(
     tag = client.get(url, headers=boss).headers["ETag"]
 
     def sign_in() -> Any:
-        with app.test_client() as other:
-            return other.post(
-                f"{API}/auth/login", json={"email": worker.email, "password": TEST_PASSWORD}
-            )
+        return _sign_in(app, worker.email)
 
     during = run_during(
         monkeypatch,
@@ -77,10 +80,7 @@ def test_a_reactivation_racing_the_accounts_sign_in_does_not_deadlock(
     tag = client.get(url, headers=boss).headers["ETag"]
 
     def sign_in() -> Any:
-        with app.test_client() as other:
-            return other.post(
-                f"{API}/auth/login", json={"email": dormant.email, "password": TEST_PASSWORD}
-            )
+        return _sign_in(app, dormant.email)
 
     real = admin_service._check_appointment
     state: dict[str, Any] = {}

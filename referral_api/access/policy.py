@@ -227,6 +227,19 @@ def require(actor: Actor, action: Permission, resource: Any = None) -> Decision:
     return decision
 
 
+def require_on_record(
+    actor: Actor, action: Permission, resource: Any, resource_type: str, resource_id: Any
+) -> Decision:
+    """require(), the refusal carrying its deny row (ids and the decision's reason; the
+    error handler writes it): for services whose refusals name the record by type and id."""
+    from referral_api.audit.service import on_record
+
+    decision = decide(actor, action, resource)
+    if not decision.allowed:
+        raise on_record(refusal(decision), str(action), resource_type, resource_id, decision.reason)
+    return decision
+
+
 def refusal(decision: Decision) -> NotFound | Forbidden:
     """The answer to a denial: NotFound when existence is concealed, else Forbidden."""
     if decision.conceal:

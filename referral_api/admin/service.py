@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from referral_api.access.actor import Actor, ActorKind
 from referral_api.access.permissions import Permission
 from referral_api.access.permissions import resource_type as permission_resource_type
-from referral_api.access.policy import decide, refusal, scope_to_org
+from referral_api.access.policy import require_on_record, scope_to_org
 from referral_api.access.roles import OrgType, Role, permissions_for, role_allowed_in_org
 from referral_api.audit import service as audit
 from referral_api.auth.models import ApiClient, Organisation, User
@@ -84,15 +84,11 @@ def _missing(action: Permission, model: type[_Record], tried_id: uuid.UUID) -> N
 def _require(actor: Actor, action: Permission, target: _Record | None = None) -> None:
     """policy.decide, refusing on the record: 404 when the target is outside the actor's
     scope (existence is not confirmed), 403 when the role lacks the permission."""
-    decision = decide(actor, action, target)
-    if decision.allowed:
-        return
-    error = refusal(decision)
     if target is None:
         resource_type, resource_id = permission_resource_type(action), None
     else:
         resource_type, resource_id = _RESOURCE_TYPES[type(target)], target.id
-    raise _on_record(error, action, resource_type, resource_id, decision.reason)
+    require_on_record(actor, action, target, resource_type, resource_id)
 
 
 def _flush_unique(session: Session, message: str) -> None:

@@ -448,15 +448,14 @@ def _change_own_password(
         ),
         request_id=request_id,
     )
-    values = audit.row(
+    audit.record(
+        session,
         actor,
         PASSWORD_CHANGE,
         resource_type="user",
         resource_id=user.id,
         details={"required": required},
     )
-    audit.insert_rows(session, [values])
-    audit.mark_written(session)
 
 
 def rotate_refresh_token(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from referral_api.access.actor import Actor
 from referral_api.access.permissions import Permission
-from referral_api.access.policy import decide, refusal, require
+from referral_api.access.policy import require, require_on_record
 from referral_api.audit import service as audit
 from referral_api.auth.models import Organisation
 from referral_api.db import new_id
@@ -193,18 +193,8 @@ def get_service(
     # A change: refused on the record, a made-up id as another organisation's service.
     if service is None:
         raise audit.on_record(NotFound(), str(action), "service", service_id, "no such service")
-    _require_on_record(actor, action, service, "service", service.id)
+    require_on_record(actor, action, service, "service", service.id)
     return service
-
-
-def _require_on_record(
-    actor: Actor, action: Permission, target: Any, resource_type: str, resource_id: uuid.UUID
-) -> None:
-    decision = decide(actor, action, target)
-    if not decision.allowed:
-        raise audit.on_record(
-            refusal(decision), str(action), resource_type, resource_id, decision.reason
-        )
 
 
 def _offers_language(tag: str) -> ColumnElement[bool]:
@@ -271,7 +261,7 @@ def create_service(
         raise audit.on_record(
             NotFound(), str(manage), "organisation", org_id, "no such organisation"
         )
-    _require_on_record(actor, manage, org, "organisation", org.id)
+    require_on_record(actor, manage, org, "organisation", org.id)
     values = _normalised(data)
     missing = sorted(set(_REQUIRED_ON_CREATE) - set(values))
     if missing:
@@ -291,7 +281,7 @@ def create_service(
 def update_service(
     session: Session, actor: Actor, service: Service, changes: dict[str, Any]
 ) -> Service:
-    _require_on_record(actor, Permission.DIRECTORY_MANAGE, service, "service", service.id)
+    require_on_record(actor, Permission.DIRECTORY_MANAGE, service, "service", service.id)
     values = _normalised(changes)
     for field, value in values.items():
         setattr(service, field, value)

@@ -1099,16 +1099,13 @@ def mark_notification_read(
     notification = session.get(Notification, notification_id)
     if notification is None or notification.org_id != actor.org_id:
         # Another organisation's is answered as one that does not exist, both on the record.
-        error = NotFound()
-        error.audit = {
-            "action": str(Permission.REFERRAL_TRANSITION),
-            "resource_type": "notification",
-            "resource_id": str(notification_id),
-            "case_id": None,
-            "decision": audit.DENY,
-            "reason": "no such notification" if notification is None else "outside record scope",
-        }
-        raise error
+        raise audit.on_record(
+            NotFound(),
+            str(Permission.REFERRAL_TRANSITION),
+            "notification",
+            notification_id,
+            "no such notification" if notification is None else "outside record scope",
+        )
     if notification.read_at is None:
         notification.read_at = now()
     return notification
