@@ -19,13 +19,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
+from webargs.multidictproxy import MultiDictProxy
+from werkzeug.datastructures import MultiDict
 from werkzeug.sansio.response import Response
 
 from referral_api.exceptions import nest_field_paths
@@ -39,17 +41,43 @@ _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_P
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
-def loads(data: str | bytes) -> Any:
+class RepeatedMember(ValueError):
+    """A JSON object naming one member twice (RFC 8259 §4: its meaning is unpredictable)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("repeated member")
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise RepeatedMember(name)
+            seen.add(name)
+    return members
+
+
+def loads(data: str | bytes, *, unique_members: bool = False) -> Any:
     """`json.loads(data)`, in compiled code where orjson reads the text alike (the stdlib
-    decides everything else, from `data` itself: a byte-order mark, UTF-16, ...)."""
+    decides everything else, from `data` itself: a byte-order mark, UTF-16, ...).
+
+    `unique_members`: an object naming a member twice raises `RepeatedMember` (orjson, like
+    the stdlib, keeps the last silently; a proxy or client library reading the first would
+    see another request than the one stored). Read by the stdlib, which can tell: ~7 µs
+    more for a case's body."""
     try:
+        if unique_members:
+            return json.loads(data, object_pairs_hook=_unique_members)
         return _loads(data)
     except RecursionError:
         # Nested past the stdlib's recursion limit (orjson stops at 1,024 levels), in any
         # encoding: not a body anyone sends, answered as the malformed JSON it is rather
         # than as a crash.
         raise json.JSONDecodeError("Nested too deeply", _document(data), 0) from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RepeatedMember):
         raise
     except ValueError:
         # An integer of more than 4,300 digits (Python's int_max_str_digits limit, against
@@ -170,6 +198,24 @@ def _text_problems(value: Any) -> dict[str, list[str]]:
     return problems
 
 
+_PARAMETERS = frozenset({"query", "querystring", "form", "json_or_form"})
+
+
+def _refuse_repeated(values: MultiDictProxy) -> None:
+    """A query or form parameter given twice where one value is read: webargs takes the
+    first silently, so `?status=open&status=closed` listed the open cases as if that were
+    what was asked, and a token request naming `client_secret` twice was answered (RFC 6749
+    §3.2: a parameter MUST NOT be included more than once). A list parameter may repeat."""
+    given_values = cast("MultiDict[str, str]", values.data)  # werkzeug's: query, form
+    repeated = {
+        name: ["Given more than once: send it once."]
+        for name, given in given_values.lists()
+        if len(given) > 1 and name not in values.multiple_keys
+    }
+    if repeated:
+        raise ValidationError(repeated)
+
+
 class Parser(FlaskParser):
     """webargs' Flask parser reading JSON bodies through `loads`, refusing text that cannot
     be stored as sent.
@@ -183,6 +229,8 @@ class Parser(FlaskParser):
     """
 
     def pre_load(self, location_data: Any, *, schema: Any, req: Any, location: str) -> Any:
+        if location in _PARAMETERS and isinstance(location_data, MultiDictProxy):
+            _refuse_repeated(location_data)
         if location == "json" and not _SUSPECT_ESCAPE.search(req.get_data(cache=True)):
             return location_data
         if location not in ("json", "json_or_form", "form", "query", "querystring"):
@@ -205,4 +253,10 @@ class Parser(FlaskParser):
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return core.parse_json(data)  # the stdlib's error, as before
-        return loads(text)
+        try:
+            return loads(text, unique_members=True)
+        except RepeatedMember as repeated:
+            name = repeated.name
+            named = f'"{name}"' if name.isprintable() and len(name) <= 64 else "A member"
+            message = f"{named} is given more than once in one object: send each member once."
+            raise ValidationError({"_schema": [message]}) from None

@@ -41,8 +41,14 @@ class Page:
     next_cursor: str | None
 
 
+def _list_name() -> str:
+    """The list a cursor belongs to: the endpoint serving it (its filters travel in the
+    `Link` URL beside it)."""
+    return request.endpoint or ""
+
+
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
+    raw = json.dumps([created_at.isoformat(), str(row_id), _list_name()]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -63,12 +69,16 @@ def cursor_document(cursor: str) -> Any:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position in a cursor of this list; 422 for a malformed one or one another list
+    issued (it would start an unrelated page). A cursor of two parts was issued before
+    cursors named their list and is still followed: nothing in it is the client's to hide,
+    and a client paging through a deployment should not have to start again."""
     document = cursor_document(cursor)
     if not (
         isinstance(document, list)
-        and len(document) == 2
+        and len(document) in (2, 3)
         and all(isinstance(part, str) for part in document)
-    ):
+    ) or (len(document) == 3 and document[2] != _list_name()):
         raise invalid_cursor()
     try:
         return cursor_instant(document[0]), uuid.UUID(document[1])

@@ -395,7 +395,7 @@ def _with_description_note(docstring: str | None, note: str) -> str:
 # ---- ETags and conditional requests -------------------------------------------------------
 
 
-def etag_for(kind: str, resource_id: Any, version: int) -> str:
+def etag_for(kind: str, resource_id: Any, version: int | str) -> str:
     digest = hashlib.sha256(f"{kind}:{resource_id}:{version}".encode()).hexdigest()[:32]
     return f'"{digest}"'
 

@@ -841,7 +841,16 @@ def test_client_credentials_missing_credentials(client, police_client, missing):
 
 
 @pytest.mark.parametrize(
-    "authorization", ["Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"no-colon").decode()]
+    "authorization",
+    [
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        # An empty secret or id came in the header: credentials (401 with the challenge),
+        # not a body field's 422 naming `json.client_id` (found by review).
+        "Basic " + base64.b64encode(b"rac_someclient:").decode(),
+        "Basic " + base64.b64encode(b":a-secret").decode(),
+        "Basic " + base64.b64encode(b":").decode(),
+    ],
 )
 def test_malformed_basic_credentials(client, authorization):
     response = client.post(

@@ -468,6 +468,30 @@ def test_erased_case_answers_410_to_its_organisation_and_404_to_others(app, clie
     assert len(denials) >= len(requests) * len(own)
 
 
+def test_the_erasure_requests_are_listed_a_page_at_a_time(app, client, world):
+    """Found by review: GET /erasures answered every request in one response, with no page
+    size (?limit was a 422), and each request shown is an audit row."""
+    made = [world.request_erasure(world.case(new_token("page"))) for _ in range(5)]
+    seen: list[str] = []
+    url, pages = f"{API}/erasures?limit=2", 0
+    while url:
+        response = client.get(url, headers=world.h["dpo"])
+        page = ok(response)
+        assert len(page) <= 2
+        seen += [r["id"] for r in page]
+        pages += 1
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else ""
+    assert pages == 3 and sorted(seen) == sorted(made)
+    shown = world.sql("SELECT count(*) FROM audit_events WHERE action = 'erasure:list'")
+    assert shown == [(5,)]
+    assert_problem(client.get(f"{API}/erasures?limit=101", headers=world.h["dpo"]), 422)
+    # The pages, in order, are the one-page list (oldest first).
+    everything = ok(client.get(f"{API}/erasures?limit=100", headers=world.h["dpo"]))
+    assert [r["id"] for r in everything] == seen
+    assert [r["requested_at"] for r in everything] == sorted(r["requested_at"] for r in everything)
+
+
 def test_open_referrals_are_cancelled_and_every_recipient_is_told(app, client, world):
     token = new_token("referred")
     case_id = world.case(token)

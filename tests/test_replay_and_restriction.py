@@ -67,6 +67,33 @@ def test_consent_can_be_withdrawn_while_processing_is_restricted(client: Any, wo
     )
 
 
+def test_a_retried_withdrawal_on_a_restricted_case_shows_the_withdrawal(client: Any, world: World):
+    """Found by review: a withdrawal's retry (same key, the first answer lost) answered as
+    GET /consents/{id}, which a restriction refuses (403), so a client read a withdrawal
+    that had happened as one that failed. It shows the withdrawn consent, as the withdrawal
+    did, and is a read on the record; the consent stays closed by one event."""
+    case_id = world.case(new_token("withdraw-retry"))
+    consent = world.consent(case_id, world.receiver_org, ["identity", "legal"])
+    restrict(world, case_id, True)
+    url = f"{API}/consents/{consent['id']}/withdraw"
+    headers = {**world.h["worker"], "Idempotency-Key": "withdraw-retry-0001"}
+    first = ok(client.post(url, json={}, headers=headers))
+    before = audit_rows(world)
+    again = client.post(url, json={}, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert ok(again) == first
+    assert first["state"] == "withdrawn"
+    assert [e["event_type"] for e in first["events"]].count("withdrawn") == 1
+    rows = world.scalars(
+        select(AuditEvent).where(AuditEvent.resource_id == consent["id"]).order_by(AuditEvent.id)
+    )
+    assert audit_rows(world) == before + 1
+    assert (rows[-1].action, rows[-1].decision) == ("consent:read", "allow")
+    assert json.loads(rows[-1].details) == {"replay_of": "withdraw"}
+    # The consent itself is still not read while restricted.
+    assert_problem(client.get(f"{API}/consents/{consent['id']}", headers=world.h["worker"]), 403)
+
+
 def test_listing_erasure_requests_is_audited_per_case(client: Any, world: World):
     first, second = world.case(new_token("erase-1")), world.case(new_token("erase-2"))
     requests = [world.request_erasure(first), world.request_erasure(second)]

@@ -370,6 +370,24 @@ def test_two_downloads_at_once_hand_out_the_document_once(
     ) == [(1,)]
 
 
+def test_head_leaves_the_one_download_unspent(app, client, world, scenario):
+    """HEAD is safe (RFC 9110 §9.2.1): Flask would answer it with the GET view, which spends
+    the export, so a link preview probing first used up the only download and audited a
+    hand-out no one received. It is a 405 naming GET; the download still works once."""
+    export_id = ok(scenario.export(), 201)["id"]
+    url = f"{API}/exports/{export_id}/download"
+    head = client.head(url, headers=world.h["sup"])
+    assert head.status_code == 405
+    assert head.headers["Allow"] == "GET"
+    assert head.headers["Content-Type"] == "application/problem+json"
+    assert (
+        world.scalars(select(AuditEvent).where(AuditEvent.action == "case:export-download")) == []
+    )
+    document = ok(client.get(url, headers=world.h["sup"]))
+    assert document["case"]["id"] == scenario.case_id
+    assert_problem(client.get(url, headers=world.h["sup"]), 410)
+
+
 def test_only_the_owning_supervisor_may_export(app, client, world, scenario):
     for name in ("worker", "dpo", "admin", "platform_dpo", "receiver"):
         assert_problem(scenario.export(by=name), 403)

@@ -207,7 +207,9 @@ def update_organisation(
         session.execute(
             update(Service)
             .where(Service.org_id == org.id)
-            .values(updated_at=datetime.now(UTC))
+            # A service's representation shows its organisation's name and status, so its
+            # ETag (from its version) changes with them.
+            .values(updated_at=datetime.now(UTC), version=Service.version + 1)
             .execution_options(synchronize_session=False)
         )
     _audit(

@@ -174,7 +174,10 @@ def _basic_client_credentials() -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         raise _basic_failure("Malformed Basic credentials.") from None
     client_id, sep, secret = decoded.partition(":")
-    if not sep or "\x00" in decoded:  # U+0000: no client id or secret has it
+    # U+0000: no client id or secret has it. An empty id or secret is as malformed: it came
+    # in the header, so it is answered as credentials (401 with the challenge), not as a
+    # body field.
+    if not sep or not client_id or not secret or "\x00" in decoded:
         raise _basic_failure("Malformed Basic credentials.")
     return client_id, secret
 

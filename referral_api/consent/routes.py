@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import jsonify
 from sqlalchemy import select
 
 from referral_api.access.permissions import Permission
@@ -75,8 +76,19 @@ def _dump(consent: ConsentRecord) -> dict[str, Any]:
 
 def _current_consent(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     """A replay's answer: the consent the first request recorded or changed, as GET
-    /consents/{id} shows it now (a retried withdrawal answers the withdrawn consent)."""
+    /consents/{id} shows it now."""
     return get_consent(consent_id=made)
+
+
+def _current_withdrawal(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
+    """A retried withdrawal's answer: the withdrawn consent as it is now, shown as the
+    withdrawal itself shows it — also while the case is restricted, where the withdrawal is
+    answered and GET /consents/{id} is refused (403): a retry after a lost answer must not
+    read as a failed withdrawal."""
+    consent = service.read_withdrawal(db.session, current_actor(), made)
+    body = _dump(consent)
+    db.session.commit()
+    return jsonify(ConsentSchema().dump(body))
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["POST"])
@@ -117,7 +129,7 @@ def get_consent(consent_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>/withdraw", methods=["POST"])
 @blp.requires(Permission.CONSENT_WITHDRAW)
-@blp.idempotent(resource=_current_consent)
+@blp.idempotent(resource=_current_withdrawal)
 @blp.arguments(WithdrawSchema)
 @blp.response(200, ConsentSchema)
 @blp.alt_response(404, response="NOT_FOUND")

@@ -344,6 +344,15 @@ def read_consent(session: Session, actor: Actor, consent_id: uuid.UUID) -> Conse
     return consent
 
 
+def read_withdrawal(session: Session, actor: Actor, consent_id: uuid.UUID) -> ConsentRecord:
+    """A consent as a retried withdrawal shows it: through the scope and permission of the
+    withdrawal (which processing restricted under Art. 18 does not stop), audited as the
+    read it is."""
+    consent = load_consent(session, actor, Permission.CONSENT_WITHDRAW, consent_id)
+    _audit(session, actor, Permission.CONSENT_READ, consent, details={"replay_of": "withdraw"})
+    return consent
+
+
 # ---- lifecycle ----------------------------------------------------------------------------
 
 

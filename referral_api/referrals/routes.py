@@ -33,9 +33,13 @@ blp = Blueprint("referrals", __name__, url_prefix="/api/v1", description="Referr
 _ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Strong entity tag"}}
 
 
+def _etag(referral: Any) -> str:
+    return etag_for("referral", referral.id, service.etag_version(db.session, referral))
+
+
 def _respond(referral: Any, party: service.Party, status: int = 200) -> Any:
     body = service.referral_view(db.session, referral, party, current_actor())
-    return body, status, {"ETag": etag_for("referral", referral.id, referral.version)}
+    return body, status, {"ETag": _etag(referral)}
 
 
 def _current_referral(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
@@ -120,7 +124,7 @@ def transition(data: dict[str, Any], referral_id: uuid.UUID) -> Any:
     referral, party = service.authorize(
         db.session, actor, Permission.REFERRAL_TRANSITION, referral_id
     )
-    require_if_match(etag_for("referral", referral.id, referral.version))
+    require_if_match(_etag(referral))
     service.transition(
         db.session,
         actor,
@@ -149,7 +153,7 @@ def approve_override(referral_id: uuid.UUID) -> Any:
     referral, party = service.authorize(
         db.session, actor, Permission.REFERRAL_APPROVE_OVERRIDE, referral_id
     )
-    require_if_match(etag_for("referral", referral.id, referral.version))
+    require_if_match(_etag(referral))
     service.approve_override(db.session, actor, referral, party)
     return _respond(referral, party)
 

@@ -394,6 +394,19 @@ def _case_restricted(session: Session, referral: Referral) -> bool:
     return case is not None and case.restricted
 
 
+def etag_version(session: Session, referral: Referral) -> str:
+    """What the referral's ETag is made from: its version, and whether its case is
+    restricted — a restriction hides the message from both parties without changing the
+    referral row, and the ETag must change with what the view shows. (A consent that merely
+    runs out of time changes the receiver's view with nothing written;
+    docs/consent-and-referrals.md.)"""
+    return (
+        f"{referral.version}:restricted"
+        if _case_restricted(session, referral)
+        else str(referral.version)
+    )
+
+
 @contextmanager
 def _refused_on_the_referral(referral: Referral, action: str) -> Iterator[None]:
     """A write that finds the referral's case erased or restricted under it (re-checked

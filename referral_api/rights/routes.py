@@ -10,11 +10,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from referral_api.access.permissions import Permission
 from referral_api.extensions import db
 from referral_api.idempotency import case_in_url
+from referral_api.pagination import link_header
 from referral_api.rights import service
 from referral_api.rights.schemas import (
     ErasureCreateSchema,
@@ -75,6 +77,11 @@ def create_export(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 @blp.alt_response(410, response="GONE")
 def download_export(export_id: uuid.UUID) -> Any:
     """Download an export (once; by whoever requested it)"""
+    if request.method == "HEAD":
+        # Flask answers HEAD with the GET view, and this GET spends the export: a link
+        # preview or a download manager probing first would use up the only download (and
+        # audit a hand-out no one received). HEAD must change nothing (RFC 9110 §9.2.1).
+        raise MethodNotAllowed(valid_methods=["GET"])
     document = service.download_export(db.session, current_actor(), export_id)
     db.session.commit()
     response = Response(document, mimetype="application/json")
@@ -110,10 +117,16 @@ def request_erasure(data: dict[str, Any], case_id: uuid.UUID) -> Any:
 @blp.arguments(ErasureQueryArgsSchema, location="query")
 @blp.response(200, ErasureRequestSchema(many=True))
 def list_erasures(args: dict[str, Any]) -> Any:
-    """Erasure requests of the cases your organisation controls (pending by default)"""
-    requests = service.erasure_requests(db.session, current_actor(), args["status"])
+    """Erasure requests of the cases your organisation controls (pending by default)
+
+    Oldest first, a page at a time (`limit`, default 50, at most 100; the next page at the
+    `Link: rel="next"` URL).
+    """
+    page = service.erasure_requests(
+        db.session, current_actor(), args["status"], args["cursor"], args["limit"]
+    )
     db.session.commit()
-    return requests
+    return page.items, link_header(page, args["limit"])
 
 
 @blp.route("/erasures/<uuid:request_id>/approve", methods=["POST"])

@@ -5,6 +5,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from referral_api.pagination import PageArgsSchema
 from referral_api.rights.models import ErasureBasis, ErasureStatus
 from referral_api.schema_fields import AwareDateTime, Boolean
 
@@ -51,7 +52,7 @@ class ErasureRequestSchema(ma.Schema):
     decided_at = AwareDateTime(allow_none=True)
 
 
-class ErasureQueryArgsSchema(ma.Schema):
+class ErasureQueryArgsSchema(PageArgsSchema):
     status = ma.fields.Enum(ErasureStatus, by_value=True, load_default=ErasureStatus.PENDING)
 
 

@@ -32,6 +32,7 @@ from referral_api.exceptions import (
     ReferralApiError,
     ValidationFailed,
 )
+from referral_api.pagination import Page, paginate
 from referral_api.rights.models import (
     ErasureBasis,
     ErasureRequest,
@@ -238,14 +239,25 @@ def organisations_in_scope(actor: Actor, action: Permission) -> uuid.UUID | None
     return org_id
 
 
-def erasure_requests(session: Session, actor: Actor, status: ErasureStatus) -> list[ErasureRequest]:
-    """The erasure requests in `status` of the organisations in scope, oldest first. Like a
-    case list, each request shown is an audit row on its case's access log."""
+def erasure_requests(
+    session: Session, actor: Actor, status: ErasureStatus, cursor: str | None, limit: int
+) -> Page:
+    """A page of the erasure requests in `status` of the organisations in scope, oldest
+    first. Like a case list, each request shown is an audit row on its case's access log."""
     org_id = organisations_in_scope(actor, Permission.ERASURE_APPROVE)
     stmt = select(ErasureRequest).where(ErasureRequest.status == status)
     if org_id is not None:
         stmt = stmt.where(ErasureRequest.org_id == org_id)
-    requests = list(session.scalars(stmt.order_by(ErasureRequest.requested_at)))
+    page = paginate(
+        session,
+        stmt,
+        created_col=ErasureRequest.requested_at,
+        id_col=ErasureRequest.id,
+        cursor=cursor,
+        limit=limit,
+        oldest_first=True,
+    )
+    requests: list[ErasureRequest] = page.items
     audit.record_many(
         session,
         actor,
@@ -254,7 +266,7 @@ def erasure_requests(session: Session, actor: Actor, status: ErasureStatus) -> l
         rows=[{"resource_id": r.id, "case_id": r.case_id} for r in requests],
         none_shown={"status": status.value, "shown": 0},
     )
-    return requests
+    return page
 
 
 def approve_erasure(session: Session, actor: Actor, request_id: uuid.UUID) -> ErasureTombstone:
@@ -467,7 +479,8 @@ def erase_case(
     session.execute(
         update(Referral)
         .where(Referral.case_id == case.id)
-        .values(business_status=None)
+        # Its message went with the ciphertexts above: a new representation, a new ETag.
+        .values(business_status=None, version=Referral.version + 1)
         .execution_options(synchronize_session=False)
     )
     session.execute(delete(IdempotentResponse).where(IdempotentResponse.case_id == case.id))
