@@ -236,7 +236,8 @@ def create_user(email: str, org_ref: str, role: str, display_name: str | None) -
 @click.option("--org", "org_ref", required=True, help="Organisation id or exact name")
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
 def create_client(name: str, org_ref: str, role: str) -> None:
-    """Create an API client; prints client_id=… and client_secret=… (shown once)."""
+    """Create an API client; prints client_id=… and client_secret=… (shown once), then id=…
+    (the record's id, which /api/v1/clients/{id} URLs take, e.g. to rotate the secret)."""
     from referral_api.admin import service
     from referral_api.extensions import hasher
 
@@ -249,6 +250,7 @@ def create_client(name: str, org_ref: str, role: str) -> None:
     created = _run(action)
     click.echo(f"client_id={created.client.client_id}")
     click.echo(f"client_secret={created.client_secret}")
+    click.echo(f"id={created.client.id}")
 
 
 @click.command("seed-demo")

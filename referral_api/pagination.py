@@ -42,9 +42,10 @@ class Page:
 
 
 def _list_name() -> str:
-    """The list a cursor belongs to: the endpoint serving it (its filters travel in the
-    `Link` URL beside it)."""
-    return request.endpoint or ""
+    """The list a cursor belongs to: the endpoint serving it and the path's values (a case's
+    notes, not another case's; its filters travel in the `Link` URL beside it)."""
+    path = ",".join(f"{key}={value}" for key, value in sorted((request.view_args or {}).items()))
+    return f"{request.endpoint or ''}:{path}" if path else request.endpoint or ""
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:

@@ -251,6 +251,14 @@ def auth_headers(factory: Factory) -> Callable[..., dict[str, str]]:
     return make
 
 
+def consent_if_match(client: Any, consent_id: Any, headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with the If-Match a consent's renewal, revocation or entered-in-error needs:
+    the ETag of the consent as `headers`' caller reads it now."""
+    read = client.get(f"/api/v1/consents/{consent_id}", headers=headers)
+    assert read.status_code == 200, (read.status_code, read.get_data(as_text=True))
+    return {**headers, "If-Match": read.headers["ETag"]}
+
+
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
     """Assert an RFC 9457 problem response with the given status and return its body."""
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True))

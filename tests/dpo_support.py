@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from conftest import consent_if_match
 from referral_support import (
     API,
     CANARY,
@@ -120,7 +121,10 @@ class DpoWorld:
         return self.referral[name]
 
     def _post(self, path: str, by: str, body: dict[str, Any], status: int = 200) -> Any:
-        return ok(self.client.post(f"{API}{path}", json=body, headers=self.h[by]), status)
+        headers = self.h[by]
+        if path.endswith(("/renew", "/revoke", "/entered-in-error")):
+            headers = consent_if_match(self.client, path.split("/")[2], headers)
+        return ok(self.client.post(f"{API}{path}", json=body, headers=headers), status)
 
     def _build(self) -> None:
         n, org = self.now, self.org

@@ -126,3 +126,28 @@ def test_a_cursor_is_followed_only_by_the_list_that_issued_it(app, client, facto
         )
         == second
     )
+    # A case's notes: another case's cursor would start that case's page at a moment of the
+    # first case's notes (silently skipping some).
+    for text in ("first note", "second note"):
+        ok(
+            client.post(
+                f"{API}/cases/{w.case}/notes",
+                json={"category": "needs", "text": text},
+                headers=w.h["worker"],
+            ),
+            201,
+        )
+    notes = client.get(f"{API}/cases/{w.case}/notes?limit=1", headers=w.h["worker"])
+    of_another_case = client.get(
+        f"{API}/cases/{w.case2}/notes",
+        query_string={"cursor": _next_cursor(notes)},
+        headers=w.h["worker"],
+    )
+    assert_problem(of_another_case, 422)
+    ok(
+        client.get(
+            f"{API}/cases/{w.case}/notes",
+            query_string={"cursor": _next_cursor(notes)},
+            headers=w.h["worker"],
+        )
+    )

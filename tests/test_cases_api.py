@@ -474,6 +474,35 @@ def test_a_patch_that_changes_nothing_keeps_the_version(app: Any, client: Any, t
     assert json.loads(last[-1][0]) == {"changed": ["identity"]}
 
 
+@pytest.mark.parametrize(
+    ("category", "payload"),
+    [
+        ("identity", {"case_type": "thb", "identity": {"given_name": "Olena"}}),
+        ("incident", {"case_type": "thb"}),
+    ],
+)
+def test_sending_back_the_empty_lists_a_read_shows_changes_nothing(
+    app: Any, client: Any, team: Team, category: str, payload: dict[str, Any]
+) -> None:
+    """Found by review: a list never written (aliases, languages, documents, …) is stored
+    null and shown as [], and a PATCH sending back the category as read compared null with
+    [] and wrote it: a new version (every other client's If-Match stale) and an audit row
+    naming a category written, for a change of nothing."""
+    created = create(client, team.cw, payload)
+    case_id, etag = created.get_json()["id"], created.headers["ETag"]
+    shown = client.get(case_url(case_id), headers=team.cw).get_json()
+    assert any(v == [] for v in shown[category].values())
+    response = client.patch(
+        case_url(case_id), json={category: shown[category]}, headers=with_etag(team.cw, etag)
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == shown
+    assert response.headers["ETag"] == etag
+    assert rows(app, "SELECT version FROM cases")[0][0] == 1
+    audited = rows(app, "SELECT details FROM audit_events WHERE action = 'case:update'")
+    assert [json.loads(d) for (d,) in audited] == [{"changed": []}]
+
+
 def test_partial_category_update_keeps_the_other_fields(client: Any, team: Team) -> None:
     created = create(client, team.cw)
     url = case_url(created.get_json()["id"])

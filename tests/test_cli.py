@@ -243,13 +243,15 @@ def test_create_client_prints_a_working_credential_pair(runner, client, factory,
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert [line.split("=", 1)[0] for line in lines] == ["client_id", "client_secret"]
+    assert [line.split("=", 1)[0] for line in lines] == ["client_id", "client_secret", "id"]
     client_id = lines[0].split("=", 1)[1]
     secret = lines[1].split("=", 1)[1]
     assert client_id and len(secret) >= 32
 
     stored = session.scalars(select(ApiClient).where(ApiClient.client_id == client_id)).one()
     assert (stored.org_id, stored.role) == (org_id, Role.POLICE_OFFICER)
+    # The id /clients/{id} URLs take (a reviewer found only client_id printed, a 404 there).
+    assert lines[2] == f"id={stored.id}"
     assert secret not in stored.secret_hash
     session.rollback()
 

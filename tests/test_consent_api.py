@@ -22,12 +22,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import assert_problem
+from conftest import assert_problem, consent_if_match
 from sqlalchemy import text
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.cases.layout import CATEGORY_FIELDS, METADATA_FIELDS
 from referral_api.consent import hooks
+from referral_api.smorest import etag_for
 
 API = "/api/v1"
 
@@ -822,7 +823,13 @@ def test_revoke_and_entered_in_error_need_a_supervisor_and_a_reason(
     # Refusals are audited as denials; nothing was allowed.
     assert {r["decision"] for r in audit_rows(app, action)} == {"deny"}
 
-    response = client.post(url, json={"reason": reason}, headers=team.supervisor)
+    read = consent_if_match(client, consent["id"], team.supervisor)
+    # Without If-Match, or with the ETag of another version of it: nothing changes.
+    assert_problem(client.post(url, json={"reason": reason}, headers=team.supervisor), 428)
+    stale = {**team.supervisor, "If-Match": '"0123456789abcdef0123456789abcdef"'}
+    assert_problem(client.post(url, json={"reason": reason}, headers=stale), 412)
+    assert consent_counts(app) == (1, 2, 1)
+    response = client.post(url, json={"reason": reason}, headers=read)
 
     assert response.status_code == 200, response.get_json()
     closed = response.get_json()
@@ -841,7 +848,9 @@ def test_revoke_and_entered_in_error_need_a_supervisor_and_a_reason(
     assert reason not in json.dumps(audit_rows(app), default=str)
     assert json.loads(row["details"])["effects"] == withdrawal_handler.effects
 
-    assert_problem(client.post(url, json={"reason": reason}, headers=team.supervisor), 409)
+    assert response.headers["ETag"] != read["If-Match"]
+    closed_now = {**team.supervisor, "If-Match": response.headers["ETag"]}
+    assert_problem(client.post(url, json={"reason": reason}, headers=closed_now), 409)
     assert_problem(
         client.post(f"{API}/consents/{consent['id']}/withdraw", headers=team.caseworker), 409
     )
@@ -849,7 +858,7 @@ def test_revoke_and_entered_in_error_need_a_supervisor_and_a_reason(
         client.post(
             f"{API}/consents/{consent['id']}/renew",
             json={"valid_until": iso(now() + timedelta(days=30))},
-            headers=team.caseworker,
+            headers={**team.caseworker, "If-Match": response.headers["ETag"]},
         ),
         409,
     )
@@ -880,7 +889,7 @@ def test_renew_extends_validity(app: Any, client: Any, team: Team) -> None:
     response = client.post(
         f"{API}/consents/{consent['id']}/renew",
         json={"valid_until": iso(new_end)},
-        headers=team.caseworker,
+        headers=consent_if_match(client, consent["id"], team.caseworker),
     )
 
     assert response.status_code == 200, response.get_json()
@@ -904,11 +913,54 @@ def test_renew_extends_validity(app: Any, client: Any, team: Team) -> None:
 
     # Open-ended renewal.
     open_ended = client.post(
-        f"{API}/consents/{consent['id']}/renew", json={"valid_until": None}, headers=team.caseworker
+        f"{API}/consents/{consent['id']}/renew",
+        json={"valid_until": None},
+        headers={**team.caseworker, "If-Match": response.headers["ETag"]},
     )
     assert open_ended.status_code == 200
     far = check(client, team.caseworker, case_id, team.legal_org, at=now() + timedelta(days=3650))
     assert far["permit"] is True and far["valid_until"] is None
+
+
+def test_a_consent_has_an_etag_and_a_renewal_is_made_to_the_version_read(
+    app: Any, client: Any, team: Team
+) -> None:
+    """Found by review: a consent had no ETag and a renewal took no If-Match, so of two
+    renewals made from one reading the later silently replaced the other's date. The ETag
+    changes with every event; renewal (like revocation and entered-in-error) needs it."""
+    case_id = new_case(client, team)
+    recorded = client.post(
+        f"{API}/cases/{case_id}/consents", json=consent_body(team), headers=team.caseworker
+    )
+    consent = recorded.get_json()
+    read = client.get(f"{API}/consents/{consent['id']}", headers=team.caseworker)
+    assert read.headers["ETag"] == recorded.headers["ETag"]
+    assert read.get_json()["version"] == consent["version"] == 1
+    url = f"{API}/consents/{consent['id']}/renew"
+    first_until, second_until = now() + timedelta(days=40), now() + timedelta(days=400)
+    as_read = {**team.caseworker, "If-Match": read.headers["ETag"]}
+
+    assert_problem(
+        client.post(url, json={"valid_until": iso(first_until)}, headers=team.caseworker), 428
+    )
+    assert consent_counts(app) == (1, 2, 1)
+    first = client.post(url, json={"valid_until": iso(first_until)}, headers=as_read)
+    assert first.status_code == 200, first.get_json()
+    # The second renewal, from the same reading, does not replace the first's date unseen.
+    assert_problem(client.post(url, json={"valid_until": iso(second_until)}, headers=as_read), 412)
+    now_read = client.get(f"{API}/consents/{consent['id']}", headers=team.caseworker)
+    assert now_read.headers["ETag"] == first.headers["ETag"] != read.headers["ETag"]
+    assert now_read.get_json()["version"] == 2
+    assert [e["event_type"] for e in now_read.get_json()["events"]] == ["given", "renewed"]
+    assert parse(now_read.get_json()["events"][1]["valid_until"]) == first_until
+    listed = client.get(f"{API}/cases/{case_id}/consents", headers=team.caseworker).get_json()
+    assert [c["version"] for c in listed] == [2]
+
+    # A withdrawal needs no If-Match, and a stale one does not stop it (Art. 7(3)).
+    withdrawn = client.post(f"{API}/consents/{consent['id']}/withdraw", headers=as_read)
+    assert withdrawn.status_code == 200, withdrawn.get_json()
+    assert withdrawn.get_json()["state"] == "withdrawn"
+    assert withdrawn.headers["ETag"] not in (read.headers["ETag"], first.headers["ETag"])
 
 
 def test_invalid_renewal_is_422_and_stores_nothing(app: Any, client: Any, team: Team) -> None:
@@ -922,7 +974,9 @@ def test_invalid_renewal_is_422_and_stores_nothing(app: Any, client: Any, team: 
         ({"valid_until": iso(now() + timedelta(days=1)), "state": "active"}, "state"),
     ]:
         response = client.post(
-            f"{API}/consents/{consent['id']}/renew", json=payload, headers=team.caseworker
+            f"{API}/consents/{consent['id']}/renew",
+            json=payload,
+            headers=consent_if_match(client, consent["id"], team.caseworker),
         )
         body = assert_problem(response, 422)
         assert field in flat_errors(body["errors"]["json"]), payload
@@ -1017,7 +1071,7 @@ def test_consent_expire_records_expired_once_for_fully_ended_consents(
     renewal = client.post(
         f"{API}/consents/{ended['id']}/renew",
         json={"valid_until": iso(now() + timedelta(days=30))},
-        headers=team.caseworker,
+        headers=consent_if_match(client, ended["id"], team.caseworker),
     )
     assert renewal.status_code == 200 and renewal.get_json()["state"] == "active"
     assert check(client, team.caseworker, case_id, team.legal_org)["permit"] is True
@@ -1137,15 +1191,27 @@ def test_every_write_is_audited_once_without_personal_data(
         _short_consent(team, now() - timedelta(days=3), now() - timedelta(days=2)),
     )
     future = iso(now() + timedelta(days=9))
+    # The ETag of a consent just recorded (one event), without a read to audit.
+    given = {i: {"If-Match": etag_for("consent", i, 1)} for i in ids}
     writes = [
-        ("POST", f"{API}/consents/{ids[0]}/renew", {"valid_until": future}, team.caseworker),
+        (
+            "POST",
+            f"{API}/consents/{ids[0]}/renew",
+            {"valid_until": future},
+            {**team.caseworker, **given[ids[0]]},
+        ),
         ("POST", f"{API}/consents/{ids[0]}/withdraw", None, team.caseworker),
-        ("POST", f"{API}/consents/{ids[1]}/revoke", {"reason": "Under duress"}, team.supervisor),
+        (
+            "POST",
+            f"{API}/consents/{ids[1]}/revoke",
+            {"reason": "Under duress"},
+            {**team.supervisor, **given[ids[1]]},
+        ),
         (
             "POST",
             f"{API}/consents/{ids[2]}/entered-in-error",
             {"reason": "Wrong case"},
-            team.supervisor,
+            {**team.supervisor, **given[ids[2]]},
         ),
     ]
     for method, url, payload, headers in writes:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import assert_problem
+from conftest import assert_problem, consent_if_match
 from referral_support import (
     API,
     World,
@@ -60,10 +60,11 @@ def _close_ahead(
     closing: tuple[str, str, dict[str, Any], str] = CLOSINGS[0],
 ) -> dict[str, Any]:
     route, by, body, state = closing
+    headers = world.h[by]
+    if route != "withdraw":  # a withdrawal needs no If-Match
+        headers = consent_if_match(client, consent_id, headers)
     with _host_ahead(monkeypatch):
-        closed = ok(
-            client.post(f"{API}/consents/{consent_id}/{route}", json=body, headers=world.h[by])
-        )
+        closed = ok(client.post(f"{API}/consents/{consent_id}/{route}", json=body, headers=headers))
     assert closed["state"] == state
     # The stamp is ahead of host B's clock: only a strict replay would ignore it.
     assert datetime.fromisoformat(closed["events"][-1]["occurred_at"]) > datetime.now(UTC)
@@ -139,13 +140,13 @@ def test_the_consent_reads_withdrawn_now_while_the_past_replays_strictly(
     renewal = client.post(
         f"{API}/consents/{consent_id}/renew",
         json={"valid_until": (datetime.now(UTC) + timedelta(days=9)).isoformat()},
-        headers=sender,
+        headers=consent_if_match(client, consent_id, sender),
     )
     assert "withdrawn" in assert_problem(renewal, 409)["detail"]
     revocation = client.post(
         f"{API}/consents/{consent_id}/revoke",
         json={"reason": "Obtained under pressure"},
-        headers=world.h["sender_sup"],
+        headers=consent_if_match(client, consent_id, world.h["sender_sup"]),
     )
     assert "withdrawn" in assert_problem(revocation, 409)["detail"]
     events = ok(client.get(f"{API}/consents/{consent_id}", headers=sender))["events"]

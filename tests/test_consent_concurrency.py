@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from referral_support import API, consent_body, create_case, ok, provision
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from referral_api.access.roles import OrgType, Role
 from referral_api.extensions import db
@@ -34,6 +34,36 @@ def _close(
     statuses.append(response.status_code)
 
 
+def _at_once(
+    app: Any, consent: str, calls: list[tuple[str, dict[str, Any], dict[str, str]]]
+) -> list[int]:
+    """The statuses of `calls` (action, body, headers) on `consent`, sent at one moment."""
+    barrier = threading.Barrier(len(calls))
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=_close, args=(app, barrier, statuses, consent, *call))
+        for call in calls
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return statuses
+
+
+def _events(app: Any, consent: str, *kinds: str) -> int:
+    with db.engine_for(app).connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT COUNT(*) FROM consent_events WHERE consent_id = :id "
+                    "AND event_type IN :kinds"
+                ).bindparams(bindparam("kinds", expanding=True)),
+                {"id": consent, "kinds": list(kinds)},
+            ).scalar_one()
+        )
+
+
 def test_simultaneous_closings_of_one_consent_record_one_event(
     app: Any, client: Any, factory: Any
 ) -> None:
@@ -48,32 +78,42 @@ def test_simultaneous_closings_of_one_consent_record_one_event(
     outcomes = []
     for _round in range(3):
         body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
-        consent = ok(
-            client.post(f"{API}/cases/{case_id}/consents", json=body, headers=workers[0]), 201
-        )["id"]
+        recorded = client.post(f"{API}/cases/{case_id}/consents", json=body, headers=workers[0])
+        consent = ok(recorded, 201)["id"]
         calls = [("withdraw", {}, h) for h in workers]
-        calls.append(("revoke", {"reason": "obtained under pressure"}, supervisor))
-        barrier = threading.Barrier(len(calls))
-        statuses: list[int] = []
-        threads = [
-            threading.Thread(target=_close, args=(app, barrier, statuses, consent, *call))
-            for call in calls
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        as_recorded = {**supervisor, "If-Match": recorded.headers["ETag"]}
+        calls.append(("revoke", {"reason": "obtained under pressure"}, as_recorded))
+        statuses = _at_once(app, consent, calls)
         outcomes.append(sorted(statuses))
-        with db.engine_for(app).connect() as connection:
-            closing = connection.execute(
-                text(
-                    "SELECT COUNT(*) FROM consent_events WHERE consent_id = :id "
-                    "AND event_type IN ('withdrawn', 'revoked')"
-                ),
-                {"id": consent},
-            ).scalar_one()
+        closing = _events(app, consent, "withdrawn", "revoked")
         assert closing == 1, (closing, statuses)
-    assert outcomes == [[200, 409, 409, 409]] * 3
+    # The revocation, sent with the consent's ETag as recorded, finds it changed (412) when a
+    # withdrawal closed it first; the other withdrawals find it closed.
+    assert all(o in ([200, 409, 409, 409], [200, 409, 409, 412]) for o in outcomes), outcomes
+
+
+def test_renewals_at_once_from_one_reading_make_one_change(
+    app: Any, client: Any, factory: Any
+) -> None:
+    """Three renewals sent at once with the ETag of one reading: one is made, the others
+    find the consent changed (412) under its lock; one `renewed` event."""
+    org = factory.org(OrgType.NGO)
+    legal = factory.org(OrgType.LEGAL_AID)
+    workers = [factory.headers(factory.user(Role.CASEWORKER, org)) for _ in range(3)]
+    case_id = create_case(client, workers[0], {"case_type": "thb"})
+    body = consent_body(provision("legal_assistance", ["identity"], org_id=legal))
+    recorded = client.post(f"{API}/cases/{case_id}/consents", json=body, headers=workers[0])
+    consent = ok(recorded, 201)["id"]
+    calls = [
+        (
+            "renew",
+            {"valid_until": f"2099-0{n + 1}-01T00:00:00+00:00"},
+            {**headers, "If-Match": recorded.headers["ETag"]},
+        )
+        for n, headers in enumerate(workers)
+    ]
+    assert sorted(_at_once(app, consent, calls)) == [200, 412, 412]
+    assert _events(app, consent, "renewed") == 1
 
 
 def test_a_send_and_a_withdrawal_at_once_leave_no_live_referral_on_the_withdrawn_consent(

@@ -43,10 +43,11 @@ def test_a_renewal_committed_while_consent_expire_runs_is_not_undone(
     body = consent_body(
         provision("legal_assistance", ["identity"], org_id=world.receiver_org, valid_until=until)
     )
-    consent_id = ok(
-        client.post(f"{API}/cases/{world.case_id}/consents", json=body, headers=world.h["sender"]),
-        201,
-    )["id"]
+    recorded = client.post(
+        f"{API}/cases/{world.case_id}/consents", json=body, headers=world.h["sender"]
+    )
+    consent_id = ok(recorded, 201)["id"]
+    as_recorded = {**world.h["sender"], "If-Match": recorded.headers["ETag"]}
     at = datetime.now(UTC) + timedelta(hours=3)
     renewed_until = at + timedelta(days=30)
     real_is_expired = consent_service.is_expired_at
@@ -56,7 +57,7 @@ def test_a_renewal_committed_while_consent_expire_runs_is_not_undone(
         during["renewed"] = app.test_client().post(
             f"{API}/consents/{consent_id}/renew",
             json={"valid_until": renewed_until.isoformat()},
-            headers=world.h["sender"],
+            headers=as_recorded,
         )
 
     def is_expired_while_renewed(view: Any, when: Any) -> bool:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import assert_problem
+from conftest import assert_problem, consent_if_match
 from referral_support import (
     API,
     World,
@@ -302,10 +302,11 @@ def test_packet_is_404_once_consent_ends(app: Any, client: Any, factory: Any, en
     ok(_packet(client, world.h["receiver"], referral_id))
     body = {} if ending == "withdraw" else {"reason": "obtained under pressure"}
     actor = "sender" if ending == "withdraw" else "sender_sup"
+    headers = world.h[actor]
+    if ending != "withdraw":  # a withdrawal needs no If-Match
+        headers = consent_if_match(client, world.consent["id"], headers)
     ended = ok(
-        client.post(
-            f"{API}/consents/{world.consent['id']}/{ending}", json=body, headers=world.h[actor]
-        )
+        client.post(f"{API}/consents/{world.consent['id']}/{ending}", json=body, headers=headers)
     )
     assert [e["id"] for e in ended["events"][-1]["effects"]] == [referral_id]
     assert_problem(_packet(client, world.h["receiver"], referral_id), 404)

@@ -7,6 +7,7 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from conftest import consent_if_match
 from referral_support import API, consent_body, count, ok, provision
 
 from referral_api.access.roles import OrgType, Role
@@ -121,9 +122,9 @@ def test_a_consent_is_renewed_a_bounded_number_of_times(
     url = f"{API}/consents/{consent['id']}/renew"
     until = {"valid_until": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
     for _ in range(2):
-        ok(client.post(url, json=until, headers=headers))
+        ok(client.post(url, json=until, headers=consent_if_match(client, consent["id"], headers)))
     events = count(app, ConsentEvent)
-    refused = client.post(url, json=until, headers=headers)
+    refused = client.post(url, json=until, headers=consent_if_match(client, consent["id"], headers))
     assert refused.status_code == 409, refused.get_json()
     assert "record a new consent" in refused.get_json()["detail"]
     assert count(app, ConsentEvent) == events

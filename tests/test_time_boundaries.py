@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from conftest import consent_if_match
 from referral_support import API, World, canary_case, ok
 
 from referral_api.access.roles import OrgType, Role
@@ -104,7 +105,7 @@ def test_a_renewal_stamped_at_the_instant_of_an_expiry_revives_the_consent(
         client.post(
             f"{API}/consents/{consent['id']}/renew",
             json={"valid_until": renewed_to.isoformat()},
-            headers=world.h["sender"],
+            headers=consent_if_match(client, consent["id"], world.h["sender"]),
         )
     )
     later = tie + timedelta(hours=1)

@@ -87,13 +87,14 @@ def project(case: Any, categories: frozenset[Category]) -> dict[str, Any]:
     )
     for category in shown:
         view[category.value] = {
-            key: _normalise(attribute, values[attribute])
+            key: shown_value(attribute, values[attribute])
             for key, attribute in CATEGORY_FIELDS[category].items()
         }
     return view
 
 
-def _normalise(attribute: str, value: Any) -> Any:
+def shown_value(attribute: str, value: Any) -> Any:
+    """A field's value as a read shows it: a list never written (stored null) as []."""
     if value is None and attribute in LIST_ATTRIBUTES:
         return []
     return value

@@ -31,7 +31,7 @@ from referral_api.audit.models import AuditEvent
 from referral_api.auth.models import User
 from referral_api.cases import search
 from referral_api.cases.codes import ActivateReason, CloseReason, ReopenReason
-from referral_api.cases.layout import CATEGORY_FIELDS, project
+from referral_api.cases.layout import CATEGORY_FIELDS, project, shown_value
 from referral_api.cases.models import (
     Case,
     CaseNote,
@@ -368,7 +368,9 @@ def _apply_categories(
             )
         for key, value in values.items():
             attribute = CATEGORY_FIELDS[category][key]
-            if only_changed and getattr(case, attribute) == value:
+            # Compared as a read shows them: a list never written is stored null and shown
+            # as [], and a client sending back what it read changes nothing.
+            if only_changed and shown_value(attribute, getattr(case, attribute)) == value:
                 continue
             setattr(case, attribute, value)
             touched.add(category)

@@ -26,9 +26,25 @@ from referral_api.consent.schemas import (
     WithdrawSchema,
 )
 from referral_api.extensions import db
-from referral_api.smorest import Blueprint, current_actor
+from referral_api.smorest import Blueprint, current_actor, etag_for, require_if_match
 
 blp = Blueprint("consent", __name__, url_prefix="/api/v1", description="Consent")
+
+_ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Strong entity tag"}}
+
+
+def _etag(consent: ConsentRecord) -> str:
+    return etag_for("consent", consent.id, service.consent_version(consent))
+
+
+def _respond(consent: ConsentRecord, status: int = 200) -> Any:
+    return _dump(consent), status, {"ETag": _etag(consent)}
+
+
+def _if_match(consent: ConsentRecord) -> None:
+    """The change is made to the consent as the client last read it (428 without If-Match,
+    412 when another event came first): checked under the consent's lock."""
+    require_if_match(_etag(consent))
 
 
 def _dump(consent: ConsentRecord) -> dict[str, Any]:
@@ -55,6 +71,7 @@ def _dump(consent: ConsentRecord) -> dict[str, Any]:
             )
         },
         "state": service.state_of(consent),
+        "version": service.consent_version(consent),
         "legal_basis": {
             "article6": consent.article6.value,
             "article9": consent.article9.value if consent.article9 else None,
@@ -86,21 +103,21 @@ def _current_withdrawal(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     answered and GET /consents/{id} is refused (403): a retry after a lost answer must not
     read as a failed withdrawal."""
     consent = service.read_withdrawal(db.session, current_actor(), made)
-    body = _dump(consent)
+    body, headers = _dump(consent), {"ETag": _etag(consent)}
     db.session.commit()
-    return jsonify(ConsentSchema().dump(body))
+    return jsonify(ConsentSchema().dump(body)), 200, headers
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
 @blp.idempotent(resource=_current_consent)
 @blp.arguments(ConsentCreateSchema)
-@blp.response(201, ConsentSchema)
+@blp.response(201, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 def record_consent(data: dict[str, Any], case_id: uuid.UUID) -> Any:
     """Record a consent ceremony and its provisions"""
     consent = service.record_consent(db.session, current_actor(), case_id, data)
-    return _dump(consent), 201
+    return _respond(consent, 201)
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["GET"])
@@ -117,70 +134,80 @@ def list_consents(case_id: uuid.UUID) -> Any:
 
 @blp.route("/consents/<uuid:consent_id>", methods=["GET"])
 @blp.requires(Permission.CONSENT_READ)
-@blp.response(200, ConsentSchema)
+@blp.response(200, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_consent(consent_id: uuid.UUID) -> Any:
     """A consent with its provisions and events"""
     consent = service.read_consent(db.session, current_actor(), consent_id)
-    body = _dump(consent)
+    answer = _respond(consent)
     db.session.commit()
-    return body
+    return answer
 
 
 @blp.route("/consents/<uuid:consent_id>/withdraw", methods=["POST"])
 @blp.requires(Permission.CONSENT_WITHDRAW)
 @blp.idempotent(resource=_current_withdrawal)
 @blp.arguments(WithdrawSchema)
-@blp.response(200, ConsentSchema)
+@blp.response(200, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
 def withdraw(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
     """Withdraw a consent: no justification needed, effective at once
 
     Every disclosure that depended on it stops in the same transaction; the event lists the
-    effects.
+    effects. No `If-Match` is needed, and one sent is not checked: withdrawing must be as
+    easy as consenting (GDPR Art. 7(3)), and no other change can make it wrong (a consent
+    already closed answers 409).
     """
     consent = service.withdraw(db.session, current_actor(), consent_id, data.get("reason"))
-    return _dump(consent)
+    return _respond(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/renew", methods=["POST"])
 @blp.requires(Permission.CONSENT_RECORD)
 @blp.idempotent(resource=_current_consent)
 @blp.arguments(RenewSchema)
-@blp.response(200, ConsentSchema)
+@blp.response(200, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
 def renew(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
-    """Renew a consent until a new date (or open-ended)"""
-    consent = service.renew(db.session, current_actor(), consent_id, data["valid_until"])
-    return _dump(consent)
+    """Renew a consent until a new date (or open-ended; If-Match required)"""
+    consent = service.renew(db.session, current_actor(), consent_id, data["valid_until"], _if_match)
+    return _respond(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/revoke", methods=["POST"])
 @blp.requires(Permission.CONSENT_REVOKE)
 @blp.idempotent(resource=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
-@blp.response(200, ConsentSchema)
+@blp.response(200, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
 def revoke(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
-    """Revoke a consent as controller (supervisor; reason required)"""
-    consent = service.revoke(db.session, current_actor(), consent_id, data["reason"])
-    return _dump(consent)
+    """Revoke a consent as controller (supervisor; reason required; If-Match required)"""
+    consent = service.revoke(db.session, current_actor(), consent_id, data["reason"], _if_match)
+    return _respond(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/entered-in-error", methods=["POST"])
 @blp.requires(Permission.CONSENT_ENTERED_IN_ERROR)
 @blp.idempotent(resource=_current_consent)
 @blp.arguments(ReasonRequiredSchema)
-@blp.response(200, ConsentSchema)
+@blp.response(200, ConsentSchema, headers=_ETAG)
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(428, response="PRECONDITION_REQUIRED")
 def entered_in_error(data: dict[str, Any], consent_id: uuid.UUID) -> Any:
-    """Mark a consent as entered in error (supervisor; reason required)"""
-    consent = service.mark_entered_in_error(db.session, current_actor(), consent_id, data["reason"])
-    return _dump(consent)
+    """Mark a consent as entered in error (supervisor; reason required; If-Match required)"""
+    consent = service.mark_entered_in_error(
+        db.session, current_actor(), consent_id, data["reason"], _if_match
+    )
+    return _respond(consent)
 
 
 @blp.route("/consents/<uuid:consent_id>/receipt", methods=["GET"])

@@ -112,6 +112,9 @@ class ConsentSchema(ma.Schema):
     case_id = ma.fields.UUID()
     org_id = ma.fields.UUID()
     state = ma.fields.Enum(ConsentState, by_value=True, allow_none=True)
+    version = ma.fields.Integer(
+        metadata={"description": "Changes with every event (the ETag is made from it)"}
+    )
     grantor = ma.fields.Enum(Grantor, by_value=True)
     guardian_relation = ma.fields.Enum(GuardianRelation, by_value=True, allow_none=True)
     is_minor = Boolean()

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -356,19 +356,38 @@ def read_withdrawal(session: Session, actor: Actor, consent_id: uuid.UUID) -> Co
 # ---- lifecycle ----------------------------------------------------------------------------
 
 
+# A check of the consent as the client last read it (the route's If-Match), made under the
+# lock: raises to refuse the change.
+Precondition = Callable[[ConsentRecord], None]
+
+
 def _load_to_change(
-    session: Session, actor: Actor, permission: Permission, consent_id: uuid.UUID
+    session: Session,
+    actor: Actor,
+    permission: Permission,
+    consent_id: uuid.UUID,
+    precondition: Precondition | None = None,
 ) -> ConsentRecord:
     """A consent about to get a lifecycle event, locked (FOR UPDATE) and its events read
-    under the lock, then checked to be still open: two withdrawals at once would otherwise
-    each see it open and each close it (two closing events, two sets of effects)."""
+    under the lock, then checked to be as the client read it (`precondition`) and still
+    open: two withdrawals at once would otherwise each see it open and each close it (two
+    closing events, two sets of effects), and two renewals each replace the other's date
+    unseen."""
     consent = load_consent(session, actor, permission, consent_id)
     session.execute(
         select(ConsentRecord.id).where(ConsentRecord.id == consent_id).with_for_update()
     )
     session.expire(consent, ["events"])
+    if precondition is not None:
+        precondition(consent)
     _require_not_terminal(consent)
     return consent
+
+
+def consent_version(consent: ConsentRecord) -> int:
+    """What a consent's ETag is made from: its events, which are only ever added (its terms
+    are fixed when it is recorded), so their number changes with every change."""
+    return len(consent.events)
 
 
 def _require_not_terminal(consent: ConsentRecord) -> None:
@@ -398,9 +417,13 @@ def withdraw(
 
 
 def renew(
-    session: Session, actor: Actor, consent_id: uuid.UUID, valid_until: datetime | None
+    session: Session,
+    actor: Actor,
+    consent_id: uuid.UUID,
+    valid_until: datetime | None,
+    precondition: Precondition | None = None,
 ) -> ConsentRecord:
-    consent = _load_to_change(session, actor, Permission.CONSENT_RECORD, consent_id)
+    consent = _load_to_change(session, actor, Permission.CONSENT_RECORD, consent_id, precondition)
     at = now()
     if valid_until is not None and valid_until <= at:
         raise ValidationFailed({"valid_until": ["Must be in the future."]})
@@ -426,8 +449,9 @@ def _close(
     permission: Permission,
     event_type: EventType,
     reason: str,
+    precondition: Precondition | None,
 ) -> ConsentRecord:
-    consent = _load_to_change(session, actor, permission, consent_id)
+    consent = _load_to_change(session, actor, permission, consent_id, precondition)
     at = now()
     event = _add_event(session, actor, consent, event_type, at, reason=reason)
     session.flush()
@@ -443,13 +467,31 @@ def _close(
     return consent
 
 
-def revoke(session: Session, actor: Actor, consent_id: uuid.UUID, reason: str) -> ConsentRecord:
+def revoke(
+    session: Session,
+    actor: Actor,
+    consent_id: uuid.UUID,
+    reason: str,
+    precondition: Precondition | None = None,
+) -> ConsentRecord:
     """The controller ends the consent (e.g. it was obtained under pressure)."""
-    return _close(session, actor, consent_id, Permission.CONSENT_REVOKE, EventType.REVOKED, reason)
+    return _close(
+        session,
+        actor,
+        consent_id,
+        Permission.CONSENT_REVOKE,
+        EventType.REVOKED,
+        reason,
+        precondition,
+    )
 
 
 def mark_entered_in_error(
-    session: Session, actor: Actor, consent_id: uuid.UUID, reason: str
+    session: Session,
+    actor: Actor,
+    consent_id: uuid.UUID,
+    reason: str,
+    precondition: Precondition | None = None,
 ) -> ConsentRecord:
     return _close(
         session,
@@ -458,6 +500,7 @@ def mark_entered_in_error(
         Permission.CONSENT_ENTERED_IN_ERROR,
         EventType.ENTERED_IN_ERROR,
         reason,
+        precondition,
     )
 
 

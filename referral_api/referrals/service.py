@@ -959,18 +959,20 @@ def party_of(actor: Actor, referral: Referral) -> Party:
 
 
 def _require_thread_access(
-    session: Session, actor: Actor, referral: Referral, party: Party
+    session: Session, actor: Actor, referral: Referral, party: Party, action: str
 ) -> None:
+    """`action`: what a refusal is recorded as, `referral:message` (writing) or
+    `referral:messages-read`, as the allowed request would have been."""
     if not actor.can(Permission.CASE_READ):
         raise _refused(
-            "referral:message",
+            action,
             referral,
             "Your role does not read referral messages.",
             "role reads no case content",
         )
     if party is Party.RECEIVER and not packet_live(session, referral)[0]:
         error = NotFound()
-        error.audit = _denial("referral:message", referral, "referral no longer live")
+        error.audit = _denial(action, referral, "referral no longer live")
         raise error
 
 
@@ -978,7 +980,7 @@ def add_message(
     session: Session, actor: Actor, referral_id: uuid.UUID, body: str
 ) -> ReferralMessage:
     referral, party = authorize(session, actor, Permission.REFERRAL_TRANSITION, referral_id)
-    _require_thread_access(session, actor, referral, party)
+    _require_thread_access(session, actor, referral, party, "referral:message")
     _require_processable(session, referral, "referral:message")
     if not was_sent(referral) and referral.status is not S.DRAFT:
         # Dropped before it was sent: it never reaches anyone, so a message would be personal
@@ -1014,7 +1016,7 @@ def _open_thread(session: Session, actor: Actor, referral_id: uuid.UUID) -> Refe
     """The referral whose thread `actor` may read now, or the refusal (audited). Asked again
     for every page: a cursor is only a position, never a grant."""
     referral, party = authorize(session, actor, Permission.REFERRAL_READ, referral_id)
-    _require_thread_access(session, actor, referral, party)
+    _require_thread_access(session, actor, referral, party, "referral:messages-read")
     if party is Party.SENDER:
         # The thread is the case's personal data: while the case is restricted the sender
         # reads it no more than the case itself (403; erased: 410). The receiver's packet is
