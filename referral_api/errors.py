@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
+from referral_api.crypto.keyring import KeyUnavailable
 from referral_api.crypto.keys import KeyRemovedConcurrently
 from referral_api.exceptions import AuthenticationFailed, ReferralApiError, TooManyAttempts
 
@@ -199,6 +200,23 @@ def handle_key_removed(error: Exception) -> Response:
     )
 
 
+def handle_key_unavailable(error: KeyUnavailable) -> Response:
+    # A key the request's rows are wrapped under cannot be unwrapped: its root version was
+    # destroyed or is missing from the keyring (a backup restored after `keys destroy-root`,
+    # a keyring file from another deployment or an older copy). Nothing a client can fix
+    # or retry: an operator's. The message names versions, never key material.
+    log.error(
+        "key unavailable: %s",
+        error,
+        extra={"request_id": getattr(g, "request_id", None)},
+    )
+    return problem_response(
+        503,
+        detail="A key this record is encrypted under is not available. Tell the operators.",
+        type_="/problems/key-unavailable",
+    )
+
+
 def _retry_later(problem_type: str, detail: str, logged: str, *args: str) -> Response:
     """A retryable 503 (Retry-After: 1), logged as a warning without a traceback: `logged`
     (a constant format, `args` its values) names the cause by exception class only (a
@@ -223,4 +241,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(StaleDataError, handle_stale_data)
     app.register_error_handler(DBAPIError, handle_database_error)
     app.register_error_handler(KeyRemovedConcurrently, handle_key_removed)
+    app.register_error_handler(KeyUnavailable, handle_key_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

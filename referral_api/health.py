@@ -7,11 +7,12 @@ from typing import Any
 
 import marshmallow as ma
 from flask import current_app
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, union
 from sqlalchemy.exc import SQLAlchemyError
 
 from referral_api.audit.models import AuditEvent
 from referral_api.crypto.keyring import LocalKeyring
+from referral_api.crypto.models import IndexKey, OrgKey
 from referral_api.errors import problem_response
 from referral_api.exceptions import ConfigurationError
 from referral_api.extensions import db
@@ -51,7 +52,8 @@ _INFORMATIONAL = frozenset({"audit_sealing"})
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def ready() -> Any:
-    """Readiness: database reachable, schema at the latest migration, keyring loadable
+    """Readiness: database reachable, schema at the latest migration, keyring loadable and
+    holding every root key version the stored keys are wrapped under (`keys`)
 
     Also reports `audit_sealing`: `behind` when an audit row has waited longer than
     REFERRAL_API_AUDIT_SEALING_ALERT_SECONDS (default 60) for its seal (is a sealer
@@ -72,10 +74,12 @@ def ready() -> Any:
         checks.setdefault("migrations", "unknown")
         checks.setdefault("audit_sealing", "unknown")
     try:
-        LocalKeyring.load(current_app.config["KEYRING_PATH"], create_if_missing=False)
+        keyring = LocalKeyring.load(current_app.config["KEYRING_PATH"], create_if_missing=False)
         checks["keyring"] = "ok"
     except (ConfigurationError, OSError):
         checks["keyring"] = "unavailable"
+    if checks["keyring"] == "ok" and checks["migrations"] == "ok":
+        checks["keys"] = _keys_readable(engine, set(keyring.describe().versions))
     if all(value == "ok" for name, value in checks.items() if name not in _INFORMATIONAL):
         return {"status": "ok", "checks": checks}
     failing = ", ".join(
@@ -84,6 +88,26 @@ def ready() -> Any:
         if value != "ok" and name not in _INFORMATIONAL
     )
     return problem_response(503, detail=f"Not ready ({failing}).", checks=checks)
+
+
+# The root key versions the organisations' keys are wrapped under (a few rows per
+# organisation): all must be in the keyring, or no case of theirs can be read.
+_ROOT_VERSIONS_IN_USE = union(
+    select(OrgKey.root_version).distinct(), select(IndexKey.root_version).distinct()
+)
+
+
+def _keys_readable(engine: Engine, available: set[int]) -> str:
+    """`unavailable` when a key is wrapped under a root version the keyring does not hold:
+    a backup restored after `keys destroy-root`, or another deployment's keyring file. The
+    keyring itself loads, so without this the service looked ready and answered every read
+    with an error."""
+    try:
+        with engine.connect() as connection:
+            in_use = set(connection.execute(_ROOT_VERSIONS_IN_USE).scalars())
+    except SQLAlchemyError:
+        return "unknown"
+    return "ok" if in_use <= available else "unavailable"
 
 
 def _sealing(engine: Engine, alert: timedelta) -> str:

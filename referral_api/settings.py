@@ -72,6 +72,19 @@ def _read_or_create_secret(path: Path) -> str:
 AUDIT_SEALERS = ("thread", "external")
 
 
+def _phone_region() -> str:
+    """The region national phone numbers are read in: a region libphonenumber knows (an
+    unknown one was accepted, and every national number read as no number at all)."""
+    import phonenumbers
+
+    region = os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigurationError(
+            "REFERRAL_API_PHONE_REGION must be a region code libphonenumber knows (e.g. GB, UA)"
+        )
+    return region
+
+
 def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
     value = os.environ.get(name, default)
     if value not in choices:
@@ -144,7 +157,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         "ARGON2_MEMORY_COST": _env_int("REFERRAL_API_ARGON2_MEMORY_KIB", 65536),
         "ARGON2_PARALLELISM": _env_int("REFERRAL_API_ARGON2_PARALLELISM", 4),
         # Encryption and search.
-        "PHONE_REGION": os.environ.get("REFERRAL_API_PHONE_REGION", "GB").upper(),
+        "PHONE_REGION": _phone_region(),
         "BLIND_INDEX_EXPECTED_CASES": _env_int("REFERRAL_API_INDEX_EXPECTED_CASES", 1_000_000),
         "KEY_CACHE_SECONDS": _env_int("REFERRAL_API_KEY_CACHE_SECONDS", 300, minimum=0),
         # Retention after closure, per case type (days); `referral-api retention run`.
@@ -281,9 +294,17 @@ def _check_database_url(url: str) -> None:
     first command or request to connect. Neither the URL nor the parser's message (which
     quotes it) is shown: it may hold the database password."""
     try:
-        make_url(url).get_dialect()
+        dialect = make_url(url).get_dialect()
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigurationError("DATABASE_URL is not a valid database URL") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        # `postgresql+psycopg2://`, `+asyncpg`: a traceback from the first connection.
+        raise ConfigurationError(
+            "DATABASE_URL names a database driver that is not installed "
+            "(use postgresql:// or postgresql+psycopg://)"
+        ) from None
 
 
 # An origin as a browser sends it (RFC 6454): scheme, host name (or IPv4 address), optional

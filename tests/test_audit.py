@@ -734,6 +734,28 @@ def test_verify_seals_pending_rows_first(app: Any, runner: Any, client: Any, fac
     assert runner.invoke(args=["audit", "seal"]).output.strip() == "0 rows sealed"
 
 
+def test_a_head_behind_its_sealed_rows_is_one_error_line(
+    app: Any, runner: Any, client: Any, factory: Any
+) -> None:
+    """A data-only restore into a migrated schema left the head `db upgrade` wrote (seq 0)
+    under rows sealed past it: sealing gave a sequence number already taken, and `audit seal`
+    and `audit verify` ended in a traceback of SQL (found by review). One `error:` line that
+    names the likely cause; nothing is changed."""
+    headers = factory.headers(factory.user(Role.CASEWORKER))
+    create_case(client, headers)
+    assert runner.invoke(args=["audit", "seal"]).output.strip() == "1 rows sealed"
+    raw_sql(
+        app, "UPDATE audit_chain_head SET last_seq = 0, last_hash = :h WHERE id = 1", h="0" * 64
+    )
+    create_case(client, headers)
+    for args in (["audit", "seal"], ["audit", "verify"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1, cli_output(result)
+        assert result.stderr.startswith("error: the audit chain's head is behind rows already")
+        assert "Traceback" not in cli_output(result)
+    assert [row.seq for row in audit_rows(app)] == [1, None]
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [

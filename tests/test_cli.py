@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
+import stat
 import subprocess
 import sys
 import uuid
@@ -348,8 +350,8 @@ def test_seed_demo_is_refused_in_production(app_config, keyring_path, session):
         }
     )
     result = production.test_cli_runner().invoke(args=["seed-demo"])
-    assert result.exit_code != 0
-    assert "production" in result.output
+    assert (result.exit_code, result.stderr) == (1, "error: seed-demo is refused in production.\n")
+    assert result.stdout == ""
     assert _count(session, Organisation) == 0
 
 
@@ -505,6 +507,65 @@ def test_a_database_not_migrated_yet_is_one_error_line_naming_db_upgrade(tmp_pat
         f"error: the database schema is at no revision, this release needs {head_revision()}: "
         "run `referral-api db upgrade` first\n"
     )
+
+
+@pytest.mark.own_database
+def test_a_schema_behind_this_release_is_refused_before_any_command_runs(tmp_path):
+    """Found by review: the check ran only when a statement failed, and against an older
+    schema some commands ran to the end (audit seal, create-org, create-client printing a
+    secret, consent expire, retention run). Every command except `db` now refuses first."""
+    env = _script_env(tmp_path)
+    migrated = _script(["db", "upgrade", "--revision", "0010"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    refusal = (
+        f"error: the database schema is at 0010, this release needs {head_revision()}: "
+        "run `referral-api db upgrade` first\n"
+    )
+    for args in (
+        ["audit", "seal"],
+        ["audit", "verify"],
+        ["create-org", "--name", "Early NGO", "--type", "ngo"],
+        ["consent", "expire"],
+        ["retention", "run", "--apply"],
+    ):
+        completed = _script(args, env)
+        assert (completed.returncode, completed.stdout, completed.stderr) == (1, "", refusal), args
+    with sqlite3.connect(tmp_path / "db.sqlite") as connection:
+        assert connection.execute("SELECT count(*) FROM organisations").fetchone() == (0,)
+        assert connection.execute("SELECT count(*) FROM audit_events").fetchone() == (0,)
+    upgraded = _script(["db", "upgrade"], env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    created = _script(["create-org", "--name", "Early NGO", "--type", "ngo"], env)
+    assert created.returncode == 0, created.stderr
+
+
+def test_create_keyring_makes_a_production_keyring_without_a_database(tmp_path):
+    """Production refuses to start without a keyring, and nothing made one (a reviewer had
+    to write its JSON by hand): `create-keyring` needs neither the database (this URL is
+    never dialled) nor a keyring, and never replaces one."""
+    path = tmp_path / "keys" / "keyring.json"
+    env = _script_env(
+        tmp_path,
+        REFERRAL_API_ENV="production",
+        REFERRAL_API_KEYRING=str(path),
+        DATABASE_URL=f"postgresql://referral:{DB_PASSWORD}@127.0.0.1:1/referral",
+    )
+    made = _script(["create-keyring"], env)
+    assert (made.returncode, made.stdout, made.stderr) == (0, f"{path}\n", "")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    keyring = LocalKeyring.load(path, create_if_missing=False)
+    assert keyring.current_version() == 1
+    before = path.read_bytes()
+    again = _script(["create-keyring", str(path)], env)
+    assert (again.returncode, again.stdout) == (1, "")
+    assert (
+        again.stderr == f"error: the keyring cannot be created at {path}: a file is already there\n"
+    )
+    assert path.read_bytes() == before
+    unset = _script(
+        ["create-keyring"], {k: v for k, v in env.items() if k != "REFERRAL_API_KEYRING"}
+    )
+    assert (unset.returncode, unset.stderr) == (1, "error: give PATH or set REFERRAL_API_KEYRING\n")
 
 
 @pytest.mark.own_database

@@ -28,8 +28,43 @@ def test_ready_when_everything_is_in_place(client):
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ok",
-        "checks": {"database": "ok", "migrations": "ok", "audit_sealing": "ok", "keyring": "ok"},
+        "checks": {
+            "database": "ok",
+            "migrations": "ok",
+            "audit_sealing": "ok",
+            "keyring": "ok",
+            "keys": "ok",
+        },
     }
+
+
+def test_ready_is_503_when_stored_keys_are_under_a_root_version_the_keyring_lacks(
+    app, client, factory, tmp_path
+):
+    """A backup restored after `keys destroy-root`, or another deployment's keyring: the
+    keyring loads, so /ready answered ok while every read of a case failed (found by
+    review). The organisations' keys are wrapped under root version 1; a keyring holding
+    only version 2 cannot read them."""
+    from referral_api.access.roles import Role
+    from referral_api.crypto.keyring import LocalKeyring
+
+    worker = factory.headers(factory.user(Role.CASEWORKER))
+    made = client.post("/api/v1/cases", json={"case_type": "thb"}, headers=worker)
+    assert made.status_code == 201  # its organisation's keys, wrapped under root version 1
+    other = tmp_path / "other" / "keyring.json"
+    keyring = LocalKeyring.create(other)
+    keyring.rotate()
+    keyring.destroy(1)
+    app.config["KEYRING_PATH"] = str(other)
+    body = assert_problem(client.get("/ready"), 503)
+    assert body["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "audit_sealing": "ok",
+        "keyring": "ok",
+        "keys": "unavailable",
+    }
+    assert "keys: unavailable" in body["detail"]
 
 
 def test_ready_is_503_when_the_keyring_file_is_missing(app, client, tmp_path):
@@ -94,6 +129,7 @@ def test_ready_reports_audit_rows_left_unsealed_without_failing(app, client, ses
             "migrations": "ok",
             "audit_sealing": "behind",
             "keyring": "ok",
+            "keys": "ok",
         },
     }
 

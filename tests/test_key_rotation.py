@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import assert_problem
 from idempotency_support import as_written_before
 from rights_support import API, as_bytes, new_token, ok
 from rights_support import World as RightsWorld
@@ -280,6 +281,25 @@ def test_rotate_root_rewraps_everything_and_frees_the_old_version(app, client, r
 
     actions = _scalars(app, select(AuditEvent.action).where(AuditEvent.actor_type == "system"))
     assert {"keys:rotate-root", "keys:destroy-root"} <= set(actions)
+
+
+def test_a_key_that_will_not_unwrap_is_a_named_503_for_the_operators(
+    app, client, world, monkeypatch
+):
+    """A backup restored after `keys destroy-root`, or served with another deployment's
+    keyring: every read was a bare 500 (found by review). It is a 503 naming the problem,
+    not retryable, with nothing of the keys in it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    crypto = app.extensions["referral_api.crypto"]
+    monkeypatch.setattr(crypto.provider, "_keys", {1: AESGCM.generate_key(bit_length=256)})
+    crypto.cache.clear()
+    case = world.cases[0]
+    response = client.get(f"{CASES}/{case.id}", headers=world.headers[case.org])
+    body = assert_problem(response, 503)
+    assert body["type"] == "/problems/key-unavailable"
+    assert "Retry-After" not in response.headers
+    assert case.payload["identity"]["given_name"] not in response.get_data(as_text=True)
 
 
 def test_destroy_root_refused_while_keys_are_wrapped_under_it(app, client, runner, world):

@@ -356,6 +356,24 @@ def test_an_unusable_database_url_is_refused_without_echoing_it(clean_env, tmp_p
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "asyncpg", "pg8000"])
+def test_a_database_driver_not_installed_is_refused_without_echoing_the_url(
+    clean_env, tmp_path, driver
+):
+    """Found by review: a URL naming a driver this install lacks passed the check and failed
+    on the first connection with a ModuleNotFoundError traceback."""
+    password = "db-" + "password-canary"
+    clean_env.setenv("DATABASE_URL", f"postgresql+{driver}://referral:{password}@db/referral")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(str(tmp_path))
+    assert raised.value.detail == (
+        "DATABASE_URL names a database driver that is not installed "
+        "(use postgresql:// or postgresql+psycopg://)"
+    )
+    assert password not in raised.value.detail
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
 def test_access_tokens_never_outlive_fifteen_minutes(clean_env, tmp_path):
     clean_env.setenv("REFERRAL_API_ACCESS_TOKEN_SECONDS", "86400")
     settings = load_settings(str(tmp_path))
@@ -378,3 +396,17 @@ def test_body_limit_from_environment(clean_env, tmp_path):
 )
 def test_database_url_normalisation(given, expected):
     assert normalise_database_url(given) == expected
+
+
+@pytest.mark.parametrize("region", ["XX", "UK", "ukr", "+380", ""])
+def test_an_unknown_phone_region_is_refused(clean_env, tmp_path, region):
+    """Found by review: any value was accepted, and every national number (a search term or
+    a stored phone) was then read as no number at all."""
+    clean_env.setenv("REFERRAL_API_PHONE_REGION", region)
+    with pytest.raises(ConfigurationError, match="REFERRAL_API_PHONE_REGION"):
+        load_settings(str(tmp_path))
+
+
+def test_a_known_phone_region_is_taken_in_any_case(clean_env, tmp_path):
+    clean_env.setenv("REFERRAL_API_PHONE_REGION", "ua")
+    assert load_settings(str(tmp_path))["PHONE_REGION"] == "UA"

@@ -37,7 +37,7 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
     from referral_api.extensions import db
 
     if not follow:
-        sealed = service.seal_all(db.session_factory_for(current_app))
+        sealed = _seal_all(db.session_factory_for(current_app))
         click.echo(f"{sealed} rows sealed")
         return
     from referral_api.audit.hooks import follow as follow_chain
@@ -50,6 +50,27 @@ def seal(follow: bool, delay_ms: int | None, rounds: int | None) -> None:
     click.echo(f"sealing audit rows every {delay * 1000:.0f} ms until stopped", err=True)
     sealed = follow_chain(current_app._get_current_object(), delay, rounds)  # type: ignore[attr-defined]
     click.echo(f"{sealed} rows sealed")
+
+
+def _seal_all(factory: Any) -> int:
+    """`service.seal_all`, or one `error:` line when the next sequence number is already
+    taken: the chain's head is behind rows sealed past it, which a data-only restore leaves
+    when `audit_chain_head` was not emptied first (docs/operations.md). Each round failed
+    with a traceback of SQL."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return service.seal_all(factory)
+    except IntegrityError as error:
+        if "seq" not in str(error.orig):
+            raise
+        click.echo(
+            "error: the audit chain's head is behind rows already sealed (a sequence number "
+            "it would give is taken): was the database restored data-only without emptying "
+            "audit_chain_head first? See docs/operations.md, 'Migrations go forward'.",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _verify_in_pages(factory: Any, anchors: dict[int, str], page_rows: int) -> service.VerifyResult:
@@ -92,7 +113,7 @@ def verify(anchor_file: Path | None, page_rows: int) -> None:
     if anchor_file is not None and not anchor_file.parent.is_dir():
         raise click.BadParameter(f"{anchor_file.parent} is not a directory", param_hint="--anchors")
     factory = db.session_factory_for(current_app)
-    service.seal_all(factory)
+    _seal_all(factory)
     result = _verify_in_pages(factory, recorded, page_rows)
     if result.ok:
         click.echo(f"audit chain ok: {result.checked} rows verified, {result.unsealed} pending")

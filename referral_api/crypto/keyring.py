@@ -276,7 +276,17 @@ class LocalKeyring(_VersionedAesGcmKeyring):
         return cls(file, keys, current, destroyed)
 
     @classmethod
-    def _create(cls, file: Path) -> LocalKeyring | None:
+    def create(cls, file: Path) -> LocalKeyring:
+        """A new keyring at `file` with one root key (`referral-api create-keyring`, for a
+        deployment's first start); FileExistsError when one is there, never replacing it:
+        the data wrapped under the keys in it would be lost."""
+        created = cls._new(file)
+        if created is None:
+            raise FileExistsError(str(file))
+        return created
+
+    @classmethod
+    def _new(cls, file: Path) -> LocalKeyring | None:
         """A new keyring at `file`, or None when another process created one first (seen
         under the lock): two first starts at once (workers, `make run`'s migrate and serve)
         would otherwise each write a root key, and the data wrapped under the one replaced
@@ -286,6 +296,14 @@ class LocalKeyring(_VersionedAesGcmKeyring):
                 return None
             keyring = cls(file, {1: AESGCM.generate_key(bit_length=256)}, 1, set())
             keyring._persist()
+        return keyring
+
+    @classmethod
+    def _create(cls, file: Path) -> LocalKeyring | None:
+        """Development's keyring, made on first start (`_new`), with a loud warning."""
+        keyring = cls._new(file)
+        if keyring is None:
+            return None
         log.warning(
             "DEVELOPMENT ONLY: created a new root keyring at %s. Data encrypted under it "
             "is lost if this file is lost. Use a managed key store in production.",
