@@ -430,6 +430,23 @@ INVALID_CREATE_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"area_served": "N 50° 27.006' E 030° 31.404'"}, "area_served"),
     ({"name": "Shelter 50°27’00”N 30°31’24”E"}, "name"),
     ({"description": "50º27'00\"N 30º31'24\"E"}, "description"),
+    # Found by review, as devices and map apps hand out a building's place: a plus code
+    # (short and full), what3words, MGRS and UTM, degrees and minutes (and seconds) written
+    # without marks, fullwidth and middle-dot decimal points, and map links.
+    ({"area_served": "FG3H+2V Kyiv"}, "area_served"),
+    ({"description": "Entrance at 9G2GFG3H+2V, back door."}, "description"),
+    ({"eligibility_notes": "Meet at ///filled.count.soap"}, "eligibility_notes"),
+    ({"area_served": "35U NR 51234 45678"}, "area_served"),
+    ({"area_served": "35U 512345 5590123"}, "area_served"),
+    ({"description": "N 50 27.006 E 030 31.404"}, "description"),
+    ({"area_served": "50 27 00.4 N 30 31 24.2 E"}, "area_served"),
+    ({"description": "504501N 0305234E"}, "description"),
+    ({"description": "5045.01N/03031.40E"}, "description"),
+    ({"description": "50d27m00s N 30d31m24s E"}, "description"),
+    ({"area_served": "50\uff0e4501, 30\uff0e5234"}, "area_served"),
+    ({"area_served": "50\u00b74501, 30\u00b75234"}, "area_served"),
+    ({"description": "See https://maps.app.goo.gl/Xy12AbCd"}, "description"),
+    ({"description": "osm: https://www.openstreetmap.org/#map=19/50.4/30.5"}, "description"),
     ({"accepting_referrals": "perhaps"}, "accepting_referrals"),
     ({"status": "defunct"}, "status"),
     # Read-only and unknown fields: no mass assignment.
@@ -458,8 +475,9 @@ def test_ordinary_texts_and_contacts_are_not_taken_for_coordinates_or_addresses(
         description="Open 9.00–17.30, 24/7 hotline; ages 14-17 with 2 carers, 1.5 km radius. "
         "Fees 1.500 - 2.000 UAH, up to 1,500 - 2,000 per year.",
         eligibility_notes="Survivors 18+ (ref. 2024.117, 12.5 % quota). Call 044.1234.5678; "
-        "rooms at 20° in winter.",
-        area_served="Kyiv oblast; Lviv; District 5",
+        "rooms at 20° in winter. Phone 044 12 34 E-mail first; C++ and Python courses; bus "
+        "24N, 30 min; flat 5E; postcode SW1A 1AA.",
+        area_served="Kyiv oblast; Lviv; District 5; Block C, 3 km from the centre",
         professional_contact="Intake.Team+THB@Legal-Aid.EXAMPLE",
         languages=["sr-Latn-RS", "de-CH-1996"],
     )
