@@ -147,6 +147,13 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
     for category in ALL_CATEGORIES:
         for key, value in payload[category].items():
             assert case[category][key] == value, (category, key)
+    # The case's status history (codes), and each referral's outcome and reason codes
+    # (found by review: left out).
+    assert [(s["from_status"], s["to_status"]) for s in document["status_history"]][0] == (
+        None,
+        "open",
+    )
+    assert all(s["at"] for s in document["status_history"])
     # Notes of every category, with their text.
     assert {n["id"]: (n["category"], n["text"]) for n in document["notes"]} == {
         note_id: (category, f"{category} note {scenario.token}")
@@ -181,6 +188,7 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
         (str(world.receiver_org), f"thread {scenario.token}")
     ]
     assert referrals[scenario.draft]["status"] == "draft"
+    assert (sent["status_reason"], sent["outcome"]) == (None, None)
     [disclosure] = document["disclosures"]
     assert disclosure["to_org_id"] == str(world.receiver_org)
     assert sorted(disclosure["categories"]) == ["identity", "legal"]

@@ -21,7 +21,13 @@ from referral_api.access.roles import Role
 from referral_api.audit import service as audit
 from referral_api.audit.models import AuditEvent
 from referral_api.cases.layout import project
-from referral_api.cases.models import Case, CaseNote, CaseSearchIndex, CaseStatus
+from referral_api.cases.models import (
+    Case,
+    CaseNote,
+    CaseSearchIndex,
+    CaseStatus,
+    CaseStatusChange,
+)
 from referral_api.crypto.fields import ciphertext_attrs, crypto_of, encrypted_models
 from referral_api.crypto.models import CaseKey
 from referral_api.exceptions import (
@@ -566,7 +572,8 @@ _ACCESS_LOG_BATCH = 5_000
 
 
 def build_export(session: Session, case: Case) -> dict[str, Any]:
-    """Everything held about the person: case fields, notes, consents with their terms
+    """Everything held about the person: case fields, the case's status history (codes),
+    notes, consents with their terms
     (grantor, legal basis, notice, jurisdiction), signed form (evidence) and events (with the
     reasons given), referrals with the override justification, their history (with notes)
     and their message threads, disclosures (who received what, when), legal holds (with
@@ -592,6 +599,11 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
 
     notes = session.scalars(
         select(CaseNote).where(CaseNote.case_id == case.id).order_by(CaseNote.created_at)
+    ).all()
+    status_history = session.scalars(
+        select(CaseStatusChange)
+        .where(CaseStatusChange.case_id == case.id)
+        .order_by(CaseStatusChange.created_at, CaseStatusChange.id)
     ).all()
     consents = session.scalars(select(ConsentRecord).where(ConsentRecord.case_id == case.id)).all()
     referrals = session.scalars(select(Referral).where(Referral.case_id == case.id)).all()
@@ -637,6 +649,16 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
             "format": "referral-api-subject-export-1",
             "generated_at": now(),
             "case": project(case, ALL_CATEGORIES),
+            # Found by review: the case's own history (codes only) is about the person too.
+            "status_history": [
+                {
+                    "from_status": s.from_status,
+                    "to_status": s.to_status,
+                    "reason": s.reason,
+                    "at": s.created_at,
+                }
+                for s in status_history
+            ],
             "notes": [
                 {"id": n.id, "category": n.category, "created_at": n.created_at, "text": n.text}
                 for n in notes
@@ -689,6 +711,8 @@ def build_export(session: Session, case: Case) -> dict[str, Any]:
                     "purpose": r.purpose,
                     "categories": r.categories.split(","),
                     "status": r.status,
+                    "status_reason": r.status_reason,
+                    "outcome": r.outcome,
                     "created_at": r.created_at,
                     "sent_at": r.sent_at,
                     "message": r.message,
