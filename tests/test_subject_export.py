@@ -149,10 +149,8 @@ def test_export_holds_everything_about_the_person_once(app, client, world, scena
             assert case[category][key] == value, (category, key)
     # The case's status history (codes), and each referral's outcome and reason codes
     # (found by review: left out).
-    assert [(s["from_status"], s["to_status"]) for s in document["status_history"]][0] == (
-        None,
-        "open",
-    )
+    first_status = document["status_history"][0]
+    assert (first_status["from_status"], first_status["to_status"]) == (None, "open")
     assert all(s["at"] for s in document["status_history"])
     # Notes of every category, with their text.
     assert {n["id"]: (n["category"], n["text"]) for n in document["notes"]} == {
