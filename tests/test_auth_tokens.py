@@ -850,6 +850,10 @@ def test_client_credentials_missing_credentials(client, police_client, missing):
         "Basic " + base64.b64encode(b"rac_someclient:").decode(),
         "Basic " + base64.b64encode(b":a-secret").decode(),
         "Basic " + base64.b64encode(b":").decode(),
+        # A byte past ASCII in the header (read as Latin-1) was a 500 (found by review).
+        "Basic \u00e9\u00e9\u00e9\u00e9",
+        "Basic YWJj\u00e9",
+        "basic \u00ff",
     ],
 )
 def test_malformed_basic_credentials(client, authorization):

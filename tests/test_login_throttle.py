@@ -226,6 +226,26 @@ def test_address_throttle_spans_different_emails(client, session, factory):
     assert attempt(client, user.email, TEST_PASSWORD, address=bystander).status_code == 200
 
 
+def test_an_ipv6_host_is_counted_per_64_and_a_mapped_ipv4_as_itself(client, session, factory):
+    """Found by review: an IPv6 host holds a whole /64 and sent each guess from a new
+    address in it, so the per-address limit (what bounds how many accounts one address can
+    lock, and its anonymous audit rows) never applied. Its /64 is one counter; another /64
+    is another; an IPv4 address mapped into IPv6 counts as the IPv4 address."""
+    for n in range(ADDRESS_LIMIT):
+        address = f"2001:db8:1:2:{n:x}::{n + 1:x}"
+        assert_problem(attempt(client, f"spray-{n}@example.org", "x", address=address), 401)
+    row = throttle_row(session, address_key("2001:db8:1:2::/64"))
+    assert row.failures == ADDRESS_LIMIT and row.locked_until is not None
+    assert_locked(attempt(client, "spray-more@example.org", "x", address="2001:db8:1:2::ffff"))
+    user = factory.user(Role.CASEWORKER)
+    assert attempt(client, user.email, TEST_PASSWORD, address="2001:db8:1:3::1").status_code == 200
+
+    for n in range(ADDRESS_LIMIT):
+        attempt(client, f"mapped-{n}@example.org", "x", address="::ffff:198.51.100.7")
+    assert throttle_row(session, address_key("198.51.100.7")).failures == ADDRESS_LIMIT
+    assert_locked(attempt(client, "mapped-more@example.org", "x", address="198.51.100.7"))
+
+
 def test_address_counter_is_not_reset_by_a_success(client, factory):
     # A valid account of one's own must not launder an address's guesses at others.
     address = "203.0.113.90"

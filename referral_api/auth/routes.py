@@ -171,7 +171,8 @@ def _basic_client_credentials() -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # ValueError: a header byte past ASCII (read as Latin-1) in the base64 (a 500).
         raise _basic_failure("Malformed Basic credentials.") from None
     client_id, sep, secret = decoded.partition(":")
     # U+0000: no client id or secret has it. An empty id or secret is as malformed: it came

@@ -14,6 +14,7 @@ caller's address (the request id leads to the access log).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import threading
 import time
@@ -105,6 +106,25 @@ def _throttle_key(kind: str, value: str) -> str:
     caller's address (an unkeyed SHA-256 of an IPv4 address, or of a guessed e-mail, was
     reversible from a copy of the database; crypto.server_keys)."""
     return f"{kind}:{keyed_digest(b'login throttle v1', kind.encode(), value.encode())}"
+
+
+def _address_throttle_key(address: str) -> str:
+    """The throttle key of a client address, counted per host: an IPv6 host holds a whole
+    /64 and sent each guess from a new address in it, past the per-address limit (found by
+    review); an IPv4 address mapped into IPv6 is the IPv4 address."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return _throttle_key("addr", address)  # not an address ("unknown"): as given
+    if isinstance(parsed, ipaddress.IPv6Address):
+        mapped = parsed.ipv4_mapped
+        host = (
+            str(mapped)
+            if mapped is not None
+            else str(ipaddress.IPv6Network((parsed, 64), strict=False))
+        )
+        return _throttle_key("addr", host)
+    return _throttle_key("addr", str(parsed))
 
 
 def _check_not_locked(session: Session, keys: list[str], now: datetime) -> None:
@@ -388,7 +408,7 @@ def login(
     """
     email = email.strip().lower()
     account_key = _throttle_key("acct", email)
-    address_key = _throttle_key("addr", address)
+    address_key = _address_throttle_key(address)
     _hold_and_check(session, account_key, [account_key, address_key], now)
 
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
@@ -537,7 +557,7 @@ def client_credentials(
 ) -> IssuedSession:
     """The client credentials grant: the same throttling and audit as `login`."""
     client_key = _throttle_key("client", client_id)
-    address_key = _throttle_key("addr", address)
+    address_key = _address_throttle_key(address)
     _hold_and_check(session, client_key, [client_key, address_key], now)
     client = session.scalars(
         select(ApiClient).where(ApiClient.client_id == client_id)
