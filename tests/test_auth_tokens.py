@@ -864,6 +864,26 @@ def test_malformed_basic_credentials(client, authorization):
     assert response.headers["WWW-Authenticate"] == 'Basic realm="referral_api"'
 
 
+def test_credentials_sent_both_as_basic_and_in_the_body_are_refused(client, police_client):
+    """RFC 6749 §2.3.1: one authentication method per request. Basic won silently, and a
+    body naming other (or wrong) credentials was neither checked nor counted (found by
+    review). A 422 naming the body's fields; nothing is issued."""
+    client_id, secret = police_client
+    basic = {
+        "Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    }
+    for extra in ({"client_secret": "something-else"}, {"client_id": client_id}):
+        response = client.post(
+            TOKEN, data={"grant_type": "client_credentials", **extra}, headers=basic
+        )
+        body = assert_problem(response, 422)
+        assert set(body["errors"]["json_or_form"]) == set(extra)
+        assert "access_token" not in response.get_data(as_text=True)
+    assert_client_token(
+        client.post(TOKEN, data={"grant_type": "client_credentials"}, headers=basic)
+    )
+
+
 def test_client_token_cannot_be_refreshed(client, police_client):
     client_id, secret = police_client
     body = assert_client_token(

@@ -201,6 +201,17 @@ def client_token(grant: dict[str, str]) -> dict[str, Any]:
     No refresh token is issued; ask again when the access token expires.
     """
     basic = _basic_client_credentials()
+    if basic and ("client_id" in grant or "client_secret" in grant):
+        # RFC 6749 §2.3.1: one authentication method per request. Basic won silently, and
+        # the body's (possibly other) credentials were neither checked nor counted.
+        raise ValidationFailed(
+            {
+                name: ["Send the credentials once: as HTTP Basic or in the body, not both."]
+                for name in ("client_id", "client_secret")
+                if name in grant
+            },
+            location="json_or_form",
+        )
     client_id, secret = basic or (grant.get("client_id"), grant.get("client_secret"))
     if not client_id or not secret:
         raise ValidationFailed({"client_id": ["client_id and client_secret are required."]})
