@@ -514,11 +514,14 @@ def test_a_schema_behind_this_release_is_refused_before_any_command_runs(tmp_pat
     """Found by review: the check ran only when a statement failed, and against an older
     schema some commands ran to the end (audit seal, create-org, create-client printing a
     secret, consent expire, retention run). Every command except `db` now refuses first."""
+    # One migration behind: none of these commands touches what 0020 added, so without the
+    # check before it runs, each ran to the end (`audit seal`: exit 0, "0 rows sealed").
     env = _script_env(tmp_path)
-    migrated = _script(["db", "upgrade", "--revision", "0010"], env)
+    behind = "0019"
+    migrated = _script(["db", "upgrade", "--revision", behind], env)
     assert migrated.returncode == 0, migrated.stderr
     refusal = (
-        f"error: the database schema is at 0010, this release needs {head_revision()}: "
+        f"error: the database schema is at {behind}, this release needs {head_revision()}: "
         "run `referral-api db upgrade` first\n"
     )
     for args in (

@@ -103,9 +103,9 @@ def _current_withdrawal(made: uuid.UUID, _view_args: dict[str, Any]) -> Any:
     answered and GET /consents/{id} is refused (403): a retry after a lost answer must not
     read as a failed withdrawal."""
     consent = service.read_withdrawal(db.session, current_actor(), made)
-    body, headers = _dump(consent), {"ETag": _etag(consent)}
+    body, status, headers = _respond(consent)
     db.session.commit()
-    return jsonify(ConsentSchema().dump(body)), 200, headers
+    return jsonify(ConsentSchema().dump(body)), status, headers
 
 
 @blp.route("/cases/<uuid:case_id>/consents", methods=["POST"])
